@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"halfway/bench"
+)
+
+func runBench(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: bench needs a scenario: lab", errUsage)
+	}
+	switch args[0] {
+	case "lab":
+		return benchLab(args[1:], stdout, stderr)
+	}
+	return fmt.Errorf("%w: unknown bench scenario %q", errUsage, args[0])
+}
+
+func benchLab(args []string, stdout, stderr io.Writer) error {
+	o := bench.DefaultLabOptions()
+	fs := newFlags("bench lab", stderr)
+	asJSON := fs.Bool("json", false, "print JSON instead of Markdown")
+	out := fs.String("out", "", "also write lab.md and lab.json into this directory")
+	fs.IntVar(&o.Repeats, "repeats", o.Repeats, "repeats per measurement")
+	fs.DurationVar(&o.Window, "window", o.Window, "bulk measurement window")
+	fs.DurationVar(&o.Warm, "warm", o.Warm, "bulk warm-up before the window")
+	fs.IntVar(&o.LossN, "loss-datagrams", o.LossN, "datagrams per loss repeat")
+	quiet := fs.Bool("q", false, "no progress on stderr")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.Repeats < 1 {
+		return fmt.Errorf("%w: --repeats must be at least 1", errUsage)
+	}
+	if !*quiet {
+		o.Log = stderr
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	r, err := bench.RunLab(ctx, o)
+	if err != nil {
+		return err
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	md := r.Markdown()
+	if *out != "" {
+		if err := os.MkdirAll(*out, 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(*out, "lab.json"), append(js, '\n'), 0o644); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(*out, "lab.md"), []byte(md), 0o644); err != nil {
+			return err
+		}
+	}
+	if *asJSON {
+		_, err = fmt.Fprintln(stdout, string(js))
+	} else {
+		_, err = fmt.Fprint(stdout, md)
+	}
+	return err
+}

@@ -1,0 +1,71 @@
+// Command halfway makes TCP faster by splitting connections at relays placed
+// part-way along their path. This binary holds every part of it:
+//
+//	halfway lab up FILE          bring up an emulated WAN in network namespaces
+//	halfway lab exec NODE -- CMD run a command on a lab host
+//	halfway lab status           show labs, addresses and link counters
+//	halfway lab down [FILE|NAME] remove a lab (all labs without an argument)
+//	halfway bench lab            measure how faithful the lab's links are
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+const usage = `usage: halfway COMMAND [ARGS]
+
+commands:
+  lab up [--foreground] FILE         bring up a lab topology (YAML)
+  lab exec [--lab NAME] NODE -- CMD  run CMD inside a lab host
+  lab status [--json] [NAME]         show labs, hosts, links and counters
+  lab down [FILE|NAME]               remove a lab, or every lab
+  bench lab [--json] [--out DIR]     measure the lab's RTT, rate and loss accuracy
+
+Run 'halfway COMMAND -h' for a command's flags.
+`
+
+// errUsage marks a command-line mistake: usage is printed, exit status 2.
+var errUsage = errors.New("usage")
+
+func main() {
+	err := run(os.Args[1:], os.Stdout, os.Stderr)
+	switch {
+	case err == nil:
+	case errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(os.Stderr, "halfway: %v\n", err)
+		os.Exit(2)
+	default:
+		fmt.Fprintf(os.Stderr, "halfway: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("%w: no command", errUsage)
+	}
+	switch args[0] {
+	case "lab":
+		return runLab(args[1:], stdout, stderr)
+	case "bench":
+		return runBench(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+}
+
+// newFlags returns a flag set that reports errors instead of exiting.
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}

@@ -1,0 +1,134 @@
+package linkem
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// sockBufBytes sizes the kernel buffers of each wire socket: a burst from a
+// fast sender must wait in the shaper's queue, not be dropped by the kernel.
+const sockBufBytes = 64 << 20
+
+// packetSock is an AF_PACKET socket bound to one veth end, carrying frames
+// with their virtio_net_hdr so GSO super-frames and partial checksums pass
+// through unchanged.
+type packetSock struct {
+	name string
+	f    *os.File
+	rc   syscall.RawConn
+
+	// recvmsg state, reused so that receiving allocates nothing.
+	iov unix.Iovec
+	msg unix.Msghdr
+	oob []byte
+}
+
+func openPacketSock(ifname string) (*packetSock, error) {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("wire %s: %w", ifname, err)
+	}
+	// Protocol 0 receives nothing until bind, so no frame of another
+	// interface slips in between socket and bind.
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("wire %s: socket: %w", ifname, err)
+	}
+	opts := []struct {
+		level, opt, val int
+		name            string
+	}{
+		{unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1, "PACKET_VNET_HDR"},
+		// Our own writes on this end must not be read back as arrivals.
+		{unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1, "PACKET_IGNORE_OUTGOING"},
+		{unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, sockBufBytes, "SO_RCVBUFFORCE"},
+		{unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sockBufBytes, "SO_SNDBUFFORCE"},
+		// Arrival time is taken by the kernel, so a late reader does not add delay.
+		{unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1, "SO_TIMESTAMPNS"},
+	}
+	for _, o := range opts {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.val); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("wire %s: setsockopt %s: %w", ifname, o.name, err)
+		}
+	}
+	sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("wire %s: bind: %w", ifname, err)
+	}
+	mreq := &unix.PacketMreq{Ifindex: int32(ifi.Index), Type: unix.PACKET_MR_PROMISC}
+	if err := unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, mreq); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("wire %s: promiscuous: %w", ifname, err)
+	}
+	f := os.NewFile(uintptr(fd), "wire-"+ifname)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("wire %s: %w", ifname, err)
+	}
+	s := &packetSock{name: ifname, f: f, rc: rc, oob: make([]byte, unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{}))))}
+	s.msg.Iov = &s.iov
+	s.msg.Iovlen = 1
+	return s, nil
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// recv reads one frame (with its vnet header) into buf. It returns the
+// frame's length, which exceeds len(buf) if it was truncated, and the
+// kernel's receive time in CLOCK_REALTIME nanoseconds (0 if absent).
+func (s *packetSock) recv(buf []byte) (n int, rtime int64, err error) {
+	s.iov.Base = &buf[0]
+	s.iov.SetLen(len(buf))
+	s.msg.Control = &s.oob[0]
+	s.msg.SetControllen(len(s.oob))
+	var errno syscall.Errno
+	rerr := s.rc.Read(func(fd uintptr) bool {
+		r, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&s.msg)), unix.MSG_TRUNC)
+		n, errno = int(r), e
+		return errno != unix.EAGAIN
+	})
+	if rerr != nil {
+		return 0, 0, rerr
+	}
+	if errno != 0 {
+		return 0, 0, fmt.Errorf("wire %s: recvmsg: %w", s.name, errno)
+	}
+	if int(s.msg.Controllen) >= unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{}))) {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&s.oob[0]))
+		if h.Level == unix.SOL_SOCKET && h.Type == unix.SO_TIMESTAMPNS {
+			ts := (*unix.Timespec)(unsafe.Pointer(&s.oob[unix.CmsgLen(0)]))
+			rtime = ts.Nano()
+		}
+	}
+	return n, rtime, nil
+}
+
+// send writes one frame (with its vnet header).
+func (s *packetSock) send(b []byte) error {
+	var errno syscall.Errno
+	werr := s.rc.Write(func(fd uintptr) bool {
+		_, _, errno = unix.Syscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		return errno != unix.EAGAIN
+	})
+	if werr != nil {
+		return werr
+	}
+	if errno != 0 {
+		return fmt.Errorf("wire %s: write: %w", s.name, errno)
+	}
+	return nil
+}
+
+func (s *packetSock) close() error { return s.f.Close() }
+
+// closedErr tells whether err only reports that the socket was closed.
+func closedErr(err error) bool { return errors.Is(err, os.ErrClosed) }

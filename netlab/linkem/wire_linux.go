@@ -1,0 +1,358 @@
+package linkem
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Options tune how a wire runs, not what it emulates.
+type Options struct {
+	// Realtime runs each direction's writer thread under SCHED_FIFO, which
+	// keeps wake-up lateness low on a busy machine.
+	Realtime bool
+}
+
+// queueCap bounds the packets in flight per direction (a 1 Gbit/s link with
+// 300 ms of delay holds ~25,000 full-size packets).
+const queueCap = 1 << 16
+
+const ethHdrLen = 14
+
+// DirStats counts what one direction of a wire did.
+type DirStats struct {
+	RxFrames      uint64 `json:"rx_frames"`      // frames read, a GSO super-frame counting once
+	RxBytes       uint64 `json:"rx_bytes"`       // Ethernet bytes read
+	Packets       uint64 `json:"packets"`        // packets offered to the shaper, after segmentation
+	TxPackets     uint64 `json:"tx_packets"`     // packets written to the far end
+	TxIPBytes     uint64 `json:"tx_ip_bytes"`    // IP bytes written (what Rate counts)
+	DropLoss      uint64 `json:"drop_loss"`      // lost by the emulated link
+	DropQueue     uint64 `json:"drop_queue"`     // dropped by the full drop-tail queue
+	DropOverflow  uint64 `json:"drop_overflow"`  // dropped because queueCap packets were in flight
+	Truncated     uint64 `json:"truncated"`      // frames larger than the read buffer
+	SegmentErrors uint64 `json:"segment_errors"` // GSO frames forwarded whole because they could not be cut
+	SendErrors    uint64 `json:"send_errors"`
+}
+
+type dirCounters struct {
+	rxFrames, rxBytes, packets, txPackets, txIPBytes     atomic.Uint64
+	dropLoss, dropQueue, dropOverflow, truncated, segErr atomic.Uint64
+	sendErr                                              atomic.Uint64
+}
+
+func (c *dirCounters) snapshot() DirStats {
+	return DirStats{
+		RxFrames: c.rxFrames.Load(), RxBytes: c.rxBytes.Load(), Packets: c.packets.Load(),
+		TxPackets: c.txPackets.Load(), TxIPBytes: c.txIPBytes.Load(),
+		DropLoss: c.dropLoss.Load(), DropQueue: c.dropQueue.Load(), DropOverflow: c.dropOverflow.Load(),
+		Truncated: c.truncated.Load(), SegmentErrors: c.segErr.Load(), SendErrors: c.sendErr.Load(),
+	}
+}
+
+// Wire joins two veth ends through an emulated link.
+type Wire struct {
+	a, b   *packetSock
+	ab, ba *direction
+	opt    Options
+
+	closeOnce sync.Once
+	stop      chan struct{}
+}
+
+// Open opens both ends of a wire in the calling thread's network namespace.
+// ab shapes frames read on ifA and written to ifB; ba the reverse.
+func Open(ifA, ifB string, ab, ba Params, opt Options) (*Wire, error) {
+	for _, p := range []Params{ab, ba} {
+		if err := p.Validate(); err != nil {
+			return nil, fmt.Errorf("wire %s-%s: %w", ifA, ifB, err)
+		}
+	}
+	a, err := openPacketSock(ifA)
+	if err != nil {
+		return nil, err
+	}
+	b, err := openPacketSock(ifB)
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	w := &Wire{a: a, b: b, opt: opt, stop: make(chan struct{})}
+	w.ab = newDirection(ifA+">"+ifB, a, b, ab, w.stop)
+	w.ba = newDirection(ifB+">"+ifA, b, a, ba, w.stop)
+	return w, nil
+}
+
+// Run forwards frames both ways until ctx is done or Close is called. It
+// returns the first socket error, or nil after an orderly stop.
+func (w *Wire) Run(ctx context.Context) error {
+	errc := make(chan error, 4)
+	var wg sync.WaitGroup
+	for _, d := range []*direction{w.ab, w.ba} {
+		wg.Add(2)
+		go func() { defer wg.Done(); errc <- d.readLoop() }()
+		go func() { defer wg.Done(); errc <- d.writeLoop(w.opt) }()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case <-w.stop:
+	case err = <-errc:
+	}
+	w.Close()
+	wg.Wait()
+	return err
+}
+
+// Stats returns the counters of both directions.
+func (w *Wire) Stats() (ab, ba DirStats) { return w.ab.c.snapshot(), w.ba.c.snapshot() }
+
+// Close stops the wire and closes its sockets; it is safe to call more than once.
+func (w *Wire) Close() error {
+	var err error
+	w.closeOnce.Do(func() {
+		close(w.stop)
+		err = errors.Join(w.a.close(), w.b.close())
+	})
+	return err
+}
+
+type direction struct {
+	name    string
+	in, out *packetSock
+	p       Params
+	sh      *Shaper
+	q       chan *pkt
+	stop    <-chan struct{}
+	c       dirCounters
+
+	// per-frame state for the Segment callbacks (reader goroutine only)
+	cur     *pkt
+	arrival int64
+}
+
+func newDirection(name string, in, out *packetSock, p Params, stop <-chan struct{}) *direction {
+	return &direction{name: name, in: in, out: out, p: p, sh: NewShaper(p), q: make(chan *pkt, queueCap), stop: stop}
+}
+
+func (d *direction) readLoop() error {
+	scratch := make([]byte, maxFrame)
+	alloc := func(n int) []byte { d.cur = getPkt(n); return d.cur.b[:n] }
+	emit := func(seg []byte) { d.cur.n = len(seg); d.admit(d.cur, d.arrival); d.cur = nil }
+	for {
+		n, rtime, err := d.in.recv(scratch)
+		if err != nil {
+			if closedErr(err) {
+				return nil
+			}
+			return err
+		}
+		now := arrivalTime(rtime)
+		if n > len(scratch) {
+			d.c.truncated.Add(1)
+			continue
+		}
+		if n < VnetHdrLen+ethHdrLen {
+			continue
+		}
+		d.c.rxFrames.Add(1)
+		d.c.rxBytes.Add(uint64(n - VnetHdrLen))
+		if d.p.needsSegments() {
+			h, _ := ParseVnetHdr(scratch[:n])
+			if h.IsGSO() {
+				d.arrival = now
+				if err := Segment(h, scratch[VnetHdrLen:n], alloc, emit); err == nil {
+					continue
+				}
+				// Carried whole: a frame we cannot cut is still delivered.
+				if d.cur != nil {
+					putPkt(d.cur)
+					d.cur = nil
+				}
+				d.c.segErr.Add(1)
+			}
+		}
+		p := getPkt(n)
+		p.n = copy(p.b, scratch[:n])
+		d.admit(p, now)
+	}
+}
+
+func (d *direction) admit(p *pkt, now int64) {
+	d.c.packets.Add(1)
+	due, v := d.sh.Admit(now, p.n-VnetHdrLen-ethHdrLen)
+	switch v {
+	case DropLoss:
+		d.c.dropLoss.Add(1)
+		putPkt(p)
+		return
+	case DropQueue:
+		d.c.dropQueue.Add(1)
+		putPkt(p)
+		return
+	}
+	p.due = due
+	select {
+	case d.q <- p:
+	default:
+		d.c.dropOverflow.Add(1)
+		putPkt(p)
+	}
+}
+
+// maxSleep bounds one sleep of a writer so that Close is noticed soon.
+const maxSleep = 20 * time.Millisecond
+
+// writeLoop delivers packets when due. It runs on a thread of its own so it
+// can sleep with clock_nanosleep, whose wake-up is tens of microseconds late
+// where the Go timer is about a millisecond late.
+func (d *direction) writeLoop(opt Options) error {
+	runtime.LockOSThread()
+	// The thread's timer slack and scheduling policy were changed, so it is
+	// never unlocked: the runtime discards it when this goroutine returns.
+	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
+	if opt.Realtime {
+		_ = unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 10}, 0)
+	}
+	var sl sleeper
+	if d.p.Reorder && d.p.Jitter > 0 {
+		return d.writeReordering(&sl)
+	}
+	for {
+		var p *pkt
+		select {
+		case p = <-d.q:
+		case <-d.stop:
+			return nil
+		}
+		for {
+			if !sl.until(p.due, d.stop) {
+				putPkt(p)
+				return nil
+			}
+			if monoNow() >= p.due-sl.late {
+				break
+			}
+		}
+		if err := d.deliver(p); err != nil {
+			return err
+		}
+	}
+}
+
+// writeReordering serves packets in due order rather than arrival order.
+func (d *direction) writeReordering(sl *sleeper) error {
+	var h pktHeap
+	for {
+		if len(h) == 0 {
+			select {
+			case p := <-d.q:
+				h.push(p)
+			case <-d.stop:
+				return nil
+			}
+		}
+		for drained := false; !drained; {
+			select {
+			case p := <-d.q:
+				h.push(p)
+			default:
+				drained = true
+			}
+		}
+		top := h[0]
+		// A packet arriving during the sleep may be due earlier: sleep briefly.
+		if now := monoNow(); top.due-sl.late > now {
+			if !sl.until(min(top.due, now+int64(250*time.Microsecond)+sl.late), d.stop) {
+				return nil
+			}
+			continue
+		}
+		if err := d.deliver(h.pop()); err != nil {
+			return err
+		}
+	}
+}
+
+func (d *direction) deliver(p *pkt) error {
+	err := d.out.send(p.b[:p.n])
+	ipBytes := p.n - VnetHdrLen - ethHdrLen
+	putPkt(p)
+	if err != nil {
+		if closedErr(err) {
+			return nil
+		}
+		// A frame the far veth refuses (e.g. above its MTU) is counted, not fatal.
+		d.c.sendErr.Add(1)
+		return nil
+	}
+	d.c.txPackets.Add(1)
+	d.c.txIPBytes.Add(uint64(ipBytes))
+	return nil
+}
+
+// sleeper sleeps until absolute deadlines, waking early by its measured
+// lateness so packets leave on time on average.
+type sleeper struct{ late int64 }
+
+const (
+	initialLate = int64(50 * time.Microsecond)
+	maxLate     = int64(500 * time.Microsecond)
+)
+
+// until sleeps toward due minus the expected lateness, in steps of at most
+// maxSleep; it returns false if stop closed meanwhile.
+func (s *sleeper) until(due int64, stop <-chan struct{}) bool {
+	if s.late == 0 {
+		s.late = initialLate
+	}
+	target := due - s.late
+	now := monoNow()
+	if target <= now {
+		return true
+	}
+	full := true
+	if target-now > int64(maxSleep) {
+		target, full = now+int64(maxSleep), false
+	}
+	ts := unix.NsecToTimespec(target)
+	for unix.ClockNanosleep(unix.CLOCK_MONOTONIC, unix.TIMER_ABSTIME, &ts, nil) == unix.EINTR {
+	}
+	if full {
+		s.late += (monoNow() - target - s.late) / 8
+		s.late = min(max(s.late, 0), maxLate)
+	}
+	select {
+	case <-stop:
+		return false
+	default:
+		return true
+	}
+}
+
+func monoNow() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
+
+// arrivalTime converts a kernel CLOCK_REALTIME receive stamp into the
+// monotonic clock the shaper runs on, falling back to now.
+func arrivalTime(rtime int64) int64 {
+	now := monoNow()
+	if rtime == 0 {
+		return now
+	}
+	var rt unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_REALTIME, &rt)
+	arr := rtime - (rt.Nano() - now)
+	if arr > now || arr < now-int64(time.Second) {
+		return now
+	}
+	return arr
+}

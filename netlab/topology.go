@@ -1,0 +1,216 @@
+package netlab
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"halfway/netlab/linkem"
+	"halfway/strictyaml"
+)
+
+// Topology is a lab: hosts joined by emulated point-to-point links.
+type Topology struct {
+	// Name identifies the lab; its namespaces are named hwl.NAME.NODE.
+	Name  string `yaml:"name"`
+	Nodes []Node `yaml:"nodes"`
+	Links []Link `yaml:"links"`
+	// IPv6 adds an IPv6 address on every link besides the IPv4 one.
+	IPv6 bool `yaml:"ipv6"`
+	// Subnet is the IPv4 range links are numbered from, one /24 per link
+	// (default 10.77.0.0/16: link i gets 10.77.i+1.0/24, a = .1, b = .2).
+	Subnet string `yaml:"subnet"`
+	// Congctl sets the congestion control of every route in every host
+	// (RTAX_CC_ALGO), which works inside namespaces where the sysctl does not.
+	Congctl string `yaml:"congctl"`
+	// Sysctl is applied in every host, e.g. net.ipv4.tcp_fastopen: "3".
+	Sysctl map[string]string `yaml:"sysctl"`
+}
+
+// Node is a host. In YAML it is a name, or {name: x, sysctl: {...}}.
+type Node struct {
+	Name   string            `yaml:"name"`
+	Sysctl map[string]string `yaml:"sysctl"`
+}
+
+func (nd *Node) UnmarshalYAMLNode(d *strictyaml.Decoder, n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		d.Decode(n, &nd.Name)
+		return nil
+	}
+	type plain Node // without this method, so the decoder walks the fields
+	d.Decode(n, (*plain)(nd))
+	return nil
+}
+
+// Link is a point-to-point link between nodes A and B. Every setting may
+// differ per direction.
+type Link struct {
+	A      string             `yaml:"a"`
+	B      string             `yaml:"b"`
+	Delay  PerDir[Duration]   `yaml:"delay"`
+	Jitter PerDir[Duration]   `yaml:"jitter"`
+	Rate   PerDir[Rate]       `yaml:"rate"`
+	Loss   PerDir[Percent]    `yaml:"loss"`
+	Queue  PerDir[QueueLimit] `yaml:"queue"`
+	// Reorder lets jitter reorder packets, as on a multipath link.
+	Reorder bool `yaml:"reorder"`
+	// MTU of both ends (default 1500).
+	MTU int `yaml:"mtu"`
+	// Seed makes loss and jitter repeatable (0 = random).
+	Seed uint64 `yaml:"seed"`
+}
+
+const defaultSubnet = "10.77.0.0/16"
+
+// Params returns the emulator settings of the a→b and b→a directions.
+func (l *Link) Params() (ab, ba linkem.Params) {
+	mk := func(delay, jitter Duration, rate Rate, loss Percent, q QueueLimit, seed uint64) linkem.Params {
+		return linkem.Params{
+			Delay: time.Duration(delay), Jitter: time.Duration(jitter), Reorder: l.Reorder,
+			Rate: uint64(rate), Loss: float64(loss), QueueBytes: q.Bytes, QueueTime: q.Time, Seed: seed,
+		}
+	}
+	seedBA := l.Seed
+	if seedBA != 0 {
+		seedBA ^= 0xba
+	}
+	return mk(l.Delay.AB, l.Jitter.AB, l.Rate.AB, l.Loss.AB, l.Queue.AB, l.Seed),
+		mk(l.Delay.BA, l.Jitter.BA, l.Rate.BA, l.Loss.BA, l.Queue.BA, seedBA)
+}
+
+// ParseTopology decodes and validates a topology file's content.
+func ParseTopology(data []byte) (*Topology, error) {
+	var t Topology
+	if err := strictyaml.Decode(data, &t); err != nil {
+		return nil, err
+	}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+// LoadTopology reads, decodes and validates a topology file.
+func LoadTopology(path string) (*Topology, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	t, err := ParseTopology(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s:\n%w", path, err)
+	}
+	return t, nil
+}
+
+var (
+	topoNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,23}$`)
+	nodeNameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
+	sysctlRE   = regexp.MustCompile(`^net\.[a-z0-9_.\-]+$`)
+)
+
+// Validate reports every problem with its field path.
+func (t *Topology) Validate() error {
+	var errs strictyaml.Errors
+	add := func(path, format string, args ...any) {
+		errs = append(errs, &strictyaml.Error{Path: path, Msg: fmt.Sprintf(format, args...)})
+	}
+	if !topoNameRE.MatchString(t.Name) {
+		add("name", "%q: want 1-24 of a-z, 0-9, _ and -, starting with a letter or digit", t.Name)
+	}
+	if len(t.Nodes) < 2 {
+		add("nodes", "want at least 2 nodes")
+	}
+	seen := map[string]bool{}
+	for i, n := range t.Nodes {
+		p := fmt.Sprintf("nodes[%d]", i)
+		if !nodeNameRE.MatchString(n.Name) {
+			add(p, "%q: want a host name: a-z, 0-9 and -, starting with a letter, at most 32", n.Name)
+		}
+		if seen[n.Name] {
+			add(p, "%q: duplicate node", n.Name)
+		}
+		seen[n.Name] = true
+		validateSysctl(p+".sysctl", n.Sysctl, add)
+	}
+	validateSysctl("sysctl", t.Sysctl, add)
+	if len(t.Links) == 0 {
+		add("links", "want at least one link")
+	}
+	prefix, err := netip.ParsePrefix(t.subnet())
+	switch {
+	case err != nil || !prefix.Addr().Is4():
+		add("subnet", "%q: want an IPv4 prefix like 10.77.0.0/16", t.Subnet)
+	case prefix.Bits() > 24 || len(t.Links) > 1<<(24-prefix.Bits())-1:
+		add("subnet", "%q: too small for %d links of a /24 each", t.Subnet, len(t.Links))
+	}
+	if t.Congctl != "" && !regexp.MustCompile(`^[a-z0-9_]{1,15}$`).MatchString(t.Congctl) {
+		add("congctl", "%q: want a congestion control name like cubic", t.Congctl)
+	}
+	degree := map[string]int{}
+	for i, l := range t.Links {
+		p := fmt.Sprintf("links[%d]", i)
+		for _, end := range []struct{ field, name string }{{"a", l.A}, {"b", l.B}} {
+			if !seen[end.name] {
+				add(p+"."+end.field, "%q: unknown node", end.name)
+			}
+			degree[end.name]++
+		}
+		if l.A == l.B && l.A != "" {
+			add(p, "a and b are both %q: want two different nodes", l.A)
+		}
+		if l.MTU != 0 && (l.MTU < 1280 || l.MTU > 9000) {
+			add(p+".mtu", "%d: want 1280 to 9000", l.MTU)
+		}
+		for _, d := range []struct {
+			dir           string
+			delay, jitter Duration
+		}{{"ab", l.Delay.AB, l.Jitter.AB}, {"ba", l.Delay.BA, l.Jitter.BA}} {
+			if d.jitter > d.delay {
+				add(p+".jitter", "%v (%s) exceeds the delay %v", d.jitter, d.dir, d.delay)
+			}
+		}
+	}
+	for name, n := range degree {
+		if n > 9 {
+			add("links", "node %q has %d links: at most 9", name, n)
+		}
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+func validateSysctl(path string, m map[string]string, add func(string, string, ...any)) {
+	for k, v := range m {
+		if !sysctlRE.MatchString(k) || strings.Contains(k, "..") {
+			add(path+"."+k, "want a network sysctl name like net.ipv4.tcp_fastopen")
+		}
+		if strings.ContainsAny(v, "\n") {
+			add(path+"."+k, "value has a newline")
+		}
+	}
+}
+
+func (t *Topology) subnet() string {
+	if t.Subnet == "" {
+		return defaultSubnet
+	}
+	return t.Subnet
+}
+
+func (t *Topology) node(name string) *Node {
+	for i := range t.Nodes {
+		if t.Nodes[i].Name == name {
+			return &t.Nodes[i]
+		}
+	}
+	return nil
+}
