@@ -181,13 +181,20 @@ links: [{a: client, b: server, delay: %s}]
 	for rep := 0; rep < o.Repeats; rep++ {
 		for i, l := range labs {
 			dst := netip.AddrPortFrom(l.Host("server").Addr(), 7)
-			conn, rr, err := rawRTT(l.Host("client"), dst, 3)
-			if err != nil {
-				return nil, fmt.Errorf("rtt %vms: %w", rows[i].ConfiguredMS, err)
-			}
-			rows[i].ConnectAll = append(rows[i].ConnectAll, ms(conn))
-			for _, x := range rr {
-				rows[i].ReqRespAll = append(rows[i].ReqRespAll, ms(x))
+			// The first connection after the lab sat idle wakes sleeping
+			// threads and CPUs: like ping's first echo it is not counted.
+			for j := 0; j <= 3; j++ {
+				conn, rr, err := rawRTT(l.Host("client"), dst, 3)
+				if err != nil {
+					return nil, fmt.Errorf("rtt %vms: %w", rows[i].ConfiguredMS, err)
+				}
+				if j == 0 {
+					continue
+				}
+				rows[i].ConnectAll = append(rows[i].ConnectAll, ms(conn))
+				for _, x := range rr {
+					rows[i].ReqRespAll = append(rows[i].ReqRespAll, ms(x))
+				}
 			}
 		}
 	}

@@ -66,11 +66,11 @@ func startRawEcho(h *netlab.Host, port int) (*rawEcho, error) {
 				_ = unix.SetsockoptInt(c, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 				_ = unix.SetsockoptTimeval(c, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 10})
 				for {
-					n, err := unix.Read(c, buf)
+					n, err := retryEINTR(func() (int, error) { return unix.Read(c, buf) })
 					if err != nil || n <= 0 {
 						break
 					}
-					if _, err := unix.Write(c, buf[:n]); err != nil {
+					if _, err := retryEINTR(func() (int, error) { return unix.Write(c, buf[:n]) }); err != nil {
 						break
 					}
 				}
@@ -103,20 +103,22 @@ func rawRTT(h *netlab.Host, dst netip.AddrPort, n int) (connect time.Duration, r
 		}
 		defer unix.Close(fd)
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-		_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 10})
-		_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &unix.Timeval{Sec: 10})
+		// No send timeout before connect: without one the kernel restarts
+		// an interrupted connect instead of failing it with EINTR.
 		start := time.Now()
 		if err := unix.Connect(fd, sa); err != nil {
 			return fmt.Errorf("connect %s: %w", dst, err)
 		}
 		connect = time.Since(start)
+		_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 10})
+		_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &unix.Timeval{Sec: 10})
 		b := []byte{1}
 		for i := 0; i <= n; i++ {
 			start := time.Now()
-			if _, err := unix.Write(fd, b); err != nil {
+			if _, err := retryEINTR(func() (int, error) { return unix.Write(fd, b) }); err != nil {
 				return fmt.Errorf("write %s: %w", dst, err)
 			}
-			if m, err := unix.Read(fd, b); err != nil || m != 1 {
+			if m, err := retryEINTR(func() (int, error) { return unix.Read(fd, b) }); err != nil || m != 1 {
 				return fmt.Errorf("read %s: %d bytes, %v", dst, m, err)
 			}
 			if i > 0 { // the first exchange leaves quick-ack mode behind
@@ -126,4 +128,15 @@ func rawRTT(h *netlab.Host, dst netip.AddrPort, n int) (connect time.Duration, r
 		return nil
 	})
 	return connect, rr, err
+}
+
+// retryEINTR repeats a socket call that a signal interrupted: with a
+// timeout set, the kernel returns EINTR even for SA_RESTART handlers.
+func retryEINTR(f func() (int, error)) (int, error) {
+	for {
+		n, err := f()
+		if !errors.Is(err, unix.EINTR) {
+			return n, err
+		}
+	}
 }

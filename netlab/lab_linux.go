@@ -18,7 +18,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"go.yaml.in/yaml/v3"
 
 	"halfway/netlab/linkem"
 )
@@ -74,7 +73,7 @@ func Up(ctx context.Context, t *Topology, opt Options) (lab *Lab, err error) {
 	if err := t.Validate(); err != nil {
 		return nil, err
 	}
-	topoYAML, err := yaml.Marshal(t)
+	topoYAML, err := yamlMarshal(t)
 	if err != nil {
 		return nil, fmt.Errorf("encode topology: %w", err)
 	}
@@ -301,6 +300,9 @@ func (h *Host) configure(p *Plan, congctl string) error {
 		}
 		if err := nh.LinkSetUp(link); err != nil {
 			return fail(ifc.Name+" up", err)
+		}
+		if err := h.Do(func() error { return setGRO(ifc.Name, true) }); err != nil {
+			return fail("offloads", err)
 		}
 		if congctl != "" {
 			for _, a := range []netip.Prefix{ifc.Addr4, ifc.Addr6} {

@@ -98,8 +98,8 @@ func nsInode(path string) (uint64, error) {
 	return st.Ino, nil
 }
 
-// pidsIn lists the processes (other than this one) whose network namespace
-// is one of the named ones.
+// pidsIn lists the processes (other than this one) that live in the named
+// namespaces.
 func pidsIn(names []string) []int {
 	inodes := map[uint64]bool{}
 	for _, n := range names {
@@ -117,11 +117,29 @@ func pidsIn(names []string) []int {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		if ino, err := nsInode(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && inodes[ino] {
+		if ino, err := nsInode(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && inodes[ino] && allThreadsIn(pid, inodes) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// allThreadsIn tells whether every thread of pid is in one of the
+// namespaces. A program that entered a lab host on one thread (as Host.Do
+// does, and the runtime may pick the main thread for it) lives outside the
+// lab and must not be killed with it.
+func allThreadsIn(pid int, inodes map[uint64]bool) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return false
+	}
+	for _, t := range tasks {
+		ino, err := nsInode(fmt.Sprintf("/proc/%d/task/%s/ns/net", pid, t.Name()))
+		if err == nil && !inodes[ino] {
+			return false
+		}
+	}
+	return true
 }
 
 // killAll ends the processes in the namespaces: SIGTERM, then SIGKILL for

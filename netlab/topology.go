@@ -96,6 +96,10 @@ func ParseTopology(data []byte) (*Topology, error) {
 	return &t, nil
 }
 
+// yamlMarshal encodes a topology so that ParseTopology reads it back: the
+// form a lab stores for its daemon and for status.
+func yamlMarshal(t *Topology) ([]byte, error) { return yaml.Marshal(t) }
+
 // LoadTopology reads, decodes and validates a topology file.
 func LoadTopology(path string) (*Topology, error) {
 	data, err := os.ReadFile(path)

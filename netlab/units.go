@@ -165,7 +165,7 @@ func (p *PerDir[T]) UnmarshalYAMLNode(d *strictyaml.Decoder, n *yaml.Node) error
 		case "ba":
 			d.DecodeField("ba", v, &p.BA)
 		default:
-			d.Errorf(k, "unknown direction %q: want ab or ba", k.Value)
+			d.Errorf(k, "unknown direction: want ab or ba")
 		}
 	}
 	return nil

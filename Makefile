@@ -1,0 +1,44 @@
+# halfway — two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+GO ?= go
+
+# Debian packages the tests, the demo and the benchmarks use.
+APT_PACKAGES := iproute2 curl iputils-ping procps python3
+# Commands that tell whether they are installed.
+APT_COMMANDS := ip curl ping ps python3
+
+.PHONY: all build deps test check demo bench-lab clean
+
+all: build
+
+build:
+	$(GO) build -o bin/halfway ./cmd/halfway
+
+# deps installs what is missing, and only that: apt-get needs the network.
+deps:
+	@missing=""; for c in $(APT_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages (missing:$$missing)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	fi
+	$(GO) mod download
+
+# check is the static part of test: formatting and vet.
+check:
+	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$bad" ]; then echo "gofmt would change:"; echo "$$bad"; exit 1; fi
+	$(GO) vet ./...
+
+# test runs every test; the lab tests need root and skip without it.
+test: deps check
+	$(GO) test -race -count=1 -timeout 12m ./...
+
+demo: deps build
+	./scripts/demo.sh
+
+bench-lab: build
+	./bin/halfway bench lab --out results
+
+clean:
+	rm -rf bin
