@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -327,5 +328,67 @@ func TestCrashedOwnerIsSwept(t *testing.T) {
 	if left := netlab.Remains(lab); len(left) > 0 {
 		t.Errorf("sweep left behind: %v", left)
 		netlab.Down(lab)
+	}
+}
+
+// TestNoLeaks brings labs up and down and checks that goroutines and file
+// descriptors return to where they were.
+func TestNoLeaks(t *testing.T) {
+	labtest.RequireRoot(t)
+	countFDs := func() int {
+		ents, _ := os.ReadDir("/proc/self/fd")
+		return len(ents)
+	}
+	settle := func(want func() bool) {
+		for i := 0; i < 25 && !want(); i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	var g0, fd0 int
+	for i := 0; i < 4; i++ {
+		// The first round creates what lives as long as the process (the
+		// runtime's network poller): the baseline is taken after it.
+		if i == 1 {
+			settle(func() bool { return false })
+			g0, fd0 = runtime.NumGoroutine(), countFDs()
+		}
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			lab := labtest.Start(t, lineYAML)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			ln, err := lab.Host("server").Listen("tcp", ":7")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			// The test's own server connection is closed by the test: a FIN
+			// still crossing the link when the lab goes away never arrives.
+			accepted := make(chan net.Conn, 1)
+			go func() {
+				sc, err := ln.Accept()
+				if err != nil {
+					close(accepted)
+					return
+				}
+				accepted <- sc
+				io.Copy(sc, sc)
+			}()
+			c, err := lab.Host("client").Dial(ctx, "tcp", lab.Host("server").AddrPort(7))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := echoOnce(c); err != nil {
+				t.Fatal(err)
+			}
+			if sc, ok := <-accepted; ok {
+				defer sc.Close()
+			}
+		})
+	}
+	settle(func() bool { return runtime.NumGoroutine() <= g0 && countFDs() <= fd0 })
+	if g, fd := runtime.NumGoroutine(), countFDs(); g > g0 || fd > fd0 {
+		buf := make([]byte, 1<<20)
+		t.Errorf("goroutines %d → %d, fds %d → %d\n%s", g0, g, fd0, fd, buf[:runtime.Stack(buf, true)])
 	}
 }

@@ -1,0 +1,86 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"halfway/netlab/labtest"
+)
+
+func TestMedianSpread(t *testing.T) {
+	tests := []struct {
+		in          []float64
+		med, lo, hi float64
+	}{
+		{nil, 0, 0, 0},
+		{[]float64{3}, 3, 3, 3},
+		{[]float64{5, 1, 3}, 3, 1, 5},
+		{[]float64{4, 1, 3, 2}, 2.5, 1, 4},
+	}
+	for _, tt := range tests {
+		lo, hi := spread(tt.in)
+		if m := median(tt.in); m != tt.med || lo != tt.lo || hi != tt.hi {
+			t.Errorf("%v: median %v spread %v–%v", tt.in, m, lo, hi)
+		}
+	}
+}
+
+// TestRunLabSmall runs every part of the lab benchmark once, briefly, with
+// the real emulator daemon, and checks that the report is complete and
+// renders. It asserts nothing about timing: that is the benchmark's job.
+func TestRunLabSmall(t *testing.T) {
+	labtest.RequireRoot(t)
+	exe := filepath.Join(t.TempDir(), "halfway")
+	if out, err := exec.Command("go", "build", "-o", exe, "../cmd/halfway").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	o := LabOptions{
+		Repeats: 1,
+		RTTs:    []time.Duration{2 * time.Millisecond},
+		Rates:   []uint64{50e6},
+		OneWay:  5 * time.Millisecond,
+		Warm:    300 * time.Millisecond,
+		Window:  700 * time.Millisecond,
+		LossPct: 5,
+		LossN:   400,
+		Exe:     exe,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r, err := RunLab(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.RTT) != 1 || len(r.RTT[0].ConnectAll) != 3 || r.RTT[0].ReqRespMS <= 0 {
+		t.Errorf("rtt rows %+v", r.RTT)
+	}
+	if len(r.Throughput) != 1 || r.Throughput[0].GoodputMbit <= 0 || r.Throughput[0].IPRateMbit <= 0 {
+		t.Errorf("throughput rows %+v", r.Throughput)
+	}
+	if r.Loss.Sent != 400 || r.Loss.EmulatorLost == 0 || r.Loss.HighPct <= r.Loss.LowPct {
+		t.Errorf("loss row %+v", r.Loss)
+	}
+	if len(r.TopSpeed.GoodputGbit) != 1 || r.TopSpeed.MedianGbit <= 0 {
+		t.Errorf("top speed %+v", r.TopSpeed)
+	}
+	md := r.Markdown()
+	for _, h := range []string{"## RTT", "## Bulk TCP throughput", "## Loss", "## Top speed"} {
+		if !strings.Contains(md, h) {
+			t.Errorf("markdown lacks %q", h)
+		}
+	}
+	if _, err := json.Marshal(r); err != nil {
+		t.Error(err)
+	}
+	for _, name := range []string{"brtt0", "btput0", "bloss", "btop"} {
+		if _, err := os.Stat("/run/netns/hwl." + name); err == nil {
+			t.Errorf("lab %s left behind", name)
+		}
+	}
+}
