@@ -72,15 +72,17 @@ type RTTRow struct {
 
 // TputRow compares bulk TCP throughput with the configured rate.
 type TputRow struct {
-	RateMbit     float64   `json:"rate_mbit"`
-	GoodputMbit  float64   `json:"goodput_median_mbit"`
-	IPRateMbit   float64   `json:"ip_rate_median_mbit"` // IP bytes the emulator delivered
-	GoodputAll   []float64 `json:"goodput_mbit"`
-	IPRateAll    []float64 `json:"ip_rate_mbit"`
-	GoodputRatio float64   `json:"goodput_ratio"`
-	IPRatio      float64   `json:"ip_ratio"`
-	QueueDrops   uint64    `json:"queue_drops"`
-	OK           bool      `json:"within_goal"`
+	RateMbit      float64   `json:"rate_mbit"`
+	GoodputMbit   float64   `json:"goodput_median_mbit"`
+	IPRateMbit    float64   `json:"ip_rate_median_mbit"` // IP bytes the emulator delivered
+	GoodputAll    []float64 `json:"goodput_mbit"`
+	IPRateAll     []float64 `json:"ip_rate_mbit"`
+	GoodputRatio  float64   `json:"goodput_ratio"`
+	IPRatio       float64   `json:"ip_ratio"`
+	QueueDrops    uint64    `json:"queue_drops_in_windows"`
+	EmulatorCores float64   `json:"emulator_cores_median"` // CPU the emulator daemon used
+	MachineBusy   float64   `json:"machine_busy_median"`   // share of all CPUs busy, 0–1
+	OK            bool      `json:"within_goal"`
 }
 
 // LossRow compares the observed drop ratio with binomial bounds.
@@ -221,6 +223,8 @@ func benchThroughput(ctx context.Context, o LabOptions, up upFunc, logf func(str
 	for i, rate := range o.Rates {
 		rows[i].RateMbit = float64(rate) / 1e6
 	}
+	emuCores := make([][]float64, len(o.Rates))
+	busy := make([][]float64, len(o.Rates))
 	// One lab at a time: a saturated link's emulator must not compete with
 	// another's for the two cores; repeats are interleaved across rates.
 	for rep := 0; rep < o.Repeats; rep++ {
@@ -238,11 +242,14 @@ congctl: cubic
 			// A slow link needs a longer window for TCP's loss recovery
 			// to average out: at least 10 s at 1 Mbit/s.
 			window := max(o.Window, time.Duration(float64(10*time.Second)*1e6/float64(rate)))
-			res, ipRate, drops, err := measureBulk(ctx, l, o.Warm, window)
+			res, m, err := measureBulk(ctx, l, o.Warm, window)
 			l.Close()
 			if err != nil {
 				return nil, fmt.Errorf("rate %s: %w", netlab.Rate(rate), err)
 			}
+			ipRate, drops := m.ipRate, m.drops
+			emuCores[i] = append(emuCores[i], m.emuCores)
+			busy[i] = append(busy[i], m.busy)
 			rows[i].GoodputAll = append(rows[i].GoodputAll, res.Goodput/1e6)
 			rows[i].IPRateAll = append(rows[i].IPRateAll, ipRate/1e6)
 			rows[i].QueueDrops += drops
@@ -253,6 +260,7 @@ congctl: cubic
 	for i := range rows {
 		row := &rows[i]
 		row.GoodputMbit, row.IPRateMbit = median(row.GoodputAll), median(row.IPRateAll)
+		row.EmulatorCores, row.MachineBusy = median(emuCores[i]), median(busy[i])
 		row.GoodputRatio, row.IPRatio = row.GoodputMbit/row.RateMbit, row.IPRateMbit/row.RateMbit
 		within := func(x float64) bool { return x >= 0.95 && x <= 1.03 }
 		row.OK = within(row.GoodputRatio) && within(row.IPRatio)
@@ -260,16 +268,30 @@ congctl: cubic
 	return rows, nil
 }
 
+// bulkMeasure is what the emulator and the machine did during a window.
+type bulkMeasure struct {
+	ipRate   float64 // IP bit/s the emulator delivered client→server
+	drops    uint64  // queue drops client→server
+	emuCores float64 // CPU of the emulator daemon, in cores
+	busy     float64 // share of the machine's CPUs busy
+}
+
 // measureBulk runs one bulk transfer client→server and reads the
-// emulator's counters of that direction at the window's edges.
-func measureBulk(ctx context.Context, l *netlab.Lab, warm, window time.Duration) (bulkResult, float64, uint64, error) {
+// emulator's counters, its CPU time and the machine's at the window's edges.
+func measureBulk(ctx context.Context, l *netlab.Lab, warm, window time.Duration) (bulkResult, bulkMeasure, error) {
+	var m bulkMeasure
 	s, err := newSink(l.Host("server"), 5001)
 	if err != nil {
-		return bulkResult{}, 0, 0, err
+		return bulkResult{}, m, err
 	}
 	defer s.Close()
-	var samples [][]netlab.LinkStats
-	var sampleTimes []time.Time
+	type sample struct {
+		stats     []netlab.LinkStats
+		at        time.Time
+		cpu       time.Duration
+		busy, all uint64
+	}
+	var samples []sample
 	var serr error
 	res, err := bulk(ctx, l.Host("client"), s, l.Host("server").AddrPort(5001), warm, window, func() {
 		st, err := l.LinkStats()
@@ -277,18 +299,25 @@ func measureBulk(ctx context.Context, l *netlab.Lab, warm, window time.Duration)
 			serr = err
 			return
 		}
-		samples = append(samples, st)
-		sampleTimes = append(sampleTimes, time.Now())
+		cpu, _ := netlab.ProcCPU(l.DaemonPID())
+		busy, all := machineCPU()
+		samples = append(samples, sample{st, time.Now(), cpu, busy, all})
 	})
 	if err != nil {
-		return res, 0, 0, err
+		return res, m, err
 	}
 	if serr != nil || len(samples) != 2 {
-		return res, 0, 0, fmt.Errorf("emulator counters: %v", serr)
+		return res, m, fmt.Errorf("emulator counters: %v", serr)
 	}
-	a, b := samples[0][0].AB, samples[1][0].AB
-	ipRate := float64(b.TxIPBytes-a.TxIPBytes) * 8 / sampleTimes[1].Sub(sampleTimes[0]).Seconds()
-	return res, ipRate, b.DropQueue - a.DropQueue, nil
+	a, b := samples[0], samples[1]
+	secs := b.at.Sub(a.at).Seconds()
+	m.ipRate = float64(b.stats[0].AB.TxIPBytes-a.stats[0].AB.TxIPBytes) * 8 / secs
+	m.drops = b.stats[0].AB.DropQueue - a.stats[0].AB.DropQueue
+	m.emuCores = (b.cpu - a.cpu).Seconds() / secs
+	if b.all > a.all {
+		m.busy = float64(b.busy-a.busy) / float64(b.all-a.all)
+	}
+	return res, m, nil
 }
 
 func benchLoss(ctx context.Context, o LabOptions, up upFunc, logf func(string, ...any)) (LossRow, error) {

@@ -12,6 +12,15 @@ func yes(ok bool) string {
 	return "**no**"
 }
 
+// verdict judges an RTT row; the 0 ms row is the measurement floor, which
+// the goal does not cover.
+func verdict(row RTTRow) string {
+	if row.ConfiguredMS == 0 {
+		return "floor"
+	}
+	return yes(row.OK)
+}
+
 // Markdown renders the report as tables a person reads.
 func (r *LabReport) Markdown() string {
 	var b strings.Builder
@@ -23,15 +32,16 @@ func (r *LabReport) Markdown() string {
 		cl, ch := spread(row.ConnectAll)
 		rl, rh := spread(row.ReqRespAll)
 		fmt.Fprintf(&b, "| %g | %.3f (%.3f–%.3f) | %.3f (%.3f–%.3f) | %.2f | %s |\n",
-			row.ConfiguredMS, row.ConnectMS, cl, ch, row.ReqRespMS, rl, rh, row.ToleranceMS, yes(row.OK))
+			row.ConfiguredMS, row.ConnectMS, cl, ch, row.ReqRespMS, rl, rh, row.ToleranceMS, verdict(row))
 	}
 
 	fmt.Fprintf(&b, "\n## Bulk TCP throughput (%g ms one way, %gs window after %gs warm-up)\n\n", r.Options.OneWayMS, r.Options.WindowS, r.Options.WarmS)
-	b.WriteString("| rate Mbit/s | goodput Mbit/s (min–max) | goodput/rate | IP rate Mbit/s | IP/rate | queue drops | within goal |\n|---:|---:|---:|---:|---:|---:|:---:|\n")
+	b.WriteString("| rate Mbit/s | goodput Mbit/s (min–max) | goodput/rate | IP rate Mbit/s | IP/rate | queue drops | emulator cores | machine busy | within goal |\n|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n")
 	for _, row := range r.Throughput {
 		lo, hi := spread(row.GoodputAll)
-		fmt.Fprintf(&b, "| %g | %.2f (%.2f–%.2f) | %.3f | %.2f | %.3f | %d | %s |\n",
-			row.RateMbit, row.GoodputMbit, lo, hi, row.GoodputRatio, row.IPRateMbit, row.IPRatio, row.QueueDrops, yes(row.OK))
+		fmt.Fprintf(&b, "| %g | %.2f (%.2f–%.2f) | %.3f | %.2f | %.3f | %d | %.2f | %.0f%% | %s |\n",
+			row.RateMbit, row.GoodputMbit, lo, hi, row.GoodputRatio, row.IPRateMbit, row.IPRatio, row.QueueDrops,
+			row.EmulatorCores, 100*row.MachineBusy, yes(row.OK))
 	}
 
 	l := r.Loss

@@ -8,9 +8,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
 	"halfway/bench"
+	"halfway/netlab"
 )
 
 func runBench(args []string, stdout, stderr io.Writer) error {
@@ -34,6 +37,28 @@ func benchLab(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.Warm, "warm", o.Warm, "bulk warm-up before the window")
 	fs.IntVar(&o.LossN, "loss-datagrams", o.LossN, "datagrams per loss repeat")
 	quiet := fs.Bool("q", false, "no progress on stderr")
+	fs.Func("rates", "comma-separated link rates for the throughput part (default 1mbit,10mbit,100mbit,500mbit)", func(v string) error {
+		o.Rates = nil
+		for _, f := range strings.Split(v, ",") {
+			var r netlab.Rate
+			if err := r.UnmarshalText([]byte(f)); err != nil || r == 0 {
+				return fmt.Errorf("%q: want a rate like 100mbit", f)
+			}
+			o.Rates = append(o.Rates, uint64(r))
+		}
+		return nil
+	})
+	fs.Func("rtts", "comma-separated RTTs for the RTT part (default 0,1ms,10ms,50ms,100ms,215ms,300ms)", func(v string) error {
+		o.RTTs = nil
+		for _, f := range strings.Split(v, ",") {
+			d, err := time.ParseDuration(f)
+			if err != nil || d < 0 {
+				return fmt.Errorf("%q: want a duration like 10ms", f)
+			}
+			o.RTTs = append(o.RTTs, d)
+		}
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -335,11 +335,20 @@ func (s *sleeper) until(due int64, stop <-chan struct{}) bool {
 	}
 }
 
-func monoNow() int64 {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return ts.Nano()
-}
+// The shaper and the writers run on CLOCK_MONOTONIC, the clock
+// clock_nanosleep takes. unix.ClockGettime is a real system call; Go's own
+// clock reads the same clock through the vDSO for a fraction of the cost, so
+// it is anchored to CLOCK_MONOTONIC once and read through time.Since.
+var (
+	clockBase     = time.Now()
+	clockBaseMono = func() int64 {
+		var ts unix.Timespec
+		_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+		return ts.Nano()
+	}()
+)
+
+func monoNow() int64 { return clockBaseMono + int64(time.Since(clockBase)) }
 
 // arrivalTime converts a kernel CLOCK_REALTIME receive stamp into the
 // monotonic clock the shaper runs on, falling back to now.
@@ -348,9 +357,7 @@ func arrivalTime(rtime int64) int64 {
 	if rtime == 0 {
 		return now
 	}
-	var rt unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_REALTIME, &rt)
-	arr := rtime - (rt.Nano() - now)
+	arr := rtime - (time.Now().UnixNano() - now)
 	if arr > now || arr < now-int64(time.Second) {
 		return now
 	}
