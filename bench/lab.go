@@ -351,11 +351,9 @@ links: [{a: client, b: server, delay: 5ms, loss: {ab: %g%%, ba: 0%%}}]
 		row.PerRepeatPct = append(row.PerRepeatPct, 100*float64(lost)/float64(o.LossN))
 		logf("loss repeat %d: %d of %d lost (%.3f%%)", rep+1, lost, o.LossN, row.PerRepeatPct[rep])
 	}
-	p := o.LossPct / 100
+	lo, hi := binomialInterval(row.Sent, o.LossPct/100, 0.99)
 	n := float64(row.Sent)
-	sd := math.Sqrt(n * p * (1 - p))
-	const z99 = 2.5758 // two-sided 99% normal quantile; n·p is large enough here
-	row.LowPct, row.HighPct = 100*(n*p-z99*sd)/n, 100*(n*p+z99*sd)/n
+	row.LowPct, row.HighPct = 100*float64(lo)/n, 100*float64(hi)/n
 	row.ObservedPct = 100 * float64(row.Lost) / n
 	row.OK = row.ObservedPct >= row.LowPct && row.ObservedPct <= row.HighPct
 	return row, nil
@@ -397,6 +395,28 @@ links: [{a: client, b: server}]
 	}
 	row.MedianGbit, row.MedianCPU, row.EmulatorCores = median(row.GoodputGbit), median(row.CPUPerGbit), median(cores)
 	return row, nil
+}
+
+// binomialInterval returns the central interval [lo, hi] holding at least
+// the given probability of Binomial(n, p): the counts a correct link loses.
+func binomialInterval(n int, p, prob float64) (lo, hi int) {
+	tail := (1 - prob) / 2
+	lgN, _ := math.Lgamma(float64(n + 1))
+	cdf := 0.0
+	lo, hi = -1, n
+	for k := 0; k <= n; k++ {
+		lgK, _ := math.Lgamma(float64(k + 1))
+		lgNK, _ := math.Lgamma(float64(n - k + 1))
+		cdf += math.Exp(lgN - lgK - lgNK + float64(k)*math.Log(p) + float64(n-k)*math.Log1p(-p))
+		if lo < 0 && cdf > tail {
+			lo = k // P(X < lo) ≤ tail
+		}
+		if cdf >= 1-tail {
+			hi = k // P(X > hi) ≤ tail
+			break
+		}
+	}
+	return max(lo, 0), hi
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }

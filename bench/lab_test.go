@@ -84,3 +84,22 @@ func TestRunLabSmall(t *testing.T) {
 		}
 	}
 }
+
+func TestBinomialInterval(t *testing.T) {
+	// Reference values: the 0.5% and 99.5% quantiles of Binomial(n, p).
+	tests := []struct {
+		n      int
+		p      float64
+		lo, hi int
+	}{
+		{100000, 0.01, 919, 1082},
+		{20000, 0.01, 165, 237},
+		{100, 0.5, 37, 63},
+	}
+	for _, tt := range tests {
+		lo, hi := binomialInterval(tt.n, tt.p, 0.99)
+		if lo < tt.lo-1 || lo > tt.lo+1 || hi < tt.hi-1 || hi > tt.hi+1 {
+			t.Errorf("Binomial(%d, %g): [%d, %d], want about [%d, %d]", tt.n, tt.p, lo, hi, tt.lo, tt.hi)
+		}
+	}
+}

@@ -90,8 +90,10 @@ func bulk(ctx context.Context, h *netlab.Host, s *sink, addr string, warm, windo
 		}
 	}()
 	defer func() {
-		close(stop)
-		wg.Wait()
+		if stop != nil {
+			close(stop)
+			wg.Wait()
+		}
 		c.Close()
 	}()
 	if !sleepCtx(ctx, warm) {
@@ -108,6 +110,9 @@ func bulk(ctx context.Context, h *netlab.Host, s *sink, addr string, warm, windo
 	if sample != nil {
 		sample()
 	}
+	close(stop)
+	wg.Wait()
+	stop = nil
 	if werr != nil {
 		return bulkResult{}, werr
 	}

@@ -25,6 +25,9 @@ import (
 // It serves the links' counters on a unix socket in StateDir, calls ready
 // once the wires are open, and returns when ctx is done.
 func Emulate(ctx context.Context, name string, opt linkem.Options, ready func()) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
 	s, err := readState(name)
 	if err != nil {
 		return fmt.Errorf("lab %s: %w", name, err)
@@ -110,6 +113,9 @@ func queryStats(name string) ([]LinkStats, error) {
 // Attach opens a lab that is up, e.g. one another process brought up with
 // Detach. Release frees what Attach opened; Close removes the lab.
 func Attach(name string) (*Lab, error) {
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
 	s, err := readState(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("lab %s: %w", name, ErrNotFound)
@@ -121,7 +127,7 @@ func Attach(name string) (*Lab, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lab %s: stored topology: %w", name, err)
 	}
-	l := &Lab{Topo: t, Plan: t.Plan(), hosts: map[string]*Host{}}
+	l := &Lab{Topo: t, Plan: t.Plan(), hosts: map[string]*Host{}, id: s.ID, failed: make(chan error, 1)}
 	if s.Daemon {
 		l.daemon = s.Owner
 	}
@@ -157,9 +163,9 @@ type Status struct {
 	Err     string      `json:"error,omitempty"`
 }
 
-// List describes every lab on this machine, with live counters where the
-// emulator daemon answers.
-func List() ([]Status, error) {
+// List describes every lab on this machine; with stats, it adds the live
+// counters of each detached lab whose emulator daemon answers.
+func List(stats bool) ([]Status, error) {
 	names, err := labNames()
 	if err != nil {
 		return nil, err
@@ -178,7 +184,7 @@ func List() ([]Status, error) {
 		if st.Topo, err = ParseTopology([]byte(s.Topology)); err == nil {
 			st.Plan = st.Topo.Plan()
 		}
-		if st.Alive && st.Daemon {
+		if stats && st.Alive && st.Daemon {
 			if st.Links, err = queryStats(n); err != nil {
 				st.Err = err.Error()
 			}

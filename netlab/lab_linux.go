@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -50,12 +51,16 @@ type Lab struct {
 	hosts map[string]*Host
 	wire  netns.NsHandle
 
-	mu     sync.Mutex
-	wires  []*linkem.Wire // in-process emulators
-	cancel context.CancelFunc
-	runErr chan error
-	daemon int
-	closed bool
+	id string // the state record's ID: Close removes only this lab
+
+	mu      sync.Mutex
+	wires   []*linkem.Wire // in-process emulators
+	cancel  context.CancelFunc
+	runErr  chan error // one result per wire
+	errOnce sync.Once
+	failed  chan error // the first wire failure, for Err
+	daemon  int
+	closed  bool
 }
 
 // Host is one host of a lab.
@@ -82,18 +87,21 @@ func Up(ctx context.Context, t *Topology, opt Options) (lab *Lab, err error) {
 		return nil, err
 	}
 	defer unlock()
-	if err := sweepLocked(); err != nil {
-		return nil, err
-	}
+	// A stale lab that cannot be removed is reported by Sweep and Down; it
+	// must not keep other labs from coming up.
+	_ = sweepLocked()
 	if s, err := readState(t.Name); err == nil && s.alive() {
 		return nil, fmt.Errorf("lab %s (owner pid %d): %w", t.Name, s.Owner, ErrExists)
 	}
-	st := &state{Name: t.Name, Owner: os.Getpid(), OwnerStart: procStart(os.Getpid()),
+	if err := teardownLocked(t.Name); err != nil {
+		return nil, fmt.Errorf("lab %s: remove what is left of an earlier run: %w", t.Name, err)
+	}
+	st := &state{Name: t.Name, ID: newID(), Owner: os.Getpid(), OwnerStart: procStart(os.Getpid()),
 		Created: time.Now().UTC(), File: opt.File, Topology: string(topoYAML)}
 	if err := writeState(st); err != nil {
 		return nil, fmt.Errorf("write lab state: %w", err)
 	}
-	lab = &Lab{Topo: t, Plan: t.Plan(), hosts: map[string]*Host{}}
+	lab = &Lab{Topo: t, Plan: t.Plan(), hosts: map[string]*Host{}, id: st.ID, failed: make(chan error, 1)}
 	defer func() {
 		if err != nil {
 			lab.closeHandles()
@@ -150,7 +158,7 @@ func (l *Lab) build() error {
 			return err
 		}
 	}
-	wh, err := netlink.NewHandleAt(l.wire)
+	wh, err := newHandle(l.wire)
 	if err != nil {
 		return fmt.Errorf("netlink in %s: %w", WireNS(t.Name), err)
 	}
@@ -204,6 +212,18 @@ func (l *Lab) build() error {
 	return nil
 }
 
+func newID() string { return fmt.Sprintf("%016x", rand.Uint64()) }
+
+// newHandle opens a netlink handle inside ns. The socket stays bound to ns;
+// the thread that entered it is discarded (see inNS).
+func newHandle(ns netns.NsHandle) (h *netlink.Handle, err error) {
+	err = inNS(ns, func() (err error) {
+		h, err = netlink.NewHandle()
+		return err
+	})
+	return h, err
+}
+
 // hostMAC is a locally administered address that names the link and side,
 // so static neighbor entries can be written before the peer exists.
 func hostMAC(link int, side byte) net.HardwareAddr {
@@ -235,7 +255,7 @@ func (h *Host) baseSysctls(ipv6 bool) error {
 }
 
 func (h *Host) setMTU(ifname string, mtu int) error {
-	nh, err := netlink.NewHandleAt(h.ns)
+	nh, err := newHandle(h.ns)
 	if err != nil {
 		return fmt.Errorf("host %s: netlink: %w", h.Name, err)
 	}
@@ -253,7 +273,7 @@ func (h *Host) setMTU(ifname string, mtu int) error {
 // configure brings the host's interfaces up with their addresses, static
 // neighbors (so no ARP round trip distorts the first measured RTT) and routes.
 func (h *Host) configure(p *Plan, congctl string) error {
-	nh, err := netlink.NewHandleAt(h.ns)
+	nh, err := newHandle(h.ns)
 	if err != nil {
 		return fmt.Errorf("host %s: netlink: %w", h.Name, err)
 	}
@@ -363,10 +383,20 @@ func (l *Lab) startWires(opt linkem.Options) error {
 	l.cancel = cancel
 	l.runErr = make(chan error, len(l.wires))
 	for _, w := range l.wires {
-		go func() { l.runErr <- w.Run(ctx) }()
+		go func() {
+			err := w.Run(ctx)
+			if err != nil {
+				l.errOnce.Do(func() { l.failed <- err })
+			}
+			l.runErr <- err
+		}()
 	}
 	return nil
 }
+
+// Err delivers the first failure of an in-process emulator: the lab's links
+// no longer carry packets. It never delivers for a detached lab.
+func (l *Lab) Err() <-chan error { return l.failed }
 
 // startDaemon starts `EXE lab emulate NAME` inside the wire namespace and
 // waits until it reports that its wires are open.
@@ -388,6 +418,8 @@ func startDaemon(ctx context.Context, l *Lab, opt Options) (int, error) {
 		args = append(args, "--realtime")
 	}
 	cmd := exec.Command(exe, append(args, l.Topo.Name)...)
+	// ps shows the daemon under the lab's prefix, like its namespaces.
+	cmd.Args[0] = WireNS(l.Topo.Name) + ".emulator"
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	out, err := cmd.StdoutPipe()
@@ -469,10 +501,11 @@ func (l *Lab) Close() error {
 		return nil
 	}
 	l.closed = true
+	var errs []error
 	if l.cancel != nil {
 		l.cancel()
 		for range l.wires {
-			<-l.runErr
+			errs = append(errs, <-l.runErr)
 		}
 	}
 	l.mu.Unlock()
@@ -482,7 +515,12 @@ func (l *Lab) Close() error {
 		return err
 	}
 	defer unlock()
-	return teardownLocked(l.Topo.Name)
+	// After `halfway lab down NAME` another lab may have taken the name:
+	// remove the lab only if the record is still ours (or gone).
+	if s, err := readState(l.Topo.Name); err == nil && s.ID != l.id {
+		return errors.Join(errs...)
+	}
+	return errors.Join(append(errs, teardownLocked(l.Topo.Name))...)
 }
 
 func (l *Lab) closeHandles() {
@@ -496,6 +534,9 @@ func (l *Lab) closeHandles() {
 
 // Down removes the named lab, whether or not its owner is alive.
 func Down(name string) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
 	unlock, err := lockLabs()
 	if err != nil {
 		return err
@@ -505,7 +546,7 @@ func Down(name string) error {
 	if err != nil {
 		return err
 	}
-	if _, serr := os.Stat(statePath(name)); len(names) == 0 && len(etcNetnsDirs(name)) == 0 && errors.Is(serr, fs.ErrNotExist) {
+	if len(names) == 0 && len(etcNetnsDirs(name)) == 0 && len(Remains(name)) == 0 {
 		return fmt.Errorf("lab %s: %w", name, ErrNotFound)
 	}
 	return teardownLocked(name)
@@ -558,6 +599,9 @@ func sweepLocked() error {
 // (the emulator daemon among them), namespaces, /etc/netns entries and
 // state files. It goes on past errors and reports them all.
 func teardownLocked(name string) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
 	var errs []error
 	nss, err := labNamespaces(name)
 	errs = append(errs, err)
@@ -568,7 +612,7 @@ func teardownLocked(name string) error {
 	for _, d := range etcNetnsDirs(name) {
 		errs = append(errs, os.RemoveAll(filepath.Join(etcNetns, d)))
 	}
-	for _, f := range []string{statePath(name), logPath(name), socketPath(name)} {
+	for _, f := range []string{statePath(name), stateTmpPath(name), logPath(name), socketPath(name)} {
 		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -52,8 +52,18 @@ func createNS(name string) error {
 }
 
 func deleteNS(name string) error {
-	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	err := netns.DeleteNamed(name)
+	if err == nil || errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	// A crash between creating the file and bind-mounting the namespace
+	// leaves a plain file that cannot be unmounted: remove it all the same.
+	p := filepath.Join(netnsDir, name)
+	if uerr := unix.Unmount(p, unix.MNT_DETACH); uerr != nil && !errors.Is(uerr, unix.EINVAL) && !errors.Is(uerr, unix.ENOENT) {
 		return fmt.Errorf("delete namespace %s: %w", name, err)
+	}
+	if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+		return fmt.Errorf("delete namespace %s: %w", name, rerr)
 	}
 	return nil
 }

@@ -82,7 +82,8 @@ func (t *Topology) Plan() *Plan {
 		var a6, b6 netip.Addr
 		if t.IPv6 {
 			var b [16]byte
-			copy(b[:], []byte{0xfd, 0x00, 0x00, 0x77, 0, 0, byte(i >> 8), byte(i)})
+			// fd00:77:LINK::/64, LINK counted from 1 as in the IPv4 plan.
+			copy(b[:], []byte{0xfd, 0x00, 0x00, 0x77, byte((i + 1) >> 8), byte(i + 1)})
 			lp.Net6 = netip.PrefixFrom(netip.AddrFrom16(b), 64)
 			a6, b6 = lp.Net6.Addr().Next(), lp.Net6.Addr().Next().Next()
 		}

@@ -11,6 +11,9 @@ import (
 // Remains lists whatever of a lab still exists: namespaces, processes in
 // them, /etc/netns entries and state files. It is empty after Close or Down.
 func Remains(name string) []string {
+	if !validName(name) {
+		return nil
+	}
 	var out []string
 	nss, _ := labNamespaces(name)
 	for _, ns := range nss {
@@ -22,7 +25,7 @@ func Remains(name string) []string {
 	for _, d := range etcNetnsDirs(name) {
 		out = append(out, filepath.Join(etcNetns, d))
 	}
-	for _, f := range []string{statePath(name), logPath(name), socketPath(name)} {
+	for _, f := range []string{statePath(name), stateTmpPath(name), logPath(name), socketPath(name)} {
 		if _, err := os.Stat(f); !errors.Is(err, fs.ErrNotExist) {
 			out = append(out, f)
 		}

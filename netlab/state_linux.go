@@ -20,6 +20,7 @@ var StateDir = "/run/halfway/lab"
 // state is the record of a lab, written before anything is created.
 type state struct {
 	Name       string    `json:"name"`
+	ID         string    `json:"id"`    // random, so a Lab only ever removes its own lab
 	Owner      int       `json:"owner"` // the process whose death makes the lab stale
 	OwnerStart uint64    `json:"owner_start"`
 	Daemon     bool      `json:"daemon"` // Owner is a `halfway lab emulate` daemon
@@ -28,9 +29,10 @@ type state struct {
 	Topology   string    `json:"topology"` // YAML
 }
 
-func statePath(name string) string  { return filepath.Join(StateDir, name+".json") }
-func logPath(name string) string    { return filepath.Join(StateDir, name+".log") }
-func socketPath(name string) string { return filepath.Join(StateDir, name+".sock") }
+func statePath(name string) string    { return filepath.Join(StateDir, name+".json") }
+func stateTmpPath(name string) string { return statePath(name) + ".tmp" }
+func logPath(name string) string      { return filepath.Join(StateDir, name+".log") }
+func socketPath(name string) string   { return filepath.Join(StateDir, name+".sock") }
 
 func (s *state) alive() bool {
 	return s.Owner > 0 && procStart(s.Owner) == s.OwnerStart
@@ -44,7 +46,7 @@ func writeState(s *state) error {
 	if err != nil {
 		return err
 	}
-	tmp := statePath(s.Name) + ".tmp"
+	tmp := stateTmpPath(s.Name)
 	if err := os.WriteFile(tmp, b, 0o644); err != nil {
 		return err
 	}
@@ -71,7 +73,8 @@ func labNames() ([]string, error) {
 		return nil, err
 	}
 	for _, e := range ents {
-		if n, ok := strings.CutSuffix(e.Name(), ".json"); ok {
+		n := strings.TrimSuffix(e.Name(), ".tmp")
+		if n, ok := strings.CutSuffix(n, ".json"); ok {
 			set[n] = true
 		}
 	}
@@ -89,7 +92,10 @@ func labNames() ([]string, error) {
 	}
 	var names []string
 	for n := range set {
-		names = append(names, n)
+		// Only names a topology could have: nothing else is ours to remove.
+		if validName(n) {
+			names = append(names, n)
+		}
 	}
 	return names, nil
 }

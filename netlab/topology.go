@@ -119,6 +119,18 @@ var (
 	sysctlRE   = regexp.MustCompile(`^net\.[a-z0-9_.\-]+$`)
 )
 
+// validName tells whether name can be a lab's name, and so whether files
+// and namespaces derived from it are a lab's.
+func validName(name string) bool { return topoNameRE.MatchString(name) }
+
+// checkName refuses a name no lab can have before it is used in a path.
+func checkName(name string) error {
+	if !validName(name) {
+		return fmt.Errorf("lab %q: not a lab name (1-24 of a-z, 0-9, _ and -): %w", name, ErrNotFound)
+	}
+	return nil
+}
+
 // Validate reports every problem with its field path.
 func (t *Topology) Validate() error {
 	var errs strictyaml.Errors
@@ -151,6 +163,8 @@ func (t *Topology) Validate() error {
 	switch {
 	case err != nil || !prefix.Addr().Is4():
 		add("subnet", "%q: want an IPv4 prefix like 10.77.0.0/16", t.Subnet)
+	case !privateNet(prefix):
+		add("subnet", "%q: want a private range (10/8, 172.16/12, 192.168/16 or 100.64/10)", t.Subnet)
 	case prefix.Bits() > 24 || len(t.Links) > 1<<(24-prefix.Bits())-1:
 		add("subnet", "%q: too small for %d links of a /24 each", t.Subnet, len(t.Links))
 	}
@@ -175,9 +189,14 @@ func (t *Topology) Validate() error {
 		for _, d := range []struct {
 			dir           string
 			delay, jitter Duration
-		}{{"ab", l.Delay.AB, l.Jitter.AB}, {"ba", l.Delay.BA, l.Jitter.BA}} {
+			rate          Rate
+			queue         QueueLimit
+		}{{"ab", l.Delay.AB, l.Jitter.AB, l.Rate.AB, l.Queue.AB}, {"ba", l.Delay.BA, l.Jitter.BA, l.Rate.BA, l.Queue.BA}} {
 			if d.jitter > d.delay {
 				add(p+".jitter", "%v (%s) exceeds the delay %v", d.jitter, d.dir, d.delay)
+			}
+			if d.queue != (QueueLimit{}) && d.rate == 0 {
+				add(p+".queue", "%v (%s): a queue needs a rate to fill it", d.queue, d.dir)
 			}
 		}
 	}
@@ -186,10 +205,52 @@ func (t *Topology) Validate() error {
 			add("links", "node %q has %d links: at most 9", name, n)
 		}
 	}
+	if len(errs) == 0 {
+		if far := t.unreachable(); far != "" {
+			add("links", "node %q cannot reach node %q: every node needs a path to every other", t.Nodes[0].Name, far)
+		}
+	}
 	if len(errs) > 0 {
 		return errs
 	}
 	return nil
+}
+
+// unreachable returns a node with no path from the first node, or "".
+func (t *Topology) unreachable() string {
+	adj := map[string][]string{}
+	for _, l := range t.Links {
+		adj[l.A] = append(adj[l.A], l.B)
+		adj[l.B] = append(adj[l.B], l.A)
+	}
+	seen := map[string]bool{t.Nodes[0].Name: true}
+	queue := []string{t.Nodes[0].Name}
+	for len(queue) > 0 {
+		n := queue[0]
+		queue = queue[1:]
+		for _, m := range adj[n] {
+			if !seen[m] {
+				seen[m] = true
+				queue = append(queue, m)
+			}
+		}
+	}
+	for _, n := range t.Nodes {
+		if !seen[n.Name] {
+			return n.Name
+		}
+	}
+	return ""
+}
+
+func privateNet(p netip.Prefix) bool {
+	for _, r := range []string{"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"} {
+		pr := netip.MustParsePrefix(r)
+		if pr.Bits() <= p.Bits() && pr.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
 }
 
 func validateSysctl(path string, m map[string]string, add func(string, string, ...any)) {

@@ -99,6 +99,27 @@ links: [{a: a, b: b}]
 name: x
 nodes: [a, b]
 `, []string{`links: want at least one link`}},
+		{"disconnected", `
+name: x
+nodes: [a, b, c, d]
+links: [{a: a, b: b}, {a: c, b: d}]
+`, []string{`links: node "a" cannot reach node "c"`}},
+		{"queue without rate", `
+name: x
+nodes: [a, b]
+links: [{a: a, b: b, queue: 64KB}]
+`, []string{`links[0].queue: 64000B (ab): a queue needs a rate`}},
+		{"duplicate direction", `
+name: x
+nodes: [a, b]
+links: [{a: a, b: b, delay: {ab: 1ms, ab: 2ms}}]
+`, []string{`duplicate`}},
+		{"public subnet", `
+name: x
+subnet: 8.8.0.0/16
+nodes: [a, b]
+links: [{a: a, b: b}]
+`, []string{`subnet: "8.8.0.0/16": want a private range`}},
 		{"bad mtu", `
 name: x
 nodes: [a, b]
@@ -256,7 +277,7 @@ links:
 	if len(a.Ifaces) != 3 {
 		t.Fatalf("a has %d interfaces", len(a.Ifaces))
 	}
-	if got := a.Addr6(); got != netip.MustParseAddr("fd00:77::1") {
+	if got := a.Addr6(); got != netip.MustParseAddr("fd00:77:1::1") {
 		t.Errorf("a's IPv6 address %v", got)
 	}
 	// Routes from a: link 2 (b-d) via b, link 3 (c-d) via c, each v4 and v6.
@@ -265,8 +286,8 @@ links:
 		got[r.Dst.String()] = r.Dev
 	}
 	want := map[string]string{
-		"10.77.3.0/24": "eth0", "fd00:77:0:2::/64": "eth0",
-		"10.77.4.0/24": "eth1", "fd00:77:0:3::/64": "eth1",
+		"10.77.3.0/24": "eth0", "fd00:77:3::/64": "eth0",
+		"10.77.4.0/24": "eth1", "fd00:77:4::/64": "eth1",
 	}
 	for dst, dev := range want {
 		if got[dst] != dev {

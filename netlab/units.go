@@ -157,8 +157,14 @@ func (p *PerDir[T]) UnmarshalYAMLNode(d *strictyaml.Decoder, n *yaml.Node) error
 		p.BA = p.AB
 		return nil
 	}
+	seen := map[string]bool{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
+		if seen[k.Value] {
+			d.Errorf(k, "duplicate direction")
+			continue
+		}
+		seen[k.Value] = true
 		switch k.Value {
 		case "ab":
 			d.DecodeField("ab", v, &p.AB)

@@ -66,8 +66,12 @@ func labUp(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	fmt.Fprintf(stdout, "\nlab %s is up in the foreground; Ctrl-C removes it.\n", t.Name)
-	<-ctx.Done()
-	return lab.Close()
+	select {
+	case <-ctx.Done():
+		return lab.Close()
+	case err := <-lab.Err():
+		return errors.Join(fmt.Errorf("lab %s: link emulator failed: %w", t.Name, err), lab.Close())
+	}
 }
 
 func labDown(args []string, stdout, stderr io.Writer) error {
@@ -111,7 +115,7 @@ func labStatus(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	labs, err := netlab.List()
+	labs, err := netlab.List(true)
 	if err != nil {
 		return err
 	}
@@ -235,7 +239,7 @@ func labExec(args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("lab exec needs iproute2's ip: %w", err)
 	}
-	labs, err := netlab.List()
+	labs, err := netlab.List(false)
 	if err != nil {
 		return err
 	}
@@ -257,7 +261,7 @@ func pickLab(name string) (string, error) {
 	if name != "" {
 		return name, nil
 	}
-	labs, err := netlab.List()
+	labs, err := netlab.List(false)
 	if err != nil {
 		return "", err
 	}

@@ -28,7 +28,9 @@ type Params struct {
 	// Delay is the one-way propagation delay added to every packet.
 	Delay time.Duration
 	// Jitter adds a uniformly distributed offset in [-Jitter, +Jitter] to
-	// Delay. Packets keep their order unless Reorder is set.
+	// Delay. Packets keep their order unless Reorder is set: a packet never
+	// overtakes the one before it, so packets closer together than the
+	// jitter's spread bunch toward the larger delays (netem does the same).
 	Jitter  time.Duration
 	Reorder bool
 	// Rate is the serialization rate in bit/s of IP packets (the Ethernet

@@ -1,7 +1,6 @@
 package linkem
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -23,10 +22,17 @@ type packetSock struct {
 	f    *os.File
 	rc   syscall.RawConn
 
-	// recvmsg state, reused so that receiving allocates nothing.
-	iov unix.Iovec
-	msg unix.Msghdr
-	oob []byte
+	// recvmsg and write state, and the callbacks that use it, made once so
+	// that a packet allocates nothing.
+	iov    unix.Iovec
+	msg    unix.Msghdr
+	oob    []byte
+	n      int
+	rerrno syscall.Errno // the reader's
+	werrno syscall.Errno // the writer's: another goroutine
+	wbuf   []byte
+	readFn func(fd uintptr) bool
+	sendFn func(fd uintptr) bool
 }
 
 func openPacketSock(ifname string) (*packetSock, error) {
@@ -77,6 +83,16 @@ func openPacketSock(ifname string) (*packetSock, error) {
 	s := &packetSock{name: ifname, f: f, rc: rc, oob: make([]byte, unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{}))))}
 	s.msg.Iov = &s.iov
 	s.msg.Iovlen = 1
+	s.readFn = func(fd uintptr) bool {
+		r, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&s.msg)), unix.MSG_TRUNC)
+		s.n, s.rerrno = int(r), e
+		return e != unix.EAGAIN
+	}
+	s.sendFn = func(fd uintptr) bool {
+		_, _, e := unix.Syscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&s.wbuf[0])), uintptr(len(s.wbuf)))
+		s.werrno = e
+		return e != unix.EAGAIN
+	}
 	return s, nil
 }
 
@@ -90,18 +106,13 @@ func (s *packetSock) recv(buf []byte) (n int, rtime int64, err error) {
 	s.iov.SetLen(len(buf))
 	s.msg.Control = &s.oob[0]
 	s.msg.SetControllen(len(s.oob))
-	var errno syscall.Errno
-	rerr := s.rc.Read(func(fd uintptr) bool {
-		r, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&s.msg)), unix.MSG_TRUNC)
-		n, errno = int(r), e
-		return errno != unix.EAGAIN
-	})
-	if rerr != nil {
-		return 0, 0, rerr
+	if err := s.rc.Read(s.readFn); err != nil {
+		return 0, 0, err
 	}
-	if errno != 0 {
-		return 0, 0, fmt.Errorf("wire %s: recvmsg: %w", s.name, errno)
+	if s.rerrno != 0 {
+		return 0, 0, fmt.Errorf("wire %s: recvmsg: %w", s.name, s.rerrno)
 	}
+	n = s.n
 	if int(s.msg.Controllen) >= unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{}))) {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&s.oob[0]))
 		if h.Level == unix.SOL_SOCKET && h.Type == unix.SO_TIMESTAMPNS {
@@ -113,22 +124,19 @@ func (s *packetSock) recv(buf []byte) (n int, rtime int64, err error) {
 }
 
 // send writes one frame (with its vnet header).
+// send writes one frame (with its vnet header). Only the writer of the
+// other direction calls it, so wbuf is not shared.
 func (s *packetSock) send(b []byte) error {
-	var errno syscall.Errno
-	werr := s.rc.Write(func(fd uintptr) bool {
-		_, _, errno = unix.Syscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-		return errno != unix.EAGAIN
-	})
-	if werr != nil {
-		return werr
+	s.wbuf = b
+	err := s.rc.Write(s.sendFn)
+	s.wbuf = nil
+	if err != nil {
+		return err
 	}
-	if errno != 0 {
-		return fmt.Errorf("wire %s: write: %w", s.name, errno)
+	if s.werrno != 0 {
+		return fmt.Errorf("wire %s: write: %w", s.name, s.werrno)
 	}
 	return nil
 }
 
 func (s *packetSock) close() error { return s.f.Close() }
-
-// closedErr tells whether err only reports that the socket was closed.
-func closedErr(err error) bool { return errors.Is(err, os.ErrClosed) }

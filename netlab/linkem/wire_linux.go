@@ -147,8 +147,8 @@ func (d *direction) readLoop() error {
 	for {
 		n, rtime, err := d.in.recv(scratch)
 		if err != nil {
-			if closedErr(err) {
-				return nil
+			if d.stopped() {
+				return nil // Close closed the socket under us
 			}
 			return err
 		}
@@ -180,6 +180,15 @@ func (d *direction) readLoop() error {
 		p := getPkt(n)
 		p.n = copy(p.b, scratch[:n])
 		d.admit(p, now)
+	}
+}
+
+func (d *direction) stopped() bool {
+	select {
+	case <-d.stop:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -266,9 +275,11 @@ func (d *direction) writeReordering(sl *sleeper) error {
 			}
 		}
 		top := h[0]
-		// A packet arriving during the sleep may be due earlier: sleep briefly.
+		// A packet arriving during the sleep is due no sooner than
+		// Delay-Jitter after now: sleep until then at most.
 		if now := monoNow(); top.due-sl.late > now {
-			if !sl.until(min(top.due, now+int64(250*time.Microsecond)+sl.late), d.stop) {
+			horizon := now + max(int64(d.p.Delay-d.p.Jitter), int64(250*time.Microsecond)) + sl.late
+			if !sl.until(min(top.due, horizon), d.stop) {
 				return nil
 			}
 			continue
@@ -284,7 +295,7 @@ func (d *direction) deliver(p *pkt) error {
 	ipBytes := p.n - VnetHdrLen - ethHdrLen
 	putPkt(p)
 	if err != nil {
-		if closedErr(err) {
+		if d.stopped() {
 			return nil
 		}
 		// A frame the far veth refuses (e.g. above its MTU) is counted, not fatal.
