@@ -1,0 +1,253 @@
+package datapath
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (a, b *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		ch <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-ch
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// relayed sets up app client ↔ relay ↔ app server and runs Join on the
+// relay's two legs. It returns the apps' ends and the flow's result.
+func relayed(t *testing.T, ctx context.Context, opt Options) (client, server *net.TCPConn, res <-chan Result) {
+	t.Helper()
+	client, relayIn := tcpPair(t)
+	relayOut, server := tcpPair(t)
+	ch := make(chan Result, 1)
+	go func() { ch <- Join(ctx, relayIn, relayOut, opt) }()
+	return client, server, ch
+}
+
+func payload(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, 1))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// TestHalfCloseBothWays sends a request, half-closes, and gets a response
+// after it; the other direction must keep flowing after the first FIN.
+func TestHalfCloseBothWays(t *testing.T) {
+	for _, force := range []bool{false, true} {
+		for _, size := range []int{0, 1, 65536, 3<<20 + 7} {
+			name := map[bool]string{false: "splice", true: "copy"}[force]
+			t.Run(name, func(t *testing.T) {
+				var paths sync.Map
+				var up, down atomic.Int64
+				opt := Options{ForceCopy: force, Up: &up, Down: &down,
+					OnPath: func(u bool, p Path) { paths.Store(u, p) }}
+				client, server, res := relayed(t, context.Background(), opt)
+				req, resp := payload(1, size), payload(2, size/2+3)
+				go func() {
+					client.Write(req)
+					client.CloseWrite()
+				}()
+				got, err := io.ReadAll(server) // until the client's FIN
+				if err != nil || !bytes.Equal(got, req) {
+					t.Fatalf("server got %d bytes (%v), want %d", len(got), err, len(req))
+				}
+				// The server answers after the client's FIN: half-close held.
+				if _, err := server.Write(resp); err != nil {
+					t.Fatal(err)
+				}
+				server.CloseWrite()
+				back, err := io.ReadAll(client)
+				if err != nil || !bytes.Equal(back, resp) {
+					t.Fatalf("client got %d bytes (%v), want %d", len(back), err, len(resp))
+				}
+				r := <-res
+				if r.Reason != ReasonClosed || r.Up != int64(len(req)) || r.Down != int64(len(resp)) {
+					t.Errorf("result %+v", r)
+				}
+				if up.Load() != r.Up || down.Load() != r.Down {
+					t.Errorf("counters %d/%d, result %d/%d", up.Load(), down.Load(), r.Up, r.Down)
+				}
+				want := PathSplice
+				if force {
+					want = PathCopy
+				}
+				for _, u := range []bool{true, false} {
+					if p, _ := paths.Load(u); p != want {
+						t.Errorf("direction up=%v used %v, want %v", u, p, want)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestManyTransfersSHA256 runs concurrent flows of random sizes both ways.
+func TestManyTransfersSHA256(t *testing.T) {
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client, server, res := relayed(t, context.Background(), Options{})
+			r := rand.New(rand.NewPCG(uint64(i), 2))
+			up, down := payload(uint64(i), r.IntN(2<<20)), payload(uint64(i+1000), r.IntN(2<<20))
+			go func() { client.Write(up); client.CloseWrite() }()
+			go func() { server.Write(down); server.CloseWrite() }()
+			var gotUp, gotDown []byte
+			var w2 sync.WaitGroup
+			w2.Add(2)
+			go func() { defer w2.Done(); gotUp, _ = io.ReadAll(server) }()
+			go func() { defer w2.Done(); gotDown, _ = io.ReadAll(client) }()
+			w2.Wait()
+			if sha256.Sum256(gotUp) != sha256.Sum256(up) || sha256.Sum256(gotDown) != sha256.Sum256(down) {
+				t.Errorf("flow %d: bytes differ (%d/%d up, %d/%d down)", i, len(gotUp), len(up), len(gotDown), len(down))
+			}
+			if rr := <-res; rr.Reason != ReasonClosed {
+				t.Errorf("flow %d: %+v", i, rr)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestResetPropagates(t *testing.T) {
+	for _, serverResets := range []bool{true, false} {
+		t.Run(map[bool]string{true: "server", false: "client"}[serverResets], func(t *testing.T) {
+			client, server, res := relayed(t, context.Background(), Options{})
+			// Some bytes first, so the flow is established end to end.
+			client.Write([]byte("hi"))
+			buf := make([]byte, 2)
+			if _, err := io.ReadFull(server, buf); err != nil {
+				t.Fatal(err)
+			}
+			resetter, other := server, client
+			want := ReasonResetServer
+			if !serverResets {
+				resetter, other, want = client, server, ReasonResetClient
+			}
+			resetter.SetLinger(0)
+			resetter.Close()
+			other.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err := other.Read(buf)
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("the other side read %v, want a reset", err)
+			}
+			if r := <-res; r.Reason != want {
+				t.Errorf("reason %v, want %v", r.Reason, want)
+			}
+		})
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	client, server, res := relayed(t, context.Background(), Options{Idle: 300 * time.Millisecond})
+	// Traffic one way only for longer than the idle timeout: not idle.
+	deadline := time.Now().Add(900 * time.Millisecond)
+	go io.Copy(io.Discard, client)
+	for time.Now().Before(deadline) {
+		if _, err := server.Write([]byte("tick")); err != nil {
+			t.Fatalf("flow ended while the server was sending: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	select {
+	case r := <-res:
+		t.Fatalf("flow ended while active: %+v", r)
+	default:
+	}
+	// Now silence: the flow ends as idle.
+	select {
+	case r := <-res:
+		if r.Reason != ReasonIdle {
+			t.Errorf("reason %v, want idle", r.Reason)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("idle flow never ended")
+	}
+}
+
+func TestCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	client, _, res := relayed(t, ctx, Options{})
+	cancel()
+	if r := <-res; r.Reason != ReasonCanceled {
+		t.Errorf("reason %v", r.Reason)
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); err == nil {
+		t.Error("client leg still open after cancel")
+	}
+}
+
+// TestIdleFlowsHoldNoPipes opens flows, moves a few bytes through each, and
+// checks that idle flows hold no pipe descriptors beyond the pool's.
+func TestIdleFlowsHoldNoPipes(t *testing.T) {
+	countPipes := func() int {
+		ents, _ := os.ReadDir("/proc/self/fd")
+		n := 0
+		for _, e := range ents {
+			if l, _ := os.Readlink("/proc/self/fd/" + e.Name()); strings.HasPrefix(l, "pipe:") {
+				n++
+			}
+		}
+		return n
+	}
+	// Flows of earlier tests may still be giving their pipes back.
+	time.Sleep(200 * time.Millisecond)
+	Drain()
+	before := countPipes()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const flows = 50
+	for range flows {
+		client, server, _ := relayed(t, ctx, Options{})
+		client.Write([]byte("x"))
+		io.ReadFull(server, make([]byte, 1))
+	}
+	var got, pooled int
+	for range 50 {
+		got, pooled = countPipes()-before, len(pipes.free)
+		if got == 2*pooled {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got != 2*pooled {
+		t.Errorf("%d idle flows hold %d pipe descriptors; the pool has %d pipes (%d descriptors)", flows, got, pooled, 2*pooled)
+	}
+	if pooled > 4 {
+		t.Errorf("pool grew to %d pipes for sequential one-byte flows", pooled)
+	}
+}

@@ -1,0 +1,172 @@
+package datapath
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxSplice bounds one splice call; the pipe's capacity bounds it anyway.
+const maxSplice = 1 << 20
+
+var errSpliceUnsupported = errors.New("splice not supported on these sockets")
+
+// spliceCopy moves src → dst through a pipe until EOF (nil error). The pipe
+// is taken only when bytes are waiting and given back before waiting again,
+// so an idle flow holds no pipe.
+func spliceCopy(dst, src *net.TCPConn, cnt *atomic.Int64, f *flow) (int64, error) {
+	srcRC, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	dstRC, err := dst.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var (
+		p     *pipe
+		total int64
+		n     int
+		serr  error
+		eof   bool
+	)
+	defer func() {
+		if p != nil {
+			pipes.put(p)
+		}
+	}()
+	readFn := func(fd uintptr) bool {
+		if p == nil {
+			// Peek before taking a pipe: most flows are idle most of the time.
+			var b byte
+			m, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b)), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+			switch {
+			case e == unix.EAGAIN:
+				return false
+			case e != 0:
+				serr = e
+				return true
+			case m == 0:
+				eof = true
+				return true
+			}
+			if p, serr = pipes.get(); serr != nil {
+				return true
+			}
+		}
+		var moved int64
+		moved, serr = unix.Splice(int(fd), nil, p.w, nil, maxSplice, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		n = int(moved)
+		if serr == unix.EAGAIN {
+			pipes.put(p)
+			p = nil
+			return false
+		}
+		return true
+	}
+	var m int
+	var werr error
+	writeFn := func(fd uintptr) bool {
+		moved, e := unix.Splice(p.r, nil, int(fd), nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		m, werr = int(moved), e
+		return werr != unix.EAGAIN
+	}
+	f.armIdle(src)
+	for {
+		n, serr, eof = 0, nil, false
+		if err := srcRC.Read(readFn); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && !f.idleExpired(src) {
+				continue
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return total, errIdle
+			}
+			return total, sideErr{read: true, err: err}
+		}
+		if eof || (serr == nil && n == 0) {
+			return total, nil
+		}
+		if serr != nil {
+			if total == 0 && (serr == unix.EINVAL || serr == unix.ENOSYS) {
+				return 0, errSpliceUnsupported
+			}
+			return total, sideErr{read: true, reset: isReset(serr), err: os.NewSyscallError("splice", serr)}
+		}
+		for n > 0 {
+			if err := dstRC.Write(writeFn); err != nil {
+				p.dirty = true
+				return total, sideErr{read: false, err: err}
+			}
+			if werr != nil {
+				p.dirty = true
+				return total, sideErr{read: false, reset: isReset(werr), err: os.NewSyscallError("splice", werr)}
+			}
+			n -= m
+			total += int64(m)
+			if cnt != nil {
+				cnt.Add(int64(m))
+			}
+			f.touch()
+		}
+		f.armIdle(src)
+	}
+}
+
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// pipe is a kernel pipe used as splice's buffer.
+type pipe struct {
+	r, w  int
+	dirty bool // may hold bytes: close, never reuse
+}
+
+// pipePool keeps a bounded number of empty pipes for reuse: creating one is
+// two syscalls and two descriptors.
+type pipePool struct{ free chan *pipe }
+
+var pipes = pipePool{free: make(chan *pipe, 256)}
+
+func (pp *pipePool) get() (*pipe, error) {
+	select {
+	case p := <-pp.free:
+		return p, nil
+	default:
+	}
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		return nil, os.NewSyscallError("pipe2", err)
+	}
+	return &pipe{r: fds[0], w: fds[1]}, nil
+}
+
+func (pp *pipePool) put(p *pipe) {
+	if !p.dirty {
+		select {
+		case pp.free <- p:
+			return
+		default:
+		}
+	}
+	unix.Close(p.r)
+	unix.Close(p.w)
+}
+
+// Drain closes the pooled pipes (for leak checks and shutdown).
+func Drain() {
+	for {
+		select {
+		case p := <-pipes.free:
+			unix.Close(p.r)
+			unix.Close(p.w)
+		default:
+			return
+		}
+	}
+}
