@@ -4,6 +4,8 @@ import (
 	"math"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const ms = int64(time.Millisecond)
@@ -202,7 +204,12 @@ func TestParamsValidate(t *testing.T) {
 }
 
 func TestSleeperLateness(t *testing.T) {
-	var s sleeper
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(wake)
+	s := sleeper{wake: wake}
 	stop := make(chan struct{})
 	for range 20 {
 		due := monoNow() + int64(300*time.Microsecond)
@@ -214,7 +221,12 @@ func TestSleeperLateness(t *testing.T) {
 		t.Fatalf("lateness estimate %d out of range", s.late)
 	}
 	close(stop)
-	if s.until(monoNow()+int64(time.Millisecond), stop) {
+	unix.Write(wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	start := time.Now()
+	if s.until(monoNow()+int64(time.Minute), stop) {
 		t.Fatal("until returned true after stop")
+	}
+	if time.Since(start) > 10*time.Second {
+		t.Fatal("a closing wire's sleeper slept on")
 	}
 }

@@ -63,6 +63,12 @@ type Wire struct {
 
 	closeOnce sync.Once
 	stop      chan struct{}
+	// wake is an eventfd that Close makes readable: writers sleep in ppoll
+	// on it, so a long delay is one precise sleep, yet Close is seen at once.
+	wake    int
+	mu      sync.Mutex
+	running bool
+	closed  bool
 }
 
 // Open opens both ends of a wire in the calling thread's network namespace.
@@ -82,17 +88,32 @@ func Open(ifA, ifB string, ab, ba Params, opt Options) (*Wire, error) {
 		a.close()
 		return nil, err
 	}
-	w := &Wire{a: a, b: b, opt: opt, stop: make(chan struct{})}
-	w.ab = newDirection(ifA+">"+ifB, a, b, ab, w.stop)
-	w.ba = newDirection(ifB+">"+ifA, b, a, ba, w.stop)
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		a.close()
+		b.close()
+		return nil, fmt.Errorf("wire %s-%s: eventfd: %w", ifA, ifB, err)
+	}
+	w := &Wire{a: a, b: b, opt: opt, stop: make(chan struct{}), wake: wake}
+	w.ab = newDirection(ifA+">"+ifB, a, b, ab, w.stop, wake)
+	w.ba = newDirection(ifB+">"+ifA, b, a, ba, w.stop, wake)
 	return w, nil
 }
 
 // Run forwards frames both ways until ctx is done or Close is called. It
 // returns the first socket error, or nil after an orderly stop.
 func (w *Wire) Run(ctx context.Context) error {
+	w.mu.Lock()
+	if w.closed || w.running {
+		w.mu.Unlock()
+		return nil
+	}
+	w.running = true
+	w.mu.Unlock()
 	errc := make(chan error, 4)
 	var wg sync.WaitGroup
+	// The writers may sleep on wake until they return: close it after them.
+	defer unix.Close(w.wake)
 	for _, d := range []*direction{w.ab, w.ba} {
 		wg.Add(2)
 		go func() { defer wg.Done(); errc <- d.readLoop() }()
@@ -117,7 +138,15 @@ func (w *Wire) Close() error {
 	var err error
 	w.closeOnce.Do(func() {
 		close(w.stop)
+		one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
+		_, _ = unix.Write(w.wake, one)
 		err = errors.Join(w.a.close(), w.b.close())
+		w.mu.Lock()
+		w.closed = true
+		if !w.running {
+			unix.Close(w.wake)
+		}
+		w.mu.Unlock()
 	})
 	return err
 }
@@ -129,6 +158,7 @@ type direction struct {
 	sh      *Shaper
 	q       chan *pkt
 	stop    <-chan struct{}
+	wake    int
 	c       dirCounters
 
 	// per-frame state for the Segment callbacks (reader goroutine only)
@@ -136,8 +166,8 @@ type direction struct {
 	arrival int64
 }
 
-func newDirection(name string, in, out *packetSock, p Params, stop <-chan struct{}) *direction {
-	return &direction{name: name, in: in, out: out, p: p, sh: NewShaper(p), q: make(chan *pkt, queueCap), stop: stop}
+func newDirection(name string, in, out *packetSock, p Params, stop <-chan struct{}, wake int) *direction {
+	return &direction{name: name, in: in, out: out, p: p, sh: NewShaper(p), q: make(chan *pkt, queueCap), stop: stop, wake: wake}
 }
 
 func (d *direction) readLoop() error {
@@ -214,9 +244,6 @@ func (d *direction) admit(p *pkt, now int64) {
 	}
 }
 
-// maxSleep bounds one sleep of a writer so that Close is noticed soon.
-const maxSleep = 20 * time.Millisecond
-
 // writeLoop delivers packets when due. It runs on a thread of its own so it
 // can sleep with clock_nanosleep, whose wake-up is tens of microseconds late
 // where the Go timer is about a millisecond late.
@@ -228,7 +255,7 @@ func (d *direction) writeLoop(opt Options) error {
 	if opt.Realtime {
 		_ = unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 10}, 0)
 	}
-	var sl sleeper
+	sl := sleeper{wake: d.wake}
 	if d.p.Reorder && d.p.Jitter > 0 {
 		return d.writeReordering(&sl)
 	}
@@ -239,14 +266,9 @@ func (d *direction) writeLoop(opt Options) error {
 		case <-d.stop:
 			return nil
 		}
-		for {
-			if !sl.until(p.due, d.stop) {
-				putPkt(p)
-				return nil
-			}
-			if monoNow() >= p.due-sl.late {
-				break
-			}
+		if !sl.until(p.due, d.stop) {
+			putPkt(p)
+			return nil
 		}
 		if err := d.deliver(p); err != nil {
 			return err
@@ -308,36 +330,48 @@ func (d *direction) deliver(p *pkt) error {
 }
 
 // sleeper sleeps until absolute deadlines, waking early by its measured
-// lateness so packets leave on time on average.
-type sleeper struct{ late int64 }
+// lateness so packets leave on time on average. One sleep per packet
+// matters: every wake-up on a busy VM risks being milliseconds late, so a
+// 150 ms delay is not cut into shorter sleeps.
+type sleeper struct {
+	late int64
+	wake int // readable once the wire is closing
+	fds  [1]unix.PollFd
+}
 
 const (
 	initialLate = int64(50 * time.Microsecond)
 	maxLate     = int64(500 * time.Microsecond)
 )
 
-// until sleeps toward due minus the expected lateness, in steps of at most
-// maxSleep; it returns false if stop closed meanwhile.
+// until sleeps toward due minus the expected lateness; it returns false
+// if the wire is closing.
 func (s *sleeper) until(due int64, stop <-chan struct{}) bool {
 	if s.late == 0 {
 		s.late = initialLate
 	}
 	target := due - s.late
-	now := monoNow()
-	if target <= now {
+	if target <= monoNow() {
 		return true
 	}
-	full := true
-	if target-now > int64(maxSleep) {
-		target, full = now+int64(maxSleep), false
+	s.fds[0] = unix.PollFd{Fd: int32(s.wake), Events: unix.POLLIN}
+	for {
+		rem := target - monoNow()
+		if rem <= 0 {
+			break
+		}
+		ts := unix.NsecToTimespec(rem)
+		n, err := unix.Ppoll(s.fds[:], &ts, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if n > 0 || err != nil {
+			return false // woken by Close
+		}
+		break
 	}
-	ts := unix.NsecToTimespec(target)
-	for unix.ClockNanosleep(unix.CLOCK_MONOTONIC, unix.TIMER_ABSTIME, &ts, nil) == unix.EINTR {
-	}
-	if full {
-		s.late += (monoNow() - target - s.late) / 8
-		s.late = min(max(s.late, 0), maxLate)
-	}
+	s.late += (monoNow() - target - s.late) / 8
+	s.late = min(max(s.late, 0), maxLate)
 	select {
 	case <-stop:
 		return false
