@@ -1,6 +1,7 @@
 // Command halfway makes TCP faster by splitting connections at relays placed
 // part-way along their path. This binary holds every part of it:
 //
+//	halfway relay -c FILE        run a split-TCP relay
 //	halfway lab up FILE          bring up an emulated WAN in network namespaces
 //	halfway lab exec NODE -- CMD run a command on a lab host
 //	halfway lab status           show labs, addresses and link counters
@@ -19,6 +20,7 @@ import (
 const usage = `usage: halfway COMMAND [ARGS]
 
 commands:
+  relay -c FILE [--check]            run a relay (SIGHUP reloads, SIGTERM drains)
   lab up [--foreground] FILE         bring up a lab topology (YAML)
   lab exec [--lab NAME] NODE -- CMD  run CMD inside a lab host
   lab status [--json] [NAME]         show labs, hosts, links and counters
@@ -55,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runLab(args[1:], stdout, stderr)
 	case "bench":
 		return runBench(args[1:], stdout, stderr)
+	case "relay":
+		return runRelay(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

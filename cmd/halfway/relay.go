@@ -1,0 +1,62 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"halfway/relay"
+)
+
+func runRelay(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("relay", stderr)
+	file := fs.String("c", "", "configuration file (YAML)")
+	check := fs.Bool("check", false, "validate the configuration and exit")
+	grace := fs.Duration("grace", 30*time.Second, "on SIGTERM, how long flows may finish before they are closed")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *file == "" || fs.NArg() != 0 {
+		return fmt.Errorf("%w: relay -c FILE [--check] [--grace 30s]", errUsage)
+	}
+	cfg, err := relay.LoadConfig(*file)
+	if err != nil {
+		return err
+	}
+	if *check {
+		fmt.Fprintf(stdout, "%s: configuration is valid (%d listeners, %d routes)\n", *file, len(cfg.Listeners), len(cfg.Routes))
+		return nil
+	}
+	log := relay.NewLogger(cfg.Log)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := relay.New(cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			next, err := relay.LoadConfig(*file)
+			if err != nil {
+				log.Error("reload refused: configuration invalid; the running one stays", "err", err)
+				continue
+			}
+			if err := srv.Reload(next); err != nil {
+				log.Error("reload incomplete", "err", err)
+			}
+		}
+	}()
+	return srv.Run(ctx, *grace)
+}

@@ -1,0 +1,147 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"sort"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// The admin API, on a loopback address by default:
+//
+//	GET /metrics           Prometheus metrics
+//	GET /api/flows         active flows: 4-tuple, route, bytes, age
+//	GET /api/status        listeners, counts, limits
+//	GET /api/tunables      run-time settings
+//	PUT /api/tunables      change them (JSON, validated; a reload resets them)
+//	GET /debug/pprof/...   profiles
+type adminServer struct {
+	ln  net.Listener
+	srv *http.Server
+}
+
+func (s *Server) startAdmin(addr string) (*adminServer, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	gatherer, ok := s.reg.(prometheus.Gatherer)
+	if !ok {
+		gatherer = prometheus.DefaultGatherer
+	}
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /api/flows", s.handleFlows)
+	mux.HandleFunc("GET /api/status", s.handleStatus)
+	mux.HandleFunc("GET /api/tunables", s.handleTunables)
+	mux.HandleFunc("PUT /api/tunables", s.handleSetTunables)
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	a := &adminServer{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}
+	go a.srv.Serve(ln)
+	s.log.Info("admin API", "addr", ln.Addr().String())
+	return a, nil
+}
+
+func (a *adminServer) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = a.srv.Shutdown(ctx)
+}
+
+// FlowStatus is one active flow in /api/flows.
+type FlowStatus struct {
+	ID       uint64  `json:"id"`
+	Listener string  `json:"listener"`
+	Protocol string  `json:"protocol"`
+	Client   string  `json:"client"`
+	Dst      string  `json:"dst"`
+	Route    string  `json:"route"`
+	Up       int64   `json:"bytes_up"`
+	Down     int64   `json:"bytes_down"`
+	AgeS     float64 `json:"age_s"`
+}
+
+// Flows lists the active flows.
+func (s *Server) Flows() []FlowStatus {
+	s.mu.Lock()
+	out := make([]FlowStatus, 0, len(s.flows))
+	for _, f := range s.flows {
+		fs := FlowStatus{ID: f.id, Listener: f.listener, Protocol: f.proto, Client: f.client.String(),
+			Up: f.up.Load(), Down: f.down.Load(), AgeS: time.Since(f.start).Seconds()}
+		if d := f.dst.Load(); d != nil {
+			fs.Dst = d.String()
+		}
+		if r := f.route.Load(); r != nil {
+			fs.Route = *r
+		}
+		out = append(out, fs)
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func (s *Server) handleFlows(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.Flows())
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	var ls []map[string]any
+	for name, l := range s.listeners {
+		st := l.cur.Load()
+		ls = append(ls, map[string]any{"name": name, "addr": l.ln.Addr().String(), "mode": st.cfg.Mode, "protocols": st.cfg.Protocols})
+	}
+	s.mu.Unlock()
+	sort.Slice(ls, func(i, j int) bool { return ls[i]["name"].(string) < ls[j]["name"].(string) })
+	writeJSON(w, http.StatusOK, map[string]any{
+		"listeners": ls, "active_flows": s.active.Load(), "pending_connects": s.pending.Load(),
+		"draining": s.draining.Load(), "tunables": s.state.Load().tunables,
+	})
+}
+
+func (s *Server) handleTunables(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.state.Load().tunables)
+}
+
+func (s *Server) handleSetTunables(w http.ResponseWriter, r *http.Request) {
+	cur := s.state.Load()
+	t := cur.tunables
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&t); err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return
+	}
+	if err := t.validate(); err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return
+	}
+	next := *cur
+	next.tunables = t
+	if !s.state.CompareAndSwap(cur, &next) {
+		writeJSON(w, http.StatusConflict, map[string]string{"error": "configuration changed meanwhile; retry"})
+		return
+	}
+	s.log.Info("tunables changed", "tunables", fmt.Sprintf("%+v", t))
+	writeJSON(w, http.StatusOK, t)
+}

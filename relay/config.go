@@ -1,0 +1,423 @@
+package relay
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"halfway/strictyaml"
+)
+
+// Config is a relay's configuration file.
+type Config struct {
+	Admin     AdminConfig      `yaml:"admin"`
+	Log       LogConfig        `yaml:"log"`
+	Auth      AuthConfig       `yaml:"auth"`
+	Limits    Limits           `yaml:"limits"`
+	Legs      LegsConfig       `yaml:"legs"`
+	Listeners []ListenerConfig `yaml:"listeners"`
+	Routes    []RouteConfig    `yaml:"routes"`
+}
+
+// AdminConfig places the metrics and admin HTTP API.
+type AdminConfig struct {
+	// Listen is host:port; loopback by default, "off" disables it.
+	Listen string `yaml:"listen"`
+}
+
+// LogConfig chooses the log format and level.
+type LogConfig struct {
+	Format string `yaml:"format"` // text (default) or json
+	Level  string `yaml:"level"`  // debug, info (default), warn, error
+}
+
+// AuthConfig authenticates relay-to-relay hops.
+type AuthConfig struct {
+	// PSKFile holds the key shared by the relays of a fleet (at least 16
+	// bytes). It is required when a listener accepts convert or a route
+	// goes through relays.
+	PSKFile string `yaml:"psk_file"`
+	// Window is how far a hop's timestamp may be from this relay's clock.
+	Window Duration `yaml:"window"`
+}
+
+// Limits bound what clients can make the relay hold.
+type Limits struct {
+	MaxFlows          int      `yaml:"max_flows"`            // all flows (default 8000)
+	MaxFlowsPerClient int      `yaml:"max_flows_per_client"` // per client address (default 1000)
+	MaxPending        int      `yaml:"max_pending"`          // connects in progress (default 1024)
+	ConnectTimeout    Duration `yaml:"connect_timeout"`      // next-hop connect (default 5s)
+	HandshakeTimeout  Duration `yaml:"handshake_timeout"`    // client's protocol head (default 10s)
+}
+
+// LegConfig sets socket options of one kind of leg.
+type LegConfig struct {
+	IdleTimeout Duration `yaml:"idle_timeout"` // no byte either way (0: never)
+	Keepalive   Duration `yaml:"keepalive"`    // TCP keepalive idle time (0: off)
+	UserTimeout Duration `yaml:"user_timeout"` // TCP_USER_TIMEOUT (0: kernel default)
+}
+
+// LegsConfig sets each kind of leg: toward clients, servers and relays.
+type LegsConfig struct {
+	Client LegConfig `yaml:"client"`
+	Server LegConfig `yaml:"server"`
+	Relay  LegConfig `yaml:"relay"`
+}
+
+// ListenerConfig is one listening socket and how flows reach it.
+type ListenerConfig struct {
+	Name   string `yaml:"name"`
+	Listen string `yaml:"listen"` // host:port
+	// Mode is explicit (clients name the destination), tproxy or redirect
+	// (transparent: the destination is the packet's).
+	Mode string `yaml:"mode"`
+	// Protocols spoken on an explicit listener: socks5, http (CONNECT) and
+	// convert (RFC 8803, from other relays). With several, the first bytes
+	// tell which.
+	Protocols []string `yaml:"protocols"`
+	// AllowClients are the client CIDRs accepted; nothing else is.
+	AllowClients []string `yaml:"allow_clients"`
+	// AllowDestinations are CIDRs with optional ports (10.0.0.0/8,
+	// 0.0.0.0/0:443, [::]/0:80,443, 10.1.0.0/16:8000-8100) a client may reach.
+	// Loopback, link-local, metadata and the relay's own addresses are
+	// refused unless a listed CIDR names them exactly or more narrowly.
+	AllowDestinations []string `yaml:"allow_destinations"`
+	// Users for SOCKS5 (RFC 1929) and HTTP Proxy-Authorization: a file
+	// of "user:password" lines. Without it no authentication is asked.
+	UsersFile string `yaml:"users_file"`
+	// ProxyProtocol sends a PROXY v2 header first on direct legs to servers.
+	ProxyProtocol bool `yaml:"proxy_protocol"`
+}
+
+// RouteConfig sends matching flows direct or through a chain of relays.
+// Routes are tried in order; the first that matches wins; a flow that
+// matches none goes direct.
+type RouteConfig struct {
+	Listener string   `yaml:"listener"` // only flows of this listener (default: any)
+	Dst      []string `yaml:"dst"`      // destination CIDRs (default: any)
+	Ports    string   `yaml:"ports"`    // 80,443,8000-8100 (default: any)
+	Via      []string `yaml:"via"`      // next relays host:port in order; empty: direct
+}
+
+// Duration is a time.Duration written like 30s or 10m.
+type Duration time.Duration
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil || v < 0 {
+		return fmt.Errorf("want a duration like 30s")
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Defaults an operator would expect when a field is left out.
+const (
+	DefaultAdmin          = "127.0.0.1:9190"
+	defaultMaxFlows       = 8000
+	defaultMaxPerClient   = 1000
+	defaultMaxPending     = 1024
+	defaultConnectTimeout = 5 * time.Second
+	defaultHandshake      = 10 * time.Second
+	defaultWindow         = 30 * time.Second
+	defaultIdle           = 15 * time.Minute
+	defaultKeepalive      = 30 * time.Second
+)
+
+// LoadConfig reads, decodes, defaults and validates a config file.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s:\n%w", path, err)
+	}
+	return c, nil
+}
+
+// ParseConfig decodes, defaults and validates a config.
+func ParseConfig(b []byte) (*Config, error) {
+	var c Config
+	if err := strictyaml.Decode(b, &c); err != nil {
+		return nil, err
+	}
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) setDefaults() {
+	if c.Admin.Listen == "" {
+		c.Admin.Listen = DefaultAdmin
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Auth.Window == 0 {
+		c.Auth.Window = Duration(defaultWindow)
+	}
+	l := &c.Limits
+	for _, f := range []struct {
+		v   *int
+		def int
+	}{{&l.MaxFlows, defaultMaxFlows}, {&l.MaxFlowsPerClient, defaultMaxPerClient}, {&l.MaxPending, defaultMaxPending}} {
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	if l.ConnectTimeout == 0 {
+		l.ConnectTimeout = Duration(defaultConnectTimeout)
+	}
+	if l.HandshakeTimeout == 0 {
+		l.HandshakeTimeout = Duration(defaultHandshake)
+	}
+	for _, leg := range []*LegConfig{&c.Legs.Client, &c.Legs.Server, &c.Legs.Relay} {
+		if leg.IdleTimeout == 0 {
+			leg.IdleTimeout = Duration(defaultIdle)
+		}
+		if leg.Keepalive == 0 {
+			leg.Keepalive = Duration(defaultKeepalive)
+		}
+	}
+	for i := range c.Listeners {
+		ln := &c.Listeners[i]
+		if ln.Mode == "" {
+			ln.Mode = "explicit"
+		}
+		if ln.Mode == "explicit" && len(ln.Protocols) == 0 {
+			ln.Protocols = []string{"socks5", "http", "convert"}
+		}
+	}
+}
+
+// Validate reports every problem with its field path.
+func (c *Config) Validate() error {
+	var errs strictyaml.Errors
+	add := func(path, format string, args ...any) {
+		errs = append(errs, &strictyaml.Error{Path: path, Msg: fmt.Sprintf(format, args...)})
+	}
+	if c.Admin.Listen != "off" {
+		if _, err := netip.ParseAddrPort(c.Admin.Listen); err != nil {
+			add("admin.listen", "%q: want an address like 127.0.0.1:9190, or off", c.Admin.Listen)
+		}
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		add("log.format", "%q: want text or json", c.Log.Format)
+	}
+	if _, ok := logLevels[c.Log.Level]; !ok {
+		add("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	for _, f := range []struct {
+		path string
+		v    int
+	}{{"limits.max_flows", c.Limits.MaxFlows}, {"limits.max_flows_per_client", c.Limits.MaxFlowsPerClient}, {"limits.max_pending", c.Limits.MaxPending}} {
+		if f.v < 0 {
+			add(f.path, "%d: want a positive number", f.v)
+		}
+	}
+	needPSK := false
+	names := map[string]bool{}
+	if len(c.Listeners) == 0 {
+		add("listeners", "want at least one listener")
+	}
+	for i, ln := range c.Listeners {
+		p := fmt.Sprintf("listeners[%d]", i)
+		if ln.Name == "" {
+			add(p+".name", "want a name (used by routes, metrics and logs)")
+		} else if names[ln.Name] {
+			add(p+".name", "%q: duplicate listener", ln.Name)
+		}
+		names[ln.Name] = true
+		if _, err := netip.ParseAddrPort(ln.Listen); err != nil {
+			add(p+".listen", "%q: want an address like 0.0.0.0:1080 or [::]:1080", ln.Listen)
+		}
+		switch ln.Mode {
+		case "explicit":
+			for j, proto := range ln.Protocols {
+				switch proto {
+				case "socks5", "http":
+				case "convert":
+					needPSK = true
+				default:
+					add(fmt.Sprintf("%s.protocols[%d]", p, j), "%q: want socks5, http or convert", proto)
+				}
+			}
+			if len(ln.AllowClients) == 0 {
+				add(p+".allow_clients", "an explicit listener accepts nobody without an allow list: name the client CIDRs")
+			}
+			if len(ln.AllowDestinations) == 0 {
+				add(p+".allow_destinations", "an explicit listener reaches nothing without an allow list: name the destination CIDRs")
+			}
+		case "tproxy", "redirect":
+			if len(ln.Protocols) > 0 {
+				add(p+".protocols", "a transparent listener speaks no protocol: the destination is the packet's")
+			}
+		default:
+			add(p+".mode", "%q: want explicit, tproxy or redirect", ln.Mode)
+		}
+		for j, s := range ln.AllowClients {
+			if _, err := netip.ParsePrefix(s); err != nil {
+				add(fmt.Sprintf("%s.allow_clients[%d]", p, j), "%q: want a CIDR like 10.0.0.0/8", s)
+			}
+		}
+		for j, s := range ln.AllowDestinations {
+			if _, err := parseDestRule(s); err != nil {
+				add(fmt.Sprintf("%s.allow_destinations[%d]", p, j), "%q: %v", s, err)
+			}
+		}
+		if ln.UsersFile != "" {
+			if _, err := loadUsers(ln.UsersFile); err != nil {
+				add(p+".users_file", "%v", err)
+			}
+		}
+	}
+	for i, r := range c.Routes {
+		p := fmt.Sprintf("routes[%d]", i)
+		if r.Listener != "" && !names[r.Listener] {
+			add(p+".listener", "%q: no such listener", r.Listener)
+		}
+		for j, s := range r.Dst {
+			if _, err := netip.ParsePrefix(s); err != nil {
+				add(fmt.Sprintf("%s.dst[%d]", p, j), "%q: want a CIDR like 10.0.0.0/8", s)
+			}
+		}
+		if r.Ports != "" {
+			if _, err := parsePorts(r.Ports); err != nil {
+				add(p+".ports", "%q: %v", r.Ports, err)
+			}
+		}
+		for j, v := range r.Via {
+			if _, err := netip.ParseAddrPort(v); err != nil {
+				add(fmt.Sprintf("%s.via[%d]", p, j), "%q: want a relay address like 10.0.0.2:7100", v)
+			}
+		}
+		if len(r.Via) > 3 {
+			add(p+".via", "%d relays: at most 3", len(r.Via))
+		}
+		if len(r.Via) > 0 {
+			needPSK = true
+		}
+	}
+	if needPSK {
+		if c.Auth.PSKFile == "" {
+			add("auth.psk_file", "relay hops (convert listeners, routes via relays) need a pre-shared key file")
+		} else if _, err := loadPSK(c.Auth.PSKFile); err != nil {
+			add("auth.psk_file", "%v", err)
+		}
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+// portSet is a set of port ranges; nil means every port.
+type portSet [][2]uint16
+
+func (ps portSet) has(p uint16) bool {
+	if ps == nil {
+		return true
+	}
+	for _, r := range ps {
+		if p >= r[0] && p <= r[1] {
+			return true
+		}
+	}
+	return false
+}
+
+// parsePorts reads "80,443,8000-8100".
+func parsePorts(s string) (portSet, error) {
+	var ps portSet
+	for _, f := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(f), "-")
+		a, err1 := strconv.ParseUint(lo, 10, 16)
+		b := a
+		var err2 error
+		if isRange {
+			b, err2 = strconv.ParseUint(hi, 10, 16)
+		}
+		if err1 != nil || err2 != nil || a == 0 || b < a {
+			return nil, fmt.Errorf("want ports like 80,443,8000-8100")
+		}
+		ps = append(ps, [2]uint16{uint16(a), uint16(b)})
+	}
+	return ps, nil
+}
+
+// destRule is an allowed destination: a prefix and its ports.
+type destRule struct {
+	prefix netip.Prefix
+	ports  portSet
+}
+
+// parseDestRule reads 10.0.0.0/8, 10.0.0.0/8:80,443 or [::]/0:443.
+func parseDestRule(s string) (destRule, error) {
+	cidr, ports := s, ""
+	if strings.HasPrefix(s, "[") {
+		end := strings.Index(s, "]")
+		if end < 0 {
+			return destRule{}, fmt.Errorf("want a CIDR with optional ports like [::]/0:443")
+		}
+		cidr, ports = s[1:end], strings.TrimPrefix(s[end+1:], ":")
+	} else if i := strings.LastIndex(s, ":"); i >= 0 && !strings.Contains(s[:i], ":") {
+		cidr, ports = s[:i], s[i+1:]
+	}
+	p, err := netip.ParsePrefix(cidr)
+	if err != nil {
+		return destRule{}, fmt.Errorf("want a CIDR with optional ports like 10.0.0.0/8:80,443")
+	}
+	r := destRule{prefix: p.Masked()}
+	if ports != "" {
+		if r.ports, err = parsePorts(ports); err != nil {
+			return destRule{}, err
+		}
+	}
+	return r, nil
+}
+
+// loadUsers reads user:password lines; # starts a comment.
+func loadUsers(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	users := map[string]string{}
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		u, p, ok := strings.Cut(line, ":")
+		if !ok || u == "" || p == "" || len(u) > 255 || len(p) > 255 {
+			return nil, fmt.Errorf("%s:%d: want user:password", path, i+1)
+		}
+		users[u] = p
+	}
+	return users, nil
+}
+
+// loadPSK reads the pre-shared key: the file's bytes, trailing newline trimmed.
+func loadPSK(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	b = []byte(strings.TrimRight(string(b), "\r\n"))
+	if len(b) < 16 {
+		return nil, fmt.Errorf("%s: the key has %d bytes, want at least 16", path, len(b))
+	}
+	return b, nil
+}

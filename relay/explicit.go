@@ -1,0 +1,210 @@
+package relay
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"halfway/convert"
+	"halfway/httpconnect"
+	"halfway/socks5"
+)
+
+// handshake runs the client's protocol on an explicit listener, opens the
+// next leg and answers the client. On error it has already answered (or
+// reset) the client.
+func (s *Server) handshake(st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
+	_ = c.SetDeadline(time.Now().Add(rt.cfg.Limits.HandshakeTimeout.D()))
+	defer c.SetDeadline(time.Time{})
+	proto, err := detect(c)
+	if err != nil {
+		resetConn(c)
+		return nil, errorf("detect protocol", err)
+	}
+	if !st.protos[proto] {
+		s.metrics.refused.WithLabelValues(f.listener, "protocol_not_enabled").Inc()
+		resetConn(c)
+		return nil, fmt.Errorf("protocol %s is not enabled on this listener", proto)
+	}
+	f.proto = proto
+	switch proto {
+	case "socks5":
+		return s.serveSOCKS(st, rt, f, c)
+	case "http":
+		return s.serveHTTP(st, rt, f, c)
+	}
+	return s.serveConvert(st, rt, f, c)
+}
+
+// detect tells the protocol from the first byte without consuming it, so
+// each protocol's reader sees the stream from its start.
+func detect(c *net.TCPConn) (string, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return "", err
+	}
+	var b byte
+	var n uintptr
+	var errno unix.Errno
+	err = rc.Read(func(fd uintptr) bool {
+		n, _, errno = unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b)), 1, unix.MSG_PEEK, 0, 0)
+		return errno != unix.EAGAIN
+	})
+	switch {
+	case err != nil:
+		return "", err
+	case errno != 0:
+		return "", errno
+	case n == 0:
+		return "", errors.New("client closed before sending anything")
+	}
+	switch {
+	case b == 0x05:
+		return "socks5", nil
+	case b == convert.Version:
+		return "convert", nil
+	case b >= 'A' && b <= 'Z':
+		return "http", nil
+	}
+	return "", fmt.Errorf("unknown protocol (first byte %#02x)", b)
+}
+
+func (s *Server) serveSOCKS(st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
+	cfg := &socks5.ServerConfig{NoAuth: len(st.users) == 0, Users: st.users}
+	req, err := socks5.ServerHandshake(c, c, cfg)
+	if err != nil {
+		var pe *socks5.ProtocolError
+		if errors.As(err, &pe) && pe.InRequest {
+			_ = socks5.WriteReply(c, pe.Reply, netip.AddrPort{})
+		}
+		c.Close()
+		return nil, errorf("socks5 handshake", err)
+	}
+	dst, err := s.resolve(st, req.IP, req.Name, req.Port)
+	if err == nil {
+		var server *net.TCPConn
+		if server, err = s.open(rt, st, f, dst); err == nil {
+			if err = socks5.WriteReply(c, socks5.Succeeded, addrPortOf(server.LocalAddr())); err != nil {
+				server.Close()
+				return nil, err
+			}
+			return server, nil
+		}
+	}
+	_ = socks5.WriteReply(c, socksReply(err), netip.AddrPort{})
+	c.Close()
+	return nil, err
+}
+
+func (s *Server) serveHTTP(st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
+	req, err := httpconnect.ReadRequest(c)
+	if err != nil {
+		status := http.StatusBadRequest
+		var re *httpconnect.RequestError
+		if errors.As(err, &re) {
+			status = re.Status
+		}
+		_ = httpconnect.WriteResponse(c, status, "")
+		c.Close()
+		return nil, errorf("http connect", err)
+	}
+	if len(st.users) > 0 {
+		u, p, ok := httpconnect.BasicAuth(req.ProxyAuthorization)
+		want, known := st.users[u]
+		if !ok || !known || subtle.ConstantTimeCompare([]byte(p), []byte(want)) != 1 {
+			_ = httpconnect.WriteResponse(c, http.StatusProxyAuthRequired, "")
+			c.Close()
+			return nil, errors.New("http connect: proxy authentication failed")
+		}
+	}
+	var ip netip.Addr
+	name := req.Host
+	if a, perr := netip.ParseAddr(req.Host); perr == nil {
+		ip, name = a, ""
+	}
+	dst, err := s.resolve(st, ip, name, req.Port)
+	if err == nil {
+		var server *net.TCPConn
+		if server, err = s.open(rt, st, f, dst); err == nil {
+			if err = httpconnect.WriteResponse(c, http.StatusOK, "Connection established"); err != nil {
+				server.Close()
+				return nil, err
+			}
+			return server, nil
+		}
+	}
+	_ = httpconnect.WriteResponse(c, httpStatus(err), "")
+	c.Close()
+	return nil, err
+}
+
+// resolve turns the client's destination into an address the listener
+// allows: for a name, the first of its addresses that is allowed.
+func (s *Server) resolve(st *listenerState, ip netip.Addr, name string, port uint16) (netip.AddrPort, error) {
+	if ip.IsValid() {
+		dst := netip.AddrPortFrom(ip.Unmap(), port)
+		if !st.policy.destAllowed(dst) {
+			return dst, &connectError{kind: "not_allowed", err: fmt.Errorf("destination %s not allowed", dst)}
+		}
+		return dst, nil
+	}
+	ctx, cancel := context.WithTimeout(s.flowCtx, 5*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", name)
+	if err != nil {
+		return netip.AddrPort{}, &connectError{kind: "unreachable", err: err}
+	}
+	for _, a := range addrs {
+		if dst := netip.AddrPortFrom(a.Unmap(), port); st.policy.destAllowed(dst) {
+			return dst, nil
+		}
+	}
+	return netip.AddrPort{}, &connectError{kind: "not_allowed", err: fmt.Errorf("no allowed address for %s", name)}
+}
+
+// open routes a flow to dst and connects it.
+func (s *Server) open(rt *runtime, st *listenerState, f *flow, dst netip.AddrPort) (*net.TCPConn, error) {
+	f.dst.Store(&dst)
+	r := rt.match(f.listener, dst)
+	f.route.Store(&r.name)
+	return s.connect(rt, st, r, f, dst, nil)
+}
+
+// refuse answers a client the relay has no room for, in its protocol when
+// it speaks one, then closes.
+func (s *Server) refuse(st *listenerState, c *net.TCPConn, reason string) {
+	defer c.Close()
+	if st.cfg.Mode != "explicit" {
+		resetConn(c)
+		return
+	}
+	// Read the protocol head briefly so the answer is not lost to a reset.
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	proto, err := detect(c)
+	if err != nil {
+		return
+	}
+	switch proto {
+	case "socks5":
+		if _, err := socks5.ServerHandshake(c, c, &socks5.ServerConfig{NoAuth: len(st.users) == 0, Users: st.users}); err == nil {
+			_ = socks5.WriteReply(c, socks5.GeneralFailure, netip.AddrPort{})
+		}
+	case "http":
+		if _, err := httpconnect.ReadRequest(c); err == nil {
+			_ = httpconnect.WriteResponse(c, http.StatusServiceUnavailable, "")
+		}
+	case "convert":
+		if _, err := convert.ReadMessage(c); err == nil {
+			writeConvertError(c, convert.ResourceExceeded)
+		}
+	}
+	s.log.Debug("refused", "client", c.RemoteAddr().String(), "reason", reason)
+}

@@ -1,0 +1,223 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"halfway/datapath"
+	"halfway/proxyproto"
+	"halfway/sockopt"
+)
+
+// flow is one relayed connection, as the admin API shows it.
+type flow struct {
+	id       uint64
+	listener string
+	proto    string // socks5, http, convert, tproxy, redirect
+	route    atomic.Pointer[string]
+	client   netip.AddrPort
+	dst      atomic.Pointer[netip.AddrPort]
+	start    time.Time
+	up, down atomic.Int64
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if t, ok := a.(*net.TCPAddr); ok {
+		ap := t.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+// serve handles one accepted connection from start to end.
+func (s *Server) serve(l *listener, c *net.TCPConn) {
+	st := l.cur.Load()
+	client := addrPortOf(c.RemoteAddr())
+	explicit := st.cfg.Mode == "explicit"
+	if (explicit || len(st.policy.clients) > 0) && !st.policy.clientAllowed(client.Addr()) {
+		// Not a client of ours: no protocol conversation, no hint.
+		s.metrics.refused.WithLabelValues(l.cfg.Name, "client_not_allowed").Inc()
+		s.log.Debug("client not allowed", "listener", l.cfg.Name, "client", client)
+		resetConn(c)
+		return
+	}
+	release, reason := s.admit(client.Addr())
+	if reason != "" {
+		s.metrics.refused.WithLabelValues(l.cfg.Name, reason).Inc()
+		s.refuse(st, c, reason)
+		return
+	}
+	defer release()
+	rt := s.state.Load()
+	f := &flow{listener: l.cfg.Name, proto: st.cfg.Mode, client: client, start: time.Now()}
+	s.register(f)
+	defer s.unregister(f)
+	setLeg(c, rt.cfg.Legs.Client)
+
+	var server *net.TCPConn
+	var err error
+	if explicit {
+		server, err = s.handshake(st, rt, f, c)
+	} else {
+		server, err = s.transparent(st, rt, f, c)
+	}
+	if err != nil {
+		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: err})
+		return
+	}
+	s.metrics.active.WithLabelValues(f.listener, *f.route.Load()).Inc()
+	res := datapath.Join(s.flowCtx, c, server, datapath.Options{
+		Idle: idleOf(rt), Up: &f.up, Down: &f.down,
+	})
+	s.metrics.active.WithLabelValues(f.listener, *f.route.Load()).Dec()
+	s.endFlow(f, res)
+}
+
+func idleOf(rt *runtime) time.Duration {
+	a, b := rt.tunables.ClientIdle, rt.tunables.ServerIdle
+	switch {
+	case a == 0:
+		return b
+	case b == 0:
+		return a
+	}
+	return min(a, b)
+}
+
+// endFlow logs the one line per closed flow and counts it.
+func (s *Server) endFlow(f *flow, res datapath.Result) {
+	routeName := "none"
+	if r := f.route.Load(); r != nil {
+		routeName = *r
+	}
+	result := string(res.Reason)
+	attrs := []any{"listener", f.listener, "proto", f.proto, "client", f.client.String(),
+		"route", routeName, "up", res.Up, "down", res.Down, "duration", time.Since(f.start).Round(time.Microsecond), "reason", result}
+	if d := f.dst.Load(); d != nil {
+		attrs = append(attrs, "dst", d.String())
+	}
+	if res.Err != nil {
+		attrs = append(attrs, "err", res.Err.Error())
+		var ce *connectError
+		if errors.As(res.Err, &ce) {
+			result = "connect_" + ce.kind
+		}
+	}
+	s.metrics.flows.WithLabelValues(f.listener, routeName, result).Inc()
+	s.metrics.bytes.WithLabelValues(f.listener, "up").Add(float64(res.Up))
+	s.metrics.bytes.WithLabelValues(f.listener, "down").Add(float64(res.Down))
+	s.log.Info("flow", attrs...)
+}
+
+// transparent serves a flow captured by TPROXY or REDIRECT: the
+// destination is the packet's.
+func (s *Server) transparent(st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
+	dst := addrPortOf(c.LocalAddr()) // TPROXY: the socket has the original destination
+	if st.cfg.Mode == "redirect" {
+		var err error
+		if dst, err = sockopt.OriginalDst(c); err != nil {
+			resetConn(c)
+			return nil, errorf("original destination", err)
+		}
+	}
+	f.dst.Store(&dst)
+	if len(st.policy.dests) > 0 && !st.policy.destAllowed(dst) {
+		s.metrics.refused.WithLabelValues(f.listener, "destination_not_allowed").Inc()
+		resetConn(c)
+		return nil, &connectError{kind: "not_allowed", err: errors.New("destination not allowed")}
+	}
+	r := rt.match(f.listener, dst)
+	f.route.Store(&r.name)
+	server, err := s.connect(rt, st, r, f, dst, nil)
+	if err != nil {
+		// The client's handshake is done, so the only honest answer is a reset.
+		resetConn(c)
+		return nil, err
+	}
+	return server, nil
+}
+
+// connect opens the next leg: to dst directly, or through r's relays.
+func (s *Server) connect(rt *runtime, st *listenerState, r *route, f *flow, dst netip.AddrPort, early []byte) (*net.TCPConn, error) {
+	done, ok := s.beginConnect()
+	if !ok {
+		return nil, &connectError{kind: "resource", err: errors.New("too many connects in progress")}
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(s.flowCtx, rt.tunables.ConnectTimeout)
+	defer cancel()
+	start := time.Now()
+	var c *net.TCPConn
+	var err error
+	leg := "server"
+	if len(r.via) > 0 {
+		leg = "relay"
+		c, err = s.dialChain(ctx, rt, r.via, dst, early)
+	} else {
+		var hdr []byte
+		if st.cfg.ProxyProtocol {
+			hdr, err = proxyproto.AppendHeader(nil, &proxyproto.Header{Command: proxyproto.Proxy,
+				Transport: proxyproto.Stream, Src: f.client, Dst: dst})
+			if err != nil {
+				return nil, err
+			}
+		}
+		c, err = s.dial(ctx, rt, dst, append(hdr, early...), rt.cfg.Legs.Server)
+	}
+	s.metrics.connect.WithLabelValues(leg).Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.metrics.errors.WithLabelValues("connect_" + errKind(err)).Inc()
+		return nil, err
+	}
+	return c, nil
+}
+
+// dial connects to addr. With early bytes it uses TCP Fast Open, so they
+// ride in the SYN when the peer's cookie is cached, and waits until the
+// handshake ends so that a refusal is reported here.
+func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, early []byte, leg LegConfig) (*net.TCPConn, error) {
+	d := net.Dialer{
+		KeepAliveConfig: net.KeepAliveConfig{Enable: leg.Keepalive > 0, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: 4},
+		Control:         sockopt.Options{FastOpenConnect: len(early) > 0, UserTimeout: leg.UserTimeout.D()}.Control,
+	}
+	if leg.Keepalive == 0 {
+		d.KeepAlive = -1
+	}
+	d.SetMultipathTCP(false)
+	nc, err := d.DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		return nil, classify(err)
+	}
+	c := nc.(*net.TCPConn)
+	if len(early) > 0 {
+		if _, err := c.Write(early); err != nil {
+			c.Close()
+			return nil, classify(err)
+		}
+		if err := sockopt.WaitEstablished(ctx, c); err != nil {
+			c.Close()
+			return nil, classify(err)
+		}
+	}
+	return c, nil
+}
+
+// setLeg applies a leg's keepalive and user timeout to an accepted socket.
+func setLeg(c *net.TCPConn, leg LegConfig) {
+	if leg.Keepalive > 0 {
+		_ = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: 4})
+	}
+	if leg.UserTimeout > 0 {
+		_ = sockopt.SetUserTimeout(c, leg.UserTimeout.D())
+	}
+}
+
+// resetConn aborts a connection with RST.
+func resetConn(c *net.TCPConn) {
+	_ = c.SetLinger(0)
+	c.Close()
+}

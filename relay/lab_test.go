@@ -1,0 +1,327 @@
+package relay_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"halfway/convert"
+	"halfway/netlab"
+	"halfway/netlab/labtest"
+	"halfway/socks5"
+)
+
+// chainLab is client – rc – rs – server with a relay on rc (SOCKS5 and
+// HTTP CONNECT for clients) and one on rs (Convert, for rc only), and
+// servers on the server host run by the test.
+type chainLab struct {
+	lab     *netlab.Lab
+	rcProxy string // rc's explicit listener
+	rsHop   string // rs's convert listener
+	psk     []byte
+	logs    map[string]string // relay name → log file
+}
+
+const chainTopo = `
+name: chain
+nodes: [client, rc, rs, server]
+sysctl:
+  net.ipv4.tcp_fastopen: "3"
+links:
+  - {a: client, b: rc, delay: 2ms}
+  - {a: rc, b: rs, delay: 5ms}
+  - {a: rs, b: server, delay: 2ms}
+`
+
+var buildOnce = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "halfway-bin")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "halfway")
+	out, err := exec.Command("go", "build", "-o", bin, "../cmd/halfway").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+func startChain(t *testing.T) *chainLab {
+	labtest.RequireRoot(t)
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab := labtest.Start(t, chainTopo)
+	dir := t.TempDir()
+	psk := []byte("a test key that is long enough!!")
+	os.WriteFile(filepath.Join(dir, "psk"), psk, 0o600)
+	rc, rs, server := lab.Host("rc"), lab.Host("rs"), lab.Host("server")
+	cl := &chainLab{lab: lab, psk: psk, logs: map[string]string{},
+		rcProxy: rc.AddrPort(1080), rsHop: netip.AddrPortFrom(rs.Ifaces()[0].Addr4.Addr(), 7100).String()}
+	serverNet := server.Ifaces()[0].Addr4.Masked().String()
+	configs := map[string]string{
+		"rc": fmt.Sprintf(`
+admin: {listen: "127.0.0.1:9190"}
+log: {level: debug}
+auth: {psk_file: %s/psk}
+limits: {connect_timeout: 3s}
+listeners:
+  - name: proxy
+    listen: 0.0.0.0:1080
+    protocols: [socks5, http]
+    allow_clients: [10.77.0.0/16]
+    allow_destinations: [10.77.0.0/16]
+routes:
+  - {dst: [%s], via: [%s]}
+`, dir, serverNet, cl.rsHop),
+		"rs": fmt.Sprintf(`
+admin: {listen: "127.0.0.1:9190"}
+log: {level: debug}
+auth: {psk_file: %s/psk}
+listeners:
+  - name: hop
+    listen: 0.0.0.0:7100
+    protocols: [convert]
+    allow_clients: [10.77.0.0/16]
+    allow_destinations: [10.77.0.0/16]
+`, dir),
+	}
+	for _, name := range []string{"rs", "rc"} {
+		file := filepath.Join(dir, name+".yaml")
+		os.WriteFile(file, []byte(configs[name]), 0o644)
+		logf, _ := os.Create(filepath.Join(dir, name+".log"))
+		cl.logs[name] = logf.Name()
+		cmd := lab.Host(name).Command(context.Background(), bin, "relay", "-c", file, "--grace", "2s")
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cmd.Process.Signal(os.Interrupt)
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				cmd.Process.Kill()
+				<-done
+			}
+			logf.Close()
+			if t.Failed() {
+				b, _ := os.ReadFile(logf.Name())
+				t.Logf("%s relay log:\n%s", name, b)
+			}
+		})
+	}
+	// Wait until both relays accept.
+	for _, a := range []struct {
+		host *netlab.Host
+		addr string
+	}{{lab.Host("client"), cl.rcProxy}, {lab.Host("rc"), cl.rsHop}} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			c, err := a.host.Dial(context.Background(), "tcp", a.addr)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("relay at %s never accepted: %v", a.addr, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return cl
+}
+
+// socksDial opens a flow through rc's SOCKS5 listener from the client host.
+func (cl *chainLab) socksDial(ctx context.Context, dst string) (*net.TCPConn, error) {
+	c, err := cl.lab.Host("client").Dial(ctx, "tcp", cl.rcProxy)
+	if err != nil {
+		return nil, err
+	}
+	ap := netip.MustParseAddrPort(dst)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := socks5.ClientHandshake(c, c, socks5.Addr{IP: ap.Addr(), Port: ap.Port()}, "", ""); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return c.(*net.TCPConn), nil
+}
+
+func TestChainEndToEnd(t *testing.T) {
+	cl := startChain(t)
+	server := cl.lab.Host("server")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	// An HTTP server, fetched with curl through SOCKS5 and HTTP CONNECT.
+	hln, err := server.Listen("tcp", ":8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte("halfway "), 100000)
+	hsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(body) })}
+	go hsrv.Serve(hln)
+	defer hsrv.Close()
+	if _, err := exec.LookPath("curl"); err == nil {
+		for _, proxy := range []string{"--socks5", "--proxytunnel --proxy"} {
+			args := append(strings.Fields(proxy), "rc:1080", "-sS", "--max-time", "20", "http://server:8080/")
+			if proxy == "--proxytunnel --proxy" {
+				args = []string{"--proxytunnel", "--proxy", "http://rc:1080", "-sS", "--max-time", "20", "http://server:8080/"}
+			}
+			out, err := cl.lab.Host("client").Command(ctx, "curl", args...).Output()
+			if err != nil || !bytes.Equal(out, body) {
+				t.Errorf("curl %s: %v, %d bytes of %d", proxy, err, len(out), len(body))
+			}
+		}
+	}
+
+	// Byte-exact transfers both ways with half-closes, through the chain.
+	ln, err := server.Listen("tcp", ":9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveSHA(ln)
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(i), 9))
+			size := r.IntN(2 << 20)
+			if i%7 == 0 {
+				size = 0
+			}
+			c, err := cl.socksDial(ctx, server.AddrPort(9000))
+			if err != nil {
+				t.Errorf("flow %d: %v", i, err)
+				return
+			}
+			defer c.Close()
+			data := make([]byte, size)
+			for j := range data {
+				data[j] = byte(r.Uint32())
+			}
+			go func() { c.Write(data); c.CloseWrite() }()
+			// The server answers, after our FIN, with the SHA-256 of what it got
+			// followed by the same bytes back.
+			c.SetReadDeadline(time.Now().Add(time.Minute))
+			got, err := io.ReadAll(c)
+			want := sha256.Sum256(data)
+			if err != nil || len(got) != 32+size || !bytes.Equal(got[:32], want[:]) || !bytes.Equal(got[32:], data) {
+				t.Errorf("flow %d (%d bytes): %v, got %d bytes back", i, size, err, len(got))
+			}
+		}()
+	}
+	wg.Wait()
+	// Every flow crossed rs as a Convert hop and ended cleanly there.
+	time.Sleep(200 * time.Millisecond)
+	logs, _ := os.ReadFile(cl.logs["rs"])
+	if n := strings.Count(string(logs), "msg=flow listener=hop proto=convert"); n < 40 {
+		t.Errorf("rs logged %d convert flows, want at least 40", n)
+	}
+	if n := strings.Count(string(logs), "reason=closed"); n < 40 {
+		t.Errorf("rs logged %d cleanly closed flows, want at least 40", n)
+	}
+}
+
+// serveSHA reads each connection to EOF, then writes the SHA-256 of what it
+// read and the bytes themselves, and closes.
+func serveSHA(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(time.Minute))
+			data, err := io.ReadAll(c)
+			if err != nil {
+				return
+			}
+			sum := sha256.Sum256(data)
+			c.Write(sum[:])
+			c.Write(data)
+		}()
+	}
+}
+
+func TestChainRefusals(t *testing.T) {
+	cl := startChain(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	server := cl.lab.Host("server")
+
+	// A destination outside the allow list: SOCKS "not allowed".
+	_, err := cl.socksDial(ctx, "192.0.2.1:80")
+	var re *socks5.ReplyError
+	if !errors.As(err, &re) || re.Reply != socks5.NotAllowed {
+		t.Errorf("disallowed destination: %v, want reply NotAllowed", err)
+	}
+	// The relay's own loopback is refused even though 10.77/16 is allowed.
+	if _, err := cl.socksDial(ctx, "127.0.0.1:9190"); !errors.As(err, &re) || re.Reply != socks5.NotAllowed {
+		t.Errorf("loopback destination: %v, want reply NotAllowed", err)
+	}
+	// Nothing listens on the server's port 9: the far relay's connect is
+	// refused and that travels back as a SOCKS "connection refused".
+	if _, err := cl.socksDial(ctx, server.AddrPort(9)); !errors.As(err, &re) || re.Reply != socks5.ConnectionRefused {
+		t.Errorf("refused destination: %v, want reply ConnectionRefused", err)
+	}
+
+	// rs refuses hops that do not authenticate.
+	for _, tc := range []struct {
+		name   string
+		cookie []byte
+		want   convert.ErrorCode
+	}{
+		{"no cookie", nil, convert.MissingCookie},
+		{"forged cookie", bytes.Repeat([]byte{7}, 28), convert.NotAuthorized},
+	} {
+		c, err := cl.lab.Host("rc").Dial(ctx, "tcp", cl.rsHop)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := convert.AppendMessage(nil, &convert.Message{
+			Connect: &convert.Connect{Dst: netip.MustParseAddrPort(server.AddrPort(9000))}, Cookie: tc.cookie})
+		c.Write(msg)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		m, err := convert.ReadMessage(bufio.NewReader(c))
+		c.Close()
+		if err != nil || m.Error == nil || m.Error.Code != tc.want {
+			t.Errorf("%s: reply %+v, %v; want error %v", tc.name, m, err, tc.want)
+		}
+	}
+	// A client outside allow_clients gets a reset, not a conversation: the
+	// rs relay allows 10.77/16 only, so reach it from... every lab host is in
+	// 10.77/16, so check the SOCKS listener refuses a non-SOCKS, non-HTTP byte.
+	c, err := cl.lab.Host("client").Dial(ctx, "tcp", cl.rcProxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte{0x99, 1, 2, 3})
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c.Read(make([]byte, 10)); err == nil {
+		t.Errorf("garbage got an answer of %d bytes", n)
+	}
+	c.Close()
+}

@@ -1,0 +1,109 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"halfway/sockopt"
+)
+
+// fastOpenQueue is the TFO backlog of listeners that accept relay hops.
+const fastOpenQueue = 4096
+
+type listener struct {
+	cfg ListenerConfig // the fields that need a new socket: Name, Listen, Mode
+	ln  *net.TCPListener
+	cur atomic.Pointer[listenerState]
+}
+
+// listenerState is what Reload may change without a new socket.
+type listenerState struct {
+	cfg    ListenerConfig
+	policy *policy
+	users  map[string]string
+	protos map[string]bool
+}
+
+func newListenerState(lc ListenerConfig) (*listenerState, error) {
+	st := &listenerState{cfg: lc, protos: map[string]bool{}}
+	var err error
+	if st.policy, err = newPolicy(&lc); err != nil {
+		return nil, err
+	}
+	if lc.UsersFile != "" {
+		if st.users, err = loadUsers(lc.UsersFile); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range lc.Protocols {
+		st.protos[p] = true
+	}
+	return st, nil
+}
+
+func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
+	st, err := newListenerState(lc)
+	if err != nil {
+		return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
+	}
+	opts := sockopt.Options{}
+	switch {
+	case lc.Mode == "tproxy":
+		opts.Transparent = true
+	case st.protos["convert"]:
+		opts.FastOpenQueue = fastOpenQueue
+	}
+	lcfg := net.ListenConfig{Control: opts.Control, KeepAlive: -1}
+	// Plain TCP: MPTCP is a per-listener choice made elsewhere, and Go
+	// would otherwise pick it by default.
+	lcfg.SetMultipathTCP(false)
+	ap, _ := netip.ParseAddrPort(lc.Listen)
+	network := "tcp4"
+	if ap.Addr().Is6() {
+		network = "tcp6"
+	}
+	nl, err := lcfg.Listen(context.Background(), network, lc.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
+	}
+	l := &listener{cfg: lc, ln: nl.(*net.TCPListener)}
+	l.cur.Store(st)
+	s.log.Info("listening", "listener", lc.Name, "addr", nl.Addr().String(), "mode", lc.Mode, "protocols", lc.Protocols)
+	return l, nil
+}
+
+func (l *listener) update(lc ListenerConfig) error {
+	st, err := newListenerState(lc)
+	if err != nil {
+		return fmt.Errorf("listener %s: %w", lc.Name, err)
+	}
+	l.cur.Store(st)
+	return nil
+}
+
+func (l *listener) close() { l.ln.Close() }
+
+func (s *Server) acceptLoop(l *listener) {
+	var backoff time.Duration
+	for {
+		c, err := l.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors or memory: wait, and let flows finish.
+			s.metrics.errors.WithLabelValues("accept").Inc()
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed", "listener", l.cfg.Name, "err", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		go s.serve(l, c)
+	}
+}

@@ -1,0 +1,116 @@
+package relay
+
+import (
+	"net"
+	"net/netip"
+)
+
+// policy decides which clients a listener serves and where they may go.
+type policy struct {
+	clients []netip.Prefix
+	dests   []destRule
+	own     map[netip.Addr]bool // the relay's own addresses
+}
+
+func newPolicy(ln *ListenerConfig) (*policy, error) {
+	p := &policy{own: ownAddrs()}
+	for _, s := range ln.AllowClients {
+		pr, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, err
+		}
+		p.clients = append(p.clients, pr.Masked())
+	}
+	for _, s := range ln.AllowDestinations {
+		r, err := parseDestRule(s)
+		if err != nil {
+			return nil, err
+		}
+		p.dests = append(p.dests, r)
+	}
+	return p, nil
+}
+
+func (p *policy) clientAllowed(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, pr := range p.clients {
+		if pr.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// specialNets are refused unless an allow rule names them exactly or more
+// narrowly: a relay must never become a way into its own host, the cloud
+// metadata service or a link-local segment.
+var specialNets = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("::/128"),
+	netip.MustParsePrefix("169.254.0.0/16"), // link-local, and 169.254.169.254 metadata
+	netip.MustParsePrefix("fe80::/10"),
+	netip.MustParsePrefix("fd00:ec2::254/128"), // AWS IPv6 metadata
+	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("ff00::/8"),
+	netip.MustParsePrefix("255.255.255.255/32"),
+}
+
+// destAllowed tells whether a flow may go to dst.
+func (p *policy) destAllowed(dst netip.AddrPort) bool {
+	a := dst.Addr().Unmap()
+	for _, r := range p.dests {
+		if !r.prefix.Contains(a) || !r.ports.has(dst.Port()) {
+			continue
+		}
+		if p.special(a) && !r.narrowEnough(a, p) {
+			continue
+		}
+		return true
+	}
+	return false
+}
+
+func (p *policy) special(a netip.Addr) bool {
+	if p.own[a] {
+		return true
+	}
+	for _, s := range specialNets {
+		if s.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// narrowEnough: a rule may open a special address only by naming it (for
+// the relay's own addresses) or a prefix inside its special range.
+func (r destRule) narrowEnough(a netip.Addr, p *policy) bool {
+	if p.own[a] {
+		return r.prefix.Bits() == a.BitLen()
+	}
+	for _, s := range specialNets {
+		if s.Contains(a) && s.Bits() <= r.prefix.Bits() && s.Contains(r.prefix.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// ownAddrs lists the addresses of this host's interfaces.
+func ownAddrs() map[netip.Addr]bool {
+	own := map[netip.Addr]bool{}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return own
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				own[ip.Unmap()] = true
+			}
+		}
+	}
+	return own
+}

@@ -1,0 +1,332 @@
+// Package relay is halfway's split-TCP relay: it terminates a client's TCP
+// connection and opens the next leg toward the destination, directly or
+// through a chain of further relays, then moves bytes both ways with
+// splice, keeping TCP's semantics (half-close, resets) end to end.
+//
+// Flows reach a relay transparently (TPROXY, REDIRECT) or explicitly
+// (SOCKS5, HTTP CONNECT, and RFC 8803 Convert between relays, where the
+// destination rides in the first bytes of a Fast Open SYN). Hops between
+// relays are authenticated with a pre-shared key.
+//
+//	cfg, err := relay.LoadConfig("relay.yaml")
+//	srv, err := relay.New(cfg, slog.Default(), prometheus.NewRegistry())
+//	err = srv.Run(ctx) // until ctx ends; then drains
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"halfway/datapath"
+)
+
+// Server runs a relay's listeners and flows.
+type Server struct {
+	log     *slog.Logger
+	metrics *metrics
+	reg     prometheus.Registerer
+
+	state atomic.Pointer[runtime] // swapped by Reload
+
+	mu        sync.Mutex
+	listeners map[string]*listener
+	admin     *adminServer
+	flows     map[uint64]*flow
+	nextID    uint64
+	perClient map[netip.Addr]int
+	pending   atomic.Int64
+	active    atomic.Int64
+	draining  atomic.Bool
+
+	flowCtx    context.Context // canceled to abort every flow
+	cancelAll  context.CancelFunc
+	flowsWG    sync.WaitGroup
+	acceptorWG sync.WaitGroup
+}
+
+// runtime is the part of the configuration flows read; Reload swaps it
+// whole, so a flow sees one consistent version.
+type runtime struct {
+	cfg      *Config
+	auth     *hopAuth // nil without a PSK
+	routes   []route
+	tunables Tunables
+}
+
+// Tunables are the settings the admin API may change at run time.
+type Tunables struct {
+	MaxFlows          int           `json:"max_flows"`
+	MaxFlowsPerClient int           `json:"max_flows_per_client"`
+	MaxPending        int           `json:"max_pending"`
+	ConnectTimeout    time.Duration `json:"connect_timeout_ns"`
+	ClientIdle        time.Duration `json:"client_idle_timeout_ns"`
+	ServerIdle        time.Duration `json:"server_idle_timeout_ns"`
+}
+
+func (t Tunables) validate() error {
+	switch {
+	case t.MaxFlows < 1:
+		return errors.New("max_flows: want at least 1")
+	case t.MaxFlowsPerClient < 1:
+		return errors.New("max_flows_per_client: want at least 1")
+	case t.MaxPending < 1:
+		return errors.New("max_pending: want at least 1")
+	case t.ConnectTimeout < 10*time.Millisecond:
+		return errors.New("connect_timeout: want at least 10ms")
+	case t.ClientIdle < 0 || t.ServerIdle < 0:
+		return errors.New("idle timeouts: want 0 (never) or more")
+	}
+	return nil
+}
+
+// New checks cfg and prepares a server; Run starts it.
+func New(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	s := &Server{
+		log:       log,
+		reg:       reg,
+		listeners: map[string]*listener{},
+		flows:     map[uint64]*flow{},
+		perClient: map[netip.Addr]int{},
+	}
+	rt, err := newRuntime(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.state.Store(rt)
+	if s.metrics, err = newMetrics(reg, s); err != nil {
+		return nil, err
+	}
+	s.flowCtx, s.cancelAll = context.WithCancel(context.Background())
+	return s, nil
+}
+
+func newRuntime(cfg *Config) (*runtime, error) {
+	rt := &runtime{cfg: cfg, tunables: Tunables{
+		MaxFlows:          cfg.Limits.MaxFlows,
+		MaxFlowsPerClient: cfg.Limits.MaxFlowsPerClient,
+		MaxPending:        cfg.Limits.MaxPending,
+		ConnectTimeout:    cfg.Limits.ConnectTimeout.D(),
+		ClientIdle:        cfg.Legs.Client.IdleTimeout.D(),
+		ServerIdle:        cfg.Legs.Server.IdleTimeout.D(),
+	}}
+	if cfg.Auth.PSKFile != "" {
+		key, err := loadPSK(cfg.Auth.PSKFile)
+		if err != nil {
+			return nil, err
+		}
+		rt.auth = newHopAuth(key, cfg.Auth.Window.D())
+	}
+	var err error
+	if rt.routes, err = compileRoutes(cfg.Routes); err != nil {
+		return nil, err
+	}
+	return rt, nil
+}
+
+// Run opens the listeners and the admin API and serves until ctx ends;
+// then it drains: stops accepting and waits up to grace for flows to end
+// before closing the rest.
+func (s *Server) Run(ctx context.Context, grace time.Duration) error {
+	if err := s.apply(s.state.Load().cfg); err != nil {
+		s.closeListeners()
+		return err
+	}
+	s.log.Info("relay started", "listeners", len(s.listeners), "admin", s.state.Load().cfg.Admin.Listen)
+	<-ctx.Done()
+	s.Drain(grace)
+	return nil
+}
+
+// Reload applies a new configuration: listeners are added, removed or
+// updated in place; established flows are not touched.
+func (s *Server) Reload(cfg *Config) error {
+	rt, err := newRuntime(cfg)
+	if err != nil {
+		return err
+	}
+	// The file's limits replace any changed at run time through the admin API.
+	s.state.Store(rt)
+	if err := s.apply(cfg); err != nil {
+		return err
+	}
+	s.log.Info("configuration reloaded", "listeners", len(s.listeners))
+	return nil
+}
+
+// apply makes the set of open listeners match cfg.
+func (s *Server) apply(cfg *Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	want := map[string]bool{}
+	var errs []error
+	for i := range cfg.Listeners {
+		lc := cfg.Listeners[i]
+		want[lc.Name] = true
+		if l, ok := s.listeners[lc.Name]; ok && l.cfg.Listen == lc.Listen && l.cfg.Mode == lc.Mode {
+			if err := l.update(lc); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		} else if ok {
+			l.close()
+			delete(s.listeners, lc.Name)
+		}
+		l, err := s.openListener(lc)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.listeners[lc.Name] = l
+		s.acceptorWG.Add(1)
+		go func() { defer s.acceptorWG.Done(); s.acceptLoop(l) }()
+	}
+	for name, l := range s.listeners {
+		if !want[name] {
+			l.close()
+			delete(s.listeners, name)
+		}
+	}
+	if s.admin == nil && cfg.Admin.Listen != "off" {
+		a, err := s.startAdmin(cfg.Admin.Listen)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		s.admin = a
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, l := range s.listeners {
+		l.close()
+		delete(s.listeners, name)
+	}
+}
+
+// Drain stops accepting, waits up to grace for the flows to finish, then
+// aborts what is left.
+func (s *Server) Drain(grace time.Duration) {
+	s.draining.Store(true)
+	s.closeListeners()
+	s.acceptorWG.Wait()
+	n := s.active.Load()
+	s.log.Info("draining", "flows", n, "grace", grace)
+	done := make(chan struct{})
+	go func() { s.flowsWG.Wait(); close(done) }()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		s.log.Warn("grace period over: closing flows", "flows", s.active.Load())
+		s.cancelAll()
+		<-done
+	}
+	s.cancelAll()
+	if s.admin != nil {
+		s.admin.close()
+	}
+	datapath.Drain()
+	s.log.Info("relay stopped")
+}
+
+// Addr returns the address a listener is bound to (useful with port 0).
+func (s *Server) Addr(name string) net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l, ok := s.listeners[name]; ok {
+		return l.ln.Addr()
+	}
+	return nil
+}
+
+// AdminAddr returns the admin API's address, or nil.
+func (s *Server) AdminAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.admin == nil {
+		return nil
+	}
+	return s.admin.ln.Addr()
+}
+
+// admit reserves a flow slot for a client, or says why it cannot.
+func (s *Server) admit(client netip.Addr) (release func(), reason string) {
+	t := s.state.Load().tunables
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining.Load() {
+		return nil, "draining"
+	}
+	if int(s.active.Load()) >= t.MaxFlows {
+		return nil, "max_flows"
+	}
+	if s.perClient[client] >= t.MaxFlowsPerClient {
+		return nil, "max_flows_per_client"
+	}
+	s.active.Add(1)
+	s.perClient[client]++
+	s.flowsWG.Add(1)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			if s.perClient[client]--; s.perClient[client] <= 0 {
+				delete(s.perClient, client)
+			}
+			s.mu.Unlock()
+			s.active.Add(-1)
+			s.flowsWG.Done()
+		})
+	}, ""
+}
+
+// beginConnect reserves one of the pending connects.
+func (s *Server) beginConnect() (done func(), ok bool) {
+	if s.pending.Add(1) > int64(s.state.Load().tunables.MaxPending) {
+		s.pending.Add(-1)
+		return nil, false
+	}
+	return func() { s.pending.Add(-1) }, true
+}
+
+func (s *Server) register(f *flow) {
+	s.mu.Lock()
+	s.nextID++
+	f.id = s.nextID
+	s.flows[f.id] = f
+	s.mu.Unlock()
+}
+
+func (s *Server) unregister(f *flow) {
+	s.mu.Lock()
+	delete(s.flows, f.id)
+	s.mu.Unlock()
+}
+
+// logLevels maps config names to slog levels.
+var logLevels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+
+// NewLogger makes the daemon's logger from the log section.
+func NewLogger(c LogConfig) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: logLevels[c.Level]}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// errorf wraps an error with the operation, for flow logs.
+func errorf(op string, err error) error { return fmt.Errorf("%s: %w", op, err) }

@@ -1,0 +1,211 @@
+// Package sockopt sets the TCP socket options a relay needs — TCP Fast
+// Open on both sides, transparent sockets, keepalive and user timeouts —
+// and reads what the kernel knows about a connection: the original
+// destination of a redirected flow, TCP_INFO, establishment of a Fast Open
+// connect. Options apply through net.Dialer.Control and
+// net.ListenConfig.Control, so connections stay plain *net.TCPConn.
+//
+//	d := net.Dialer{Control: sockopt.Options{FastOpenConnect: true}.Control}
+//	c, err := d.DialContext(ctx, "tcp", next)
+package sockopt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Options are set on a socket before it connects or listens.
+type Options struct {
+	// FastOpenConnect defers the SYN to the first write, which it carries
+	// (TCP_FASTOPEN_CONNECT): 0-RTT to a peer whose cookie is cached.
+	FastOpenConnect bool
+	// FastOpenQueue > 0 accepts Fast Open SYNs on a listener (TCP_FASTOPEN);
+	// the namespace's net.ipv4.tcp_fastopen must have the server bit (2).
+	FastOpenQueue int
+	// Transparent lets a socket accept or originate flows for addresses the
+	// host does not own (IP_TRANSPARENT, for TPROXY).
+	Transparent bool
+	// UserTimeout bounds how long sent data may stay unacknowledged.
+	UserTimeout time.Duration
+	// Mark sets SO_MARK (0: unset), for policy routing of the relay's own legs.
+	Mark int
+}
+
+// Control applies the options; it fits net.Dialer.Control and
+// net.ListenConfig.Control.
+func (o Options) Control(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = o.apply(int(fd), network)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+func (o Options) apply(fd int, network string) error {
+	set := func(level, opt, val int, name string) error {
+		if err := unix.SetsockoptInt(fd, level, opt, val); err != nil {
+			return fmt.Errorf("setsockopt %s: %w", name, err)
+		}
+		return nil
+	}
+	if o.FastOpenConnect {
+		if err := set(unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1, "TCP_FASTOPEN_CONNECT"); err != nil {
+			return err
+		}
+	}
+	if o.FastOpenQueue > 0 {
+		if err := set(unix.IPPROTO_TCP, unix.TCP_FASTOPEN, o.FastOpenQueue, "TCP_FASTOPEN"); err != nil {
+			return err
+		}
+	}
+	if o.Transparent {
+		if network == "tcp6" {
+			if err := set(unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1, "IPV6_TRANSPARENT"); err != nil {
+				return err
+			}
+		}
+		// A dual-stack tcp6 socket serves IPv4 too, which needs the IPv4 flag.
+		if err := set(unix.SOL_IP, unix.IP_TRANSPARENT, 1, "IP_TRANSPARENT"); err != nil && network != "tcp6" {
+			return err
+		}
+	}
+	if o.UserTimeout > 0 {
+		if err := set(unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(o.UserTimeout/time.Millisecond), "TCP_USER_TIMEOUT"); err != nil {
+			return err
+		}
+	}
+	if o.Mark != 0 {
+		if err := set(unix.SOL_SOCKET, unix.SO_MARK, o.Mark, "SO_MARK"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SetUserTimeout sets TCP_USER_TIMEOUT on a connected socket.
+func SetUserTimeout(c *net.TCPConn, d time.Duration) error {
+	return setInt(c, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d/time.Millisecond), "TCP_USER_TIMEOUT")
+}
+
+func setInt(c *net.TCPConn, level, opt, val int, name string) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), level, opt, val) }); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("setsockopt %s: %w", name, serr)
+	}
+	return nil
+}
+
+// OriginalDst is where a flow redirected by iptables/nftables REDIRECT was
+// going (SO_ORIGINAL_DST).
+func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	var ap netip.AddrPort
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		if la, ok := c.LocalAddr().(*net.TCPAddr); ok && la.IP.To4() == nil {
+			var sa unix.RawSockaddrInet6
+			l := uint32(unsafe.Sizeof(sa))
+			// IP6T_SO_ORIGINAL_DST has the same value, 80, at level SOL_IPV6.
+			_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_IPV6, 80, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&l)), 0)
+			if e != 0 {
+				serr = e
+				return
+			}
+			port := uint16(sa.Port>>8 | sa.Port<<8)
+			ap = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
+			return
+		}
+		var sa unix.RawSockaddrInet4
+		l := uint32(unsafe.Sizeof(sa))
+		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_IP, 80, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&l)), 0)
+		if e != 0 {
+			serr = e
+			return
+		}
+		port := uint16(sa.Port>>8 | sa.Port<<8)
+		ap = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port)
+	})
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	if serr != nil {
+		return netip.AddrPort{}, fmt.Errorf("getsockopt SO_ORIGINAL_DST: %w", serr)
+	}
+	return ap, nil
+}
+
+// Info reads TCP_INFO.
+func Info(c *net.TCPConn) (*unix.TCPInfo, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var info *unix.TCPInfo
+	var serr error
+	if err := rc.Control(func(fd uintptr) { info, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil {
+		return nil, err
+	}
+	return info, serr
+}
+
+// ErrNotEstablished is returned when a connect ends in another state.
+var ErrNotEstablished = errors.New("connection not established")
+
+// WaitEstablished waits until a Fast Open connect, whose Dial returned
+// before the handshake, is established or has failed. It returns the
+// connect's error (e.g. ECONNREFUSED) when it failed.
+func WaitEstablished(ctx context.Context, c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetWriteDeadline(dl)
+		defer c.SetWriteDeadline(time.Time{})
+	}
+	var serr error
+	err = rc.Write(func(fd uintptr) bool {
+		if e, gerr := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && e != 0 {
+			serr = syscall.Errno(e)
+			return true
+		}
+		info, gerr := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		if gerr != nil {
+			serr = gerr
+			return true
+		}
+		switch info.State {
+		case unix.BPF_TCP_SYN_SENT:
+			return false // writable only once the handshake ends
+		case unix.BPF_TCP_ESTABLISHED, unix.BPF_TCP_CLOSE_WAIT:
+			return true
+		}
+		serr = fmt.Errorf("%w (state %d)", ErrNotEstablished, info.State)
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
