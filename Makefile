@@ -4,9 +4,9 @@ export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 
 # Debian packages the tests, the demo and the benchmarks use.
-APT_PACKAGES := iproute2 curl iputils-ping procps python3
+APT_PACKAGES := iproute2 curl iputils-ping procps python3 nftables iptables iperf3
 # Commands that tell whether they are installed.
-APT_COMMANDS := ip curl ping ps python3
+APT_COMMANDS := ip curl ping ps python3 nft iptables iperf3
 
 .PHONY: all build deps test check demo bench-lab clean
 

@@ -90,6 +90,18 @@ type ListenerConfig struct {
 	UsersFile string `yaml:"users_file"`
 	// ProxyProtocol sends a PROXY v2 header first on direct legs to servers.
 	ProxyProtocol bool `yaml:"proxy_protocol"`
+	// Capture says which flows a transparent listener takes (for the rules
+	// `halfway relay rules` prints, or the relay installs with install: true).
+	Capture *CaptureConfig `yaml:"capture"`
+}
+
+// CaptureConfig selects the flows a transparent listener intercepts.
+type CaptureConfig struct {
+	Dst     []string `yaml:"dst"`     // destination CIDRs (default: any)
+	Ports   string   `yaml:"ports"`   // destination ports, e.g. 80,443 (required)
+	Install bool     `yaml:"install"` // add the rules at start, remove them at stop
+	Mark    int      `yaml:"mark"`    // TPROXY fwmark (default 1)
+	Table   int      `yaml:"table"`   // TPROXY routing table (default 100)
 }
 
 // RouteConfig sends matching flows direct or through a chain of relays.
@@ -245,6 +257,9 @@ func (c *Config) Validate() error {
 		}
 		switch ln.Mode {
 		case "explicit":
+			if ln.Capture != nil {
+				add(p+".capture", "only transparent listeners capture flows")
+			}
 			for j, proto := range ln.Protocols {
 				switch proto {
 				case "socks5", "http":
@@ -263,6 +278,19 @@ func (c *Config) Validate() error {
 		case "tproxy", "redirect":
 			if len(ln.Protocols) > 0 {
 				add(p+".protocols", "a transparent listener speaks no protocol: the destination is the packet's")
+			}
+			if c := ln.Capture; c != nil {
+				if _, err := parsePorts(c.Ports); err != nil || c.Ports == "" {
+					add(p+".capture.ports", "%q: want ports like 80,443", c.Ports)
+				}
+				for j, d := range c.Dst {
+					if _, err := netip.ParsePrefix(d); err != nil {
+						add(fmt.Sprintf("%s.capture.dst[%d]", p, j), "%q: want a CIDR like 10.0.0.0/8", d)
+					}
+				}
+				if c.Mark < 0 || c.Table < 0 || c.Table > 252 && c.Table < 256 {
+					add(p+".capture", "mark and table: want positive numbers (tables 253-255 are the kernel's)")
+				}
 			}
 		default:
 			add(p+".mode", "%q: want explicit, tproxy or redirect", ln.Mode)

@@ -325,3 +325,95 @@ func TestChainRefusals(t *testing.T) {
 	}
 	c.Close()
 }
+
+// TestTransparentCapture runs rc as a transparent relay that installs its
+// own capture rules: the client fetches http://server:8080/ with no proxy
+// configured, and the flow crosses rc and rs all the same.
+func TestTransparentCapture(t *testing.T) {
+	for _, mode := range []string{"tproxy", "redirect"} {
+		t.Run(mode, func(t *testing.T) {
+			if _, err := exec.LookPath("nft"); err != nil {
+				t.Skip("skipped: nft is not installed (make test installs nftables)")
+			}
+			cl := startChain(t)
+			bin, _ := buildOnce()
+			rc, server := cl.lab.Host("rc"), cl.lab.Host("server")
+			dir := t.TempDir()
+			os.WriteFile(filepath.Join(dir, "psk"), cl.psk, 0o600)
+			file := filepath.Join(dir, "tr.yaml")
+			os.WriteFile(file, []byte(fmt.Sprintf(`
+admin: {listen: "127.0.0.1:9191"}
+log: {level: debug}
+auth: {psk_file: %s/psk}
+listeners:
+  - name: web
+    listen: 0.0.0.0:7000
+    mode: %s
+    allow_clients: [10.77.1.0/24]
+    capture: {dst: [%s], ports: "8080", install: true}
+routes:
+  - {listener: web, via: [%s]}
+`, dir, mode, server.Ifaces()[0].Addr4.Masked(), cl.rsHop)), 0o644)
+			logf, _ := os.Create(filepath.Join(dir, "tr.log"))
+			cmd := rc.Command(context.Background(), bin, "relay", "-c", file, "--grace", "1s")
+			cmd.Stdout, cmd.Stderr = logf, logf
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			stopped := false
+			stop := func() {
+				if stopped {
+					return
+				}
+				stopped = true
+				cmd.Process.Signal(os.Interrupt)
+				done := make(chan error, 1)
+				go func() { done <- cmd.Wait() }()
+				select {
+				case <-done:
+				case <-time.After(10 * time.Second):
+					cmd.Process.Kill()
+					<-done
+				}
+			}
+			t.Cleanup(func() {
+				stop()
+				if t.Failed() {
+					b, _ := os.ReadFile(logf.Name())
+					t.Logf("transparent relay log:\n%s", b)
+				}
+			})
+			// Wait for the rules.
+			for i := 0; ; i++ {
+				out, _ := rc.Command(context.Background(), "nft", "list", "table", "inet", "halfway_web").CombinedOutput()
+				if strings.Contains(string(out), "7000") {
+					break
+				}
+				if i > 100 {
+					t.Fatalf("capture rules never appeared: %s", out)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			ln, err := server.Listen("tcp", ":8080")
+			if err != nil {
+				t.Fatal(err)
+			}
+			hsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprintf(w, "seen from %s", r.RemoteAddr)
+			})}
+			go hsrv.Serve(ln)
+			defer hsrv.Close()
+			out, err := cl.lab.Host("client").Command(context.Background(), "curl", "-sS", "--max-time", "15", "http://server:8080/").CombinedOutput()
+			// The server sees the far relay, rs, as its client: the flow was split twice.
+			rsServerSide := cl.lab.Host("rs").Ifaces()[1].Addr4.Addr().String()
+			if err != nil || !strings.Contains(string(out), "seen from "+rsServerSide+":") {
+				t.Errorf("curl through the transparent relay: %v: %s (want the server to see %s)", err, out, rsServerSide)
+			}
+			stop()
+			out, _ = rc.Command(context.Background(), "nft", "list", "tables").CombinedOutput()
+			if strings.Contains(string(out), "halfway_web") {
+				t.Errorf("capture table left after the relay stopped:\n%s", out)
+			}
+		})
+	}
+}

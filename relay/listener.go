@@ -16,9 +16,10 @@ import (
 const fastOpenQueue = 4096
 
 type listener struct {
-	cfg ListenerConfig // the fields that need a new socket: Name, Listen, Mode
-	ln  *net.TCPListener
-	cur atomic.Pointer[listenerState]
+	cfg       ListenerConfig // the fields that need a new socket: Name, Listen, Mode
+	ln        *net.TCPListener
+	cur       atomic.Pointer[listenerState]
+	uncapture func() error // removes installed capture rules, or nil
 }
 
 // listenerState is what Reload may change without a new socket.
@@ -73,6 +74,13 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 	}
 	l := &listener{cfg: lc, ln: nl.(*net.TCPListener)}
 	l.cur.Store(st)
+	if lc.Capture != nil && lc.Capture.Install {
+		if l.uncapture, err = installCapture(&lc); err != nil {
+			nl.Close()
+			return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
+		}
+		s.log.Info("capture rules installed", "listener", lc.Name, "table", captureTable(lc.Name))
+	}
 	s.log.Info("listening", "listener", lc.Name, "addr", nl.Addr().String(), "mode", lc.Mode, "protocols", lc.Protocols)
 	return l, nil
 }
@@ -86,7 +94,13 @@ func (l *listener) update(lc ListenerConfig) error {
 	return nil
 }
 
-func (l *listener) close() { l.ln.Close() }
+func (l *listener) close() error {
+	l.ln.Close()
+	if l.uncapture != nil {
+		return l.uncapture()
+	}
+	return nil
+}
 
 func (s *Server) acceptLoop(l *listener) {
 	var backoff time.Duration

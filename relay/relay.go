@@ -178,7 +178,7 @@ func (s *Server) apply(cfg *Config) error {
 			}
 			continue
 		} else if ok {
-			l.close()
+			errs = append(errs, l.close())
 			delete(s.listeners, lc.Name)
 		}
 		l, err := s.openListener(lc)
@@ -192,7 +192,7 @@ func (s *Server) apply(cfg *Config) error {
 	}
 	for name, l := range s.listeners {
 		if !want[name] {
-			l.close()
+			errs = append(errs, l.close())
 			delete(s.listeners, name)
 		}
 	}
@@ -210,7 +210,9 @@ func (s *Server) closeListeners() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for name, l := range s.listeners {
-		l.close()
+		if err := l.close(); err != nil {
+			s.log.Error("closing listener", "listener", name, "err", err)
+		}
 		delete(s.listeners, name)
 	}
 }

@@ -16,6 +16,9 @@ import (
 )
 
 func runRelay(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "rules" {
+		return relayRules(args[1:], stdout, stderr)
+	}
 	fs := newFlags("relay", stderr)
 	file := fs.String("c", "", "configuration file (YAML)")
 	check := fs.Bool("check", false, "validate the configuration and exit")
@@ -59,4 +62,27 @@ func runRelay(args []string, stdout, stderr io.Writer) error {
 		}
 	}()
 	return srv.Run(ctx, *grace)
+}
+
+// relayRules prints the packet rules that capture the transparent
+// listeners' flows, for an operator who installs them by hand.
+func relayRules(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("relay rules", stderr)
+	file := fs.String("c", "", "configuration file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *file == "" {
+		return fmt.Errorf("%w: relay rules -c FILE", errUsage)
+	}
+	cfg, err := relay.LoadConfig(*file)
+	if err != nil {
+		return err
+	}
+	rules, err := relay.Rules(cfg)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprint(stdout, rules)
+	return err
 }

@@ -1,0 +1,192 @@
+package relay
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+)
+
+// Transparent capture needs packet rules the relay does not own by
+// default: nftables rules that steer the chosen flows to the listener and,
+// for TPROXY, a policy route that delivers marked packets locally. Rules
+// prints them for the operator; install: true has the relay add them at
+// start and remove them at stop. Each listener gets its own nftables table,
+// halfway_NAME, so removal touches nothing else.
+
+// captureTable names a listener's nftables table.
+func captureTable(name string) string {
+	return "halfway_" + strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' {
+			return r
+		}
+		return '_'
+	}, name)
+}
+
+func (c *CaptureConfig) markTable() (int, int) {
+	mark, table := c.Mark, c.Table
+	if mark == 0 {
+		mark = 1
+	}
+	if table == 0 {
+		table = 100
+	}
+	return mark, table
+}
+
+// nftRules is the ruleset (for `nft -f -`) that captures a listener's flows.
+func nftRules(ln *ListenerConfig) (string, error) {
+	c := ln.Capture
+	if c == nil {
+		return "", fmt.Errorf("listener %s: no capture section", ln.Name)
+	}
+	ap, err := netip.ParseAddrPort(ln.Listen)
+	if err != nil {
+		return "", err
+	}
+	var v4, v6 []string
+	for _, d := range c.Dst {
+		p, err := netip.ParsePrefix(d)
+		if err != nil {
+			return "", err
+		}
+		if p.Addr().Is4() {
+			v4 = append(v4, p.Masked().String())
+		} else {
+			v6 = append(v6, p.Masked().String())
+		}
+	}
+	ports := strings.ReplaceAll(c.Ports, " ", "")
+	mark, _ := c.markTable()
+	var b strings.Builder
+	table := captureTable(ln.Name)
+	switch ln.Mode {
+	case "tproxy":
+		fmt.Fprintf(&b, "table inet %s {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n", table)
+		// Packets of flows the relay already holds go straight to its socket.
+		fmt.Fprintf(&b, "\t\tmeta l4proto tcp socket transparent 1 meta mark set %d accept\n", mark)
+		match := func(family string, cidrs []string) string {
+			if len(cidrs) == 0 {
+				return fmt.Sprintf("meta nfproto %s ", map[string]string{"ip": "ipv4", "ip6": "ipv6"}[family])
+			}
+			return fmt.Sprintf("%s daddr { %s } ", family, strings.Join(cidrs, ", "))
+		}
+		if len(v4) > 0 || len(v6) == 0 {
+			fmt.Fprintf(&b, "\t\t%stcp dport { %s } tproxy ip to :%d meta mark set %d accept\n", match("ip", v4), ports, ap.Port(), mark)
+		}
+		if len(v6) > 0 || len(v4) == 0 {
+			fmt.Fprintf(&b, "\t\t%stcp dport { %s } tproxy ip6 to :%d meta mark set %d accept\n", match("ip6", v6), ports, ap.Port(), mark)
+		}
+		b.WriteString("\t}\n}\n")
+	case "redirect":
+		fmt.Fprintf(&b, "table inet %s {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n", table)
+		if len(v4) > 0 {
+			fmt.Fprintf(&b, "\t\tip daddr { %s } tcp dport { %s } redirect to :%d\n", strings.Join(v4, ", "), ports, ap.Port())
+		}
+		if len(v6) > 0 {
+			fmt.Fprintf(&b, "\t\tip6 daddr { %s } tcp dport { %s } redirect to :%d\n", strings.Join(v6, ", "), ports, ap.Port())
+		}
+		if len(v4) == 0 && len(v6) == 0 {
+			fmt.Fprintf(&b, "\t\ttcp dport { %s } redirect to :%d\n", ports, ap.Port())
+		}
+		b.WriteString("\t}\n}\n")
+	default:
+		return "", fmt.Errorf("listener %s: mode %s captures nothing", ln.Name, ln.Mode)
+	}
+	return b.String(), nil
+}
+
+// routeCommands are the policy-routing commands TPROXY needs.
+func routeCommands(ln *ListenerConfig) [][]string {
+	if ln.Mode != "tproxy" || ln.Capture == nil {
+		return nil
+	}
+	mark, table := ln.Capture.markTable()
+	m, t := fmt.Sprint(mark), fmt.Sprint(table)
+	return [][]string{
+		{"ip", "-4", "rule", "add", "fwmark", m, "lookup", t},
+		{"ip", "-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", t},
+		{"ip", "-6", "rule", "add", "fwmark", m, "lookup", t},
+		{"ip", "-6", "route", "replace", "local", "::/0", "dev", "lo", "table", t},
+	}
+}
+
+// ipv6On tells whether this network namespace runs IPv6 at all.
+func ipv6On() bool {
+	b, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+	return err == nil && strings.TrimSpace(string(b)) == "0"
+}
+
+// Rules prints, for every transparent listener with a capture section, the
+// commands that capture its flows.
+func Rules(cfg *Config) (string, error) {
+	var b strings.Builder
+	for i := range cfg.Listeners {
+		ln := &cfg.Listeners[i]
+		if ln.Capture == nil {
+			continue
+		}
+		rules, err := nftRules(ln)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "# listener %s (%s on %s)\nnft -f - <<'EOF'\n%sEOF\n", ln.Name, ln.Mode, ln.Listen, rules)
+		for _, c := range routeCommands(ln) {
+			b.WriteString(strings.Join(c, " ") + "\n")
+		}
+		b.WriteString("\n")
+	}
+	if b.Len() == 0 {
+		return "", fmt.Errorf("no transparent listener has a capture section")
+	}
+	return b.String(), nil
+}
+
+// installCapture adds a listener's rules; the returned function removes them.
+func installCapture(ln *ListenerConfig) (remove func() error, err error) {
+	rules, err := nftRules(ln)
+	if err != nil {
+		return nil, err
+	}
+	table := captureTable(ln.Name)
+	// A table left by a crash is replaced, not duplicated.
+	_ = exec.Command("nft", "delete", "table", "inet", table).Run()
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("install nftables table %s: %v: %s", table, err, strings.TrimSpace(string(out)))
+	}
+	var added [][]string
+	for _, c := range routeCommands(ln) {
+		if c[1] == "-6" && !ipv6On() {
+			continue
+		}
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			if c[2] == "rule" && strings.Contains(string(out), "File exists") {
+				continue
+			}
+			_ = exec.Command("nft", "delete", "table", "inet", table).Run()
+			return nil, fmt.Errorf("%s: %v: %s", strings.Join(c, " "), err, strings.TrimSpace(string(out)))
+		}
+		added = append(added, c)
+	}
+	return func() error {
+		var errs []string
+		for _, c := range added {
+			del := append([]string{}, c...)
+			del[3] = "del" // "add" for rules, "replace" for routes
+			if out, err := exec.Command(del[0], del[1:]...).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Sprintf("%s: %s", strings.Join(del, " "), strings.TrimSpace(string(out))))
+			}
+		}
+		if out, err := exec.Command("nft", "delete", "table", "inet", table).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Sprintf("nft delete table inet %s: %s", table, strings.TrimSpace(string(out))))
+		}
+		if len(errs) > 0 {
+			return fmt.Errorf("remove capture of %s: %s", ln.Name, strings.Join(errs, "; "))
+		}
+		return nil
+	}, nil
+}

@@ -1,0 +1,634 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"halfway/strictyaml"
+)
+
+// writeTestFile writes content to dir/name and returns its path.
+func writeTestFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// testPSK writes a valid 32-byte key (with a trailing newline) and returns its path.
+func testPSK(t *testing.T) string {
+	t.Helper()
+	return writeTestFile(t, t.TempDir(), "psk", "0123456789abcdef0123456789abcdef\n")
+}
+
+func TestConfigParseFull(t *testing.T) {
+	dir := t.TempDir()
+	psk := writeTestFile(t, dir, "psk", "0123456789abcdef0123456789abcdef\n")
+	users := writeTestFile(t, dir, "users", "# clients\nalice:secret\n\nbob:hunter2\n")
+	yml := fmt.Sprintf(`
+admin:
+  listen: "127.0.0.1:9999"
+log:
+  format: json
+  level: debug
+auth:
+  psk_file: %q
+  window: 45s
+limits:
+  max_flows: 100
+  max_flows_per_client: 10
+  max_pending: 20
+  connect_timeout: 3s
+  handshake_timeout: 7s
+legs:
+  client: {idle_timeout: 1m, keepalive: 10s, user_timeout: 20s}
+  server: {idle_timeout: 2m, keepalive: 11s, user_timeout: 21s}
+  relay:  {idle_timeout: 3m, keepalive: 12s, user_timeout: 22s}
+listeners:
+  - name: socks
+    listen: "0.0.0.0:1080"
+    mode: explicit
+    protocols: [socks5, http]
+    allow_clients: ["10.0.0.0/8", "2001:db8::/32"]
+    allow_destinations: ["10.0.0.0/8:80,443", "192.168.0.0/16", "2001:db8::/32"]
+    users_file: %q
+    proxy_protocol: true
+  - name: hop
+    listen: "[::]:7100"
+    protocols: [convert]
+    allow_clients: ["192.0.2.0/24"]
+    allow_destinations: ["10.1.0.0/16:8000-8100"]
+  - name: tp
+    listen: "0.0.0.0:7200"
+    mode: tproxy
+    allow_clients: ["10.0.0.0/8"]
+    allow_destinations: ["0.0.0.0/0:443"]
+routes:
+  - listener: socks
+    dst: ["10.1.0.0/16", "2001:db8:1::/48"]
+    ports: "80,443,8000-8100"
+    via: ["10.0.0.2:7100", "[2001:db8::2]:7100"]
+  - dst: ["0.0.0.0/0"]
+`, psk, users)
+	c, err := ParseConfig([]byte(yml))
+	if err != nil {
+		t.Fatalf("ParseConfig: %v", err)
+	}
+	d := func(s string) Duration {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Duration(v)
+	}
+	want := &Config{
+		Admin: AdminConfig{Listen: "127.0.0.1:9999"},
+		Log:   LogConfig{Format: "json", Level: "debug"},
+		Auth:  AuthConfig{PSKFile: psk, Window: d("45s")},
+		Limits: Limits{MaxFlows: 100, MaxFlowsPerClient: 10, MaxPending: 20,
+			ConnectTimeout: d("3s"), HandshakeTimeout: d("7s")},
+		Legs: LegsConfig{
+			Client: LegConfig{IdleTimeout: d("1m"), Keepalive: d("10s"), UserTimeout: d("20s")},
+			Server: LegConfig{IdleTimeout: d("2m"), Keepalive: d("11s"), UserTimeout: d("21s")},
+			Relay:  LegConfig{IdleTimeout: d("3m"), Keepalive: d("12s"), UserTimeout: d("22s")},
+		},
+		Listeners: []ListenerConfig{
+			{Name: "socks", Listen: "0.0.0.0:1080", Mode: "explicit", Protocols: []string{"socks5", "http"},
+				AllowClients:      []string{"10.0.0.0/8", "2001:db8::/32"},
+				AllowDestinations: []string{"10.0.0.0/8:80,443", "192.168.0.0/16", "2001:db8::/32"},
+				UsersFile:         users, ProxyProtocol: true},
+			{Name: "hop", Listen: "[::]:7100", Mode: "explicit", Protocols: []string{"convert"},
+				AllowClients: []string{"192.0.2.0/24"}, AllowDestinations: []string{"10.1.0.0/16:8000-8100"}},
+			{Name: "tp", Listen: "0.0.0.0:7200", Mode: "tproxy",
+				AllowClients: []string{"10.0.0.0/8"}, AllowDestinations: []string{"0.0.0.0/0:443"}},
+		},
+		Routes: []RouteConfig{
+			{Listener: "socks", Dst: []string{"10.1.0.0/16", "2001:db8:1::/48"}, Ports: "80,443,8000-8100",
+				Via: []string{"10.0.0.2:7100", "[2001:db8::2]:7100"}},
+			{Dst: []string{"0.0.0.0/0"}},
+		},
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("ParseConfig:\n got %+v\nwant %+v", c, want)
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	psk := testPSK(t)
+	yml := fmt.Sprintf(`
+auth: {psk_file: %q}
+listeners:
+  - name: a
+    listen: "127.0.0.1:1080"
+    allow_clients: ["127.0.0.0/8"]
+    allow_destinations: ["10.0.0.0/8"]
+  - name: t
+    listen: "0.0.0.0:7200"
+    mode: redirect
+`, psk)
+	c, err := ParseConfig([]byte(yml))
+	if err != nil {
+		t.Fatalf("ParseConfig: %v", err)
+	}
+	legDefault := LegConfig{IdleTimeout: Duration(15 * time.Minute), Keepalive: Duration(30 * time.Second)}
+	for _, tc := range []struct {
+		field    string
+		got, def any
+	}{
+		{"admin.listen", c.Admin.Listen, "127.0.0.1:9190"},
+		{"log.format", c.Log.Format, "text"},
+		{"log.level", c.Log.Level, "info"},
+		{"auth.window", c.Auth.Window, Duration(30 * time.Second)},
+		{"limits.max_flows", c.Limits.MaxFlows, 8000},
+		{"limits.max_flows_per_client", c.Limits.MaxFlowsPerClient, 1000},
+		{"limits.max_pending", c.Limits.MaxPending, 1024},
+		{"limits.connect_timeout", c.Limits.ConnectTimeout, Duration(5 * time.Second)},
+		{"limits.handshake_timeout", c.Limits.HandshakeTimeout, Duration(10 * time.Second)},
+		{"legs.client", c.Legs.Client, legDefault},
+		{"legs.server", c.Legs.Server, legDefault},
+		{"legs.relay", c.Legs.Relay, legDefault},
+		{"listeners[0].mode", c.Listeners[0].Mode, "explicit"},
+		{"listeners[0].protocols", c.Listeners[0].Protocols, []string{"socks5", "http", "convert"}},
+		{"listeners[1].mode", c.Listeners[1].Mode, "redirect"},
+		{"listeners[1].protocols", c.Listeners[1].Protocols, []string(nil)},
+		{"listeners[0].proxy_protocol", c.Listeners[0].ProxyProtocol, false},
+		{"routes", c.Routes, []RouteConfig(nil)},
+	} {
+		t.Run(tc.field, func(t *testing.T) {
+			if !reflect.DeepEqual(tc.got, tc.def) {
+				t.Errorf("%s = %#v, want default %#v", tc.field, tc.got, tc.def)
+			}
+		})
+	}
+	if got := c.Legs.Client.UserTimeout; got != 0 {
+		t.Errorf("legs.client.user_timeout = %v, want 0 (kernel default)", got.D())
+	}
+}
+
+// A field set explicitly is not overwritten by its default; "off" disables admin.
+func TestConfigDefaultsDoNotOverride(t *testing.T) {
+	yml := `
+admin: {listen: "off"}
+limits: {max_flows: 5}
+listeners:
+  - {name: a, listen: "127.0.0.1:1080", protocols: [socks5], allow_clients: ["127.0.0.0/8"], allow_destinations: ["10.0.0.0/8"]}
+`
+	c, err := ParseConfig([]byte(yml))
+	if err != nil {
+		t.Fatalf("ParseConfig: %v", err)
+	}
+	if c.Admin.Listen != "off" || c.Limits.MaxFlows != 5 || !reflect.DeepEqual(c.Listeners[0].Protocols, []string{"socks5"}) {
+		t.Errorf("got admin %q max_flows %d protocols %v", c.Admin.Listen, c.Limits.MaxFlows, c.Listeners[0].Protocols)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	psk := writeTestFile(t, dir, "psk", "0123456789abcdef\n")
+	shortPSK := writeTestFile(t, dir, "short", "0123456789abcde\n") // 15 bytes
+	badUsers := writeTestFile(t, dir, "users", "# comment\nalice:pw\nnocolon\n")
+	missing := filepath.Join(dir, "absent")
+
+	// ln is a valid socks5-only explicit listener (no PSK needed).
+	const ln = `{name: a, listen: "127.0.0.1:1080", protocols: [socks5], allow_clients: ["10.0.0.0/8"], allow_destinations: ["10.0.0.0/8"]}`
+	withAuth := func(path string) string { return fmt.Sprintf("auth: {psk_file: %q}\n", path) }
+
+	for _, tc := range []struct {
+		name string
+		yml  string
+		want []string // each starts one error line (field path first); "~text": appears anywhere
+	}{
+		{"no listeners", "admin: {listen: \"127.0.0.1:1\"}\n", []string{"listeners: want at least one listener"}},
+		{"unknown key in listener",
+			"listeners:\n  - {name: a, colour: red, listen: \"127.0.0.1:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"]}\n",
+			[]string{"listeners[0].colour: unknown field"}},
+		{"unknown top-level key", "colour: red\nlisteners: [" + ln + "]\n", []string{"colour: unknown field"}},
+		{"unknown key in limits", "limits: {max_flow: 3}\nlisteners: [" + ln + "]\n", []string{"limits.max_flow: unknown field"}},
+		{"bad duration", "limits: {connect_timeout: 5 sec}\nlisteners: [" + ln + "]\n", []string{`limits.connect_timeout: "5 sec"`}},
+		{"negative duration", "limits: {handshake_timeout: -1s}\nlisteners: [" + ln + "]\n", []string{`limits.handshake_timeout: "-1s"`}},
+		{"bad leg duration", "legs: {server: {idle_timeout: forever}}\nlisteners: [" + ln + "]\n", []string{"legs.server.idle_timeout"}},
+		{"bad window", "auth: {window: 10}\nlisteners: [" + ln + "]\n", []string{"auth.window"}},
+		{"negative limit", "limits: {max_pending: -1}\nlisteners: [" + ln + "]\n", []string{"limits.max_pending: -1"}},
+		{"non-integer limit", "limits: {max_flows: lots}\nlisteners: [" + ln + "]\n", []string{"limits.max_flows"}},
+		{"bad admin", "admin: {listen: localhost}\nlisteners: [" + ln + "]\n", []string{`admin.listen: "localhost"`}},
+		{"bad log format", "log: {format: xml}\nlisteners: [" + ln + "]\n", []string{`log.format: "xml"`}},
+		{"bad log level", "log: {level: loud}\nlisteners: [" + ln + "]\n", []string{`log.level: "loud"`}},
+		{"no allow_clients",
+			"listeners:\n  - {name: a, listen: \"127.0.0.1:1080\", protocols: [socks5], allow_destinations: [\"10.0.0.0/8\"]}\n",
+			[]string{"listeners[0].allow_clients: "}},
+		{"no allow_destinations",
+			"listeners:\n  - {name: a, listen: \"127.0.0.1:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"]}\n",
+			[]string{"listeners[0].allow_destinations: "}},
+		{"bad allow_clients entry",
+			"listeners:\n  - {name: a, listen: \"127.0.0.1:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\", \"10.0.0.1\"], allow_destinations: [\"10.0.0.0/8\"]}\n",
+			[]string{`listeners[0].allow_clients[1]: "10.0.0.1"`}},
+		{"bad allow_destinations entry",
+			"listeners:\n  - {name: a, listen: \"127.0.0.1:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"300.0.0.0/8\"]}\n",
+			[]string{`listeners[0].allow_destinations[0]: "300.0.0.0/8"`}},
+		{"bad allow_destinations ports",
+			"listeners:\n  - {name: a, listen: \"127.0.0.1:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8:0\"]}\n",
+			[]string{`listeners[0].allow_destinations[0]: "10.0.0.0/8:0"`}},
+		{"bad listen second listener",
+			"listeners:\n  - " + ln + "\n  - {name: b, listen: \"1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"]}\n",
+			[]string{`listeners[1].listen: "1080"`}},
+		{"missing listen", "listeners:\n  - {name: a, protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"]}\n",
+			[]string{`listeners[0].listen: ""`}},
+		{"missing name", "listeners:\n  - {listen: \"127.0.0.1:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"]}\n",
+			[]string{"listeners[0].name: want a name"}},
+		{"duplicate name",
+			"listeners:\n  - " + ln + "\n  - {name: a, listen: \"127.0.0.1:1081\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"]}\n",
+			[]string{`listeners[1].name: "a": duplicate listener`}},
+		{"bad mode", "listeners:\n  - {name: a, listen: \"127.0.0.1:1080\", mode: magic}\n", []string{`listeners[0].mode: "magic"`}},
+		{"bad protocol",
+			"listeners:\n  - {name: a, listen: \"127.0.0.1:1080\", protocols: [socks5, socks4], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"]}\n",
+			[]string{`listeners[0].protocols[1]: "socks4"`}},
+		{"transparent with protocols",
+			"listeners:\n  - {name: t, listen: \"0.0.0.0:7200\", mode: tproxy, protocols: [socks5]}\n",
+			[]string{"listeners[0].protocols: a transparent listener speaks no protocol"}},
+		{"redirect with protocols",
+			"listeners:\n  - " + ln + "\n  - {name: t, listen: \"0.0.0.0:7200\", mode: redirect, protocols: [http]}\n",
+			[]string{"listeners[1].protocols: a transparent listener"}},
+		{"users file malformed line",
+			fmt.Sprintf("listeners:\n  - {name: a, listen: \"127.0.0.1:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"], users_file: %q}\n", badUsers),
+			[]string{"listeners[0].users_file: " + badUsers + ":3: want user:password"}},
+		{"users file missing",
+			fmt.Sprintf("listeners:\n  - {name: a, listen: \"127.0.0.1:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"], users_file: %q}\n", missing),
+			[]string{"listeners[0].users_file: ", "~" + missing}},
+		{"psk needed by convert listener",
+			"listeners:\n  - {name: h, listen: \"0.0.0.0:7100\", protocols: [convert], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"]}\n",
+			[]string{"auth.psk_file: relay hops"}},
+		{"psk needed by default protocols",
+			"listeners:\n  - {name: h, listen: \"0.0.0.0:7100\", allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"]}\n",
+			[]string{"auth.psk_file: relay hops"}},
+		{"psk needed by route via",
+			"listeners: [" + ln + "]\nroutes:\n  - {via: [\"10.0.0.2:7100\"]}\n",
+			[]string{"auth.psk_file: relay hops"}},
+		{"psk too short", withAuth(shortPSK) + "listeners: [" + ln + "]\nroutes:\n  - {via: [\"10.0.0.2:7100\"]}\n",
+			[]string{"auth.psk_file: " + shortPSK + ": the key has 15 bytes, want at least 16"}},
+		{"psk file missing", withAuth(missing) + "listeners: [" + ln + "]\nroutes:\n  - {via: [\"10.0.0.2:7100\"]}\n",
+			[]string{"auth.psk_file: ", "~" + missing}},
+		{"route bad via second", withAuth(psk) + "listeners: [" + ln + "]\nroutes:\n  - {via: [\"10.0.0.2:7100\", \"10.0.0.3\"]}\n",
+			[]string{`routes[0].via[1]: "10.0.0.3"`}},
+		{"route too many via", withAuth(psk) + "listeners: [" + ln + "]\nroutes:\n  - {via: [\"10.0.0.2:1\", \"10.0.0.3:1\", \"10.0.0.4:1\", \"10.0.0.5:1\"]}\n",
+			[]string{"routes[0].via: 4 relays: at most 3"}},
+		{"route unknown listener", "listeners: [" + ln + "]\nroutes:\n  - {listener: nope}\n",
+			[]string{`routes[0].listener: "nope": no such listener`}},
+		{"route bad dst", "listeners: [" + ln + "]\nroutes:\n  - {}\n  - {dst: [\"10.0.0.0/8\", \"10.0.0.0\"]}\n",
+			[]string{`routes[1].dst[1]: "10.0.0.0"`}},
+		{"route port zero", "listeners: [" + ln + "]\nroutes:\n  - {ports: \"0\"}\n", []string{`routes[0].ports: "0"`}},
+		{"route port range reversed", "listeners: [" + ln + "]\nroutes:\n  - {ports: \"90-80\"}\n", []string{`routes[0].ports: "90-80"`}},
+		{"route port not a number", "listeners: [" + ln + "]\nroutes:\n  - {ports: \"x\"}\n", []string{`routes[0].ports: "x"`}},
+		{"route port too big", "listeners: [" + ln + "]\nroutes:\n  - {ports: \"65536\"}\n", []string{`routes[0].ports: "65536"`}},
+		{"several problems at once",
+			"log: {level: loud}\nlisteners:\n  - {name: a, listen: \"x\", mode: explicit, protocols: [socks5]}\nroutes:\n  - {listener: b, via: [\"y\"]}\n",
+			[]string{"log.level", "listeners[0].listen", "listeners[0].allow_clients", "listeners[0].allow_destinations",
+				"routes[0].listener", "routes[0].via[0]", "auth.psk_file"}},
+		{"not YAML", "listeners: [\n", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseConfig([]byte(tc.yml))
+			if err == nil {
+				t.Fatalf("ParseConfig succeeded: %+v", c)
+			}
+			if c != nil {
+				t.Errorf("ParseConfig returned a config with its error")
+			}
+			var errs strictyaml.Errors
+			if !errors.As(err, &errs) || len(errs) == 0 {
+				t.Fatalf("error %T %v: want a non-empty strictyaml.Errors", err, err)
+			}
+			// Each wanted text starts an error line: field paths come first.
+			lines := strings.Split(err.Error(), "\n")
+			for _, w := range tc.want {
+				found := false
+				if rest, ok := strings.CutPrefix(w, "~"); ok {
+					found = strings.Contains(err.Error(), rest)
+				}
+				for _, l := range lines {
+					found = found || strings.HasPrefix(l, w)
+				}
+				if !found {
+					t.Errorf("no error line starting %q in:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+func TestConfigLoadUsers(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		content string
+		want    map[string]string
+		badLine int // 0: valid
+	}{
+		{"simple", "alice:secret\nbob:hunter2\n", map[string]string{"alice": "secret", "bob": "hunter2"}, 0},
+		{"comments and blanks", "# users\n\n  # indented comment\nalice:secret\n\n", map[string]string{"alice": "secret"}, 0},
+		{"crlf and spaces", "  alice:secret  \r\nbob:pw\r\n", map[string]string{"alice": "secret", "bob": "pw"}, 0},
+		{"colon in password", "alice:a:b:c\n", map[string]string{"alice": "a:b:c"}, 0},
+		{"no trailing newline", "alice:pw", map[string]string{"alice": "pw"}, 0},
+		{"empty file", "", map[string]string{}, 0},
+		{"only comments", "# nobody\n", map[string]string{}, 0},
+		{"no colon", "alice:pw\n# c\nbob\n", nil, 3},
+		{"empty user", ":pw\n", nil, 1},
+		{"empty password", "\nalice:\n", nil, 2},
+		{"user too long", strings.Repeat("u", 256) + ":pw\n", nil, 1},
+		{"password too long", "u:" + strings.Repeat("p", 256) + "\n", nil, 1},
+		{"longest user and password", strings.Repeat("u", 255) + ":" + strings.Repeat("p", 255) + "\n",
+			map[string]string{strings.Repeat("u", 255): strings.Repeat("p", 255)}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeTestFile(t, t.TempDir(), "users", tc.content)
+			got, err := loadUsers(path)
+			if tc.badLine != 0 {
+				want := fmt.Sprintf("%s:%d: want user:password", path, tc.badLine)
+				if err == nil || err.Error() != want {
+					t.Fatalf("loadUsers = %v, %v; want error %q", got, err, want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("loadUsers: %v", err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("loadUsers = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	if _, err := loadUsers(filepath.Join(t.TempDir(), "absent")); err == nil {
+		t.Error("loadUsers of a missing file succeeded")
+	}
+}
+
+func TestConfigLoadPSK(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		content string
+		want    string // "" for an error
+	}{
+		{"16 bytes", "0123456789abcdef", "0123456789abcdef"},
+		{"16 bytes and newline", "0123456789abcdef\n", "0123456789abcdef"},
+		{"16 bytes and crlf", "0123456789abcdef\r\n", "0123456789abcdef"},
+		{"long", strings.Repeat("k", 64) + "\n", strings.Repeat("k", 64)},
+		{"15 bytes", "0123456789abcde", ""},
+		{"15 bytes and newlines", "0123456789abcde\n\n", ""},
+		{"empty", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeTestFile(t, t.TempDir(), "psk", tc.content)
+			got, err := loadPSK(path)
+			if tc.want == "" {
+				if err == nil || !strings.Contains(err.Error(), "want at least 16") || !strings.Contains(err.Error(), path) {
+					t.Fatalf("loadPSK = %q, %v; want a too-short error naming the file", got, err)
+				}
+				return
+			}
+			if err != nil || string(got) != tc.want {
+				t.Fatalf("loadPSK = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+	if _, err := loadPSK(filepath.Join(t.TempDir(), "absent")); err == nil {
+		t.Error("loadPSK of a missing file succeeded")
+	}
+}
+
+func TestConfigLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := writeTestFile(t, dir, "good.yaml", `listeners: [{name: a, listen: "127.0.0.1:1080", protocols: [http], allow_clients: ["10.0.0.0/8"], allow_destinations: ["10.0.0.0/8"]}]`)
+	if _, err := LoadConfig(good); err != nil {
+		t.Errorf("LoadConfig(good): %v", err)
+	}
+	bad := writeTestFile(t, dir, "bad.yaml", "listeners: []\n")
+	_, err := LoadConfig(bad)
+	if err == nil || !strings.HasPrefix(err.Error(), bad+":\n") || !strings.Contains(err.Error(), "listeners: want at least one") {
+		t.Errorf("LoadConfig(bad) = %v; want the file name then the field errors", err)
+	}
+	if _, err := LoadConfig(filepath.Join(dir, "absent")); err == nil {
+		t.Error("LoadConfig of a missing file succeeded")
+	}
+}
+
+func TestConfigDurationUnmarshal(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"30s", 30 * time.Second, true},
+		{"10m", 10 * time.Minute, true},
+		{"1h30m", 90 * time.Minute, true},
+		{"0s", 0, true},
+		{"-1s", 0, false},
+		{"30", 0, false},
+		{"", 0, false},
+		{"5 sec", 0, false},
+	} {
+		var d Duration
+		err := d.UnmarshalText([]byte(tc.in))
+		if (err == nil) != tc.ok || (tc.ok && d.D() != tc.want) {
+			t.Errorf("UnmarshalText(%q) = %v, %v; want %v ok=%v", tc.in, d.D(), err, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestParsePorts(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want portSet // nil: error
+	}{
+		{"80", portSet{{80, 80}}},
+		{"80,443", portSet{{80, 80}, {443, 443}}},
+		{"8000-8100", portSet{{8000, 8100}}},
+		{"80, 443 ,8000-8100", portSet{{80, 80}, {443, 443}, {8000, 8100}}},
+		{"1", portSet{{1, 1}}},
+		{"65535", portSet{{65535, 65535}}},
+		{"1-65535", portSet{{1, 65535}}},
+		{"80-80", portSet{{80, 80}}},
+		{"0", nil},
+		{"0-80", nil},
+		{"90-80", nil},
+		{"x", nil},
+		{"", nil},
+		{"80,", nil},
+		{",80", nil},
+		{"80,,443", nil},
+		{"80-", nil},
+		{"-80", nil},
+		{"1-2-3", nil},
+		{"65536", nil},
+		{"80-65536", nil},
+		{"+80", nil},
+		{"-1", nil},
+		{"８０", nil},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := parsePorts(tc.in)
+			if tc.want == nil {
+				if err == nil {
+					t.Fatalf("parsePorts(%q) = %v; want an error", tc.in, got)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("parsePorts(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParsePortsHas(t *testing.T) {
+	ps := portSet{{80, 80}, {8000, 8100}}
+	for _, tc := range []struct {
+		p    uint16
+		want bool
+	}{{80, true}, {79, false}, {81, false}, {8000, true}, {8050, true}, {8100, true}, {7999, false}, {8101, false}, {0, false}} {
+		if got := ps.has(tc.p); got != tc.want {
+			t.Errorf("has(%d) = %v, want %v", tc.p, got, tc.want)
+		}
+	}
+	var all portSet
+	for _, p := range []uint16{0, 1, 80, 65535} {
+		if !all.has(p) {
+			t.Errorf("nil portSet.has(%d) = false, want true", p)
+		}
+	}
+}
+
+func TestParseDestRule(t *testing.T) {
+	for _, tc := range []struct {
+		in     string
+		prefix string // "" for an error
+		ports  portSet
+	}{
+		{"10.0.0.0/8", "10.0.0.0/8", nil},
+		{"10.0.0.0/8:80,443", "10.0.0.0/8", portSet{{80, 80}, {443, 443}}},
+		{"10.1.0.0/16:8000-8100", "10.1.0.0/16", portSet{{8000, 8100}}},
+		{"0.0.0.0/0:443", "0.0.0.0/0", portSet{{443, 443}}},
+		{"10.1.2.3/8", "10.0.0.0/8", nil}, // masked
+		{"192.0.2.1/32", "192.0.2.1/32", nil},
+		{"2001:db8::/32", "2001:db8::/32", nil},
+		{"::/0", "::/0", nil},
+		{"[::]/0:443", "::/0", portSet{{443, 443}}},
+		{"[::]/0:80,443", "::/0", portSet{{80, 80}, {443, 443}}},
+		{"[2001:db8::]/32", "2001:db8::/32", nil},
+		{"[2001:db8::1]/32:22", "2001:db8::/32", portSet{{22, 22}}},
+		{"0", "", nil},
+		{"10.0.0.0/8:0", "", nil},
+		{"10.0.0.0/8:90-80", "", nil},
+		{"10.0.0.0/8:x", "", nil},
+		{"10.0.0.0/8:", "", nil},
+		{"[::]/0:x", "", nil},
+		{"[::]/0:", "", nil},
+		{"[::]/0", "::/0", nil},
+		{"[::/0", "", nil},
+		{"300.0.0.0/8", "", nil},
+		{"10.0.0.0", "", nil},
+		{"10.0.0.0/33", "", nil},
+		{"::/0:443", "", nil}, // IPv6 with ports needs brackets
+		{"x", "", nil},
+		{"", "", nil},
+		{"fe80::/10%eth0", "", nil},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := parseDestRule(tc.in)
+			if tc.prefix == "" {
+				if err == nil {
+					if tc.in == "10.0.0.0/8:" || tc.in == "[::]/0:" {
+						t.Skipf("BUG: parseDestRule(%q) accepts an empty port list after ':' (got %v %v)", tc.in, got.prefix, got.ports)
+					}
+					t.Fatalf("parseDestRule(%q) = %v %v; want an error", tc.in, got.prefix, got.ports)
+				}
+				return
+			}
+			if err != nil && strings.HasPrefix(tc.in, "[") {
+				t.Skipf("BUG: parseDestRule(%q): %v: the bracketed form takes the prefix length outside the brackets, but only the text inside is parsed", tc.in, err)
+			}
+			want := destRule{prefix: netip.MustParsePrefix(tc.prefix), ports: tc.ports}
+			if err != nil || !reflect.DeepEqual(got, want) {
+				t.Fatalf("parseDestRule(%q) = %v %v, %v; want %v %v", tc.in, got.prefix, got.ports, err, want.prefix, want.ports)
+			}
+		})
+	}
+}
+
+func FuzzParsePorts(f *testing.F) {
+	for _, s := range []string{"80", "80,443", "8000-8100", "1-65535", "0", "90-80", "x", "", "80,", " 80 , 443 ", "1-2-3", "65536"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		ps, err := parsePorts(s)
+		if err != nil {
+			if ps != nil {
+				t.Fatalf("parsePorts(%q) returned %v with error %v", s, ps, err)
+			}
+			return
+		}
+		if len(ps) == 0 || len(ps) != len(strings.Split(s, ",")) {
+			t.Fatalf("parsePorts(%q) = %v: want one range per comma-separated field", s, ps)
+		}
+		if ps.has(0) {
+			t.Fatalf("parsePorts(%q) = %v contains port 0", s, ps)
+		}
+		var parts []string
+		for _, r := range ps {
+			if r[0] == 0 || r[0] > r[1] {
+				t.Fatalf("parsePorts(%q) = %v: bad range %v", s, ps, r)
+			}
+			if !ps.has(r[0]) || !ps.has(r[1]) {
+				t.Fatalf("parsePorts(%q) = %v: range ends not in the set", s, ps)
+			}
+			parts = append(parts, fmt.Sprintf("%d-%d", r[0], r[1]))
+		}
+		// Formatting the set and parsing it again gives the same set.
+		again, err := parsePorts(strings.Join(parts, ","))
+		if err != nil || !reflect.DeepEqual(again, ps) {
+			t.Fatalf("parsePorts(%q) = %v, but reparsed %v, %v", s, ps, again, err)
+		}
+	})
+}
+
+func FuzzParseDestRule(f *testing.F) {
+	for _, s := range []string{"80", "10.0.0.0/8", "10.0.0.0/8:80,443", "[::]/0:443", "[2001:db8::]/32", "0",
+		"10.0.0.0/8:", "[::]/0:x", "300.0.0.0/8", "[", "]", "[]", "[::/0]:443", "::/0", "10.0.0.0/8:1-2,3"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := parseDestRule(s)
+		if err != nil {
+			if r.prefix.IsValid() || r.ports != nil {
+				t.Fatalf("parseDestRule(%q) returned %v %v with error %v", s, r.prefix, r.ports, err)
+			}
+			return
+		}
+		if !r.prefix.IsValid() {
+			t.Fatalf("parseDestRule(%q): invalid prefix %v", s, r.prefix)
+		}
+		if r.prefix != r.prefix.Masked() {
+			t.Fatalf("parseDestRule(%q): prefix %v not masked", s, r.prefix)
+		}
+		if r.prefix.Addr().Zone() != "" {
+			t.Fatalf("parseDestRule(%q): prefix %v has a zone", s, r.prefix)
+		}
+		if r.ports != nil && len(r.ports) == 0 {
+			t.Fatalf("parseDestRule(%q): empty non-nil port set", s)
+		}
+		for _, pr := range r.ports {
+			if pr[0] == 0 || pr[0] > pr[1] {
+				t.Fatalf("parseDestRule(%q): bad port range %v", s, pr)
+			}
+		}
+		if !r.prefix.Contains(r.prefix.Addr()) {
+			t.Fatalf("parseDestRule(%q): prefix %v does not contain its own address", s, r.prefix)
+		}
+	})
+}

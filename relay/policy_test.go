@@ -1,0 +1,214 @@
+package relay
+
+import (
+	"net/netip"
+	"testing"
+)
+
+// testPolicy builds a policy from allow lists with a fixed set of own
+// addresses, so that results do not depend on the host's interfaces.
+func testPolicy(t *testing.T, clients, dests []string, own ...string) *policy {
+	t.Helper()
+	p, err := newPolicy(&ListenerConfig{AllowClients: clients, AllowDestinations: dests})
+	if err != nil {
+		t.Fatalf("newPolicy(%v, %v): %v", clients, dests, err)
+	}
+	p.own = map[netip.Addr]bool{}
+	for _, s := range own {
+		p.own[netip.MustParseAddr(s)] = true
+	}
+	return p
+}
+
+func TestPolicyNewErrors(t *testing.T) {
+	for _, ln := range []ListenerConfig{
+		{AllowClients: []string{"10.0.0.1"}},
+		{AllowClients: []string{"10.0.0.0/8"}, AllowDestinations: []string{"10.0.0.0/8:0"}},
+		{AllowDestinations: []string{"300.0.0.0/8"}},
+	} {
+		if p, err := newPolicy(&ln); err == nil {
+			t.Errorf("newPolicy(%+v) = %+v; want an error", ln, p)
+		}
+	}
+	// The host's own addresses are collected: loopback at least.
+	p, err := newPolicy(&ListenerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.own == nil {
+		t.Error("newPolicy left own nil")
+	}
+}
+
+func TestPolicyClientAllowed(t *testing.T) {
+	p := testPolicy(t, []string{"10.0.0.0/8", "192.168.1.7/32", "2001:db8::/32", "172.16.5.9/12"}, nil)
+	for _, tc := range []struct {
+		client string
+		want   bool
+	}{
+		{"10.1.2.3", true},
+		{"10.255.255.255", true},
+		{"11.0.0.1", false},
+		{"9.255.255.255", false},
+		{"192.168.1.7", true},
+		{"192.168.1.8", false},
+		{"172.31.0.1", true}, // rule 172.16.5.9/12 is masked to 172.16.0.0/12
+		{"172.32.0.1", false},
+		{"2001:db8::1", true},
+		{"2001:db8:ffff::1", true},
+		{"2001:db9::1", false},
+		{"::1", false},
+		{"::ffff:10.1.2.3", true}, // IPv4-mapped IPv6 from a dual-stack socket
+		{"::ffff:192.168.1.7", true},
+		{"::ffff:11.0.0.1", false},
+		{"::ffff:192.168.1.8", false},
+		{"127.0.0.1", false},
+	} {
+		t.Run(tc.client, func(t *testing.T) {
+			if got := p.clientAllowed(netip.MustParseAddr(tc.client)); got != tc.want {
+				t.Errorf("clientAllowed(%s) = %v, want %v", tc.client, got, tc.want)
+			}
+		})
+	}
+	if p.clientAllowed(netip.Addr{}) {
+		t.Error("clientAllowed(zero Addr) = true")
+	}
+	none := testPolicy(t, nil, nil)
+	for _, c := range []string{"10.1.2.3", "::1", "127.0.0.1"} {
+		if none.clientAllowed(netip.MustParseAddr(c)) {
+			t.Errorf("empty allow list: clientAllowed(%s) = true", c)
+		}
+	}
+}
+
+func TestPolicyDestAllowed(t *testing.T) {
+	anyV4 := []string{"0.0.0.0/0"}
+	anyV6 := []string{"::/0"}
+	both := []string{"0.0.0.0/0", "::/0"}
+	for _, tc := range []struct {
+		name  string
+		rules []string
+		dst   string
+		want  bool
+	}{
+		// Ports.
+		{"any port", []string{"10.0.0.0/8"}, "10.1.2.3:22", true},
+		{"listed port", []string{"10.0.0.0/8:80,443"}, "10.1.2.3:443", true},
+		{"unlisted port", []string{"10.0.0.0/8:80,443"}, "10.1.2.3:22", false},
+		{"port range low end", []string{"10.0.0.0/8:8000-8100"}, "10.1.2.3:8000", true},
+		{"port range high end", []string{"10.0.0.0/8:8000-8100"}, "10.1.2.3:8100", true},
+		{"port past range", []string{"10.0.0.0/8:8000-8100"}, "10.1.2.3:8101", false},
+		{"second rule's ports", []string{"10.0.0.0/8:80", "10.1.0.0/16:22"}, "10.1.2.3:22", true},
+		{"second rule's prefix", []string{"10.0.0.0/8:80", "10.1.0.0/16:22"}, "10.2.0.1:22", false},
+		{"outside prefix", []string{"10.0.0.0/8"}, "11.0.0.1:80", false},
+		{"no rules", nil, "10.1.2.3:80", false},
+		{"v4 rule, v6 dst", anyV4, "[2001:db8::1]:80", false},
+		{"v6 rule, v4 dst", anyV6, "10.1.2.3:80", false},
+		{"v6 rule", anyV6, "[2001:db8::1]:443", true},
+		{"IPv4-mapped dst under v4 rule", []string{"10.0.0.0/8"}, "[::ffff:10.1.2.3]:80", true},
+
+		// Special addresses refused under catch-all rules.
+		{"loopback v4", both, "127.0.0.1:80", false},
+		{"loopback v4 elsewhere in /8", both, "127.1.2.3:80", false},
+		{"loopback v6", both, "[::1]:80", false},
+		{"loopback IPv4-mapped", both, "[::ffff:127.0.0.1]:80", false},
+		{"metadata", both, "169.254.169.254:80", false},
+		{"metadata IPv4-mapped", both, "[::ffff:169.254.169.254]:80", false},
+		{"link-local v4", both, "169.254.1.1:80", false},
+		{"link-local v6", both, "[fe80::1]:80", false},
+		{"AWS v6 metadata", both, "[fd00:ec2::254]:80", false},
+		{"unspecified v4", both, "0.0.0.0:80", false},
+		{"this network", both, "0.1.2.3:80", false},
+		{"unspecified v6", both, "[::]:80", false},
+		{"multicast v4", both, "224.0.0.1:80", false},
+		{"multicast v4 SSDP", both, "239.255.255.250:1900", false},
+		{"multicast v6", both, "[ff02::1]:80", false},
+		{"broadcast", both, "255.255.255.255:80", false},
+		{"ordinary v4 under catch-all", both, "93.184.216.34:443", true},
+		{"ordinary v6 under catch-all", both, "[2606:2800:220:1::1]:443", true},
+		{"loopback under 96-bit v6 rule", []string{"::/96"}, "[::1]:80", false},
+		{"loopback under wide v4 rule", []string{"64.0.0.0/2"}, "127.0.0.1:80", false},
+		{"metadata under /8", []string{"169.0.0.0/8"}, "169.254.169.254:80", false},
+
+		// Narrow rules open special addresses.
+		{"127/8 rule opens loopback", []string{"127.0.0.0/8"}, "127.0.0.1:80", true},
+		{"127.0.0.1/32 rule", []string{"127.0.0.1/32"}, "127.0.0.1:80", true},
+		{"127.0.0.1/32 rule, other loopback", []string{"127.0.0.1/32"}, "127.0.0.2:80", false},
+		{"127/8 rule with ports", []string{"127.0.0.0/8:8080"}, "127.0.0.1:8080", true},
+		{"127/8 rule wrong port", []string{"127.0.0.0/8:8080"}, "127.0.0.1:80", false},
+		{"catch-all plus narrow rule", []string{"0.0.0.0/0", "127.0.0.0/8:8080"}, "127.0.0.1:8080", true},
+		{"catch-all plus narrow rule, other port", []string{"0.0.0.0/0", "127.0.0.0/8:8080"}, "127.0.0.1:80", false},
+		{"::1/128 rule", []string{"::1/128"}, "[::1]:80", true},
+		{"metadata /32 rule", []string{"169.254.169.254/32"}, "169.254.169.254:80", true},
+		{"metadata /32 rule, other link-local", []string{"169.254.169.254/32"}, "169.254.1.1:80", false},
+		{"link-local /16 rule", []string{"169.254.0.0/16"}, "169.254.169.254:80", true},
+		{"fe80::/10 rule", []string{"fe80::/10"}, "[fe80::1]:80", true},
+		{"fe80::/64 rule", []string{"fe80::/64"}, "[fe80::1]:80", true},
+		{"multicast /4 rule", []string{"224.0.0.0/4"}, "224.0.0.1:80", true},
+		{"0.0.0.0/32 rule", []string{"0.0.0.0/32"}, "0.0.0.0:80", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := testPolicy(t, nil, tc.rules)
+			dst := netip.MustParseAddrPort(tc.dst)
+			if got := p.destAllowed(dst); got != tc.want {
+				t.Errorf("rules %v: destAllowed(%s) = %v, want %v", tc.rules, dst, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestPolicyOwnAddrs(t *testing.T) {
+	own := []string{"192.0.2.10", "2001:db8::10", "127.0.0.1"}
+	for _, tc := range []struct {
+		name  string
+		rules []string
+		dst   string
+		want  bool
+	}{
+		{"own v4 under catch-all", []string{"0.0.0.0/0"}, "192.0.2.10:80", false},
+		{"own v4 under its /24", []string{"192.0.2.0/24"}, "192.0.2.10:80", false},
+		{"own v4 under /31", []string{"192.0.2.10/31"}, "192.0.2.10:80", false},
+		{"neighbour under its /24", []string{"192.0.2.0/24"}, "192.0.2.11:80", true},
+		{"own v4 named /32", []string{"192.0.2.10/32"}, "192.0.2.10:80", true},
+		{"own v4 named /32 with ports", []string{"192.0.2.10/32:443"}, "192.0.2.10:443", true},
+		{"own v4 named /32 wrong port", []string{"192.0.2.10/32:443"}, "192.0.2.10:80", false},
+		{"own v4 IPv4-mapped dst", []string{"0.0.0.0/0"}, "[::ffff:192.0.2.10]:80", false},
+		{"own v4 IPv4-mapped dst, /32 rule", []string{"192.0.2.10/32"}, "[::ffff:192.0.2.10]:80", true},
+		{"own v6 under catch-all", []string{"::/0"}, "[2001:db8::10]:80", false},
+		{"own v6 under /64", []string{"2001:db8::/64"}, "[2001:db8::10]:80", false},
+		{"own v6 under /127", []string{"2001:db8::10/127"}, "[2001:db8::10]:80", false},
+		{"own v6 named /128", []string{"2001:db8::10/128"}, "[2001:db8::10]:80", true},
+		{"neighbour v6 under /64", []string{"2001:db8::/64"}, "[2001:db8::11]:80", true},
+		// An own address inside a special range needs the exact address, not the range.
+		{"own loopback under 127/8", []string{"127.0.0.0/8"}, "127.0.0.1:80", false},
+		{"other loopback under 127/8", []string{"127.0.0.0/8"}, "127.0.0.2:80", true},
+		{"own loopback named /32", []string{"127.0.0.1/32"}, "127.0.0.1:80", true},
+		{"own v4 with broad and exact rules", []string{"0.0.0.0/0", "192.0.2.10/32:22"}, "192.0.2.10:22", true},
+		{"own v4 with broad and exact rules, other port", []string{"0.0.0.0/0", "192.0.2.10/32:22"}, "192.0.2.10:80", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := testPolicy(t, nil, tc.rules, own...)
+			dst := netip.MustParseAddrPort(tc.dst)
+			if got := p.destAllowed(dst); got != tc.want {
+				t.Errorf("own %v, rules %v: destAllowed(%s) = %v, want %v", own, tc.rules, dst, got, tc.want)
+			}
+		})
+	}
+}
+
+// The host's real addresses, as collected by newPolicy, are refused under a
+// catch-all rule.
+func TestPolicyOwnAddrsFromHost(t *testing.T) {
+	p, err := newPolicy(&ListenerConfig{AllowDestinations: []string{"0.0.0.0/0", "::/0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for a := range p.own {
+		if a.Zone() != "" || a.Is4In6() {
+			t.Errorf("own address %v: want unmapped and without zone", a)
+		}
+		if p.destAllowed(netip.AddrPortFrom(a, 80)) {
+			t.Errorf("own address %v allowed under a catch-all rule", a)
+		}
+	}
+}
