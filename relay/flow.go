@@ -72,6 +72,7 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	s.metrics.active.WithLabelValues(f.listener, *f.route.Load()).Inc()
 	res := datapath.Join(s.flowCtx, c, server, datapath.Options{
 		Idle: idleOf(rt), Up: &f.up, Down: &f.down,
+		OnPath: func(_ bool, p datapath.Path) { s.metrics.path.WithLabelValues(string(p)).Inc() },
 	})
 	s.metrics.active.WithLabelValues(f.listener, *f.route.Load()).Dec()
 	s.endFlow(f, res)

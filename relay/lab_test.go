@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -415,5 +417,183 @@ routes:
 				t.Errorf("capture table left after the relay stopped:\n%s", out)
 			}
 		})
+	}
+}
+
+// adminClient talks to a relay's admin API inside its host.
+func adminClient(h *netlab.Host) *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return h.Dial(ctx, "tcp", addr)
+		},
+	}}
+}
+
+func TestRelayOperations(t *testing.T) {
+	cl := startChain(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	server, rc := cl.lab.Host("server"), cl.lab.Host("rc")
+	ln, err := server.Listen("tcp", ":9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveSHA(ln)
+	admin := adminClient(rc)
+
+	// An RST from the server reaches the client as an RST.
+	rln, err := server.Listen("tcp", ":9001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		c, err := rln.Accept()
+		if err != nil {
+			return
+		}
+		io.ReadFull(c, make([]byte, 5))
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}()
+	c, err := cl.socksDial(ctx, server.AddrPort(9001))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("hello"))
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("server reset: the client read %v, want a reset", err)
+	}
+	c.Close()
+	rln.Close()
+
+	// Open flows are listed by the admin API while they run.
+	held, err := cl.socksDial(ctx, server.AddrPort(9000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := admin.Get("http://127.0.0.1:9190/api/flows")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flows []map[string]any
+	json.NewDecoder(resp.Body).Decode(&flows)
+	resp.Body.Close()
+	if len(flows) != 1 || flows[0]["dst"] != server.AddrPort(9000) || !strings.HasPrefix(flows[0]["route"].(string), "via ") {
+		t.Errorf("/api/flows: %v", flows)
+	}
+
+	// A per-client limit set at run time refuses the next flow cleanly, in
+	// SOCKS, and leaves the held one working.
+	req, _ := http.NewRequest(http.MethodPut, "http://127.0.0.1:9190/api/tunables", strings.NewReader(`{"max_flows_per_client": 1}`))
+	if resp, err := admin.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("PUT tunables: %v %v", resp, err)
+	}
+	bad, _ := http.NewRequest(http.MethodPut, "http://127.0.0.1:9190/api/tunables", strings.NewReader(`{"max_flows": 0}`))
+	if resp, err := admin.Do(bad); err != nil || resp.StatusCode != 400 {
+		t.Errorf("PUT invalid tunables: %v %v, want 400", resp, err)
+	}
+	var re *socks5.ReplyError
+	if _, err := cl.socksDial(ctx, server.AddrPort(9000)); !errors.As(err, &re) || re.Reply != socks5.GeneralFailure {
+		t.Errorf("flow over the per-client limit: %v, want reply GeneralFailure", err)
+	}
+	held.Write([]byte("still here"))
+	held.CloseWrite()
+	held.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if got, err := io.ReadAll(held); err != nil || !bytes.HasSuffix(got, []byte("still here")) {
+		t.Errorf("held flow after the refusal: %v, %q", err, got)
+	}
+	held.Close()
+	req, _ = http.NewRequest(http.MethodPut, "http://127.0.0.1:9190/api/tunables", strings.NewReader(`{"max_flows_per_client": 1000}`))
+	admin.Do(req)
+
+	// Metrics count what happened.
+	resp, err = admin.Get("http://127.0.0.1:9190/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`halfway_refused_total{listener="proxy",reason="max_flows_per_client"} 1`,
+		`halfway_flows_total{listener="proxy",result="closed",route="via ` + cl.rsHop + `"}`,
+		`halfway_datapath_total{path="splice"}`,
+		`halfway_connect_seconds_count{leg="relay"}`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(string(body), `halfway_datapath_total{path="copy"}`) {
+		t.Errorf("a flow fell back to copying:\n%s", body)
+	}
+
+	// SIGHUP with transfers running: every one completes byte-exact.
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := cl.socksDial(ctx, server.AddrPort(9000))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			data := bytes.Repeat([]byte{byte(i)}, 1<<20)
+			go func() {
+				for off := 0; off < len(data); off += 64 << 10 {
+					c.Write(data[off : off+64<<10])
+					time.Sleep(20 * time.Millisecond) // spread over the reload
+				}
+				c.CloseWrite()
+			}()
+			c.SetReadDeadline(time.Now().Add(time.Minute))
+			got, err := io.ReadAll(c)
+			sum := sha256.Sum256(data)
+			if err != nil || len(got) != 32+len(data) || !bytes.Equal(got[:32], sum[:]) {
+				errs <- fmt.Errorf("flow %d across the reload: %v, %d bytes", i, err, len(got))
+			}
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	if out, err := rc.Command(ctx, "pkill", "-HUP", "-f", "halfway relay -c .*/rc.yaml").CombinedOutput(); err != nil {
+		t.Fatalf("pkill -HUP: %v %s", err, out)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if logs, _ := os.ReadFile(cl.logs["rc"]); !strings.Contains(string(logs), "configuration reloaded") {
+		t.Error("rc never logged the reload")
+	}
+}
+
+// TestSlowAndDeadNextHops: a destination whose SYNs vanish times out, and
+// the client hears so in its protocol rather than waiting forever.
+func TestSlowNextHop(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("skipped: nft is not installed (make test installs nftables)")
+	}
+	cl := startChain(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	server := cl.lab.Host("server")
+	out, err := server.Command(ctx, "nft", "add table inet blackhole; add chain inet blackhole in { type filter hook input priority 0; }; add rule inet blackhole in tcp dport 9999 drop").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft: %v %s", err, out)
+	}
+	start := time.Now()
+	_, err = cl.socksDial(ctx, server.AddrPort(9999))
+	var re *socks5.ReplyError
+	if !errors.As(err, &re) || re.Reply != socks5.HostUnreachable {
+		t.Errorf("blackholed destination: %v, want reply HostUnreachable", err)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("the refusal took %v", d)
 	}
 }

@@ -11,6 +11,7 @@ type metrics struct {
 	connect *prometheus.HistogramVec
 	errors  *prometheus.CounterVec
 	refused *prometheus.CounterVec
+	path    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -35,10 +36,13 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name: "halfway_refused_total", Help: "Connections refused before relaying, by listener and reason.",
 		}, []string{"listener", "reason"}),
 	}
+	m.path = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halfway_datapath_total", Help: "Flow directions by the mechanism that moved their bytes (splice or copy).",
+	}, []string{"path"})
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "halfway_connects_pending", Help: "Next-leg connects in progress.",
 	}, func() float64 { return float64(s.pending.Load()) })
-	for _, c := range []prometheus.Collector{m.active, m.flows, m.bytes, m.connect, m.errors, m.refused, pending} {
+	for _, c := range []prometheus.Collector{m.active, m.flows, m.bytes, m.connect, m.errors, m.refused, m.path, pending} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -1,0 +1,327 @@
+package relay
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+var testKey = []byte("0123456789abcdef0123456789abcdef")
+
+// fakeClock is a settable clock for hopAuth.now.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = t
+}
+
+var t0 = time.Unix(1_700_000_000, 0)
+
+// testAuth is a hopAuth with a 30 s window on a fake clock set to t0.
+func testAuth(key []byte) (*hopAuth, *fakeClock) {
+	clk := &fakeClock{t: t0}
+	a := newHopAuth(key, 30*time.Second)
+	a.now = clk.now
+	return a, clk
+}
+
+func TestCookieRoundTrip(t *testing.T) {
+	for _, d := range []string{"10.0.0.1:443", "[2001:db8::1]:80", "192.0.2.1:1", "[::1]:65535"} {
+		t.Run(d, func(t *testing.T) {
+			a := newHopAuth(testKey, 30*time.Second) // real clock
+			dst := netip.MustParseAddrPort(d)
+			c := a.cookie(dst)
+			if len(c) != cookieLen {
+				t.Fatalf("cookie is %d bytes, want %d", len(c), cookieLen)
+			}
+			if err := a.verify(c, dst); err != nil {
+				t.Fatalf("verify: %v", err)
+			}
+		})
+	}
+}
+
+// Another relay of the fleet (same key, its own state) accepts the cookie.
+func TestCookieAcrossRelays(t *testing.T) {
+	sender, _ := testAuth(testKey)
+	receiver, _ := testAuth(append([]byte(nil), testKey...))
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	if err := receiver.verify(sender.cookie(dst), dst); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+}
+
+func TestCookieFreshNonces(t *testing.T) {
+	a, _ := testAuth(testKey)
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	c1, c2 := a.cookie(dst), a.cookie(dst)
+	if bytes.Equal(c1[4:12], c2[4:12]) {
+		t.Fatalf("two cookies share the nonce %x", c1[4:12])
+	}
+	for _, c := range [][]byte{c1, c2} {
+		if err := a.verify(c, dst); err != nil {
+			t.Fatalf("verify: %v", err)
+		}
+	}
+}
+
+func TestCookieWrongDestination(t *testing.T) {
+	for _, tc := range []struct{ a, b string }{
+		{"10.0.0.1:443", "10.0.0.2:443"},
+		{"10.0.0.1:443", "10.0.0.1:444"},
+		{"10.0.0.1:443", "[2001:db8::1]:443"},
+		{"[2001:db8::1]:443", "[2001:db8::2]:443"},
+		{"[2001:db8::1]:443", "[2001:db8::1]:80"},
+	} {
+		t.Run(tc.a+"→"+tc.b, func(t *testing.T) {
+			a, _ := testAuth(testKey)
+			dstA, dstB := netip.MustParseAddrPort(tc.a), netip.MustParseAddrPort(tc.b)
+			c := a.cookie(dstA)
+			if err := a.verify(c, dstB); !errors.Is(err, errCookieBad) {
+				t.Fatalf("cookie for %s verified for %s: %v, want %v", dstA, dstB, err, errCookieBad)
+			}
+			// The failed attempt does not burn the nonce.
+			if err := a.verify(c, dstA); err != nil {
+				t.Fatalf("verify for its own destination: %v", err)
+			}
+		})
+	}
+}
+
+func TestCookieTampered(t *testing.T) {
+	a, _ := testAuth(testKey)
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	c := a.cookie(dst)
+	for i := range c {
+		for _, flip := range []byte{0x01, 0x80, 0xff} {
+			bad := bytes.Clone(c)
+			bad[i] ^= flip
+			if err := a.verify(bad, dst); !errors.Is(err, errCookieBad) {
+				t.Errorf("byte %d ^ %#02x: verify = %v, want %v", i, flip, err, errCookieBad)
+			}
+		}
+	}
+	if err := a.verify(c, dst); err != nil {
+		t.Fatalf("untampered cookie after tampered ones: %v", err)
+	}
+}
+
+func TestCookieMalformed(t *testing.T) {
+	a, _ := testAuth(testKey)
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	c := a.cookie(dst)
+	for _, tc := range []struct {
+		name string
+		c    []byte
+		want error
+	}{
+		{"nil", nil, errCookieMissing},
+		{"empty", []byte{}, errCookieMissing},
+		{"one byte", []byte{0}, errCookieBad},
+		{"truncated", c[:cookieLen-1], errCookieBad},
+		{"extended", append(bytes.Clone(c), 0), errCookieBad},
+		{"zeros", make([]byte, cookieLen), errCookieBad},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := a.verify(tc.c, dst); !errors.Is(err, tc.want) {
+				t.Errorf("verify = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestCookieReplay(t *testing.T) {
+	a, clk := testAuth(testKey)
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	c := a.cookie(dst)
+	if err := a.verify(c, dst); err != nil {
+		t.Fatalf("first verify: %v", err)
+	}
+	for _, after := range []time.Duration{0, time.Second, 30 * time.Second} {
+		clk.set(t0.Add(after))
+		if err := a.verify(c, dst); !errors.Is(err, errCookieReplay) {
+			t.Errorf("replay %v later: verify = %v, want %v", after, err, errCookieReplay)
+		}
+	}
+	// Once the nonce is forgotten, the timestamp is stale: never accepted again.
+	clk.set(t0.Add(31 * time.Second))
+	if err := a.verify(c, dst); err == nil {
+		t.Errorf("replay after the window accepted")
+	}
+}
+
+func TestCookieReplayConcurrent(t *testing.T) {
+	a, _ := testAuth(testKey)
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	c := a.cookie(dst)
+	const n = 16
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() { errs <- a.verify(c, dst) })
+	}
+	wg.Wait()
+	close(errs)
+	ok := 0
+	for err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, errCookieReplay):
+			t.Errorf("verify = %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d of %d concurrent verifies accepted the same cookie, want 1", ok, n)
+	}
+}
+
+func TestCookieWindow(t *testing.T) {
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	for _, tc := range []struct {
+		name string
+		skew time.Duration // verifier's clock minus the sender's
+		want error
+	}{
+		{"same time", 0, nil},
+		{"1s old", time.Second, nil},
+		{"29s old", 29 * time.Second, nil},
+		{"30s old (edge)", 30 * time.Second, nil},
+		{"31s old", 31 * time.Second, errCookieStale},
+		{"an hour old", time.Hour, errCookieStale},
+		{"a day old", 24 * time.Hour, errCookieStale},
+		{"30s ahead (edge)", -30 * time.Second, nil},
+		{"31s ahead", -31 * time.Second, errCookieStale},
+		{"an hour ahead", -time.Hour, errCookieStale},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sender, sclk := testAuth(testKey)
+			receiver, rclk := testAuth(testKey)
+			sclk.set(t0)
+			rclk.set(t0.Add(tc.skew))
+			if err := receiver.verify(sender.cookie(dst), dst); !errors.Is(err, tc.want) {
+				t.Errorf("verify = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+// A stale cookie is refused before its nonce is remembered.
+func TestCookieStaleNotRemembered(t *testing.T) {
+	sender, sclk := testAuth(testKey)
+	receiver, _ := testAuth(testKey)
+	sclk.set(t0.Add(-time.Hour))
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	if err := receiver.verify(sender.cookie(dst), dst); !errors.Is(err, errCookieStale) {
+		t.Fatalf("verify = %v, want %v", err, errCookieStale)
+	}
+	if len(receiver.seen) != 0 {
+		t.Errorf("stale cookie's nonce remembered: %d entries", len(receiver.seen))
+	}
+}
+
+func TestCookieWrongKey(t *testing.T) {
+	sender, _ := testAuth(testKey)
+	for _, key := range [][]byte{
+		[]byte("0123456789abcdef0123456789abcdeF"),
+		[]byte("0123456789abcdef0123456789abcde"),
+		[]byte("another key entirely, 32 bytes!!"),
+	} {
+		receiver, _ := testAuth(key)
+		dst := netip.MustParseAddrPort("10.0.0.1:443")
+		if err := receiver.verify(sender.cookie(dst), dst); !errors.Is(err, errCookieBad) {
+			t.Errorf("key %q: verify = %v, want %v", key, err, errCookieBad)
+		}
+	}
+}
+
+// The seen-nonce map never grows past max: with every nonce live, new
+// cookies are refused; expired nonces are pruned to make room.
+func TestCookieSeenBounded(t *testing.T) {
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+
+	t.Run("all live: refuse", func(t *testing.T) {
+		a, _ := testAuth(testKey)
+		a.max = 4
+		for i := range a.max {
+			if err := a.verify(a.cookie(dst), dst); err != nil {
+				t.Fatalf("cookie %d: %v", i, err)
+			}
+		}
+		for i := range 3 {
+			if err := a.verify(a.cookie(dst), dst); !errors.Is(err, errCookieReplay) {
+				t.Errorf("cookie %d past max: verify = %v, want refusal %v", a.max+i, err, errCookieReplay)
+			}
+		}
+		if len(a.seen) != a.max {
+			t.Errorf("seen has %d entries, want %d", len(a.seen), a.max)
+		}
+	})
+
+	t.Run("all expired: prune", func(t *testing.T) {
+		a, clk := testAuth(testKey)
+		a.max = 4
+		for range a.max {
+			if err := a.verify(a.cookie(dst), dst); err != nil {
+				t.Fatal(err)
+			}
+		}
+		clk.set(t0.Add(31 * time.Second))
+		if err := a.verify(a.cookie(dst), dst); err != nil {
+			t.Fatalf("verify after the old nonces expired: %v", err)
+		}
+		if len(a.seen) != 1 {
+			t.Errorf("seen has %d entries after pruning, want 1", len(a.seen))
+		}
+	})
+
+	t.Run("some expired: prune those only", func(t *testing.T) {
+		a, clk := testAuth(testKey)
+		a.max = 4
+		old, oclk := testAuth(testKey)
+		oclk.set(t0.Add(-30 * time.Second)) // live until t0
+		var live [][]byte
+		for i := range a.max {
+			var c []byte
+			if i%2 == 0 {
+				c = old.cookie(dst)
+			} else {
+				c = a.cookie(dst) // live until t0+30s
+				live = append(live, c)
+			}
+			if err := a.verify(c, dst); err != nil {
+				t.Fatalf("cookie %d: %v", i, err)
+			}
+		}
+		clk.set(t0.Add(time.Second))
+		if err := a.verify(a.cookie(dst), dst); err != nil {
+			t.Fatalf("verify with two expired nonces: %v", err)
+		}
+		if len(a.seen) != 3 {
+			t.Errorf("seen has %d entries, want 3 (2 live + 1 new)", len(a.seen))
+		}
+		// Pruning did not forget live nonces.
+		for _, c := range live {
+			if err := a.verify(c, dst); !errors.Is(err, errCookieReplay) {
+				t.Errorf("live cookie replayed after pruning: verify = %v, want %v", err, errCookieReplay)
+			}
+		}
+		if len(a.seen) > a.max {
+			t.Errorf("seen grew to %d, max %d", len(a.seen), a.max)
+		}
+	})
+}
