@@ -75,8 +75,8 @@ type ListenerConfig struct {
 	// (transparent: the destination is the packet's).
 	Mode string `yaml:"mode"`
 	// Protocols spoken on an explicit listener: socks5, http (CONNECT) and
-	// convert (RFC 8803, from other relays). With several, the first bytes
-	// tell which.
+	// convert (RFC 8803, from other relays); default socks5 and http. With
+	// several, the first byte tells which.
 	Protocols []string `yaml:"protocols"`
 	// AllowClients are the client CIDRs accepted; nothing else is.
 	AllowClients []string `yaml:"allow_clients"`
@@ -208,8 +208,9 @@ func (c *Config) setDefaults() {
 		if ln.Mode == "" {
 			ln.Mode = "explicit"
 		}
+		// Convert (relay hops) needs a key, so it is never a silent default.
 		if ln.Mode == "explicit" && len(ln.Protocols) == 0 {
-			ln.Protocols = []string{"socks5", "http", "convert"}
+			ln.Protocols = []string{"socks5", "http"}
 		}
 	}
 }
@@ -391,24 +392,34 @@ type destRule struct {
 	ports  portSet
 }
 
-// parseDestRule reads 10.0.0.0/8, 10.0.0.0/8:80,443 or [::]/0:443.
+// parseDestRule reads 10.0.0.0/8, 10.0.0.0/8:80,443, [::]/0:443 or
+// [2001:db8::/32]:443.
 func parseDestRule(s string) (destRule, error) {
-	cidr, ports := s, ""
+	cidr, ports, hasPorts := s, "", false
 	if strings.HasPrefix(s, "[") {
 		end := strings.Index(s, "]")
 		if end < 0 {
 			return destRule{}, fmt.Errorf("want a CIDR with optional ports like [::]/0:443")
 		}
-		cidr, ports = s[1:end], strings.TrimPrefix(s[end+1:], ":")
+		cidr = s[1:end]
+		switch rest := s[end+1:]; {
+		case strings.HasPrefix(rest, "/"): // [::]/0:443: the length follows the bracket
+			bits, p, ok := strings.Cut(rest, ":")
+			cidr, ports, hasPorts = cidr+bits, p, ok
+		case strings.HasPrefix(rest, ":"):
+			ports, hasPorts = rest[1:], true
+		case rest != "":
+			return destRule{}, fmt.Errorf("want a CIDR with optional ports like [::]/0:443")
+		}
 	} else if i := strings.LastIndex(s, ":"); i >= 0 && !strings.Contains(s[:i], ":") {
-		cidr, ports = s[:i], s[i+1:]
+		cidr, ports, hasPorts = s[:i], s[i+1:], true
 	}
 	p, err := netip.ParsePrefix(cidr)
 	if err != nil {
 		return destRule{}, fmt.Errorf("want a CIDR with optional ports like 10.0.0.0/8:80,443")
 	}
 	r := destRule{prefix: p.Masked()}
-	if ports != "" {
+	if hasPorts {
 		if r.ports, err = parsePorts(ports); err != nil {
 			return destRule{}, err
 		}
