@@ -154,7 +154,7 @@ func (f *flow) proxyCopy(up bool) dirResult {
 	if !f.opt.ForceCopy {
 		n, err = spliceCopy(dst, src, cnt, f)
 		if errors.Is(err, errSpliceUnsupported) {
-			path = PathCopy
+			path = PathCopy // from where splice stopped: nothing was lost
 		}
 	} else {
 		path = PathCopy

@@ -14,7 +14,10 @@ import (
 // maxSplice bounds one splice call; the pipe's capacity bounds it anyway.
 const maxSplice = 1 << 20
 
-var errSpliceUnsupported = errors.New("splice not supported on these sockets")
+var (
+	errSpliceUnsupported = errors.New("splice not supported on these sockets")
+	errNoPipe            = errors.New("no pipe")
+)
 
 // spliceCopy moves src → dst through a pipe until EOF (nil error). The pipe
 // is taken only when bytes are waiting and given back before waiting again,
@@ -56,6 +59,7 @@ func spliceCopy(dst, src *net.TCPConn, cnt *atomic.Int64, f *flow) (int64, error
 				return true
 			}
 			if p, serr = pipes.get(); serr != nil {
+				serr = errNoPipe
 				return true
 			}
 		}
@@ -92,6 +96,11 @@ func spliceCopy(dst, src *net.TCPConn, cnt *atomic.Int64, f *flow) (int64, error
 			return total, nil
 		}
 		if serr != nil {
+			if serr == errNoPipe {
+				// Out of descriptors: this direction goes on by copying
+				// rather than failing a flow that did nothing wrong.
+				return total, errSpliceUnsupported
+			}
 			if total == 0 && (serr == unix.EINVAL || serr == unix.ENOSYS) {
 				return 0, errSpliceUnsupported
 			}

@@ -77,7 +77,7 @@ func (s *Server) Flows() []FlowStatus {
 	s.mu.Lock()
 	out := make([]FlowStatus, 0, len(s.flows))
 	for _, f := range s.flows {
-		fs := FlowStatus{ID: f.id, Listener: f.listener, Protocol: f.proto, Client: f.client.String(),
+		fs := FlowStatus{ID: f.id, Listener: f.listener, Protocol: *f.proto.Load(), Client: f.client.String(),
 			Up: f.up.Load(), Down: f.down.Load(), AgeS: time.Since(f.start).Seconds()}
 		if d := f.dst.Load(); d != nil {
 			fs.Dst = d.String()

@@ -17,9 +17,10 @@ import (
 //	0      4        12                28
 //	| time | nonce  | HMAC-SHA256[:16] |
 //
-// time is Unix seconds; the MAC covers a label, time, nonce and the
-// destination, so a cookie cannot be moved to another destination, and a
-// nonce is accepted once within the time window.
+// time is Unix seconds; the MAC covers a label, time, nonce, the relay the
+// hop is addressed to and the destination it asks for, so a cookie cannot be
+// moved to another destination or replayed to another relay of the fleet,
+// and a nonce is accepted once within the time window.
 const cookieLen = 28
 
 var (
@@ -43,31 +44,35 @@ func newHopAuth(key []byte, window time.Duration) *hopAuth {
 	return &hopAuth{key: key, window: window, now: time.Now, seen: map[[8]byte]int64{}, max: 1 << 20}
 }
 
-func (a *hopAuth) mac(ts uint32, nonce []byte, dst netip.AddrPort) []byte {
+func (a *hopAuth) mac(ts uint32, nonce []byte, hop, dst netip.AddrPort) []byte {
 	m := hmac.New(sha256.New, a.key)
-	m.Write([]byte("halfway hop v1"))
-	var b [4 + 8 + 16 + 2]byte
+	m.Write([]byte("halfway hop v2"))
+	var b [4 + 8 + 2*18]byte
 	binary.BigEndian.PutUint32(b[0:], ts)
 	copy(b[4:], nonce)
-	ip := dst.Addr().As16()
-	copy(b[12:], ip[:])
-	binary.BigEndian.PutUint16(b[28:], dst.Port())
+	for i, ap := range []netip.AddrPort{hop, dst} {
+		ip := ap.Addr().Unmap().As16()
+		copy(b[12+18*i:], ip[:])
+		binary.BigEndian.PutUint16(b[28+18*i:], ap.Port())
+	}
 	m.Write(b[:])
 	return m.Sum(nil)[:16]
 }
 
-// cookie makes a fresh cookie for a hop to dst.
-func (a *hopAuth) cookie(dst netip.AddrPort) []byte {
+// cookie makes a fresh cookie for a hop sent to the relay at hop, asking
+// it to connect to dst.
+func (a *hopAuth) cookie(hop, dst netip.AddrPort) []byte {
 	c := make([]byte, cookieLen)
 	ts := uint32(a.now().Unix())
 	binary.BigEndian.PutUint32(c, ts)
 	_, _ = rand.Read(c[4:12])
-	copy(c[12:], a.mac(ts, c[4:12], dst))
+	copy(c[12:], a.mac(ts, c[4:12], hop, dst))
 	return c
 }
 
-// verify checks a cookie for a hop to dst and remembers its nonce.
-func (a *hopAuth) verify(c []byte, dst netip.AddrPort) error {
+// verify checks a cookie received at the address hop asking for dst, and
+// remembers its nonce.
+func (a *hopAuth) verify(c []byte, hop, dst netip.AddrPort) error {
 	if len(c) == 0 {
 		return errCookieMissing
 	}
@@ -75,7 +80,7 @@ func (a *hopAuth) verify(c []byte, dst netip.AddrPort) error {
 		return errCookieBad
 	}
 	ts := binary.BigEndian.Uint32(c)
-	if !hmac.Equal(c[12:], a.mac(ts, c[4:12], dst)) {
+	if !hmac.Equal(c[12:], a.mac(ts, c[4:12], hop, dst)) {
 		return errCookieBad
 	}
 	now := a.now().Unix()

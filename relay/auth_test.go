@@ -44,11 +44,11 @@ func TestCookieRoundTrip(t *testing.T) {
 		t.Run(d, func(t *testing.T) {
 			a := newHopAuth(testKey, 30*time.Second) // real clock
 			dst := netip.MustParseAddrPort(d)
-			c := a.cookie(dst)
+			c := a.cookie(testHop, dst)
 			if len(c) != cookieLen {
 				t.Fatalf("cookie is %d bytes, want %d", len(c), cookieLen)
 			}
-			if err := a.verify(c, dst); err != nil {
+			if err := a.verify(c, testHop, dst); err != nil {
 				t.Fatalf("verify: %v", err)
 			}
 		})
@@ -60,7 +60,7 @@ func TestCookieAcrossRelays(t *testing.T) {
 	sender, _ := testAuth(testKey)
 	receiver, _ := testAuth(append([]byte(nil), testKey...))
 	dst := netip.MustParseAddrPort("10.0.0.1:443")
-	if err := receiver.verify(sender.cookie(dst), dst); err != nil {
+	if err := receiver.verify(sender.cookie(testHop, dst), testHop, dst); err != nil {
 		t.Fatalf("verify: %v", err)
 	}
 }
@@ -68,12 +68,12 @@ func TestCookieAcrossRelays(t *testing.T) {
 func TestCookieFreshNonces(t *testing.T) {
 	a, _ := testAuth(testKey)
 	dst := netip.MustParseAddrPort("10.0.0.1:443")
-	c1, c2 := a.cookie(dst), a.cookie(dst)
+	c1, c2 := a.cookie(testHop, dst), a.cookie(testHop, dst)
 	if bytes.Equal(c1[4:12], c2[4:12]) {
 		t.Fatalf("two cookies share the nonce %x", c1[4:12])
 	}
 	for _, c := range [][]byte{c1, c2} {
-		if err := a.verify(c, dst); err != nil {
+		if err := a.verify(c, testHop, dst); err != nil {
 			t.Fatalf("verify: %v", err)
 		}
 	}
@@ -90,12 +90,12 @@ func TestCookieWrongDestination(t *testing.T) {
 		t.Run(tc.a+"→"+tc.b, func(t *testing.T) {
 			a, _ := testAuth(testKey)
 			dstA, dstB := netip.MustParseAddrPort(tc.a), netip.MustParseAddrPort(tc.b)
-			c := a.cookie(dstA)
-			if err := a.verify(c, dstB); !errors.Is(err, errCookieBad) {
+			c := a.cookie(testHop, dstA)
+			if err := a.verify(c, testHop, dstB); !errors.Is(err, errCookieBad) {
 				t.Fatalf("cookie for %s verified for %s: %v, want %v", dstA, dstB, err, errCookieBad)
 			}
 			// The failed attempt does not burn the nonce.
-			if err := a.verify(c, dstA); err != nil {
+			if err := a.verify(c, testHop, dstA); err != nil {
 				t.Fatalf("verify for its own destination: %v", err)
 			}
 		})
@@ -105,17 +105,17 @@ func TestCookieWrongDestination(t *testing.T) {
 func TestCookieTampered(t *testing.T) {
 	a, _ := testAuth(testKey)
 	dst := netip.MustParseAddrPort("10.0.0.1:443")
-	c := a.cookie(dst)
+	c := a.cookie(testHop, dst)
 	for i := range c {
 		for _, flip := range []byte{0x01, 0x80, 0xff} {
 			bad := bytes.Clone(c)
 			bad[i] ^= flip
-			if err := a.verify(bad, dst); !errors.Is(err, errCookieBad) {
+			if err := a.verify(bad, testHop, dst); !errors.Is(err, errCookieBad) {
 				t.Errorf("byte %d ^ %#02x: verify = %v, want %v", i, flip, err, errCookieBad)
 			}
 		}
 	}
-	if err := a.verify(c, dst); err != nil {
+	if err := a.verify(c, testHop, dst); err != nil {
 		t.Fatalf("untampered cookie after tampered ones: %v", err)
 	}
 }
@@ -123,7 +123,7 @@ func TestCookieTampered(t *testing.T) {
 func TestCookieMalformed(t *testing.T) {
 	a, _ := testAuth(testKey)
 	dst := netip.MustParseAddrPort("10.0.0.1:443")
-	c := a.cookie(dst)
+	c := a.cookie(testHop, dst)
 	for _, tc := range []struct {
 		name string
 		c    []byte
@@ -137,7 +137,7 @@ func TestCookieMalformed(t *testing.T) {
 		{"zeros", make([]byte, cookieLen), errCookieBad},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := a.verify(tc.c, dst); !errors.Is(err, tc.want) {
+			if err := a.verify(tc.c, testHop, dst); !errors.Is(err, tc.want) {
 				t.Errorf("verify = %v, want %v", err, tc.want)
 			}
 		})
@@ -147,19 +147,19 @@ func TestCookieMalformed(t *testing.T) {
 func TestCookieReplay(t *testing.T) {
 	a, clk := testAuth(testKey)
 	dst := netip.MustParseAddrPort("10.0.0.1:443")
-	c := a.cookie(dst)
-	if err := a.verify(c, dst); err != nil {
+	c := a.cookie(testHop, dst)
+	if err := a.verify(c, testHop, dst); err != nil {
 		t.Fatalf("first verify: %v", err)
 	}
 	for _, after := range []time.Duration{0, time.Second, 30 * time.Second} {
 		clk.set(t0.Add(after))
-		if err := a.verify(c, dst); !errors.Is(err, errCookieReplay) {
+		if err := a.verify(c, testHop, dst); !errors.Is(err, errCookieReplay) {
 			t.Errorf("replay %v later: verify = %v, want %v", after, err, errCookieReplay)
 		}
 	}
 	// Once the nonce is forgotten, the timestamp is stale: never accepted again.
 	clk.set(t0.Add(31 * time.Second))
-	if err := a.verify(c, dst); err == nil {
+	if err := a.verify(c, testHop, dst); err == nil {
 		t.Errorf("replay after the window accepted")
 	}
 }
@@ -167,12 +167,12 @@ func TestCookieReplay(t *testing.T) {
 func TestCookieReplayConcurrent(t *testing.T) {
 	a, _ := testAuth(testKey)
 	dst := netip.MustParseAddrPort("10.0.0.1:443")
-	c := a.cookie(dst)
+	c := a.cookie(testHop, dst)
 	const n = 16
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
 	for range n {
-		wg.Go(func() { errs <- a.verify(c, dst) })
+		wg.Go(func() { errs <- a.verify(c, testHop, dst) })
 	}
 	wg.Wait()
 	close(errs)
@@ -213,7 +213,7 @@ func TestCookieWindow(t *testing.T) {
 			receiver, rclk := testAuth(testKey)
 			sclk.set(t0)
 			rclk.set(t0.Add(tc.skew))
-			if err := receiver.verify(sender.cookie(dst), dst); !errors.Is(err, tc.want) {
+			if err := receiver.verify(sender.cookie(testHop, dst), testHop, dst); !errors.Is(err, tc.want) {
 				t.Errorf("verify = %v, want %v", err, tc.want)
 			}
 		})
@@ -226,7 +226,7 @@ func TestCookieStaleNotRemembered(t *testing.T) {
 	receiver, _ := testAuth(testKey)
 	sclk.set(t0.Add(-time.Hour))
 	dst := netip.MustParseAddrPort("10.0.0.1:443")
-	if err := receiver.verify(sender.cookie(dst), dst); !errors.Is(err, errCookieStale) {
+	if err := receiver.verify(sender.cookie(testHop, dst), testHop, dst); !errors.Is(err, errCookieStale) {
 		t.Fatalf("verify = %v, want %v", err, errCookieStale)
 	}
 	if len(receiver.seen) != 0 {
@@ -243,7 +243,7 @@ func TestCookieWrongKey(t *testing.T) {
 	} {
 		receiver, _ := testAuth(key)
 		dst := netip.MustParseAddrPort("10.0.0.1:443")
-		if err := receiver.verify(sender.cookie(dst), dst); !errors.Is(err, errCookieBad) {
+		if err := receiver.verify(sender.cookie(testHop, dst), testHop, dst); !errors.Is(err, errCookieBad) {
 			t.Errorf("key %q: verify = %v, want %v", key, err, errCookieBad)
 		}
 	}
@@ -258,12 +258,12 @@ func TestCookieSeenBounded(t *testing.T) {
 		a, _ := testAuth(testKey)
 		a.max = 4
 		for i := range a.max {
-			if err := a.verify(a.cookie(dst), dst); err != nil {
+			if err := a.verify(a.cookie(testHop, dst), testHop, dst); err != nil {
 				t.Fatalf("cookie %d: %v", i, err)
 			}
 		}
 		for i := range 3 {
-			if err := a.verify(a.cookie(dst), dst); !errors.Is(err, errCookieReplay) {
+			if err := a.verify(a.cookie(testHop, dst), testHop, dst); !errors.Is(err, errCookieReplay) {
 				t.Errorf("cookie %d past max: verify = %v, want refusal %v", a.max+i, err, errCookieReplay)
 			}
 		}
@@ -276,12 +276,12 @@ func TestCookieSeenBounded(t *testing.T) {
 		a, clk := testAuth(testKey)
 		a.max = 4
 		for range a.max {
-			if err := a.verify(a.cookie(dst), dst); err != nil {
+			if err := a.verify(a.cookie(testHop, dst), testHop, dst); err != nil {
 				t.Fatal(err)
 			}
 		}
 		clk.set(t0.Add(31 * time.Second))
-		if err := a.verify(a.cookie(dst), dst); err != nil {
+		if err := a.verify(a.cookie(testHop, dst), testHop, dst); err != nil {
 			t.Fatalf("verify after the old nonces expired: %v", err)
 		}
 		if len(a.seen) != 1 {
@@ -298,17 +298,17 @@ func TestCookieSeenBounded(t *testing.T) {
 		for i := range a.max {
 			var c []byte
 			if i%2 == 0 {
-				c = old.cookie(dst)
+				c = old.cookie(testHop, dst)
 			} else {
-				c = a.cookie(dst) // live until t0+30s
+				c = a.cookie(testHop, dst) // live until t0+30s
 				live = append(live, c)
 			}
-			if err := a.verify(c, dst); err != nil {
+			if err := a.verify(c, testHop, dst); err != nil {
 				t.Fatalf("cookie %d: %v", i, err)
 			}
 		}
 		clk.set(t0.Add(time.Second))
-		if err := a.verify(a.cookie(dst), dst); err != nil {
+		if err := a.verify(a.cookie(testHop, dst), testHop, dst); err != nil {
 			t.Fatalf("verify with two expired nonces: %v", err)
 		}
 		if len(a.seen) != 3 {
@@ -316,7 +316,7 @@ func TestCookieSeenBounded(t *testing.T) {
 		}
 		// Pruning did not forget live nonces.
 		for _, c := range live {
-			if err := a.verify(c, dst); !errors.Is(err, errCookieReplay) {
+			if err := a.verify(c, testHop, dst); !errors.Is(err, errCookieReplay) {
 				t.Errorf("live cookie replayed after pruning: verify = %v, want %v", err, errCookieReplay)
 			}
 		}
@@ -324,4 +324,22 @@ func TestCookieSeenBounded(t *testing.T) {
 			t.Errorf("seen grew to %d, max %d", len(a.seen), a.max)
 		}
 	})
+}
+
+// testHop is the relay address the test cookies are sent to.
+var testHop = netip.MustParseAddrPort("10.0.0.9:7100")
+
+// TestCookieBoundToRelay: a cookie captured on the way to one relay of the
+// fleet is refused by another.
+func TestCookieBoundToRelay(t *testing.T) {
+	a := newHopAuth([]byte("0123456789abcdef"), 30*time.Second)
+	dst := netip.MustParseAddrPort("10.0.0.1:80")
+	c := a.cookie(testHop, dst)
+	other := netip.MustParseAddrPort("10.0.0.10:7100")
+	if err := a.verify(c, other, dst); err == nil {
+		t.Error("a cookie for one relay was accepted by another")
+	}
+	if err := a.verify(c, testHop, dst); err != nil {
+		t.Errorf("the cookie's own relay refused it: %v", err)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"time"
 	"unsafe"
 
@@ -37,7 +38,7 @@ func (s *Server) dialChain(ctx context.Context, rt *runtime, via []netip.AddrPor
 		var err error
 		payload, err = convert.AppendMessage(payload, &convert.Message{
 			Connect: &convert.Connect{Dst: next},
-			Cookie:  rt.auth.cookie(next),
+			Cookie:  rt.auth.cookie(via[i], next),
 		})
 		if err != nil {
 			return nil, &connectError{kind: "failure", err: err}
@@ -58,9 +59,13 @@ func (s *Server) dialChain(ctx context.Context, rt *runtime, via []netip.AddrPor
 		m, err := convert.ReadMessage(c)
 		if err != nil {
 			c.Close()
-			ce := classify(err).(*connectError)
-			ce.hop = i + 1
-			return nil, ce
+			// The relay itself failed or hung up (not allowed, down, not a
+			// relay): that is no verdict on the destination.
+			kind := "failure"
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+				kind = "timeout"
+			}
+			return nil, &connectError{kind: kind, hop: i + 1, err: fmt.Errorf("relay %d of the chain: %w", i+1, err)}
 		}
 		if m.Error != nil {
 			c.Close()
@@ -91,10 +96,10 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 		return nil, errorf("convert", err)
 	}
 	fail := func(code convert.ErrorCode, err error) (*net.TCPConn, error) {
-		writeConvertError(c, code)
-		c.Close()
+		replyAndClose(c, func() error { return writeConvertError(c, code) })
 		return nil, err
 	}
+	_ = c.SetDeadline(time.Time{})
 	if m.Connect == nil {
 		return fail(convert.UnsupportedMessage, errors.New("convert: no Connect TLV"))
 	}
@@ -103,7 +108,7 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 	if rt.auth == nil {
 		return fail(convert.NotAuthorized, errors.New("convert: no pre-shared key configured"))
 	}
-	if err := rt.auth.verify(m.Cookie, dst); err != nil {
+	if err := rt.auth.verify(m.Cookie, addrPortOf(c.LocalAddr()), dst); err != nil {
 		s.metrics.refused.WithLabelValues(f.listener, "hop_not_authenticated").Inc()
 		code := convert.NotAuthorized
 		if errors.Is(err, errCookieMissing) {
@@ -125,18 +130,22 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 		return fail(convertCode(err), err)
 	}
 	ok, _ := convert.AppendMessage(nil, &convert.Message{})
+	_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
 	if _, err := c.Write(ok); err != nil {
-		server.Close()
+		resetConn(server)
 		c.Close()
 		return nil, errorf("convert reply", err)
 	}
+	_ = c.SetWriteDeadline(time.Time{})
 	return server, nil
 }
 
-func writeConvertError(c *net.TCPConn, code convert.ErrorCode) {
-	if b, err := convert.AppendMessage(nil, &convert.Message{Error: &convert.ErrorTLV{Code: code}}); err == nil {
-		_, _ = c.Write(b)
+func writeConvertError(c *net.TCPConn, code convert.ErrorCode) error {
+	b, err := convert.AppendMessage(nil, &convert.Message{Error: &convert.ErrorTLV{Code: code}})
+	if err == nil {
+		_, err = c.Write(b)
 	}
+	return err
 }
 
 // readAvailable takes the bytes already received on c, up to max, without

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -222,8 +223,10 @@ func (c *Config) Validate() error {
 		errs = append(errs, &strictyaml.Error{Path: path, Msg: fmt.Sprintf(format, args...)})
 	}
 	if c.Admin.Listen != "off" {
-		if _, err := netip.ParseAddrPort(c.Admin.Listen); err != nil {
-			add("admin.listen", "%q: want an address like 127.0.0.1:9190, or off", c.Admin.Listen)
+		// The API changes limits and serves profiles, and has no login of
+		// its own: it stays on loopback (reach it with ssh -L).
+		if ap, err := netip.ParseAddrPort(c.Admin.Listen); err != nil || !ap.Addr().IsLoopback() {
+			add("admin.listen", "%q: want a loopback address like 127.0.0.1:9190, or off", c.Admin.Listen)
 		}
 	}
 	if c.Log.Format != "text" && c.Log.Format != "json" {
@@ -275,6 +278,9 @@ func (c *Config) Validate() error {
 			}
 			if len(ln.AllowDestinations) == 0 {
 				add(p+".allow_destinations", "an explicit listener reaches nothing without an allow list: name the destination CIDRs")
+			}
+			if ln.ProxyProtocol && slices.Contains(ln.Protocols, "convert") {
+				add(p+".proxy_protocol", "on a convert listener the client is the previous relay, not the real client")
 			}
 		case "tproxy", "redirect":
 			if len(ln.Protocols) > 0 {

@@ -2,9 +2,11 @@ package relay
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -34,7 +36,7 @@ func (s *Server) handshake(st *listenerState, rt *runtime, f *flow, c *net.TCPCo
 		resetConn(c)
 		return nil, fmt.Errorf("protocol %s is not enabled on this listener", proto)
 	}
-	f.proto = proto
+	f.proto.Store(&proto)
 	switch proto {
 	case "socks5":
 		return s.serveSOCKS(st, rt, f, c)
@@ -83,25 +85,44 @@ func (s *Server) serveSOCKS(st *listenerState, rt *runtime, f *flow, c *net.TCPC
 	if err != nil {
 		var pe *socks5.ProtocolError
 		if errors.As(err, &pe) && pe.InRequest {
-			_ = socks5.WriteReply(c, pe.Reply, netip.AddrPort{})
+			replyAndClose(c, func() error { return socks5.WriteReply(c, pe.Reply, netip.AddrPort{}) })
+		} else {
+			c.Close()
 		}
-		c.Close()
 		return nil, errorf("socks5 handshake", err)
 	}
-	dst, err := s.resolve(st, req.IP, req.Name, req.Port)
+	_ = c.SetDeadline(time.Time{}) // the head is read: the connect has its own timeout
+	dst, err := s.resolve(st, f, req.IP, req.Name, req.Port)
 	if err == nil {
 		var server *net.TCPConn
 		if server, err = s.open(rt, st, f, dst); err == nil {
+			_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
 			if err = socks5.WriteReply(c, socks5.Succeeded, addrPortOf(server.LocalAddr())); err != nil {
-				server.Close()
-				return nil, err
+				resetConn(server)
+				c.Close()
+				return nil, errorf("socks5 reply", err)
 			}
 			return server, nil
 		}
 	}
-	_ = socks5.WriteReply(c, socksReply(err), netip.AddrPort{})
-	c.Close()
+	replyAndClose(c, func() error { return socks5.WriteReply(c, socksReply(err), netip.AddrPort{}) })
 	return nil, err
+}
+
+// replyTimeout bounds writing a protocol answer to a client.
+const replyTimeout = 5 * time.Second
+
+// replyAndClose writes an error answer and closes without discarding it:
+// closing with unread input would send RST, which can destroy the answer
+// before the client reads it.
+func replyAndClose(c *net.TCPConn, write func() error) {
+	_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
+	if write() == nil {
+		_ = c.CloseWrite()
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		_, _ = io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+	}
+	c.Close()
 }
 
 func (s *Server) serveHTTP(st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
@@ -112,46 +133,54 @@ func (s *Server) serveHTTP(st *listenerState, rt *runtime, f *flow, c *net.TCPCo
 		if errors.As(err, &re) {
 			status = re.Status
 		}
-		_ = httpconnect.WriteResponse(c, status, "")
-		c.Close()
+		replyAndClose(c, func() error { return httpconnect.WriteResponse(c, status, "") })
 		return nil, errorf("http connect", err)
 	}
-	if len(st.users) > 0 {
-		u, p, ok := httpconnect.BasicAuth(req.ProxyAuthorization)
-		want, known := st.users[u]
-		if !ok || !known || subtle.ConstantTimeCompare([]byte(p), []byte(want)) != 1 {
-			_ = httpconnect.WriteResponse(c, http.StatusProxyAuthRequired, "")
-			c.Close()
-			return nil, errors.New("http connect: proxy authentication failed")
-		}
+	_ = c.SetDeadline(time.Time{})
+	if len(st.users) > 0 && !checkUser(st.users, req.ProxyAuthorization) {
+		replyAndClose(c, func() error { return httpconnect.WriteResponse(c, http.StatusProxyAuthRequired, "") })
+		return nil, errors.New("http connect: proxy authentication failed")
 	}
 	var ip netip.Addr
 	name := req.Host
 	if a, perr := netip.ParseAddr(req.Host); perr == nil {
 		ip, name = a, ""
 	}
-	dst, err := s.resolve(st, ip, name, req.Port)
+	dst, err := s.resolve(st, f, ip, name, req.Port)
 	if err == nil {
 		var server *net.TCPConn
 		if server, err = s.open(rt, st, f, dst); err == nil {
+			_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
 			if err = httpconnect.WriteResponse(c, http.StatusOK, "Connection established"); err != nil {
-				server.Close()
-				return nil, err
+				resetConn(server)
+				c.Close()
+				return nil, errorf("http reply", err)
 			}
 			return server, nil
 		}
 	}
-	_ = httpconnect.WriteResponse(c, httpStatus(err), "")
-	c.Close()
+	replyAndClose(c, func() error { return httpconnect.WriteResponse(c, httpStatus(err), "") })
 	return nil, err
+}
+
+// checkUser checks HTTP Basic credentials in time that tells nothing about
+// which user names exist or how long their passwords are.
+func checkUser(users map[string]string, authz string) bool {
+	u, p, ok := httpconnect.BasicAuth(authz)
+	want, known := users[u]
+	got, exp := sha256.Sum256([]byte(p)), sha256.Sum256([]byte(want))
+	match := subtle.ConstantTimeCompare(got[:], exp[:]) == 1
+	return ok && known && match
 }
 
 // resolve turns the client's destination into an address the listener
 // allows: for a name, the first of its addresses that is allowed.
-func (s *Server) resolve(st *listenerState, ip netip.Addr, name string, port uint16) (netip.AddrPort, error) {
+func (s *Server) resolve(st *listenerState, f *flow, ip netip.Addr, name string, port uint16) (netip.AddrPort, error) {
 	if ip.IsValid() {
 		dst := netip.AddrPortFrom(ip.Unmap(), port)
+		f.dst.Store(&dst)
 		if !st.policy.destAllowed(dst) {
+			s.metrics.refused.WithLabelValues(f.listener, "destination_not_allowed").Inc()
 			return dst, &connectError{kind: "not_allowed", err: fmt.Errorf("destination %s not allowed", dst)}
 		}
 		return dst, nil
@@ -167,6 +196,7 @@ func (s *Server) resolve(st *listenerState, ip netip.Addr, name string, port uin
 			return dst, nil
 		}
 	}
+	s.metrics.refused.WithLabelValues(f.listener, "destination_not_allowed").Inc()
 	return netip.AddrPort{}, &connectError{kind: "not_allowed", err: fmt.Errorf("no allowed address for %s", name)}
 }
 
@@ -203,7 +233,7 @@ func (s *Server) refuse(st *listenerState, c *net.TCPConn, reason string) {
 		}
 	case "convert":
 		if _, err := convert.ReadMessage(c); err == nil {
-			writeConvertError(c, convert.ResourceExceeded)
+			_ = writeConvertError(c, convert.ResourceExceeded)
 		}
 	}
 	s.log.Debug("refused", "client", c.RemoteAddr().String(), "reason", reason)

@@ -17,7 +17,7 @@ import (
 type flow struct {
 	id       uint64
 	listener string
-	proto    string // socks5, http, convert, tproxy, redirect
+	proto    atomic.Pointer[string] // socks5, http, convert, tproxy, redirect
 	route    atomic.Pointer[string]
 	client   netip.AddrPort
 	dst      atomic.Pointer[netip.AddrPort]
@@ -45,15 +45,24 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 		resetConn(c)
 		return
 	}
-	release, reason := s.admit(client.Addr())
+	release, reason := s.admit(client.Addr(), st.perClientExempt())
 	if reason != "" {
 		s.metrics.refused.WithLabelValues(l.cfg.Name, reason).Inc()
-		s.refuse(st, c, reason)
+		// Answering in the client's protocol takes a goroutine for up to a
+		// second; past a few dozen at once, a flood gets plain resets.
+		select {
+		case s.refusing <- struct{}{}:
+			s.refuse(st, c, reason)
+			<-s.refusing
+		default:
+			resetConn(c)
+		}
 		return
 	}
 	defer release()
 	rt := s.state.Load()
-	f := &flow{listener: l.cfg.Name, proto: st.cfg.Mode, client: client, start: time.Now()}
+	f := &flow{listener: l.cfg.Name, client: client, start: time.Now()}
+	f.proto.Store(&st.cfg.Mode)
 	s.register(f)
 	defer s.unregister(f)
 	setLeg(c, rt.cfg.Legs.Client)
@@ -96,7 +105,7 @@ func (s *Server) endFlow(f *flow, res datapath.Result) {
 		routeName = *r
 	}
 	result := string(res.Reason)
-	attrs := []any{"listener", f.listener, "proto", f.proto, "client", f.client.String(),
+	attrs := []any{"listener", f.listener, "proto", *f.proto.Load(), "client", f.client.String(),
 		"route", routeName, "up", res.Up, "down", res.Down, "duration", time.Since(f.start).Round(time.Microsecond), "reason", result}
 	if d := f.dst.Load(); d != nil {
 		attrs = append(attrs, "dst", d.String())
@@ -126,7 +135,14 @@ func (s *Server) transparent(st *listenerState, rt *runtime, f *flow, c *net.TCP
 		}
 	}
 	f.dst.Store(&dst)
-	if len(st.policy.dests) > 0 && !st.policy.destAllowed(dst) {
+	// A flow to this very listener (a client connecting to it directly, or
+	// REDIRECT of a flow that was not redirected) would dial itself forever.
+	if self := addrPortOf(c.LocalAddr()); st.cfg.Mode == "redirect" && dst == self || dst.Port() == s.listenPort(f.listener) && st.policy.own[dst.Addr()] {
+		s.metrics.refused.WithLabelValues(f.listener, "destination_is_relay").Inc()
+		resetConn(c)
+		return nil, &connectError{kind: "not_allowed", err: errors.New("destination is this relay")}
+	}
+	if len(st.policy.dests) > 0 && !st.policy.destAllowed(dst) || len(st.policy.dests) == 0 && st.policy.special(dst.Addr()) {
 		s.metrics.refused.WithLabelValues(f.listener, "destination_not_allowed").Inc()
 		resetConn(c)
 		return nil, &connectError{kind: "not_allowed", err: errors.New("destination not allowed")}
@@ -195,6 +211,10 @@ func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, ear
 	}
 	c := nc.(*net.TCPConn)
 	if len(early) > 0 {
+		// Beyond what fits in the SYN, the write waits for the handshake.
+		if dl, ok := ctx.Deadline(); ok {
+			_ = c.SetWriteDeadline(dl)
+		}
 		if _, err := c.Write(early); err != nil {
 			c.Close()
 			return nil, classify(err)

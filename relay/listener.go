@@ -47,6 +47,13 @@ func newListenerState(lc ListenerConfig) (*listenerState, error) {
 	return st, nil
 }
 
+// perClientExempt: a listener that takes only authenticated relay hops sees
+// every flow come from the previous relay's one address, so the per-client
+// limit would cap a whole chain.
+func (st *listenerState) perClientExempt() bool {
+	return len(st.protos) == 1 && st.protos["convert"]
+}
+
 func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 	st, err := newListenerState(lc)
 	if err != nil {

@@ -49,9 +49,14 @@ var specialNets = []netip.Prefix{
 	netip.MustParsePrefix("::1/128"),
 	netip.MustParsePrefix("0.0.0.0/8"),
 	netip.MustParsePrefix("::/128"),
-	netip.MustParsePrefix("169.254.0.0/16"), // link-local, and 169.254.169.254 metadata
+	netip.MustParsePrefix("169.254.0.0/16"), // link-local
 	netip.MustParsePrefix("fe80::/10"),
-	netip.MustParsePrefix("fd00:ec2::254/128"), // AWS IPv6 metadata
+	// Cloud metadata and host services, each to be named exactly.
+	netip.MustParsePrefix("169.254.169.254/32"),
+	netip.MustParsePrefix("fd00:ec2::254/128"),
+	netip.MustParsePrefix("100.100.100.200/32"),
+	netip.MustParsePrefix("168.63.129.16/32"),
+	netip.MustParsePrefix("64:ff9b::/96"), // NAT64 reaches 127/8 and 169.254/16 too
 	netip.MustParsePrefix("224.0.0.0/4"),
 	netip.MustParsePrefix("ff00::/8"),
 	netip.MustParsePrefix("255.255.255.255/32"),
@@ -85,17 +90,18 @@ func (p *policy) special(a netip.Addr) bool {
 }
 
 // narrowEnough: a rule may open a special address only by naming it (for
-// the relay's own addresses) or a prefix inside its special range.
+// the relay's own addresses) or a prefix inside every special range that
+// holds it (so 169.254.0.0/16 opens link-local but not the metadata address).
 func (r destRule) narrowEnough(a netip.Addr, p *policy) bool {
 	if p.own[a] {
 		return r.prefix.Bits() == a.BitLen()
 	}
 	for _, s := range specialNets {
-		if s.Contains(a) && s.Bits() <= r.prefix.Bits() && s.Contains(r.prefix.Addr()) {
-			return true
+		if s.Contains(a) && !(s.Bits() <= r.prefix.Bits() && s.Contains(r.prefix.Addr())) {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // ownAddrs lists the addresses of this host's interfaces.

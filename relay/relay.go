@@ -14,6 +14,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -47,6 +48,7 @@ type Server struct {
 	pending   atomic.Int64
 	active    atomic.Int64
 	draining  atomic.Bool
+	refusing  chan struct{} // bounds refusals answered in protocol
 
 	flowCtx    context.Context // canceled to abort every flow
 	cancelAll  context.CancelFunc
@@ -97,6 +99,7 @@ func New(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*Server, err
 		listeners: map[string]*listener{},
 		flows:     map[uint64]*flow{},
 		perClient: map[netip.Addr]int{},
+		refusing:  make(chan struct{}, 64),
 	}
 	rt, err := newRuntime(cfg)
 	if err != nil {
@@ -139,6 +142,9 @@ func newRuntime(cfg *Config) (*runtime, error) {
 func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 	if err := s.apply(s.state.Load().cfg); err != nil {
 		s.closeListeners()
+		if s.admin != nil {
+			s.admin.close()
+		}
 		return err
 	}
 	s.log.Info("relay started", "listeners", len(s.listeners), "admin", s.state.Load().cfg.Admin.Listen)
@@ -150,9 +156,17 @@ func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 // Reload applies a new configuration: listeners are added, removed or
 // updated in place; established flows are not touched.
 func (s *Server) Reload(cfg *Config) error {
+	if s.draining.Load() {
+		return errors.New("draining: configuration not applied")
+	}
 	rt, err := newRuntime(cfg)
 	if err != nil {
 		return err
+	}
+	// Nonces seen stay seen: a reload must not reopen the replay window.
+	if old := s.state.Load(); old.auth != nil && rt.auth != nil && bytes.Equal(old.auth.key, rt.auth.key) {
+		rt.auth = old.auth
+		rt.auth.window = cfg.Auth.Window.D()
 	}
 	// The file's limits replace any changed at run time through the admin API.
 	s.state.Store(rt)
@@ -167,6 +181,9 @@ func (s *Server) Reload(cfg *Config) error {
 func (s *Server) apply(cfg *Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.draining.Load() {
+		return errors.New("draining: configuration not applied")
+	}
 	want := map[string]bool{}
 	var errs []error
 	for i := range cfg.Listeners {
@@ -220,8 +237,21 @@ func (s *Server) closeListeners() {
 // Drain stops accepting, waits up to grace for the flows to finish, then
 // aborts what is left.
 func (s *Server) Drain(grace time.Duration) {
+	s.mu.Lock()
 	s.draining.Store(true)
-	s.closeListeners()
+	s.mu.Unlock()
+	// Stop accepting, but keep capture rules: established TPROXY flows
+	// need them until they end.
+	s.mu.Lock()
+	var uncapture []func() error
+	for name, l := range s.listeners {
+		l.ln.Close()
+		if l.uncapture != nil {
+			uncapture = append(uncapture, l.uncapture)
+		}
+		delete(s.listeners, name)
+	}
+	s.mu.Unlock()
 	s.acceptorWG.Wait()
 	n := s.active.Load()
 	s.log.Info("draining", "flows", n, "grace", grace)
@@ -237,6 +267,11 @@ func (s *Server) Drain(grace time.Duration) {
 		<-done
 	}
 	s.cancelAll()
+	for _, f := range uncapture {
+		if err := f(); err != nil {
+			s.log.Error("removing capture rules", "err", err)
+		}
+	}
 	if s.admin != nil {
 		s.admin.close()
 	}
@@ -254,6 +289,14 @@ func (s *Server) Addr(name string) net.Addr {
 	return nil
 }
 
+// listenPort is the port a listener is bound to, or 0.
+func (s *Server) listenPort(name string) uint16 {
+	if a, ok := s.Addr(name).(*net.TCPAddr); ok {
+		return uint16(a.Port)
+	}
+	return 0
+}
+
 // AdminAddr returns the admin API's address, or nil.
 func (s *Server) AdminAddr() net.Addr {
 	s.mu.Lock()
@@ -265,7 +308,7 @@ func (s *Server) AdminAddr() net.Addr {
 }
 
 // admit reserves a flow slot for a client, or says why it cannot.
-func (s *Server) admit(client netip.Addr) (release func(), reason string) {
+func (s *Server) admit(client netip.Addr, exempt bool) (release func(), reason string) {
 	t := s.state.Load().tunables
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -275,7 +318,7 @@ func (s *Server) admit(client netip.Addr) (release func(), reason string) {
 	if int(s.active.Load()) >= t.MaxFlows {
 		return nil, "max_flows"
 	}
-	if s.perClient[client] >= t.MaxFlowsPerClient {
+	if !exempt && s.perClient[client] >= t.MaxFlowsPerClient {
 		return nil, "max_flows_per_client"
 	}
 	s.active.Add(1)
