@@ -63,22 +63,19 @@ type Result struct {
 
 // Join relays between client and server until both directions have
 // finished or one leg fails, then closes both connections.
+//
+// It costs one goroutine besides the caller's, which moves the upstream
+// direction itself: goroutine stacks are most of a flow's memory.
 func Join(ctx context.Context, client, server *net.TCPConn, opt Options) Result {
 	f := &flow{client: client, server: server, opt: opt, done: make(chan struct{})}
 	f.touch()
-	var wg sync.WaitGroup
-	var up, down dirResult
-	wg.Add(2)
-	go func() { defer wg.Done(); up = f.proxyCopy(true) }()
-	go func() { defer wg.Done(); down = f.proxyCopy(false) }()
-	finished := make(chan struct{})
-	go func() { wg.Wait(); close(finished) }()
-	select {
-	case <-finished:
-	case <-ctx.Done():
-		f.abort(ReasonCanceled, nil, true, true)
-		<-finished
-	}
+	stop := context.AfterFunc(ctx, func() { f.abort(ReasonCanceled, nil, true, true) })
+	defer stop()
+	var down dirResult
+	downDone := make(chan struct{})
+	go func() { down = f.proxyCopy(false); close(downDone) }()
+	up := f.proxyCopy(true)
+	<-downDone
 	client.Close()
 	server.Close()
 	res := Result{Up: up.n, Down: down.n, Reason: ReasonClosed}

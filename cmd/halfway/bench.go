@@ -23,6 +23,8 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "lab":
 		return benchLab(args[1:], stdout, stderr)
+	case "footprint":
+		return benchFootprint(args[1:], stdout, stderr)
 	}
 	return fmt.Errorf("%w: unknown bench scenario %q", errUsage, args[0])
 }
@@ -74,26 +76,62 @@ func benchLab(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	js, err := json.MarshalIndent(r, "", "  ")
+	return emit(stdout, *asJSON, *out, "lab", r.Markdown(), r)
+}
+
+// emit prints a report as Markdown or JSON, and with out set also writes
+// NAME.md and NAME.json there.
+func emit(stdout io.Writer, asJSON bool, out, name, md string, v any) error {
+	js, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	md := r.Markdown()
-	if *out != "" {
-		if err := os.MkdirAll(*out, 0o755); err != nil {
+	if out != "" {
+		if err := os.MkdirAll(out, 0o755); err != nil {
 			return err
 		}
-		if err := os.WriteFile(filepath.Join(*out, "lab.json"), append(js, '\n'), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(out, name+".json"), append(js, '\n'), 0o644); err != nil {
 			return err
 		}
-		if err := os.WriteFile(filepath.Join(*out, "lab.md"), []byte(md), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(out, name+".md"), []byte(md), 0o644); err != nil {
 			return err
 		}
 	}
-	if *asJSON {
+	if asJSON {
 		_, err = fmt.Fprintln(stdout, string(js))
 	} else {
 		_, err = fmt.Fprint(stdout, md)
 	}
 	return err
+}
+
+func benchFootprint(args []string, stdout, stderr io.Writer) error {
+	o := bench.FootprintOptions{Flows: 9000, Repeats: 5}
+	fs := newFlags("bench footprint", stderr)
+	asJSON := fs.Bool("json", false, "print JSON instead of Markdown")
+	out := fs.String("out", "", "also write footprint.md and footprint.json into this directory")
+	fs.IntVar(&o.Flows, "flows", o.Flows, "idle relayed flows to hold open")
+	fs.IntVar(&o.Repeats, "repeats", o.Repeats, "exec-to-accept repeats")
+	quiet := fs.Bool("q", false, "no progress on stderr")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.Flows < 1 || o.Repeats < 1 {
+		return fmt.Errorf("%w: --flows and --repeats must be at least 1", errUsage)
+	}
+	if !*quiet {
+		o.Log = stderr
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	o.Exe = exe
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	r, err := bench.RunFootprint(ctx, o)
+	if err != nil {
+		return err
+	}
+	return emit(stdout, *asJSON, *out, "footprint", r.Markdown(), r)
 }

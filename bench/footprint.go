@@ -1,0 +1,239 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"halfway/socks5"
+)
+
+// FootprintOptions choose what `halfway bench footprint` measures.
+type FootprintOptions struct {
+	Flows   int    // idle relayed flows held open (≤ 9000 here: 20,000 descriptors per process)
+	Repeats int    // exec-to-accept repeats
+	Exe     string // the halfway binary
+	Log     io.Writer
+}
+
+// FootprintReport is a relay's memory and start-up cost.
+type FootprintReport struct {
+	Env             Env       `json:"env"`
+	IdleRSSKiB      float64   `json:"idle_rss_kib"`
+	Flows           int       `json:"flows"`
+	RSSWithFlowsKiB float64   `json:"rss_with_flows_kib"`
+	PerFlowBytes    float64   `json:"user_memory_per_flow_bytes"`
+	FDsPerFlow      float64   `json:"descriptors_per_flow"`
+	SlabPerFlow     float64   `json:"kernel_slab_per_flow_bytes"` // machine-wide Slab delta: indicative
+	ExecToAcceptMS  []float64 `json:"exec_to_accept_ms"`
+	MedianStartMS   float64   `json:"exec_to_accept_median_ms"`
+}
+
+// RunFootprint starts a relay on loopback and measures it idle, with
+// o.Flows idle relayed flows, and its time from exec to accepting.
+func RunFootprint(ctx context.Context, o FootprintOptions) (*FootprintReport, error) {
+	logf := func(format string, args ...any) {
+		if o.Log != nil {
+			fmt.Fprintf(o.Log, format+"\n", args...)
+		}
+	}
+	r := &FootprintReport{Env: CollectEnv(), Flows: o.Flows}
+	dir, err := os.MkdirTemp("", "halfway-footprint")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	sink, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	defer sink.Close()
+	held := make(chan net.Conn, o.Flows+16)
+	go func() {
+		for {
+			c, err := sink.Accept()
+			if err != nil {
+				return
+			}
+			held <- c
+		}
+	}()
+	defer func() {
+		close(held)
+		for c := range held {
+			c.Close()
+		}
+	}()
+	port := freePort()
+	cfg := fmt.Sprintf(`
+admin: {listen: off}
+log: {level: warn}
+limits: {max_flows: 20000, max_flows_per_client: 20000}
+listeners:
+  - name: socks
+    listen: 127.0.0.1:%d
+    protocols: [socks5]
+    allow_clients: [127.0.0.1/32]
+    allow_destinations: ["127.0.0.1/32"]
+`, port)
+	file := filepath.Join(dir, "relay.yaml")
+	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+
+	for rep := 0; rep < o.Repeats; rep++ {
+		cmd, d, err := startRelay(ctx, o.Exe, file, addr)
+		if err != nil {
+			return nil, err
+		}
+		r.ExecToAcceptMS = append(r.ExecToAcceptMS, ms(d))
+		logf("exec to accepting: %.2f ms", ms(d))
+		if rep < o.Repeats-1 {
+			stopRelay(cmd)
+			continue
+		}
+		// The last relay stays up for the memory measurements.
+		defer stopRelay(cmd)
+		time.Sleep(500 * time.Millisecond)
+		pid := cmd.Process.Pid
+		r.IdleRSSKiB = float64(rssKiB(pid))
+		fd0 := countFDs(pid)
+		slab0 := slabKiB()
+		clients := make([]net.Conn, 0, o.Flows)
+		defer func() {
+			for _, c := range clients {
+				c.Close()
+			}
+		}()
+		dst := addrPortOf(sink.Addr())
+		for i := 0; i < o.Flows; i++ {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				return nil, fmt.Errorf("flow %d: %w", i, err)
+			}
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := socks5.ClientHandshake(c, c, socks5.Addr{IP: dst.Addr(), Port: dst.Port()}, "", ""); err != nil {
+				c.Close()
+				return nil, fmt.Errorf("flow %d: %w", i, err)
+			}
+			c.SetDeadline(time.Time{})
+			clients = append(clients, c)
+			if (i+1)%3000 == 0 {
+				logf("%d flows open", i+1)
+			}
+		}
+		time.Sleep(time.Second) // let the relay's goroutines settle
+		r.RSSWithFlowsKiB = float64(rssKiB(pid))
+		r.PerFlowBytes = (r.RSSWithFlowsKiB - r.IdleRSSKiB) * 1024 / float64(o.Flows)
+		r.FDsPerFlow = float64(countFDs(pid)-fd0) / float64(o.Flows)
+		r.SlabPerFlow = float64(slabKiB()-slab0) * 1024 / float64(o.Flows)
+		logf("with %d flows: RSS %.0f KiB (%.0f B per flow), %.2f descriptors per flow", o.Flows, r.RSSWithFlowsKiB, r.PerFlowBytes, r.FDsPerFlow)
+	}
+	r.MedianStartMS = median(r.ExecToAcceptMS)
+	return r, nil
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if t, ok := a.(*net.TCPAddr); ok {
+		return t.AddrPort()
+	}
+	return netip.AddrPort{}
+}
+
+func freePort() int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 21080
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// startRelay execs a relay and returns once it accepts, with the time that took.
+func startRelay(ctx context.Context, exe, file, addr string) (*exec.Cmd, time.Duration, error) {
+	cmd := exec.CommandContext(ctx, exe, "relay", "-c", file, "--grace", "1s")
+	cmd.Stderr = os.Stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, 0, err
+	}
+	for deadline := start.Add(10 * time.Second); time.Now().Before(deadline); {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err == nil {
+			d := time.Since(start)
+			c.Close()
+			return cmd, d, nil
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
+	stopRelay(cmd)
+	return nil, 0, fmt.Errorf("relay at %s never accepted", addr)
+}
+
+func stopRelay(cmd *exec.Cmd) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+func rssKiB(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return n
+		}
+	}
+	return 0
+}
+
+func countFDs(pid int) int {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return len(ents)
+}
+
+func slabKiB() int {
+	b, _ := os.ReadFile("/proc/meminfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Slab:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return n
+		}
+	}
+	return 0
+}
+
+// Markdown renders the footprint report.
+func (r *FootprintReport) Markdown() string {
+	lo, hi := spread(r.ExecToAcceptMS)
+	return fmt.Sprintf(`# halfway bench footprint
+
+%s, kernel %s, %d CPUs, %s. A relay on loopback (SOCKS5 listener, direct route).
+
+| idle RSS | RSS with %d idle flows | user memory per flow | descriptors per flow | kernel slab per flow (machine-wide) | exec to accepting, median (min–max) of %d |
+|---:|---:|---:|---:|---:|---:|
+| %.0f KiB | %.0f KiB | %.0f B | %.2f | %.0f B | %.2f ms (%.2f–%.2f) |
+
+Goals (issue 3): ≤ 8 MiB idle RSS, ≤ 16 KiB per relayed flow, ≤ 10 ms to accept.
+`, r.Env.Time.Format("2006-01-02 15:04 MST"), r.Env.Kernel, r.Env.CPUs, r.Env.Go,
+		r.Flows, len(r.ExecToAcceptMS), r.IdleRSSKiB, r.RSSWithFlowsKiB, r.PerFlowBytes, r.FDsPerFlow, r.SlabPerFlow, r.MedianStartMS, lo, hi)
+}
