@@ -5,10 +5,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -16,15 +18,19 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"halfway/convert"
+	"halfway/httpconnect"
 	"halfway/netlab"
 	"halfway/netlab/labtest"
+	"halfway/proxyproto"
 	"halfway/socks5"
 )
 
@@ -65,10 +71,6 @@ var buildOnce = sync.OnceValues(func() (string, error) {
 
 func startChain(t *testing.T) *chainLab {
 	labtest.RequireRoot(t)
-	bin, err := buildOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
 	lab := labtest.Start(t, chainTopo)
 	dir := t.TempDir()
 	psk := []byte("a test key that is long enough!!")
@@ -105,31 +107,7 @@ listeners:
 `, dir),
 	}
 	for _, name := range []string{"rs", "rc"} {
-		file := filepath.Join(dir, name+".yaml")
-		os.WriteFile(file, []byte(configs[name]), 0o644)
-		logf, _ := os.Create(filepath.Join(dir, name+".log"))
-		cl.logs[name] = logf.Name()
-		cmd := lab.Host(name).Command(context.Background(), bin, "relay", "-c", file, "--grace", "2s")
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cmd.Process.Signal(os.Interrupt)
-			done := make(chan error, 1)
-			go func() { done <- cmd.Wait() }()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				cmd.Process.Kill()
-				<-done
-			}
-			logf.Close()
-			if t.Failed() {
-				b, _ := os.ReadFile(logf.Name())
-				t.Logf("%s relay log:\n%s", name, b)
-			}
-		})
+		cl.logs[name], _ = runRelay(t, lab.Host(name), name, configs[name])
 	}
 	// Wait until both relays accept.
 	for _, a := range []struct {
@@ -150,6 +128,69 @@ listeners:
 		}
 	}
 	return cl
+}
+
+// runRelay starts `halfway relay` with cfg inside host h; it is stopped
+// (SIGINT, then SIGKILL) when the test ends, or earlier with stop, which
+// returns its exit error. The log is printed if the test failed.
+func runRelay(t *testing.T, h *netlab.Host, name, cfg string) (logPath string, stop func() error) {
+	t.Helper()
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, name+".yaml")
+	os.WriteFile(file, []byte(cfg), 0o644)
+	logf, _ := os.Create(filepath.Join(dir, name+".log"))
+	cmd := h.Command(context.Background(), bin, "relay", "-c", file, "--grace", "2s")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	var werr error
+	stop = func() error {
+		once.Do(func() {
+			cmd.Process.Signal(os.Interrupt)
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case werr = <-done:
+			case <-time.After(15 * time.Second):
+				cmd.Process.Kill()
+				werr = fmt.Errorf("relay %s ignored SIGINT", name)
+				<-done
+			}
+		})
+		return werr
+	}
+	t.Cleanup(func() {
+		stop()
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("%s relay log:\n%s", name, b)
+		}
+	})
+	return logf.Name(), stop
+}
+
+// waitAccept waits until addr accepts connections from h.
+func waitAccept(t *testing.T, h *netlab.Host, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := h.Dial(context.Background(), "tcp", addr)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing accepts at %s: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // socksDial opens a flow through rc's SOCKS5 listener from the client host.
@@ -596,4 +637,278 @@ func TestSlowNextHop(t *testing.T) {
 	if d := time.Since(start); d > 30*time.Second {
 		t.Errorf("the refusal took %v", d)
 	}
+}
+
+// TestIPv4ClientToIPv6Server: an IPv4 client asks rc for an IPv6 server;
+// rc reaches rs over IPv6, rs reaches the server over IPv6.
+func TestIPv4ClientToIPv6Server(t *testing.T) {
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, strings.Replace(chainTopo, "name: chain", "name: chain6\nipv6: true", 1))
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "psk"), []byte("a test key that is long enough!!"), 0o600)
+	rs, server := lab.Host("rs"), lab.Host("server")
+	rsHop := netip.AddrPortFrom(rs.Ifaces()[0].Addr6.Addr(), 7100)
+	rsLog, _ := runRelay(t, rs, "rs", fmt.Sprintf(`
+admin: {listen: off}
+log: {level: debug}
+auth: {psk_file: %s/psk}
+listeners:
+  - {name: hop, listen: "[::]:7100", protocols: [convert], allow_clients: ["fd00:77::/32"], allow_destinations: ["fd00:77::/32"]}
+`, dir))
+	runRelay(t, lab.Host("rc"), "rc", fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %s/psk}
+listeners:
+  - {name: proxy, listen: "0.0.0.0:1080", protocols: [socks5], allow_clients: [10.77.0.0/16], allow_destinations: ["fd00:77::/32"]}
+routes:
+  - {dst: ["%s"], via: ["%s"]}
+`, dir, server.Ifaces()[0].Addr6.Masked(), rsHop))
+	proxy := lab.Host("rc").AddrPort(1080)
+	waitAccept(t, lab.Host("client"), proxy)
+	waitAccept(t, lab.Host("rc"), rsHop.String())
+
+	ln, err := server.Listen("tcp6", "[::]:9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveSHA(ln)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := lab.Host("client").Dial(ctx, "tcp4", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	dst := server.Addr6()
+	if _, err := socks5.ClientHandshake(c, c, socks5.Addr{IP: dst, Port: 9000}, "", ""); err != nil {
+		t.Fatalf("socks to [%s]:9000: %v", dst, err)
+	}
+	data := bytes.Repeat([]byte("v6 "), 100000)
+	go func() { c.Write(data); c.(*net.TCPConn).CloseWrite() }()
+	got, err := io.ReadAll(c)
+	sum := sha256.Sum256(data)
+	if err != nil || len(got) != 32+len(data) || !bytes.Equal(got[:32], sum[:]) {
+		t.Fatalf("through the IPv6 chain: %v, %d bytes", err, len(got))
+	}
+	time.Sleep(100 * time.Millisecond)
+	if logs, _ := os.ReadFile(rsLog); !strings.Contains(string(logs), "client=["+rs.Ifaces()[0].PeerAddr6.String()+"]") {
+		t.Errorf("rs did not see rc over IPv6:\n%s", logs)
+	}
+}
+
+// TestDrain: on SIGTERM a relay stops accepting, lets a running flow finish
+// within the grace period, and exits.
+func TestDrain(t *testing.T) {
+	cl := startChain(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	server := cl.lab.Host("server")
+	ln, err := server.Listen("tcp", ":9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveSHA(ln)
+	// A relay of its own on rc, with a long grace period, so the test
+	// controls its SIGTERM.
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "psk"), cl.psk, 0o600)
+	logPath, stop := runRelay(t, cl.lab.Host("rc"), "drainer", fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %s/psk}
+listeners:
+  - {name: p, listen: "0.0.0.0:1081", protocols: [socks5], allow_clients: [10.77.0.0/16], allow_destinations: [10.77.0.0/16]}
+`, dir))
+	proxy := cl.lab.Host("rc").AddrPort(1081)
+	waitAccept(t, cl.lab.Host("client"), proxy)
+	c, err := cl.lab.Host("client").Dial(ctx, "tcp", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	dst := netip.MustParseAddrPort(server.AddrPort(9000))
+	if _, err := socks5.ClientHandshake(c, c, socks5.Addr{IP: dst.Addr(), Port: dst.Port()}, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("before"))
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+	time.Sleep(300 * time.Millisecond)
+	// Draining: new connections are refused...
+	if nc, err := cl.lab.Host("client").Dial(ctx, "tcp", proxy); err == nil {
+		nc.Close()
+		t.Error("the draining relay still accepts")
+	}
+	// ...and the running flow finishes.
+	c.Write([]byte(" and after"))
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil || !bytes.HasSuffix(got, []byte("before and after")) {
+		t.Errorf("flow across the drain: %v, %q", err, got)
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("relay exit: %v", err)
+	}
+	if logs, _ := os.ReadFile(logPath); !strings.Contains(string(logs), "relay stopped") {
+		t.Errorf("no orderly stop in the log:\n%s", logs)
+	}
+}
+
+// TestProxyProtocol: with proxy_protocol on, a server reached directly
+// learns the real client from a PROXY v2 header before the data.
+func TestProxyProtocol(t *testing.T) {
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, chainTopo)
+	runRelay(t, lab.Host("rc"), "rc", `
+admin: {listen: off}
+listeners:
+  - {name: p, listen: "0.0.0.0:1080", protocols: [http], allow_clients: [10.77.0.0/16], allow_destinations: [10.77.0.0/16], proxy_protocol: true}
+`)
+	proxy := lab.Host("rc").AddrPort(1080)
+	waitAccept(t, lab.Host("client"), proxy)
+	server := lab.Host("server")
+	ln, err := server.Listen("tcp", ":9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		h, err := proxyproto.Read(c)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		data, _ := io.ReadAll(c)
+		got <- fmt.Sprintf("%s>%s %s", h.Src.Addr(), h.Dst, data)
+	}()
+	c, err := lab.Host("client").Dial(context.Background(), "tcp", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if err := httpconnect.WriteRequest(c, server.Addr().String(), 9000, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if status, err := httpconnect.ReadResponse(c); err != nil || status != 200 {
+		t.Fatalf("CONNECT: %d %v", status, err)
+	}
+	c.Write([]byte("payload"))
+	c.(*net.TCPConn).CloseWrite()
+	want := fmt.Sprintf("%s>%s payload", lab.Host("client").Addr(), server.AddrPort(9000))
+	if g := <-got; g != want {
+		t.Errorf("server saw %q, want %q", g, want)
+	}
+}
+
+// TestThousandTransfers: 1,000 flows of random sizes from 0 B to 8 MB, both
+// directions, half-closed both ways, through the chain, each checked with
+// SHA-256; then the relays hold no more descriptors than before.
+func TestThousandTransfers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short mode")
+	}
+	cl := startChain(t)
+	server := cl.lab.Host("server")
+	ln, err := server.Listen("tcp", ":9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveSHA(ln)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	// Sockets only: the pool keeps a few empty pipes for later flows.
+	fds := func(name string) int {
+		out, _ := cl.lab.Host(name).Command(ctx, "sh", "-c", "ls -l /proc/$(pgrep -f 'relay -c .*/"+name+".yaml' | head -1)/fd | grep -c socket:").Output()
+		n, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+		return n
+	}
+	before := map[string]int{"rc": fds("rc"), "rs": fds("rs")}
+
+	sizes := rand.New(rand.NewPCG(1000, 1))
+	work := make(chan int)
+	var wg sync.WaitGroup
+	var failures atomic.Int64
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for size := range work {
+				if err := roundTrip(ctx, cl, server.AddrPort(9000), size); err != nil {
+					if failures.Add(1) <= 5 {
+						t.Errorf("%d bytes: %v", size, err)
+					}
+				}
+			}
+		}()
+	}
+	for i := 0; i < 1000; i++ {
+		size := int(math.Exp(sizes.Float64() * math.Log(64<<10))) // mostly small, log-uniform
+		switch {
+		case i%20 == 0:
+			size = sizes.IntN(8<<20 + 1) // one in twenty up to 8 MB
+		case i%97 == 0:
+			size = 0
+		}
+		work <- size
+	}
+	close(work)
+	wg.Wait()
+	if n := failures.Load(); n > 0 {
+		t.Fatalf("%d of 1000 transfers failed", n)
+	}
+	time.Sleep(500 * time.Millisecond)
+	for name, n := range before {
+		if after := fds(name); after > n || n == 0 {
+			t.Errorf("relay %s holds %d sockets after the transfers, %d before", name, after, n)
+		}
+	}
+}
+
+// roundTrip sends size random bytes through the chain, half-closes, and
+// checks that the server's SHA-256 and echo come back intact.
+func roundTrip(ctx context.Context, cl *chainLab, dst string, size int) error {
+	c, err := cl.socksDial(ctx, dst)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r := rand.New(rand.NewPCG(uint64(size), 7))
+	data := make([]byte, size)
+	for i := 0; i+8 <= size; i += 8 {
+		binary.LittleEndian.PutUint64(data[i:], r.Uint64())
+	}
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		werr <- err
+	}()
+	c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	if err := <-werr; err != nil {
+		return err
+	}
+	sum := sha256.Sum256(data)
+	if len(got) != 32+size || !bytes.Equal(got[:32], sum[:]) || !bytes.Equal(got[32:], data) {
+		return fmt.Errorf("got %d bytes back, want %d, intact: %v", len(got), 32+size, len(got) >= 32 && bytes.Equal(got[:32], sum[:]))
+	}
+	return nil
 }
