@@ -912,3 +912,68 @@ func roundTrip(ctx context.Context, cl *chainLab, dst string, size int) error {
 	}
 	return nil
 }
+
+// TestIperf3ThroughChain runs iperf3 (control and data connections) from
+// the client to the server through a transparent rc and a Convert hop to rs.
+func TestIperf3ThroughChain(t *testing.T) {
+	for _, tool := range []string{"iperf3", "nft"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("skipped: %s is not installed (make test installs it)", tool)
+		}
+	}
+	cl := startChain(t)
+	server := cl.lab.Host("server")
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "psk"), cl.psk, 0o600)
+	runRelay(t, cl.lab.Host("rc"), "tr", fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %s/psk}
+listeners:
+  - name: iperf
+    listen: 0.0.0.0:7000
+    mode: tproxy
+    capture: {dst: [%s], ports: "5201", install: true}
+routes:
+  - {listener: iperf, via: [%s]}
+`, dir, server.Ifaces()[0].Addr4.Masked(), cl.rsHop))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv := server.Command(ctx, "iperf3", "-s", "-1")
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Wait()
+	defer srv.Process.Kill()
+	// Not by connecting: iperf3 -1 serves exactly one client.
+	for i := 0; server.Command(ctx, "sh", "-c", "ss -ltn | grep -q ':5201 '").Run() != nil; i++ {
+		if i > 100 {
+			t.Fatal("iperf3 never listened")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := 0; ; i++ {
+		out, _ := cl.lab.Host("rc").Command(ctx, "nft", "list", "table", "inet", "halfway_iperf").CombinedOutput()
+		if strings.Contains(string(out), "7000") {
+			break
+		}
+		if i > 100 {
+			t.Fatal("capture rules never appeared")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out, err := cl.lab.Host("client").Command(ctx, "iperf3", "-c", server.Addr().String(), "-t", "2", "-J").Output()
+	if err != nil {
+		t.Fatalf("iperf3: %v\n%s", err, out)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				Bytes float64 `json:"bytes"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil || res.End.SumReceived.Bytes == 0 {
+		t.Fatalf("iperf3 result: %v\n%s", err, out)
+	}
+	t.Logf("iperf3 through rc (tproxy) and rs: %.0f MB in 2 s", res.End.SumReceived.Bytes/1e6)
+}
