@@ -334,7 +334,11 @@ func validLine(s string, tab bool) bool {
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 
 // isToken reports whether s is an RFC 9110 §5.6.2 token.
-func isToken(s string) bool {
+func isToken(s string) bool { return alnumOr(s, "!#$%&'*+-.^_`|~") }
+
+// alnumOr reports whether s is non-empty and made of ASCII letters, digits
+// and bytes of extra.
+func alnumOr(s, extra string) bool {
 	if s == "" {
 		return false
 	}
@@ -342,7 +346,7 @@ func isToken(s string) bool {
 		c := s[i]
 		switch {
 		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', isDigit(c):
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		case strings.IndexByte(extra, c) >= 0:
 		default:
 			return false
 		}
@@ -408,21 +412,7 @@ func parseAuthority(s string) (host string, port uint16, hasPort, ok bool) {
 // isRegName reports whether s is a non-empty reg-name of unreserved and
 // sub-delims characters (RFC 3986 §3.2.2, without pct-encoded). An IPv4
 // literal also matches.
-func isRegName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', isDigit(c):
-		case strings.IndexByte("-._~!$&'()*+,;=", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
+func isRegName(s string) bool { return alnumOr(s, "-._~!$&'()*+,;=") }
 
 // WriteResponse writes a response head in a single Write. reason "" picks
 // the standard reason phrase ("Connection established" for 200).
