@@ -89,6 +89,7 @@ type flow struct {
 	client, server *net.TCPConn
 	opt            Options
 	last           atomic.Int64 // unix nanos of the last byte either way
+	eofs           atomic.Int32 // directions that ended with EOF
 
 	mu     sync.Mutex
 	reason Reason
@@ -168,6 +169,18 @@ func (f *flow) proxyCopy(up bool) dirResult {
 		// EOF from src: pass the FIN on, keep the other direction going.
 		if cerr := dst.CloseWrite(); cerr != nil && !f.aborted() {
 			f.abort(ReasonError, cerr, false, false)
+			return dirResult{n}
+		}
+		if f.eofs.Add(1) == 2 {
+			// Both sides have finished: wake the other direction's watch.
+			f.client.Close()
+			f.server.Close()
+			return dirResult{n}
+		}
+		// src may still reset while the other direction flows; that must
+		// reach the other leg now, not at the idle timeout.
+		if rerr := watchReset(src); rerr != nil && !f.aborted() {
+			f.fail(up, sideErr{read: true, reset: true, err: rerr})
 		}
 		return dirResult{n}
 	}

@@ -251,3 +251,37 @@ func TestIdleFlowsHoldNoPipes(t *testing.T) {
 		t.Errorf("pool grew to %d pipes for sequential one-byte flows", pooled)
 	}
 }
+
+// TestResetAfterHalfClose: the client sends its request and FIN, the server
+// stays quiet, then the client resets: the server must see the reset at
+// once, not after the idle timeout.
+func TestResetAfterHalfClose(t *testing.T) {
+	client, server, res := relayed(t, context.Background(), Options{Idle: time.Hour})
+	client.Write([]byte("request"))
+	client.CloseWrite()
+	if got, err := io.ReadAll(server); err != nil || string(got) != "request" {
+		t.Fatalf("server read %q, %v", got, err)
+	}
+	client.SetLinger(0)
+	client.Close()
+	// The server is half-open and sends nothing, so only the watch on the
+	// client leg can notice the reset.
+	select {
+	case r := <-res:
+		if r.Reason != ReasonResetClient {
+			t.Errorf("reason %v, want %v", r.Reason, ReasonResetClient)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("flow did not end after the client's reset")
+	}
+	server.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err = server.Write([]byte("x")); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+		t.Errorf("server write after the client's reset: %v, want a reset", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -124,6 +125,31 @@ func spliceCopy(dst, src *net.TCPConn, cnt *atomic.Int64, f *flow) (int64, error
 		}
 		f.armIdle(src)
 	}
+}
+
+// watchReset waits, on a socket that has sent its FIN, until it is reset
+// (returning the error) or closed (returning nil).
+func watchReset(src *net.TCPConn) error {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	_ = src.SetReadDeadline(time.Time{}) // the live direction keeps the idle timeout
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		// recv reports EOF before a later reset, so ask the socket for its
+		// pending error: a reset sets one (EPIPE in CLOSE_WAIT), while an
+		// orderly close that completes (LAST_ACK to CLOSE) does not.
+		if e, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); e != 0 {
+			rerr = os.NewSyscallError("connection", syscall.Errno(e))
+			return true
+		}
+		return false // still half-closed: wait for the next event
+	})
+	if err != nil {
+		return nil // closed: the flow is over
+	}
+	return rerr
 }
 
 func isReset(err error) bool {
