@@ -977,3 +977,58 @@ routes:
 	}
 	t.Logf("iperf3 through rc (tproxy) and rs: %.0f MB in 2 s", res.End.SumReceived.Bytes/1e6)
 }
+
+// TestThreeHopChain sends flows through three relays — rc, then two hop
+// listeners on rs — so nested Convert messages ride one SYN each way and
+// every hop authenticates its own. The second hop is rs's own address,
+// which its policy must name exactly.
+func TestThreeHopChain(t *testing.T) {
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, chainTopo)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "psk"), []byte("a test key that is long enough!!"), 0o600)
+	rs, server := lab.Host("rs"), lab.Host("server")
+	rsAddr := rs.Ifaces()[0].Addr4.Addr()
+	hop1, hop2, hop3 := netip.AddrPortFrom(rsAddr, 7100), netip.AddrPortFrom(rsAddr, 7101), netip.AddrPortFrom(rsAddr, 7102)
+	runRelay(t, rs, "rs", fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %s/psk}
+listeners:
+  - {name: h1, listen: "0.0.0.0:7100", protocols: [convert], allow_clients: [10.77.0.0/16], allow_destinations: ["%s/32:7101"]}
+  - {name: h2, listen: "0.0.0.0:7101", protocols: [convert], allow_clients: [10.77.0.0/16], allow_destinations: ["%s/32:7102"]}
+  - {name: h3, listen: "0.0.0.0:7102", protocols: [convert], allow_clients: [10.77.0.0/16], allow_destinations: [10.77.3.0/24]}
+`, dir, rsAddr, rsAddr))
+	runRelay(t, lab.Host("rc"), "rc", fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %s/psk}
+listeners:
+  - {name: p, listen: "0.0.0.0:1080", protocols: [socks5], allow_clients: [10.77.0.0/16], allow_destinations: [10.77.0.0/16]}
+routes:
+  - {dst: [10.77.3.0/24], via: ["%s", "%s", "%s"]}
+`, dir, hop1, hop2, hop3))
+	proxy := lab.Host("rc").AddrPort(1080)
+	waitAccept(t, lab.Host("client"), proxy)
+	for _, h := range []netip.AddrPort{hop1, hop2, hop3} {
+		waitAccept(t, lab.Host("rc"), h.String())
+	}
+	ln, err := server.Listen("tcp", ":9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveSHA(ln)
+	cl := &chainLab{lab: lab, rcProxy: proxy}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, size := range []int{0, 1, 100000, 3 << 20} {
+		if err := roundTrip(ctx, cl, server.AddrPort(9000), size); err != nil {
+			t.Errorf("%d bytes through three relays: %v", size, err)
+		}
+	}
+	// The server refuses port 22: the last hop's Convert error travels back
+	// through two relays and reaches the client as a SOCKS reply.
+	var re *socks5.ReplyError
+	if _, err := cl.socksDial(ctx, "10.77.3.2:22"); !errors.As(err, &re) || re.Reply != socks5.ConnectionRefused {
+		t.Errorf("refused port through three relays: %v, want reply ConnectionRefused", err)
+	}
+}
