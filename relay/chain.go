@@ -44,7 +44,7 @@ func (s *Server) dialChain(ctx context.Context, rt *runtime, via []netip.AddrPor
 			return nil, &connectError{kind: "failure", err: err}
 		}
 	}
-	c, err := s.dial(ctx, rt, via[0], append(payload, early...), rt.cfg.Legs.Relay)
+	c, err := s.dial(ctx, rt, via[0], append(payload, early...), rt.cfg.Legs.Relay, netip.Addr{})
 	if err != nil {
 		var ce *connectError
 		if errors.As(err, &ce) {

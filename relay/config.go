@@ -91,6 +91,10 @@ type ListenerConfig struct {
 	UsersFile string `yaml:"users_file"`
 	// ProxyProtocol sends a PROXY v2 header first on direct legs to servers.
 	ProxyProtocol bool `yaml:"proxy_protocol"`
+	// SpoofSource keeps the client's address as the source of direct legs to
+	// servers (tproxy only): transparent both ways. The server's replies
+	// must route back through the relay, where the capture rules take them.
+	SpoofSource bool `yaml:"spoof_source"`
 	// Capture says which flows a transparent listener takes (for the rules
 	// `halfway relay rules` prints, or the relay installs with install: true).
 	Capture *CaptureConfig `yaml:"capture"`
@@ -264,6 +268,9 @@ func (c *Config) Validate() error {
 			if ln.Capture != nil {
 				add(p+".capture", "only transparent listeners capture flows")
 			}
+			if ln.SpoofSource {
+				add(p+".spoof_source", "needs mode tproxy: only a transparent socket may use the client's address")
+			}
 			for j, proto := range ln.Protocols {
 				switch proto {
 				case "socks5", "http":
@@ -285,6 +292,9 @@ func (c *Config) Validate() error {
 		case "tproxy", "redirect":
 			if len(ln.Protocols) > 0 {
 				add(p+".protocols", "a transparent listener speaks no protocol: the destination is the packet's")
+			}
+			if ln.SpoofSource && ln.Mode != "tproxy" {
+				add(p+".spoof_source", "needs mode tproxy: only a transparent socket may use the client's address")
 			}
 			if c := ln.Capture; c != nil {
 				if _, err := parsePorts(c.Ports); err != nil || c.Ports == "" {

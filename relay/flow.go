@@ -183,7 +183,11 @@ func (s *Server) connect(rt *runtime, st *listenerState, r *route, f *flow, dst 
 				return nil, err
 			}
 		}
-		c, err = s.dial(ctx, rt, dst, append(hdr, early...), rt.cfg.Legs.Server)
+		var src netip.Addr
+		if st.cfg.SpoofSource {
+			src = f.client.Addr()
+		}
+		c, err = s.dial(ctx, rt, dst, append(hdr, early...), rt.cfg.Legs.Server, src)
 	}
 	s.metrics.connect.WithLabelValues(leg).Observe(time.Since(start).Seconds())
 	if err != nil {
@@ -196,10 +200,17 @@ func (s *Server) connect(rt *runtime, st *listenerState, r *route, f *flow, dst 
 // dial connects to addr. With early bytes it uses TCP Fast Open, so they
 // ride in the SYN when the peer's cookie is cached, and waits until the
 // handshake ends so that a refusal is reported here.
-func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, early []byte, leg LegConfig) (*net.TCPConn, error) {
+//
+// A valid src is used as the local address, with IP_TRANSPARENT, so the
+// leg leaves with the client's address.
+func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, early []byte, leg LegConfig, src netip.Addr) (*net.TCPConn, error) {
 	d := net.Dialer{
 		KeepAliveConfig: net.KeepAliveConfig{Enable: leg.Keepalive > 0, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: 4},
-		Control:         sockopt.Options{FastOpenConnect: len(early) > 0, UserTimeout: leg.UserTimeout.D()}.Control,
+		Control: sockopt.Options{FastOpenConnect: len(early) > 0, UserTimeout: leg.UserTimeout.D(),
+			Transparent: src.IsValid()}.Control,
+	}
+	if src.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
 	}
 	if leg.Keepalive == 0 {
 		d.KeepAlive = -1

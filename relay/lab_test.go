@@ -1032,3 +1032,53 @@ routes:
 		t.Errorf("refused port through three relays: %v, want reply ConnectionRefused", err)
 	}
 }
+
+// TestSpoofSource: a TPROXY relay with spoof_source reaches the server
+// with the client's own address, and the server's replies find their way
+// back to it through the capture rules.
+func TestSpoofSource(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("skipped: nft is not installed (make test installs nftables)")
+	}
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, chainTopo)
+	server := lab.Host("server")
+	logPath, _ := runRelay(t, lab.Host("rc"), "rc", fmt.Sprintf(`
+admin: {listen: off}
+listeners:
+  - name: web
+    listen: 0.0.0.0:7000
+    mode: tproxy
+    spoof_source: true
+    capture: {dst: [%s], ports: "8080", install: true}
+`, server.Ifaces()[0].Addr4.Masked()))
+	for i := 0; ; i++ {
+		out, _ := lab.Host("rc").Command(context.Background(), "nft", "list", "table", "inet", "halfway_web").CombinedOutput()
+		if strings.Contains(string(out), "7000") {
+			break
+		}
+		if i > 100 {
+			t.Fatal("capture rules never appeared")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ln, err := server.Listen("tcp", ":8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "seen from %s", r.RemoteAddr)
+	})}
+	go hsrv.Serve(ln)
+	defer hsrv.Close()
+	out, err := lab.Host("client").Command(context.Background(), "curl", "-sS", "--max-time", "15", "http://server:8080/").CombinedOutput()
+	if want := "seen from " + lab.Host("client").Addr().String() + ":"; err != nil || !strings.Contains(string(out), want) {
+		t.Errorf("curl through a source-keeping relay: %v: %s (want %q)", err, out, want)
+	}
+	// The server could see the client's address without any relay too: the
+	// relay's log proves the flow was split.
+	time.Sleep(200 * time.Millisecond)
+	if logs, _ := os.ReadFile(logPath); !strings.Contains(string(logs), "msg=flow listener=web proto=tproxy") {
+		t.Errorf("the relay never carried the flow:\n%s", logs)
+	}
+}
