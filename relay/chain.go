@@ -101,6 +101,11 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 	}
 	_ = c.SetDeadline(time.Time{})
 	if m.Connect == nil {
+		if m.Info {
+			// RFC 8803 §4.2.1: a client may only ask what we support.
+			replyAndClose(c, func() error { return writeConvert(c, &convert.Message{Supported: supportedExts()}) })
+			return nil, errors.New("convert: Info only, answered")
+		}
 		return fail(convert.UnsupportedMessage, errors.New("convert: no Connect TLV"))
 	}
 	dst := m.Connect.Dst
@@ -129,9 +134,12 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 	if err != nil {
 		return fail(convertCode(err), err)
 	}
-	ok, _ := convert.AppendMessage(nil, &convert.Message{})
+	reply := &convert.Message{}
+	if m.Info {
+		reply.Supported = supportedExts()
+	}
 	_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
-	if _, err := c.Write(ok); err != nil {
+	if err := writeConvert(c, reply); err != nil {
 		resetConn(server)
 		c.Close()
 		return nil, errorf("convert reply", err)
@@ -141,11 +149,22 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 }
 
 func writeConvertError(c *net.TCPConn, code convert.ErrorCode) error {
-	b, err := convert.AppendMessage(nil, &convert.Message{Error: &convert.ErrorTLV{Code: code}})
+	return writeConvert(c, &convert.Message{Error: &convert.ErrorTLV{Code: code}})
+}
+
+func writeConvert(c *net.TCPConn, m *convert.Message) error {
+	b, err := convert.AppendMessage(nil, m)
 	if err == nil {
 		_, err = c.Write(b)
 	}
 	return err
+}
+
+// supportedExts are the TCP options this converter carries on to servers:
+// the kernel's own (MSS, window scale, SACK, timestamps). MPTCP (kind 30)
+// joins when a listener offers it.
+func supportedExts() []convert.SupportedExt {
+	return []convert.SupportedExt{{Kind: 3}, {Kind: 4}, {Kind: 8}}
 }
 
 // readAvailable takes the bytes already received on c, up to max, without

@@ -50,6 +50,7 @@ type Limits struct {
 	MaxFlows          int      `yaml:"max_flows"`            // all flows (default 8000)
 	MaxFlowsPerClient int      `yaml:"max_flows_per_client"` // per client address (default 1000)
 	MaxPending        int      `yaml:"max_pending"`          // connects in progress (default 1024)
+	MaxHandshakes     int      `yaml:"max_handshakes"`       // clients still sending their head (default 512)
 	ConnectTimeout    Duration `yaml:"connect_timeout"`      // next-hop connect (default 5s)
 	HandshakeTimeout  Duration `yaml:"handshake_timeout"`    // client's protocol head (default 10s)
 }
@@ -139,6 +140,7 @@ const (
 	defaultMaxFlows       = 8000
 	defaultMaxPerClient   = 1000
 	defaultMaxPending     = 1024
+	defaultMaxHandshakes  = 512
 	defaultConnectTimeout = 5 * time.Second
 	defaultHandshake      = 10 * time.Second
 	defaultWindow         = 30 * time.Second
@@ -189,7 +191,7 @@ func (c *Config) setDefaults() {
 	for _, f := range []struct {
 		v   *int
 		def int
-	}{{&l.MaxFlows, defaultMaxFlows}, {&l.MaxFlowsPerClient, defaultMaxPerClient}, {&l.MaxPending, defaultMaxPending}} {
+	}{{&l.MaxFlows, defaultMaxFlows}, {&l.MaxFlowsPerClient, defaultMaxPerClient}, {&l.MaxPending, defaultMaxPending}, {&l.MaxHandshakes, defaultMaxHandshakes}} {
 		if *f.v == 0 {
 			*f.v = f.def
 		}
@@ -242,7 +244,7 @@ func (c *Config) Validate() error {
 	for _, f := range []struct {
 		path string
 		v    int
-	}{{"limits.max_flows", c.Limits.MaxFlows}, {"limits.max_flows_per_client", c.Limits.MaxFlowsPerClient}, {"limits.max_pending", c.Limits.MaxPending}} {
+	}{{"limits.max_flows", c.Limits.MaxFlows}, {"limits.max_flows_per_client", c.Limits.MaxFlowsPerClient}, {"limits.max_pending", c.Limits.MaxPending}, {"limits.max_handshakes", c.Limits.MaxHandshakes}} {
 		if f.v < 0 {
 			add(f.path, "%d: want a positive number", f.v)
 		}

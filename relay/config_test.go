@@ -94,7 +94,7 @@ routes:
 		Admin: AdminConfig{Listen: "127.0.0.1:9999"},
 		Log:   LogConfig{Format: "json", Level: "debug"},
 		Auth:  AuthConfig{PSKFile: psk, Window: d("45s")},
-		Limits: Limits{MaxFlows: 100, MaxFlowsPerClient: 10, MaxPending: 20,
+		Limits: Limits{MaxFlows: 100, MaxFlowsPerClient: 10, MaxPending: 20, MaxHandshakes: defaultMaxHandshakes,
 			ConnectTimeout: d("3s"), HandshakeTimeout: d("7s")},
 		Legs: LegsConfig{
 			Client: LegConfig{IdleTimeout: d("1m"), Keepalive: d("10s"), UserTimeout: d("20s")},

@@ -70,7 +70,16 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	var server *net.TCPConn
 	var err error
 	if explicit {
+		// Slow or silent clients hold a flow slot only while few do.
+		if s.handshakes.Add(1) > int64(rt.cfg.Limits.MaxHandshakes) {
+			s.handshakes.Add(-1)
+			s.metrics.refused.WithLabelValues(f.listener, "max_handshakes").Inc()
+			resetConn(c)
+			s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: errors.New("too many handshakes in progress")})
+			return
+		}
 		server, err = s.handshake(st, rt, f, c)
+		s.handshakes.Add(-1)
 	} else {
 		server, err = s.transparent(st, rt, f, c)
 	}

@@ -464,6 +464,7 @@ routes:
 // adminClient talks to a relay's admin API inside its host.
 func adminClient(h *netlab.Host) *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true, // an idle admin connection is not a leak
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return h.Dial(ctx, "tcp", addr)
 		},
@@ -836,6 +837,17 @@ func TestThousandTransfers(t *testing.T) {
 		return n
 	}
 	before := map[string]int{"rc": fds("rc"), "rs": fds("rs")}
+	goroutines := func(name string) int {
+		resp, err := adminClient(cl.lab.Host(name)).Get("http://127.0.0.1:9190/debug/pprof/goroutine?debug=1")
+		if err != nil {
+			return -1
+		}
+		defer resp.Body.Close()
+		line, _ := bufio.NewReader(resp.Body).ReadString('\n')
+		n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "goroutine profile: total")))
+		return n
+	}
+	gBefore := map[string]int{"rc": goroutines("rc"), "rs": goroutines("rs")}
 
 	sizes := rand.New(rand.NewPCG(1000, 1))
 	work := make(chan int)
@@ -873,6 +885,10 @@ func TestThousandTransfers(t *testing.T) {
 	for name, n := range before {
 		if after := fds(name); after > n || n == 0 {
 			t.Errorf("relay %s holds %d sockets after the transfers, %d before", name, after, n)
+		}
+		// The admin request itself runs a goroutine or two.
+		if g0, g1 := gBefore[name], goroutines(name); g0 <= 0 || g1 > g0+2 {
+			t.Errorf("relay %s runs %d goroutines after the transfers, %d before", name, g1, g0)
 		}
 	}
 }

@@ -39,16 +39,17 @@ type Server struct {
 
 	state atomic.Pointer[runtime] // swapped by Reload
 
-	mu        sync.Mutex
-	listeners map[string]*listener
-	admin     *adminServer
-	flows     map[uint64]*flow
-	nextID    uint64
-	perClient map[netip.Addr]int
-	pending   atomic.Int64
-	active    atomic.Int64
-	draining  atomic.Bool
-	refusing  chan struct{} // bounds refusals answered in protocol
+	mu         sync.Mutex
+	listeners  map[string]*listener
+	admin      *adminServer
+	flows      map[uint64]*flow
+	nextID     uint64
+	perClient  map[netip.Addr]int
+	pending    atomic.Int64
+	handshakes atomic.Int64 // clients still sending their protocol head
+	active     atomic.Int64
+	draining   atomic.Bool
+	refusing   chan struct{} // bounds refusals answered in protocol
 
 	flowCtx    context.Context // canceled to abort every flow
 	cancelAll  context.CancelFunc
@@ -310,6 +311,7 @@ func (s *Server) AdminAddr() net.Addr {
 // admit reserves a flow slot for a client, or says why it cannot.
 func (s *Server) admit(client netip.Addr, exempt bool) (release func(), reason string) {
 	t := s.state.Load().tunables
+	client = clientKey(client)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining.Load() {
@@ -336,6 +338,17 @@ func (s *Server) admit(client netip.Addr, exempt bool) (release func(), reason s
 			s.flowsWG.Done()
 		})
 	}, ""
+}
+
+// clientKey is what per-client limits count by: the address, or for IPv6
+// its /64, which one subscriber usually holds whole.
+func clientKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
 }
 
 // beginConnect reserves one of the pending connects.
