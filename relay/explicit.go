@@ -37,6 +37,9 @@ func (s *Server) handshake(st *listenerState, rt *runtime, f *flow, c *net.TCPCo
 		return nil, fmt.Errorf("protocol %s is not enabled on this listener", proto)
 	}
 	f.proto.Store(&proto)
+	if proto == "convert" {
+		setLeg(c, rt.cfg.Legs.Relay) // the client is a relay: its leg's settings
+	}
 	switch proto {
 	case "socks5":
 		return s.serveSOCKS(st, rt, f, c)
@@ -92,10 +95,10 @@ func (s *Server) serveSOCKS(st *listenerState, rt *runtime, f *flow, c *net.TCPC
 		return nil, errorf("socks5 handshake", err)
 	}
 	_ = c.SetDeadline(time.Time{}) // the head is read: the connect has its own timeout
-	dst, err := s.resolve(st, f, req.IP, req.Name, req.Port)
+	dsts, err := s.resolve(st, f, req.IP, req.Name, req.Port)
 	if err == nil {
 		var server *net.TCPConn
-		if server, err = s.open(rt, st, f, dst); err == nil {
+		if server, err = s.open(rt, st, f, dsts); err == nil {
 			_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
 			if err = socks5.WriteReply(c, socks5.Succeeded, addrPortOf(server.LocalAddr())); err != nil {
 				resetConn(server)
@@ -146,10 +149,10 @@ func (s *Server) serveHTTP(st *listenerState, rt *runtime, f *flow, c *net.TCPCo
 	if a, perr := netip.ParseAddr(req.Host); perr == nil {
 		ip, name = a, ""
 	}
-	dst, err := s.resolve(st, f, ip, name, req.Port)
+	dsts, err := s.resolve(st, f, ip, name, req.Port)
 	if err == nil {
 		var server *net.TCPConn
-		if server, err = s.open(rt, st, f, dst); err == nil {
+		if server, err = s.open(rt, st, f, dsts); err == nil {
 			_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
 			if err = httpconnect.WriteResponse(c, http.StatusOK, "Connection established"); err != nil {
 				resetConn(server)
@@ -173,39 +176,54 @@ func checkUser(users map[string]string, authz string) bool {
 	return ok && known && match
 }
 
-// resolve turns the client's destination into an address the listener
-// allows: for a name, the first of its addresses that is allowed.
-func (s *Server) resolve(st *listenerState, f *flow, ip netip.Addr, name string, port uint16) (netip.AddrPort, error) {
+// resolve turns the client's destination into the addresses the listener
+// allows: one for an address, for a name each of its allowed addresses.
+func (s *Server) resolve(st *listenerState, f *flow, ip netip.Addr, name string, port uint16) ([]netip.AddrPort, error) {
 	if ip.IsValid() {
 		dst := netip.AddrPortFrom(ip.Unmap(), port)
 		f.dst.Store(&dst)
 		if !st.policy.destAllowed(dst) {
 			s.metrics.refused.WithLabelValues(f.listener, "destination_not_allowed").Inc()
-			return dst, &connectError{kind: "not_allowed", err: fmt.Errorf("destination %s not allowed", dst)}
+			return nil, &connectError{kind: "not_allowed", err: fmt.Errorf("destination %s not allowed", dst)}
 		}
-		return dst, nil
+		return []netip.AddrPort{dst}, nil
 	}
 	ctx, cancel := context.WithTimeout(s.flowCtx, 5*time.Second)
 	defer cancel()
 	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", name)
 	if err != nil {
-		return netip.AddrPort{}, &connectError{kind: "unreachable", err: err}
+		return nil, &connectError{kind: "unreachable", err: err}
 	}
+	var out []netip.AddrPort
 	for _, a := range addrs {
 		if dst := netip.AddrPortFrom(a.Unmap(), port); st.policy.destAllowed(dst) {
-			return dst, nil
+			out = append(out, dst)
 		}
 	}
-	s.metrics.refused.WithLabelValues(f.listener, "destination_not_allowed").Inc()
-	return netip.AddrPort{}, &connectError{kind: "not_allowed", err: fmt.Errorf("no allowed address for %s", name)}
+	if len(out) == 0 {
+		s.metrics.refused.WithLabelValues(f.listener, "destination_not_allowed").Inc()
+		return nil, &connectError{kind: "not_allowed", err: fmt.Errorf("no allowed address for %s", name)}
+	}
+	return out, nil
 }
 
-// open routes a flow to dst and connects it.
-func (s *Server) open(rt *runtime, st *listenerState, f *flow, dst netip.AddrPort) (*net.TCPConn, error) {
-	f.dst.Store(&dst)
-	r := rt.match(f.listener, dst)
-	f.route.Store(&r.name)
-	return s.connect(rt, st, r, f, dst, nil)
+// open routes a flow and connects it, trying a name's addresses in turn
+// (one family may be broken where the other works).
+func (s *Server) open(rt *runtime, st *listenerState, f *flow, dsts []netip.AddrPort) (*net.TCPConn, error) {
+	var err error
+	for _, dst := range dsts {
+		f.dst.Store(&dst)
+		r := rt.match(f.listener, dst)
+		f.route.Store(&r.name)
+		var c *net.TCPConn
+		if c, err = s.connect(rt, st, r, f, dst, nil); err == nil {
+			return c, nil
+		}
+		if errKind(err) == "resource" {
+			break
+		}
+	}
+	return nil, err
 }
 
 // refuse answers a client the relay has no room for, in its protocol when

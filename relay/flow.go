@@ -89,15 +89,23 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	}
 	s.metrics.active.WithLabelValues(f.listener, *f.route.Load()).Inc()
 	res := datapath.Join(s.flowCtx, c, server, datapath.Options{
-		Idle: idleOf(rt), Up: &f.up, Down: &f.down,
+		Idle: idleOf(rt, *f.proto.Load() == "convert", *f.route.Load() != "direct"), Up: &f.up, Down: &f.down,
 		OnPath: func(_ bool, p datapath.Path) { s.metrics.path.WithLabelValues(string(p)).Inc() },
 	})
 	s.metrics.active.WithLabelValues(f.listener, *f.route.Load()).Dec()
 	s.endFlow(f, res)
 }
 
-func idleOf(rt *runtime) time.Duration {
+// idleOf is a flow's idle timeout: the shorter of its two legs', each
+// taken by role — a leg to or from another relay uses the relay setting.
+func idleOf(rt *runtime, inboundRelay, outboundRelay bool) time.Duration {
 	a, b := rt.tunables.ClientIdle, rt.tunables.ServerIdle
+	if inboundRelay {
+		a = rt.cfg.Legs.Relay.IdleTimeout.D()
+	}
+	if outboundRelay {
+		b = rt.cfg.Legs.Relay.IdleTimeout.D()
+	}
 	switch {
 	case a == 0:
 		return b
