@@ -38,6 +38,10 @@ type FootprintReport struct {
 	SlabPerFlow     float64   `json:"kernel_slab_per_flow_bytes"` // machine-wide Slab delta: indicative
 	ExecToAcceptMS  []float64 `json:"exec_to_accept_ms"`
 	MedianStartMS   float64   `json:"exec_to_accept_median_ms"`
+	// The same binary's exec to exit doing nothing (`halfway help`), and
+	// /bin/true's: how much of the start is the runtime and package inits.
+	BinaryFloorMS float64 `json:"binary_exec_to_exit_median_ms"`
+	TrueFloorMS   float64 `json:"bin_true_exec_to_exit_median_ms"`
 }
 
 // RunFootprint starts a relay on loopback and measures it idle, with
@@ -143,7 +147,22 @@ listeners:
 		logf("with %d flows: RSS %.0f KiB (%.0f B per flow), %.2f descriptors per flow", o.Flows, r.RSSWithFlowsKiB, r.PerFlowBytes, r.FDsPerFlow)
 	}
 	r.MedianStartMS = median(r.ExecToAcceptMS)
+	r.BinaryFloorMS = execMedian(ctx, 15, o.Exe, "help")
+	r.TrueFloorMS = execMedian(ctx, 15, "/bin/true")
 	return r, nil
+}
+
+// execMedian is the median time to run a command to its exit.
+func execMedian(ctx context.Context, n int, name string, args ...string) float64 {
+	var ds []float64
+	for range n {
+		start := time.Now()
+		if exec.CommandContext(ctx, name, args...).Run() != nil {
+			return 0
+		}
+		ds = append(ds, ms(time.Since(start)))
+	}
+	return median(ds)
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {
@@ -238,6 +257,8 @@ func (r *FootprintReport) Markdown() string {
 
 Goals (issue 3): ≤ 8 MiB idle RSS, ≤ 16 KiB per relayed flow, ≤ 10 ms to accept.
 Anonymous RSS is the relay's own memory; the rest of its RSS is pages of the binary, shared through the page cache.
+For scale, on this machine: the halfway binary doing nothing (halfway help) takes %.2f ms from exec to exit, /bin/true %.2f ms.
 `, r.Env.Time.Format("2006-01-02 15:04 MST"), r.Env.Kernel, r.Env.CPUs, r.Env.Go,
-		r.Flows, len(r.ExecToAcceptMS), r.IdleRSSKiB, r.IdleAnonKiB, r.RSSWithFlowsKiB, r.PerFlowBytes, r.FDsPerFlow, r.SlabPerFlow, r.MedianStartMS, lo, hi)
+		r.Flows, len(r.ExecToAcceptMS), r.IdleRSSKiB, r.IdleAnonKiB, r.RSSWithFlowsKiB, r.PerFlowBytes, r.FDsPerFlow, r.SlabPerFlow, r.MedianStartMS, lo, hi,
+		r.BinaryFloorMS, r.TrueFloorMS)
 }

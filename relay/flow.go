@@ -59,12 +59,14 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 		}
 		return
 	}
-	defer release()
 	rt := s.state.Load()
 	f := &flow{listener: l.cfg.Name, client: client, start: time.Now()}
 	f.proto.Store(&st.cfg.Mode)
 	s.register(f)
-	defer s.unregister(f)
+	done := func() {
+		s.unregister(f)
+		release()
+	}
 	setLeg(c, rt.cfg.Legs.Client)
 
 	var server *net.TCPConn
@@ -85,8 +87,17 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	}
 	if err != nil {
 		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: err})
+		done()
 		return
 	}
+	// The handshake and connect grew this goroutine's stack; the flow lives
+	// on in a fresh one, since an idle flow's memory is mostly its stacks.
+	go s.forward(f, c, server, rt, done)
+}
+
+// forward relays an established flow until it ends.
+func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime, done func()) {
+	defer done()
 	s.metrics.active.WithLabelValues(f.listener, *f.route.Load()).Inc()
 	res := datapath.Join(s.flowCtx, c, server, datapath.Options{
 		Idle: idleOf(rt, *f.proto.Load() == "convert", *f.route.Load() != "direct"), Up: &f.up, Down: &f.down,
