@@ -146,8 +146,7 @@ func (s *Server) endFlow(f *flow, res datapath.Result) {
 		}
 	}
 	s.metrics.flows.WithLabelValues(f.listener, routeName, result).Inc()
-	s.metrics.bytes.WithLabelValues(f.listener, "up").Add(float64(res.Up))
-	s.metrics.bytes.WithLabelValues(f.listener, "down").Add(float64(res.Down))
+	s.finish(f, res)
 	s.log.Info("flow", attrs...)
 }
 

@@ -562,6 +562,7 @@ func TestRelayOperations(t *testing.T) {
 		`halfway_flows_total{listener="proxy",result="closed",route="via ` + cl.rsHop + `"}`,
 		`halfway_datapath_total{path="splice"}`,
 		`halfway_connect_seconds_count{leg="relay"}`,
+		`halfway_bytes_total{direction="up",listener="proxy"}`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)

@@ -1,13 +1,16 @@
 package relay
 
 import (
+	"sync"
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 type metrics struct {
 	active  *prometheus.GaugeVec
 	flows   *prometheus.CounterVec
-	bytes   *prometheus.CounterVec
+	ended   sync.Map // listener → *[2]atomic.Int64: bytes up, down of ended flows
 	connect *prometheus.HistogramVec
 	errors  *prometheus.CounterVec
 	refused *prometheus.CounterVec
@@ -22,9 +25,6 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		flows: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "halfway_flows_total", Help: "Flows ended, by listener, route and how they ended.",
 		}, []string{"listener", "route", "result"}),
-		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "halfway_bytes_total", Help: "Bytes relayed by ended flows, up (client to server) and down.",
-		}, []string{"listener", "direction"}),
 		connect: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "halfway_connect_seconds", Help: "Time to open the next leg, to a server or through relays.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
@@ -42,10 +42,62 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "halfway_connects_pending", Help: "Next-leg connects in progress.",
 	}, func() float64 { return float64(s.pending.Load()) })
-	for _, c := range []prometheus.Collector{m.active, m.flows, m.bytes, m.connect, m.errors, m.refused, m.path, pending} {
+	bytes := &bytesCollector{s: s, m: m}
+	for _, c := range []prometheus.Collector{m.active, m.flows, bytes, m.connect, m.errors, m.refused, m.path, pending} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
+}
+
+// addEnded adds an ended flow's bytes to its listener's totals.
+func (m *metrics) addEnded(listener string, up, down int64) {
+	v, _ := m.ended.LoadOrStore(listener, new([2]atomic.Int64))
+	t := v.(*[2]atomic.Int64)
+	t[0].Add(up)
+	t[1].Add(down)
+}
+
+// bytesCollector reports halfway_bytes_total as it grows: the ended flows'
+// totals plus what the active flows have moved so far, read at scrape time
+// from the counters the data path keeps, so long flows show progress.
+type bytesCollector struct {
+	s *Server
+	m *metrics
+}
+
+var bytesDesc = prometheus.NewDesc("halfway_bytes_total",
+	"Bytes relayed, up (client to server) and down, by listener; active flows included.", []string{"listener", "direction"}, nil)
+
+func (b *bytesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- bytesDesc }
+
+func (b *bytesCollector) Collect(ch chan<- prometheus.Metric) {
+	sums := map[string]*[2]int64{}
+	get := func(l string) *[2]int64 {
+		if sums[l] == nil {
+			sums[l] = new([2]int64)
+		}
+		return sums[l]
+	}
+	// Under the lock that moves an ending flow from the active set to the
+	// totals (Server.finish), so each byte is counted exactly once and the
+	// counter never goes backwards.
+	b.s.mu.Lock()
+	for _, f := range b.s.flows {
+		t := get(f.listener)
+		t[0] += f.up.Load()
+		t[1] += f.down.Load()
+	}
+	b.m.ended.Range(func(k, v any) bool {
+		t, e := get(k.(string)), v.(*[2]atomic.Int64)
+		t[0] += e[0].Load()
+		t[1] += e[1].Load()
+		return true
+	})
+	b.s.mu.Unlock()
+	for l, t := range sums {
+		ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(t[0]), l, "up")
+		ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(t[1]), l, "down")
+	}
 }

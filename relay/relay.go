@@ -368,6 +368,15 @@ func (s *Server) register(f *flow) {
 	s.mu.Unlock()
 }
 
+// finish moves an ended flow's bytes from the active set to the totals in
+// one step (see bytesCollector).
+func (s *Server) finish(f *flow, res datapath.Result) {
+	s.mu.Lock()
+	delete(s.flows, f.id)
+	s.metrics.addEnded(f.listener, res.Up, res.Down)
+	s.mu.Unlock()
+}
+
 func (s *Server) unregister(f *flow) {
 	s.mu.Lock()
 	delete(s.flows, f.id)
