@@ -26,6 +26,8 @@ commands:
   lab status [--json] [NAME]         show labs, hosts, links and counters
   lab down [FILE|NAME]               remove a lab, or every lab
   bench lab [--json] [--out DIR]     measure the lab's RTT, rate and loss accuracy
+  bench footprint [--flows 9000]     a relay's idle RSS, memory per flow, start time
+  model -f TOPOLOGY [--sizes ...]    predicted TTFB and TTC (Miniproxy model) per configuration
 
 Run 'halfway COMMAND -h' for a command's flags.
 `
@@ -59,6 +61,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runBench(args[1:], stdout, stderr)
 	case "relay":
 		return runRelay(args[1:], stdout, stderr)
+	case "model":
+		return runModel(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

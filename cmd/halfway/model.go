@@ -1,0 +1,135 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"halfway/model"
+	"halfway/netlab"
+)
+
+// runModel prints the Miniproxy model's TTFB and TTC for a lab topology's
+// client–server path, every node between them being a relay.
+func runModel(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("model", stderr)
+	file := fs.String("f", "", "lab topology file (YAML)")
+	sizes := fs.String("sizes", "10KB,100KB,1MB,10MB", "response sizes (KB and MB are powers of 1000)")
+	from := fs.String("from", "", "client node (default: the first node)")
+	to := fs.String("to", "", "server node (default: the last node)")
+	iw := fs.Int("iw", model.DefaultIW, "initial window of every leg, in segments")
+	turbo := fs.Int("turbo-iw", model.DefaultTurboIW, "initial window of relay–relay legs with Turbo-Start")
+	tfo := fs.Bool("tfo", false, "relay–relay legs without a pool open with a 0-RTT Fast Open SYN")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *file == "" {
+		return fmt.Errorf("%w: model -f TOPOLOGY [--sizes 10KB,100KB,1MB]", errUsage)
+	}
+	t, err := netlab.LoadTopology(*file)
+	if err != nil {
+		return err
+	}
+	if *from == "" {
+		*from = t.Nodes[0].Name
+	}
+	if *to == "" {
+		*to = t.Nodes[len(t.Nodes)-1].Name
+	}
+	legs, err := t.PathBetween(*from, *to)
+	if err != nil {
+		return err
+	}
+	var ss []int
+	for _, f := range strings.Split(*sizes, ",") {
+		n, err := parseSize(f)
+		if err != nil {
+			return fmt.Errorf("%w: --sizes: %v", errUsage, err)
+		}
+		ss = append(ss, n)
+	}
+	p := model.Path{MSS: model.DefaultMSS}
+	for i, l := range legs {
+		p.Legs = append(p.Legs, model.Leg{
+			Delay: (l.Forward + l.Back) / 2, Rate: float64(l.RateToward), IW: *iw,
+			Relay: i > 0 && i < len(legs)-1,
+		})
+	}
+	opt := model.Options{TurboIW: *turbo, TFO: *tfo}
+	var preds []model.Prediction
+	for _, c := range model.Configs() {
+		for _, n := range ss {
+			pr, err := model.Predict(p, c, n, opt)
+			if err != nil {
+				return err
+			}
+			preds = append(preds, pr)
+		}
+	}
+	var route []string
+	for _, l := range legs {
+		route = append(route, l.From)
+	}
+	route = append(route, *to)
+	if *asJSON {
+		type row struct {
+			Config string  `json:"config"`
+			Size   int     `json:"size_bytes"`
+			TTFBms float64 `json:"ttfb_ms"`
+			TTCms  float64 `json:"ttc_ms"`
+		}
+		var rows []row
+		for _, pr := range preds {
+			rows = append(rows, row{string(pr.Config), pr.Size, float64(pr.TTFB) / 1e6, float64(pr.TTC) / 1e6})
+		}
+		return emit(stdout, true, "", "model", "", map[string]any{"topology": t.Name, "path": route, "predictions": rows})
+	}
+	fmt.Fprintf(stdout, "Model (Miniproxy eqs. 1–11, generalized) for %s: %s; relays at the inner nodes.\n\n", t.Name, strings.Join(route, " → "))
+	tw := tabwriter.NewWriter(stdout, 2, 8, 2, ' ', tabwriter.AlignRight)
+	hdr := "config\t"
+	for _, n := range ss {
+		hdr += fmt.Sprintf("%s TTFB ms\t%s TTC ms\t", sizeName(n), sizeName(n))
+	}
+	fmt.Fprintln(tw, hdr)
+	for i, c := range model.Configs() {
+		line := string(c) + "\t"
+		for j := range ss {
+			pr := preds[i*len(ss)+j]
+			line += fmt.Sprintf("%.1f\t%.1f\t", float64(pr.TTFB)/1e6, float64(pr.TTC)/1e6)
+		}
+		fmt.Fprintln(tw, line)
+	}
+	return tw.Flush()
+}
+
+func parseSize(s string) (int, error) {
+	s = strings.ToUpper(strings.TrimSpace(s))
+	mult := 1
+	for _, u := range []struct {
+		suffix string
+		m      int
+	}{{"KB", 1000}, {"MB", 1000 * 1000}, {"B", 1}} {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = v, u.m
+			break
+		}
+	}
+	n, err := strconv.ParseFloat(s, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q: want a size like 100KB", s)
+	}
+	return int(n * float64(mult)), nil
+}
+
+func sizeName(n int) string {
+	switch {
+	case n >= 1e6 && n%1e6 == 0:
+		return fmt.Sprintf("%dMB", n/1e6)
+	case n >= 1e3 && n%1e3 == 0:
+		return fmt.Sprintf("%dKB", n/1e3)
+	}
+	return fmt.Sprintf("%dB", n)
+}
