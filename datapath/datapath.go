@@ -179,8 +179,8 @@ func (f *flow) proxyCopy(up bool) dirResult {
 		}
 		// src may still reset while the other direction flows; that must
 		// reach the other leg now, not at the idle timeout.
-		if rerr := watchReset(src); rerr != nil && !f.aborted() {
-			f.fail(up, sideErr{read: true, reset: true, err: rerr})
+		if rerr := watchReset(src, f); rerr != nil && !f.aborted() {
+			f.fail(up, sideErr{read: true, reset: isReset(rerr), err: rerr})
 		}
 		return dirResult{n}
 	}

@@ -285,3 +285,29 @@ func TestResetAfterHalfClose(t *testing.T) {
 		t.Errorf("server write after the client's reset: %v, want a reset", err)
 	}
 }
+
+// TestIdleWhileWriterStuck: the client half-closes and then stops reading
+// while the server floods it. Once the windows fill, nothing moves, and the
+// idle timeout must end the flow although no direction is reading.
+func TestIdleWhileWriterStuck(t *testing.T) {
+	client, server, res := relayed(t, context.Background(), Options{Idle: 500 * time.Millisecond})
+	client.Write([]byte("request"))
+	client.CloseWrite()
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			server.SetWriteDeadline(time.Now().Add(20 * time.Second))
+			if _, err := server.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case r := <-res:
+		if r.Reason != ReasonIdle {
+			t.Errorf("reason %v, want idle", r.Reason)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("a flow stuck on a peer that stopped reading never timed out")
+	}
+}

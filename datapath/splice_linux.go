@@ -6,7 +6,6 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -127,16 +126,19 @@ func spliceCopy(dst, src *net.TCPConn, cnt *atomic.Int64, f *flow) (int64, error
 	}
 }
 
-// watchReset waits, on a socket that has sent its FIN, until it is reset
-// (returning the error) or closed (returning nil).
-func watchReset(src *net.TCPConn) error {
+// watchReset waits, on a socket that has sent its FIN, until it fails
+// (returning the error: a reset, a user timeout), the flow is idle (errIdle:
+// the other direction may be stuck writing to a peer that stopped reading,
+// which no read deadline of its own would notice) or the socket is closed
+// (nil).
+func watchReset(src *net.TCPConn, f *flow) error {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return nil
 	}
-	_ = src.SetReadDeadline(time.Time{}) // the live direction keeps the idle timeout
+	f.armIdle(src)
 	var rerr error
-	err = rc.Read(func(fd uintptr) bool {
+	watch := func(fd uintptr) bool {
 		// recv reports EOF before a later reset, so ask the socket for its
 		// pending error: a reset sets one (EPIPE in CLOSE_WAIT), while an
 		// orderly close that completes (LAST_ACK to CLOSE) does not.
@@ -145,11 +147,20 @@ func watchReset(src *net.TCPConn) error {
 			return true
 		}
 		return false // still half-closed: wait for the next event
-	})
-	if err != nil {
-		return nil // closed: the flow is over
 	}
-	return rerr
+	for {
+		err = rc.Read(watch)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if f.idleExpired(src) {
+				return errIdle
+			}
+			continue
+		}
+		if err != nil {
+			return nil // closed: the flow is over
+		}
+		return rerr
+	}
 }
 
 func isReset(err error) bool {

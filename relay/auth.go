@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -32,17 +33,22 @@ var (
 
 type hopAuth struct {
 	key    []byte
-	window time.Duration
+	window atomic.Int64 // time.Duration; a reload may change it
 	now    func() time.Time
 
 	mu   sync.Mutex
-	seen map[[8]byte]int64 // nonce → expiry (unix seconds)
+	seen map[[8]byte]int64 // nonce → its cookie's timestamp (unix seconds)
 	max  int               // bound on seen, so a flood cannot grow it
 }
 
 func newHopAuth(key []byte, window time.Duration) *hopAuth {
-	return &hopAuth{key: key, window: window, now: time.Now, seen: map[[8]byte]int64{}, max: 1 << 20}
+	a := &hopAuth{key: key, now: time.Now, seen: map[[8]byte]int64{}, max: 1 << 20}
+	a.window.Store(int64(window))
+	return a
 }
+
+// windowS is the accepted clock difference in seconds.
+func (a *hopAuth) windowS() int64 { return a.window.Load() / int64(time.Second) }
 
 func (a *hopAuth) mac(ts uint32, nonce []byte, hop, dst netip.AddrPort) []byte {
 	m := hmac.New(sha256.New, a.key)
@@ -83,20 +89,22 @@ func (a *hopAuth) verify(c []byte, hop, dst netip.AddrPort) error {
 	if !hmac.Equal(c[12:], a.mac(ts, c[4:12], hop, dst)) {
 		return errCookieBad
 	}
-	now := a.now().Unix()
-	if d := now - int64(ts); d > int64(a.window/time.Second) || -d > int64(a.window/time.Second) {
+	now, win := a.now().Unix(), a.windowS()
+	if d := now - int64(ts); d > win || -d > win {
 		return errCookieStale
 	}
 	var nonce [8]byte
 	copy(nonce[:], c[4:12])
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if exp, ok := a.seen[nonce]; ok && exp >= now {
+	// A nonce is remembered while its cookie could still be accepted,
+	// judged with the window in force now, not when it was stored.
+	if seenTS, ok := a.seen[nonce]; ok && seenTS+win >= now {
 		return errCookieReplay
 	}
 	if len(a.seen) >= a.max {
-		for n, exp := range a.seen {
-			if exp < now {
+		for n, seenTS := range a.seen {
+			if seenTS+win < now {
 				delete(a.seen, n)
 			}
 		}
@@ -105,6 +113,6 @@ func (a *hopAuth) verify(c []byte, hop, dst netip.AddrPort) error {
 			return errCookieReplay
 		}
 	}
-	a.seen[nonce] = int64(ts) + int64(a.window/time.Second)
+	a.seen[nonce] = int64(ts)
 	return nil
 }

@@ -46,9 +46,13 @@ func (s *Server) dialChain(ctx context.Context, rt *runtime, via []netip.AddrPor
 	}
 	c, err := s.dial(ctx, rt, via[0], append(payload, early...), rt.cfg.Legs.Relay, netip.Addr{})
 	if err != nil {
+		// The first relay is down or refusing: no verdict on the destination.
 		var ce *connectError
 		if errors.As(err, &ce) {
 			ce.hop = 1
+			if ce.kind != "timeout" {
+				ce.kind = "failure"
+			}
 		}
 		return nil, err
 	}
@@ -88,11 +92,10 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 	if err != nil {
 		var pe *convert.ProtocolError
 		if errors.As(err, &pe) {
-			if reply, aerr := convert.AppendMessage(nil, pe.Reply(raw)); aerr == nil {
-				_, _ = c.Write(reply)
-			}
+			replyAndClose(c, func() error { return writeConvert(c, pe.Reply(raw)) })
+		} else {
+			c.Close()
 		}
-		c.Close()
 		return nil, errorf("convert", err)
 	}
 	fail := func(code convert.ErrorCode, err error) (*net.TCPConn, error) {

@@ -105,8 +105,6 @@ func fromConvert(code convert.ErrorCode, hop int) *connectError {
 		kind = "not_allowed"
 	case convert.ResourceExceeded:
 		kind = "resource"
-	case convert.NetworkFailure:
-		kind = "timeout" // what halfway relays send it for; see convertCode
 	}
 	return &connectError{kind: kind, hop: hop, err: fmt.Errorf("relay answered %v", code)}
 }

@@ -219,7 +219,10 @@ func (s *Server) open(rt *runtime, st *listenerState, f *flow, dsts []netip.Addr
 		if c, err = s.connect(rt, st, r, f, dst, nil); err == nil {
 			return c, nil
 		}
-		if errKind(err) == "resource" {
+		// Another address can help only when this relay itself could not
+		// reach this one; a verdict from a relay further on stands.
+		var ce *connectError
+		if !errors.As(err, &ce) || ce.hop != 0 || ce.kind == "resource" || ce.kind == "not_allowed" {
 			break
 		}
 	}
@@ -243,15 +246,15 @@ func (s *Server) refuse(st *listenerState, c *net.TCPConn, reason string) {
 	switch proto {
 	case "socks5":
 		if _, err := socks5.ServerHandshake(c, c, &socks5.ServerConfig{NoAuth: len(st.users) == 0, Users: st.users}); err == nil {
-			_ = socks5.WriteReply(c, socks5.GeneralFailure, netip.AddrPort{})
+			replyAndClose(c, func() error { return socks5.WriteReply(c, socks5.GeneralFailure, netip.AddrPort{}) })
 		}
 	case "http":
 		if _, err := httpconnect.ReadRequest(c); err == nil {
-			_ = httpconnect.WriteResponse(c, http.StatusServiceUnavailable, "")
+			replyAndClose(c, func() error { return httpconnect.WriteResponse(c, http.StatusServiceUnavailable, "") })
 		}
 	case "convert":
 		if _, err := convert.ReadMessage(c); err == nil {
-			_ = writeConvertError(c, convert.ResourceExceeded)
+			replyAndClose(c, func() error { return writeConvertError(c, convert.ResourceExceeded) })
 		}
 	}
 	s.log.Debug("refused", "client", c.RemoteAddr().String(), "reason", reason)

@@ -45,8 +45,19 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 		resetConn(c)
 		return
 	}
+	// Slow or silent clients may hold only so many connections in their
+	// protocol head; past that they get a reset before anything is reserved.
+	if explicit && s.handshakes.Add(1) > int64(s.state.Load().cfg.Limits.MaxHandshakes) {
+		s.handshakes.Add(-1)
+		s.metrics.refused.WithLabelValues(l.cfg.Name, "max_handshakes").Inc()
+		resetConn(c)
+		return
+	}
 	release, reason := s.admit(client.Addr(), st.perClientExempt())
 	if reason != "" {
+		if explicit {
+			defer s.handshakes.Add(-1)
+		}
 		s.metrics.refused.WithLabelValues(l.cfg.Name, reason).Inc()
 		// Answering in the client's protocol takes a goroutine for up to a
 		// second; past a few dozen at once, a flood gets plain resets.
@@ -72,14 +83,6 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	var server *net.TCPConn
 	var err error
 	if explicit {
-		// Slow or silent clients hold a flow slot only while few do.
-		if s.handshakes.Add(1) > int64(rt.cfg.Limits.MaxHandshakes) {
-			s.handshakes.Add(-1)
-			s.metrics.refused.WithLabelValues(f.listener, "max_handshakes").Inc()
-			resetConn(c)
-			s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: errors.New("too many handshakes in progress")})
-			return
-		}
 		server, err = s.handshake(st, rt, f, c)
 		s.handshakes.Add(-1)
 	} else {

@@ -167,7 +167,7 @@ func (s *Server) Reload(cfg *Config) error {
 	// Nonces seen stay seen: a reload must not reopen the replay window.
 	if old := s.state.Load(); old.auth != nil && rt.auth != nil && bytes.Equal(old.auth.key, rt.auth.key) {
 		rt.auth = old.auth
-		rt.auth.window = cfg.Auth.Window.D()
+		rt.auth.window.Store(int64(cfg.Auth.Window.D()))
 	}
 	// The file's limits replace any changed at run time through the admin API.
 	s.state.Store(rt)
@@ -241,19 +241,21 @@ func (s *Server) Drain(grace time.Duration) {
 	s.mu.Lock()
 	s.draining.Store(true)
 	s.mu.Unlock()
-	// Stop accepting, but keep capture rules: established TPROXY flows
-	// need them until they end.
+	// Stop accepting. A listener with capture rules stays open, refusing
+	// new flows with a reset, until its flows have ended: without its
+	// socket the TPROXY rule would let new flows pass the relay by, and
+	// established flows need the rules until they end.
 	s.mu.Lock()
-	var uncapture []func() error
+	var captured []*listener
 	for name, l := range s.listeners {
-		l.ln.Close()
 		if l.uncapture != nil {
-			uncapture = append(uncapture, l.uncapture)
+			captured = append(captured, l)
+		} else {
+			l.ln.Close()
 		}
 		delete(s.listeners, name)
 	}
 	s.mu.Unlock()
-	s.acceptorWG.Wait()
 	n := s.active.Load()
 	s.log.Info("draining", "flows", n, "grace", grace)
 	done := make(chan struct{})
@@ -268,11 +270,12 @@ func (s *Server) Drain(grace time.Duration) {
 		<-done
 	}
 	s.cancelAll()
-	for _, f := range uncapture {
-		if err := f(); err != nil {
+	for _, l := range captured {
+		if err := l.close(); err != nil {
 			s.log.Error("removing capture rules", "err", err)
 		}
 	}
+	s.acceptorWG.Wait()
 	if s.admin != nil {
 		s.admin.close()
 	}
