@@ -1,0 +1,112 @@
+package sockopt
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestFastOpenConnect dials a loopback listener with TCP_FASTOPEN_CONNECT,
+// writes the first bytes, waits for the handshake and checks they arrive.
+func TestFastOpenConnect(t *testing.T) {
+	lc := net.ListenConfig{Control: Options{FastOpenQueue: 16}.Control}
+	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer c.Close()
+		b := make([]byte, 5)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _ := c.Read(b)
+		got <- string(b[:n])
+	}()
+	d := net.Dialer{Control: Options{FastOpenConnect: true, UserTimeout: 5 * time.Second}.Control}
+	nc, err := d.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	c := nc.(*net.TCPConn)
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := WaitEstablished(ctx, c); err != nil {
+		t.Fatalf("WaitEstablished: %v", err)
+	}
+	if g := <-got; g != "hello" {
+		t.Errorf("server read %q", g)
+	}
+	// ESTABLISHED, or CLOSE_WAIT once the server has read and closed.
+	if info, err := Info(c); err != nil || info.State != 1 && info.State != 8 {
+		t.Errorf("TCP_INFO: %v, %v", info, err)
+	}
+}
+
+// TestWaitEstablishedRefused: a Fast Open connect to a closed port reports
+// the refusal once the write has sent the SYN.
+func TestWaitEstablishedRefused(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	d := net.Dialer{Control: Options{FastOpenConnect: true}.Control}
+	nc, err := d.Dial("tcp4", addr)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return // the kernel connected at once: the refusal came straight away
+		}
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	c := nc.(*net.TCPConn)
+	_, werr := c.Write([]byte("x"))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err = WaitEstablished(ctx, c)
+	if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(werr, syscall.ECONNREFUSED) {
+		t.Errorf("write %v, wait %v: want connection refused", werr, err)
+	}
+}
+
+func TestOriginalDstWithoutRedirect(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: the REDIRECT path is tested in the relay's lab tests; here only the error path")
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			time.Sleep(time.Second)
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Without conntrack NAT there is no original destination to report.
+	if ap, err := OriginalDst(c.(*net.TCPConn)); err == nil && ap.String() != ln.Addr().String() {
+		t.Errorf("OriginalDst of an unredirected flow: %v", ap)
+	}
+}
