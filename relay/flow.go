@@ -86,7 +86,7 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 		server, err = s.handshake(st, rt, f, c)
 		s.handshakes.Add(-1)
 	} else {
-		server, err = s.transparent(st, rt, f, c)
+		server, err = s.transparent(l, st, rt, f, c)
 	}
 	if err != nil {
 		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: err})
@@ -155,7 +155,7 @@ func (s *Server) endFlow(f *flow, res datapath.Result) {
 
 // transparent serves a flow captured by TPROXY or REDIRECT: the
 // destination is the packet's.
-func (s *Server) transparent(st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
+func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
 	dst := addrPortOf(c.LocalAddr()) // TPROXY: the socket has the original destination
 	if st.cfg.Mode == "redirect" {
 		var err error
@@ -167,7 +167,7 @@ func (s *Server) transparent(st *listenerState, rt *runtime, f *flow, c *net.TCP
 	f.dst.Store(&dst)
 	// A flow to this very listener (a client connecting to it directly, or
 	// REDIRECT of a flow that was not redirected) would dial itself forever.
-	if self := addrPortOf(c.LocalAddr()); st.cfg.Mode == "redirect" && dst == self || dst.Port() == s.listenPort(f.listener) && st.policy.own[dst.Addr()] {
+	if self := addrPortOf(c.LocalAddr()); st.cfg.Mode == "redirect" && dst == self || dst.Port() == addrPortOf(l.ln.Addr()).Port() && st.policy.isOwn(dst.Addr()) {
 		s.metrics.refused.WithLabelValues(f.listener, "destination_is_relay").Inc()
 		resetConn(c)
 		return nil, &connectError{kind: "not_allowed", err: errors.New("destination is this relay")}

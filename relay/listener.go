@@ -30,10 +30,10 @@ type listenerState struct {
 	protos map[string]bool
 }
 
-func newListenerState(lc ListenerConfig) (*listenerState, error) {
+func newListenerState(lc ListenerConfig, own *atomic.Pointer[map[netip.Addr]bool]) (*listenerState, error) {
 	st := &listenerState{cfg: lc, protos: map[string]bool{}}
 	var err error
-	if st.policy, err = newPolicy(&lc); err != nil {
+	if st.policy, err = newPolicy(&lc, own); err != nil {
 		return nil, err
 	}
 	if lc.UsersFile != "" {
@@ -55,7 +55,7 @@ func (st *listenerState) perClientExempt() bool {
 }
 
 func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
-	st, err := newListenerState(lc)
+	st, err := newListenerState(lc, &s.own)
 	if err != nil {
 		return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
 	}
@@ -92,8 +92,8 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 	return l, nil
 }
 
-func (l *listener) update(lc ListenerConfig) error {
-	st, err := newListenerState(lc)
+func (l *listener) update(lc ListenerConfig, own *atomic.Pointer[map[netip.Addr]bool]) error {
+	st, err := newListenerState(lc, own)
 	if err != nil {
 		return fmt.Errorf("listener %s: %w", lc.Name, err)
 	}

@@ -3,17 +3,24 @@ package relay
 import (
 	"net"
 	"net/netip"
+	"sync/atomic"
 )
 
 // policy decides which clients a listener serves and where they may go.
 type policy struct {
 	clients []netip.Prefix
 	dests   []destRule
-	own     map[netip.Addr]bool // the relay's own addresses
+	own     map[netip.Addr]bool // the relay's own addresses, when ownRef is nil
+	// ownRef, when set, holds the server's current view of its addresses,
+	// refreshed while it runs (addresses come and go: DHCP, SLAAC).
+	ownRef *atomic.Pointer[map[netip.Addr]bool]
 }
 
-func newPolicy(ln *ListenerConfig) (*policy, error) {
-	p := &policy{own: ownAddrs()}
+func newPolicy(ln *ListenerConfig, ownRef *atomic.Pointer[map[netip.Addr]bool]) (*policy, error) {
+	p := &policy{ownRef: ownRef}
+	if ownRef == nil {
+		p.own = ownAddrs()
+	}
 	for _, s := range ln.AllowClients {
 		pr, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -77,8 +84,18 @@ func (p *policy) destAllowed(dst netip.AddrPort) bool {
 	return false
 }
 
+// isOwn tells whether a is one of the relay's addresses.
+func (p *policy) isOwn(a netip.Addr) bool {
+	if p.ownRef != nil {
+		if m := p.ownRef.Load(); m != nil {
+			return (*m)[a]
+		}
+	}
+	return p.own[a]
+}
+
 func (p *policy) special(a netip.Addr) bool {
-	if p.own[a] {
+	if p.isOwn(a) {
 		return true
 	}
 	for _, s := range specialNets {
@@ -93,7 +110,7 @@ func (p *policy) special(a netip.Addr) bool {
 // the relay's own addresses) or a prefix inside every special range that
 // holds it (so 169.254.0.0/16 opens link-local but not the metadata address).
 func (r destRule) narrowEnough(a netip.Addr, p *policy) bool {
-	if p.own[a] {
+	if p.isOwn(a) {
 		return r.prefix.Bits() == a.BitLen()
 	}
 	for _, s := range specialNets {

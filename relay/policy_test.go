@@ -9,9 +9,9 @@ import (
 // addresses, so that results do not depend on the host's interfaces.
 func testPolicy(t *testing.T, clients, dests []string, own ...string) *policy {
 	t.Helper()
-	p, err := newPolicy(&ListenerConfig{AllowClients: clients, AllowDestinations: dests})
+	p, err := newPolicy(&ListenerConfig{AllowClients: clients, AllowDestinations: dests}, nil)
 	if err != nil {
-		t.Fatalf("newPolicy(%v, %v): %v", clients, dests, err)
+		t.Fatalf("newPolicy(%v, %v, nil): %v", clients, dests, err)
 	}
 	p.own = map[netip.Addr]bool{}
 	for _, s := range own {
@@ -26,12 +26,12 @@ func TestPolicyNewErrors(t *testing.T) {
 		{AllowClients: []string{"10.0.0.0/8"}, AllowDestinations: []string{"10.0.0.0/8:0"}},
 		{AllowDestinations: []string{"300.0.0.0/8"}},
 	} {
-		if p, err := newPolicy(&ln); err == nil {
-			t.Errorf("newPolicy(%+v) = %+v; want an error", ln, p)
+		if p, err := newPolicy(&ln, nil); err == nil {
+			t.Errorf("newPolicy(%+v, nil) = %+v; want an error", ln, p)
 		}
 	}
 	// The host's own addresses are collected: loopback at least.
-	p, err := newPolicy(&ListenerConfig{})
+	p, err := newPolicy(&ListenerConfig{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +202,7 @@ func TestPolicyOwnAddrs(t *testing.T) {
 // The host's real addresses, as collected by newPolicy, are refused under a
 // catch-all rule.
 func TestPolicyOwnAddrsFromHost(t *testing.T) {
-	p, err := newPolicy(&ListenerConfig{AllowDestinations: []string{"0.0.0.0/0", "::/0"}})
+	p, err := newPolicy(&ListenerConfig{AllowDestinations: []string{"0.0.0.0/0", "::/0"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,7 +49,8 @@ type Server struct {
 	handshakes atomic.Int64 // clients still sending their protocol head
 	active     atomic.Int64
 	draining   atomic.Bool
-	refusing   chan struct{} // bounds refusals answered in protocol
+	refusing   chan struct{}                       // bounds refusals answered in protocol
+	own        atomic.Pointer[map[netip.Addr]bool] // this host's addresses, refreshed
 
 	flowCtx    context.Context // canceled to abort every flow
 	cancelAll  context.CancelFunc
@@ -111,7 +112,30 @@ func New(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*Server, err
 		return nil, err
 	}
 	s.flowCtx, s.cancelAll = context.WithCancel(context.Background())
+	s.refreshOwn()
 	return s, nil
+}
+
+// ownRefresh is how often the relay re-reads its own addresses, which
+// policies refuse as destinations unless named.
+const ownRefresh = 10 * time.Second
+
+func (s *Server) refreshOwn() {
+	m := ownAddrs()
+	s.own.Store(&m)
+}
+
+func (s *Server) refreshOwnLoop() {
+	t := time.NewTicker(ownRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.flowCtx.Done():
+			return
+		case <-t.C:
+			s.refreshOwn()
+		}
+	}
 }
 
 func newRuntime(cfg *Config) (*runtime, error) {
@@ -141,6 +165,7 @@ func newRuntime(cfg *Config) (*runtime, error) {
 // then it drains: stops accepting and waits up to grace for flows to end
 // before closing the rest.
 func (s *Server) Run(ctx context.Context, grace time.Duration) error {
+	go s.refreshOwnLoop()
 	if err := s.apply(s.state.Load().cfg); err != nil {
 		s.closeListeners()
 		if s.admin != nil {
@@ -191,7 +216,7 @@ func (s *Server) apply(cfg *Config) error {
 		lc := cfg.Listeners[i]
 		want[lc.Name] = true
 		if l, ok := s.listeners[lc.Name]; ok && l.cfg.Listen == lc.Listen && l.cfg.Mode == lc.Mode {
-			if err := l.update(lc); err != nil {
+			if err := l.update(lc, &s.own); err != nil {
 				errs = append(errs, err)
 			}
 			continue
@@ -291,14 +316,6 @@ func (s *Server) Addr(name string) net.Addr {
 		return l.ln.Addr()
 	}
 	return nil
-}
-
-// listenPort is the port a listener is bound to, or 0.
-func (s *Server) listenPort(name string) uint16 {
-	if a, ok := s.Addr(name).(*net.TCPAddr); ok {
-		return uint16(a.Port)
-	}
-	return 0
 }
 
 // AdminAddr returns the admin API's address, or nil.
