@@ -47,17 +47,18 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	}
 	// Slow or silent clients may hold only so many connections in their
 	// protocol head; past that they get a reset before anything is reserved.
-	if explicit && s.handshakes.Add(1) > int64(s.state.Load().cfg.Limits.MaxHandshakes) {
-		s.handshakes.Add(-1)
-		s.metrics.refused.WithLabelValues(l.cfg.Name, "max_handshakes").Inc()
-		resetConn(c)
-		return
+	endHandshake := func() {}
+	if explicit {
+		var ok bool
+		if endHandshake, ok = s.beginHandshake(client.Addr()); !ok {
+			s.metrics.refused.WithLabelValues(l.cfg.Name, "max_handshakes").Inc()
+			resetConn(c)
+			return
+		}
 	}
 	release, reason := s.admit(client.Addr(), st.perClientExempt())
 	if reason != "" {
-		if explicit {
-			defer s.handshakes.Add(-1)
-		}
+		defer endHandshake()
 		s.metrics.refused.WithLabelValues(l.cfg.Name, reason).Inc()
 		// Answering in the client's protocol takes a goroutine for up to a
 		// second; past a few dozen at once, a flood gets plain resets.
@@ -84,7 +85,7 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	var err error
 	if explicit {
 		server, err = s.handshake(st, rt, f, c)
-		s.handshakes.Add(-1)
+		endHandshake()
 	} else {
 		server, err = s.transparent(l, st, rt, f, c)
 	}

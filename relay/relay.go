@@ -46,7 +46,8 @@ type Server struct {
 	nextID     uint64
 	perClient  map[netip.Addr]int
 	pending    atomic.Int64
-	handshakes atomic.Int64 // clients still sending their protocol head
+	handshakes atomic.Int64       // clients still sending their protocol head
+	hsClient   map[netip.Addr]int // the same, per client (under mu)
 	active     atomic.Int64
 	draining   atomic.Bool
 	refusing   chan struct{}                       // bounds refusals answered in protocol
@@ -101,6 +102,7 @@ func New(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*Server, err
 		listeners: map[string]*listener{},
 		flows:     map[uint64]*flow{},
 		perClient: map[netip.Addr]int{},
+		hsClient:  map[netip.Addr]int{},
 		refusing:  make(chan struct{}, 64),
 	}
 	rt, err := newRuntime(cfg)
@@ -358,6 +360,32 @@ func (s *Server) admit(client netip.Addr, exempt bool) (release func(), reason s
 			s.flowsWG.Done()
 		})
 	}, ""
+}
+
+// beginHandshake reserves a place for a client still sending its protocol
+// head: at most limits.max_handshakes in all, and an eighth of that per
+// client, so one client cannot keep everyone else's handshakes out.
+func (s *Server) beginHandshake(client netip.Addr) (end func(), ok bool) {
+	limit := s.state.Load().cfg.Limits.MaxHandshakes
+	key := clientKey(client)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if int(s.handshakes.Load()) >= limit || s.hsClient[key] >= max(limit/8, 1) {
+		return nil, false
+	}
+	s.handshakes.Add(1)
+	s.hsClient[key]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			if s.hsClient[key]--; s.hsClient[key] <= 0 {
+				delete(s.hsClient, key)
+			}
+			s.mu.Unlock()
+			s.handshakes.Add(-1)
+		})
+	}, true
 }
 
 // clientKey is what per-client limits count by: the address, or for IPv6
