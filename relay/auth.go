@@ -36,6 +36,10 @@ type hopAuth struct {
 	window atomic.Int64 // time.Duration; a reload may change it
 	now    func() time.Time
 
+	// identities are addresses peers use for this relay besides its own
+	// socket address (auth.advertise).
+	identities []netip.AddrPort
+
 	mu   sync.Mutex
 	seen map[[8]byte]int64 // nonce → its cookie's timestamp (unix seconds)
 	max  int               // bound on seen, so a flood cannot grow it
@@ -86,7 +90,16 @@ func (a *hopAuth) verify(c []byte, hop, dst netip.AddrPort) error {
 		return errCookieBad
 	}
 	ts := binary.BigEndian.Uint32(c)
-	if !hmac.Equal(c[12:], a.mac(ts, c[4:12], hop, dst)) {
+	ok := hmac.Equal(c[12:], a.mac(ts, c[4:12], hop, dst))
+	// Behind NAT, peers address this relay by a public address it cannot
+	// see on its socket: each advertised address may sign too.
+	a.mu.Lock()
+	ids := a.identities
+	a.mu.Unlock()
+	for _, id := range ids {
+		ok = ok || hmac.Equal(c[12:], a.mac(ts, c[4:12], id, dst))
+	}
+	if !ok {
 		return errCookieBad
 	}
 	now, win := a.now().Unix(), a.windowS()

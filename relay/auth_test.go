@@ -343,3 +343,19 @@ func TestCookieBoundToRelay(t *testing.T) {
 		t.Errorf("the cookie's own relay refused it: %v", err)
 	}
 }
+
+// TestCookieAdvertisedIdentity: behind NAT the sender signs the public
+// address; the relay accepts it when it advertises that address.
+func TestCookieAdvertisedIdentity(t *testing.T) {
+	a := newHopAuth([]byte("0123456789abcdef"), 30*time.Second)
+	dst := netip.MustParseAddrPort("10.0.0.1:80")
+	public := netip.MustParseAddrPort("203.0.113.5:7100")
+	local := netip.MustParseAddrPort("10.0.0.9:7100")
+	if err := a.verify(a.cookie(public, dst), local, dst); err == nil {
+		t.Fatal("a cookie for another address was accepted without advertise")
+	}
+	a.identities = []netip.AddrPort{public}
+	if err := a.verify(a.cookie(public, dst), local, dst); err != nil {
+		t.Errorf("a cookie for the advertised address was refused: %v", err)
+	}
+}

@@ -43,6 +43,9 @@ type AuthConfig struct {
 	PSKFile string `yaml:"psk_file"`
 	// Window is how far a hop's timestamp may be from this relay's clock.
 	Window Duration `yaml:"window"`
+	// Advertise lists the addresses other relays dial this one at when they
+	// differ from its listeners' own (behind NAT); hop cookies name them.
+	Advertise []string `yaml:"advertise"`
 }
 
 // Limits bound what clients can make the relay hold.
@@ -355,6 +358,11 @@ func (c *Config) Validate() error {
 		}
 		if len(r.Via) > 0 {
 			needPSK = true
+		}
+	}
+	for i, a := range c.Auth.Advertise {
+		if _, err := netip.ParseAddrPort(a); err != nil {
+			add(fmt.Sprintf("auth.advertise[%d]", i), "%q: want an address like 203.0.113.5:7100", a)
 		}
 	}
 	if needPSK {

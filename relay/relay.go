@@ -155,6 +155,13 @@ func newRuntime(cfg *Config) (*runtime, error) {
 			return nil, err
 		}
 		rt.auth = newHopAuth(key, cfg.Auth.Window.D())
+		for _, a := range cfg.Auth.Advertise {
+			ap, err := netip.ParseAddrPort(a)
+			if err != nil {
+				return nil, err
+			}
+			rt.auth.identities = append(rt.auth.identities, ap)
+		}
 	}
 	var err error
 	if rt.routes, err = compileRoutes(cfg.Routes); err != nil {
@@ -193,8 +200,13 @@ func (s *Server) Reload(cfg *Config) error {
 	}
 	// Nonces seen stay seen: a reload must not reopen the replay window.
 	if old := s.state.Load(); old.auth != nil && rt.auth != nil && bytes.Equal(old.auth.key, rt.auth.key) {
+		// Keep the nonces; take the new window and addresses.
+		ids := rt.auth.identities
 		rt.auth = old.auth
 		rt.auth.window.Store(int64(cfg.Auth.Window.D()))
+		rt.auth.mu.Lock()
+		rt.auth.identities = ids
+		rt.auth.mu.Unlock()
 	}
 	// The file's limits replace any changed at run time through the admin API.
 	s.state.Store(rt)
