@@ -137,6 +137,7 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 	if err != nil {
 		return fail(convertCode(err), err)
 	}
+	f.up.Add(int64(len(early))) // they went out in the SYN, before the data path
 	reply := &convert.Message{}
 	if m.Info {
 		reply.Supported = supportedExts()

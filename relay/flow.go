@@ -138,7 +138,7 @@ func (s *Server) endFlow(f *flow, res datapath.Result) {
 	}
 	result := string(res.Reason)
 	attrs := []any{"listener", f.listener, "proto", *f.proto.Load(), "client", f.client.String(),
-		"route", routeName, "up", res.Up, "down", res.Down, "duration", time.Since(f.start).Round(time.Microsecond), "reason", result}
+		"route", routeName, "up", f.up.Load(), "down", f.down.Load(), "duration", time.Since(f.start).Round(time.Microsecond), "reason", result}
 	if d := f.dst.Load(); d != nil {
 		attrs = append(attrs, "dst", d.String())
 	}
@@ -150,7 +150,7 @@ func (s *Server) endFlow(f *flow, res datapath.Result) {
 		}
 	}
 	s.metrics.flows.WithLabelValues(f.listener, routeName, result).Inc()
-	s.finish(f, res)
+	s.finish(f)
 	s.log.Info("flow", attrs...)
 }
 

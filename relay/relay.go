@@ -430,10 +430,13 @@ func (s *Server) register(f *flow) {
 
 // finish moves an ended flow's bytes from the active set to the totals in
 // one step (see bytesCollector).
-func (s *Server) finish(f *flow, res datapath.Result) {
+func (s *Server) finish(f *flow) {
 	s.mu.Lock()
 	delete(s.flows, f.id)
-	s.metrics.addEnded(f.listener, res.Up, res.Down)
+	// The flow's own counters: they include bytes sent before the data
+	// path ran (a Convert hop's early data) and equal what the bytes
+	// collector showed while the flow was active.
+	s.metrics.addEnded(f.listener, f.up.Load(), f.down.Load())
 	s.mu.Unlock()
 }
 

@@ -7,12 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"halfway/httpconnect"
 	"halfway/socks5"
 )
 
@@ -119,5 +121,68 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition never held")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestUserAuthentication: with a users file, SOCKS5 clients must log in
+// (RFC 1929) and HTTP CONNECT clients must send Proxy-Authorization.
+func TestUserAuthentication(t *testing.T) {
+	users := t.TempDir() + "/users"
+	if err := os.WriteFile(users, []byte("# operators\nalice:wonderland\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startLoopback(t, `
+admin: {listen: off}
+listeners:
+  - {name: socks, listen: "127.0.0.1:0", protocols: [socks5, http], users_file: "`+users+`", allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+`)
+	addr := s.Addr("socks").String()
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			e, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(e, e); e.Close() }()
+		}
+	}()
+	dst := netip.MustParseAddrPort(echo.Addr().String())
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		return c
+	}
+	for _, tc := range []struct {
+		user, pass string
+		ok         bool
+	}{{"alice", "wonderland", true}, {"alice", "looking-glass", false}, {"bob", "wonderland", false}} {
+		c := dial()
+		_, err := socks5.ClientHandshake(c, c, socks5.Addr{IP: dst.Addr(), Port: dst.Port()}, tc.user, tc.pass)
+		if (err == nil) != tc.ok {
+			t.Errorf("socks5 %s:%s: %v, want ok=%v", tc.user, tc.pass, err, tc.ok)
+		}
+		c.Close()
+	}
+	for _, tc := range []struct {
+		user, pass string
+		status     int
+	}{{"alice", "wonderland", 200}, {"alice", "x", 407}, {"", "", 407}} {
+		c := dial()
+		if err := httpconnect.WriteRequest(c, dst.Addr().String(), dst.Port(), tc.user, tc.pass); err != nil {
+			t.Fatal(err)
+		}
+		status, err := httpconnect.ReadResponse(c)
+		if err != nil || status != tc.status {
+			t.Errorf("http %q:%q: status %d, %v; want %d", tc.user, tc.pass, status, err, tc.status)
+		}
+		c.Close()
 	}
 }
