@@ -1,11 +1,13 @@
 package relay
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 )
 
 // Transparent capture needs packet rules the relay does not own by
@@ -144,8 +146,74 @@ func Rules(cfg *Config) (string, error) {
 	return b.String(), nil
 }
 
+// policyRoutes counts the TPROXY listeners using each (mark, table) pair:
+// they share one ip rule and local route, which go only with the last.
+type policyRoutes struct {
+	mu    sync.Mutex
+	users map[[2]int]int
+}
+
+func (pr *policyRoutes) acquire(ln *ListenerConfig) error {
+	cmds := routeCommands(ln)
+	if len(cmds) == 0 {
+		return nil
+	}
+	mark, table := ln.Capture.markTable()
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	if pr.users == nil {
+		pr.users = map[[2]int]int{}
+	}
+	key := [2]int{mark, table}
+	if pr.users[key] == 0 {
+		for _, c := range cmds {
+			if c[1] == "-6" && !ipv6On() {
+				continue
+			}
+			if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+				if c[2] == "rule" && strings.Contains(string(out), "File exists") {
+					continue // left by a crash: ours to use and remove
+				}
+				return fmt.Errorf("%s: %v: %s", strings.Join(c, " "), err, strings.TrimSpace(string(out)))
+			}
+		}
+	}
+	pr.users[key]++
+	return nil
+}
+
+func (pr *policyRoutes) release(ln *ListenerConfig) error {
+	cmds := routeCommands(ln)
+	if len(cmds) == 0 {
+		return nil
+	}
+	mark, table := ln.Capture.markTable()
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	key := [2]int{mark, table}
+	if pr.users[key]--; pr.users[key] > 0 {
+		return nil
+	}
+	delete(pr.users, key)
+	var errs []string
+	for _, c := range cmds {
+		if c[1] == "-6" && !ipv6On() {
+			continue
+		}
+		del := append([]string{}, c...)
+		del[3] = "del" // "add" for rules, "replace" for routes
+		if out, err := exec.Command(del[0], del[1:]...).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Sprintf("%s: %s", strings.Join(del, " "), strings.TrimSpace(string(out))))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("remove policy routes: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
 // installCapture adds a listener's rules; the returned function removes them.
-func installCapture(ln *ListenerConfig) (remove func() error, err error) {
+func installCapture(ln *ListenerConfig, routes *policyRoutes) (remove func() error, err error) {
 	rules, err := nftRules(ln)
 	if err != nil {
 		return nil, err
@@ -158,35 +226,23 @@ func installCapture(ln *ListenerConfig) (remove func() error, err error) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("install nftables table %s: %v: %s", table, err, strings.TrimSpace(string(out)))
 	}
-	var added [][]string
-	for _, c := range routeCommands(ln) {
-		if c[1] == "-6" && !ipv6On() {
-			continue
-		}
-		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
-			if c[2] == "rule" && strings.Contains(string(out), "File exists") {
-				continue
-			}
-			_ = exec.Command("nft", "delete", "table", "inet", table).Run()
-			return nil, fmt.Errorf("%s: %v: %s", strings.Join(c, " "), err, strings.TrimSpace(string(out)))
-		}
-		added = append(added, c)
+	if err := routes.acquire(ln); err != nil {
+		_ = exec.Command("nft", "delete", "table", "inet", table).Run()
+		return nil, err
 	}
+	var once sync.Once
+	var rerr error
 	return func() error {
-		var errs []string
-		for _, c := range added {
-			del := append([]string{}, c...)
-			del[3] = "del" // "add" for rules, "replace" for routes
-			if out, err := exec.Command(del[0], del[1:]...).CombinedOutput(); err != nil {
-				errs = append(errs, fmt.Sprintf("%s: %s", strings.Join(del, " "), strings.TrimSpace(string(out))))
+		once.Do(func() {
+			var errs []error
+			if out, err := exec.Command("nft", "delete", "table", "inet", table).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("nft delete table inet %s: %s", table, strings.TrimSpace(string(out))))
 			}
-		}
-		if out, err := exec.Command("nft", "delete", "table", "inet", table).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Sprintf("nft delete table inet %s: %s", table, strings.TrimSpace(string(out))))
-		}
-		if len(errs) > 0 {
-			return fmt.Errorf("remove capture of %s: %s", ln.Name, strings.Join(errs, "; "))
-		}
-		return nil
+			errs = append(errs, routes.release(ln))
+			if err := errors.Join(errs...); err != nil {
+				rerr = fmt.Errorf("remove capture of %s: %w", ln.Name, err)
+			}
+		})
+		return rerr
 	}, nil
 }

@@ -75,9 +75,13 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	f := &flow{listener: l.cfg.Name, client: client, start: time.Now()}
 	f.proto.Store(&st.cfg.Mode)
 	s.register(f)
+	l.flowStarted()
 	done := func() {
 		s.unregister(f)
 		release()
+		if err := l.flowEnded(); err != nil {
+			s.log.Error("removing capture rules", "listener", l.cfg.Name, "err", err)
+		}
 	}
 	setLeg(c, rt.cfg.Legs.Client)
 

@@ -1099,3 +1099,110 @@ listeners:
 		t.Errorf("the relay never carried the flow:\n%s", logs)
 	}
 }
+
+// TestCaptureReload: two TPROXY listeners share the default mark and
+// policy route. A reload removes one while a flow through it is open: that
+// flow keeps working, the other listener keeps working, and the removed
+// listener's table goes when its last flow ends.
+func TestCaptureReload(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("skipped: nft is not installed (make test installs nftables)")
+	}
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, chainTopo)
+	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+	srvNet := server.Ifaces()[0].Addr4.Masked()
+	listener := func(name string, port, capPort int) string {
+		return fmt.Sprintf("  - {name: %s, listen: \"0.0.0.0:%d\", mode: tproxy, capture: {dst: [%s], ports: \"%d\", install: true}}\n", name, port, srvNet, capPort)
+	}
+	both := "admin: {listen: off}\nlisteners:\n" + listener("web1", 7001, 9001) + listener("web2", 7002, 9002)
+	logPath, _ := runRelay(t, rc, "rc", both)
+	tables := func() string {
+		out, _ := rc.Command(context.Background(), "nft", "list", "tables").CombinedOutput()
+		return string(out)
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for i := 0; !cond(); i++ {
+			if i > 200 {
+				t.Fatalf("%s never happened; tables:\n%s", what, tables())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitFor("both tables", func() bool {
+		s := tables()
+		return strings.Contains(s, "halfway_web1") && strings.Contains(s, "halfway_web2")
+	})
+	for _, port := range []string{":9001", ":9002"} {
+		ln, err := server.Listen("tcp", port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go serveEchoConns(ln)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	echo := func(c net.Conn, msg string) error {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return err
+		}
+		b := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, b); err != nil {
+			return err
+		}
+		if string(b) != msg {
+			return fmt.Errorf("echo %q", b)
+		}
+		return nil
+	}
+	held, err := client.Dial(ctx, "tcp", server.AddrPort(9001))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := echo(held, "before"); err != nil {
+		t.Fatal(err)
+	}
+	// Reload without web1.
+	file := filepath.Join(filepath.Dir(logPath), "rc.yaml")
+	os.WriteFile(file, []byte("admin: {listen: off}\nlisteners:\n"+listener("web2", 7002, 9002)), 0o644)
+	if out, err := rc.Command(ctx, "pkill", "-HUP", "-f", "halfway relay -c "+file).CombinedOutput(); err != nil {
+		t.Fatalf("pkill -HUP: %v %s", err, out)
+	}
+	waitFor("the reload", func() bool {
+		b, _ := os.ReadFile(logPath)
+		return strings.Contains(string(b), "configuration reloaded")
+	})
+	if err := echo(held, "after the reload"); err != nil {
+		t.Errorf("the flow through the removed listener broke: %v", err)
+	}
+	if !strings.Contains(tables(), "halfway_web1") {
+		t.Error("web1's table went while its flow was open")
+	}
+	c2, err := client.Dial(ctx, "tcp", server.AddrPort(9002))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := echo(c2, "web2"); err != nil {
+		t.Errorf("web2 after web1's removal: %v", err)
+	}
+	c2.Close()
+	held.Close()
+	waitFor("web1's table to go after its last flow", func() bool { return !strings.Contains(tables(), "halfway_web1") })
+	if b, _ := os.ReadFile(logPath); strings.Count(string(b), "listener=web2 proto=tproxy") == 0 {
+		t.Error("web2's flow was not relayed")
+	}
+}
+
+func serveEchoConns(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() { io.Copy(c, c); c.Close() }()
+	}
+}

@@ -20,6 +20,11 @@ type listener struct {
 	ln        *net.TCPListener
 	cur       atomic.Pointer[listenerState]
 	uncapture func() error // removes installed capture rules, or nil
+
+	// A closed listener's capture rules stay while its flows last: they
+	// carry those flows' packets.
+	flows   atomic.Int64
+	retired atomic.Bool
 }
 
 // listenerState is what Reload may change without a new socket.
@@ -82,7 +87,7 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 	l := &listener{cfg: lc, ln: nl.(*net.TCPListener)}
 	l.cur.Store(st)
 	if lc.Capture != nil && lc.Capture.Install {
-		if l.uncapture, err = installCapture(&lc); err != nil {
+		if l.uncapture, err = installCapture(&lc, &s.routes); err != nil {
 			nl.Close()
 			return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
 		}
@@ -101,9 +106,32 @@ func (l *listener) update(lc ListenerConfig, own *atomic.Pointer[map[netip.Addr]
 	return nil
 }
 
+// close stops accepting; capture rules go when the last flow has ended.
 func (l *listener) close() error {
 	l.ln.Close()
+	l.retired.Store(true)
+	if l.flows.Load() == 0 && l.uncapture != nil {
+		return l.uncapture()
+	}
+	return nil
+}
+
+// closeNow stops accepting and removes the capture rules at once.
+func (l *listener) closeNow() error {
+	l.ln.Close()
+	l.retired.Store(true)
 	if l.uncapture != nil {
+		return l.uncapture() // idempotent: a later flowEnded finds it done
+	}
+	return nil
+}
+
+// flowStarted and flowEnded count a listener's flows, removing its capture
+// rules after the last flow of a closed listener.
+func (l *listener) flowStarted() { l.flows.Add(1) }
+
+func (l *listener) flowEnded() error {
+	if l.flows.Add(-1) == 0 && l.retired.Load() && l.uncapture != nil {
 		return l.uncapture()
 	}
 	return nil

@@ -17,6 +17,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"reflect"
 	"fmt"
 	"log/slog"
 	"net"
@@ -52,6 +53,7 @@ type Server struct {
 	draining   atomic.Bool
 	refusing   chan struct{}                       // bounds refusals answered in protocol
 	own        atomic.Pointer[map[netip.Addr]bool] // this host's addresses, refreshed
+	routes     policyRoutes                        // TPROXY policy routes shared by listeners
 
 	flowCtx    context.Context // canceled to abort every flow
 	cancelAll  context.CancelFunc
@@ -229,13 +231,16 @@ func (s *Server) apply(cfg *Config) error {
 	for i := range cfg.Listeners {
 		lc := cfg.Listeners[i]
 		want[lc.Name] = true
-		if l, ok := s.listeners[lc.Name]; ok && l.cfg.Listen == lc.Listen && l.cfg.Mode == lc.Mode {
+		if l, ok := s.listeners[lc.Name]; ok && l.cfg.Listen == lc.Listen && l.cfg.Mode == lc.Mode && reflect.DeepEqual(l.cfg.Capture, lc.Capture) {
 			if err := l.update(lc, &s.own); err != nil {
 				errs = append(errs, err)
 			}
 			continue
 		} else if ok {
-			errs = append(errs, l.close())
+			// Replaced under the same name: its capture table is about to be
+			// rebuilt, so it goes now (flows lose their mark for the
+			// moment in between; TCP retransmits over it).
+			errs = append(errs, l.closeNow())
 			delete(s.listeners, lc.Name)
 		}
 		l, err := s.openListener(lc)
