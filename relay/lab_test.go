@@ -375,9 +375,7 @@ func TestChainRefusals(t *testing.T) {
 func TestTransparentCapture(t *testing.T) {
 	for _, mode := range []string{"tproxy", "redirect"} {
 		t.Run(mode, func(t *testing.T) {
-			if _, err := exec.LookPath("nft"); err != nil {
-				t.Skip("skipped: nft is not installed (make test installs nftables)")
-			}
+			requireTools(t, "nft")
 			cl := startChain(t)
 			bin, _ := buildOnce()
 			rc, server := cl.lab.Host("rc"), cl.lab.Host("server")
@@ -426,17 +424,7 @@ routes:
 					t.Logf("transparent relay log:\n%s", b)
 				}
 			})
-			// Wait for the rules.
-			for i := 0; ; i++ {
-				out, _ := rc.Command(context.Background(), "nft", "list", "table", "inet", "halfway_web").CombinedOutput()
-				if strings.Contains(string(out), "7000") {
-					break
-				}
-				if i > 100 {
-					t.Fatalf("capture rules never appeared: %s", out)
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+			waitCapture(t, rc, "halfway_web", "7000")
 			ln, err := server.Listen("tcp", ":8080")
 			if err != nil {
 				t.Fatal(err)
@@ -619,9 +607,7 @@ func TestRelayOperations(t *testing.T) {
 // TestSlowAndDeadNextHops: a destination whose SYNs vanish times out, and
 // the client hears so in its protocol rather than waiting forever.
 func TestSlowNextHop(t *testing.T) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("skipped: nft is not installed (make test installs nftables)")
-	}
+	requireTools(t, "nft")
 	cl := startChain(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -933,11 +919,7 @@ func roundTrip(ctx context.Context, cl *chainLab, dst string, size int) error {
 // TestIperf3ThroughChain runs iperf3 (control and data connections) from
 // the client to the server through a transparent rc and a Convert hop to rs.
 func TestIperf3ThroughChain(t *testing.T) {
-	for _, tool := range []string{"iperf3", "nft"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipped: %s is not installed (make test installs it)", tool)
-		}
-	}
+	requireTools(t, "iperf3", "nft")
 	cl := startChain(t)
 	server := cl.lab.Host("server")
 	dir := t.TempDir()
@@ -968,16 +950,7 @@ routes:
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	for i := 0; ; i++ {
-		out, _ := cl.lab.Host("rc").Command(ctx, "nft", "list", "table", "inet", "halfway_iperf").CombinedOutput()
-		if strings.Contains(string(out), "7000") {
-			break
-		}
-		if i > 100 {
-			t.Fatal("capture rules never appeared")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitCapture(t, cl.lab.Host("rc"), "halfway_iperf", "7000")
 	out, err := cl.lab.Host("client").Command(ctx, "iperf3", "-c", server.Addr().String(), "-t", "2", "-J").Output()
 	if err != nil {
 		t.Fatalf("iperf3: %v\n%s", err, out)
@@ -1054,9 +1027,7 @@ routes:
 // with the client's own address, and the server's replies find their way
 // back to it through the capture rules.
 func TestSpoofSource(t *testing.T) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("skipped: nft is not installed (make test installs nftables)")
-	}
+	requireTools(t, "nft")
 	labtest.RequireRoot(t)
 	lab := labtest.Start(t, chainTopo)
 	server := lab.Host("server")
@@ -1069,16 +1040,7 @@ listeners:
     spoof_source: true
     capture: {dst: [%s], ports: "8080", install: true}
 `, server.Ifaces()[0].Addr4.Masked()))
-	for i := 0; ; i++ {
-		out, _ := lab.Host("rc").Command(context.Background(), "nft", "list", "table", "inet", "halfway_web").CombinedOutput()
-		if strings.Contains(string(out), "7000") {
-			break
-		}
-		if i > 100 {
-			t.Fatal("capture rules never appeared")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitCapture(t, lab.Host("rc"), "halfway_web", "7000")
 	ln, err := server.Listen("tcp", ":8080")
 	if err != nil {
 		t.Fatal(err)
@@ -1105,9 +1067,7 @@ listeners:
 // flow keeps working, the other listener keeps working, and the removed
 // listener's table goes when its last flow ends.
 func TestCaptureReload(t *testing.T) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("skipped: nft is not installed (make test installs nftables)")
-	}
+	requireTools(t, "nft")
 	labtest.RequireRoot(t)
 	lab := labtest.Start(t, chainTopo)
 	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
@@ -1204,5 +1164,31 @@ func serveEchoConns(ln net.Listener) {
 			return
 		}
 		go func() { io.Copy(c, c); c.Close() }()
+	}
+}
+
+// requireTools skips the test when a tool it drives is missing.
+func requireTools(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("skipped: %s is not installed (make test installs it)", tool)
+		}
+	}
+}
+
+// waitCapture waits until a relay in h has installed its capture table,
+// steering to port.
+func waitCapture(t *testing.T, h *netlab.Host, table, port string) {
+	t.Helper()
+	for i := 0; ; i++ {
+		out, _ := h.Command(context.Background(), "nft", "list", "table", "inet", table).CombinedOutput()
+		if strings.Contains(string(out), port) {
+			return
+		}
+		if i > 100 {
+			t.Fatalf("capture table %s never appeared: %s", table, out)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
