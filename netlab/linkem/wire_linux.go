@@ -245,8 +245,8 @@ func (d *direction) admit(p *pkt, now int64) {
 }
 
 // writeLoop delivers packets when due. It runs on a thread of its own so it
-// can sleep with clock_nanosleep, whose wake-up is tens of microseconds late
-// where the Go timer is about a millisecond late.
+// can sleep in ppoll with 1 ns timer slack, whose wake-up is tens of
+// microseconds late where the Go timer is about a millisecond late.
 func (d *direction) writeLoop(opt Options) error {
 	runtime.LockOSThread()
 	// The thread's timer slack and scheduling policy were changed, so it is
