@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // Transparent capture needs packet rules the relay does not own by
@@ -212,11 +213,13 @@ func (pr *policyRoutes) release(ln *ListenerConfig) error {
 	return nil
 }
 
-// installCapture adds a listener's rules; the returned function removes them.
-func installCapture(ln *ListenerConfig, routes *policyRoutes) (remove func() error, err error) {
+// installCapture adds a listener's rules. remove takes them away again;
+// disown hands the nftables table to a newer listener of the same name, so
+// that remove then only gives back the shared policy routes.
+func installCapture(ln *ListenerConfig, routes *policyRoutes) (remove func() error, disown func(), err error) {
 	rules, err := nftRules(ln)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	table := captureTable(ln.Name)
 	// A table left by a crash is replaced, not duplicated.
@@ -224,19 +227,22 @@ func installCapture(ln *ListenerConfig, routes *policyRoutes) (remove func() err
 	cmd := exec.Command("nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(rules)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("install nftables table %s: %v: %s", table, err, strings.TrimSpace(string(out)))
+		return nil, nil, fmt.Errorf("install nftables table %s: %v: %s", table, err, strings.TrimSpace(string(out)))
 	}
 	if err := routes.acquire(ln); err != nil {
 		_ = exec.Command("nft", "delete", "table", "inet", table).Run()
-		return nil, err
+		return nil, nil, err
 	}
 	var once sync.Once
 	var rerr error
+	var disowned atomic.Bool
 	return func() error {
 		once.Do(func() {
 			var errs []error
-			if out, err := exec.Command("nft", "delete", "table", "inet", table).CombinedOutput(); err != nil {
-				errs = append(errs, fmt.Errorf("nft delete table inet %s: %s", table, strings.TrimSpace(string(out))))
+			if !disowned.Load() {
+				if out, err := exec.Command("nft", "delete", "table", "inet", table).CombinedOutput(); err != nil {
+					errs = append(errs, fmt.Errorf("nft delete table inet %s: %s", table, strings.TrimSpace(string(out))))
+				}
 			}
 			errs = append(errs, routes.release(ln))
 			if err := errors.Join(errs...); err != nil {
@@ -244,5 +250,5 @@ func installCapture(ln *ListenerConfig, routes *policyRoutes) (remove func() err
 			}
 		})
 		return rerr
-	}, nil
+	}, func() { disowned.Store(true) }, nil
 }

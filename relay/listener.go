@@ -20,6 +20,7 @@ type listener struct {
 	ln        *net.TCPListener
 	cur       atomic.Pointer[listenerState]
 	uncapture func() error // removes installed capture rules, or nil
+	disown    func()       // leaves the nftables table to a successor
 
 	// A closed listener's capture rules stay while its flows last: they
 	// carry those flows' packets.
@@ -87,7 +88,13 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 	l := &listener{cfg: lc, ln: nl.(*net.TCPListener)}
 	l.cur.Store(st)
 	if lc.Capture != nil && lc.Capture.Install {
-		if l.uncapture, err = installCapture(&lc, &s.routes); err != nil {
+		// A removed listener of this name may still hold the table for its
+		// last flows: the table is rebuilt now and becomes ours.
+		if old := s.retired[lc.Name]; old != nil && old.disown != nil {
+			old.disown()
+		}
+		delete(s.retired, lc.Name)
+		if l.uncapture, l.disown, err = installCapture(&lc, &s.routes); err != nil {
 			nl.Close()
 			return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
 		}

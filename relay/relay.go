@@ -54,6 +54,7 @@ type Server struct {
 	refusing   chan struct{}                       // bounds refusals answered in protocol
 	own        atomic.Pointer[map[netip.Addr]bool] // this host's addresses, refreshed
 	routes     policyRoutes                        // TPROXY policy routes shared by listeners
+	retired    map[string]*listener                // removed listeners whose capture outlives them (under mu)
 
 	flowCtx    context.Context // canceled to abort every flow
 	cancelAll  context.CancelFunc
@@ -105,6 +106,7 @@ func New(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*Server, err
 		flows:     map[uint64]*flow{},
 		perClient: map[netip.Addr]int{},
 		hsClient:  map[netip.Addr]int{},
+		retired:   map[string]*listener{},
 		refusing:  make(chan struct{}, 64),
 	}
 	rt, err := newRuntime(cfg)
@@ -256,6 +258,9 @@ func (s *Server) apply(cfg *Config) error {
 		if !want[name] {
 			errs = append(errs, l.close())
 			delete(s.listeners, name)
+			if l.uncapture != nil {
+				s.retired[name] = l
+			}
 		}
 	}
 	if s.admin == nil && cfg.Admin.Listen != "off" {
