@@ -63,6 +63,9 @@ for size in 10K 100K 1M 10M; do
 		'BEGIN {printf "  %-5s %14.3f %14.3f %16.3f %16.3f %7.2fx\n", s, dt, dT, ht, hT, dT/hT}'
 done
 echo
+echo "== what the Miniproxy model predicts on this path (bin/halfway model -f $topo)"
+$hw model -f "$topo" | sed 's/^/  /'
+echo
 echo "halfway here is the relay core: SOCKS5 to rc, then a Convert hop in a Fast Open SYN to rs."
 echo "Early SYN, connection pools and Turbo-Start come with the acceleration issue."
 echo "Relay logs: one line per flow, e.g.:"
