@@ -154,23 +154,32 @@ type policyRoutes struct {
 	users map[[2]int]int
 }
 
+// installed returns the policy-routing commands this namespace runs for
+// ln (the IPv6 ones only where IPv6 is on) and the (mark, table) they share.
+func installed(ln *ListenerConfig) (cmds [][]string, key [2]int) {
+	for _, c := range routeCommands(ln) {
+		if c[1] != "-6" || ipv6On() {
+			cmds = append(cmds, c)
+		}
+	}
+	if ln.Capture != nil {
+		key[0], key[1] = ln.Capture.markTable()
+	}
+	return cmds, key
+}
+
 func (pr *policyRoutes) acquire(ln *ListenerConfig) error {
-	cmds := routeCommands(ln)
+	cmds, key := installed(ln)
 	if len(cmds) == 0 {
 		return nil
 	}
-	mark, table := ln.Capture.markTable()
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	if pr.users == nil {
 		pr.users = map[[2]int]int{}
 	}
-	key := [2]int{mark, table}
 	if pr.users[key] == 0 {
 		for _, c := range cmds {
-			if c[1] == "-6" && !ipv6On() {
-				continue
-			}
 			if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
 				if c[2] == "rule" && strings.Contains(string(out), "File exists") {
 					continue // left by a crash: ours to use and remove
@@ -184,23 +193,18 @@ func (pr *policyRoutes) acquire(ln *ListenerConfig) error {
 }
 
 func (pr *policyRoutes) release(ln *ListenerConfig) error {
-	cmds := routeCommands(ln)
+	cmds, key := installed(ln)
 	if len(cmds) == 0 {
 		return nil
 	}
-	mark, table := ln.Capture.markTable()
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
-	key := [2]int{mark, table}
 	if pr.users[key]--; pr.users[key] > 0 {
 		return nil
 	}
 	delete(pr.users, key)
 	var errs []string
 	for _, c := range cmds {
-		if c[1] == "-6" && !ipv6On() {
-			continue
-		}
 		del := append([]string{}, c...)
 		del[3] = "del" // "add" for rules, "replace" for routes
 		if out, err := exec.Command(del[0], del[1:]...).CombinedOutput(); err != nil {

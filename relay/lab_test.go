@@ -425,15 +425,7 @@ routes:
 				}
 			})
 			waitCapture(t, rc, "halfway_web", "7000")
-			ln, err := server.Listen("tcp", ":8080")
-			if err != nil {
-				t.Fatal(err)
-			}
-			hsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				fmt.Fprintf(w, "seen from %s", r.RemoteAddr)
-			})}
-			go hsrv.Serve(ln)
-			defer hsrv.Close()
+			serveSeenFrom(t, server, ":8080")
 			out, err := cl.lab.Host("client").Command(context.Background(), "curl", "-sS", "--max-time", "15", "http://server:8080/").CombinedOutput()
 			// The server sees the far relay, rs, as its client: the flow was split twice.
 			rsServerSide := cl.lab.Host("rs").Ifaces()[1].Addr4.Addr().String()
@@ -1041,15 +1033,7 @@ listeners:
     capture: {dst: [%s], ports: "8080", install: true}
 `, server.Ifaces()[0].Addr4.Masked()))
 	waitCapture(t, lab.Host("rc"), "halfway_web", "7000")
-	ln, err := server.Listen("tcp", ":8080")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "seen from %s", r.RemoteAddr)
-	})}
-	go hsrv.Serve(ln)
-	defer hsrv.Close()
+	serveSeenFrom(t, server, ":8080")
 	out, err := lab.Host("client").Command(context.Background(), "curl", "-sS", "--max-time", "15", "http://server:8080/").CombinedOutput()
 	if want := "seen from " + lab.Host("client").Addr().String() + ":"; err != nil || !strings.Contains(string(out), want) {
 		t.Errorf("curl through a source-keeping relay: %v: %s (want %q)", err, out, want)
@@ -1191,4 +1175,19 @@ func waitCapture(t *testing.T, h *netlab.Host, table, port string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// serveSeenFrom runs, until the test ends, an HTTP server in h that answers
+// "seen from ADDR:PORT" with the address its client came from.
+func serveSeenFrom(t *testing.T, h *netlab.Host, addr string) {
+	t.Helper()
+	ln, err := h.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "seen from %s", r.RemoteAddr)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
 }

@@ -373,11 +373,7 @@ func (s *Server) admit(client netip.Addr, exempt bool) (release func(), reason s
 	var once sync.Once
 	return func() {
 		once.Do(func() {
-			s.mu.Lock()
-			if s.perClient[client]--; s.perClient[client] <= 0 {
-				delete(s.perClient, client)
-			}
-			s.mu.Unlock()
+			s.dropClient(s.perClient, client)
 			s.active.Add(-1)
 			s.flowsWG.Done()
 		})
@@ -400,14 +396,19 @@ func (s *Server) beginHandshake(client netip.Addr) (end func(), ok bool) {
 	var once sync.Once
 	return func() {
 		once.Do(func() {
-			s.mu.Lock()
-			if s.hsClient[key]--; s.hsClient[key] <= 0 {
-				delete(s.hsClient, key)
-			}
-			s.mu.Unlock()
+			s.dropClient(s.hsClient, key)
 			s.handshakes.Add(-1)
 		})
 	}, true
+}
+
+// dropClient takes one count of key from a per-client table guarded by mu.
+func (s *Server) dropClient(m map[netip.Addr]int, key netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m[key]--; m[key] <= 0 {
+		delete(m, key)
+	}
 }
 
 // clientKey is what per-client limits count by: the address, or for IPv6
