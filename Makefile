@@ -12,8 +12,10 @@ APT_COMMANDS := ip curl ping ps python3 nft iptables iperf3
 
 all: build
 
+# A static, stripped binary: no dynamic loader at exec, and fewer pages of
+# the binary mapped into every relay (see results/footprint.md).
 build:
-	$(GO) build -o bin/halfway ./cmd/halfway
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags="-s -w" -o bin/halfway ./cmd/halfway
 
 # deps installs what is missing, and only that: apt-get needs the network.
 deps:
