@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"sort"
 	"time"
 
@@ -116,6 +118,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"listeners": ls, "active_flows": s.active.Load(), "pending_connects": s.pending.Load(),
 		"draining": s.draining.Load(), "tunables": s.state.Load().tunables,
+		"pools": s.Pools(), "turbo_routes": s.turbo.status(),
 	})
 }
 
@@ -126,6 +129,7 @@ func (s *Server) handleTunables(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) handleSetTunables(w http.ResponseWriter, r *http.Request) {
 	cur := s.state.Load()
 	t := cur.tunables
+	t.Pools = maps.Clone(t.Pools) // decoding merges into the map: not the live one
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&t); err != nil {
@@ -136,11 +140,22 @@ func (s *Server) handleSetTunables(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		return
 	}
+	pools := *s.pools.Load()
+	for peer := range t.Pools {
+		ap, err := netip.ParseAddrPort(peer)
+		if err != nil || pools[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())] == nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("pools: %q is no peer with a pool", peer)})
+			return
+		}
+	}
 	next := *cur
 	next.tunables = t
 	if !s.state.CompareAndSwap(cur, &next) {
 		writeJSON(w, http.StatusConflict, map[string]string{"error": "configuration changed meanwhile; retry"})
 		return
+	}
+	for _, p := range pools {
+		p.poke() // new watermarks take effect now
 	}
 	s.log.Info("tunables changed", "tunables", fmt.Sprintf("%+v", t))
 	writeJSON(w, http.StatusOK, t)

@@ -54,9 +54,16 @@ func newHopAuth(key []byte, window time.Duration) *hopAuth {
 // windowS is the accepted clock difference in seconds.
 func (a *hopAuth) windowS() int64 { return a.window.Load() / int64(time.Second) }
 
-func (a *hopAuth) mac(ts uint32, nonce []byte, hop, dst netip.AddrPort) []byte {
+// The labels keep a pool greeting's cookie from being taken for a hop's
+// and the other way round.
+const (
+	labelHop  = "halfway hop v2"
+	labelPool = "halfway pool v1"
+)
+
+func (a *hopAuth) mac(label string, ts uint32, nonce []byte, hop, dst netip.AddrPort) []byte {
 	m := hmac.New(sha256.New, a.key)
-	m.Write([]byte("halfway hop v2"))
+	m.Write([]byte(label))
 	var b [4 + 8 + 2*18]byte
 	binary.BigEndian.PutUint32(b[0:], ts)
 	copy(b[4:], nonce)
@@ -72,17 +79,36 @@ func (a *hopAuth) mac(ts uint32, nonce []byte, hop, dst netip.AddrPort) []byte {
 // cookie makes a fresh cookie for a hop sent to the relay at hop, asking
 // it to connect to dst.
 func (a *hopAuth) cookie(hop, dst netip.AddrPort) []byte {
+	return a.labeled(labelHop, hop, dst)
+}
+
+// poolCookie makes the cookie of a pooled connection's greeting to the
+// relay at hop; it names no destination.
+func (a *hopAuth) poolCookie(hop netip.AddrPort) []byte {
+	return a.labeled(labelPool, hop, netip.AddrPort{})
+}
+
+func (a *hopAuth) labeled(label string, hop, dst netip.AddrPort) []byte {
 	c := make([]byte, cookieLen)
 	ts := uint32(a.now().Unix())
 	binary.BigEndian.PutUint32(c, ts)
 	_, _ = rand.Read(c[4:12])
-	copy(c[12:], a.mac(ts, c[4:12], hop, dst))
+	copy(c[12:], a.mac(label, ts, c[4:12], hop, dst))
 	return c
 }
 
 // verify checks a cookie received at the address hop asking for dst, and
 // remembers its nonce.
 func (a *hopAuth) verify(c []byte, hop, dst netip.AddrPort) error {
+	return a.verifyLabeled(labelHop, c, hop, dst)
+}
+
+// verifyPool checks a pooled connection's greeting received at hop.
+func (a *hopAuth) verifyPool(c []byte, hop netip.AddrPort) error {
+	return a.verifyLabeled(labelPool, c, hop, netip.AddrPort{})
+}
+
+func (a *hopAuth) verifyLabeled(label string, c []byte, hop, dst netip.AddrPort) error {
 	if len(c) == 0 {
 		return errCookieMissing
 	}
@@ -90,14 +116,14 @@ func (a *hopAuth) verify(c []byte, hop, dst netip.AddrPort) error {
 		return errCookieBad
 	}
 	ts := binary.BigEndian.Uint32(c)
-	ok := hmac.Equal(c[12:], a.mac(ts, c[4:12], hop, dst))
+	ok := hmac.Equal(c[12:], a.mac(label, ts, c[4:12], hop, dst))
 	// Behind NAT, peers address this relay by a public address it cannot
 	// see on its socket: each advertised address may sign too.
 	a.mu.Lock()
 	ids := a.identities
 	a.mu.Unlock()
 	for _, id := range ids {
-		ok = ok || hmac.Equal(c[12:], a.mac(ts, c[4:12], id, dst))
+		ok = ok || hmac.Equal(c[12:], a.mac(label, ts, c[4:12], id, dst))
 	}
 	if !ok {
 		return errCookieBad

@@ -359,3 +359,32 @@ func TestCookieAdvertisedIdentity(t *testing.T) {
 		t.Errorf("a cookie for the advertised address was refused: %v", err)
 	}
 }
+
+// A pool greeting's cookie authenticates a pooled connection to the relay
+// it names, once; it is never a hop cookie (nor the other way round), not
+// even for the zero destination it is computed over.
+func TestPoolCookie(t *testing.T) {
+	a := newHopAuth(testKey, 30*time.Second)
+	relay := netip.MustParseAddrPort("10.0.0.2:7100")
+	other := netip.MustParseAddrPort("10.0.0.3:7100")
+	pc := a.poolCookie(relay)
+	if err := a.verify(pc, relay, netip.AddrPort{}); !errors.Is(err, errCookieBad) {
+		t.Errorf("pool cookie as hop cookie: %v, want %v", err, errCookieBad)
+	}
+	if err := a.verifyPool(pc, other); !errors.Is(err, errCookieBad) {
+		t.Errorf("pool cookie at another relay: %v, want %v", err, errCookieBad)
+	}
+	if err := a.verifyPool(pc, relay); err != nil {
+		t.Errorf("pool cookie: %v", err)
+	}
+	if err := a.verifyPool(pc, relay); !errors.Is(err, errCookieReplay) {
+		t.Errorf("pool cookie again: %v, want %v", err, errCookieReplay)
+	}
+	hc := a.cookie(relay, netip.AddrPort{})
+	if err := a.verifyPool(hc, relay); !errors.Is(err, errCookieBad) {
+		t.Errorf("hop cookie as pool cookie: %v, want %v", err, errCookieBad)
+	}
+	if err := a.verifyPool(nil, relay); !errors.Is(err, errCookieMissing) {
+		t.Errorf("no cookie: %v, want %v", err, errCookieMissing)
+	}
+}

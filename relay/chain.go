@@ -44,7 +44,19 @@ func (s *Server) dialChain(ctx context.Context, rt *runtime, via []netip.AddrPor
 			return nil, &connectError{kind: "failure", err: err}
 		}
 	}
-	c, err := s.dial(ctx, rt, via[0], append(payload, early...), rt.cfg.Legs.Relay, netip.Addr{})
+	payload = append(payload, early...)
+	if p := (*s.pools.Load())[via[0]]; p != nil {
+		if c := p.take(); c != nil {
+			c, err := s.overChain(ctx, c, len(via), payload, true)
+			if !errors.Is(err, errPooledGone) {
+				return c, err
+			}
+			// Closed by the peer meanwhile: the same bytes go on a fresh
+			// connection.
+			p.dead.Add(1)
+		}
+	}
+	c, err := s.dial(ctx, rt, via[0], payload, rt.cfg.Legs.Relay, netip.Addr{})
 	if err != nil {
 		// The first relay is down or refusing: no verdict on the destination.
 		var ce *connectError
@@ -56,13 +68,32 @@ func (s *Server) dialChain(ctx context.Context, rt *runtime, via []netip.AddrPor
 		}
 		return nil, err
 	}
+	return s.overChain(ctx, c, len(via), nil, false)
+}
+
+// overChain sends what is left of payload on c, the connection to the
+// first relay, and reads each hop's answer. On a pooled connection a first
+// write or read that finds it closed is errPooledGone.
+func (s *Server) overChain(ctx context.Context, c *net.TCPConn, hops int, payload []byte, pooled bool) (*net.TCPConn, error) {
 	if dl, ok := ctx.Deadline(); ok {
-		_ = c.SetReadDeadline(dl)
+		_ = c.SetDeadline(dl)
 	}
-	for i := range via {
+	if len(payload) > 0 {
+		if _, err := c.Write(payload); err != nil {
+			c.Close()
+			if pooled && pooledGone(err) {
+				return nil, errPooledGone
+			}
+			return nil, &connectError{kind: "failure", hop: 1, err: fmt.Errorf("relay 1 of the chain: %w", err)}
+		}
+	}
+	for i := range hops {
 		m, err := convert.ReadMessage(c)
 		if err != nil {
 			c.Close()
+			if pooled && i == 0 && pooledGone(err) {
+				return nil, errPooledGone
+			}
 			// The relay itself failed or hung up (not allowed, down, not a
 			// relay): that is no verdict on the destination.
 			kind := "failure"
@@ -76,33 +107,58 @@ func (s *Server) dialChain(ctx context.Context, rt *runtime, via []netip.AddrPor
 			return nil, fromConvert(m.Error.Code, i+1)
 		}
 	}
-	_ = c.SetReadDeadline(time.Time{})
+	_ = c.SetDeadline(time.Time{})
 	return c, nil
 }
 
 // serveConvert is the converter side: a relay hop asks, in the first bytes
 // of its SYN, for a connection onward.
 func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
-	raw, err := convert.ReadRaw(c)
+	m, err := readConvert(c)
 	if err != nil {
-		c.Close()
-		return nil, errorf("convert", err)
-	}
-	m, _, err := convert.Parse(raw)
-	if err != nil {
-		var pe *convert.ProtocolError
-		if errors.As(err, &pe) {
-			replyAndClose(c, func() error { return writeConvert(c, pe.Reply(raw)) })
-		} else {
-			c.Close()
-		}
-		return nil, errorf("convert", err)
+		return nil, err
 	}
 	fail := func(code convert.ErrorCode, err error) (*net.TCPConn, error) {
 		replyAndClose(c, func() error { return writeConvertError(c, code) })
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Time{})
+	if m.Connect == nil && !m.Info && m.Cookie != nil {
+		// A peer opening a pooled connection: it greets with a pool cookie
+		// alone, and sends its request when a flow takes the connection.
+		if rt.auth == nil {
+			return fail(convert.NotAuthorized, errors.New("convert: no pre-shared key configured"))
+		}
+		if err := rt.auth.verifyPool(m.Cookie, addrPortOf(c.LocalAddr())); err != nil {
+			s.metrics.refused.WithLabelValues(f.listener, "hop_not_authenticated").Inc()
+			return fail(convert.NotAuthorized, errorf("convert pool greeting", err))
+		}
+		pooled := "pooled"
+		f.proto.Store(&pooled)
+		f.endHandshake()
+		_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
+		if err := writeConvert(c, &convert.Message{}); err != nil {
+			c.Close()
+			return nil, errorf("convert pool greeting reply", err)
+		}
+		_ = c.SetWriteDeadline(time.Time{})
+		_ = c.SetReadDeadline(time.Now().Add(rt.cfg.Limits.PooledWait.D()))
+		if !s.park(c) {
+			c.Close()
+			return nil, errors.New("pooled connection: draining")
+		}
+		m, err = readConvert(c)
+		s.unpark(c)
+		if err != nil {
+			return nil, fmt.Errorf("pooled connection: %w", err)
+		}
+		conv := "convert"
+		f.proto.Store(&conv)
+		_ = c.SetReadDeadline(time.Time{})
+		if m.Connect == nil {
+			return fail(convert.UnsupportedMessage, errors.New("convert: pooled connection without a Connect TLV"))
+		}
+	}
 	if m.Connect == nil {
 		if m.Info {
 			// RFC 8803 §4.2.1: a client may only ask what we support.
@@ -150,6 +206,27 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 	}
 	_ = c.SetWriteDeadline(time.Time{})
 	return server, nil
+}
+
+// readConvert reads one Convert message; on malformed input it answers
+// with the protocol's error and closes c.
+func readConvert(c *net.TCPConn) (*convert.Message, error) {
+	raw, err := convert.ReadRaw(c)
+	if err != nil {
+		c.Close()
+		return nil, errorf("convert", err)
+	}
+	m, _, err := convert.Parse(raw)
+	if err != nil {
+		var pe *convert.ProtocolError
+		if errors.As(err, &pe) {
+			replyAndClose(c, func() error { return writeConvert(c, pe.Reply(raw)) })
+		} else {
+			c.Close()
+		}
+		return nil, errorf("convert", err)
+	}
+	return m, nil
 }
 
 func writeConvertError(c *net.TCPConn, code convert.ErrorCode) error {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"halfway/sockopt"
 	"halfway/strictyaml"
 )
 
@@ -21,6 +22,7 @@ type Config struct {
 	Legs      LegsConfig       `yaml:"legs"`
 	Listeners []ListenerConfig `yaml:"listeners"`
 	Routes    []RouteConfig    `yaml:"routes"`
+	Peers     []PeerConfig     `yaml:"peers"`
 }
 
 // AdminConfig places the metrics and admin HTTP API.
@@ -56,6 +58,9 @@ type Limits struct {
 	MaxHandshakes     int      `yaml:"max_handshakes"`       // clients still sending their head (default 512)
 	ConnectTimeout    Duration `yaml:"connect_timeout"`      // next-hop connect (default 5s)
 	HandshakeTimeout  Duration `yaml:"handshake_timeout"`    // client's protocol head (default 10s)
+	// PooledWait is how long a converter keeps a peer's authenticated
+	// pooled connection open before its first request (default 10m).
+	PooledWait Duration `yaml:"pooled_wait"`
 }
 
 // LegConfig sets socket options of one kind of leg.
@@ -63,6 +68,14 @@ type LegConfig struct {
 	IdleTimeout Duration `yaml:"idle_timeout"` // no byte either way (0: never)
 	Keepalive   Duration `yaml:"keepalive"`    // TCP keepalive idle time (0: off)
 	UserTimeout Duration `yaml:"user_timeout"` // TCP_USER_TIMEOUT (0: kernel default)
+	// Congestion is the leg's congestion control (TCP_CONGESTION), e.g. bbr
+	// or cubic; empty keeps the route's or the namespace's default.
+	Congestion string `yaml:"congestion"`
+	// SendBuffer and ReceiveBuffer fix the socket buffers (SO_SNDBUFFORCE,
+	// SO_RCVBUFFORCE), e.g. 32MiB for a long fat leg; 0 keeps the
+	// kernel's autotuning.
+	SendBuffer    Size `yaml:"send_buffer"`
+	ReceiveBuffer Size `yaml:"receive_buffer"`
 }
 
 // LegsConfig sets each kind of leg: toward clients, servers and relays.
@@ -123,6 +136,42 @@ type RouteConfig struct {
 	Via      []string `yaml:"via"`      // next relays host:port in order; empty: direct
 }
 
+// PeerConfig is another relay this one exchanges flows with: it may keep a
+// pool of pre-established connections to it, and a Turbo-Start route
+// toward it.
+type PeerConfig struct {
+	// Address is the peer's host:port (its convert listener); a bare
+	// host is enough for a peer with turbo and no pool.
+	Address string       `yaml:"address"`
+	Pool    *PoolConfig  `yaml:"pool"`
+	Turbo   *TurboConfig `yaml:"turbo"`
+}
+
+// PoolConfig keeps pre-established, authenticated connections to a peer.
+// A flow routed via the peer takes one and sends its destination in the
+// first bytes, so the peer connects onward without a handshake with us
+// first. A connection serves one flow; a refill replaces it at once.
+type PoolConfig struct {
+	// Low and High are the watermarks: when fewer than Low connections are
+	// idle, new ones are opened in the background up to High (defaults 4
+	// and 2×Low; at most 1024).
+	Low  int `yaml:"low"`
+	High int `yaml:"high"`
+	// MaxIdle replaces a connection no flow took for this long (default
+	// 2m; pooled connections are single-use, so this is also their age).
+	MaxIdle Duration `yaml:"max_idle"`
+}
+
+// TurboConfig is Turbo-Start toward a peer: the relay installs a host
+// route to the peer, through the same gateway and device as the route it
+// replaces, with large initial congestion and receive windows, so relay
+// legs skip most of slow start. Legs to clients and servers keep the
+// kernel's defaults.
+type TurboConfig struct {
+	InitCwnd int `yaml:"initcwnd"` // segments (default 100)
+	InitRwnd int `yaml:"initrwnd"` // segments (default: initcwnd)
+}
+
 // Duration is a time.Duration written like 30s or 10m.
 type Duration time.Duration
 
@@ -137,6 +186,29 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
+// Size is a byte count written like 4194304, 512KiB, 16MiB or 1GiB.
+type Size int64
+
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1}, {"", 1}}
+
+func (z *Size) UnmarshalText(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	for _, u := range sizeUnits {
+		if num, ok := strings.CutSuffix(s, u.suffix); ok {
+			v, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+			if err != nil || v < 0 || v > (1<<31)/u.mult {
+				break
+			}
+			*z = Size(v * u.mult)
+			return nil
+		}
+	}
+	return fmt.Errorf("want a size like 16MiB (0 to 2GiB)")
+}
+
 // Defaults an operator would expect when a field is left out.
 const (
 	DefaultAdmin          = "127.0.0.1:9190"
@@ -149,6 +221,12 @@ const (
 	defaultWindow         = 30 * time.Second
 	defaultIdle           = 15 * time.Minute
 	defaultKeepalive      = 30 * time.Second
+	defaultPooledWait     = 10 * time.Minute
+	defaultPoolLow        = 4
+	defaultPoolMaxIdle    = 2 * time.Minute
+	defaultTurboWindow    = 100
+	maxPoolSize           = 1024
+	maxTurboWindow        = 65535
 )
 
 // LoadConfig reads, decodes, defaults and validates a config file.
@@ -204,6 +282,30 @@ func (c *Config) setDefaults() {
 	}
 	if l.HandshakeTimeout == 0 {
 		l.HandshakeTimeout = Duration(defaultHandshake)
+	}
+	if l.PooledWait == 0 {
+		l.PooledWait = Duration(defaultPooledWait)
+	}
+	for i := range c.Peers {
+		if p := c.Peers[i].Pool; p != nil {
+			if p.Low == 0 {
+				p.Low = defaultPoolLow
+			}
+			if p.High == 0 {
+				p.High = min(2*p.Low, maxPoolSize)
+			}
+			if p.MaxIdle == 0 {
+				p.MaxIdle = Duration(defaultPoolMaxIdle)
+			}
+		}
+		if t := c.Peers[i].Turbo; t != nil {
+			if t.InitCwnd == 0 {
+				t.InitCwnd = defaultTurboWindow
+			}
+			if t.InitRwnd == 0 {
+				t.InitRwnd = t.InitCwnd
+			}
+		}
 	}
 	for _, leg := range []*LegConfig{&c.Legs.Client, &c.Legs.Server, &c.Legs.Relay} {
 		if leg.IdleTimeout == 0 {
@@ -360,6 +462,43 @@ func (c *Config) Validate() error {
 			needPSK = true
 		}
 	}
+	for _, lg := range []struct {
+		name string
+		leg  LegConfig
+	}{{"client", c.Legs.Client}, {"server", c.Legs.Server}, {"relay", c.Legs.Relay}} {
+		if lg.leg.Congestion != "" && !sockopt.CongestionAvailable(lg.leg.Congestion) {
+			add("legs."+lg.name+".congestion", "%q: not available here (see net.ipv4.tcp_available_congestion_control)", lg.leg.Congestion)
+		}
+	}
+	peers := map[netip.Addr]bool{}
+	for i, pc := range c.Peers {
+		p := fmt.Sprintf("peers[%d]", i)
+		host, err := parsePeer(pc.Address)
+		switch {
+		case err != nil:
+			add(p+".address", "%q: want a relay address like 10.0.0.2:7100", pc.Address)
+		case peers[host]:
+			add(p+".address", "%q: duplicate peer", pc.Address)
+		}
+		peers[host] = true
+		if pc.Pool == nil && pc.Turbo == nil {
+			add(p, "a peer needs a pool, turbo or both")
+		}
+		if pl := pc.Pool; pl != nil {
+			if _, err := netip.ParseAddrPort(pc.Address); err != nil {
+				add(p+".address", "%q: a pool needs the peer's port, like 10.0.0.2:7100", pc.Address)
+			}
+			if pl.Low < 0 || pl.High < pl.Low || pl.High > maxPoolSize {
+				add(p+".pool", "low %d, high %d: want 0 ≤ low ≤ high ≤ %d", pl.Low, pl.High, maxPoolSize)
+			}
+			needPSK = true
+		}
+		if t := pc.Turbo; t != nil {
+			if t.InitCwnd < 1 || t.InitCwnd > maxTurboWindow || t.InitRwnd < 1 || t.InitRwnd > maxTurboWindow {
+				add(p+".turbo", "initcwnd %d, initrwnd %d: want 1 to %d segments", t.InitCwnd, t.InitRwnd, maxTurboWindow)
+			}
+		}
+	}
 	for i, a := range c.Auth.Advertise {
 		if _, err := netip.ParseAddrPort(a); err != nil {
 			add(fmt.Sprintf("auth.advertise[%d]", i), "%q: want an address like 203.0.113.5:7100", a)
@@ -472,6 +611,15 @@ func loadUsers(path string) (map[string]string, error) {
 		users[u] = p
 	}
 	return users, nil
+}
+
+// parsePeer reads a peer's host:port or bare host.
+func parsePeer(s string) (netip.Addr, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr().Unmap(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	return a.Unmap(), err
 }
 
 // loadPSK reads the pre-shared key: the file's bytes, trailing newline trimmed.

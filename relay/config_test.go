@@ -95,7 +95,7 @@ routes:
 		Log:   LogConfig{Format: "json", Level: "debug"},
 		Auth:  AuthConfig{PSKFile: psk, Window: d("45s")},
 		Limits: Limits{MaxFlows: 100, MaxFlowsPerClient: 10, MaxPending: 20, MaxHandshakes: defaultMaxHandshakes,
-			ConnectTimeout: d("3s"), HandshakeTimeout: d("7s")},
+			ConnectTimeout: d("3s"), HandshakeTimeout: d("7s"), PooledWait: Duration(defaultPooledWait)},
 		Legs: LegsConfig{
 			Client: LegConfig{IdleTimeout: d("1m"), Keepalive: d("10s"), UserTimeout: d("20s")},
 			Server: LegConfig{IdleTimeout: d("2m"), Keepalive: d("11s"), UserTimeout: d("21s")},
@@ -292,6 +292,28 @@ func TestConfigErrors(t *testing.T) {
 			"log: {level: loud}\nlisteners:\n  - {name: a, listen: \"x\", mode: explicit, protocols: [socks5]}\nroutes:\n  - {listener: b, via: [\"y\"]}\n",
 			[]string{"log.level", "listeners[0].listen", "listeners[0].allow_clients", "listeners[0].allow_destinations",
 				"routes[0].listener", "routes[0].via[0]", "auth.psk_file"}},
+		{"peer without pool or turbo", withAuth(psk) + "listeners: [" + ln + "]\npeers:\n  - {address: \"10.0.0.2:7100\"}\n",
+			[]string{"peers[0]: a peer needs a pool, turbo or both"}},
+		{"peer bad address", "listeners: [" + ln + "]\npeers:\n  - {address: relay2, turbo: {}}\n",
+			[]string{`peers[0].address: "relay2"`}},
+		{"pool without port", withAuth(psk) + "listeners: [" + ln + "]\npeers:\n  - {address: 10.0.0.2, pool: {}}\n",
+			[]string{`peers[0].address: "10.0.0.2": a pool needs the peer's port`}},
+		{"pool needs psk", "listeners: [" + ln + "]\npeers:\n  - {address: \"10.0.0.2:7100\", pool: {}}\n",
+			[]string{"auth.psk_file: relay hops"}},
+		{"pool watermarks reversed", withAuth(psk) + "listeners: [" + ln + "]\npeers:\n  - {address: \"10.0.0.2:7100\", pool: {low: 8, high: 4}}\n",
+			[]string{"peers[0].pool: low 8, high 4"}},
+		{"pool too big", withAuth(psk) + "listeners: [" + ln + "]\npeers:\n  - {address: \"10.0.0.2:7100\", pool: {low: 1, high: 5000}}\n",
+			[]string{"peers[0].pool: low 1, high 5000"}},
+		{"pool unknown key", withAuth(psk) + "listeners: [" + ln + "]\npeers:\n  - {address: \"10.0.0.2:7100\", pool: {size: 4}}\n",
+			[]string{"peers[0].pool.size: unknown field"}},
+		{"duplicate peer", "listeners: [" + ln + "]\npeers:\n  - {address: 10.0.0.2, turbo: {}}\n  - {address: \"10.0.0.2:7100\", turbo: {}}\n",
+			[]string{`peers[1].address: "10.0.0.2:7100": duplicate peer`}},
+		{"turbo window too big", "listeners: [" + ln + "]\npeers:\n  - {address: 10.0.0.2, turbo: {initcwnd: 100000}}\n",
+			[]string{"peers[0].turbo: initcwnd 100000"}},
+		{"unknown congestion control", "legs: {relay: {congestion: warp}}\nlisteners: [" + ln + "]\n",
+			[]string{`legs.relay.congestion: "warp": not available here`}},
+		{"bad buffer size", "legs: {relay: {send_buffer: 16 megs}}\nlisteners: [" + ln + "]\n",
+			[]string{`legs.relay.send_buffer: "16 megs"`}},
 		{"not YAML", "listeners: [\n", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -415,6 +437,54 @@ func TestConfigLoadConfig(t *testing.T) {
 	}
 	if _, err := LoadConfig(filepath.Join(dir, "absent")); err == nil {
 		t.Error("LoadConfig of a missing file succeeded")
+	}
+}
+
+// Peers take their defaults: pool watermarks 4/8, max idle 2m, turbo
+// windows 100 and the receive window after the congestion window.
+func TestConfigPeerDefaults(t *testing.T) {
+	psk := writeTestFile(t, t.TempDir(), "psk", "0123456789abcdef\n")
+	c, err := ParseConfig([]byte(fmt.Sprintf(`
+auth: {psk_file: %q}
+legs: {relay: {congestion: cubic, send_buffer: 32MiB, receive_buffer: 1048576}}
+listeners:
+  - {name: a, listen: "127.0.0.1:1080", protocols: [socks5], allow_clients: ["10.0.0.0/8"], allow_destinations: ["10.0.0.0/8"]}
+peers:
+  - {address: "10.0.0.2:7100", pool: {}, turbo: {initcwnd: 400}}
+  - {address: "[2001:db8::2]:7100", pool: {low: 2, max_idle: 30s}}
+  - {address: 10.0.0.3, turbo: {}}
+`, psk)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []PeerConfig{
+		{Address: "10.0.0.2:7100", Pool: &PoolConfig{Low: 4, High: 8, MaxIdle: Duration(2 * time.Minute)}, Turbo: &TurboConfig{InitCwnd: 400, InitRwnd: 400}},
+		{Address: "[2001:db8::2]:7100", Pool: &PoolConfig{Low: 2, High: 4, MaxIdle: Duration(30 * time.Second)}},
+		{Address: "10.0.0.3", Turbo: &TurboConfig{InitCwnd: 100, InitRwnd: 100}},
+	}
+	if !reflect.DeepEqual(c.Peers, want) {
+		t.Errorf("peers:\n got %+v\nwant %+v", c.Peers, want)
+	}
+	if r := c.Legs.Relay; r.Congestion != "cubic" || r.SendBuffer != 32<<20 || r.ReceiveBuffer != 1<<20 {
+		t.Errorf("legs.relay = %+v", r)
+	}
+}
+
+func TestSizeUnmarshal(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Size
+		ok   bool
+	}{
+		{"0", 0, true}, {"4096", 4096, true}, {"512KiB", 512 << 10, true}, {"16MiB", 16 << 20, true},
+		{"1GiB", 1 << 30, true}, {"2MB", 2e6, true}, {"100B", 100, true}, {"2GiB", 2 << 30, true},
+		{"3GiB", 0, false}, {"-1", 0, false}, {"1.5MiB", 0, false}, {"MiB", 0, false}, {"16 megs", 0, false}, {"", 0, false},
+	} {
+		var z Size
+		err := z.UnmarshalText([]byte(tc.in))
+		if (err == nil) != tc.ok || tc.ok && z != tc.want {
+			t.Errorf("%q: got %d, %v; want %d ok=%v", tc.in, z, err, tc.want, tc.ok)
+		}
 	}
 }
 

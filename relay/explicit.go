@@ -39,6 +39,8 @@ func (s *Server) handshake(st *listenerState, rt *runtime, f *flow, c *net.TCPCo
 	f.proto.Store(&proto)
 	if proto == "convert" {
 		setLeg(c, rt.cfg.Legs.Relay) // the client is a relay: its leg's settings
+	} else {
+		setLeg(c, rt.cfg.Legs.Client)
 	}
 	switch proto {
 	case "socks5":

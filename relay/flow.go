@@ -3,8 +3,10 @@ package relay
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +25,9 @@ type flow struct {
 	dst      atomic.Pointer[netip.AddrPort]
 	start    time.Time
 	up, down atomic.Int64
+	// endHandshake frees the client's handshake slot early: a peer's
+	// pooled connection waits for its request without holding one.
+	endHandshake func()
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {
@@ -72,7 +77,8 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 		return
 	}
 	rt := s.state.Load()
-	f := &flow{listener: l.cfg.Name, client: client, start: time.Now()}
+	endHandshake = sync.OnceFunc(endHandshake)
+	f := &flow{listener: l.cfg.Name, client: client, start: time.Now(), endHandshake: endHandshake}
 	f.proto.Store(&st.cfg.Mode)
 	s.register(f)
 	l.flowStarted()
@@ -83,14 +89,13 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 			s.log.Error("removing capture rules", "listener", l.cfg.Name, "err", err)
 		}
 	}
-	setLeg(c, rt.cfg.Legs.Client)
-
 	var server *net.TCPConn
 	var err error
 	if explicit {
 		server, err = s.handshake(st, rt, f, c)
 		endHandshake()
 	} else {
+		setLeg(c, rt.cfg.Legs.Client)
 		server, err = s.transparent(l, st, rt, f, c)
 	}
 	if err != nil {
@@ -153,9 +158,14 @@ func (s *Server) endFlow(f *flow, res datapath.Result) {
 			result = "connect_" + ce.kind
 		}
 	}
+	level := slog.LevelInfo
+	if *f.proto.Load() == "pooled" {
+		// A peer's pooled connection that no flow used: routine.
+		result, level = "pooled_unused", slog.LevelDebug
+	}
 	s.metrics.flows.WithLabelValues(f.listener, routeName, result).Inc()
 	s.finish(f)
-	s.log.Info("flow", attrs...)
+	s.log.Log(context.Background(), level, "flow", attrs...)
 }
 
 // transparent serves a flow captured by TPROXY or REDIRECT: the
@@ -242,7 +252,8 @@ func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, ear
 	d := net.Dialer{
 		KeepAliveConfig: net.KeepAliveConfig{Enable: leg.Keepalive > 0, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: 4},
 		Control: sockopt.Options{FastOpenConnect: len(early) > 0, UserTimeout: leg.UserTimeout.D(),
-			Transparent: src.IsValid()}.Control,
+			Transparent: src.IsValid(), Congestion: leg.Congestion,
+			SendBuffer: int(leg.SendBuffer), ReceiveBuffer: int(leg.ReceiveBuffer)}.Control,
 	}
 	if src.IsValid() {
 		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
@@ -273,8 +284,10 @@ func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, ear
 	return c, nil
 }
 
-// setLeg applies a leg's keepalive and user timeout to an accepted socket.
+// setLeg applies a leg's keepalive, user timeout, congestion control and
+// buffers to an accepted socket.
 func setLeg(c *net.TCPConn, leg LegConfig) {
+	_ = sockopt.Tune(c, leg.Congestion, int(leg.SendBuffer), int(leg.ReceiveBuffer))
 	if leg.Keepalive > 0 {
 		_ = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: 4})
 	}

@@ -31,6 +31,8 @@ import (
 	"halfway/netlab"
 	"halfway/netlab/labtest"
 	"halfway/proxyproto"
+	"halfway/relay"
+	"halfway/sockopt"
 	"halfway/socks5"
 )
 
@@ -42,7 +44,8 @@ type chainLab struct {
 	rcProxy string // rc's explicit listener
 	rsHop   string // rs's convert listener
 	psk     []byte
-	logs    map[string]string // relay name → log file
+	logs    map[string]string       // relay name → log file
+	stops   map[string]func() error // relay name → stop it now
 }
 
 const chainTopo = `
@@ -69,14 +72,38 @@ var buildOnce = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
-func startChain(t *testing.T) *chainLab {
+func startChain(t *testing.T) *chainLab { return startChainWith(t, false) }
+
+// accelLegs and the peers below turn on every acceleration feature between
+// rc and rs: a pool, Turbo-Start both ways, cubic and fixed buffers.
+const accelLegs = `
+legs:
+  relay: {congestion: cubic, send_buffer: 8MiB, receive_buffer: 8MiB}
+`
+
+// ifaceToward is h's address on its link to the host named peer.
+func ifaceToward(t *testing.T, h *netlab.Host, peer string) netip.Addr {
+	t.Helper()
+	for _, i := range h.Ifaces() {
+		if i.Peer == peer {
+			return i.Addr4.Addr()
+		}
+	}
+	t.Fatalf("%s has no link to %s", h.Name, peer)
+	return netip.Addr{}
+}
+
+// startChainWith starts the chain lab; accel adds a pool of connections
+// from rc to rs, Turbo-Start on both, and relay legs with cubic and 8 MiB
+// buffers.
+func startChainWith(t *testing.T, accel bool) *chainLab {
 	labtest.RequireRoot(t)
 	lab := labtest.Start(t, chainTopo)
 	dir := t.TempDir()
 	psk := []byte("a test key that is long enough!!")
 	os.WriteFile(filepath.Join(dir, "psk"), psk, 0o600)
 	rc, rs, server := lab.Host("rc"), lab.Host("rs"), lab.Host("server")
-	cl := &chainLab{lab: lab, psk: psk, logs: map[string]string{},
+	cl := &chainLab{lab: lab, psk: psk, logs: map[string]string{}, stops: map[string]func() error{},
 		rcProxy: rc.AddrPort(1080), rsHop: netip.AddrPortFrom(rs.Ifaces()[0].Addr4.Addr(), 7100).String()}
 	serverNet := server.Ifaces()[0].Addr4.Masked().String()
 	configs := map[string]string{
@@ -106,8 +133,18 @@ listeners:
     allow_destinations: [10.77.0.0/16]
 `, dir),
 	}
+	if accel {
+		configs["rc"] += accelLegs + fmt.Sprintf(`
+peers:
+  - {address: %s, pool: {low: 8, high: 16}, turbo: {initcwnd: 200, initrwnd: 300}}
+`, cl.rsHop)
+		configs["rs"] += accelLegs + fmt.Sprintf(`
+peers:
+  - {address: %s, turbo: {initcwnd: 200, initrwnd: 300}}
+`, ifaceToward(t, rc, "rs"))
+	}
 	for _, name := range []string{"rs", "rc"} {
-		cl.logs[name], _ = runRelay(t, lab.Host(name), name, configs[name])
+		cl.logs[name], cl.stops[name] = runRelay(t, lab.Host(name), name, configs[name])
 	}
 	// Wait until both relays accept.
 	for _, a := range []struct {
@@ -795,11 +832,13 @@ listeners:
 // TestThousandTransfers: 1,000 flows of random sizes from 0 B to 8 MB, both
 // directions, half-closed both ways, through the chain, each checked with
 // SHA-256; then the relays hold no more descriptors than before.
+// TestThousandTransfers runs with every acceleration feature on: flows
+// take pooled connections, relay legs start with Turbo-Start windows.
 func TestThousandTransfers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipped in -short mode")
 	}
-	cl := startChain(t)
+	cl := startChainWith(t, true)
 	server := cl.lab.Host("server")
 	ln, err := server.Listen("tcp", ":9000")
 	if err != nil {
@@ -815,7 +854,24 @@ func TestThousandTransfers(t *testing.T) {
 		n, _ := strconv.Atoi(strings.TrimSpace(string(out)))
 		return n
 	}
-	before := map[string]int{"rc": fds("rc"), "rs": fds("rs")}
+	// Idle pooled connections hold a socket on each relay and a goroutine
+	// on rs; the pool refills only below its low watermark, so their
+	// number differs before and after, and is taken out.
+	pooled := func() int {
+		t.Helper()
+		for i := 0; ; i++ {
+			if st := poolStatus(t, cl.lab.Host("rc")); len(st) == 1 && st[0].Idle >= st[0].Low && st[0].Opening == 0 {
+				time.Sleep(100 * time.Millisecond) // rs has answered the last greetings; let it park them
+				return st[0].Idle
+			}
+			if i > 200 {
+				t.Fatalf("rc's pool never filled: %+v", poolStatus(t, cl.lab.Host("rc")))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	idle0 := pooled()
+	before := map[string]int{"rc": fds("rc") - idle0, "rs": fds("rs") - idle0}
 	goroutines := func(name string) int {
 		resp, err := adminClient(cl.lab.Host(name)).Get("http://127.0.0.1:9190/debug/pprof/goroutine?debug=1")
 		if err != nil {
@@ -826,7 +882,7 @@ func TestThousandTransfers(t *testing.T) {
 		n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "goroutine profile: total")))
 		return n
 	}
-	gBefore := map[string]int{"rc": goroutines("rc"), "rs": goroutines("rs")}
+	gBefore := map[string]int{"rc": goroutines("rc"), "rs": goroutines("rs") - idle0}
 
 	sizes := rand.New(rand.NewPCG(1000, 1))
 	work := make(chan int)
@@ -861,12 +917,21 @@ func TestThousandTransfers(t *testing.T) {
 		t.Fatalf("%d of 1000 transfers failed", n)
 	}
 	time.Sleep(500 * time.Millisecond)
+	idle1 := pooled()
+	// How many found the pool empty depends on timing; every flow asked.
+	if st := poolStatus(t, cl.lab.Host("rc")); st[0].Taken == 0 || st[0].Taken+st[0].Missed < 1000 {
+		t.Errorf("rc's pool: %+v; want the 1000 flows to have asked it, and pooled connections used", st[0])
+	}
 	for name, n := range before {
-		if after := fds(name); after > n || n == 0 {
+		if after := fds(name) - idle1; after > n || n == 0 {
 			t.Errorf("relay %s holds %d sockets after the transfers, %d before", name, after, n)
 		}
 		// The admin request itself runs a goroutine or two.
-		if g0, g1 := gBefore[name], goroutines(name); g0 <= 0 || g1 > g0+2 {
+		g1 := goroutines(name)
+		if name == "rs" {
+			g1 -= idle1
+		}
+		if g0 := gBefore[name]; g0 <= 0 || g1 > g0+2 {
 			t.Errorf("relay %s runs %d goroutines after the transfers, %d before", name, g1, g0)
 		}
 	}
@@ -1139,6 +1204,113 @@ func TestCaptureReload(t *testing.T) {
 	if b, _ := os.ReadFile(logPath); strings.Count(string(b), "listener=web2 proto=tproxy") == 0 {
 		t.Error("web2's flow was not relayed")
 	}
+}
+
+// TestTurboStart: each relay installs a host route to its peer with the
+// configured initial windows; connections to the peer start with that
+// congestion window, checked with TCP_INFO, and the relays' pooled
+// connections run it with cubic; connections to the server keep the
+// kernel's 10. Stopping a relay removes its route.
+func TestTurboStart(t *testing.T) {
+	cl := startChainWith(t, true)
+	rc, rs, server := cl.lab.Host("rc"), cl.lab.Host("rs"), cl.lab.Host("server")
+	ln, err := server.Listen("tcp", ":9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveSHA(ln)
+	rcAddr := ifaceToward(t, rc, "rs")
+	rsAddr := netip.MustParseAddrPort(cl.rsHop).Addr()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, r := range []struct {
+		host *netlab.Host
+		peer netip.Addr
+	}{{rc, rsAddr}, {rs, rcAddr}} {
+		out, err := r.host.Command(ctx, "ip", "route", "show", r.peer.String()+"/32").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "proto 104") || !strings.Contains(string(out), "initcwnd 200") || !strings.Contains(string(out), "initrwnd 300") {
+			t.Errorf("%s: ip route show %s: %q %v; want the turbo route", r.host.Name, r.peer, out, err)
+		}
+	}
+	cwnd := func(h *netlab.Host, addr string) uint32 {
+		t.Helper()
+		c, err := h.Dial(ctx, "tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		info, err := sockopt.Info(c.(*net.TCPConn))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Snd_cwnd
+	}
+	for _, tc := range []struct {
+		name string
+		host *netlab.Host
+		addr string
+		want uint32
+	}{
+		{"rc to rs (turbo)", rc, cl.rsHop, 200},
+		{"rs to rc (turbo)", rs, netip.AddrPortFrom(rcAddr, 1080).String(), 200},
+		{"rc to server (default)", rc, server.AddrPort(9000), 10},
+		{"rs to server (default)", rs, server.AddrPort(9000), 10},
+	} {
+		if got := cwnd(tc.host, tc.addr); got != tc.want {
+			t.Errorf("%s: initial snd_cwnd %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	// The relays' own pooled connections, on both sides.
+	for _, r := range []struct {
+		host *netlab.Host
+		peer string
+	}{{rc, cl.rsHop}, {rs, rcAddr.String()}} {
+		out, err := r.host.Command(ctx, "ss", "-tinH", "state", "established", "dst", r.peer).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ss: %v %s", err, out)
+		}
+		n := 0
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, "cwnd:") {
+				n++
+				if !strings.Contains(line, "cubic") || !strings.Contains(line, " cwnd:200") {
+					t.Errorf("%s: pooled connection %q: want cubic and cwnd 200", r.host.Name, line)
+				}
+			}
+		}
+		if n < 8 {
+			t.Errorf("%s: %d pooled connections to %s, want at least 8:\n%s", r.host.Name, n, r.peer, out)
+		}
+	}
+	// A flow through the pool still moves every byte.
+	if err := roundTrip(ctx, cl, server.AddrPort(9000), 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.stops["rc"](); err != nil {
+		t.Errorf("stopping rc: %v", err)
+	}
+	out, _ := rc.Command(ctx, "ip", "route", "show", "proto", "104").CombinedOutput()
+	if strings.TrimSpace(string(out)) != "" {
+		t.Errorf("rc's turbo route outlived the relay: %s", out)
+	}
+}
+
+// poolStatus reads the pools from a relay's admin API.
+func poolStatus(t *testing.T, h *netlab.Host) []relay.PoolStatus {
+	t.Helper()
+	resp, err := adminClient(h).Get("http://127.0.0.1:9190/api/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Pools []relay.PoolStatus `json:"pools"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Pools
 }
 
 func serveEchoConns(ln net.Listener) {

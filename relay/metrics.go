@@ -43,7 +43,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		Name: "halfway_connects_pending", Help: "Next-leg connects in progress.",
 	}, func() float64 { return float64(s.pending.Load()) })
 	bytes := &bytesCollector{s: s, m: m}
-	for _, c := range []prometheus.Collector{m.active, m.flows, bytes, m.connect, m.errors, m.refused, m.path, pending} {
+	pools := &poolCollector{s: s}
+	for _, c := range []prometheus.Collector{m.active, m.flows, bytes, m.connect, m.errors, m.refused, m.path, pending, pools} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -99,5 +100,37 @@ func (b *bytesCollector) Collect(ch chan<- prometheus.Metric) {
 	for l, t := range sums {
 		ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(t[0]), l, "up")
 		ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(t[1]), l, "down")
+	}
+}
+
+// poolCollector reports the connection pools at scrape time.
+type poolCollector struct{ s *Server }
+
+var (
+	poolIdleDesc = prometheus.NewDesc("halfway_pool_idle",
+		"Pre-established connections waiting in a peer's pool.", []string{"peer"}, nil)
+	poolOpeningDesc = prometheus.NewDesc("halfway_pool_opening",
+		"Pool connections being opened to a peer.", []string{"peer"}, nil)
+	poolEventsDesc = prometheus.NewDesc("halfway_pool_connections_total",
+		"Pool connections by event: opened, failed (to open), taken (by a flow), missed (a flow found none), dead (found closed), expired (idle too long).",
+		[]string{"peer", "event"}, nil)
+)
+
+func (p *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- poolIdleDesc
+	ch <- poolOpeningDesc
+	ch <- poolEventsDesc
+}
+
+func (p *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, st := range p.s.Pools() {
+		ch <- prometheus.MustNewConstMetric(poolIdleDesc, prometheus.GaugeValue, float64(st.Idle), st.Peer)
+		ch <- prometheus.MustNewConstMetric(poolOpeningDesc, prometheus.GaugeValue, float64(st.Opening), st.Peer)
+		for _, e := range []struct {
+			name string
+			v    int64
+		}{{"opened", st.Opened}, {"failed", st.Failed}, {"taken", st.Taken}, {"missed", st.Missed}, {"dead", st.Dead}, {"expired", st.Expired}} {
+			ch <- prometheus.MustNewConstMetric(poolEventsDesc, prometheus.CounterValue, float64(e.v), st.Peer, e.name)
+		}
 	}
 }

@@ -55,6 +55,9 @@ type Server struct {
 	own        atomic.Pointer[map[netip.Addr]bool] // this host's addresses, refreshed
 	routes     policyRoutes                        // TPROXY policy routes shared by listeners
 	retired    map[string]*listener                // removed listeners whose capture outlives them (under mu)
+	parked     map[*net.TCPConn]bool               // peers' pooled connections awaiting a request (under mu)
+	pools      atomic.Pointer[map[netip.AddrPort]*pool]
+	turbo      turboRoutes
 
 	flowCtx    context.Context // canceled to abort every flow
 	cancelAll  context.CancelFunc
@@ -73,12 +76,14 @@ type runtime struct {
 
 // Tunables are the settings the admin API may change at run time.
 type Tunables struct {
-	MaxFlows          int           `json:"max_flows"`
-	MaxFlowsPerClient int           `json:"max_flows_per_client"`
-	MaxPending        int           `json:"max_pending"`
-	ConnectTimeout    time.Duration `json:"connect_timeout_ns"`
-	ClientIdle        time.Duration `json:"client_idle_timeout_ns"`
-	ServerIdle        time.Duration `json:"server_idle_timeout_ns"`
+	// Pools overrides pools' watermarks, by peer address.
+	Pools             map[string]Watermarks `json:"pools,omitempty"`
+	MaxFlows          int                   `json:"max_flows"`
+	MaxFlowsPerClient int                   `json:"max_flows_per_client"`
+	MaxPending        int                   `json:"max_pending"`
+	ConnectTimeout    time.Duration         `json:"connect_timeout_ns"`
+	ClientIdle        time.Duration         `json:"client_idle_timeout_ns"`
+	ServerIdle        time.Duration         `json:"server_idle_timeout_ns"`
 }
 
 func (t Tunables) validate() error {
@@ -94,7 +99,18 @@ func (t Tunables) validate() error {
 	case t.ClientIdle < 0 || t.ServerIdle < 0:
 		return errors.New("idle timeouts: want 0 (never) or more")
 	}
+	for peer, w := range t.Pools {
+		if w.Low < 0 || w.High < w.Low || w.High > maxPoolSize {
+			return fmt.Errorf("pools[%s]: low %d, high %d: want 0 ≤ low ≤ high ≤ %d", peer, w.Low, w.High, maxPoolSize)
+		}
+	}
 	return nil
+}
+
+// Watermarks are a pool's: refill below Low, up to High.
+type Watermarks struct {
+	Low  int `json:"low"`
+	High int `json:"high"`
 }
 
 // New checks cfg and prepares a server; Run starts it.
@@ -107,6 +123,7 @@ func New(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*Server, err
 		perClient: map[netip.Addr]int{},
 		hsClient:  map[netip.Addr]int{},
 		retired:   map[string]*listener{},
+		parked:    map[*net.TCPConn]bool{},
 		refusing:  make(chan struct{}, 64),
 	}
 	rt, err := newRuntime(cfg)
@@ -114,6 +131,7 @@ func New(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*Server, err
 		return nil, err
 	}
 	s.state.Store(rt)
+	s.pools.Store(&map[netip.AddrPort]*pool{})
 	if s.metrics, err = newMetrics(reg, s); err != nil {
 		return nil, err
 	}
@@ -181,6 +199,8 @@ func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 	go s.refreshOwnLoop()
 	if err := s.apply(s.state.Load().cfg); err != nil {
 		s.closeListeners()
+		s.closePools()
+		_ = s.turbo.apply(nil)
 		if s.admin != nil {
 			s.admin.close()
 		}
@@ -190,6 +210,24 @@ func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 	<-ctx.Done()
 	s.Drain(grace)
 	return nil
+}
+
+// park keeps a peer's pooled connection where Drain finds it; false when
+// draining already.
+func (s *Server) park(c *net.TCPConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining.Load() {
+		return false
+	}
+	s.parked[c] = true
+	return true
+}
+
+func (s *Server) unpark(c *net.TCPConn) {
+	s.mu.Lock()
+	delete(s.parked, c)
+	s.mu.Unlock()
 }
 
 // Reload applies a new configuration: listeners are added, removed or
@@ -263,6 +301,10 @@ func (s *Server) apply(cfg *Config) error {
 			}
 		}
 	}
+	s.applyPools(cfg)
+	if err := s.turbo.apply(cfg.Peers); err != nil {
+		errs = append(errs, err)
+	}
 	if s.admin == nil && cfg.Admin.Listen != "off" {
 		a, err := s.startAdmin(cfg.Admin.Listen)
 		if err != nil {
@@ -304,7 +346,13 @@ func (s *Server) Drain(grace time.Duration) {
 		}
 		delete(s.listeners, name)
 	}
+	// Peers' pooled connections carry no flow yet: they close now, and
+	// this relay's own pools stop.
+	for c := range s.parked {
+		c.Close()
+	}
 	s.mu.Unlock()
+	s.closePools()
 	n := s.active.Load()
 	s.log.Info("draining", "flows", n, "grace", grace)
 	done := make(chan struct{})
@@ -325,6 +373,9 @@ func (s *Server) Drain(grace time.Duration) {
 		}
 	}
 	s.acceptorWG.Wait()
+	if err := s.turbo.apply(nil); err != nil {
+		s.log.Error("removing turbo routes", "err", err)
+	}
 	if s.admin != nil {
 		s.admin.close()
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,33 +19,43 @@ import (
 	"halfway/socks5"
 )
 
-// startLoopback runs a Server in this process on loopback.
+// startLoopback runs a Server in this process on loopback, until the test
+// ends.
 func startLoopback(t *testing.T, cfgYAML string) *Server {
+	t.Helper()
+	s, _ := startStoppable(t, cfgYAML)
+	return s
+}
+
+// startStoppable runs a Server until stop is called or the test ends, and
+// returns once its first listener is open.
+func startStoppable(t *testing.T, cfgYAML string) (s *Server, stop func()) {
 	t.Helper()
 	cfg, err := ParseConfig([]byte(cfgYAML))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	s, err = New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx, time.Second) }()
-	t.Cleanup(func() {
+	stop = sync.OnceFunc(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Error(err)
 		}
 	})
-	for i := 0; s.Addr("socks") == nil; i++ {
+	t.Cleanup(stop)
+	for i := 0; s.Addr(cfg.Listeners[0].Name) == nil; i++ {
 		if i > 200 {
 			t.Fatal("listener never opened")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	return s
+	return s, stop
 }
 
 // TestHandshakePerClientShare: a client may hold an eighth of the
@@ -73,15 +84,17 @@ listeners:
 		held = append(held, c)
 	}
 	waitFor(t, func() bool { return s.handshakes.Load() == 2 })
+	// The reset may come before Dial has read the socket's state, which
+	// then fails with it.
 	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
+	if err == nil {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
 	}
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("third silent connection: %v, want a reset", err)
 	}
-	c.Close()
 	// One ends: a full SOCKS flow fits again.
 	held[0].Close()
 	waitFor(t, func() bool { return s.handshakes.Load() == 1 })

@@ -15,6 +15,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 	"unsafe"
@@ -37,6 +40,13 @@ type Options struct {
 	UserTimeout time.Duration
 	// Mark sets SO_MARK (0: unset), for policy routing of the relay's own legs.
 	Mark int
+	// Congestion sets the congestion control (TCP_CONGESTION) before the
+	// SYN, so the handshake already runs it; empty keeps the default.
+	Congestion string
+	// SendBuffer and ReceiveBuffer > 0 fix the socket buffers, beyond
+	// net.core.[rw]mem_max (SO_SNDBUFFORCE, SO_RCVBUFFORCE: CAP_NET_ADMIN).
+	// Set before connect, the receive buffer also sizes the window scale.
+	SendBuffer, ReceiveBuffer int
 }
 
 // Control applies the options; it fits net.Dialer.Control and
@@ -90,7 +100,66 @@ func (o Options) apply(fd int, network string) error {
 			return err
 		}
 	}
+	return applyTuning(fd, o.Congestion, o.SendBuffer, o.ReceiveBuffer)
+}
+
+// Tune sets congestion control and buffer sizes on a connected socket,
+// as Options does before a connect; empty or 0 leaves a setting alone.
+func Tune(c *net.TCPConn, congestion string, sendBuf, recvBuf int) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = applyTuning(int(fd), congestion, sendBuf, recvBuf) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+func applyTuning(fd int, congestion string, sendBuf, recvBuf int) error {
+	if congestion != "" {
+		if err := unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, congestion); err != nil {
+			return fmt.Errorf("setsockopt TCP_CONGESTION %s: %w", congestion, err)
+		}
+	}
+	for _, b := range []struct {
+		opt, size int
+		name      string
+	}{{unix.SO_SNDBUFFORCE, sendBuf, "SO_SNDBUFFORCE"}, {unix.SO_RCVBUFFORCE, recvBuf, "SO_RCVBUFFORCE"}} {
+		if b.size > 0 {
+			// The kernel doubles the value for its bookkeeping.
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, b.opt, b.size/2); err != nil {
+				return fmt.Errorf("setsockopt %s: %w", b.name, err)
+			}
+		}
+	}
 	return nil
+}
+
+// Congestion reads a socket's congestion control.
+func Congestion(c *net.TCPConn) (string, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return "", err
+	}
+	var name string
+	var serr error
+	if err := rc.Control(func(fd uintptr) { name, serr = unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION) }); err != nil {
+		return "", err
+	}
+	return name, serr
+}
+
+// CongestionAvailable tells whether the kernel has a congestion control
+// (net.ipv4.tcp_available_congestion_control); when the list cannot be
+// read it says yes and leaves the verdict to setsockopt.
+func CongestionAvailable(name string) bool {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_available_congestion_control")
+	if err != nil {
+		return true
+	}
+	return slices.Contains(strings.Fields(string(b)), name)
 }
 
 // SetUserTimeout sets TCP_USER_TIMEOUT on a connected socket.

@@ -1,0 +1,315 @@
+package relay
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"halfway/socks5"
+)
+
+// poolPair runs, in this process on loopback, a converter relay "rs" on a
+// fixed port and an entry relay "rc" whose SOCKS5 flows go via rs from a
+// pool. peerAddr is where rc dials rs (rs itself, or a proxy before it).
+type poolPair struct {
+	rsYAML, rcYAML string
+	rsAddr         string
+}
+
+func newPoolPair(t *testing.T, peerAddr func(rs string) string, low, high int) *poolPair {
+	t.Helper()
+	psk := filepath.Join(t.TempDir(), "psk")
+	if err := os.WriteFile(psk, []byte("pool test key 0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rs := freeLoopback(t)
+	peer := peerAddr(rs)
+	return &poolPair{
+		rsAddr: rs,
+		rsYAML: fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %q, advertise: [%q]}
+listeners:
+  - {name: hop, listen: %q, protocols: [convert], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+`, psk, peer, rs),
+		rcYAML: fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %q}
+listeners:
+  - {name: socks, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+routes:
+  - {via: [%q]}
+peers:
+  - {address: %q, pool: {low: %d, high: %d}}
+`, psk, peer, peer, low, high),
+	}
+}
+
+// freeLoopback is a loopback address with a port free right now.
+func freeLoopback(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// echoServer answers each connection with what it receives, until EOF.
+func echoServer(t *testing.T) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return addrPortOf(l.Addr())
+}
+
+// echoThrough sends n random bytes through the SOCKS relay at socks to
+// the echo server at dst and checks they come back whole.
+func echoThrough(socks net.Addr, dst netip.AddrPort, n int) error {
+	c, err := net.DialTimeout("tcp", socks.String(), 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := socks5.ClientHandshake(c, c, socks5.Addr{IP: dst.Addr(), Port: dst.Port()}, "", ""); err != nil {
+		return fmt.Errorf("socks: %w", err)
+	}
+	data := make([]byte, n)
+	rand.Read(data)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(c)
+	if werr := <-errc; werr != nil {
+		return fmt.Errorf("write: %w", werr)
+	}
+	if err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	if !bytes.Equal(got, data) {
+		return fmt.Errorf("echo: got %d bytes, want %d equal ones", len(got), n)
+	}
+	return nil
+}
+
+func poolOf(t *testing.T, s *Server) PoolStatus {
+	t.Helper()
+	ps := s.Pools()
+	if len(ps) != 1 {
+		t.Fatalf("pools: %+v, want one", ps)
+	}
+	return ps[0]
+}
+
+// TestPoolFlows: the pool fills to its high watermark with greeted
+// connections the peer holds as "pooled"; flows take them, each bytes-exact
+// in both directions with half-close, and the pool refills behind them.
+func TestPoolFlows(t *testing.T) {
+	pp := newPoolPair(t, func(rs string) string { return rs }, 3, 6)
+	rs := startLoopback(t, pp.rsYAML)
+	rc := startLoopback(t, pp.rcYAML)
+	dst := echoServer(t)
+	waitFor(t, func() bool { return poolOf(t, rc).Idle == 6 })
+	pooled := 0
+	for _, f := range rs.Flows() {
+		if f.Protocol == "pooled" {
+			pooled++
+		}
+	}
+	if pooled != 6 {
+		t.Errorf("the peer holds %d pooled connections, want 6: %+v", pooled, rs.Flows())
+	}
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := echoThrough(rc.Addr("socks"), dst, 1+i*37_000); err != nil {
+				failed.Add(1)
+				t.Errorf("flow %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	st := poolOf(t, rc)
+	if st.Taken == 0 || st.Taken+st.Missed < 20 {
+		t.Errorf("pool after 20 flows: %+v, want some taken, and every flow counted", st)
+	}
+	waitFor(t, func() bool { return poolOf(t, rc).Idle >= 3 })
+}
+
+// TestPoolPeerRestart: when the peer stops, its pooled connections close
+// and the pool finds them dead; flows meanwhile get a clean refusal; when
+// the peer is back, the pool refills and flows take pooled connections.
+func TestPoolPeerRestart(t *testing.T) {
+	pp := newPoolPair(t, func(rs string) string { return rs }, 2, 4)
+	_, stopRS := startStoppable(t, pp.rsYAML)
+	rc := startLoopback(t, pp.rcYAML)
+	dst := echoServer(t)
+	waitFor(t, func() bool { return poolOf(t, rc).Idle == 4 })
+	stopRS()
+	waitFor(t, func() bool { return poolOf(t, rc).Idle == 0 })
+	if st := poolOf(t, rc); st.Dead < 4 {
+		t.Errorf("after the peer stopped: %+v, want its 4 connections found dead", st)
+	}
+	c, err := net.Dial("tcp", rc.Addr("socks").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = socks5.ClientHandshake(c, c, socks5.Addr{IP: dst.Addr(), Port: dst.Port()}, "", "")
+	c.Close()
+	if err == nil {
+		t.Error("a flow via a stopped peer was accepted")
+	}
+	taken := poolOf(t, rc).Taken
+	startLoopback(t, pp.rsYAML)
+	// The pool backs off after failures (at most 10 s) before it refills.
+	for i := 0; poolOf(t, rc).Idle < 2; i++ {
+		if i > 300 {
+			t.Fatalf("pool never refilled: %+v", poolOf(t, rc))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := echoThrough(rc.Addr("socks"), dst, 100_000); err != nil {
+		t.Fatal(err)
+	}
+	if st := poolOf(t, rc); st.Taken != taken+1 {
+		t.Errorf("after the peer came back: %+v, want one more taken", st)
+	}
+}
+
+// breakable forwards connections to a target until broken: then every
+// connection open so far loses its far side, and answers the next bytes
+// its near side sends with a reset, as a peer that restarted and forgot
+// them would. Connections opened later are forwarded again.
+type breakable struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []*net.TCPConn // far sides of the open connections
+	broken map[*net.TCPConn]bool
+}
+
+func newBreakable(t *testing.T, addr, target string) *breakable {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &breakable{ln: ln, target: target, broken: map[*net.TCPConn]bool{}}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go b.forward(c.(*net.TCPConn))
+		}
+	}()
+	return b
+}
+
+func (b *breakable) forward(near *net.TCPConn) {
+	defer near.Close()
+	far, err := net.Dial("tcp", b.target)
+	if err != nil {
+		return
+	}
+	b.mu.Lock()
+	b.conns = append(b.conns, far.(*net.TCPConn))
+	b.mu.Unlock()
+	back := make(chan struct{})
+	defer func() { <-back }() // before near closes
+	go func() {
+		defer close(back)
+		io.Copy(near, far)
+		b.mu.Lock()
+		broken := b.broken[far.(*net.TCPConn)]
+		b.mu.Unlock()
+		if !broken {
+			near.CloseWrite()
+		}
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := near.Read(buf)
+		b.mu.Lock()
+		broken := b.broken[far.(*net.TCPConn)]
+		b.mu.Unlock()
+		if broken {
+			near.SetLinger(0) // a reset in answer to the bytes
+			near.Close()
+			return
+		}
+		if n > 0 {
+			far.Write(buf[:n])
+		}
+		if err != nil {
+			far.(*net.TCPConn).CloseWrite()
+			return
+		}
+	}
+}
+
+func (b *breakable) breakAll() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range b.conns {
+		b.broken[c] = true
+		c.Close()
+	}
+}
+
+// TestPoolDeadOnUse: a pooled connection that looks alive but is answered
+// with a reset costs the flow nothing: its bytes go again on a fresh
+// connection and arrive once.
+func TestPoolDeadOnUse(t *testing.T) {
+	var proxy *breakable
+	proxyAddr := freeLoopback(t)
+	pp := newPoolPair(t, func(string) string { return proxyAddr }, 2, 2)
+	startLoopback(t, pp.rsYAML)
+	proxy = newBreakable(t, proxyAddr, pp.rsAddr)
+	rc := startLoopback(t, pp.rcYAML)
+	dst := echoServer(t)
+	waitFor(t, func() bool { return poolOf(t, rc).Idle == 2 })
+	proxy.breakAll()
+	for i := range 2 {
+		if err := echoThrough(rc.Addr("socks"), dst, 50_000+i); err != nil {
+			t.Fatalf("flow %d on a broken pooled connection: %v", i, err)
+		}
+	}
+	if st := poolOf(t, rc); st.Dead < 2 || st.Taken < 2 {
+		t.Errorf("pool: %+v, want 2 taken and found dead", st)
+	}
+}
