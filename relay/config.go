@@ -61,6 +61,9 @@ type Limits struct {
 	// PooledWait is how long a converter keeps a peer's authenticated
 	// pooled connection open before its first request (default 10m).
 	PooledWait Duration `yaml:"pooled_wait"`
+	// MaxEarly bounds next-leg connects started by SYNs and not yet
+	// claimed by an accepted flow (default 1024).
+	MaxEarly int `yaml:"max_early"`
 }
 
 // LegConfig sets socket options of one kind of leg.
@@ -115,6 +118,10 @@ type ListenerConfig struct {
 	// Capture says which flows a transparent listener takes (for the rules
 	// `halfway relay rules` prints, or the relay installs with install: true).
 	Capture *CaptureConfig `yaml:"capture"`
+	// EarlySYN opens the next leg when the client's SYN arrives, not when
+	// accept returns, so both handshakes overlap (transparent listeners
+	// with capture, which tells the relay which SYNs are its own).
+	EarlySYN bool `yaml:"early_syn"`
 }
 
 // CaptureConfig selects the flows a transparent listener intercepts.
@@ -222,6 +229,7 @@ const (
 	defaultIdle           = 15 * time.Minute
 	defaultKeepalive      = 30 * time.Second
 	defaultPooledWait     = 10 * time.Minute
+	defaultMaxEarly       = 1024
 	defaultPoolLow        = 4
 	defaultPoolMaxIdle    = 2 * time.Minute
 	defaultTurboWindow    = 100
@@ -272,7 +280,7 @@ func (c *Config) setDefaults() {
 	for _, f := range []struct {
 		v   *int
 		def int
-	}{{&l.MaxFlows, defaultMaxFlows}, {&l.MaxFlowsPerClient, defaultMaxPerClient}, {&l.MaxPending, defaultMaxPending}, {&l.MaxHandshakes, defaultMaxHandshakes}} {
+	}{{&l.MaxFlows, defaultMaxFlows}, {&l.MaxFlowsPerClient, defaultMaxPerClient}, {&l.MaxPending, defaultMaxPending}, {&l.MaxHandshakes, defaultMaxHandshakes}, {&l.MaxEarly, defaultMaxEarly}} {
 		if *f.v == 0 {
 			*f.v = f.def
 		}
@@ -349,7 +357,7 @@ func (c *Config) Validate() error {
 	for _, f := range []struct {
 		path string
 		v    int
-	}{{"limits.max_flows", c.Limits.MaxFlows}, {"limits.max_flows_per_client", c.Limits.MaxFlowsPerClient}, {"limits.max_pending", c.Limits.MaxPending}, {"limits.max_handshakes", c.Limits.MaxHandshakes}} {
+	}{{"limits.max_flows", c.Limits.MaxFlows}, {"limits.max_flows_per_client", c.Limits.MaxFlowsPerClient}, {"limits.max_pending", c.Limits.MaxPending}, {"limits.max_handshakes", c.Limits.MaxHandshakes}, {"limits.max_early", c.Limits.MaxEarly}} {
 		if f.v < 0 {
 			add(f.path, "%d: want a positive number", f.v)
 		}
@@ -378,6 +386,9 @@ func (c *Config) Validate() error {
 			if ln.SpoofSource {
 				add(p+".spoof_source", "needs mode tproxy: only a transparent socket may use the client's address")
 			}
+			if ln.EarlySYN {
+				add(p+".early_syn", "needs a transparent listener: explicit hops get the same from TCP Fast Open")
+			}
 			for j, proto := range ln.Protocols {
 				switch proto {
 				case "socks5", "http":
@@ -402,6 +413,9 @@ func (c *Config) Validate() error {
 			}
 			if ln.SpoofSource && ln.Mode != "tproxy" {
 				add(p+".spoof_source", "needs mode tproxy: only a transparent socket may use the client's address")
+			}
+			if ln.EarlySYN && ln.Capture == nil {
+				add(p+".early_syn", "needs capture: its ports and dst tell which SYNs are this listener's")
 			}
 			if c := ln.Capture; c != nil {
 				if _, err := parsePorts(c.Ports); err != nil || c.Ports == "" {

@@ -95,7 +95,7 @@ routes:
 		Log:   LogConfig{Format: "json", Level: "debug"},
 		Auth:  AuthConfig{PSKFile: psk, Window: d("45s")},
 		Limits: Limits{MaxFlows: 100, MaxFlowsPerClient: 10, MaxPending: 20, MaxHandshakes: defaultMaxHandshakes,
-			ConnectTimeout: d("3s"), HandshakeTimeout: d("7s"), PooledWait: Duration(defaultPooledWait)},
+			ConnectTimeout: d("3s"), HandshakeTimeout: d("7s"), PooledWait: Duration(defaultPooledWait), MaxEarly: defaultMaxEarly},
 		Legs: LegsConfig{
 			Client: LegConfig{IdleTimeout: d("1m"), Keepalive: d("10s"), UserTimeout: d("20s")},
 			Server: LegConfig{IdleTimeout: d("2m"), Keepalive: d("11s"), UserTimeout: d("21s")},
@@ -314,6 +314,11 @@ func TestConfigErrors(t *testing.T) {
 			[]string{`legs.relay.congestion: "warp": not available here`}},
 		{"bad buffer size", "legs: {relay: {send_buffer: 16 megs}}\nlisteners: [" + ln + "]\n",
 			[]string{`legs.relay.send_buffer: "16 megs"`}},
+		{"early SYN on explicit", "listeners:\n  - {name: a, listen: \"127.0.0.1:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"], early_syn: true}\n",
+			[]string{"listeners[0].early_syn: needs a transparent listener"}},
+		{"early SYN without capture", "listeners:\n  - {name: t, listen: \"0.0.0.0:7200\", mode: tproxy, early_syn: true}\n",
+			[]string{"listeners[0].early_syn: needs capture"}},
+		{"negative max_early", "limits: {max_early: -1}\nlisteners: [" + ln + "]\n", []string{"limits.max_early: -1"}},
 		{"not YAML", "listeners: [\n", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

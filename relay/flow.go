@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -180,27 +181,42 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 		}
 	}
 	f.dst.Store(&dst)
-	// A flow to this very listener (a client connecting to it directly, or
-	// REDIRECT of a flow that was not redirected) would dial itself forever.
-	if self := addrPortOf(c.LocalAddr()); st.cfg.Mode == "redirect" && dst == self || dst.Port() == addrPortOf(l.ln.Addr()).Port() && st.policy.isOwn(dst.Addr()) {
-		s.metrics.refused.WithLabelValues(f.listener, "destination_is_relay").Inc()
+	if reason := refuseTransparent(l, st, addrPortOf(c.LocalAddr()), dst); reason != "" {
+		s.metrics.refused.WithLabelValues(f.listener, reason).Inc()
 		resetConn(c)
-		return nil, &connectError{kind: "not_allowed", err: errors.New("destination is this relay")}
-	}
-	if len(st.policy.dests) > 0 && !st.policy.destAllowed(dst) || len(st.policy.dests) == 0 && st.policy.special(dst.Addr()) {
-		s.metrics.refused.WithLabelValues(f.listener, "destination_not_allowed").Inc()
-		resetConn(c)
-		return nil, &connectError{kind: "not_allowed", err: errors.New("destination not allowed")}
+		return nil, &connectError{kind: "not_allowed", err: errors.New(strings.ReplaceAll(reason, "_", " "))}
 	}
 	r := rt.match(f.listener, dst)
 	f.route.Store(&r.name)
-	server, err := s.connect(rt, st, r, f, dst, nil)
+	var server *net.TCPConn
+	var err error
+	if e := s.early.claim(f.client, dst); e != nil {
+		// The client's SYN started this connect already.
+		server, err = e.wait(s.flowCtx)
+		s.metrics.early.WithLabelValues("claimed").Inc()
+	} else {
+		server, err = s.connect(rt, st, r, f, dst, nil)
+	}
 	if err != nil {
 		// The client's handshake is done, so the only honest answer is a reset.
 		resetConn(c)
 		return nil, err
 	}
 	return server, nil
+}
+
+// refuseTransparent says why a captured flow from self (the socket's
+// local address) to dst must not be relayed, or "".
+func refuseTransparent(l *listener, st *listenerState, self, dst netip.AddrPort) string {
+	// A flow to this very listener (a client connecting to it directly, or
+	// REDIRECT of a flow that was not redirected) would dial itself forever.
+	if st.cfg.Mode == "redirect" && dst == self || dst.Port() == addrPortOf(l.ln.Addr()).Port() && st.policy.isOwn(dst.Addr()) {
+		return "destination_is_relay"
+	}
+	if len(st.policy.dests) > 0 && !st.policy.destAllowed(dst) || len(st.policy.dests) == 0 && st.policy.special(dst.Addr()) {
+		return "destination_not_allowed"
+	}
+	return ""
 }
 
 // connect opens the next leg: to dst directly, or through r's relays.

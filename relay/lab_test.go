@@ -944,6 +944,11 @@ func roundTrip(ctx context.Context, cl *chainLab, dst string, size int) error {
 	if err != nil {
 		return err
 	}
+	return roundTripOn(c, size)
+}
+
+// roundTripOn is roundTrip on a connection already open.
+func roundTripOn(c *net.TCPConn, size int) error {
 	defer c.Close()
 	r := rand.New(rand.NewPCG(uint64(size), 7))
 	data := make([]byte, size)
@@ -1293,6 +1298,157 @@ func TestTurboStart(t *testing.T) {
 	out, _ := rc.Command(ctx, "ip", "route", "show", "proto", "104").CombinedOutput()
 	if strings.TrimSpace(string(out)) != "" {
 		t.Errorf("rc's turbo route outlived the relay: %s", out)
+	}
+}
+
+// TestEarlySYN: a transparent listener with early_syn opens the next leg
+// when the client's SYN arrives. Concurrent flows, through rs's pool and
+// direct, each pair with their own dial and move every byte; a SYN sent
+// again (its SYN-ACK lost) starts no second dial; a dial whose accept never
+// comes expires; a refused destination resets the client.
+func TestEarlySYN(t *testing.T) {
+	requireTools(t, "nft")
+	cl := startChainWith(t, true)
+	rc, server, client := cl.lab.Host("rc"), cl.lab.Host("server"), cl.lab.Host("client")
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "psk"), cl.psk, 0o600)
+	runRelay(t, rc, "early", fmt.Sprintf(`
+admin: {listen: "127.0.0.1:9191"}
+log: {level: debug}
+auth: {psk_file: %s/psk}
+listeners:
+  - name: web
+    listen: 0.0.0.0:7000
+    mode: tproxy
+    allow_clients: [10.77.1.0/24]
+    capture: {dst: [%s], ports: "8080-8082", install: true}
+    early_syn: true
+routes:
+  - {listener: web, ports: "8080", via: [%s]}
+peers:
+  - {address: %s, pool: {low: 4, high: 8}}
+`, dir, server.Ifaces()[0].Addr4.Masked(), cl.rsHop, cl.rsHop))
+	waitCapture(t, rc, "halfway_web", "7000")
+	for _, port := range []string{":8080", ":8081"} {
+		ln, err := server.Listen("tcp", port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go serveSHA(ln)
+	}
+	metric := func(result string) int {
+		t.Helper()
+		resp, err := adminClient(rc).Get("http://127.0.0.1:9191/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		prefix := `halfway_early_syn_total{result="` + result + `"} `
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, prefix); ok {
+				n, _ := strconv.Atoi(v)
+				return n
+			}
+		}
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dial := func(port uint16) (*net.TCPConn, error) {
+		c, err := client.Dial(ctx, "tcp", server.AddrPort(port))
+		if err != nil {
+			return nil, err
+		}
+		return c.(*net.TCPConn), nil
+	}
+
+	// Concurrent flows, half through the chain, half direct.
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := dial(8080 + uint16(i%2))
+			if err == nil {
+				err = roundTripOn(c, i*9973)
+			}
+			if err != nil {
+				t.Errorf("flow %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if d, c := metric("dialed"), metric("claimed"); c != 40 || d != 40 {
+		t.Errorf("after 40 flows: %d dialed, %d claimed early; want 40 and 40", d, c)
+	}
+
+	// The client's first SYN-ACK is lost, so it sends its SYN again.
+	const dropSynAck = `table inet hwtest {
+  chain in {
+    type filter hook input priority 0
+    tcp sport 8081 tcp flags & (syn|ack) == syn|ack drop
+  }
+}
+`
+	nft := func(script string) {
+		t.Helper()
+		cmd := client.Command(ctx, "nft", "-f", "-")
+		cmd.Stdin = strings.NewReader(script)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nft: %v: %s", err, out)
+		}
+	}
+	nft(dropSynAck)
+	t.Cleanup(func() { client.Command(context.Background(), "nft", "delete", "table", "inet", "hwtest").Run() })
+	done := make(chan error, 1)
+	go func() {
+		c, err := dial(8081)
+		if err == nil {
+			err = roundTripOn(c, 100_000)
+		}
+		done <- err
+	}()
+	for i := 0; metric("retransmission") == 0; i++ {
+		if i > 100 {
+			t.Fatal("no SYN retransmission seen")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	nft("delete table inet hwtest")
+	if err := <-done; err != nil {
+		t.Errorf("flow after a SYN retransmission: %v", err)
+	}
+	if d, c := metric("dialed"), metric("claimed"); d != 41 || c != 41 {
+		t.Errorf("after the retransmitted SYN: %d dialed, %d claimed; want one more of each", d, c)
+	}
+
+	// A client that never completes its handshake: the dial expires.
+	nft(dropSynAck)
+	dctx, dcancel := context.WithTimeout(ctx, time.Second)
+	if c, err := client.Dial(dctx, "tcp", server.AddrPort(8081)); err == nil {
+		c.Close()
+		t.Error("dial with its SYN-ACKs dropped succeeded")
+	}
+	dcancel()
+	nft("delete table inet hwtest")
+	for i := 0; metric("expired") == 0; i++ {
+		if i > 200 {
+			t.Fatal("the unclaimed dial never expired")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// Nothing listens on 8082: the early dial is refused, the client reset.
+	c, err := dial(8082)
+	if err == nil {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("flow to a refusing server: %v, want a reset", err)
 	}
 }
 

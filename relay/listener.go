@@ -34,6 +34,10 @@ type listenerState struct {
 	policy *policy
 	users  map[string]string
 	protos map[string]bool
+	// What the capture rules take, for early SYN: ports and prefixes
+	// (none: any destination).
+	capPorts portSet
+	capDst   []netip.Prefix
 }
 
 func newListenerState(lc ListenerConfig, own *atomic.Pointer[map[netip.Addr]bool]) (*listenerState, error) {
@@ -49,6 +53,18 @@ func newListenerState(lc ListenerConfig, own *atomic.Pointer[map[netip.Addr]bool
 	}
 	for _, p := range lc.Protocols {
 		st.protos[p] = true
+	}
+	if c := lc.Capture; c != nil {
+		if st.capPorts, err = parsePorts(c.Ports); err != nil {
+			return nil, err
+		}
+		for _, d := range c.Dst {
+			p, err := netip.ParsePrefix(d)
+			if err != nil {
+				return nil, err
+			}
+			st.capDst = append(st.capDst, p.Masked())
+		}
 	}
 	return st, nil
 }

@@ -15,6 +15,7 @@ type metrics struct {
 	errors  *prometheus.CounterVec
 	refused *prometheus.CounterVec
 	path    *prometheus.CounterVec
+	early   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -39,12 +40,15 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 	m.path = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "halfway_datapath_total", Help: "Flow directions by the mechanism that moved their bytes (splice or copy).",
 	}, []string{"path"})
+	m.early = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halfway_early_syn_total", Help: "Clients' SYNs seen by early-SYN listeners: dialed (next leg started), claimed (by the accepted flow), retransmission (dial already pending), skipped (table or connects full), expired (no accept claimed it).",
+	}, []string{"result"})
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "halfway_connects_pending", Help: "Next-leg connects in progress.",
 	}, func() float64 { return float64(s.pending.Load()) })
 	bytes := &bytesCollector{s: s, m: m}
 	pools := &poolCollector{s: s}
-	for _, c := range []prometheus.Collector{m.active, m.flows, bytes, m.connect, m.errors, m.refused, m.path, pending, pools} {
+	for _, c := range []prometheus.Collector{m.active, m.flows, bytes, m.connect, m.errors, m.refused, m.path, m.early, pending, pools} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

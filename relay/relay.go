@@ -58,6 +58,7 @@ type Server struct {
 	parked     map[*net.TCPConn]bool               // peers' pooled connections awaiting a request (under mu)
 	pools      atomic.Pointer[map[netip.AddrPort]*pool]
 	turbo      turboRoutes
+	early      earlyTable // dials started by clients' SYNs
 
 	flowCtx    context.Context // canceled to abort every flow
 	cancelAll  context.CancelFunc
@@ -199,6 +200,9 @@ func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 	go s.refreshOwnLoop()
 	if err := s.apply(s.state.Load().cfg); err != nil {
 		s.closeListeners()
+		s.mu.Lock()
+		s.stopEarly()
+		s.mu.Unlock()
 		s.closePools()
 		_ = s.turbo.apply(nil)
 		if s.admin != nil {
@@ -301,6 +305,9 @@ func (s *Server) apply(cfg *Config) error {
 			}
 		}
 	}
+	if err := s.applyEarly(); err != nil {
+		errs = append(errs, err)
+	}
 	s.applyPools(cfg)
 	if err := s.turbo.apply(cfg.Peers); err != nil {
 		errs = append(errs, err)
@@ -351,6 +358,7 @@ func (s *Server) Drain(grace time.Duration) {
 	for c := range s.parked {
 		c.Close()
 	}
+	s.stopEarly()
 	s.mu.Unlock()
 	s.closePools()
 	n := s.active.Load()

@@ -1,0 +1,332 @@
+package relay
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+)
+
+// Early SYN (Miniproxy's Early SYN Forwarding, KTCP's Early-SYN): for a
+// transparent listener with early_syn, the relay opens the next leg when
+// the client's SYN arrives rather than when accept returns, so the two
+// handshakes overlap and the flow saves a client-leg round trip.
+//
+// How the SYN is seen: one AF_PACKET socket in the relay's namespace, in
+// cooked mode (the IP header first), with a classic BPF filter that passes
+// only incoming TCP segments with SYN set and ACK clear, IPv4 (not
+// fragments) and IPv6 (TCP as the first header). Chosen over iptables
+// NFQUEUE, which saw the SYN as early here (LINUX-FACTS.md): the tap is
+// passive — the kernel answers the SYN whether or not the relay reads it,
+// so a slow or dead relay delays no handshake and no verdict, and nothing
+// needs installing besides the socket — and over eBPF, which would need a
+// compiled program for the same filter.
+//
+// Pairing: the SYN's 4-tuple (client, destination) keys a pending dial;
+// accept finds it by the socket's peer and original destination. A
+// retransmitted SYN finds its dial pending and starts nothing. The table
+// is bounded (limits.max_early) and entries expire when no accept claims
+// them (a SYN flood, or a client that gave up): their connections are
+// reset. When the table is full, or connects are near max_pending, a SYN
+// is left to the ordinary dial at accept.
+
+// earlyExpiry is how long a dial started by a SYN waits for its accept.
+const earlyExpiry = 3 * time.Second
+
+type earlyDial struct {
+	created time.Time
+	done    chan struct{}
+	conn    *net.TCPConn
+	err     error
+	claimed atomic.Bool
+}
+
+// wait returns the dial's result once it is known.
+func (e *earlyDial) wait(ctx context.Context) (*net.TCPConn, error) {
+	select {
+	case <-e.done:
+		return e.conn, e.err
+	case <-ctx.Done():
+		go func() {
+			<-e.done
+			if e.conn != nil {
+				resetConn(e.conn)
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+type earlyTable struct {
+	mu      sync.Mutex
+	pending map[[2]netip.AddrPort]*earlyDial
+	// listeners with early_syn, swapped by apply.
+	listeners atomic.Pointer[[]*listener]
+	sniffer   *os.File // nil when no listener wants early SYN
+	stopped   chan struct{}
+}
+
+// claim takes the dial a SYN from client to dst started, or nil.
+func (t *earlyTable) claim(client, dst netip.AddrPort) *earlyDial {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k := [2]netip.AddrPort{client, dst}
+	e := t.pending[k]
+	if e != nil {
+		delete(t.pending, k)
+		e.claimed.Store(true)
+	}
+	return e
+}
+
+// applyEarly starts or stops the SYN sniffer as listeners want it (under
+// s.mu).
+func (s *Server) applyEarly() error {
+	var ls []*listener
+	for _, l := range s.listeners {
+		if l.cfg.Mode != "explicit" && l.cur.Load().cfg.EarlySYN {
+			ls = append(ls, l)
+		}
+	}
+	s.early.listeners.Store(&ls)
+	switch {
+	case len(ls) > 0 && s.early.sniffer == nil:
+		f, err := openSYNSniffer()
+		if err != nil {
+			return fmt.Errorf("early SYN: %w", err)
+		}
+		s.early.mu.Lock()
+		s.early.pending = map[[2]netip.AddrPort]*earlyDial{}
+		s.early.mu.Unlock()
+		s.early.sniffer = f
+		s.early.stopped = make(chan struct{})
+		go s.sniffSYNs(f, s.early.stopped)
+		s.log.Info("early SYN on", "listeners", len(ls))
+	case len(ls) == 0 && s.early.sniffer != nil:
+		s.stopEarly()
+	}
+	return nil
+}
+
+// stopEarly closes the sniffer and resets the connections no accept took.
+func (s *Server) stopEarly() {
+	if s.early.sniffer == nil {
+		return
+	}
+	s.early.sniffer.Close()
+	<-s.early.stopped
+	s.early.sniffer = nil
+	s.early.expire(time.Time{}, s.metrics.early.WithLabelValues("expired"))
+}
+
+func (s *Server) sniffSYNs(f *os.File, stopped chan struct{}) {
+	defer close(stopped)
+	buf := make([]byte, 128)
+	last := time.Now()
+	for {
+		n, err := f.Read(buf)
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				s.log.Error("early SYN: reading SYNs stopped", "err", err)
+			}
+			return
+		}
+		if now := time.Now(); now.Sub(last) > earlyExpiry/4 {
+			s.early.expire(now.Add(-earlyExpiry), s.metrics.early.WithLabelValues("expired"))
+			last = now
+		}
+		client, dst, ok := parseSYN(buf[:n])
+		if ok {
+			s.onSYN(client, dst)
+		}
+	}
+}
+
+// onSYN starts the next leg for a SYN one of the early listeners captures.
+func (s *Server) onSYN(client, dst netip.AddrPort) {
+	var l *listener
+	var st *listenerState
+	for _, cand := range *s.early.listeners.Load() {
+		cst := cand.cur.Load()
+		if cst.captures(dst) {
+			l, st = cand, cst
+			break
+		}
+	}
+	if l == nil || l.retired.Load() || s.draining.Load() {
+		return
+	}
+	if len(st.policy.clients) > 0 && !st.policy.clientAllowed(client.Addr()) || refuseTransparent(l, st, netip.AddrPort{}, dst) != "" {
+		return // accept refuses it, as without early SYN
+	}
+	rt := s.state.Load()
+	k := [2]netip.AddrPort{client, dst}
+	s.early.mu.Lock()
+	if s.early.pending[k] != nil {
+		s.early.mu.Unlock()
+		s.metrics.early.WithLabelValues("retransmission").Inc()
+		return
+	}
+	// Leave room for the dials of accepted flows.
+	if len(s.early.pending) >= rt.cfg.Limits.MaxEarly || s.pending.Load() >= int64(rt.tunables.MaxPending/2) {
+		s.early.mu.Unlock()
+		s.metrics.early.WithLabelValues("skipped").Inc()
+		return
+	}
+	e := &earlyDial{created: time.Now(), done: make(chan struct{})}
+	s.early.pending[k] = e
+	s.early.mu.Unlock()
+	s.metrics.early.WithLabelValues("dialed").Inc()
+	go func() {
+		r := rt.match(l.cfg.Name, dst)
+		f := &flow{listener: l.cfg.Name, client: client} // for spoof_source and PROXY headers
+		e.conn, e.err = s.connect(rt, st, r, f, dst, nil)
+		close(e.done)
+	}()
+}
+
+// expire drops the dials no accept claimed since before; the zero time
+// drops them all.
+func (t *earlyTable) expire(before time.Time, counter prometheus.Counter) {
+	t.mu.Lock()
+	var old []*earlyDial
+	for k, e := range t.pending {
+		if before.IsZero() || e.created.Before(before) {
+			old = append(old, e)
+			delete(t.pending, k)
+		}
+	}
+	t.mu.Unlock()
+	counter.Add(float64(len(old)))
+	for _, e := range old {
+		go func() {
+			<-e.done
+			if e.conn != nil {
+				resetConn(e.conn)
+			}
+		}()
+	}
+}
+
+// captures tells whether a transparent listener's capture rules take a
+// flow to dst.
+func (st *listenerState) captures(dst netip.AddrPort) bool {
+	if st.capPorts == nil || !st.capPorts.has(dst.Port()) {
+		return false
+	}
+	if len(st.capDst) == 0 {
+		return true
+	}
+	for _, p := range st.capDst {
+		if p.Contains(dst.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// openSYNSniffer opens the AF_PACKET socket that reads incoming SYNs.
+func openSYNSniffer() (*os.File, error) {
+	proto := int(htons(unix.ETH_P_ALL))
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+	if err != nil {
+		return nil, fmt.Errorf("AF_PACKET socket: %w", err)
+	}
+	prog := synFilter()
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fprog); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("attaching the SYN filter: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("PACKET_IGNORE_OUTGOING: %w", err)
+	}
+	// Bind to all devices only now: a SYN read before is a SYN the
+	// filter had not judged.
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL)}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("binding the AF_PACKET socket: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "syn-sniffer"), nil
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// synFilter passes IPv4 and IPv6 TCP segments with SYN and not ACK, cut
+// to their first 128 bytes; the packet starts at the IP header.
+func synFilter() []unix.SockFilter {
+	const (
+		ldb  = unix.BPF_LD | unix.BPF_B | unix.BPF_ABS
+		ldh  = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
+		ldbx = unix.BPF_LD | unix.BPF_B | unix.BPF_IND
+		msh  = unix.BPF_LDX | unix.BPF_B | unix.BPF_MSH
+		rsh  = unix.BPF_ALU | unix.BPF_RSH | unix.BPF_K
+		and  = unix.BPF_ALU | unix.BPF_AND | unix.BPF_K
+		jeq  = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+		jset = unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K
+		ret  = unix.BPF_RET | unix.BPF_K
+		syn  = 0x02
+		ack  = 0x10
+	)
+	const accept, drop = 17, 18
+	// to is a jump offset from instruction i to target.
+	to := func(i, target int) uint8 { return uint8(target - i - 1) }
+	return []unix.SockFilter{
+		/* 0 */ {Code: ldb, K: 0},
+		/* 1 */ {Code: rsh, K: 4},
+		/* 2 */ {Code: jeq, K: 4, Jt: to(2, 4)},
+		/* 3 */ {Code: jeq, K: 6, Jt: to(3, 12), Jf: to(3, drop)},
+		// IPv4
+		/* 4 */ {Code: ldb, K: 9},
+		/* 5 */ {Code: jeq, K: unix.IPPROTO_TCP, Jf: to(5, drop)},
+		/* 6 */ {Code: ldh, K: 6},
+		/* 7 */ {Code: jset, K: 0x1fff, Jt: to(7, drop)}, // not the first fragment
+		/* 8 */ {Code: msh, K: 0}, // X = IP header length
+		/* 9 */ {Code: ldbx, K: 13}, // TCP flags
+		/* 10 */ {Code: and, K: syn | ack},
+		/* 11 */ {Code: jeq, K: syn, Jt: to(11, accept), Jf: to(11, drop)},
+		// IPv6, TCP as the first next header
+		/* 12 */ {Code: ldb, K: 6},
+		/* 13 */ {Code: jeq, K: unix.IPPROTO_TCP, Jf: to(13, drop)},
+		/* 14 */ {Code: ldb, K: 40 + 13},
+		/* 15 */ {Code: and, K: syn | ack},
+		/* 16 */ {Code: jeq, K: syn, Jt: to(16, accept), Jf: to(16, drop)},
+		/* 17 */ {Code: ret, K: 128},
+		/* 18 */ {Code: ret, K: 0},
+	}
+}
+
+// parseSYN reads the addresses of a SYN the filter passed.
+func parseSYN(b []byte) (client, dst netip.AddrPort, ok bool) {
+	if len(b) < 1 {
+		return
+	}
+	switch b[0] >> 4 {
+	case 4:
+		hl := int(b[0]&0x0f) * 4
+		if hl < 20 || len(b) < hl+4 {
+			return
+		}
+		src, _ := netip.AddrFromSlice(b[12:16])
+		d, _ := netip.AddrFromSlice(b[16:20])
+		return netip.AddrPortFrom(src, binary.BigEndian.Uint16(b[hl:])), netip.AddrPortFrom(d, binary.BigEndian.Uint16(b[hl+2:])), true
+	case 6:
+		if len(b) < 44 {
+			return
+		}
+		src, _ := netip.AddrFromSlice(b[8:24])
+		d, _ := netip.AddrFromSlice(b[24:40])
+		return netip.AddrPortFrom(src.Unmap(), binary.BigEndian.Uint16(b[40:])), netip.AddrPortFrom(d.Unmap(), binary.BigEndian.Uint16(b[42:])), true
+	}
+	return
+}
