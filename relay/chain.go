@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"io"
 	"os"
+	"slices"
 	"time"
 	"unsafe"
 
@@ -24,19 +26,52 @@ import (
 // hop before the flow carries data: success, or the Error TLV of the hop
 // that failed.
 
-// dialChain opens the first relay of via and has the chain reach dst.
+// dialChain opens the first relay of via, has the chain reach dst and
+// waits for every hop's answer.
 func (s *Server) dialChain(ctx context.Context, rt *runtime, via []netip.AddrPort, dst netip.AddrPort, early []byte) (*net.TCPConn, error) {
+	pc, err := s.openChain(ctx, rt, via, dst, early)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := pc.readAnswers(ctx)
+		if err == nil {
+			return pc.c, nil
+		}
+		if !errors.Is(err, errPooledGone) {
+			return nil, err
+		}
+		if err := s.redial(ctx, rt, pc, nil); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// A pendingChain is a connection to the first relay of a chain whose
+// Convert messages are sent and whose answers are not read yet.
+type pendingChain struct {
+	c    *net.TCPConn
+	hops int
+	msgs []byte // what went first on c: sent again if c was a dead pooled one
+	pool *pool  // the pool c came from, or nil
+	via0 netip.AddrPort
+}
+
+// openChain sends the chain's Convert messages, and early bytes after
+// them, to the first relay: on a pooled connection when there is one, or in
+// the SYN of a fresh Fast Open connect. It does not wait for answers.
+func (s *Server) openChain(ctx context.Context, rt *runtime, via []netip.AddrPort, dst netip.AddrPort, early []byte) (*pendingChain, error) {
 	if rt.auth == nil {
 		return nil, &connectError{kind: "failure", err: errors.New("routes via relays need auth.psk_file")}
 	}
-	var payload []byte
+	var msgs []byte
 	for i := range via {
 		next := dst
 		if i+1 < len(via) {
 			next = via[i+1]
 		}
 		var err error
-		payload, err = convert.AppendMessage(payload, &convert.Message{
+		msgs, err = convert.AppendMessage(msgs, &convert.Message{
 			Connect: &convert.Connect{Dst: next},
 			Cookie:  rt.auth.cookie(via[i], next),
 		})
@@ -44,19 +79,40 @@ func (s *Server) dialChain(ctx context.Context, rt *runtime, via []netip.AddrPor
 			return nil, &connectError{kind: "failure", err: err}
 		}
 	}
-	payload = append(payload, early...)
+	msgs = append(msgs, early...)
+	pc := &pendingChain{hops: len(via), msgs: msgs, via0: via[0]}
 	if p := (*s.pools.Load())[via[0]]; p != nil {
 		if c := p.take(); c != nil {
-			c, err := s.overChain(ctx, c, len(via), payload, true)
-			if !errors.Is(err, errPooledGone) {
-				return c, err
+			pc.c, pc.pool = c, p
+			if dl, ok := ctx.Deadline(); ok {
+				_ = c.SetWriteDeadline(dl)
 			}
-			// Closed by the peer meanwhile: the same bytes go on a fresh
-			// connection.
+			_, err := c.Write(msgs)
+			_ = c.SetWriteDeadline(time.Time{})
+			if err == nil || !pooledGone(err) {
+				return pc, nil // any other error shows in the answers
+			}
 			p.dead.Add(1)
+			c.Close()
 		}
 	}
-	c, err := s.dial(ctx, rt, via[0], payload, rt.cfg.Legs.Relay, netip.Addr{})
+	if err := s.redial(ctx, rt, pc, nil); err != nil {
+		return nil, err
+	}
+	return pc, nil
+}
+
+// redial replaces pc's connection by a fresh one carrying the messages
+// and then held, the client's bytes sent on the old one.
+func (s *Server) redial(ctx context.Context, rt *runtime, pc *pendingChain, held []byte) error {
+	if pc.c != nil {
+		pc.c.Close()
+		if pc.pool != nil {
+			pc.pool.dead.Add(1)
+		}
+	}
+	pc.c, pc.pool = nil, nil
+	c, err := s.dial(ctx, rt, pc.via0, append(slices.Clip(pc.msgs), held...), rt.cfg.Legs.Relay, netip.Addr{})
 	if err != nil {
 		// The first relay is down or refusing: no verdict on the destination.
 		var ce *connectError
@@ -66,49 +122,151 @@ func (s *Server) dialChain(ctx context.Context, rt *runtime, via []netip.AddrPor
 				ce.kind = "failure"
 			}
 		}
-		return nil, err
+		return err
 	}
-	return s.overChain(ctx, c, len(via), nil, false)
+	pc.c = c
+	return nil
 }
 
-// overChain sends what is left of payload on c, the connection to the
-// first relay, and reads each hop's answer. On a pooled connection a first
-// write or read that finds it closed is errPooledGone.
-func (s *Server) overChain(ctx context.Context, c *net.TCPConn, hops int, payload []byte, pooled bool) (*net.TCPConn, error) {
+// readAnswers reads each hop's answer. On a pooled connection, finding it
+// closed before the first answer is errPooledGone: the caller may redial.
+// On any other error the connection is closed.
+func (pc *pendingChain) readAnswers(ctx context.Context) error {
+	c := pc.c
 	if dl, ok := ctx.Deadline(); ok {
-		_ = c.SetDeadline(dl)
+		_ = c.SetReadDeadline(dl)
 	}
-	if len(payload) > 0 {
-		if _, err := c.Write(payload); err != nil {
-			c.Close()
-			if pooled && pooledGone(err) {
-				return nil, errPooledGone
-			}
-			return nil, &connectError{kind: "failure", hop: 1, err: fmt.Errorf("relay 1 of the chain: %w", err)}
-		}
-	}
-	for i := range hops {
+	for i := range pc.hops {
 		m, err := convert.ReadMessage(c)
 		if err != nil {
-			c.Close()
-			if pooled && i == 0 && pooledGone(err) {
-				return nil, errPooledGone
+			if pc.pool != nil && i == 0 && pooledGone(err) {
+				return errPooledGone
 			}
+			c.Close()
 			// The relay itself failed or hung up (not allowed, down, not a
 			// relay): that is no verdict on the destination.
 			kind := "failure"
 			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
 				kind = "timeout"
 			}
-			return nil, &connectError{kind: kind, hop: i + 1, err: fmt.Errorf("relay %d of the chain: %w", i+1, err)}
+			return &connectError{kind: kind, hop: i + 1, err: fmt.Errorf("relay %d of the chain: %w", i+1, err)}
 		}
 		if m.Error != nil {
 			c.Close()
-			return nil, fromConvert(m.Error.Code, i+1)
+			return fromConvert(m.Error.Code, i+1)
 		}
 	}
-	_ = c.SetDeadline(time.Time{})
-	return c, nil
+	_ = c.SetReadDeadline(time.Time{})
+	return nil
+}
+
+// heldMax bounds the client's bytes a transparent flow sends ahead of the
+// chain's answers (and keeps, to send again on a fresh connection).
+const heldMax = 64 << 10
+
+// settle is the first phase of a transparent flow through a chain whose
+// answers are pending. The client's bytes go on at once rather than after
+// the answers, so its request crosses the long leg while the far relay
+// connects onward: with early SYN and a pool this is what brings TTFB down
+// to the model's bound. They are kept until the first answer: if a pooled
+// connection turns out dead, they go again on a fresh one, so none is lost
+// or sent twice on one stream. Past heldMax the client waits for the
+// answers. It returns the relay connection, ready for the data path; on
+// error both are left for the caller to reset or close.
+func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) (*net.TCPConn, error) {
+	ctx, cancel := context.WithTimeout(s.flowCtx, rt.tunables.ConnectTimeout)
+	defer cancel()
+	type chunk struct {
+		b   []byte
+		err error
+	}
+	reads := make(chan chunk, 1)
+	want := make(chan struct{}, 1)
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		for range want {
+			buf := make([]byte, 16<<10)
+			n, err := c.Read(buf)
+			reads <- chunk{buf[:n], err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	answers := make(chan error, 1)
+	go func() { answers <- pc.readAnswers(ctx) }()
+	var held []byte
+	reading := true
+	want <- struct{}{}
+	send := func(b []byte) {
+		if len(b) == 0 {
+			return
+		}
+		held = append(held, b...)
+		f.up.Add(int64(len(b)))
+		if dl, ok := ctx.Deadline(); ok {
+			_ = pc.c.SetWriteDeadline(dl)
+		}
+		// A failed write shows in the answers (a dead pooled connection,
+		// or the relay's error).
+		_, _ = pc.c.Write(b)
+		_ = pc.c.SetWriteDeadline(time.Time{})
+	}
+	var clientErr error
+	stopped := false
+	stopReader := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		close(want)
+		if reading {
+			_ = c.SetReadDeadline(time.Now())
+			ch := <-reads
+			reading = false
+			if clientErr == nil && !errors.Is(ch.err, os.ErrDeadlineExceeded) && ch.err != io.EOF {
+				clientErr = ch.err
+			}
+			send(ch.b)
+		}
+		<-readerDone
+		_ = c.SetReadDeadline(time.Time{})
+	}
+	for {
+		select {
+		case ch := <-reads:
+			reading = false
+			send(ch.b)
+			switch {
+			case ch.err == io.EOF: // the data path passes the FIN on
+			case ch.err != nil:
+				clientErr = ch.err
+			case len(held) < heldMax:
+				reading = true
+				want <- struct{}{}
+			}
+		case err := <-answers:
+			stopReader()
+			if errors.Is(err, errPooledGone) {
+				// The pooled connection was dead: the same bytes again, on
+				// a fresh one; the rest follows on the data path.
+				if err := s.redial(ctx, rt, pc, held); err != nil {
+					return nil, err
+				}
+				go func() { answers <- pc.readAnswers(ctx) }()
+				continue
+			}
+			if err == nil {
+				err = clientErr
+			}
+			if err != nil {
+				pc.c.Close()
+				return nil, err
+			}
+			return pc.c, nil
+		}
+	}
 }
 
 // serveConvert is the converter side: a relay hop asks, in the first bytes

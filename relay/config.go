@@ -79,7 +79,13 @@ type LegConfig struct {
 	// kernel's autotuning.
 	SendBuffer    Size `yaml:"send_buffer"`
 	ReceiveBuffer Size `yaml:"receive_buffer"`
+	// FastOpen sends the first bytes of a connect in its SYN (TCP Fast
+	// Open) when there are any: a relay hop's Convert messages, a PROXY
+	// header. Default true; false for paths that drop SYNs with data.
+	FastOpen *bool `yaml:"fast_open"`
 }
+
+func (l LegConfig) fastOpen() bool { return l.FastOpen == nil || *l.FastOpen }
 
 // LegsConfig sets each kind of leg: toward clients, servers and relays.
 type LegsConfig struct {

@@ -45,24 +45,31 @@ const earlyExpiry = 3 * time.Second
 type earlyDial struct {
 	created time.Time
 	done    chan struct{}
-	conn    *net.TCPConn
+	conn    *net.TCPConn  // to the server, or
+	chain   *pendingChain // to the first relay, the chain's answers pending
 	err     error
 	claimed atomic.Bool
 }
 
 // wait returns the dial's result once it is known.
-func (e *earlyDial) wait(ctx context.Context) (*net.TCPConn, error) {
+func (e *earlyDial) wait(ctx context.Context) (*net.TCPConn, *pendingChain, error) {
 	select {
 	case <-e.done:
-		return e.conn, e.err
+		return e.conn, e.chain, e.err
 	case <-ctx.Done():
-		go func() {
-			<-e.done
-			if e.conn != nil {
-				resetConn(e.conn)
-			}
-		}()
-		return nil, ctx.Err()
+		go e.abandon()
+		return nil, nil, ctx.Err()
+	}
+}
+
+// abandon resets the dial's connection once it is known.
+func (e *earlyDial) abandon() {
+	<-e.done
+	if e.conn != nil {
+		resetConn(e.conn)
+	}
+	if e.chain != nil {
+		resetConn(e.chain.c)
 	}
 }
 
@@ -189,7 +196,7 @@ func (s *Server) onSYN(client, dst netip.AddrPort) {
 	go func() {
 		r := rt.match(l.cfg.Name, dst)
 		f := &flow{listener: l.cfg.Name, client: client} // for spoof_source and PROXY headers
-		e.conn, e.err = s.connect(rt, st, r, f, dst, nil)
+		e.conn, e.chain, e.err = s.connectLeg(rt, st, r, f, dst, nil, false)
 		close(e.done)
 	}()
 }
@@ -208,12 +215,7 @@ func (t *earlyTable) expire(before time.Time, counter prometheus.Counter) {
 	t.mu.Unlock()
 	counter.Add(float64(len(old)))
 	for _, e := range old {
-		go func() {
-			<-e.done
-			if e.conn != nil {
-				resetConn(e.conn)
-			}
-		}()
+		go e.abandon()
 	}
 }
 

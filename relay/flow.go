@@ -189,13 +189,17 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	r := rt.match(f.listener, dst)
 	f.route.Store(&r.name)
 	var server *net.TCPConn
+	var pc *pendingChain
 	var err error
 	if e := s.early.claim(f.client, dst); e != nil {
 		// The client's SYN started this connect already.
-		server, err = e.wait(s.flowCtx)
+		server, pc, err = e.wait(s.flowCtx)
 		s.metrics.early.WithLabelValues("claimed").Inc()
 	} else {
-		server, err = s.connect(rt, st, r, f, dst, nil)
+		server, pc, err = s.connectLeg(rt, st, r, f, dst, nil, false)
+	}
+	if err == nil && pc != nil {
+		server, err = s.settle(rt, pc, c, f)
 	}
 	if err != nil {
 		// The client's handshake is done, so the only honest answer is a reset.
@@ -221,27 +225,40 @@ func refuseTransparent(l *listener, st *listenerState, self, dst netip.AddrPort)
 
 // connect opens the next leg: to dst directly, or through r's relays.
 func (s *Server) connect(rt *runtime, st *listenerState, r *route, f *flow, dst netip.AddrPort, early []byte) (*net.TCPConn, error) {
+	c, _, err := s.connectLeg(rt, st, r, f, dst, early, true)
+	return c, err
+}
+
+// connectLeg opens the next leg. Through relays without wait, it returns
+// once the chain's messages are sent, with the answers pending; otherwise
+// the connection, ready.
+func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, dst netip.AddrPort, early []byte, wait bool) (*net.TCPConn, *pendingChain, error) {
 	done, ok := s.beginConnect()
 	if !ok {
-		return nil, &connectError{kind: "resource", err: errors.New("too many connects in progress")}
+		return nil, nil, &connectError{kind: "resource", err: errors.New("too many connects in progress")}
 	}
 	defer done()
 	ctx, cancel := context.WithTimeout(s.flowCtx, rt.tunables.ConnectTimeout)
 	defer cancel()
 	start := time.Now()
 	var c *net.TCPConn
+	var pc *pendingChain
 	var err error
 	leg := "server"
-	if len(r.via) > 0 {
+	switch {
+	case len(r.via) > 0 && wait:
 		leg = "relay"
 		c, err = s.dialChain(ctx, rt, r.via, dst, early)
-	} else {
+	case len(r.via) > 0:
+		leg = "relay"
+		pc, err = s.openChain(ctx, rt, r.via, dst, early)
+	default:
 		var hdr []byte
 		if st.cfg.ProxyProtocol {
 			hdr, err = proxyproto.AppendHeader(nil, &proxyproto.Header{Command: proxyproto.Proxy,
 				Transport: proxyproto.Stream, Src: f.client, Dst: dst})
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 		var src netip.Addr
@@ -253,9 +270,9 @@ func (s *Server) connect(rt *runtime, st *listenerState, r *route, f *flow, dst 
 	s.metrics.connect.WithLabelValues(leg).Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.metrics.errors.WithLabelValues("connect_" + errKind(err)).Inc()
-		return nil, err
+		return nil, nil, err
 	}
-	return c, nil
+	return c, pc, nil
 }
 
 // dial connects to addr. With early bytes it uses TCP Fast Open, so they
@@ -267,7 +284,7 @@ func (s *Server) connect(rt *runtime, st *listenerState, r *route, f *flow, dst 
 func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, early []byte, leg LegConfig, src netip.Addr) (*net.TCPConn, error) {
 	d := net.Dialer{
 		KeepAliveConfig: net.KeepAliveConfig{Enable: leg.Keepalive > 0, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: 4},
-		Control: sockopt.Options{FastOpenConnect: len(early) > 0, UserTimeout: leg.UserTimeout.D(),
+		Control: sockopt.Options{FastOpenConnect: len(early) > 0 && leg.fastOpen(), UserTimeout: leg.UserTimeout.D(),
 			Transparent: src.IsValid(), Congestion: leg.Congestion,
 			SendBuffer: int(leg.SendBuffer), ReceiveBuffer: int(leg.ReceiveBuffer)}.Control,
 	}

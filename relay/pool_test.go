@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"halfway/datapath"
 	"halfway/socks5"
 )
 
@@ -311,5 +313,66 @@ func TestPoolDeadOnUse(t *testing.T) {
 	}
 	if st := poolOf(t, rc); st.Dead < 2 || st.Taken < 2 {
 		t.Errorf("pool: %+v, want 2 taken and found dead", st)
+	}
+}
+
+// TestSettleDeadPooled: a transparent flow sends the client's first bytes
+// on a pooled connection before the chain answers; when that connection
+// turns out dead, the bytes go again on a fresh one, and the client's
+// stream arrives once and whole.
+func TestSettleDeadPooled(t *testing.T) {
+	proxyAddr := freeLoopback(t)
+	pp := newPoolPair(t, func(string) string { return proxyAddr }, 1, 1)
+	startLoopback(t, pp.rsYAML)
+	proxy := newBreakable(t, proxyAddr, pp.rsAddr)
+	rc := startLoopback(t, pp.rcYAML)
+	dst := echoServer(t)
+	waitFor(t, func() bool { return poolOf(t, rc).Idle == 1 })
+	proxy.breakAll()
+
+	// A client connection, as accept would return it, with bytes waiting.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cli, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	acc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 30_000)
+	rand.Read(data)
+	if _, err := cli.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	cli.(*net.TCPConn).CloseWrite()
+
+	rt := rc.state.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pc, err := rc.openChain(ctx, rt, []netip.AddrPort{netip.MustParseAddrPort(proxyAddr)}, dst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pc.pool == nil {
+		t.Fatal("the flow did not take the pooled connection")
+	}
+	relayConn, err := rc.settle(rt, pc, acc.(*net.TCPConn), &flow{})
+	if err != nil {
+		t.Fatalf("settle: %v", err)
+	}
+	go datapath.Join(ctx, acc.(*net.TCPConn), relayConn, datapath.Options{})
+	cli.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(cli)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Errorf("echo: %d bytes, %v; want the %d sent, once", len(got), err, len(data))
+	}
+	if st := poolOf(t, rc); st.Dead < 1 {
+		t.Errorf("pool: %+v, want the dead connection counted", st)
 	}
 }
