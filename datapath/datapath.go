@@ -52,6 +52,13 @@ type Options struct {
 	OnPath func(up bool, p Path)
 	// ForceCopy disables splice (for comparison and as the fallback path).
 	ForceCopy bool
+	// DownPrefix, if set, goes to the client before the server's first
+	// byte, in the same segment when the server sends within PrefixWait
+	// (the prefix is corked with MSG_MORE until then); otherwise alone once
+	// PrefixWait has passed. A relay answers a pipelining peer this way
+	// without spending a packet of its initial window on the answer.
+	DownPrefix []byte
+	PrefixWait time.Duration
 }
 
 // Result describes a finished flow.
@@ -148,6 +155,14 @@ func (f *flow) proxyCopy(up bool) dirResult {
 	}
 	var n int64
 	var err error
+	if !up && len(f.opt.DownPrefix) > 0 {
+		if err := writePrefix(dst, src, f.opt.DownPrefix, f.opt.PrefixWait); err != nil {
+			if !f.aborted() {
+				f.fail(up, sideErr{err: err})
+			}
+			return dirResult{}
+		}
+	}
 	path := PathSplice
 	if !f.opt.ForceCopy {
 		n, err = spliceCopy(dst, src, cnt, f)

@@ -311,3 +311,48 @@ func TestIdleWhileWriterStuck(t *testing.T) {
 		t.Fatal("a flow stuck on a peer that stopped reading never timed out")
 	}
 }
+
+// DownPrefix reaches the client before the server's bytes: with them when
+// the server sends in time, alone once PrefixWait has passed, and before
+// the FIN of a server that sends nothing.
+func TestDownPrefix(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		delay time.Duration // before the server sends; <0: it closes at once
+		wait  time.Duration
+	}{
+		{"server sends in time", 20 * time.Millisecond, time.Second},
+		{"server sends later", 300 * time.Millisecond, 50 * time.Millisecond},
+		{"server sends first", 0, time.Second},
+		{"server closes", -1, time.Second},
+		{"no wait", 10 * time.Millisecond, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			client, server, res := relayed(t, ctx, Options{DownPrefix: []byte("ANSWER"), PrefixWait: tc.wait})
+			var body []byte
+			if tc.delay >= 0 {
+				body = payload(3, 100_000)
+			}
+			go func() {
+				time.Sleep(max(tc.delay, 0))
+				server.Write(body)
+				server.CloseWrite()
+			}()
+			client.CloseWrite()
+			client.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, err := io.ReadAll(client)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := append([]byte("ANSWER"), body...)
+			if !bytes.Equal(got, want) {
+				t.Errorf("client got %d bytes (%q…), want the prefix and %d bytes", len(got), got[:min(len(got), 8)], len(body))
+			}
+			if r := <-res; r.Reason != ReasonClosed {
+				t.Errorf("result %+v", r)
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -215,4 +216,54 @@ func Drain() {
 			return
 		}
 	}
+}
+
+// writePrefix writes prefix to dst before anything of src's: corked
+// (MSG_MORE) when src has bytes within wait, so the next write carries
+// both in one segment; plain once wait has passed.
+func writePrefix(dst, src *net.TCPConn, prefix []byte, wait time.Duration) error {
+	readable := false
+	if wait > 0 {
+		rc, err := src.SyscallConn()
+		if err != nil {
+			return err
+		}
+		_ = src.SetReadDeadline(time.Now().Add(wait))
+		// RawRead clears the readiness it knew before calling the check,
+		// so bytes arriving after the peek still wake the wait.
+		_ = rc.Read(func(fd uintptr) bool {
+			var b byte
+			_, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b)), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+			readable = e != unix.EAGAIN // bytes, EOF or an error: the copy finds out
+			return readable
+		})
+		_ = src.SetReadDeadline(time.Time{})
+	}
+	flags := 0
+	if readable {
+		flags = unix.MSG_MORE
+	}
+	rc, err := dst.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	for len(prefix) > 0 && serr == nil {
+		werr := rc.Write(func(fd uintptr) bool {
+			n, err := unix.SendmsgN(int(fd), prefix, nil, nil, flags|unix.MSG_NOSIGNAL)
+			if err == unix.EAGAIN {
+				return false
+			}
+			if err != nil {
+				serr = err
+				return true
+			}
+			prefix = prefix[n:]
+			return true
+		})
+		if werr != nil {
+			return werr
+		}
+	}
+	return serr
 }

@@ -56,9 +56,14 @@ func (a *hopAuth) windowS() int64 { return a.window.Load() / int64(time.Second) 
 
 // The labels keep a pool greeting's cookie from being taken for a hop's
 // and the other way round.
+//
+// A pipelining sender (a transparent flow, whose client bytes follow the
+// Connect without waiting for the answer) signs with labelPipelined: the
+// receiving relay then sends its answer with the server's first bytes.
 const (
-	labelHop  = "halfway hop v2"
-	labelPool = "halfway pool v1"
+	labelHop       = "halfway hop v2"
+	labelPipelined = "halfway hop v2 pipelined"
+	labelPool      = "halfway pool v1"
 )
 
 func (a *hopAuth) mac(label string, ts uint32, nonce []byte, hop, dst netip.AddrPort) []byte {
@@ -82,6 +87,11 @@ func (a *hopAuth) cookie(hop, dst netip.AddrPort) []byte {
 	return a.labeled(labelHop, hop, dst)
 }
 
+// pipelinedCookie is cookie for a sender that does not wait for the answer.
+func (a *hopAuth) pipelinedCookie(hop, dst netip.AddrPort) []byte {
+	return a.labeled(labelPipelined, hop, dst)
+}
+
 // poolCookie makes the cookie of a pooled connection's greeting to the
 // relay at hop; it names no destination.
 func (a *hopAuth) poolCookie(hop netip.AddrPort) []byte {
@@ -100,7 +110,20 @@ func (a *hopAuth) labeled(label string, hop, dst netip.AddrPort) []byte {
 // verify checks a cookie received at the address hop asking for dst, and
 // remembers its nonce.
 func (a *hopAuth) verify(c []byte, hop, dst netip.AddrPort) error {
-	return a.verifyLabeled(labelHop, c, hop, dst)
+	_, err := a.verifyHop(c, hop, dst)
+	return err
+}
+
+// verifyHop checks a hop cookie of either kind and tells whether its
+// sender pipelines.
+func (a *hopAuth) verifyHop(c []byte, hop, dst netip.AddrPort) (pipelined bool, err error) {
+	err = a.verifyLabeled(labelHop, c, hop, dst)
+	if errors.Is(err, errCookieBad) {
+		if a.verifyLabeled(labelPipelined, c, hop, dst) == nil {
+			return true, nil
+		}
+	}
+	return false, err
 }
 
 // verifyPool checks a pooled connection's greeting received at hop.

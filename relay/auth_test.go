@@ -388,3 +388,24 @@ func TestPoolCookie(t *testing.T) {
 		t.Errorf("no cookie: %v, want %v", err, errCookieMissing)
 	}
 }
+
+// A pipelined hop cookie verifies as a hop cookie and says so; it is bound
+// to its relay and destination like the other kind.
+func TestPipelinedCookie(t *testing.T) {
+	a := newHopAuth(testKey, 30*time.Second)
+	dst := netip.MustParseAddrPort("10.0.3.2:80")
+	p, err := a.verifyHop(a.pipelinedCookie(testHop, dst), testHop, dst)
+	if err != nil || !p {
+		t.Errorf("pipelined cookie: %v, %v; want pipelined", p, err)
+	}
+	p, err = a.verifyHop(a.cookie(testHop, dst), testHop, dst)
+	if err != nil || p {
+		t.Errorf("plain cookie: %v, %v; want not pipelined", p, err)
+	}
+	if _, err := a.verifyHop(a.pipelinedCookie(testHop, dst), testHop, netip.MustParseAddrPort("10.0.3.2:81")); !errors.Is(err, errCookieBad) {
+		t.Errorf("pipelined cookie for another destination: %v, want %v", err, errCookieBad)
+	}
+	if err := a.verifyPool(a.pipelinedCookie(testHop, netip.AddrPort{}), testHop); !errors.Is(err, errCookieBad) {
+		t.Errorf("pipelined cookie as pool cookie: %v", err)
+	}
+}

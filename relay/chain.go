@@ -29,7 +29,7 @@ import (
 // dialChain opens the first relay of via, has the chain reach dst and
 // waits for every hop's answer.
 func (s *Server) dialChain(ctx context.Context, rt *runtime, via []netip.AddrPort, dst netip.AddrPort, early []byte) (*net.TCPConn, error) {
-	pc, err := s.openChain(ctx, rt, via, dst, early)
+	pc, err := s.openChain(ctx, rt, via, dst, early, false)
 	if err != nil {
 		return nil, err
 	}
@@ -59,8 +59,10 @@ type pendingChain struct {
 
 // openChain sends the chain's Convert messages, and early bytes after
 // them, to the first relay: on a pooled connection when there is one, or in
-// the SYN of a fresh Fast Open connect. It does not wait for answers.
-func (s *Server) openChain(ctx context.Context, rt *runtime, via []netip.AddrPort, dst netip.AddrPort, early []byte) (*pendingChain, error) {
+// the SYN of a fresh Fast Open connect. It does not wait for answers. With
+// pipelined, the hops are told (by their cookies) that the sender does not
+// wait either, so they answer with the server's first bytes.
+func (s *Server) openChain(ctx context.Context, rt *runtime, via []netip.AddrPort, dst netip.AddrPort, early []byte, pipelined bool) (*pendingChain, error) {
 	if rt.auth == nil {
 		return nil, &connectError{kind: "failure", err: errors.New("routes via relays need auth.psk_file")}
 	}
@@ -70,10 +72,14 @@ func (s *Server) openChain(ctx context.Context, rt *runtime, via []netip.AddrPor
 		if i+1 < len(via) {
 			next = via[i+1]
 		}
+		cookie := rt.auth.cookie(via[i], next)
+		if pipelined {
+			cookie = rt.auth.pipelinedCookie(via[i], next)
+		}
 		var err error
 		msgs, err = convert.AppendMessage(msgs, &convert.Message{
 			Connect: &convert.Connect{Dst: next},
-			Cookie:  rt.auth.cookie(via[i], next),
+			Cookie:  cookie,
 		})
 		if err != nil {
 			return nil, &connectError{kind: "failure", err: err}
@@ -330,7 +336,8 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 	if rt.auth == nil {
 		return fail(convert.NotAuthorized, errors.New("convert: no pre-shared key configured"))
 	}
-	if err := rt.auth.verify(m.Cookie, addrPortOf(c.LocalAddr()), dst); err != nil {
+	pipelined, err := rt.auth.verifyHop(m.Cookie, addrPortOf(c.LocalAddr()), dst)
+	if err != nil {
 		s.metrics.refused.WithLabelValues(f.listener, "hop_not_authenticated").Inc()
 		code := convert.NotAuthorized
 		if errors.Is(err, errCookieMissing) {
@@ -355,6 +362,17 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 	reply := &convert.Message{}
 	if m.Info {
 		reply.Supported = supportedExts()
+	}
+	if pipelined {
+		// The sender does not wait for the answer: it goes with the
+		// server's first bytes, not in a packet of its own.
+		f.downPrefix, err = convert.AppendMessage(nil, reply)
+		if err != nil {
+			resetConn(server)
+			c.Close()
+			return nil, errorf("convert reply", err)
+		}
+		return server, nil
 	}
 	_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
 	if err := writeConvert(c, reply); err != nil {

@@ -83,6 +83,11 @@ type LegConfig struct {
 	// Open) when there are any: a relay hop's Convert messages, a PROXY
 	// header. Default true; false for paths that drop SYNs with data.
 	FastOpen *bool `yaml:"fast_open"`
+	// Pacing spreads each window of the leg's sends over its round trip
+	// (TCP's own pacing). A relay receives in bursts as fast as the leg
+	// before it delivers; paced, it forwards them without filling the next
+	// bottleneck's queue in one go.
+	Pacing bool `yaml:"pacing"`
 }
 
 func (l LegConfig) fastOpen() bool { return l.FastOpen == nil || *l.FastOpen }

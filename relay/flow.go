@@ -29,6 +29,9 @@ type flow struct {
 	// endHandshake frees the client's handshake slot early: a peer's
 	// pooled connection waits for its request without holding one.
 	endHandshake func()
+	// downPrefix is this relay's Convert answer to a pipelining peer, sent
+	// with the server's first bytes.
+	downPrefix []byte
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {
@@ -109,13 +112,19 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	go s.forward(f, c, server, rt, done)
 }
 
+// prefixWait is how long a relay holds its answer to a pipelining peer for
+// the server's first bytes. The peer needs it only once the client has sent
+// 64 KiB before any reply from the server.
+const prefixWait = 100 * time.Millisecond
+
 // forward relays an established flow until it ends.
 func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime, done func()) {
 	defer done()
 	s.metrics.active.WithLabelValues(f.listener, *f.route.Load()).Inc()
 	res := datapath.Join(s.flowCtx, c, server, datapath.Options{
 		Idle: idleOf(rt, *f.proto.Load() == "convert", *f.route.Load() != "direct"), Up: &f.up, Down: &f.down,
-		OnPath: func(_ bool, p datapath.Path) { s.metrics.path.WithLabelValues(string(p)).Inc() },
+		OnPath:     func(_ bool, p datapath.Path) { s.metrics.path.WithLabelValues(string(p)).Inc() },
+		DownPrefix: f.downPrefix, PrefixWait: prefixWait,
 	})
 	s.metrics.active.WithLabelValues(f.listener, *f.route.Load()).Dec()
 	s.endFlow(f, res)
@@ -251,7 +260,7 @@ func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, d
 		c, err = s.dialChain(ctx, rt, r.via, dst, early)
 	case len(r.via) > 0:
 		leg = "relay"
-		pc, err = s.openChain(ctx, rt, r.via, dst, early)
+		pc, err = s.openChain(ctx, rt, r.via, dst, early, true)
 	default:
 		var hdr []byte
 		if st.cfg.ProxyProtocol {
@@ -286,7 +295,7 @@ func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, ear
 		KeepAliveConfig: net.KeepAliveConfig{Enable: leg.Keepalive > 0, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: 4},
 		Control: sockopt.Options{FastOpenConnect: len(early) > 0 && leg.fastOpen(), UserTimeout: leg.UserTimeout.D(),
 			Transparent: src.IsValid(), Congestion: leg.Congestion,
-			SendBuffer: int(leg.SendBuffer), ReceiveBuffer: int(leg.ReceiveBuffer)}.Control,
+			SendBuffer: int(leg.SendBuffer), ReceiveBuffer: int(leg.ReceiveBuffer), Pacing: leg.Pacing}.Control,
 	}
 	if src.IsValid() {
 		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
@@ -320,7 +329,7 @@ func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, ear
 // setLeg applies a leg's keepalive, user timeout, congestion control and
 // buffers to an accepted socket.
 func setLeg(c *net.TCPConn, leg LegConfig) {
-	_ = sockopt.Tune(c, leg.Congestion, int(leg.SendBuffer), int(leg.ReceiveBuffer))
+	_ = sockopt.Tune(c, leg.Congestion, int(leg.SendBuffer), int(leg.ReceiveBuffer), leg.Pacing)
 	if leg.Keepalive > 0 {
 		_ = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: 4})
 	}

@@ -47,6 +47,10 @@ type Options struct {
 	// net.core.[rw]mem_max (SO_SNDBUFFORCE, SO_RCVBUFFORCE: CAP_NET_ADMIN).
 	// Set before connect, the receive buffer also sizes the window scale.
 	SendBuffer, ReceiveBuffer int
+	// Pacing turns on TCP's own pacing: each window goes out spread over the
+	// round trip instead of in one burst (it sets SO_MAX_PACING_RATE, which
+	// the kernel paces by itself when no fq qdisc does).
+	Pacing bool
 }
 
 // Control applies the options; it fits net.Dialer.Control and
@@ -100,24 +104,34 @@ func (o Options) apply(fd int, network string) error {
 			return err
 		}
 	}
-	return applyTuning(fd, o.Congestion, o.SendBuffer, o.ReceiveBuffer)
+	return applyTuning(fd, o.Congestion, o.SendBuffer, o.ReceiveBuffer, o.Pacing)
 }
 
-// Tune sets congestion control and buffer sizes on a connected socket,
-// as Options does before a connect; empty or 0 leaves a setting alone.
-func Tune(c *net.TCPConn, congestion string, sendBuf, recvBuf int) error {
+// Tune sets congestion control, buffer sizes and pacing on a connected
+// socket, as Options does before a connect; empty, 0 or false leaves a
+// setting alone.
+func Tune(c *net.TCPConn, congestion string, sendBuf, recvBuf int, pacing bool) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = applyTuning(int(fd), congestion, sendBuf, recvBuf) }); err != nil {
+	if err := rc.Control(func(fd uintptr) { serr = applyTuning(int(fd), congestion, sendBuf, recvBuf, pacing) }); err != nil {
 		return err
 	}
 	return serr
 }
 
-func applyTuning(fd int, congestion string, sendBuf, recvBuf int) error {
+// pacingCap is the SO_MAX_PACING_RATE that turns pacing on without
+// limiting it: 1 TB/s (the "unlimited" value, ~0, would leave it off).
+const pacingCap = 1 << 40
+
+func applyTuning(fd int, congestion string, sendBuf, recvBuf int, pacing bool) error {
+	if pacing {
+		if err := unix.SetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, pacingCap); err != nil {
+			return fmt.Errorf("setsockopt SO_MAX_PACING_RATE: %w", err)
+		}
+	}
 	if congestion != "" {
 		if err := unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, congestion); err != nil {
 			return fmt.Errorf("setsockopt TCP_CONGESTION %s: %w", congestion, err)

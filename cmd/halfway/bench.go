@@ -18,13 +18,15 @@ import (
 
 func runBench(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("%w: bench needs a scenario: lab", errUsage)
+		return fmt.Errorf("%w: bench needs a scenario: lab, accel or footprint", errUsage)
 	}
 	switch args[0] {
 	case "lab":
 		return benchLab(args[1:], stdout, stderr)
 	case "footprint":
 		return benchFootprint(args[1:], stdout, stderr)
+	case "accel":
+		return benchAccel(args[1:], stdout, stderr)
 	}
 	return fmt.Errorf("%w: unknown bench scenario %q", errUsage, args[0])
 }
@@ -134,4 +136,48 @@ func benchFootprint(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return emit(stdout, *asJSON, *out, "footprint", r.Markdown(), r)
+}
+
+func benchAccel(args []string, stdout, stderr io.Writer) error {
+	o := bench.DefaultAccelOptions()
+	fs := newFlags("bench accel", stderr)
+	asJSON := fs.Bool("json", false, "print JSON instead of Markdown")
+	out := fs.String("out", "", "also write accel.md, accel.json and the SVG plots into this directory")
+	fs.IntVar(&o.Repeats, "repeats", o.Repeats, "repeats per measurement")
+	fs.IntVar(&o.TurboIW, "turbo-iw", o.TurboIW, "Turbo-Start initial windows on the KTCP relay legs, in segments")
+	parts := fs.String("parts", strings.Join(o.Parts, ","), "which parts: fig4, fig5, ktcp")
+	ccs := fs.String("fig4-cc", strings.Join(o.Fig4CCs, ","), "congestion controls for Fig. 4")
+	quiet := fs.Bool("q", false, "no progress on stderr")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.Repeats < 1 || o.TurboIW < 1 {
+		return fmt.Errorf("%w: --repeats and --turbo-iw must be at least 1", errUsage)
+	}
+	o.Parts, o.Fig4CCs = strings.Split(*parts, ","), strings.Split(*ccs, ",")
+	if !*quiet {
+		o.Log = stderr
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	o.Exe = exe
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	r, err := bench.RunAccel(ctx, o)
+	if err != nil {
+		return err
+	}
+	if *out != "" {
+		if err := os.MkdirAll(*out, 0o755); err != nil {
+			return err
+		}
+		for _, p := range r.Plots {
+			if err := os.WriteFile(filepath.Join(*out, p.Name), []byte(p.SVG), 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	return emit(stdout, *asJSON, *out, "accel", r.Markdown(), r)
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"halfway/bench"
 	"halfway/model"
 	"halfway/netlab"
 )
@@ -43,6 +44,10 @@ func runModel(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	p, err := bench.ModelPath(t, *from, *to, *iw)
+	if err != nil {
+		return err
+	}
 	var ss []int
 	for _, f := range strings.Split(*sizes, ",") {
 		n, err := parseSize(f)
@@ -50,13 +55,6 @@ func runModel(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%w: --sizes: %v", errUsage, err)
 		}
 		ss = append(ss, n)
-	}
-	p := model.Path{MSS: model.DefaultMSS}
-	for i, l := range legs {
-		p.Legs = append(p.Legs, model.Leg{
-			Delay: (l.Forward + l.Back) / 2, Rate: float64(l.RateToward), IW: *iw,
-			Relay: i > 0 && i < len(legs)-1,
-		})
 	}
 	opt := model.Options{TurboIW: *turbo, TFO: *tfo}
 	var preds []model.Prediction
