@@ -794,7 +794,7 @@ func (r *AccelReport) plots() {
 				rows = append(rows, row)
 			}
 		}
-		curvePlot("accel-fig4-"+cc+".svg", "Miniproxy Fig. 4 in the lab ("+cc+"): TTC by number of relays, RTT 100 ms, 100 Mbit/s", rows,
+		curvePlot("accel-fig4-"+cc+".svg", "Fig. 4 ("+cc+"): relays on a 100 ms, 100 Mbit/s path", rows,
 			func(row CurveRow) string {
 				if row.Config == "e2e" {
 					return "end to end"
@@ -802,7 +802,7 @@ func (r *AccelReport) plots() {
 				return fmt.Sprintf("%d relay(s)", row.Relays)
 			})
 	}
-	curvePlot("accel-fig5.svg", "Miniproxy Fig. 5 in the lab: one relay, each leg X ms one way", r.Fig5,
+	curvePlot("accel-fig5.svg", "Fig. 5: one relay, each leg X ms one way", r.Fig5,
 		func(row CurveRow) string {
 			if row.Config == "e2e" {
 				return "end to end, 50 ms"
@@ -838,8 +838,8 @@ func (r *AccelReport) plots() {
 			tt[g][c], tm[g][c], to[g][c], om[g][c] = row.TTFBms, row.ModelTTFBms, row.TotalMS, row.ModelTTCms
 		}
 		r.Plots = append(r.Plots,
-			AccelPlot{Name: "accel-ktcp-ttfb.svg", SVG: barSVG("KTCP path: time to first byte by configuration", "TTFB (ms)", groups, configs, tt, tm)},
-			AccelPlot{Name: "accel-ktcp-total.svg", SVG: barSVG("KTCP path: download time by configuration", "total time (ms)", groups, configs, to, om)})
+			AccelPlot{Name: "accel-ktcp-ttfb.svg", SVG: barSVG("KTCP path: time to first byte", "TTFB (ms)", groups, configs, tt, tm)},
+			AccelPlot{Name: "accel-ktcp-total.svg", SVG: barSVG("KTCP path: download time", "total time (ms)", groups, configs, to, om)})
 	}
 }
 

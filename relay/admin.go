@@ -141,13 +141,17 @@ func (s *Server) handleSetTunables(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pools := *s.pools.Load()
-	for peer := range t.Pools {
+	norm := map[string]Watermarks{}
+	for peer, wm := range t.Pools {
 		ap, err := netip.ParseAddrPort(peer)
-		if err != nil || pools[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())] == nil {
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		if err != nil || pools[ap] == nil {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("pools: %q is no peer with a pool", peer)})
 			return
 		}
+		norm[ap.String()] = wm // as the pool names itself
 	}
+	t.Pools = norm
 	next := *cur
 	next.tunables = t
 	if !s.state.CompareAndSwap(cur, &next) {

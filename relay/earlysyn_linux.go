@@ -137,8 +137,25 @@ func (s *Server) stopEarly() {
 
 func (s *Server) sniffSYNs(f *os.File, stopped chan struct{}) {
 	defer close(stopped)
+	// Unclaimed dials expire on a clock of their own: no further SYN may
+	// come to notice them.
+	expired := s.metrics.early.WithLabelValues("expired")
+	tick := time.NewTicker(earlyExpiry / 4)
+	defer tick.Stop()
+	quit, ticking := make(chan struct{}), make(chan struct{})
+	defer func() { close(quit); <-ticking }()
+	go func() {
+		defer close(ticking)
+		for {
+			select {
+			case <-quit:
+				return
+			case now := <-tick.C:
+				s.early.expire(now.Add(-earlyExpiry), expired)
+			}
+		}
+	}()
 	buf := make([]byte, 128)
-	last := time.Now()
 	for {
 		n, err := f.Read(buf)
 		if err != nil {
@@ -146,10 +163,6 @@ func (s *Server) sniffSYNs(f *os.File, stopped chan struct{}) {
 				s.log.Error("early SYN: reading SYNs stopped", "err", err)
 			}
 			return
-		}
-		if now := time.Now(); now.Sub(last) > earlyExpiry/4 {
-			s.early.expire(now.Add(-earlyExpiry), s.metrics.early.WithLabelValues("expired"))
-			last = now
 		}
 		client, dst, ok := parseSYN(buf[:n])
 		if ok {

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -375,4 +377,40 @@ func TestSettleDeadPooled(t *testing.T) {
 	if st := poolOf(t, rc); st.Dead < 1 {
 		t.Errorf("pool: %+v, want the dead connection counted", st)
 	}
+}
+
+// TestPoolTunables: pool watermarks change at run time through the admin
+// API; the pool follows at once; bad values and unknown peers are refused.
+func TestPoolTunables(t *testing.T) {
+	pp := newPoolPair(t, func(rs string) string { return rs }, 4, 6)
+	startLoopback(t, pp.rsYAML)
+	rc := startLoopback(t, strings.Replace(pp.rcYAML, "admin: {listen: off}", `admin: {listen: "127.0.0.1:0"}`, 1))
+	waitFor(t, func() bool { return poolOf(t, rc).Idle == 6 })
+	put := func(body string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPut, "http://"+rc.AdminAddr().String()+"/api/tunables", strings.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, bad := range []string{
+		`{"pools": {"127.0.0.1:1": {"low": 1, "high": 2}}}`,
+		fmt.Sprintf(`{"pools": {%q: {"low": 3, "high": 2}}}`, pp.rsAddr),
+		fmt.Sprintf(`{"pools": {%q: {"low": 1, "high": 5000}}}`, pp.rsAddr),
+	} {
+		if code := put(bad); code != http.StatusBadRequest {
+			t.Errorf("PUT %s: %d, want 400", bad, code)
+		}
+	}
+	if code := put(fmt.Sprintf(`{"pools": {%q: {"low": 1, "high": 2}}}`, pp.rsAddr)); code != http.StatusOK {
+		t.Fatalf("PUT: %d", code)
+	}
+	waitFor(t, func() bool { st := poolOf(t, rc); return st.Idle == 2 && st.Low == 1 && st.High == 2 })
+	if code := put(fmt.Sprintf(`{"pools": {%q: {"low": 8, "high": 10}}}`, pp.rsAddr)); code != http.StatusOK {
+		t.Fatalf("PUT: %d", code)
+	}
+	waitFor(t, func() bool { return poolOf(t, rc).Idle == 10 })
 }
