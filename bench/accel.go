@@ -759,6 +759,17 @@ func accelNotes(o AccelOptions) []string {
 	}
 }
 
+// LoadAccel reads a report written as JSON and renders its plots again.
+func LoadAccel(b []byte) (*AccelReport, error) {
+	var r AccelReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, err
+	}
+	r.Plots = nil
+	r.plots()
+	return &r, nil
+}
+
 // plots renders the report's figures.
 func (r *AccelReport) plots() {
 	curvePlot := func(name, title string, rows []CurveRow, label func(CurveRow) string) {
@@ -805,7 +816,7 @@ func (r *AccelReport) plots() {
 	curvePlot("accel-fig5.svg", "Fig. 5: one relay, each leg X ms one way", r.Fig5,
 		func(row CurveRow) string {
 			if row.Config == "e2e" {
-				return "end to end, 50 ms"
+				return "e2e, no relay"
 			}
 			return fmt.Sprintf("X = %.1f ms", row.LegDelayMS)
 		})

@@ -148,8 +148,20 @@ func benchAccel(args []string, stdout, stderr io.Writer) error {
 	parts := fs.String("parts", strings.Join(o.Parts, ","), "which parts: fig4, fig5, ktcp")
 	ccs := fs.String("fig4-cc", strings.Join(o.Fig4CCs, ","), "congestion controls for Fig. 4")
 	quiet := fs.Bool("q", false, "no progress on stderr")
+	from := fs.String("from", "", "render the report and plots of an earlier run's accel.json instead of measuring")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *from != "" {
+		b, err := os.ReadFile(*from)
+		if err != nil {
+			return err
+		}
+		r, err := bench.LoadAccel(b)
+		if err != nil {
+			return fmt.Errorf("%s: %w", *from, err)
+		}
+		return writeAccel(stdout, *asJSON, *out, r)
 	}
 	if o.Repeats < 1 || o.TurboIW < 1 {
 		return fmt.Errorf("%w: --repeats and --turbo-iw must be at least 1", errUsage)
@@ -169,15 +181,21 @@ func benchAccel(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *out != "" {
-		if err := os.MkdirAll(*out, 0o755); err != nil {
+	return writeAccel(stdout, *asJSON, *out, r)
+}
+
+// writeAccel prints the report and, with out set, writes it and its plots
+// there.
+func writeAccel(stdout io.Writer, asJSON bool, out string, r *bench.AccelReport) error {
+	if out != "" {
+		if err := os.MkdirAll(out, 0o755); err != nil {
 			return err
 		}
 		for _, p := range r.Plots {
-			if err := os.WriteFile(filepath.Join(*out, p.Name), []byte(p.SVG), 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(out, p.Name), []byte(p.SVG), 0o644); err != nil {
 				return err
 			}
 		}
 	}
-	return emit(stdout, *asJSON, *out, "accel", r.Markdown(), r)
+	return emit(stdout, asJSON, out, "accel", r.Markdown(), r)
 }
