@@ -8,7 +8,7 @@ APT_PACKAGES := iproute2 curl iputils-ping procps python3 nftables iptables iper
 # Commands that tell whether they are installed.
 APT_COMMANDS := ip curl ping ps python3 nft iptables iperf3
 
-.PHONY: all build deps test check demo bench-lab clean
+.PHONY: all build deps test check demo bench-lab bench-accel clean
 
 all: build
 
@@ -41,6 +41,12 @@ demo: deps build
 
 bench-lab: build
 	./bin/halfway bench lab --out results
+
+# bench-accel reproduces Miniproxy Figs. 4-5 and KTCP Figs. 3-4 (about 20
+# minutes); HAProxy is the baseline operators use today.
+bench-accel: deps build
+	@command -v haproxy >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null; }
+	./bin/halfway bench accel --out results
 
 clean:
 	rm -rf bin
