@@ -2,6 +2,7 @@ package netlab
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -201,6 +202,11 @@ func (l *Lab) build() error {
 				}
 			}
 		}
+		if m := t.node(h.Name).MPTCP; m != nil {
+			if err := h.configureMPTCP(m); err != nil {
+				return fmt.Errorf("host %s: mptcp: %w", h.Name, err)
+			}
+		}
 		dir := filepath.Join(etcNetns, h.NS)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
@@ -345,6 +351,70 @@ func (h *Host) configure(p *Plan, congctl string) error {
 			Gw: r.Via.AsSlice(), Congctl: congctl}
 		if err := nh.RouteAdd(route); err != nil {
 			return fail(fmt.Sprintf("route %s via %s", r.Dst, r.Via), err)
+		}
+	}
+	return nil
+}
+
+// configureMPTCP sets the host's path manager: limits, endpoints, and on a
+// host that opens subflows a routing table per address, so each subflow
+// leaves by its own link.
+func (h *Host) configureMPTCP(m *NodeMPTCP) error {
+	if err := setSysctl(h.ns, "net.mptcp.enabled", "1"); err != nil {
+		return err
+	}
+	nh, err := newHandle(h.ns)
+	if err != nil {
+		return err
+	}
+	defer nh.Close()
+	for i, ifc := range h.plan.Ifaces {
+		if m.Endpoints != "subflow" {
+			break // a host that only accepts or announces answers by its main table
+		}
+		link, err := nh.LinkByName(ifc.Name)
+		if err != nil {
+			return err
+		}
+		table := 1000 + i
+		for _, r := range []*netlink.Route{
+			{LinkIndex: link.Attrs().Index, Dst: prefixNet(ifc.Addr4.Masked()), Scope: netlink.SCOPE_LINK, Table: table},
+			{LinkIndex: link.Attrs().Index, Gw: ifc.PeerAddr4.AsSlice(), Table: table},
+		} {
+			if err := nh.RouteReplace(r); err != nil {
+				return fmt.Errorf("table %d: %w", table, err)
+			}
+		}
+		rule := netlink.NewRule()
+		rule.Src, rule.Table, rule.Priority = prefixNet(netip.PrefixFrom(ifc.Addr4.Addr(), 32)), table, 100+i
+		if err := nh.RuleAdd(rule); err != nil {
+			return fmt.Errorf("rule from %s: %w", ifc.Addr4.Addr(), err)
+		}
+	}
+	subflows, accepted := m.Subflows, m.AddAddrAccepted
+	if subflows == 0 {
+		subflows = 8
+	}
+	if accepted == 0 {
+		accepted = 8
+	}
+	ip := func(args ...string) error {
+		if out, err := h.Command(context.Background(), "ip", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+		}
+		return nil
+	}
+	if err := ip("mptcp", "limits", "set", "subflow", fmt.Sprint(subflows), "add_addr_accepted", fmt.Sprint(accepted)); err != nil {
+		return err
+	}
+	if m.Endpoints == "subflow" || m.Endpoints == "signal" {
+		for i, ifc := range h.plan.Ifaces {
+			if i == 0 {
+				continue // the address connections start from
+			}
+			if err := ip("mptcp", "endpoint", "add", ifc.Addr4.Addr().String(), "dev", ifc.Name, m.Endpoints); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -36,6 +36,24 @@ type Topology struct {
 type Node struct {
 	Name   string            `yaml:"name"`
 	Sysctl map[string]string `yaml:"sysctl"`
+	// MPTCP sets the host's Multipath TCP path manager.
+	MPTCP *NodeMPTCP `yaml:"mptcp"`
+}
+
+// NodeMPTCP is a host's MPTCP path manager, as `ip mptcp limits` and
+// `ip mptcp endpoint` would set it. With endpoints "subflow", each of the
+// host's addresses also gets a routing table of its own (ip rule from
+// ADDR), so a subflow leaves by the link its address belongs to.
+type NodeMPTCP struct {
+	// Subflows and AddAddrAccepted are the limits (default 8, the most
+	// the kernel allows).
+	Subflows        int `yaml:"subflows"`
+	AddAddrAccepted int `yaml:"add_addr_accepted"`
+	// Endpoints makes the addresses of the host's links after its first
+	// MPTCP endpoints: "subflow" (this host opens extra subflows from
+	// them: a client), "signal" (announces them to peers: a server), or
+	// "none" (default: the host only accepts subflows).
+	Endpoints string `yaml:"endpoints"`
 }
 
 func (nd *Node) UnmarshalYAMLNode(d *strictyaml.Decoder, n *yaml.Node) error {
@@ -154,6 +172,16 @@ func (t *Topology) Validate() error {
 		}
 		seen[n.Name] = true
 		validateSysctl(p+".sysctl", n.Sysctl, add)
+		if m := n.MPTCP; m != nil {
+			if m.Subflows < 0 || m.Subflows > 8 || m.AddAddrAccepted < 0 || m.AddAddrAccepted > 8 {
+				add(p+".mptcp", "subflows %d, add_addr_accepted %d: want 0 to 8", m.Subflows, m.AddAddrAccepted)
+			}
+			switch m.Endpoints {
+			case "", "none", "subflow", "signal":
+			default:
+				add(p+".mptcp.endpoints", "%q: want subflow, signal or none", m.Endpoints)
+			}
+		}
 	}
 	validateSysctl("sysctl", t.Sysctl, add)
 	if len(t.Links) == 0 {

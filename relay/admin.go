@@ -14,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"halfway/sockopt"
 )
 
 // The admin API, on a loopback address by default:
@@ -72,6 +74,16 @@ type FlowStatus struct {
 	Up       int64   `json:"bytes_up"`
 	Down     int64   `json:"bytes_down"`
 	AgeS     float64 `json:"age_s"`
+	// Per leg that asked for Multipath TCP: negotiated, and subflows up.
+	ClientMPTCP *MPTCPStatus `json:"client_mptcp,omitempty"`
+	ServerMPTCP *MPTCPStatus `json:"server_mptcp,omitempty"`
+}
+
+// MPTCPStatus is a leg's Multipath TCP: active (else fallen back to TCP)
+// and its subflows.
+type MPTCPStatus struct {
+	Active   bool `json:"active"`
+	Subflows int  `json:"subflows"`
 }
 
 // Flows lists the active flows.
@@ -86,6 +98,18 @@ func (s *Server) Flows() []FlowStatus {
 		}
 		if r := f.route.Load(); r != nil {
 			fs.Route = *r
+		}
+		if cs := f.conns.Load(); cs != nil {
+			for i, c := range cs {
+				if st, err := sockopt.MPTCP(c); err == nil && st.Requested {
+					m := &MPTCPStatus{Active: st.Active, Subflows: st.Subflows}
+					if i == 0 {
+						fs.ClientMPTCP = m
+					} else {
+						fs.ServerMPTCP = m
+					}
+				}
+			}
 		}
 		out = append(out, fs)
 	}

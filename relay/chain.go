@@ -28,8 +28,8 @@ import (
 
 // dialChain opens the first relay of via, has the chain reach dst and
 // waits for every hop's answer.
-func (s *Server) dialChain(ctx context.Context, rt *runtime, via []netip.AddrPort, dst netip.AddrPort, early []byte) (*net.TCPConn, error) {
-	pc, err := s.openChain(ctx, rt, via, dst, early, false)
+func (s *Server) dialChain(ctx context.Context, rt *runtime, r *route, dst netip.AddrPort, early []byte) (*net.TCPConn, error) {
+	pc, err := s.openChain(ctx, rt, r, dst, early, false)
 	if err != nil {
 		return nil, err
 	}
@@ -50,11 +50,12 @@ func (s *Server) dialChain(ctx context.Context, rt *runtime, via []netip.AddrPor
 // A pendingChain is a connection to the first relay of a chain whose
 // Convert messages are sent and whose answers are not read yet.
 type pendingChain struct {
-	c    *net.TCPConn
-	hops int
-	msgs []byte // what went first on c: sent again if c was a dead pooled one
-	pool *pool  // the pool c came from, or nil
-	via0 netip.AddrPort
+	c     *net.TCPConn
+	hops  int
+	msgs  []byte // what went first on c: sent again if c was a dead pooled one
+	pool  *pool  // the pool c came from, or nil
+	via0  netip.AddrPort
+	mptcp bool // a fresh connection is Multipath TCP
 }
 
 // openChain sends the chain's Convert messages, and early bytes after
@@ -62,7 +63,8 @@ type pendingChain struct {
 // the SYN of a fresh Fast Open connect. It does not wait for answers. With
 // pipelined, the hops are told (by their cookies) that the sender does not
 // wait either, so they answer with the server's first bytes.
-func (s *Server) openChain(ctx context.Context, rt *runtime, via []netip.AddrPort, dst netip.AddrPort, early []byte, pipelined bool) (*pendingChain, error) {
+func (s *Server) openChain(ctx context.Context, rt *runtime, r *route, dst netip.AddrPort, early []byte, pipelined bool) (*pendingChain, error) {
+	via := r.via
 	if rt.auth == nil {
 		return nil, &connectError{kind: "failure", err: errors.New("routes via relays need auth.psk_file")}
 	}
@@ -86,7 +88,7 @@ func (s *Server) openChain(ctx context.Context, rt *runtime, via []netip.AddrPor
 		}
 	}
 	msgs = append(msgs, early...)
-	pc := &pendingChain{hops: len(via), msgs: msgs, via0: via[0]}
+	pc := &pendingChain{hops: len(via), msgs: msgs, via0: via[0], mptcp: r.mptcp}
 	if p := (*s.pools.Load())[via[0]]; p != nil {
 		if c := p.take(); c != nil {
 			pc.c, pc.pool = c, p
@@ -118,7 +120,9 @@ func (s *Server) redial(ctx context.Context, rt *runtime, pc *pendingChain, held
 		}
 	}
 	pc.c, pc.pool = nil, nil
-	c, err := s.dial(ctx, rt, pc.via0, append(slices.Clip(pc.msgs), held...), rt.cfg.Legs.Relay, netip.Addr{})
+	leg := rt.cfg.Legs.Relay
+	leg.mptcp = pc.mptcp
+	c, err := s.dial(ctx, rt, pc.via0, append(slices.Clip(pc.msgs), held...), leg, netip.Addr{})
 	if err != nil {
 		// The first relay is down or refusing: no verdict on the destination.
 		var ce *connectError
@@ -326,7 +330,7 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 	if m.Connect == nil {
 		if m.Info {
 			// RFC 8803 §4.2.1: a client may only ask what we support.
-			replyAndClose(c, func() error { return writeConvert(c, &convert.Message{Supported: supportedExts()}) })
+			replyAndClose(c, func() error { return writeConvert(c, &convert.Message{Supported: supportedExts(st)}) })
 			return nil, errors.New("convert: Info only, answered")
 		}
 		return fail(convert.UnsupportedMessage, errors.New("convert: no Connect TLV"))
@@ -361,7 +365,7 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 	f.up.Add(int64(len(early))) // they went out in the SYN, before the data path
 	reply := &convert.Message{}
 	if m.Info {
-		reply.Supported = supportedExts()
+		reply.Supported = supportedExts(st)
 	}
 	if pipelined {
 		// The sender does not wait for the answer: it goes with the
@@ -420,8 +424,12 @@ func writeConvert(c *net.TCPConn, m *convert.Message) error {
 // supportedExts are the TCP options this converter carries on to servers:
 // the kernel's own (MSS, window scale, SACK, timestamps). MPTCP (kind 30)
 // joins when a listener offers it.
-func supportedExts() []convert.SupportedExt {
-	return []convert.SupportedExt{{Kind: 3}, {Kind: 4}, {Kind: 8}}
+func supportedExts(st *listenerState) []convert.SupportedExt {
+	exts := []convert.SupportedExt{{Kind: 3}, {Kind: 4}, {Kind: 8}}
+	if st.cfg.MPTCP {
+		exts = append(exts, convert.SupportedExt{Kind: 30})
+	}
+	return exts
 }
 
 // readAvailable takes the bytes already received on c, up to max, without

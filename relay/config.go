@@ -83,6 +83,7 @@ type LegConfig struct {
 	// Open) when there are any: a relay hop's Convert messages, a PROXY
 	// header. Default true; false for paths that drop SYNs with data.
 	FastOpen *bool `yaml:"fast_open"`
+	mptcp    bool  // this dial is Multipath TCP (set per route or peer, not read from the file)
 	// Pacing spreads each window of the leg's sends over its round trip
 	// (TCP's own pacing). A relay receives in bursts as fast as the leg
 	// before it delivers; paced, it forwards them without filling the next
@@ -129,6 +130,9 @@ type ListenerConfig struct {
 	// Capture says which flows a transparent listener takes (for the rules
 	// `halfway relay rules` prints, or the relay installs with install: true).
 	Capture *CaptureConfig `yaml:"capture"`
+	// MPTCP accepts Multipath TCP clients (plain TCP clients still work);
+	// off by default, since Go would otherwise choose it.
+	MPTCP bool `yaml:"mptcp"`
 	// EarlySYN opens the next leg when the client's SYN arrives, not when
 	// accept returns, so both handshakes overlap (transparent listeners
 	// with capture, which tells the relay which SYNs are its own).
@@ -152,6 +156,10 @@ type RouteConfig struct {
 	Dst      []string `yaml:"dst"`      // destination CIDRs (default: any)
 	Ports    string   `yaml:"ports"`    // 80,443,8000-8100 (default: any)
 	Via      []string `yaml:"via"`      // next relays host:port in order; empty: direct
+	// MPTCP opens the next leg (to the server, or to the first relay when
+	// no pooled connection is at hand) with Multipath TCP; a peer that
+	// does not speak it makes it plain TCP.
+	MPTCP bool `yaml:"mptcp"`
 }
 
 // PeerConfig is another relay this one exchanges flows with: it may keep a
@@ -163,6 +171,9 @@ type PeerConfig struct {
 	Address string       `yaml:"address"`
 	Pool    *PoolConfig  `yaml:"pool"`
 	Turbo   *TurboConfig `yaml:"turbo"`
+	// MPTCP opens the pool's connections with Multipath TCP, so a relay
+	// with several uplinks spreads every pooled flow over them.
+	MPTCP bool `yaml:"mptcp"`
 }
 
 // PoolConfig keeps pre-established, authenticated connections to a peer.

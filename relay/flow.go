@@ -32,7 +32,13 @@ type flow struct {
 	// downPrefix is this relay's Convert answer to a pipelining peer, sent
 	// with the server's first bytes.
 	downPrefix []byte
+	// conns are the flow's two legs once it forwards (for MPTCP status);
+	// mptcp says, per leg that asked for MPTCP, "mptcp" or "fallback".
+	conns atomic.Pointer[[2]*net.TCPConn]
+	mptcp [2]string
 }
+
+var legNames = [2]string{"client", "server"}
 
 func addrPortOf(a net.Addr) netip.AddrPort {
 	if t, ok := a.(*net.TCPAddr); ok {
@@ -120,6 +126,16 @@ const prefixWait = 100 * time.Millisecond
 // forward relays an established flow until it ends.
 func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime, done func()) {
 	defer done()
+	for i, conn := range []*net.TCPConn{c, server} {
+		if st, err := sockopt.MPTCP(conn); err == nil && st.Requested {
+			f.mptcp[i] = "fallback"
+			if st.Active {
+				f.mptcp[i] = "mptcp"
+			}
+			s.metrics.mptcp.WithLabelValues(f.listener, legNames[i], f.mptcp[i]).Inc()
+		}
+	}
+	f.conns.Store(&[2]*net.TCPConn{c, server})
 	s.metrics.active.WithLabelValues(f.listener, *f.route.Load()).Inc()
 	res := datapath.Join(s.flowCtx, c, server, datapath.Options{
 		Idle: idleOf(rt, *f.proto.Load() == "convert", *f.route.Load() != "direct"), Up: &f.up, Down: &f.down,
@@ -160,6 +176,11 @@ func (s *Server) endFlow(f *flow, res datapath.Result) {
 		"route", routeName, "up", f.up.Load(), "down", f.down.Load(), "duration", time.Since(f.start).Round(time.Microsecond), "reason", result}
 	if d := f.dst.Load(); d != nil {
 		attrs = append(attrs, "dst", d.String())
+	}
+	for i, m := range f.mptcp {
+		if m != "" {
+			attrs = append(attrs, legNames[i]+"_mptcp", m)
+		}
 	}
 	if res.Err != nil {
 		attrs = append(attrs, "err", res.Err.Error())
@@ -257,10 +278,10 @@ func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, d
 	switch {
 	case len(r.via) > 0 && wait:
 		leg = "relay"
-		c, err = s.dialChain(ctx, rt, r.via, dst, early)
+		c, err = s.dialChain(ctx, rt, r, dst, early)
 	case len(r.via) > 0:
 		leg = "relay"
-		pc, err = s.openChain(ctx, rt, r.via, dst, early, true)
+		pc, err = s.openChain(ctx, rt, r, dst, early, true)
 	default:
 		var hdr []byte
 		if st.cfg.ProxyProtocol {
@@ -274,7 +295,9 @@ func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, d
 		if st.cfg.SpoofSource {
 			src = f.client.Addr()
 		}
-		c, err = s.dial(ctx, rt, dst, append(hdr, early...), rt.cfg.Legs.Server, src)
+		leg := rt.cfg.Legs.Server
+		leg.mptcp = r.mptcp
+		c, err = s.dial(ctx, rt, dst, append(hdr, early...), leg, src)
 	}
 	s.metrics.connect.WithLabelValues(leg).Observe(time.Since(start).Seconds())
 	if err != nil {
@@ -293,7 +316,8 @@ func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, d
 func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, early []byte, leg LegConfig, src netip.Addr) (*net.TCPConn, error) {
 	d := net.Dialer{
 		KeepAliveConfig: net.KeepAliveConfig{Enable: leg.Keepalive > 0, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: 4},
-		Control: sockopt.Options{FastOpenConnect: len(early) > 0 && leg.fastOpen(), UserTimeout: leg.UserTimeout.D(),
+		// Fast Open and MPTCP together need the newest kernels: one or the other.
+		Control: sockopt.Options{FastOpenConnect: len(early) > 0 && leg.fastOpen() && !leg.mptcp, UserTimeout: leg.UserTimeout.D(),
 			Transparent: src.IsValid(), Congestion: leg.Congestion,
 			SendBuffer: int(leg.SendBuffer), ReceiveBuffer: int(leg.ReceiveBuffer), Pacing: leg.Pacing}.Control,
 	}
@@ -303,7 +327,7 @@ func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, ear
 	if leg.Keepalive == 0 {
 		d.KeepAlive = -1
 	}
-	d.SetMultipathTCP(false)
+	d.SetMultipathTCP(leg.mptcp)
 	nc, err := d.DialContext(ctx, "tcp", addr.String())
 	if err != nil {
 		return nil, classify(err)

@@ -89,9 +89,8 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 		opts.FastOpenQueue = fastOpenQueue
 	}
 	lcfg := net.ListenConfig{Control: opts.Control, KeepAlive: -1}
-	// Plain TCP: MPTCP is a per-listener choice made elsewhere, and Go
-	// would otherwise pick it by default.
-	lcfg.SetMultipathTCP(false)
+	// MPTCP only where configured: Go would otherwise pick it by default.
+	lcfg.SetMultipathTCP(lc.MPTCP)
 	ap, _ := netip.ParseAddrPort(lc.Listen)
 	network := "tcp4"
 	if ap.Addr().Is6() {

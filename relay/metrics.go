@@ -16,6 +16,7 @@ type metrics struct {
 	refused *prometheus.CounterVec
 	path    *prometheus.CounterVec
 	early   *prometheus.CounterVec
+	mptcp   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -43,12 +44,15 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 	m.early = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "halfway_early_syn_total", Help: "Clients' SYNs seen by early-SYN listeners: dialed (next leg started), claimed (by the accepted flow), retransmission (dial already pending), skipped (table or connects full), expired (no accept claimed it).",
 	}, []string{"result"})
+	m.mptcp = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halfway_mptcp_legs_total", Help: "Flow legs that asked for Multipath TCP, by listener, leg (client, server) and result (mptcp, fallback to TCP).",
+	}, []string{"listener", "leg", "result"})
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "halfway_connects_pending", Help: "Next-leg connects in progress.",
 	}, func() float64 { return float64(s.pending.Load()) })
 	bytes := &bytesCollector{s: s, m: m}
 	pools := &poolCollector{s: s}
-	for _, c := range []prometheus.Collector{m.active, m.flows, bytes, m.connect, m.errors, m.refused, m.path, m.early, pending, pools} {
+	for _, c := range []prometheus.Collector{m.active, m.flows, bytes, m.connect, m.errors, m.refused, m.path, m.early, m.mptcp, pending, pools} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -43,6 +43,7 @@ type pool struct {
 
 	mu      sync.Mutex
 	cfg     PoolConfig
+	mptcp   bool         // connections are Multipath TCP
 	idle    []pooledConn // oldest first
 	dialing int
 	failing int       // consecutive failed opens
@@ -68,9 +69,9 @@ const poolSweep = time.Second
 // poolMaxDialing bounds concurrent opens toward one peer.
 const poolMaxDialing = 16
 
-func (s *Server) newPool(peer netip.AddrPort, cfg PoolConfig) *pool {
+func (s *Server) newPool(peer netip.AddrPort, cfg PoolConfig, mptcp bool) *pool {
 	ctx, cancel := context.WithCancel(s.flowCtx)
-	p := &pool{s: s, peer: peer, cfg: cfg, kick: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+	p := &pool{s: s, peer: peer, cfg: cfg, mptcp: mptcp, kick: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
 	go p.run(ctx)
 	return p
 }
@@ -86,9 +87,9 @@ func (p *pool) watermarks() (low, high int) {
 	return low, high
 }
 
-func (p *pool) setConfig(cfg PoolConfig) {
+func (p *pool) setConfig(cfg PoolConfig, mptcp bool) {
 	p.mu.Lock()
-	p.cfg = cfg
+	p.cfg, p.mptcp = cfg, mptcp
 	p.mu.Unlock()
 	p.poke()
 }
@@ -222,7 +223,11 @@ func (p *pool) greet(ctx context.Context) (*net.TCPConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := p.s.dial(ctx, rt, p.peer, hello, rt.cfg.Legs.Relay, netip.Addr{})
+	p.mu.Lock()
+	leg := rt.cfg.Legs.Relay
+	leg.mptcp = p.mptcp
+	p.mu.Unlock()
+	c, err := p.s.dial(ctx, rt, p.peer, hello, leg, netip.Addr{})
 	if err != nil {
 		return nil, err
 	}
@@ -328,11 +333,11 @@ func (s *Server) applyPools(cfg *Config) {
 		}
 		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		if p, ok := old[ap]; ok {
-			p.setConfig(*pc.Pool)
+			p.setConfig(*pc.Pool, pc.MPTCP)
 			next[ap] = p
 			continue
 		}
-		next[ap] = s.newPool(ap, *pc.Pool)
+		next[ap] = s.newPool(ap, *pc.Pool, pc.MPTCP)
 	}
 	s.pools.Store(&next)
 	for ap, p := range old {

@@ -357,7 +357,7 @@ func TestSettleDeadPooled(t *testing.T) {
 	rt := rc.state.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	pc, err := rc.openChain(ctx, rt, []netip.AddrPort{netip.MustParseAddrPort(proxyAddr)}, dst, nil, true)
+	pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{netip.MustParseAddrPort(proxyAddr)}}, dst, nil, true)
 	if err != nil {
 		t.Fatal(err)
 	}

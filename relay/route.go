@@ -11,6 +11,7 @@ type route struct {
 	dst      []netip.Prefix
 	ports    portSet
 	via      []netip.AddrPort
+	mptcp    bool // the next leg (to the server or the first relay) is MPTCP
 }
 
 var directRoute = &route{name: "direct"}
@@ -18,7 +19,7 @@ var directRoute = &route{name: "direct"}
 func compileRoutes(rcs []RouteConfig) ([]route, error) {
 	var out []route
 	for _, rc := range rcs {
-		r := route{listener: rc.Listener, name: "direct"}
+		r := route{listener: rc.Listener, name: "direct", mptcp: rc.MPTCP}
 		for _, s := range rc.Dst {
 			p, err := netip.ParsePrefix(s)
 			if err != nil {

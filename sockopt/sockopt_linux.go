@@ -292,3 +292,49 @@ func WaitEstablished(ctx context.Context, c *net.TCPConn) error {
 	}
 	return serr
 }
+
+// MPTCPState is what the kernel says of a connection's Multipath TCP.
+type MPTCPState struct {
+	Requested bool // the socket is an MPTCP socket
+	Active    bool // MPTCP was negotiated; false after a fallback to TCP
+	Subflows  int  // subflows up, the first included (0 when not active)
+}
+
+const (
+	solMPTCP  = 284 // SOL_MPTCP
+	mptcpInfo = 1   // MPTCP_INFO
+)
+
+// MPTCP reads a connection's MPTCP state (MPTCP_INFO).
+func MPTCP(c *net.TCPConn) (MPTCPState, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return MPTCPState{}, err
+	}
+	var st MPTCPState
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		proto, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL)
+		if err != nil {
+			serr = err
+			return
+		}
+		if st.Requested = proto == unix.IPPROTO_MPTCP; !st.Requested {
+			return
+		}
+		var info [64]byte
+		l := uint32(len(info))
+		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, solMPTCP, mptcpInfo, uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&l)), 0)
+		switch e {
+		case 0:
+			st.Active, st.Subflows = true, int(info[0])+1 // mptcpi_subflows counts the extra ones
+		case unix.EOPNOTSUPP, unix.ENOPROTOOPT: // fallen back to TCP
+		default:
+			serr = fmt.Errorf("getsockopt MPTCP_INFO: %w", e)
+		}
+	})
+	if err != nil {
+		return MPTCPState{}, err
+	}
+	return st, serr
+}

@@ -1,0 +1,187 @@
+package relay_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"halfway/netlab"
+	"halfway/netlab/labtest"
+	"halfway/relay"
+	"halfway/socks5"
+)
+
+// The client has two links to rc (MPTCP endpoints on the second); rc and
+// the server accept subflows.
+const mptcpTopo = `
+name: mptcp
+nodes:
+  - {name: client, mptcp: {endpoints: subflow}}
+  - {name: rc, mptcp: {}}
+  - {name: server, mptcp: {}}
+links:
+  - {a: client, b: rc, delay: 5ms, rate: 20mbit}
+  - {a: client, b: rc, delay: 10ms, rate: 20mbit}
+  - {a: rc, b: server, delay: 2ms}
+`
+
+type mptcpLab struct {
+	lab                *netlab.Lab
+	client, rc, server *netlab.Host
+	socks              string
+}
+
+// startMPTCP runs rc with an MPTCP SOCKS5 listener; flows to the server's
+// port 9001 leave rc over MPTCP, others over TCP. The server answers on
+// 9000 (TCP) and 9001 (MPTCP) with SHA-256 and an echo.
+func startMPTCP(t *testing.T) *mptcpLab {
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, mptcpTopo)
+	m := &mptcpLab{lab: lab, client: lab.Host("client"), rc: lab.Host("rc"), server: lab.Host("server")}
+	m.socks = m.rc.AddrPort(1080)
+	srvNet := m.server.Ifaces()[0].Addr4.Masked()
+	runRelay(t, m.rc, "rc", fmt.Sprintf(`
+admin: {listen: "127.0.0.1:9190"}
+listeners:
+  - {name: socks, listen: "0.0.0.0:1080", protocols: [socks5], mptcp: true, allow_clients: [10.77.0.0/16], allow_destinations: ["%s"]}
+routes:
+  - {dst: [%s], ports: "9001", mptcp: true}
+`, srvNet, srvNet))
+	waitAccept(t, m.client, m.socks)
+	for _, p := range []struct {
+		port  string
+		mptcp bool
+	}{{":9000", false}, {":9001", true}} {
+		var ln net.Listener
+		err := m.server.Do(func() (err error) {
+			lc := net.ListenConfig{}
+			lc.SetMultipathTCP(p.mptcp)
+			ln, err = lc.Listen(context.Background(), "tcp", p.port)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go serveSHA(ln)
+	}
+	return m
+}
+
+// dial opens a SOCKS5 flow to the server's port, from an MPTCP or a TCP
+// client socket.
+func (m *mptcpLab) dial(t *testing.T, ctx context.Context, port uint16, mptcp bool) *net.TCPConn {
+	t.Helper()
+	d := &net.Dialer{}
+	d.SetMultipathTCP(mptcp)
+	c, err := m.client.DialWith(ctx, d, "tcp", m.socks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.MustParseAddrPort(m.server.AddrPort(port))
+	if _, err := socks5.ClientHandshake(c, c, socks5.Addr{IP: dst.Addr(), Port: dst.Port()}, "", ""); err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	return c.(*net.TCPConn)
+}
+
+func (m *mptcpLab) flows(t *testing.T) []relay.FlowStatus {
+	t.Helper()
+	resp, err := adminClient(m.rc).Get("http://127.0.0.1:9190/api/flows")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var fs []relay.FlowStatus
+	if err := json.NewDecoder(resp.Body).Decode(&fs); err != nil {
+		t.Fatal(err)
+	}
+	return fs
+}
+
+// TestMPTCPClientToTCPServer: an MPTCP client with two paths reaches a TCP
+// server through rc; both paths carry the flow's bytes, the status shows
+// two subflows, and every byte arrives.
+func TestMPTCPClientToTCPServer(t *testing.T) {
+	m := startMPTCP(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	before, _ := m.lab.LinkStats()
+	c := m.dial(t, ctx, 9000, true)
+	if ok, err := c.MultipathTCP(); !ok || err != nil {
+		t.Fatalf("client leg MPTCP: %v %v", ok, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- roundTripOn(c, 6<<20) }()
+	sawTwo := false
+	for i := 0; i < 200 && !sawTwo; i++ {
+		for _, f := range m.flows(t) {
+			sawTwo = sawTwo || f.ClientMPTCP != nil && f.ClientMPTCP.Active && f.ClientMPTCP.Subflows == 2
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !sawTwo {
+		t.Errorf("the flow never showed two active subflows on the client leg")
+	}
+	after, _ := m.lab.LinkStats()
+	for link := range 2 {
+		up := after[link].AB.TxIPBytes - before[link].AB.TxIPBytes
+		down := after[link].BA.TxIPBytes - before[link].BA.TxIPBytes
+		if up < 500_000 || down < 500_000 {
+			t.Errorf("client link %d carried %d bytes up and %d down: want both paths used", link, up, down)
+		}
+	}
+}
+
+// TestTCPClientToMPTCPServer: a plain TCP client reaches an MPTCP server:
+// rc's route opens the server leg with MPTCP; a TCP client on the MPTCP
+// listener falls back without noticing.
+func TestTCPClientToMPTCPServer(t *testing.T) {
+	m := startMPTCP(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := m.dial(t, ctx, 9001, false)
+	done := make(chan error, 1)
+	go func() { done <- roundTripOn(c, 2<<20) }()
+	var seen *relay.FlowStatus
+	for i := 0; i < 100 && seen == nil; i++ {
+		for _, f := range m.flows(t) {
+			if f.ServerMPTCP != nil {
+				seen = &f
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if seen == nil || !seen.ServerMPTCP.Active || seen.ClientMPTCP != nil && seen.ClientMPTCP.Active {
+		t.Errorf("flow status %+v: want an active MPTCP server leg and no active MPTCP client leg", seen)
+	}
+}
+
+// TestMPTCPPathLoss: the path of the first subflow goes down in the middle
+// of a transfer; the other carries the rest, byte-exact.
+func TestMPTCPPathLoss(t *testing.T) {
+	m := startMPTCP(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := m.dial(t, ctx, 9000, true)
+	done := make(chan error, 1)
+	go func() { done <- roundTripOn(c, 8<<20) }()
+	time.Sleep(700 * time.Millisecond)
+	if out, err := m.client.Command(ctx, "ip", "link", "set", "eth0", "down").CombinedOutput(); err != nil {
+		t.Fatalf("ip link set eth0 down: %v %s", err, out)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("transfer across the loss of a path: %v", err)
+	}
+}
