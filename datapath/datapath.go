@@ -158,7 +158,7 @@ func (f *flow) proxyCopy(up bool) dirResult {
 	if !up && len(f.opt.DownPrefix) > 0 {
 		if err := writePrefix(dst, src, f.opt.DownPrefix, f.opt.PrefixWait); err != nil {
 			if !f.aborted() {
-				f.fail(up, sideErr{err: err})
+				f.fail(up, sideErr{reset: isReset(err), err: err})
 			}
 			return dirResult{}
 		}

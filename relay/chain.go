@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"halfway/convert"
+	"halfway/sockopt"
 )
 
 // A chain client → R1 → R2 → … → server is set up in one pass of SYNs. R1
@@ -56,6 +57,13 @@ type pendingChain struct {
 	pool  *pool  // the pool c came from, or nil
 	via0  netip.AddrPort
 	mptcp bool // a fresh connection is Multipath TCP
+	// acked0 is what the peer had acknowledged on a pooled connection
+	// when it was taken: if it acknowledged nothing since, it cannot have
+	// read the flow's bytes, and they may go again on a fresh connection.
+	acked0 uint64
+	// release gives back the flow's connect slot (max_pending) once the
+	// chain has answered.
+	release func()
 }
 
 // openChain sends the chain's Convert messages, and early bytes after
@@ -92,6 +100,9 @@ func (s *Server) openChain(ctx context.Context, rt *runtime, r *route, dst netip
 	if p := (*s.pools.Load())[via[0]]; p != nil {
 		if c := p.take(); c != nil {
 			pc.c, pc.pool = c, p
+			if info, err := sockopt.Info(c); err == nil {
+				pc.acked0 = info.Bytes_acked
+			}
 			if dl, ok := ctx.Deadline(); ok {
 				_ = c.SetWriteDeadline(dl)
 			}
@@ -100,8 +111,7 @@ func (s *Server) openChain(ctx context.Context, rt *runtime, r *route, dst netip
 			if err == nil || !pooledGone(err) {
 				return pc, nil // any other error shows in the answers
 			}
-			p.dead.Add(1)
-			c.Close()
+			// redial closes it and counts it dead.
 		}
 	}
 	if err := s.redial(ctx, rt, pc, nil); err != nil {
@@ -138,9 +148,14 @@ func (s *Server) redial(ctx context.Context, rt *runtime, pc *pendingChain, held
 	return nil
 }
 
-// readAnswers reads each hop's answer. On a pooled connection, finding it
-// closed before the first answer is errPooledGone: the caller may redial.
-// On any other error the connection is closed.
+// readAnswers reads each hop's answer. A pooled connection found closed
+// before the first answer, whose peer acknowledged none of the flow's
+// bytes, is errPooledGone: the caller may redial. An acknowledgement proves
+// the peer's kernel had them, so that case fails instead; its absence is
+// strong but not full proof that the peer's process never read them (a
+// delayed ACK can lose the race with a crash). On any other error the connection is reset: the next
+// relay may hold some of the client's bytes, and must not take them for a
+// complete stream.
 func (pc *pendingChain) readAnswers(ctx context.Context) error {
 	c := pc.c
 	if dl, ok := ctx.Deadline(); ok {
@@ -149,10 +164,10 @@ func (pc *pendingChain) readAnswers(ctx context.Context) error {
 	for i := range pc.hops {
 		m, err := convert.ReadMessage(c)
 		if err != nil {
-			if pc.pool != nil && i == 0 && pooledGone(err) {
+			if pc.pool != nil && i == 0 && pooledGone(err) && pc.unread() {
 				return errPooledGone
 			}
-			c.Close()
+			resetConn(c)
 			// The relay itself failed or hung up (not allowed, down, not a
 			// relay): that is no verdict on the destination.
 			kind := "failure"
@@ -162,12 +177,27 @@ func (pc *pendingChain) readAnswers(ctx context.Context) error {
 			return &connectError{kind: kind, hop: i + 1, err: fmt.Errorf("relay %d of the chain: %w", i+1, err)}
 		}
 		if m.Error != nil {
-			c.Close()
+			resetConn(c)
 			return fromConvert(m.Error.Code, i+1)
 		}
 	}
 	_ = c.SetReadDeadline(time.Time{})
 	return nil
+}
+
+// unread tells whether the peer of a pooled connection acknowledged
+// nothing since it was taken.
+func (pc *pendingChain) unread() bool {
+	info, err := sockopt.Info(pc.c)
+	return err == nil && info.Bytes_acked == pc.acked0
+}
+
+// done gives back the connect slot, once.
+func (pc *pendingChain) done() {
+	if pc.release != nil {
+		pc.release()
+		pc.release = nil
+	}
 }
 
 // heldMax bounds the client's bytes a transparent flow sends ahead of the
@@ -184,6 +214,7 @@ const heldMax = 64 << 10
 // answers. It returns the relay connection, ready for the data path; on
 // error both are left for the caller to reset or close.
 func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) (*net.TCPConn, error) {
+	defer pc.done()
 	ctx, cancel := context.WithTimeout(s.flowCtx, rt.tunables.ConnectTimeout)
 	defer cancel()
 	type chunk struct {
@@ -271,7 +302,7 @@ func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) 
 				err = clientErr
 			}
 			if err != nil {
-				pc.c.Close()
+				resetConn(pc.c)
 				return nil, err
 			}
 			return pc.c, nil

@@ -70,6 +70,7 @@ func (e *earlyDial) abandon() {
 	}
 	if e.chain != nil {
 		resetConn(e.chain.c)
+		e.chain.done()
 	}
 }
 

@@ -267,12 +267,19 @@ func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, d
 	if !ok {
 		return nil, nil, &connectError{kind: "resource", err: errors.New("too many connects in progress")}
 	}
-	defer done()
+	// A chain whose answers are pending keeps its slot until they come.
+	var pc *pendingChain
+	defer func() {
+		if pc != nil {
+			pc.release = done
+		} else {
+			done()
+		}
+	}()
 	ctx, cancel := context.WithTimeout(s.flowCtx, rt.tunables.ConnectTimeout)
 	defer cancel()
 	start := time.Now()
 	var c *net.TCPConn
-	var pc *pendingChain
 	var err error
 	leg := "server"
 	switch {
