@@ -183,12 +183,37 @@ links:
 %s`, name, strings.Join(nodes, ", "), cc, links.String())
 }
 
-func (b *accelBench) up(ctx context.Context, yaml string) (*netlab.Lab, error) {
+// labWithServer brings up a lab, runs the HTTP server on its server host
+// on ports, and makes a directory for relay files with the relays' key
+// (dir/psk). cleanup undoes it all.
+func (b *accelBench) labWithServer(ctx context.Context, yaml string, ports ...int) (lab *netlab.Lab, dir string, cleanup func(), err error) {
 	t, err := netlab.ParseTopology([]byte(yaml))
 	if err != nil {
-		return nil, err
+		return nil, "", nil, err
 	}
-	return netlab.Up(ctx, t, netlab.Options{Detach: true, Exe: b.o.Exe, Realtime: true})
+	if lab, err = netlab.Up(ctx, t, netlab.Options{Detach: true, Exe: b.o.Exe, Realtime: true}); err != nil {
+		return nil, "", nil, err
+	}
+	undo := []func(){func() { netlab.Down(t.Name) }}
+	cleanup = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	stopHTTP, err := b.serveHTTP(lab.Host("server"), ports...)
+	if err == nil {
+		undo = append(undo, stopHTTP)
+		dir, err = os.MkdirTemp("", "halfway-accel")
+	}
+	if err == nil {
+		undo = append(undo, func() { os.RemoveAll(dir) })
+		err = os.WriteFile(filepath.Join(dir, "psk"), []byte("halfway bench accel key 0123456789"), 0o600)
+	}
+	if err != nil {
+		cleanup()
+		return nil, "", nil, err
+	}
+	return lab, dir, cleanup, nil
 }
 
 // serveHTTP runs, until the lab goes, an HTTP server on the server host
@@ -328,22 +353,12 @@ func (b *accelBench) curve(ctx context.Context, cc string, relays int, x time.Du
 	name := fmt.Sprintf("acc%d%s", relays, strings.ReplaceAll(fmt.Sprintf("%.1f", float64(x)/1e6), ".", ""))
 	b.logf("== %s: %d relay(s), legs %v one way, 100 Mbit/s, %s", name, relays, x, cc)
 	topo := lineTopology(name, cc, delays, "100mbit")
-	lab, err := b.up(ctx, topo)
+	lab, dir, cleanup, err := b.labWithServer(ctx, topo, portE2E, portRelayed)
 	if err != nil {
 		return err
 	}
-	defer netlab.Down(name)
+	defer cleanup()
 	client, server := lab.Host("client"), lab.Host("server")
-	stopHTTP, err := b.serveHTTP(server, portE2E, portRelayed)
-	if err != nil {
-		return err
-	}
-	defer stopHTTP()
-	dir, err := os.MkdirTemp("", "halfway-accel")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
 	configs := []string{}
 	if e2e {
 		configs = append(configs, "e2e")
@@ -367,8 +382,7 @@ func (b *accelBench) curve(ctx context.Context, cc string, relays int, x time.Du
 		}
 	}
 	// The model of this very path.
-	t, _ := netlab.ParseTopology([]byte(topo))
-	mp, err := ModelPath(t, "client", "server", model.DefaultIW)
+	mp, err := ModelPath(lab.Topo, "client", "server", model.DefaultIW)
 	if err != nil {
 		return err
 	}
@@ -423,9 +437,6 @@ func (b *accelBench) curve(ctx context.Context, cc string, relays int, x time.Du
 // which take Convert hops.
 func (b *accelBench) chainRelays(ctx context.Context, lab *netlab.Lab, relays int, dir string) ([]*relayProc, error) {
 	psk := filepath.Join(dir, "psk")
-	if err := os.WriteFile(psk, []byte("halfway bench accel key 0123456789"), 0o600); err != nil {
-		return nil, err
-	}
 	server := lab.Host("server")
 	var via []string
 	for i := 2; i <= relays; i++ {
@@ -526,25 +537,12 @@ var ktcpConfigs = []struct{ name, model string }{
 // repeat, so they share the machine's conditions.
 func (b *accelBench) ktcp(ctx context.Context) error {
 	b.logf("== KTCP path: client–rc 32.7 ms, rc–rs 215 ms, rs–server 26 ms RTT; cubic")
-	lab, err := b.up(ctx, ktcpTopology)
+	lab, dir, cleanup, err := b.labWithServer(ctx, ktcpTopology, portE2E)
 	if err != nil {
 		return err
 	}
-	defer netlab.Down("accktcp")
+	defer cleanup()
 	client, rc, rs, server := lab.Host("client"), lab.Host("rc"), lab.Host("rs"), lab.Host("server")
-	stopHTTP, err := b.serveHTTP(server, portE2E)
-	if err != nil {
-		return err
-	}
-	defer stopHTTP()
-	dir, err := os.MkdirTemp("", "halfway-accel")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	if err := os.WriteFile(filepath.Join(dir, "psk"), []byte("halfway bench accel key 0123456789"), 0o600); err != nil {
-		return err
-	}
 	haveHAProxy := true
 	if _, err := exec.LookPath("haproxy"); err != nil {
 		haveHAProxy = false
@@ -670,7 +668,7 @@ routes:
 		return direct, undo, nil
 	}
 
-	mp, err := ModelPath(mustTopology(ktcpTopology), "client", "server", model.DefaultIW)
+	mp, err := ModelPath(lab.Topo, "client", "server", model.DefaultIW)
 	if err != nil {
 		return err
 	}
@@ -716,14 +714,6 @@ routes:
 		}
 	}
 	return nil
-}
-
-func mustTopology(yaml string) *netlab.Topology {
-	t, err := netlab.ParseTopology([]byte(yaml))
-	if err != nil {
-		panic(err)
-	}
-	return t
 }
 
 // waitPool waits until the relay in h (admin on 127.0.0.1:9190) has at

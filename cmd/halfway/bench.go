@@ -124,12 +124,10 @@ func benchFootprint(args []string, stdout, stderr io.Writer) error {
 	if !*quiet {
 		o.Log = stderr
 	}
-	exe, err := os.Executable()
+	ctx, stop, err := benchContext(&o.Exe)
 	if err != nil {
 		return err
 	}
-	o.Exe = exe
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	r, err := bench.RunFootprint(ctx, o)
 	if err != nil {
@@ -170,12 +168,10 @@ func benchAccel(args []string, stdout, stderr io.Writer) error {
 	if !*quiet {
 		o.Log = stderr
 	}
-	exe, err := os.Executable()
+	ctx, stop, err := benchContext(&o.Exe)
 	if err != nil {
 		return err
 	}
-	o.Exe = exe
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	r, err := bench.RunAccel(ctx, o)
 	if err != nil {
@@ -198,4 +194,16 @@ func writeAccel(stdout io.Writer, asJSON bool, out string, r *bench.AccelReport)
 		}
 	}
 	return emit(stdout, asJSON, out, "accel", r.Markdown(), r)
+}
+
+// benchContext sets exe to this binary (the benchmarks run it as relays
+// and lab daemons) and returns a context that SIGINT and SIGTERM cancel.
+func benchContext(exe *string) (context.Context, context.CancelFunc, error) {
+	p, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	*exe = p
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	return ctx, stop, nil
 }
