@@ -6,6 +6,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -131,15 +132,17 @@ func LoadTopology(path string) (*Topology, error) {
 	return t, nil
 }
 
+// Compiled on first use, not at start-up: every command of the binary,
+// the relay included, would pay for them otherwise.
 var (
-	topoNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,23}$`)
-	nodeNameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
-	sysctlRE   = regexp.MustCompile(`^net\.[a-z0-9_.\-]+$`)
+	topoNameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,23}$`) })
+	nodeNameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`) })
+	sysctlRE   = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^net\.[a-z0-9_.\-]+$`) })
 )
 
 // validName tells whether name can be a lab's name, and so whether files
 // and namespaces derived from it are a lab's.
-func validName(name string) bool { return topoNameRE.MatchString(name) }
+func validName(name string) bool { return topoNameRE().MatchString(name) }
 
 // checkName refuses a name no lab can have before it is used in a path.
 func checkName(name string) error {
@@ -155,7 +158,7 @@ func (t *Topology) Validate() error {
 	add := func(path, format string, args ...any) {
 		errs = append(errs, &strictyaml.Error{Path: path, Msg: fmt.Sprintf(format, args...)})
 	}
-	if !topoNameRE.MatchString(t.Name) {
+	if !topoNameRE().MatchString(t.Name) {
 		add("name", "%q: want 1-24 of a-z, 0-9, _ and -, starting with a letter or digit", t.Name)
 	}
 	if len(t.Nodes) < 2 {
@@ -164,7 +167,7 @@ func (t *Topology) Validate() error {
 	seen := map[string]bool{}
 	for i, n := range t.Nodes {
 		p := fmt.Sprintf("nodes[%d]", i)
-		if !nodeNameRE.MatchString(n.Name) {
+		if !nodeNameRE().MatchString(n.Name) {
 			add(p, "%q: want a host name: a-z, 0-9 and -, starting with a letter, at most 32", n.Name)
 		}
 		if seen[n.Name] {
@@ -283,7 +286,7 @@ func privateNet(p netip.Prefix) bool {
 
 func validateSysctl(path string, m map[string]string, add func(string, string, ...any)) {
 	for k, v := range m {
-		if !sysctlRE.MatchString(k) || strings.Contains(k, "..") {
+		if !sysctlRE().MatchString(k) || strings.Contains(k, "..") {
 			add(path+"."+k, "want a network sysctl name like net.ipv4.tcp_fastopen")
 		}
 		if strings.ContainsAny(v, "\n") {

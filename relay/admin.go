@@ -12,9 +12,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"halfway/sockopt"
 )
 
@@ -37,11 +34,7 @@ func (s *Server) startAdmin(addr string) (*adminServer, error) {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
 	mux := http.NewServeMux()
-	gatherer, ok := s.reg.(prometheus.Gatherer)
-	if !ok {
-		gatherer = prometheus.DefaultGatherer
-	}
-	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", s.reg.Handler())
 	mux.HandleFunc("GET /api/flows", s.handleFlows)
 	mux.HandleFunc("GET /api/status", s.handleStatus)
 	mux.HandleFunc("GET /api/tunables", s.handleTunables)

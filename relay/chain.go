@@ -329,7 +329,7 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 			return fail(convert.NotAuthorized, errors.New("convert: no pre-shared key configured"))
 		}
 		if err := rt.auth.verifyPool(m.Cookie, addrPortOf(c.LocalAddr())); err != nil {
-			s.metrics.refused.WithLabelValues(f.listener, "hop_not_authenticated").Inc()
+			s.metrics.refused.With(f.listener, "hop_not_authenticated").Inc()
 			return fail(convert.NotAuthorized, errorf("convert pool greeting", err))
 		}
 		pooled := "pooled"
@@ -373,7 +373,7 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 	}
 	pipelined, err := rt.auth.verifyHop(m.Cookie, addrPortOf(c.LocalAddr()), dst)
 	if err != nil {
-		s.metrics.refused.WithLabelValues(f.listener, "hop_not_authenticated").Inc()
+		s.metrics.refused.With(f.listener, "hop_not_authenticated").Inc()
 		code := convert.NotAuthorized
 		if errors.Is(err, errCookieMissing) {
 			code = convert.MissingCookie
@@ -381,7 +381,7 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 		return fail(code, errorf("convert", err))
 	}
 	if !st.policy.destAllowed(dst) {
-		s.metrics.refused.WithLabelValues(f.listener, "destination_not_allowed").Inc()
+		s.metrics.refused.With(f.listener, "destination_not_allowed").Inc()
 		return fail(convert.NotAuthorized, fmt.Errorf("convert: destination %s not allowed", dst))
 	}
 	// Whatever followed our message (the next hop's, or the client's first

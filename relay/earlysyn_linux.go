@@ -12,8 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
+	hm "halfway/metrics"
 )
 
 // Early SYN (Miniproxy's Early SYN Forwarding, KTCP's Early-SYN): for a
@@ -133,14 +133,14 @@ func (s *Server) stopEarly() {
 	s.early.sniffer.Close()
 	<-s.early.stopped
 	s.early.sniffer = nil
-	s.early.expire(time.Time{}, s.metrics.early.WithLabelValues("expired"))
+	s.early.expire(time.Time{}, s.metrics.early.With("expired"))
 }
 
 func (s *Server) sniffSYNs(f *os.File, stopped chan struct{}) {
 	defer close(stopped)
 	// Unclaimed dials expire on a clock of their own: no further SYN may
 	// come to notice them.
-	expired := s.metrics.early.WithLabelValues("expired")
+	expired := s.metrics.early.With("expired")
 	tick := time.NewTicker(earlyExpiry / 4)
 	defer tick.Stop()
 	quit, ticking := make(chan struct{}), make(chan struct{})
@@ -194,19 +194,19 @@ func (s *Server) onSYN(client, dst netip.AddrPort) {
 	s.early.mu.Lock()
 	if s.early.pending[k] != nil {
 		s.early.mu.Unlock()
-		s.metrics.early.WithLabelValues("retransmission").Inc()
+		s.metrics.early.With("retransmission").Inc()
 		return
 	}
 	// Leave room for the dials of accepted flows.
 	if len(s.early.pending) >= rt.cfg.Limits.MaxEarly || s.pending.Load() >= int64(rt.tunables.MaxPending/2) {
 		s.early.mu.Unlock()
-		s.metrics.early.WithLabelValues("skipped").Inc()
+		s.metrics.early.With("skipped").Inc()
 		return
 	}
 	e := &earlyDial{created: time.Now(), done: make(chan struct{})}
 	s.early.pending[k] = e
 	s.early.mu.Unlock()
-	s.metrics.early.WithLabelValues("dialed").Inc()
+	s.metrics.early.With("dialed").Inc()
 	go func() {
 		r := rt.match(l.cfg.Name, dst)
 		f := &flow{listener: l.cfg.Name, client: client} // for spoof_source and PROXY headers
@@ -217,7 +217,7 @@ func (s *Server) onSYN(client, dst netip.AddrPort) {
 
 // expire drops the dials no accept claimed since before; the zero time
 // drops them all.
-func (t *earlyTable) expire(before time.Time, counter prometheus.Counter) {
+func (t *earlyTable) expire(before time.Time, counter *hm.Counter) {
 	t.mu.Lock()
 	var old []*earlyDial
 	for k, e := range t.pending {
@@ -227,7 +227,7 @@ func (t *earlyTable) expire(before time.Time, counter prometheus.Counter) {
 		}
 	}
 	t.mu.Unlock()
-	counter.Add(float64(len(old)))
+	counter.Add(uint64(len(old)))
 	for _, e := range old {
 		go e.abandon()
 	}

@@ -32,7 +32,7 @@ func (s *Server) handshake(st *listenerState, rt *runtime, f *flow, c *net.TCPCo
 		return nil, errorf("detect protocol", err)
 	}
 	if !st.protos[proto] {
-		s.metrics.refused.WithLabelValues(f.listener, "protocol_not_enabled").Inc()
+		s.metrics.refused.With(f.listener, "protocol_not_enabled").Inc()
 		resetConn(c)
 		return nil, fmt.Errorf("protocol %s is not enabled on this listener", proto)
 	}
@@ -185,7 +185,7 @@ func (s *Server) resolve(st *listenerState, f *flow, ip netip.Addr, name string,
 		dst := netip.AddrPortFrom(ip.Unmap(), port)
 		f.dst.Store(&dst)
 		if !st.policy.destAllowed(dst) {
-			s.metrics.refused.WithLabelValues(f.listener, "destination_not_allowed").Inc()
+			s.metrics.refused.With(f.listener, "destination_not_allowed").Inc()
 			return nil, &connectError{kind: "not_allowed", err: fmt.Errorf("destination %s not allowed", dst)}
 		}
 		return []netip.AddrPort{dst}, nil
@@ -203,7 +203,7 @@ func (s *Server) resolve(st *listenerState, f *flow, ip netip.Addr, name string,
 		}
 	}
 	if len(out) == 0 {
-		s.metrics.refused.WithLabelValues(f.listener, "destination_not_allowed").Inc()
+		s.metrics.refused.With(f.listener, "destination_not_allowed").Inc()
 		return nil, &connectError{kind: "not_allowed", err: fmt.Errorf("no allowed address for %s", name)}
 	}
 	return out, nil

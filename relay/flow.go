@@ -55,7 +55,7 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	explicit := st.cfg.Mode == "explicit"
 	if (explicit || len(st.policy.clients) > 0) && !st.policy.clientAllowed(client.Addr()) {
 		// Not a client of ours: no protocol conversation, no hint.
-		s.metrics.refused.WithLabelValues(l.cfg.Name, "client_not_allowed").Inc()
+		s.metrics.refused.With(l.cfg.Name, "client_not_allowed").Inc()
 		s.log.Debug("client not allowed", "listener", l.cfg.Name, "client", client)
 		resetConn(c)
 		return
@@ -66,7 +66,7 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	if explicit {
 		var ok bool
 		if endHandshake, ok = s.beginHandshake(client.Addr()); !ok {
-			s.metrics.refused.WithLabelValues(l.cfg.Name, "max_handshakes").Inc()
+			s.metrics.refused.With(l.cfg.Name, "max_handshakes").Inc()
 			resetConn(c)
 			return
 		}
@@ -74,7 +74,7 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	release, reason := s.admit(client.Addr(), st.perClientExempt())
 	if reason != "" {
 		defer endHandshake()
-		s.metrics.refused.WithLabelValues(l.cfg.Name, reason).Inc()
+		s.metrics.refused.With(l.cfg.Name, reason).Inc()
 		// Answering in the client's protocol takes a goroutine for up to a
 		// second; past a few dozen at once, a flood gets plain resets.
 		select {
@@ -132,17 +132,17 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime, done func
 			if st.Active {
 				f.mptcp[i] = "mptcp"
 			}
-			s.metrics.mptcp.WithLabelValues(f.listener, legNames[i], f.mptcp[i]).Inc()
+			s.metrics.mptcp.With(f.listener, legNames[i], f.mptcp[i]).Inc()
 		}
 	}
 	f.conns.Store(&[2]*net.TCPConn{c, server})
-	s.metrics.active.WithLabelValues(f.listener, *f.route.Load()).Inc()
+	s.metrics.active.With(f.listener, *f.route.Load()).Inc()
 	res := datapath.Join(s.flowCtx, c, server, datapath.Options{
 		Idle: idleOf(rt, *f.proto.Load() == "convert", *f.route.Load() != "direct"), Up: &f.up, Down: &f.down,
-		OnPath:     func(_ bool, p datapath.Path) { s.metrics.path.WithLabelValues(string(p)).Inc() },
+		OnPath:     func(_ bool, p datapath.Path) { s.metrics.path.With(string(p)).Inc() },
 		DownPrefix: f.downPrefix, PrefixWait: prefixWait,
 	})
-	s.metrics.active.WithLabelValues(f.listener, *f.route.Load()).Dec()
+	s.metrics.active.With(f.listener, *f.route.Load()).Dec()
 	s.endFlow(f, res)
 }
 
@@ -194,7 +194,7 @@ func (s *Server) endFlow(f *flow, res datapath.Result) {
 		// A peer's pooled connection that no flow used: routine.
 		result, level = "pooled_unused", slog.LevelDebug
 	}
-	s.metrics.flows.WithLabelValues(f.listener, routeName, result).Inc()
+	s.metrics.flows.With(f.listener, routeName, result).Inc()
 	s.finish(f)
 	s.log.Log(context.Background(), level, "flow", attrs...)
 }
@@ -212,7 +212,7 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	}
 	f.dst.Store(&dst)
 	if reason := refuseTransparent(l, st, addrPortOf(c.LocalAddr()), dst); reason != "" {
-		s.metrics.refused.WithLabelValues(f.listener, reason).Inc()
+		s.metrics.refused.With(f.listener, reason).Inc()
 		resetConn(c)
 		return nil, &connectError{kind: "not_allowed", err: errors.New(strings.ReplaceAll(reason, "_", " "))}
 	}
@@ -224,7 +224,7 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	if e := s.early.claim(f.client, dst); e != nil {
 		// The client's SYN started this connect already.
 		server, pc, err = e.wait(s.flowCtx)
-		s.metrics.early.WithLabelValues("claimed").Inc()
+		s.metrics.early.With("claimed").Inc()
 	} else {
 		server, pc, err = s.connectLeg(rt, st, r, f, dst, nil, false)
 	}
@@ -306,9 +306,9 @@ func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, d
 		leg.mptcp = r.mptcp
 		c, err = s.dial(ctx, rt, dst, append(hdr, early...), leg, src)
 	}
-	s.metrics.connect.WithLabelValues(leg).Observe(time.Since(start).Seconds())
+	s.metrics.connect.With(leg).Observe(time.Since(start).Seconds())
 	if err != nil {
-		s.metrics.errors.WithLabelValues("connect_" + errKind(err)).Inc()
+		s.metrics.errors.With("connect_" + errKind(err)).Inc()
 		return nil, nil, err
 	}
 	return c, pc, nil

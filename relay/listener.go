@@ -168,7 +168,7 @@ func (s *Server) acceptLoop(l *listener) {
 				return
 			}
 			// Out of descriptors or memory: wait, and let flows finish.
-			s.metrics.errors.WithLabelValues("accept").Inc()
+			s.metrics.errors.With("accept").Inc()
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 			s.log.Warn("accept failed", "listener", l.cfg.Name, "err", err, "retry_in", backoff)
 			time.Sleep(backoff)

@@ -9,7 +9,7 @@
 // relays are authenticated with a pre-shared key.
 //
 //	cfg, err := relay.LoadConfig("relay.yaml")
-//	srv, err := relay.New(cfg, slog.Default(), prometheus.NewRegistry())
+//	srv, err := relay.New(cfg, slog.Default(), metrics.NewRegistry())
 //	err = srv.Run(ctx) // until ctx ends; then drains
 package relay
 
@@ -27,16 +27,15 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"halfway/datapath"
+	hm "halfway/metrics"
 )
 
 // Server runs a relay's listeners and flows.
 type Server struct {
 	log     *slog.Logger
 	metrics *metrics
-	reg     prometheus.Registerer
+	reg     *hm.Registry
 
 	state atomic.Pointer[runtime] // swapped by Reload
 
@@ -115,7 +114,10 @@ type Watermarks struct {
 }
 
 // New checks cfg and prepares a server; Run starts it.
-func New(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+func New(cfg *Config, log *slog.Logger, reg *hm.Registry) (*Server, error) {
+	if reg == nil {
+		reg = hm.NewRegistry()
+	}
 	s := &Server{
 		log:       log,
 		reg:       reg,
@@ -133,9 +135,7 @@ func New(cfg *Config, log *slog.Logger, reg prometheus.Registerer) (*Server, err
 	}
 	s.state.Store(rt)
 	s.pools.Store(&map[netip.AddrPort]*pool{})
-	if s.metrics, err = newMetrics(reg, s); err != nil {
-		return nil, err
-	}
+	s.metrics = newMetrics(reg, s)
 	s.flowCtx, s.cancelAll = context.WithCancel(context.Background())
 	s.refreshOwn()
 	return s, nil

@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"halfway/httpconnect"
 	"halfway/socks5"
 )
@@ -35,7 +33,7 @@ func startStoppable(t *testing.T, cfgYAML string) (s *Server, stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err = New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	s, err = New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,9 +9,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-
+	"halfway/metrics"
 	"halfway/relay"
 )
 
@@ -38,8 +36,8 @@ func runRelay(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	log := relay.NewLogger(cfg.Log)
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := metrics.NewRegistry()
+	metrics.RegisterProcess(reg)
 	srv, err := relay.New(cfg, log, reg)
 	if err != nil {
 		return err
