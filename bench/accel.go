@@ -269,6 +269,12 @@ type relayProc struct {
 }
 
 func (b *accelBench) startRelay(ctx context.Context, h *netlab.Host, dir, name, cfg string) (*relayProc, error) {
+	return startRelayIn(ctx, b.o.Exe, h, dir, name, cfg)
+}
+
+// startRelayIn runs exe as a relay in host h with the configuration cfg,
+// written to dir/name.yaml; its log goes to dir/name.log.
+func startRelayIn(ctx context.Context, exe string, h *netlab.Host, dir, name, cfg string) (*relayProc, error) {
 	file := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -279,7 +285,7 @@ func (b *accelBench) startRelay(ctx context.Context, h *netlab.Host, dir, name, 
 		return nil, err
 	}
 	defer logf.Close()
-	cmd := h.Command(ctx, b.o.Exe, "relay", "-c", file, "--grace", "1s")
+	cmd := h.Command(ctx, exe, "relay", "-c", file, "--grace", "1s")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return nil, err

@@ -20,8 +20,17 @@ type sink struct {
 	bytes atomic.Int64
 }
 
-func newSink(h *netlab.Host, port int) (*sink, error) {
-	ln, err := h.Listen("tcp", fmt.Sprintf(":%d", port))
+func newSink(h *netlab.Host, port int) (*sink, error) { return newSinkWith(h, port, false) }
+
+// newSinkWith is newSink on an MPTCP listener when mptcp is set.
+func newSinkWith(h *netlab.Host, port int, mptcp bool) (*sink, error) {
+	var ln net.Listener
+	err := h.Do(func() (err error) {
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(mptcp)
+		ln, err = lc.Listen(context.Background(), "tcp", fmt.Sprintf(":%d", port))
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

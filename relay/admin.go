@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -146,29 +147,39 @@ func (s *Server) handleTunables(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) handleSetTunables(w http.ResponseWriter, r *http.Request) {
 	cur := s.state.Load()
 	t := cur.tunables
-	t.Pools = maps.Clone(t.Pools) // decoding merges into the map: not the live one
+	t.Pools = nil // the request's pools alone; merged over the current ones below
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&t); err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		return
 	}
-	if err := t.validate(); err != nil {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
-		return
-	}
 	pools := *s.pools.Load()
-	norm := map[string]Watermarks{}
-	for peer, wm := range t.Pools {
+	asked := t.Pools
+	t.Pools = maps.Clone(cur.tunables.Pools)
+	if t.Pools == nil && len(asked) > 0 {
+		t.Pools = map[string]Watermarks{}
+	}
+	named := map[string]string{}
+	for _, peer := range slices.Sorted(maps.Keys(asked)) {
 		ap, err := netip.ParseAddrPort(peer)
 		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		if err != nil || pools[ap] == nil {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("pools: %q is no peer with a pool", peer)})
 			return
 		}
-		norm[ap.String()] = wm // as the pool names itself
+		key := ap.String() // as the pool names itself
+		if other, dup := named[key]; dup {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("pools: %q and %q are the same peer", other, peer)})
+			return
+		}
+		named[key] = peer
+		t.Pools[key] = asked[peer]
 	}
-	t.Pools = norm
+	if err := t.validate(); err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return
+	}
 	next := *cur
 	next.tunables = t
 	if !s.state.CompareAndSwap(cur, &next) {

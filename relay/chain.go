@@ -312,7 +312,7 @@ func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) 
 
 // serveConvert is the converter side: a relay hop asks, in the first bytes
 // of its SYN, for a connection onward.
-func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
+func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
 	m, err := readConvert(c)
 	if err != nil {
 		return nil, err
@@ -342,14 +342,20 @@ func (s *Server) serveConvert(st *listenerState, rt *runtime, f *flow, c *net.TC
 		}
 		_ = c.SetWriteDeadline(time.Time{})
 		_ = c.SetReadDeadline(time.Now().Add(rt.cfg.Limits.PooledWait.D()))
-		if !s.park(c) {
+		if !s.park(l, c, rt.auth.key) {
 			c.Close()
-			return nil, errors.New("pooled connection: draining")
+			return nil, errors.New("pooled connection: draining, or the configuration changed")
 		}
 		m, err = readConvert(c)
 		s.unpark(c)
 		if err != nil {
 			return nil, fmt.Errorf("pooled connection: %w", err)
+		}
+		// The request may come long after the greeting: it is judged by
+		// the configuration in force now.
+		rt, st = s.state.Load(), l.cur.Load()
+		if l.retired.Load() {
+			return fail(convert.NotAuthorized, errors.New("pooled connection: its listener was removed"))
 		}
 		conv := "convert"
 		f.proto.Store(&conv)

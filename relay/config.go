@@ -64,6 +64,10 @@ type Limits struct {
 	// MaxEarly bounds next-leg connects started by SYNs and not yet
 	// claimed by an accepted flow (default 1024).
 	MaxEarly int `yaml:"max_early"`
+	// MaxEarlyPerClient bounds them per client address (an IPv6 client
+	// by its /64), so one client's SYNs cannot take the whole table
+	// (default 64).
+	MaxEarlyPerClient int `yaml:"max_early_per_client"`
 }
 
 // LegConfig sets socket options of one kind of leg.
@@ -105,8 +109,12 @@ type ListenerConfig struct {
 	Name   string `yaml:"name"`
 	Listen string `yaml:"listen"` // host:port
 	// Mode is explicit (clients name the destination), tproxy or redirect
-	// (transparent: the destination is the packet's).
+	// (transparent: the destination is the packet's), or forward (every
+	// flow goes to ForwardTo: a port forwarder, like HAProxy's mode tcp).
 	Mode string `yaml:"mode"`
+	// ForwardTo is a forward listener's destination, ip:port. Routes
+	// still apply: it may be reached through relays.
+	ForwardTo string `yaml:"forward_to"`
 	// Protocols spoken on an explicit listener: socks5, http (CONNECT) and
 	// convert (RFC 8803, from other relays); default socks5 and http. With
 	// several, the first byte tells which.
@@ -252,6 +260,7 @@ const (
 	defaultKeepalive      = 30 * time.Second
 	defaultPooledWait     = 10 * time.Minute
 	defaultMaxEarly       = 1024
+	defaultMaxEarlyClient = 64
 	defaultPoolLow        = 4
 	defaultPoolMaxIdle    = 2 * time.Minute
 	defaultTurboWindow    = 100
@@ -302,7 +311,7 @@ func (c *Config) setDefaults() {
 	for _, f := range []struct {
 		v   *int
 		def int
-	}{{&l.MaxFlows, defaultMaxFlows}, {&l.MaxFlowsPerClient, defaultMaxPerClient}, {&l.MaxPending, defaultMaxPending}, {&l.MaxHandshakes, defaultMaxHandshakes}, {&l.MaxEarly, defaultMaxEarly}} {
+	}{{&l.MaxFlows, defaultMaxFlows}, {&l.MaxFlowsPerClient, defaultMaxPerClient}, {&l.MaxPending, defaultMaxPending}, {&l.MaxHandshakes, defaultMaxHandshakes}, {&l.MaxEarly, defaultMaxEarly}, {&l.MaxEarlyPerClient, defaultMaxEarlyClient}} {
 		if *f.v == 0 {
 			*f.v = f.def
 		}
@@ -379,7 +388,7 @@ func (c *Config) Validate() error {
 	for _, f := range []struct {
 		path string
 		v    int
-	}{{"limits.max_flows", c.Limits.MaxFlows}, {"limits.max_flows_per_client", c.Limits.MaxFlowsPerClient}, {"limits.max_pending", c.Limits.MaxPending}, {"limits.max_handshakes", c.Limits.MaxHandshakes}, {"limits.max_early", c.Limits.MaxEarly}} {
+	}{{"limits.max_flows", c.Limits.MaxFlows}, {"limits.max_flows_per_client", c.Limits.MaxFlowsPerClient}, {"limits.max_pending", c.Limits.MaxPending}, {"limits.max_handshakes", c.Limits.MaxHandshakes}, {"limits.max_early", c.Limits.MaxEarly}, {"limits.max_early_per_client", c.Limits.MaxEarlyPerClient}} {
 		if f.v < 0 {
 			add(f.path, "%d: want a positive number", f.v)
 		}
@@ -429,6 +438,20 @@ func (c *Config) Validate() error {
 			if ln.ProxyProtocol && slices.Contains(ln.Protocols, "convert") {
 				add(p+".proxy_protocol", "on a convert listener the client is the previous relay, not the real client")
 			}
+		case "forward":
+			if ap, err := netip.ParseAddrPort(ln.ForwardTo); err != nil {
+				add(p+".forward_to", "%q: want the destination as ip:port", ln.ForwardTo)
+			} else if lap, err := netip.ParseAddrPort(ln.Listen); err == nil && ap.Port() == lap.Port() && (ap.Addr() == lap.Addr() || lap.Addr().IsUnspecified()) {
+				add(p+".forward_to", "%q: the listener itself", ln.ForwardTo)
+			}
+			for _, bad := range []struct {
+				set   bool
+				field string
+			}{{len(ln.Protocols) > 0, "protocols"}, {ln.Capture != nil, "capture"}, {ln.SpoofSource, "spoof_source"}, {ln.EarlySYN, "early_syn"}, {len(ln.AllowDestinations) > 0, "allow_destinations"}} {
+				if bad.set {
+					add(p+"."+bad.field, "not for a forward listener: its destination is forward_to")
+				}
+			}
 		case "tproxy", "redirect":
 			if len(ln.Protocols) > 0 {
 				add(p+".protocols", "a transparent listener speaks no protocol: the destination is the packet's")
@@ -453,7 +476,10 @@ func (c *Config) Validate() error {
 				}
 			}
 		default:
-			add(p+".mode", "%q: want explicit, tproxy or redirect", ln.Mode)
+			add(p+".mode", "%q: want explicit, tproxy, redirect or forward", ln.Mode)
+		}
+		if ln.ForwardTo != "" && ln.Mode != "forward" {
+			add(p+".forward_to", "only for mode forward")
 		}
 		for j, s := range ln.AllowClients {
 			if _, err := netip.ParsePrefix(s); err != nil {

@@ -95,7 +95,7 @@ routes:
 		Log:   LogConfig{Format: "json", Level: "debug"},
 		Auth:  AuthConfig{PSKFile: psk, Window: d("45s")},
 		Limits: Limits{MaxFlows: 100, MaxFlowsPerClient: 10, MaxPending: 20, MaxHandshakes: defaultMaxHandshakes,
-			ConnectTimeout: d("3s"), HandshakeTimeout: d("7s"), PooledWait: Duration(defaultPooledWait), MaxEarly: defaultMaxEarly},
+			ConnectTimeout: d("3s"), HandshakeTimeout: d("7s"), PooledWait: Duration(defaultPooledWait), MaxEarly: defaultMaxEarly, MaxEarlyPerClient: defaultMaxEarlyClient},
 		Legs: LegsConfig{
 			Client: LegConfig{IdleTimeout: d("1m"), Keepalive: d("10s"), UserTimeout: d("20s")},
 			Server: LegConfig{IdleTimeout: d("2m"), Keepalive: d("11s"), UserTimeout: d("21s")},
@@ -319,6 +319,15 @@ func TestConfigErrors(t *testing.T) {
 		{"early SYN without capture", "listeners:\n  - {name: t, listen: \"0.0.0.0:7200\", mode: tproxy, early_syn: true}\n",
 			[]string{"listeners[0].early_syn: needs capture"}},
 		{"negative max_early", "limits: {max_early: -1}\nlisteners: [" + ln + "]\n", []string{"limits.max_early: -1"}},
+		{"negative max_early_per_client", "limits: {max_early_per_client: -1}\nlisteners: [" + ln + "]\n", []string{"limits.max_early_per_client: -1"}},
+		{"forward without destination", "listeners:\n  - {name: f, listen: \"0.0.0.0:7300\", mode: forward}\n",
+			[]string{`listeners[0].forward_to: "": want the destination as ip:port`}},
+		{"forward to itself", "listeners:\n  - {name: f, listen: \"0.0.0.0:7300\", mode: forward, forward_to: \"127.0.0.1:7300\"}\n",
+			[]string{`listeners[0].forward_to: "127.0.0.1:7300": the listener itself`}},
+		{"forward with protocols and destinations", "listeners:\n  - {name: f, listen: \"0.0.0.0:7300\", mode: forward, forward_to: \"10.0.0.1:80\", protocols: [socks5], allow_destinations: [\"10.0.0.0/8\"]}\n",
+			[]string{"listeners[0].protocols: not for a forward listener", "listeners[0].allow_destinations: not for a forward listener"}},
+		{"forward_to elsewhere", "listeners:\n  - {name: t, listen: \"0.0.0.0:7200\", mode: tproxy, forward_to: \"10.0.0.1:80\"}\n",
+			[]string{"listeners[0].forward_to: only for mode forward"}},
 		{"not YAML", "listeners: [\n", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,23 +34,31 @@ import (
 // compiled program for the same filter.
 //
 // Pairing: the SYN's 4-tuple (client, destination) keys a pending dial;
-// accept finds it by the socket's peer and original destination. A
-// retransmitted SYN finds its dial pending and starts nothing. The table
-// is bounded (limits.max_early) and entries expire when no accept claims
-// them (a SYN flood, or a client that gave up): their connections are
-// reset. When the table is full, or connects are near max_pending, a SYN
-// is left to the ordinary dial at accept.
+// accept finds it by the socket's peer and original destination, and only
+// for the listener whose capture started it. A retransmitted SYN finds its
+// dial pending and starts nothing. Accept also leaves the 4-tuple marked
+// as accepted for as long as a dial may wait, so a SYN the sniffer reads
+// late (after the accept dialed on its own) or a duplicate arriving after
+// the claim starts no second connection. The table is bounded
+// (limits.max_early, and limits.max_early_per_client per client address)
+// and entries expire when no accept claims them (a SYN flood, or a client
+// that gave up): their connections are reset. When the table is full, or
+// connects are near max_pending, a SYN is left to the ordinary dial at
+// accept. The filter takes only packets addressed to this host
+// (PACKET_HOST): a SYN the kernel will not answer starts nothing.
 
 // earlyExpiry is how long a dial started by a SYN waits for its accept.
 const earlyExpiry = 3 * time.Second
 
 type earlyDial struct {
-	created time.Time
-	done    chan struct{}
-	conn    *net.TCPConn  // to the server, or
-	chain   *pendingChain // to the first relay, the chain's answers pending
-	err     error
-	claimed atomic.Bool
+	created  time.Time
+	listener string // whose capture started it
+	client   netip.Addr
+	done     chan struct{}
+	conn     *net.TCPConn  // to the server, or
+	chain    *pendingChain // to the first relay, the chain's answers pending
+	err      error
+	claimed  atomic.Bool
 }
 
 // wait returns the dial's result once it is known.
@@ -77,23 +87,79 @@ func (e *earlyDial) abandon() {
 type earlyTable struct {
 	mu      sync.Mutex
 	pending map[[2]netip.AddrPort]*earlyDial
+	// accepted holds the 4-tuples of flows accept has taken, with when:
+	// a SYN for one of them is late and starts nothing.
+	accepted  map[[2]netip.AddrPort]time.Time
+	perClient map[netip.Addr]int // pending dials by clientKey
 	// listeners with early_syn, swapped by apply.
 	listeners atomic.Pointer[[]*listener]
 	sniffer   *os.File // nil when no listener wants early SYN
 	stopped   chan struct{}
 }
 
-// claim takes the dial a SYN from client to dst started, or nil.
-func (t *earlyTable) claim(client, dst netip.AddrPort) *earlyDial {
+// claim takes the dial a SYN from client to dst started for listener, or
+// nil; a dial another listener's capture started is reset. Either way the
+// 4-tuple is marked accepted while the sniffer runs.
+func (t *earlyTable) claim(listener string, client, dst netip.AddrPort) *earlyDial {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	k := [2]netip.AddrPort{client, dst}
-	e := t.pending[k]
-	if e != nil {
-		delete(t.pending, k)
-		e.claimed.Store(true)
+	if t.pending == nil {
+		return nil // no sniffer
 	}
+	k := [2]netip.AddrPort{client, dst}
+	if len(t.accepted) < 4*maxEarlyEntries {
+		t.accepted[k] = time.Now()
+	}
+	e := t.pending[k]
+	if e == nil {
+		return nil
+	}
+	t.drop(k, e)
+	if e.listener != listener {
+		go e.abandon()
+		return nil
+	}
+	e.claimed.Store(true)
 	return e
+}
+
+// reserve enters a dial for a SYN from client to dst that listener's
+// capture takes, or says why not: retransmission, late, skipped, or ""
+// when the sniffer has stopped. room is false when connects are too many
+// for one more.
+func (t *earlyTable) reserve(listener string, client, dst netip.AddrPort, lim Limits, room bool) (*earlyDial, string) {
+	k := [2]netip.AddrPort{client, dst}
+	ck := clientKey(client.Addr())
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case t.pending == nil:
+		return nil, ""
+	case t.pending[k] != nil:
+		return nil, "retransmission"
+	case !t.accepted[k].IsZero():
+		return nil, "late"
+	case !room || len(t.pending) >= lim.MaxEarly || t.perClient[ck] >= lim.MaxEarlyPerClient:
+		return nil, "skipped"
+	}
+	e := &earlyDial{created: time.Now(), listener: listener, client: ck, done: make(chan struct{})}
+	t.pending[k] = e
+	t.perClient[ck]++
+	return e, ""
+}
+
+// maxEarlyEntries bounds the accepted marks (four times this many): a mark
+// only saves a needless dial, so past the bound accept leaves none.
+const maxEarlyEntries = 1 << 16
+
+// drop removes a pending dial (under t.mu).
+func (t *earlyTable) drop(k [2]netip.AddrPort, e *earlyDial) {
+	delete(t.pending, k)
+	if n := t.perClient[e.client] - 1; n > 0 {
+		t.perClient[e.client] = n
+	} else {
+		delete(t.perClient, e.client)
+	}
 }
 
 // applyEarly starts or stops the SYN sniffer as listeners want it (under
@@ -105,6 +171,9 @@ func (s *Server) applyEarly() error {
 			ls = append(ls, l)
 		}
 	}
+	// Where captures overlap, a SYN goes to the first by name; accept
+	// on another listener resets that dial and dials its own.
+	slices.SortFunc(ls, func(a, b *listener) int { return strings.Compare(a.cfg.Name, b.cfg.Name) })
 	s.early.listeners.Store(&ls)
 	switch {
 	case len(ls) > 0 && s.early.sniffer == nil:
@@ -114,6 +183,8 @@ func (s *Server) applyEarly() error {
 		}
 		s.early.mu.Lock()
 		s.early.pending = map[[2]netip.AddrPort]*earlyDial{}
+		s.early.accepted = map[[2]netip.AddrPort]time.Time{}
+		s.early.perClient = map[netip.Addr]int{}
 		s.early.mu.Unlock()
 		s.early.sniffer = f
 		s.early.stopped = make(chan struct{})
@@ -134,6 +205,9 @@ func (s *Server) stopEarly() {
 	<-s.early.stopped
 	s.early.sniffer = nil
 	s.early.expire(time.Time{}, s.metrics.early.With("expired"))
+	s.early.mu.Lock()
+	s.early.pending, s.early.accepted, s.early.perClient = nil, nil, nil
+	s.early.mu.Unlock()
 }
 
 func (s *Server) sniffSYNs(f *os.File, stopped chan struct{}) {
@@ -157,14 +231,26 @@ func (s *Server) sniffSYNs(f *os.File, stopped chan struct{}) {
 		}
 	}()
 	buf := make([]byte, 128)
+	failures := 0
 	for {
 		n, err := f.Read(buf)
 		if err != nil {
-			if !errors.Is(err, os.ErrClosed) {
-				s.log.Error("early SYN: reading SYNs stopped", "err", err)
+			if errors.Is(err, os.ErrClosed) {
+				return
 			}
+			// Transient errors are retried a few times; past that the
+			// listeners go on without early SYN, and the dials already
+			// started expire now rather than wait for a claim.
+			s.metrics.errors.With("early_syn_read").Inc()
+			if failures++; failures < 10 {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			s.log.Error("early SYN: reading SYNs stopped; flows dial at accept", "err", err)
+			s.early.expire(time.Time{}, expired)
 			return
 		}
+		failures = 0
 		client, dst, ok := parseSYN(buf[:n])
 		if ok {
 			s.onSYN(client, dst)
@@ -190,22 +276,15 @@ func (s *Server) onSYN(client, dst netip.AddrPort) {
 		return // accept refuses it, as without early SYN
 	}
 	rt := s.state.Load()
-	k := [2]netip.AddrPort{client, dst}
-	s.early.mu.Lock()
-	if s.early.pending[k] != nil {
-		s.early.mu.Unlock()
-		s.metrics.early.With("retransmission").Inc()
+	// Leave room for the dials of accepted flows, and for other clients.
+	room := s.pending.Load() < int64(rt.tunables.MaxPending/2)
+	e, result := s.early.reserve(l.cfg.Name, client, dst, rt.cfg.Limits, room)
+	if e == nil {
+		if result != "" {
+			s.metrics.early.With(result).Inc()
+		}
 		return
 	}
-	// Leave room for the dials of accepted flows.
-	if len(s.early.pending) >= rt.cfg.Limits.MaxEarly || s.pending.Load() >= int64(rt.tunables.MaxPending/2) {
-		s.early.mu.Unlock()
-		s.metrics.early.With("skipped").Inc()
-		return
-	}
-	e := &earlyDial{created: time.Now(), done: make(chan struct{})}
-	s.early.pending[k] = e
-	s.early.mu.Unlock()
 	s.metrics.early.With("dialed").Inc()
 	go func() {
 		r := rt.match(l.cfg.Name, dst)
@@ -223,7 +302,12 @@ func (t *earlyTable) expire(before time.Time, counter *hm.Counter) {
 	for k, e := range t.pending {
 		if before.IsZero() || e.created.Before(before) {
 			old = append(old, e)
-			delete(t.pending, k)
+			t.drop(k, e)
+		}
+	}
+	for k, at := range t.accepted {
+		if before.IsZero() || at.Before(before) {
+			delete(t.accepted, k)
 		}
 	}
 	t.mu.Unlock()
@@ -278,10 +362,17 @@ func openSYNSniffer() (*os.File, error) {
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// synFilter passes IPv4 and IPv6 TCP segments with SYN and not ACK, cut
-// to their first 128 bytes; the packet starts at the IP header.
+// skfAdPktType is the classic BPF ancillary load of skb->pkt_type:
+// SKF_AD_OFF (-0x1000) + SKF_AD_PKTTYPE (4), from linux/filter.h (not in
+// x/sys/unix).
+const skfAdPktType = 0xfffff000 + 4
+
+// synFilter passes IPv4 and IPv6 TCP segments addressed to this host with
+// SYN and not ACK, cut to their first 128 bytes; the packet starts at the
+// IP header.
 func synFilter() []unix.SockFilter {
 	const (
+		ldw  = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
 		ldb  = unix.BPF_LD | unix.BPF_B | unix.BPF_ABS
 		ldh  = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
 		ldbx = unix.BPF_LD | unix.BPF_B | unix.BPF_IND
@@ -294,31 +385,34 @@ func synFilter() []unix.SockFilter {
 		syn  = 0x02
 		ack  = 0x10
 	)
-	const accept, drop = 17, 18
+	const accept, drop = 19, 20
 	// to is a jump offset from instruction i to target.
 	to := func(i, target int) uint8 { return uint8(target - i - 1) }
 	return []unix.SockFilter{
-		/* 0 */ {Code: ldb, K: 0},
-		/* 1 */ {Code: rsh, K: 4},
-		/* 2 */ {Code: jeq, K: 4, Jt: to(2, 4)},
-		/* 3 */ {Code: jeq, K: 6, Jt: to(3, 12), Jf: to(3, drop)},
+		// The skb's packet type (an ancillary load): PACKET_HOST only.
+		/* 0 */ {Code: ldw, K: skfAdPktType},
+		/* 1 */ {Code: jeq, K: unix.PACKET_HOST, Jf: to(1, drop)},
+		/* 2 */ {Code: ldb, K: 0},
+		/* 3 */ {Code: rsh, K: 4},
+		/* 4 */ {Code: jeq, K: 4, Jt: to(4, 6)},
+		/* 5 */ {Code: jeq, K: 6, Jt: to(5, 14), Jf: to(5, drop)},
 		// IPv4
-		/* 4 */ {Code: ldb, K: 9},
-		/* 5 */ {Code: jeq, K: unix.IPPROTO_TCP, Jf: to(5, drop)},
-		/* 6 */ {Code: ldh, K: 6},
-		/* 7 */ {Code: jset, K: 0x1fff, Jt: to(7, drop)}, // not the first fragment
-		/* 8 */ {Code: msh, K: 0}, // X = IP header length
-		/* 9 */ {Code: ldbx, K: 13}, // TCP flags
-		/* 10 */ {Code: and, K: syn | ack},
-		/* 11 */ {Code: jeq, K: syn, Jt: to(11, accept), Jf: to(11, drop)},
+		/* 6 */ {Code: ldb, K: 9},
+		/* 7 */ {Code: jeq, K: unix.IPPROTO_TCP, Jf: to(7, drop)},
+		/* 8 */ {Code: ldh, K: 6},
+		/* 9 */ {Code: jset, K: 0x1fff, Jt: to(9, drop)}, // not the first fragment
+		/* 10 */ {Code: msh, K: 0}, // X = IP header length
+		/* 11 */ {Code: ldbx, K: 13}, // TCP flags
+		/* 12 */ {Code: and, K: syn | ack},
+		/* 13 */ {Code: jeq, K: syn, Jt: to(13, accept), Jf: to(13, drop)},
 		// IPv6, TCP as the first next header
-		/* 12 */ {Code: ldb, K: 6},
-		/* 13 */ {Code: jeq, K: unix.IPPROTO_TCP, Jf: to(13, drop)},
-		/* 14 */ {Code: ldb, K: 40 + 13},
-		/* 15 */ {Code: and, K: syn | ack},
-		/* 16 */ {Code: jeq, K: syn, Jt: to(16, accept), Jf: to(16, drop)},
-		/* 17 */ {Code: ret, K: 128},
-		/* 18 */ {Code: ret, K: 0},
+		/* 14 */ {Code: ldb, K: 6},
+		/* 15 */ {Code: jeq, K: unix.IPPROTO_TCP, Jf: to(15, drop)},
+		/* 16 */ {Code: ldb, K: 40 + 13},
+		/* 17 */ {Code: and, K: syn | ack},
+		/* 18 */ {Code: jeq, K: syn, Jt: to(18, accept), Jf: to(18, drop)},
+		/* 19 */ {Code: ret, K: 128},
+		/* 20 */ {Code: ret, K: 0},
 	}
 }
 

@@ -23,7 +23,7 @@ import (
 // handshake runs the client's protocol on an explicit listener, opens the
 // next leg and answers the client. On error it has already answered (or
 // reset) the client.
-func (s *Server) handshake(st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
+func (s *Server) handshake(l *listener, st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
 	_ = c.SetDeadline(time.Now().Add(rt.cfg.Limits.HandshakeTimeout.D()))
 	defer c.SetDeadline(time.Time{})
 	proto, err := detect(c)
@@ -48,7 +48,7 @@ func (s *Server) handshake(st *listenerState, rt *runtime, f *flow, c *net.TCPCo
 	case "http":
 		return s.serveHTTP(st, rt, f, c)
 	}
-	return s.serveConvert(st, rt, f, c)
+	return s.serveConvert(l, st, rt, f, c)
 }
 
 // detect tells the protocol from the first byte without consuming it, so

@@ -102,7 +102,7 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	var server *net.TCPConn
 	var err error
 	if explicit {
-		server, err = s.handshake(st, rt, f, c)
+		server, err = s.handshake(l, st, rt, f, c)
 		endHandshake()
 	} else {
 		setLeg(c, rt.cfg.Legs.Client)
@@ -199,11 +199,16 @@ func (s *Server) endFlow(f *flow, res datapath.Result) {
 	s.log.Log(context.Background(), level, "flow", attrs...)
 }
 
-// transparent serves a flow captured by TPROXY or REDIRECT: the
-// destination is the packet's.
+// transparent serves a flow captured by TPROXY or REDIRECT, where the
+// destination is the packet's, or one of a forward listener, where it is
+// the listener's forward_to.
 func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
 	dst := addrPortOf(c.LocalAddr()) // TPROXY: the socket has the original destination
-	if st.cfg.Mode == "redirect" {
+	switch st.cfg.Mode {
+	case "forward":
+		ap, _ := netip.ParseAddrPort(st.cfg.ForwardTo) // checked with the configuration
+		dst = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	case "redirect":
 		var err error
 		if dst, err = sockopt.OriginalDst(c); err != nil {
 			resetConn(c)
@@ -221,7 +226,7 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	var server *net.TCPConn
 	var pc *pendingChain
 	var err error
-	if e := s.early.claim(f.client, dst); e != nil {
+	if e := s.early.claim(f.listener, f.client, dst); e != nil {
 		// The client's SYN started this connect already.
 		server, pc, err = e.wait(s.flowCtx)
 		s.metrics.early.With("claimed").Inc()
@@ -242,6 +247,9 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 // refuseTransparent says why a captured flow from self (the socket's
 // local address) to dst must not be relayed, or "".
 func refuseTransparent(l *listener, st *listenerState, self, dst netip.AddrPort) string {
+	if st.cfg.Mode == "forward" {
+		return "" // the operator named the destination; the configuration refuses the listener itself
+	}
 	// A flow to this very listener (a client connecting to it directly, or
 	// REDIRECT of a flow that was not redirected) would dial itself forever.
 	if st.cfg.Mode == "redirect" && dst == self || dst.Port() == addrPortOf(l.ln.Addr()).Port() && st.policy.isOwn(dst.Addr()) {

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -394,6 +395,8 @@ func TestPoolTunables(t *testing.T) {
 	startLoopback(t, pp.rsYAML)
 	rc := startLoopback(t, strings.Replace(pp.rcYAML, "admin: {listen: off}", `admin: {listen: "127.0.0.1:0"}`, 1))
 	waitFor(t, func() bool { return poolOf(t, rc).Idle == 6 })
+	rsAP := netip.MustParseAddrPort(pp.rsAddr)
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(rsAP.Addr().As16()), rsAP.Port()).String() // [::ffff:127.0.0.1]:N
 	put := func(body string) int {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodPut, "http://"+rc.AdminAddr().String()+"/api/tunables", strings.NewReader(body))
@@ -408,6 +411,8 @@ func TestPoolTunables(t *testing.T) {
 		`{"pools": {"127.0.0.1:1": {"low": 1, "high": 2}}}`,
 		fmt.Sprintf(`{"pools": {%q: {"low": 3, "high": 2}}}`, pp.rsAddr),
 		fmt.Sprintf(`{"pools": {%q: {"low": 1, "high": 5000}}}`, pp.rsAddr),
+		// Two spellings of one peer.
+		fmt.Sprintf(`{"pools": {%q: {"low": 1, "high": 2}, %q: {"low": 2, "high": 3}}}`, pp.rsAddr, mapped),
 	} {
 		if code := put(bad); code != http.StatusBadRequest {
 			t.Errorf("PUT %s: %d, want 400", bad, code)
@@ -417,8 +422,60 @@ func TestPoolTunables(t *testing.T) {
 		t.Fatalf("PUT: %d", code)
 	}
 	waitFor(t, func() bool { st := poolOf(t, rc); return st.Idle == 2 && st.Low == 1 && st.High == 2 })
-	if code := put(fmt.Sprintf(`{"pools": {%q: {"low": 8, "high": 10}}}`, pp.rsAddr)); code != http.StatusOK {
+	// Another limit alone leaves the watermarks; an IPv4-mapped spelling
+	// of the peer replaces its entry.
+	if code := put(`{"max_flows": 5000}`); code != http.StatusOK {
+		t.Fatalf("PUT max_flows: %d", code)
+	}
+	if st := poolOf(t, rc); st.Low != 1 || st.High != 2 {
+		t.Errorf("watermarks after an unrelated PUT: %+v", st)
+	}
+	if code := put(fmt.Sprintf(`{"pools": {%q: {"low": 8, "high": 10}}}`, mapped)); code != http.StatusOK {
 		t.Fatalf("PUT: %d", code)
 	}
 	waitFor(t, func() bool { return poolOf(t, rc).Idle == 10 })
+}
+
+// TestPoolKeyChange: a converter reloaded with a new key closes the pooled
+// connections greeted under the old one; the entry relay's flows go on
+// byte-exact once it has the new key too, on connections greeted anew.
+func TestPoolKeyChange(t *testing.T) {
+	pp := newPoolPair(t, func(rs string) string { return rs }, 3, 3)
+	rs := startLoopback(t, pp.rsYAML)
+	rc := startLoopback(t, pp.rcYAML)
+	echo := echoServer(t)
+	waitFor(t, func() bool { return poolOf(t, rc).Idle == 3 })
+	parked := func() int {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		return len(rs.parked)
+	}
+	waitFor(t, func() bool { return parked() == 3 })
+
+	psk2 := filepath.Join(t.TempDir(), "psk2")
+	if err := os.WriteFile(psk2, []byte("the next key 9876543210\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reload := func(s *Server, y string) {
+		t.Helper()
+		y = regexp.MustCompile(`psk_file: "[^"]*"`).ReplaceAllString(y, fmt.Sprintf("psk_file: %q", psk2))
+		cfg, err := ParseConfig([]byte(y))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Reload(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reload(rs, pp.rsYAML)
+	if n := parked(); n != 0 {
+		t.Errorf("%d pooled connections greeted under the old key still parked", n)
+	}
+	reload(rc, pp.rcYAML)
+	for i := range 6 {
+		if err := echoThrough(rc.Addr("socks"), echo, 100_000); err != nil {
+			t.Fatalf("flow %d after the key change: %v", i, err)
+		}
+	}
+	waitFor(t, func() bool { return parked() == 3 })
 }

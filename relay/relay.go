@@ -54,7 +54,7 @@ type Server struct {
 	own        atomic.Pointer[map[netip.Addr]bool] // this host's addresses, refreshed
 	routes     policyRoutes                        // TPROXY policy routes shared by listeners
 	retired    map[string]*listener                // removed listeners whose capture outlives them (under mu)
-	parked     map[*net.TCPConn]bool               // peers' pooled connections awaiting a request (under mu)
+	parked     map[*net.TCPConn]*listener          // peers' pooled connections awaiting a request, and where (under mu)
 	pools      atomic.Pointer[map[netip.AddrPort]*pool]
 	turbo      turboRoutes
 	early      earlyTable // dials started by clients' SYNs
@@ -126,7 +126,7 @@ func New(cfg *Config, log *slog.Logger, reg *hm.Registry) (*Server, error) {
 		perClient: map[netip.Addr]int{},
 		hsClient:  map[netip.Addr]int{},
 		retired:   map[string]*listener{},
-		parked:    map[*net.TCPConn]bool{},
+		parked:    map[*net.TCPConn]*listener{},
 		refusing:  make(chan struct{}, 64),
 	}
 	rt, err := newRuntime(cfg)
@@ -142,7 +142,8 @@ func New(cfg *Config, log *slog.Logger, reg *hm.Registry) (*Server, error) {
 }
 
 // ownRefresh is how often the relay re-reads its own addresses, which
-// policies refuse as destinations unless named.
+// policies refuse as destinations unless named, and repairs its turbo
+// routes.
 const ownRefresh = 10 * time.Second
 
 func (s *Server) refreshOwn() {
@@ -153,12 +154,26 @@ func (s *Server) refreshOwn() {
 func (s *Server) refreshOwnLoop() {
 	t := time.NewTicker(ownRefresh)
 	defer t.Stop()
+	lastTurbo := ""
 	for {
 		select {
 		case <-s.flowCtx.Done():
 			return
 		case <-t.C:
 			s.refreshOwn()
+			// Logged when it changes, not every round.
+			msg := ""
+			if err := s.turbo.refresh(); err != nil {
+				msg = err.Error()
+			}
+			if msg != lastTurbo {
+				if msg != "" {
+					s.log.Warn("turbo routes", "err", msg)
+				} else {
+					s.log.Info("turbo routes in place again")
+				}
+				lastTurbo = msg
+			}
 		}
 	}
 }
@@ -218,14 +233,33 @@ func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 
 // park keeps a peer's pooled connection where Drain finds it; false when
 // draining already.
-func (s *Server) park(c *net.TCPConn) bool {
+//
+// key is the pre-shared key the greeting was checked with: when a reload
+// has changed it since, the connection is not parked (Reload closes those
+// parked before it).
+func (s *Server) park(l *listener, c *net.TCPConn, key []byte) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.draining.Load() {
+	if s.draining.Load() || l.retired.Load() {
 		return false
 	}
-	s.parked[c] = true
+	if rt := s.state.Load(); rt.auth == nil || !bytes.Equal(rt.auth.key, key) {
+		return false
+	}
+	s.parked[c] = l
 	return true
+}
+
+// closeParked closes the peers' pooled connections parked on l (nil: on
+// every listener). They carry no flow yet: the peer finds them closed
+// before it sends a request, and opens new ones.
+func (s *Server) closeParked(l *listener) {
+	for c, on := range s.parked {
+		if l == nil || on == l {
+			c.Close()
+			delete(s.parked, c)
+		}
+	}
 }
 
 func (s *Server) unpark(c *net.TCPConn) {
@@ -255,7 +289,15 @@ func (s *Server) Reload(cfg *Config) error {
 		rt.auth.mu.Unlock()
 	}
 	// The file's limits replace any changed at run time through the admin API.
-	s.state.Store(rt)
+	old := s.state.Swap(rt)
+	if old.auth != nil && (rt.auth == nil || !bytes.Equal(old.auth.key, rt.auth.key)) {
+		// Pooled connections were greeted under the old key: their
+		// requests would be judged by the new one. They go now, while
+		// they carry nothing.
+		s.mu.Lock()
+		s.closeParked(nil)
+		s.mu.Unlock()
+	}
 	if err := s.apply(cfg); err != nil {
 		return err
 	}
@@ -299,6 +341,7 @@ func (s *Server) apply(cfg *Config) error {
 	for name, l := range s.listeners {
 		if !want[name] {
 			errs = append(errs, l.close())
+			s.closeParked(l)
 			delete(s.listeners, name)
 			if l.uncapture != nil {
 				s.retired[name] = l
@@ -355,9 +398,7 @@ func (s *Server) Drain(grace time.Duration) {
 	}
 	// Peers' pooled connections carry no flow yet: they close now, and
 	// this relay's own pools stop.
-	for c := range s.parked {
-		c.Close()
-	}
+	s.closeParked(nil)
 	s.stopEarly()
 	s.mu.Unlock()
 	s.closePools()

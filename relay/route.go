@@ -39,7 +39,8 @@ func compileRoutes(rcs []RouteConfig) ([]route, error) {
 			if err != nil {
 				return nil, err
 			}
-			r.via = append(r.via, ap)
+			// As peers are keyed: an IPv4-mapped hop finds its pool.
+			r.via = append(r.via, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 			if i == 0 {
 				r.name = "via " + v
 			} else {

@@ -1,8 +1,11 @@
 package relay
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -195,5 +198,45 @@ listeners:
 			t.Errorf("http %q:%q: status %d, %v; want %d", tc.user, tc.pass, status, err, tc.status)
 		}
 		c.Close()
+	}
+}
+
+// TestForwardListener: a forward listener sends every flow to its
+// forward_to, byte-exact both ways with half-close; a client outside
+// allow_clients is reset.
+func TestForwardListener(t *testing.T) {
+	echo := echoServer(t)
+	s := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+listeners:
+  - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: %q}
+  - {name: fenced, listen: "127.0.0.1:0", mode: forward, forward_to: %q, allow_clients: [10.0.0.0/8]}
+`, echo, echo))
+	for _, n := range []int{0, 1, 70_000, 3 << 20} {
+		c, err := net.Dial("tcp", s.Addr("fwd").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := make([]byte, n)
+		rand.Read(data)
+		go func() {
+			c.Write(data)
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes through the forward listener: got %d, %v", n, len(got), err)
+		}
+	}
+	c, err := net.Dial("tcp", s.Addr("fenced").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("a client outside allow_clients got a byte")
 	}
 }

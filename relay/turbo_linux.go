@@ -31,8 +31,8 @@ type turboRoutes struct {
 
 type turboRoute struct {
 	cfg   TurboConfig
-	route netlink.Route  // as installed
-	prev  *netlink.Route // a host route of someone else's it replaced, put back on removal
+	route netlink.Route // as installed
+	err   error         // why the route is not in place, if it is not
 }
 
 // apply makes the installed routes match peers' turbo settings; nil
@@ -66,68 +66,107 @@ func (t *turboRoutes) apply(peers []PeerConfig) error {
 		if t.installed[a] != nil {
 			continue
 		}
-		r, err := installTurbo(a, cfg)
-		if err != nil {
+		r := &turboRoute{cfg: cfg}
+		if err := r.sync(a); err != nil {
 			errs = append(errs, fmt.Errorf("turbo route to %s: %w", a, err))
-			continue
 		}
 		t.installed[a] = r
 	}
 	return errors.Join(errs...)
 }
 
-// installTurbo puts a host route to peer with cfg's windows in the main
-// table, in front of the route that covers it now.
-func installTurbo(peer netip.Addr, cfg TurboConfig) (*turboRoute, error) {
+// refresh puts back routes that went away (a link flap, a flush) and
+// follows changes of the routes they copy (a new gateway); it returns what
+// it could not fix.
+func (t *turboRoutes) refresh() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var errs []error
+	for a, r := range t.installed {
+		if err := r.sync(a); err != nil {
+			errs = append(errs, fmt.Errorf("turbo route to %s: %w", a, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// sync makes the host route to peer what it should be: a copy of the
+// route that covers the peer without it, with cfg's windows. A host route
+// to the peer that is not halfway's is left alone: the relay does not
+// take over an operator's or a routing daemon's route.
+func (r *turboRoute) sync(peer netip.Addr) error {
+	r.err = r.syncRoute(peer)
+	return r.err
+}
+
+func (r *turboRoute) syncRoute(peer netip.Addr) error {
 	family, bits := netlink.FAMILY_V4, 32
 	if peer.Is6() {
 		family, bits = netlink.FAMILY_V6, 128
 	}
 	routes, err := netlink.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
-		return nil, fmt.Errorf("listing routes: %w", err)
+		return fmt.Errorf("listing routes: %w", err)
 	}
 	ip := net.IP(peer.AsSlice())
-	var best *netlink.Route
+	var best, ours *netlink.Route
 	bestLen := -1
 	for i := range routes {
-		r := &routes[i]
-		if r.Type != unix.RTN_UNICAST {
+		rt := &routes[i]
+		if rt.Type != unix.RTN_UNICAST {
 			continue
 		}
 		n := 0 // a nil Dst is the default route
-		if r.Dst != nil {
-			if !r.Dst.Contains(ip) {
+		if rt.Dst != nil {
+			if !rt.Dst.Contains(ip) {
 				continue
 			}
-			n, _ = r.Dst.Mask.Size()
+			n, _ = rt.Dst.Mask.Size()
 		}
-		if n > bestLen || n == bestLen && r.Priority < best.Priority {
-			best, bestLen = r, n
+		if n == bits && rt.Protocol == routeProto {
+			ours = rt
+			continue
+		}
+		if n == bits {
+			return fmt.Errorf("a host route to the peer exists already (%s, proto %d): not replaced; add initcwnd %d initrwnd %d to it, or remove it",
+				rt.Dst, rt.Protocol, r.cfg.InitCwnd, r.cfg.InitRwnd)
+		}
+		if n > bestLen || n == bestLen && rt.Priority < best.Priority {
+			best, bestLen = rt, n
 		}
 	}
 	if best == nil {
-		return nil, errors.New("no route to the peer in the main table")
-	}
-	tr := &turboRoute{cfg: cfg}
-	if bestLen == bits && best.Protocol != routeProto {
-		prev := *best
-		tr.prev = &prev
+		if ours != nil {
+			// What it copied is gone: a stale copy would keep the flows
+			// on a path the host no longer has.
+			_ = netlink.RouteDel(ours)
+		}
+		return errors.New("no route to the peer in the main table")
 	}
 	nr := *best
 	nr.Dst = &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)}
 	nr.Protocol = routeProto
-	nr.InitCwnd, nr.InitRwnd = cfg.InitCwnd, cfg.InitRwnd
-	if err := netlink.RouteReplace(&nr); err != nil {
-		return nil, fmt.Errorf("ip route replace %s initcwnd %d initrwnd %d: %w", nr.Dst, cfg.InitCwnd, cfg.InitRwnd, err)
+	nr.InitCwnd, nr.InitRwnd = r.cfg.InitCwnd, r.cfg.InitRwnd
+	if ours != nil && sameRoute(ours, &nr) {
+		r.route = *ours
+		return nil
 	}
-	tr.route = nr
-	return tr, nil
+	if err := netlink.RouteReplace(&nr); err != nil {
+		return fmt.Errorf("ip route replace %s initcwnd %d initrwnd %d: %w", nr.Dst, r.cfg.InitCwnd, r.cfg.InitRwnd, err)
+	}
+	r.route = nr
+	return nil
+}
+
+// sameRoute compares what forwarding and the windows depend on.
+func sameRoute(a, b *netlink.Route) bool {
+	return a.LinkIndex == b.LinkIndex && a.Gw.Equal(b.Gw) && a.Src.Equal(b.Src) && a.Priority == b.Priority &&
+		a.InitCwnd == b.InitCwnd && a.InitRwnd == b.InitRwnd && a.MTU == b.MTU && a.Congctl == b.Congctl
 }
 
 func (r *turboRoute) remove() error {
-	if r.prev != nil {
-		return netlink.RouteReplace(r.prev)
+	if r.route.Dst == nil {
+		return nil // never installed
 	}
 	if err := netlink.RouteDel(&r.route); err != nil && !errors.Is(err, unix.ESRCH) {
 		return err
@@ -138,9 +177,10 @@ func (r *turboRoute) remove() error {
 // TurboStatus is one installed turbo route, for /api/status.
 type TurboStatus struct {
 	Peer     string `json:"peer"`
-	Route    string `json:"route"`
+	Route    string `json:"route,omitempty"`
 	InitCwnd int    `json:"initcwnd"`
 	InitRwnd int    `json:"initrwnd"`
+	Error    string `json:"error,omitempty"` // why the route is not in place
 }
 
 func (t *turboRoutes) status() []TurboStatus {
@@ -148,7 +188,13 @@ func (t *turboRoutes) status() []TurboStatus {
 	defer t.mu.Unlock()
 	var out []TurboStatus
 	for a, r := range t.installed {
-		out = append(out, TurboStatus{Peer: a.String(), Route: r.route.String(), InitCwnd: r.cfg.InitCwnd, InitRwnd: r.cfg.InitRwnd})
+		st := TurboStatus{Peer: a.String(), InitCwnd: r.cfg.InitCwnd, InitRwnd: r.cfg.InitRwnd}
+		if r.err != nil {
+			st.Error = r.err.Error()
+		} else {
+			st.Route = r.route.String()
+		}
+		out = append(out, st)
 	}
 	return out
 }

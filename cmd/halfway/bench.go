@@ -18,7 +18,7 @@ import (
 
 func runBench(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("%w: bench needs a scenario: lab, accel or footprint", errUsage)
+		return fmt.Errorf("%w: bench needs a scenario: lab, accel, mptcp or footprint", errUsage)
 	}
 	switch args[0] {
 	case "lab":
@@ -27,6 +27,8 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		return benchFootprint(args[1:], stdout, stderr)
 	case "accel":
 		return benchAccel(args[1:], stdout, stderr)
+	case "mptcp":
+		return benchMPTCP(args[1:], stdout, stderr)
 	}
 	return fmt.Errorf("%w: unknown bench scenario %q", errUsage, args[0])
 }
@@ -180,18 +182,85 @@ func benchAccel(args []string, stdout, stderr io.Writer) error {
 	return writeAccel(stdout, *asJSON, *out, r)
 }
 
+func benchMPTCP(args []string, stdout, stderr io.Writer) error {
+	o := bench.DefaultMPTCPOptions()
+	fs := newFlags("bench mptcp", stderr)
+	asJSON := fs.Bool("json", false, "print JSON instead of Markdown")
+	out := fs.String("out", "", "also write mptcp.md, mptcp.json and the SVG plots into this directory")
+	fs.IntVar(&o.Repeats, "repeats", o.Repeats, "repeats per measurement")
+	parts := fs.String("parts", strings.Join(o.Parts, ","), "which parts: goodput, buffers, interactive, pathloss, loopback")
+	fs.DurationVar(&o.Warm, "warm", o.Warm, "download warm-up before the goodput window")
+	fs.DurationVar(&o.Window, "window", o.Window, "goodput window")
+	fs.DurationVar(&o.Interactive, "interactive", o.Interactive, "length of each interactive flow")
+	fs.Func("buffers", "comma-separated per-socket buffers for the sweep, bytes (default 50000,…,1000000)", func(v string) error {
+		o.Buffers = nil
+		for _, f := range strings.Split(v, ",") {
+			var n int
+			if _, err := fmt.Sscan(f, &n); err != nil || n < 4096 {
+				return fmt.Errorf("%q: want a byte count of at least 4096", f)
+			}
+			o.Buffers = append(o.Buffers, n)
+		}
+		return nil
+	})
+	quiet := fs.Bool("q", false, "no progress on stderr")
+	from := fs.String("from", "", "render the report and plots of an earlier run's mptcp.json instead of measuring")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var r *bench.MPTCPReport
+	if *from != "" {
+		b, err := os.ReadFile(*from)
+		if err != nil {
+			return err
+		}
+		if r, err = bench.LoadMPTCP(b); err != nil {
+			return fmt.Errorf("%s: %w", *from, err)
+		}
+	} else {
+		if o.Repeats < 1 || o.Window <= 0 || o.Warm < 0 || o.Interactive < 100*time.Millisecond {
+			return fmt.Errorf("%w: --repeats ≥ 1, --window > 0, --interactive ≥ 100ms", errUsage)
+		}
+		o.Parts = strings.Split(*parts, ",")
+		if !*quiet {
+			o.Log = stderr
+		}
+		ctx, stop, err := benchContext(&o.Exe)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		if r, err = bench.RunMPTCP(ctx, o); err != nil {
+			return err
+		}
+	}
+	if err := writePlots(*out, r.Plots); err != nil {
+		return err
+	}
+	return emit(stdout, *asJSON, *out, "mptcp", r.Markdown(), r)
+}
+
+// writePlots writes SVG plots into out (nothing without out).
+func writePlots(out string, plots []bench.AccelPlot) error {
+	if out == "" {
+		return nil
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	for _, p := range plots {
+		if err := os.WriteFile(filepath.Join(out, p.Name), []byte(p.SVG), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // writeAccel prints the report and, with out set, writes it and its plots
 // there.
 func writeAccel(stdout io.Writer, asJSON bool, out string, r *bench.AccelReport) error {
-	if out != "" {
-		if err := os.MkdirAll(out, 0o755); err != nil {
-			return err
-		}
-		for _, p := range r.Plots {
-			if err := os.WriteFile(filepath.Join(out, p.Name), []byte(p.SVG), 0o644); err != nil {
-				return err
-			}
-		}
+	if err := writePlots(out, r.Plots); err != nil {
+		return err
 	}
 	return emit(stdout, asJSON, out, "accel", r.Markdown(), r)
 }

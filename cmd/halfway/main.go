@@ -7,6 +7,10 @@
 //	halfway lab status           show labs, addresses and link counters
 //	halfway lab down [FILE|NAME] remove a lab (all labs without an argument)
 //	halfway bench lab            measure how faithful the lab's links are
+//	halfway bench accel          reproduce the acceleration figures
+//	halfway bench mptcp          measure MPTCP-to-TCP conversion
+//	halfway bench footprint      measure a relay's memory and start time
+//	halfway model -f TOPOLOGY    predict TTFB and TTC (Miniproxy's model)
 package main
 
 import (
@@ -26,6 +30,8 @@ commands:
   lab status [--json] [NAME]         show labs, hosts, links and counters
   lab down [FILE|NAME]               remove a lab, or every lab
   bench lab [--json] [--out DIR]     measure the lab's RTT, rate and loss accuracy
+  bench accel [--parts ...]          early SYN, pools, Turbo-Start: Miniproxy Figs. 4-5, KTCP Figs. 3-4
+  bench mptcp [--parts ...]          MPTCP to TCP conversion: MiMBox goodput, buffers, delay, path loss
   bench footprint [--flows 9000]     a relay's idle RSS, memory per flow, start time
   model -f TOPOLOGY [--sizes ...]    predicted TTFB and TTC (Miniproxy model) per configuration
 

@@ -1,0 +1,93 @@
+package bench
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Markdown renders the report with the goals beside the figures.
+func (r *MPTCPReport) Markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# halfway bench mptcp\n\n%s UTC, kernel %s, %d CPUs, %s. Median of %d repeats.\n\n",
+		r.Env.Time.UTC().Format("2006-01-02 15:04"), r.Env.Kernel, r.Env.CPUs, r.Env.Go, r.Repeats)
+	if len(r.Goodput) > 0 {
+		b.WriteString("## Download goodput (MiMBox §4.4)\n\n| configuration | goodput, Mbit/s (min–max) | share of downstream bytes on 3G |\n|---|---:|---:|\n")
+		for _, row := range r.Goodput {
+			fmt.Fprintf(&b, "| %s | %.2f (%.2f–%.2f) | %.0f%% |\n", row.Config, row.Median, row.Lo, row.Hi, 100*row.Share3G)
+		}
+		if conv, best := r.goodput("MPTCP through halfway"), r.goodput("TCP, best path"); conv > 0 {
+			fmt.Fprintf(&b, "\nGoal: through halfway ≥ 90%% of the 10 Mbit/s sum (9.0), against ≤ 8 for TCP on the best path. Measured: %.2f Mbit/s (%.0f%% of the sum; %.2f× TCP on ADSL) — %s.\n\n",
+				conv, 10*conv, conv/best, metOrMissed(conv >= 9))
+		}
+	}
+	if len(r.Buffers) > 0 {
+		b.WriteString("## Goodput vs per-socket buffer on the relay (MiMBox Fig. 6)\n\n| buffer per socket | goodput, Mbit/s (each repeat) |\n|---:|---:|\n")
+		for _, row := range r.Buffers {
+			fmt.Fprintf(&b, "| %d KB | %.2f (%s) |\n", row.Buffer/1000, row.Median, floats(row.Mbps))
+		}
+		fmt.Fprintf(&b, "\nFull goodput (≥ 95%% of the best median) from %d KB per socket. Goal ≤ 200 KB — %s.\n\n", r.FullBuffer/1000, metOrMissed(r.FullBuffer > 0 && r.FullBuffer <= 200_000))
+	}
+	if len(r.Interactive) > 0 {
+		b.WriteString("## Interactive flow, 100 kbit/s, 1% loss on the client links\n\n| configuration | messages | delay p50 | p99 | max |\n|---|---:|---:|---:|---:|\n")
+		for _, row := range r.Interactive {
+			fmt.Fprintf(&b, "| %s | %d | %.1f ms | %.1f ms | %.1f ms |\n", row.Config, row.Messages, row.P50ms, row.P99ms, row.MaxMs)
+		}
+		b.WriteString("\nDelay is the application's: from the server's write to the client's read, including the links' own one-way delay (12.5 ms on the ADSL path). MiMBox: max ≈ 150 ms with the converter, ≈ 250 ms without.\n\n")
+	}
+	if p := r.PathLoss; p != nil {
+		fmt.Fprintf(&b, "## Path loss\n\nA %d-byte download over MPTCP through halfway; the client's ADSL link goes down after %.1f s. Complete: %v, SHA-256 matches: %v, in %.1f s. Downstream IP bytes: ADSL %d, 3G %d (%d of them after the loss).",
+			p.Bytes, p.DownAfterS, p.Complete, p.SHA256OK, p.TotalS, p.BytesADSL, p.Bytes3G, p.After3GOnly)
+		if p.Error != "" {
+			fmt.Fprintf(&b, " Error: %s.", p.Error)
+		}
+		fmt.Fprintf(&b, " Goal: completes byte-exact — %s.\n\n", metOrMissed(p.Complete && p.SHA256OK))
+	}
+	if len(r.Loopback) >= 2 {
+		b.WriteString("## Loopback (client, relay and sink share the 2 CPUs)\n\n| client → sink | Gbit/s (min–max) | relay CPU s/GB |\n|---|---:|---:|\n")
+		for _, row := range r.Loopback {
+			c := "–"
+			if row.RelayCPUPerGB > 0 {
+				c = fmt.Sprintf("%.2f", row.RelayCPUPerGB)
+			}
+			fmt.Fprintf(&b, "| %s | %.2f (%.2f–%.2f) | %s |\n", row.Config, row.Median/1000, row.Lo/1000, row.Hi/1000, c)
+		}
+		ratio := r.Loopback[1].Median / r.Loopback[0].Median
+		fmt.Fprintf(&b, "\nThrough halfway, MPTCP→TCP is %.0f%% of TCP→TCP. Goal ≥ 90%% — %s.", 100*ratio, metOrMissed(ratio >= 0.9))
+		if len(r.Loopback) == 4 && r.Loopback[2].Median > 0 {
+			fmt.Fprintf(&b, " Without a relay, an MPTCP client to an MPTCP sink is %.0f%% of TCP to TCP: the rest of the gap is the MPTCP stack's own cost on the shared CPUs.", 100*r.Loopback[3].Median/r.Loopback[2].Median)
+		}
+		b.WriteString("\n\n")
+	}
+	for _, p := range r.Plots {
+		fmt.Fprintf(&b, "![%s](%s)\n", p.Name, p.Name)
+	}
+	b.WriteString("\n## Notes\n\n")
+	for _, n := range r.Notes {
+		fmt.Fprintf(&b, "- %s\n", n)
+	}
+	return b.String()
+}
+
+func (r *MPTCPReport) goodput(prefix string) float64 {
+	for _, row := range r.Goodput {
+		if strings.HasPrefix(row.Config, prefix) {
+			return row.Median
+		}
+	}
+	return 0
+}
+
+func metOrMissed(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**missed**"
+}
+
+func floats(xs []float64) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = fmt.Sprintf("%.2f", x)
+	}
+	return strings.Join(s, ", ")
+}

@@ -1,0 +1,117 @@
+package relay
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"halfway/netlab/labtest"
+)
+
+// TestSYNSnifferHostOnly sends SYN frames to b over its link: the sniffer
+// in b reads the one addressed to b's MAC and not the one for another
+// host (PACKET_OTHERHOST), nor a SYN-ACK.
+func TestSYNSnifferHostOnly(t *testing.T) {
+	lab := labtest.Start(t, `
+name: sniff
+nodes: [a, b]
+links: [{a: a, b: b}]`)
+	a, b := lab.Host("a"), lab.Host("b")
+	var sniffer *os.File
+	var bMAC net.HardwareAddr
+	if err := b.Do(func() (err error) {
+		ifc, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		bMAC = ifc.HardwareAddr
+		sniffer, err = openSYNSniffer()
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sniffer.Close()
+	var fd int
+	if err := a.Do(func() (err error) {
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	ifc, err := func() (ifc *net.Interface, err error) {
+		err = a.Do(func() error { ifc, err = net.InterfaceByName("eth0"); return err })
+		return
+	}()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, dst := a.Ifaces()[0].Addr4.Addr(), b.Ifaces()[0].Addr4.Addr()
+	send := func(mac net.HardwareAddr, srcPort uint16, flags byte) {
+		t.Helper()
+		frame := append(append(append([]byte{}, mac...), ifc.HardwareAddr...), 0x08, 0x00)
+		frame = append(frame, ipv4TCP(src, dst, srcPort, 80, flags)...)
+		sa := &unix.SockaddrLinklayer{Ifindex: ifc.Index, Protocol: htons(unix.ETH_P_ALL)}
+		if err := unix.Sendto(fd, frame, 0, sa); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99}
+	send(other, 1001, 0x02) // a SYN for another host's MAC
+	send(bMAC, 1002, 0x12)  // a SYN-ACK
+	send(bMAC, 1003, 0x02)  // the one to read
+	send(other, 1004, 0x02) // another for another host
+	seen := map[uint16]bool{}
+	buf := make([]byte, 256)
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		sniffer.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		n, err := sniffer.Read(buf)
+		if err != nil {
+			if os.IsTimeout(err) {
+				if seen[1003] {
+					break
+				}
+				continue
+			}
+			t.Fatal(err)
+		}
+		if client, _, ok := parseSYN(buf[:n]); ok && client.Addr() == src {
+			seen[client.Port()] = true
+		}
+	}
+	if !seen[1003] {
+		t.Error("the SYN addressed to b was not read")
+	}
+	for _, p := range []uint16{1001, 1002, 1004} {
+		if seen[p] {
+			t.Errorf("segment from port %d read: only SYNs addressed to this host should pass", p)
+		}
+	}
+}
+
+// ipv4TCP builds an IPv4 packet holding a bare TCP header with flags.
+func ipv4TCP(src, dst netip.Addr, sport, dport uint16, flags byte) []byte {
+	p := make([]byte, 40)
+	p[0], p[8], p[9] = 0x45, 64, unix.IPPROTO_TCP
+	binary.BigEndian.PutUint16(p[2:], 40)
+	copy(p[12:16], src.AsSlice())
+	copy(p[16:20], dst.AsSlice())
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(p[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(p[10:], ^uint16(sum))
+	binary.BigEndian.PutUint16(p[20:], sport)
+	binary.BigEndian.PutUint16(p[22:], dport)
+	p[32], p[33] = 5<<4, flags
+	return p
+}
