@@ -8,7 +8,7 @@ APT_PACKAGES := iproute2 curl iputils-ping procps python3 nftables iptables iper
 # Commands that tell whether they are installed.
 APT_COMMANDS := ip curl ping ps python3 nft iptables iperf3
 
-.PHONY: all build deps test check demo bench-lab bench-accel clean
+.PHONY: all build deps test check demo bench-lab bench-accel bench-mptcp bench-peers clean
 
 all: build
 
@@ -47,6 +47,15 @@ bench-lab: build
 bench-accel: deps build
 	@command -v haproxy >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null; }
 	./bin/halfway bench accel --out results
+
+# bench-mptcp reproduces MiMBox §4.4 (about 15 minutes).
+bench-mptcp: build
+	./bin/halfway bench mptcp --out results
+
+# bench-peers compares with HAProxy, nginx stream and socat, which it
+# installs with apt-get (about 8 minutes).
+bench-peers: build
+	./bin/halfway bench peers --out results
 
 clean:
 	rm -rf bin

@@ -790,7 +790,7 @@ func (r *MPTCPReport) plots() {
 			s.x = append(s.x, float64(row.Buffer)/1000)
 			s.y = append(s.y, row.Median)
 		}
-		sum := series{name: "sum of the client's paths (10 Mbit/s)", dashed: true, color: 1,
+		sum := series{name: "10 Mbit/s: both paths", dashed: true, color: 1,
 			x: []float64{s.x[0], s.x[len(s.x)-1]}, y: []float64{10, 10}}
 		r.Plots = append(r.Plots, AccelPlot{Name: "mptcp-buffers.svg",
 			SVG: lineSVG("Goodput vs per-socket buffer on the relay (MiMBox Fig. 6)", "buffer per socket (KB)", "goodput (Mbit/s)", true, []series{s, sum})})
@@ -807,9 +807,15 @@ func (r *MPTCPReport) plots() {
 	}
 }
 
+// shortConfig is a configuration's label under a bar.
 func shortConfig(s string) string {
-	if i := strings.IndexAny(s, ",("); i > 0 {
-		return strings.TrimSpace(s[:i])
+	for _, m := range []struct{ prefix, short string }{
+		{"TCP, best path", "TCP e2e"}, {"TCP through", "TCP halfway"},
+		{"MPTCP through", "MPTCP halfway"}, {"MPTCP end to end", "MPTCP e2e"},
+	} {
+		if strings.HasPrefix(s, m.prefix) {
+			return m.short
+		}
 	}
 	return s
 }

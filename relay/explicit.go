@@ -38,9 +38,9 @@ func (s *Server) handshake(l *listener, st *listenerState, rt *runtime, f *flow,
 	}
 	f.proto.Store(&proto)
 	if proto == "convert" {
-		setLeg(c, rt.cfg.Legs.Relay) // the client is a relay: its leg's settings
+		setLeg(l, c, rt.cfg.Legs.Relay) // the client is a relay: its leg's settings
 	} else {
-		setLeg(c, rt.cfg.Legs.Client)
+		setLeg(l, c, rt.cfg.Legs.Client)
 	}
 	switch proto {
 	case "socks5":

@@ -105,7 +105,7 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 		server, err = s.handshake(l, st, rt, f, c)
 		endHandshake()
 	} else {
-		setLeg(c, rt.cfg.Legs.Client)
+		setLeg(l, c, rt.cfg.Legs.Client)
 		server, err = s.transparent(l, st, rt, f, c)
 	}
 	if err != nil {
@@ -127,6 +127,9 @@ const prefixWait = 100 * time.Millisecond
 func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime, done func()) {
 	defer done()
 	for i, conn := range []*net.TCPConn{c, server} {
+		if !rt.mptcp {
+			break // no leg asked for it: two getsockopts saved per flow
+		}
 		if st, err := sockopt.MPTCP(conn); err == nil && st.Requested {
 			f.mptcp[i] = "fallback"
 			if st.Active {
@@ -330,7 +333,7 @@ func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, d
 // leg leaves with the client's address.
 func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, early []byte, leg LegConfig, src netip.Addr) (*net.TCPConn, error) {
 	d := net.Dialer{
-		KeepAliveConfig: net.KeepAliveConfig{Enable: leg.Keepalive > 0, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: 4},
+		KeepAliveConfig: net.KeepAliveConfig{Enable: leg.Keepalive > 0, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: keepaliveProbes},
 		// Fast Open and MPTCP together need the newest kernels: one or the other.
 		Control: sockopt.Options{FastOpenConnect: len(early) > 0 && leg.fastOpen() && !leg.mptcp, UserTimeout: leg.UserTimeout.D(),
 			Transparent: src.IsValid(), Congestion: leg.Congestion,
@@ -367,10 +370,17 @@ func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, ear
 
 // setLeg applies a leg's keepalive, user timeout, congestion control and
 // buffers to an accepted socket.
-func setLeg(c *net.TCPConn, leg LegConfig) {
-	_ = sockopt.Tune(c, leg.Congestion, int(leg.SendBuffer), int(leg.ReceiveBuffer), leg.Pacing)
-	if leg.Keepalive > 0 {
-		_ = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: 4})
+// keepaliveProbes is the keepalive probe count of every leg.
+const keepaliveProbes = 4
+
+// setLeg applies a leg's settings to an accepted connection of l; the
+// keepalive it inherited from the listening socket is not set again.
+func setLeg(l *listener, c *net.TCPConn, leg LegConfig) {
+	if leg.Congestion != "" || leg.SendBuffer > 0 || leg.ReceiveBuffer > 0 || leg.Pacing {
+		_ = sockopt.Tune(c, leg.Congestion, int(leg.SendBuffer), int(leg.ReceiveBuffer), leg.Pacing)
+	}
+	if int64(leg.Keepalive.D()) != l.keepalive.Load() {
+		_ = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: leg.Keepalive > 0, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: keepaliveProbes})
 	}
 	if leg.UserTimeout > 0 {
 		_ = sockopt.SetUserTimeout(c, leg.UserTimeout.D())

@@ -26,6 +26,20 @@ type listener struct {
 	// carry those flows' packets.
 	flows   atomic.Int64
 	retired atomic.Bool
+
+	// keepalive is what the listening socket has set, and so every
+	// connection it accepts (Linux copies it): accepts whose leg wants the
+	// same need no setsockopt. -1: unknown.
+	keepalive atomic.Int64
+}
+
+// setKeepalive puts the client leg's keepalive on the listening socket.
+func (l *listener) setKeepalive(d time.Duration) {
+	if sockopt.SetListenerKeepalive(l.ln, d, keepaliveProbes) == nil {
+		l.keepalive.Store(int64(d))
+	} else {
+		l.keepalive.Store(-1)
+	}
 }
 
 // listenerState is what Reload may change without a new socket.
@@ -102,6 +116,7 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 	}
 	l := &listener{cfg: lc, ln: nl.(*net.TCPListener)}
 	l.cur.Store(st)
+	l.setKeepalive(s.state.Load().cfg.Legs.Client.Keepalive.D())
 	if lc.Capture != nil && lc.Capture.Install {
 		// A removed listener of this name may still hold the table for its
 		// last flows: the table is rebuilt now and becomes ours.

@@ -72,6 +72,7 @@ type runtime struct {
 	auth     *hopAuth // nil without a PSK
 	routes   []route
 	tunables Tunables
+	mptcp    bool // some listener, route or peer asks for MPTCP: flows check their legs
 }
 
 // Tunables are the settings the admin API may change at run time.
@@ -205,6 +206,15 @@ func newRuntime(cfg *Config) (*runtime, error) {
 	if rt.routes, err = compileRoutes(cfg.Routes); err != nil {
 		return nil, err
 	}
+	for _, l := range cfg.Listeners {
+		rt.mptcp = rt.mptcp || l.MPTCP
+	}
+	for _, r := range cfg.Routes {
+		rt.mptcp = rt.mptcp || r.MPTCP
+	}
+	for _, p := range cfg.Peers {
+		rt.mptcp = rt.mptcp || p.MPTCP
+	}
 	return rt, nil
 }
 
@@ -321,6 +331,7 @@ func (s *Server) apply(cfg *Config) error {
 			if err := l.update(lc, &s.own); err != nil {
 				errs = append(errs, err)
 			}
+			l.setKeepalive(cfg.Legs.Client.Keepalive.D())
 			continue
 		} else if ok {
 			// Replaced under the same name: its capture table is about to be

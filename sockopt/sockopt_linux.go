@@ -338,3 +338,67 @@ func MPTCP(c *net.TCPConn) (MPTCPState, error) {
 	}
 	return st, serr
 }
+
+// SetListenerKeepalive sets keepalive (idle time and interval d, count
+// probes; d == 0 turns it off) on a listening socket. Linux copies it to
+// every connection the socket accepts, so they need no setsockopt of their
+// own. (TCP_USER_TIMEOUT cannot be set on a listening socket here.)
+func SetListenerKeepalive(ln *net.TCPListener, d time.Duration, count int) error {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		set := func(level, opt, v int, name string) {
+			if serr == nil {
+				if err := unix.SetsockoptInt(int(fd), level, opt, v); err != nil {
+					serr = fmt.Errorf("setsockopt %s: %w", name, err)
+				}
+			}
+		}
+		on := 0
+		if d > 0 {
+			on = 1
+			secs := max(1, int(d/time.Second))
+			set(unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs, "TCP_KEEPIDLE")
+			set(unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs, "TCP_KEEPINTVL")
+			set(unix.IPPROTO_TCP, unix.TCP_KEEPCNT, count, "TCP_KEEPCNT")
+		}
+		set(unix.SOL_SOCKET, unix.SO_KEEPALIVE, on, "SO_KEEPALIVE")
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// Keepalive reads a connection's keepalive settings: whether on, idle
+// and interval (seconds), probes, and TCP_USER_TIMEOUT (ms).
+func Keepalive(c *net.TCPConn) (on bool, idle, intvl, count, userTimeoutMS int, err error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	cerr := rc.Control(func(fd uintptr) {
+		var v int
+		if v, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE); err != nil {
+			return
+		}
+		on = v != 0
+		if idle, err = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE); err != nil {
+			return
+		}
+		if intvl, err = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPINTVL); err != nil {
+			return
+		}
+		if count, err = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPCNT); err != nil {
+			return
+		}
+		userTimeoutMS, err = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT)
+	})
+	if err == nil {
+		err = cerr
+	}
+	return
+}

@@ -110,3 +110,48 @@ func TestOriginalDstWithoutRedirect(t *testing.T) {
 		t.Errorf("OriginalDst of an unredirected flow: %v", ap)
 	}
 }
+
+// TestListenerKeepaliveInherited: what SetListenerKeepalive sets on a
+// listening socket, the connections it accepts have without a setsockopt
+// of their own (the relay relies on it); turning it off is inherited too.
+func TestListenerKeepaliveInherited(t *testing.T) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	nl, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := nl.(*net.TCPListener)
+	defer ln.Close()
+	for _, tc := range []struct {
+		d     time.Duration
+		count int
+		on    bool
+		idle  int
+	}{
+		{17 * time.Second, 3, true, 17},
+		{0, 0, false, -1},
+	} {
+		if err := SetListenerKeepalive(ln, tc.d, tc.count); err != nil {
+			t.Fatal(err)
+		}
+		d := net.Dialer{KeepAlive: -1}
+		c, err := d.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := ln.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		on, idle, intvl, count, _, err := Keepalive(a)
+		a.Close()
+		c.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if on != tc.on || tc.on && (idle != tc.idle || intvl != tc.idle || count != tc.count) {
+			t.Errorf("accepted socket: keepalive %v idle %d intvl %d count %d; want %v %d/%d/%d",
+				on, idle, intvl, count, tc.on, tc.idle, tc.idle, tc.count)
+		}
+	}
+}

@@ -18,7 +18,7 @@ import (
 
 func runBench(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("%w: bench needs a scenario: lab, accel, mptcp or footprint", errUsage)
+		return fmt.Errorf("%w: bench needs a scenario: lab, accel, mptcp, peers or footprint", errUsage)
 	}
 	switch args[0] {
 	case "lab":
@@ -29,6 +29,8 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		return benchAccel(args[1:], stdout, stderr)
 	case "mptcp":
 		return benchMPTCP(args[1:], stdout, stderr)
+	case "peers":
+		return benchPeers(args[1:], stdout, stderr)
 	}
 	return fmt.Errorf("%w: unknown bench scenario %q", errUsage, args[0])
 }
@@ -238,6 +240,57 @@ func benchMPTCP(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return emit(stdout, *asJSON, *out, "mptcp", r.Markdown(), r)
+}
+
+func benchPeers(args []string, stdout, stderr io.Writer) error {
+	o := bench.DefaultPeersOptions()
+	fs := newFlags("bench peers", stderr)
+	asJSON := fs.Bool("json", false, "print JSON instead of Markdown")
+	out := fs.String("out", "", "also write peers.md, peers.json and the plot into this directory")
+	fs.IntVar(&o.Repeats, "repeats", o.Repeats, "interleaved repeats")
+	peers := fs.String("peers", strings.Join(o.Peers, ","), "proxies to compare with direct: halfway, haproxy, nginx, socat")
+	parts := fs.String("parts", strings.Join(o.Parts, ","), "which parts: start, throughput, connrate, keepalive, latency, memory")
+	fs.IntVar(&o.Flows, "flows", o.Flows, "idle flows for the memory part (20,000 descriptors per process here)")
+	fs.IntVar(&o.SocatFlows, "socat-flows", o.SocatFlows, "idle flows for socat, which forks a process per flow")
+	fs.DurationVar(&o.Window, "window", o.Window, "throughput and connection-rate window")
+	fs.IntVar(&o.Clients, "clients", o.Clients, "concurrent clients for the connection rates")
+	fs.IntVar(&o.Requests, "requests", o.Requests, "requests per latency repeat")
+	noInstall := fs.Bool("no-install", false, "do not apt-get missing peers; skip them")
+	quiet := fs.Bool("q", false, "no progress on stderr")
+	from := fs.String("from", "", "render the report of an earlier run's peers.json instead of measuring")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var r *bench.PeersReport
+	if *from != "" {
+		b, err := os.ReadFile(*from)
+		if err != nil {
+			return err
+		}
+		if r, err = bench.LoadPeers(b); err != nil {
+			return fmt.Errorf("%s: %w", *from, err)
+		}
+	} else {
+		if o.Repeats < 1 || o.Window <= 0 || o.Clients < 1 || o.Requests < 1 || o.Flows < 1 || o.Flows > 9500 || o.SocatFlows < 1 {
+			return fmt.Errorf("%w: --repeats, --clients, --requests ≥ 1, --window > 0, 1 ≤ --flows ≤ 9500", errUsage)
+		}
+		o.Peers, o.Parts, o.Install = strings.Split(*peers, ","), strings.Split(*parts, ","), !*noInstall
+		if !*quiet {
+			o.Log = stderr
+		}
+		ctx, stop, err := benchContext(&o.Exe)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		if r, err = bench.RunPeers(ctx, o); err != nil {
+			return err
+		}
+	}
+	if err := writePlots(*out, r.Plots); err != nil {
+		return err
+	}
+	return emit(stdout, *asJSON, *out, "peers", r.Markdown(), r)
 }
 
 // writePlots writes SVG plots into out (nothing without out).

@@ -9,6 +9,7 @@
 //	halfway bench lab            measure how faithful the lab's links are
 //	halfway bench accel          reproduce the acceleration figures
 //	halfway bench mptcp          measure MPTCP-to-TCP conversion
+//	halfway bench peers          compare with HAProxy, nginx and socat
 //	halfway bench footprint      measure a relay's memory and start time
 //	halfway model -f TOPOLOGY    predict TTFB and TTC (Miniproxy's model)
 package main
@@ -32,6 +33,7 @@ commands:
   bench lab [--json] [--out DIR]     measure the lab's RTT, rate and loss accuracy
   bench accel [--parts ...]          early SYN, pools, Turbo-Start: Miniproxy Figs. 4-5, KTCP Figs. 3-4
   bench mptcp [--parts ...]          MPTCP to TCP conversion: MiMBox goodput, buffers, delay, path loss
+  bench peers [--peers ...]          halfway against HAProxy, nginx and socat: bytes, connections, latency, memory
   bench footprint [--flows 9000]     a relay's idle RSS, memory per flow, start time
   model -f TOPOLOGY [--sizes ...]    predicted TTFB and TTC (Miniproxy model) per configuration
 

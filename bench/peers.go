@@ -1,0 +1,875 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"halfway/netlab"
+)
+
+// PeersOptions choose what `halfway bench peers` measures.
+type PeersOptions struct {
+	Exe     string
+	Repeats int
+	Peers   []string // among halfway, haproxy, nginx, socat; direct is always measured
+	Parts   []string // start, throughput, connrate, keepalive, latency, memory
+	Flows   int      // idle flows for the memory part
+	// SocatFlows is socat's: it forks a process per connection.
+	SocatFlows int
+	Window     time.Duration // throughput and connection-rate windows
+	Clients    int           // concurrent clients for the connection rates
+	Requests   int           // sequential requests per latency repeat
+	Install    bool          // apt-get the peers that are missing
+	Log        io.Writer
+}
+
+// DefaultPeersOptions is the issue's benchmark.
+func DefaultPeersOptions() PeersOptions {
+	return PeersOptions{
+		Repeats: 5, Peers: []string{"halfway", "haproxy", "nginx", "socat"},
+		Parts: []string{"start", "throughput", "connrate", "keepalive", "latency", "memory"},
+		Flows: 9000, SocatFlows: 500, Window: 3 * time.Second, Clients: 40, Requests: 2000, Install: true,
+	}
+}
+
+// PeersReport compares halfway with the proxies an operator would
+// otherwise pick, measured side by side in one run.
+type PeersReport struct {
+	Env     Env         `json:"env"`
+	Repeats int         `json:"repeats"`
+	Pinned  bool        `json:"pinned"`
+	Rows    []PeerRow   `json:"rows"`
+	Skipped []string    `json:"skipped,omitempty"`
+	Notes   []string    `json:"notes"`
+	Plots   []AccelPlot `json:"plots"`
+}
+
+// PeerRow is one proxy's figures (direct: none in between). Each slice
+// holds one value per repeat; the medians are beside them.
+type PeerRow struct {
+	Name    string `json:"name"`
+	Version string `json:"version,omitempty"`
+
+	StartMS []float64 `json:"exec_to_accept_ms,omitempty"`
+
+	Gbps        []float64 `json:"throughput_gbps,omitempty"`
+	CPUPerGB    []float64 `json:"cpu_s_per_gb,omitempty"`
+	ConnRate    []float64 `json:"new_conn_per_s,omitempty"`
+	ConnCPUus   []float64 `json:"new_conn_cpu_us_per_request,omitempty"`
+	KARate      []float64 `json:"keepalive_req_per_s,omitempty"`
+	KACPUus     []float64 `json:"keepalive_cpu_us_per_request,omitempty"`
+	LatP50us    []float64 `json:"latency_p50_us,omitempty"`
+	LatP99us    []float64 `json:"latency_p99_us,omitempty"`
+	IdleRSSKiB  float64   `json:"idle_rss_kib,omitempty"`
+	Flows       int       `json:"flows,omitempty"`
+	RSSPerFlow  float64   `json:"rss_per_flow_bytes,omitempty"`
+	FDsPerFlow  float64   `json:"fds_per_flow,omitempty"`
+	SlabPerFlow float64   `json:"kernel_slab_per_flow_bytes,omitempty"`
+	Processes   int       `json:"processes_with_flows,omitempty"`
+	Err         string    `json:"error,omitempty"`
+}
+
+// Ports inside the benchmark's namespace.
+const (
+	peersBackendHTTP = 8000 // 1 KB HTTP answers
+	peersBackendSink = 8001 // swallows bytes, holds connections
+	peersBasePort    = 9000 // proxy i listens on 9000+10i (HTTP) and 9001+10i (sink)
+)
+
+type peerProc struct {
+	name    string
+	version string
+	cmd     *exec.Cmd
+	http    string // where clients connect for the HTTP backend
+	sink    string // … for the sink
+	dir     string
+}
+
+// RunPeers runs the benchmark in a namespace of its own (a netlab host;
+// everything goes over its loopback).
+func RunPeers(ctx context.Context, o PeersOptions) (*PeersReport, error) {
+	r := &PeersReport{Env: CollectEnv(), Repeats: o.Repeats}
+	if err := netlab.Sweep(); err != nil {
+		return nil, err
+	}
+	peers := installPeers(o, r)
+	t, err := netlab.ParseTopology([]byte("name: peers\nnodes: [box, other]\nlinks: [{a: box, b: other}]\n"))
+	if err != nil {
+		return nil, err
+	}
+	lab, err := netlab.Up(ctx, t, netlab.Options{Detach: true, Exe: o.Exe})
+	if err != nil {
+		return nil, err
+	}
+	defer netlab.Down(t.Name)
+	box := lab.Host("box")
+	dir, err := os.MkdirTemp("", "halfway-peers")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	b := &peersBench{o: o, r: r, box: box, dir: dir}
+	// The load generator and the backends on CPU 0, the proxy on CPU 1.
+	r.Pinned = pinSelf(0) == nil && numCPU() >= 2
+	stop, err := b.backends()
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	rows := []*PeerRow{{Name: "direct"}}
+	procs := []*peerProc{{name: "direct", http: fmt.Sprintf("127.0.0.1:%d", peersBackendHTTP), sink: fmt.Sprintf("127.0.0.1:%d", peersBackendSink)}}
+	for i, name := range peers {
+		p, err := b.startPeer(ctx, name, i)
+		if err != nil {
+			r.Skipped = append(r.Skipped, fmt.Sprintf("%s: %v", name, err))
+			continue
+		}
+		defer p.stop()
+		procs = append(procs, p)
+		rows = append(rows, &PeerRow{Name: name, Version: p.version})
+	}
+	want := map[string]bool{}
+	for _, p := range o.Parts {
+		want[p] = true
+	}
+	for rep := 0; rep < o.Repeats; rep++ {
+		for i, p := range procs {
+			row := rows[i]
+			if row.Err != "" {
+				continue
+			}
+			if err := b.measure(ctx, p, row, want, rep); err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				row.Err = err.Error()
+				b.logf("%s: %v", p.name, err)
+			}
+		}
+	}
+	if want["memory"] {
+		for i, p := range procs {
+			if rows[i].Err != "" {
+				continue
+			}
+			if p.cmd == nil { // direct: the kernel's own share, subtracted from the proxies'
+				if err := b.memory(ctx, p, rows[i]); err != nil {
+					rows[i].Err = err.Error()
+				}
+				continue
+			}
+			// A fresh process: the measurements before grew its heap.
+			p.stop()
+			np, err := b.startPeer(ctx, p.name, i-1)
+			if err != nil {
+				rows[i].Err = err.Error()
+				continue
+			}
+			procs[i] = np
+			defer np.stop()
+			if err := b.memory(ctx, np, rows[i]); err != nil {
+				rows[i].Err = err.Error()
+				b.logf("%s memory: %v", p.name, err)
+			}
+		}
+	}
+	for _, row := range rows {
+		r.Rows = append(r.Rows, *row)
+	}
+	r.plots()
+	r.Notes = b.notes()
+	return r, nil
+}
+
+type peersBench struct {
+	o   PeersOptions
+	r   *PeersReport
+	box *netlab.Host
+	dir string
+}
+
+func (b *peersBench) logf(format string, args ...any) {
+	if b.o.Log != nil {
+		fmt.Fprintf(b.o.Log, format+"\n", args...)
+	}
+}
+
+// installPeers finds the peers' programs, installing the missing ones with
+// apt-get when o.Install; those still missing are skipped.
+func installPeers(o PeersOptions, r *PeersReport) []string {
+	need := map[string][]string{"haproxy": {"haproxy"}, "nginx": {"nginx-light", "libnginx-mod-stream"}, "socat": {"socat"}}
+	bin := map[string]string{"haproxy": "haproxy", "nginx": "nginx", "socat": "socat", "halfway": o.Exe}
+	var missing []string
+	for _, p := range o.Peers {
+		if _, err := exec.LookPath(bin[p]); err != nil && need[p] != nil {
+			missing = append(missing, need[p]...)
+		}
+	}
+	if p := "/usr/lib/nginx/modules/ngx_stream_module.so"; slices.Contains(o.Peers, "nginx") {
+		if _, err := os.Stat(p); err != nil {
+			missing = append(missing, "libnginx-mod-stream")
+		}
+	}
+	if len(missing) > 0 && o.Install {
+		cmd := exec.Command("apt-get", append([]string{"install", "-y", "--no-install-recommends"}, missing...)...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			if o.Log != nil {
+				fmt.Fprintf(o.Log, "apt-get install %s: %v\n%s\n", strings.Join(missing, " "), err, lastLines(out, 5))
+			}
+		}
+		// A fresh nginx install starts the system's nginx: not ours to run.
+		exec.Command("systemctl", "stop", "nginx").Run()
+		exec.Command("service", "nginx", "stop").Run()
+	}
+	var out []string
+	for _, p := range o.Peers {
+		switch p {
+		case "halfway", "haproxy", "nginx", "socat":
+		default:
+			r.Skipped = append(r.Skipped, fmt.Sprintf("%s: unknown peer (want halfway, haproxy, nginx, socat)", p))
+			continue
+		}
+		if _, err := exec.LookPath(bin[p]); err != nil {
+			r.Skipped = append(r.Skipped, fmt.Sprintf("%s: not installed", p))
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// backends runs, in the namespace, the 1 KB HTTP server and the sink.
+func (b *peersBench) backends() (func(), error) {
+	body := bytes.Repeat([]byte("x"), 1024)
+	hl, err := b.box.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", peersBackendHTTP))
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Length", "1024")
+		w.Write(body)
+	})}
+	go srv.Serve(hl)
+	sl, err := b.box.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", peersBackendSink))
+	if err != nil {
+		hl.Close()
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := sl.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64<<10)
+				for {
+					if _, err := c.Read(buf); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return func() { srv.Close(); sl.Close() }, nil
+}
+
+// startPeer starts proxy name (the i-th) on CPU 1, forwarding its two
+// ports to the backends, and waits until it accepts.
+func (b *peersBench) startPeer(ctx context.Context, name string, i int) (*peerProc, error) {
+	port := peersBasePort + 10*i
+	p := &peerProc{name: name, http: fmt.Sprintf("127.0.0.1:%d", port), sink: fmt.Sprintf("127.0.0.1:%d", port+1), dir: filepath.Join(b.dir, name)}
+	if err := os.MkdirAll(p.dir, 0o755); err != nil {
+		return nil, err
+	}
+	argv, err := p.config(b.o.Exe)
+	if err != nil {
+		return nil, err
+	}
+	p.version = peerVersion(name, b.o.Exe)
+	if _, err := b.launch(ctx, p, argv); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// launch execs the proxy and returns the time from exec to accepting.
+func (b *peersBench) launch(ctx context.Context, p *peerProc, argv []string) (time.Duration, error) {
+	if numCPU() >= 2 {
+		argv = append([]string{"taskset", "-c", "1"}, argv...)
+	}
+	logf, err := os.Create(filepath.Join(p.dir, "log"))
+	if err != nil {
+		return 0, err
+	}
+	defer logf.Close()
+	cmd := b.box.Command(ctx, argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true} // socat's children go with it
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	p.cmd = cmd
+	var d time.Duration
+	err = b.box.Do(func() error {
+		for deadline := start.Add(10 * time.Second); time.Now().Before(deadline); {
+			c, err := net.DialTimeout("tcp", p.http, time.Second)
+			if err == nil {
+				d = time.Since(start)
+				c.Close()
+				return nil
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		return errors.New("never accepted")
+	})
+	if err != nil {
+		p.stop()
+		log, _ := os.ReadFile(filepath.Join(p.dir, "log"))
+		return 0, fmt.Errorf("%s: %v: %s", p.name, err, lastLines(log, 5))
+	}
+	return d, nil
+}
+
+func (p *peerProc) stop() {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return
+	}
+	unix.Kill(-p.cmd.Process.Pid, unix.SIGTERM)
+	done := make(chan struct{})
+	go func() { p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		unix.Kill(-p.cmd.Process.Pid, unix.SIGKILL)
+		<-done
+	}
+	p.cmd = nil
+}
+
+// config writes the proxy's configuration and returns its command line.
+func (p *peerProc) config(exe string) ([]string, error) {
+	write := func(name, s string) (string, error) {
+		f := filepath.Join(p.dir, name)
+		return f, os.WriteFile(f, []byte(s), 0o644)
+	}
+	backend := fmt.Sprintf("127.0.0.1:%d", peersBackendHTTP)
+	sink := fmt.Sprintf("127.0.0.1:%d", peersBackendSink)
+	switch p.name {
+	case "halfway":
+		f, err := write("relay.yaml", fmt.Sprintf(`admin: {listen: off}
+log: {level: warn}
+limits: {max_flows: 20000, max_flows_per_client: 20000, max_pending: 4096}
+listeners:
+  - {name: http, listen: %q, mode: forward, forward_to: %q}
+  - {name: sink, listen: %q, mode: forward, forward_to: %q}
+`, p.http, backend, p.sink, sink))
+		return []string{exe, "relay", "-c", f, "--grace", "1s"}, err
+	case "haproxy":
+		// maxconn within the 20,000 descriptors a process may have here
+		// (fd-hard-limit), with room for a few splice pipes.
+		f, err := write("haproxy.cfg", fmt.Sprintf(`global
+    fd-hard-limit 20000
+    maxconn 9300
+    maxpipes 200
+    nbthread 1
+    tune.maxaccept 64
+defaults
+    mode tcp
+    option splice-auto
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+listen http
+    bind %s
+    server b %s
+listen sink
+    bind %s
+    server b %s
+`, p.http, backend, p.sink, sink))
+		return []string{"haproxy", "-db", "-f", f}, err
+	case "nginx":
+		f, err := write("nginx.conf", fmt.Sprintf(`load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid %s/nginx.pid;
+error_log %s/error.log warn;
+events { worker_connections 19500; multi_accept on; }
+stream {
+    server { listen %s; proxy_pass %s; }
+    server { listen %s; proxy_pass %s; }
+}
+`, p.dir, p.dir, p.http, backend, p.sink, sink))
+		return []string{"nginx", "-p", p.dir, "-c", f}, err
+	case "socat":
+		// One socat per port: a shell keeps both, and the process group
+		// takes them down together.
+		hp, _ := strconv.Atoi(p.http[strings.LastIndexByte(p.http, ':')+1:])
+		sp := hp + 1
+		script := fmt.Sprintf("socat TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,backlog=4096 TCP:%s &\nexec socat TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,backlog=4096 TCP:%s\n", sp, sink, hp, backend)
+		return []string{"sh", "-c", script}, nil
+	}
+	return nil, fmt.Errorf("unknown peer %q", p.name)
+}
+
+func peerVersion(name, exe string) string {
+	var cmd *exec.Cmd
+	switch name {
+	case "haproxy":
+		cmd = exec.Command("haproxy", "-v")
+	case "nginx":
+		cmd = exec.Command("nginx", "-v")
+	case "socat":
+		cmd = exec.Command("socat", "-V")
+	default:
+		return ""
+	}
+	out, _ := cmd.CombinedOutput()
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(strings.ToLower(l), "version") {
+			return strings.TrimSpace(l)
+		}
+	}
+	return ""
+}
+
+// measure runs one repeat of the timed parts for one proxy.
+func (b *peersBench) measure(ctx context.Context, p *peerProc, row *PeerRow, want map[string]bool, rep int) error {
+	if want["start"] && p.cmd != nil {
+		// A second instance beside the running one: its own ports.
+		q := &peerProc{name: p.name, http: "", dir: filepath.Join(b.dir, p.name+"-start")}
+		port := peersBasePort + 500 + 10*rep
+		q.http, q.sink = fmt.Sprintf("127.0.0.1:%d", port), fmt.Sprintf("127.0.0.1:%d", port+1)
+		if err := os.MkdirAll(q.dir, 0o755); err != nil {
+			return err
+		}
+		argv, err := q.config(b.o.Exe)
+		if err != nil {
+			return err
+		}
+		d, err := b.launch(ctx, q, argv)
+		q.stop()
+		if err != nil {
+			return err
+		}
+		row.StartMS = append(row.StartMS, ms(d))
+	}
+	if want["throughput"] {
+		cpu0 := p.cpu()
+		gbps, bytes, err := b.stream(ctx, p.sink)
+		if err != nil {
+			return fmt.Errorf("throughput: %w", err)
+		}
+		row.Gbps = append(row.Gbps, gbps)
+		if p.cmd != nil && bytes > 0 {
+			row.CPUPerGB = append(row.CPUPerGB, (p.cpu()-cpu0)/(float64(bytes)/1e9))
+		}
+		b.logf("%d/%d %s: %.2f Gbit/s", rep+1, b.o.Repeats, p.name, gbps)
+	}
+	for _, part := range []struct {
+		name      string
+		keepalive bool
+		rate, cpu *[]float64
+	}{{"connrate", false, &row.ConnRate, &row.ConnCPUus}, {"keepalive", true, &row.KARate, &row.KACPUus}} {
+		if !want[part.name] {
+			continue
+		}
+		cpu0 := p.cpu()
+		n, d, err := b.requests(ctx, p.http, b.o.Clients, part.keepalive, b.o.Window)
+		if err != nil {
+			return fmt.Errorf("%s: %w", part.name, err)
+		}
+		*part.rate = append(*part.rate, float64(n)/d.Seconds())
+		if p.cmd != nil && n > 0 {
+			*part.cpu = append(*part.cpu, (p.cpu()-cpu0)/float64(n)*1e6)
+		}
+		b.logf("%d/%d %s %s: %.0f requests/s", rep+1, b.o.Repeats, p.name, part.name, float64(n)/d.Seconds())
+	}
+	if want["latency"] {
+		p50, p99, err := b.latency(ctx, p.http, b.o.Requests)
+		if err != nil {
+			return fmt.Errorf("latency: %w", err)
+		}
+		row.LatP50us = append(row.LatP50us, p50)
+		row.LatP99us = append(row.LatP99us, p99)
+	}
+	return nil
+}
+
+// cpu is the proxy's CPU seconds: its process group's live processes and
+// the children they reaped.
+func (p *peerProc) cpu() float64 {
+	if p.cmd == nil {
+		return 0
+	}
+	total := 0.0
+	for _, pid := range groupPIDs(p.cmd.Process.Pid) {
+		f := procStat(pid)
+		if len(f) > 14 {
+			for _, i := range []int{11, 12, 13, 14} { // utime stime cutime cstime
+				v, _ := strconv.ParseFloat(f[i], 64)
+				total += v / 100
+			}
+		}
+	}
+	return total
+}
+
+// procStat is /proc/PID/stat after the command, as fields (state first).
+func procStat(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
+}
+
+// groupPIDs lists the processes of process group pgid.
+func groupPIDs(pgid int) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f := procStat(pid); len(f) > 3 && f[2] == strconv.Itoa(pgid) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// stream sends one stream through addr for a second of warm-up and the
+// window; it returns the goodput in the window and its bytes.
+func (b *peersBench) stream(ctx context.Context, addr string) (gbps float64, n int64, err error) {
+	var moved atomic.Int64
+	stop := make(chan struct{})
+	errc := make(chan error, 1)
+	go b.box.Do(func() error {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			errc <- err
+			return nil
+		}
+		defer c.Close()
+		buf := make([]byte, 256<<10)
+		for {
+			select {
+			case <-stop:
+				errc <- nil
+				return nil
+			default:
+			}
+			c.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+			k, err := c.Write(buf)
+			moved.Add(int64(k))
+			if err != nil && !os.IsTimeout(err) {
+				errc <- err
+				return nil
+			}
+		}
+	})
+	defer func() { close(stop); <-errc }()
+	if !sleepCtx(ctx, time.Second) {
+		return 0, 0, ctx.Err()
+	}
+	b0, t0 := moved.Load(), time.Now()
+	if !sleepCtx(ctx, b.o.Window) {
+		return 0, 0, ctx.Err()
+	}
+	b1, t1 := moved.Load(), time.Now()
+	if b1 == b0 {
+		return 0, 0, errors.New("no byte moved")
+	}
+	return float64(b1-b0) * 8 / t1.Sub(t0).Seconds() / 1e9, b1 - b0, nil
+}
+
+var httpRequest = []byte("GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+var httpRequestClose = []byte("GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+
+// readResponse reads one HTTP response with a Content-Length body.
+func readResponse(br *bufio.Reader) error {
+	status, err := br.ReadSlice('\n')
+	if err != nil {
+		return err
+	}
+	if !bytes.HasPrefix(status, []byte("HTTP/1.1 200")) {
+		return fmt.Errorf("status %q", bytes.TrimSpace(status))
+	}
+	n := -1
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if len(line) <= 2 {
+			break
+		}
+		if v, ok := bytes.CutPrefix(bytes.ToLower(line), []byte("content-length:")); ok {
+			n, _ = strconv.Atoi(string(bytes.TrimSpace(v)))
+		}
+	}
+	if n != 1024 {
+		return fmt.Errorf("content-length %d, want 1024", n)
+	}
+	_, err = br.Discard(n)
+	return err
+}
+
+// requests runs clients that each send 1 KB requests through addr for a
+// warm-up and the window, each on a new connection or on one kept alive,
+// and counts the answers in the window.
+func (b *peersBench) requests(ctx context.Context, addr string, clients int, keepalive bool, window time.Duration) (int64, time.Duration, error) {
+	var count atomic.Int64
+	var counting atomic.Bool
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var firstErr atomic.Pointer[error]
+	fail := func(err error) { firstErr.CompareAndSwap(nil, &err) }
+	for range clients {
+		wg.Add(1)
+		go b.box.Do(func() error {
+			defer wg.Done()
+			var c net.Conn
+			var br *bufio.Reader
+			defer func() {
+				if c != nil {
+					c.Close()
+				}
+			}()
+			for {
+				select {
+				case <-stop:
+					return nil
+				default:
+				}
+				if c == nil {
+					var err error
+					if c, err = net.DialTimeout("tcp", addr, 5*time.Second); err != nil {
+						fail(err)
+						return nil
+					}
+					br = bufio.NewReaderSize(c, 4096)
+				}
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				req := httpRequest
+				if !keepalive {
+					req = httpRequestClose
+				}
+				if _, err := c.Write(req); err != nil {
+					fail(err)
+					return nil
+				}
+				if err := readResponse(br); err != nil {
+					fail(err)
+					return nil
+				}
+				if counting.Load() {
+					count.Add(1)
+				}
+				if !keepalive {
+					c.Close()
+					c = nil
+				}
+			}
+		})
+	}
+	defer func() { close(stop); wg.Wait() }()
+	if !sleepCtx(ctx, 500*time.Millisecond) {
+		return 0, 0, ctx.Err()
+	}
+	counting.Store(true)
+	t0 := time.Now()
+	if !sleepCtx(ctx, window) {
+		return 0, 0, ctx.Err()
+	}
+	counting.Store(false)
+	d := time.Since(t0)
+	if e := firstErr.Load(); e != nil {
+		return 0, 0, *e
+	}
+	return count.Load(), d, nil
+}
+
+// latency sends n sequential requests on one kept-alive connection (after
+// 200 unmeasured) and returns the p50 and p99 round trip, µs.
+func (b *peersBench) latency(ctx context.Context, addr string, n int) (p50, p99 float64, err error) {
+	var rtts []float64
+	err = b.box.Do(func() error {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		br := bufio.NewReaderSize(c, 4096)
+		for i := 0; i < n+200; i++ {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			t0 := time.Now()
+			if _, err := c.Write(httpRequest); err != nil {
+				return err
+			}
+			if err := readResponse(br); err != nil {
+				return err
+			}
+			if i >= 200 {
+				rtts = append(rtts, float64(time.Since(t0).Nanoseconds())/1e3)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	slices.Sort(rtts)
+	return quantile(rtts, 0.5), quantile(rtts, 0.99), nil
+}
+
+// memory opens idle flows through the proxy to the sink and measures what
+// they cost it.
+func (b *peersBench) memory(ctx context.Context, p *peerProc, row *PeerRow) error {
+	flows := b.o.Flows
+	if p.name == "socat" {
+		flows = b.o.SocatFlows
+	}
+	time.Sleep(300 * time.Millisecond)
+	var rss0 int64
+	var fds0 int
+	if p.cmd != nil {
+		rss0, fds0, _ = groupMem(p.cmd.Process.Pid)
+		row.IdleRSSKiB = float64(rss0) / 1024
+	}
+	slab0 := slabKiB()
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	err := b.box.Do(func() error {
+		for i := 0; i < flows; i++ {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			c, err := net.DialTimeout("tcp", p.sink, 5*time.Second)
+			if err != nil {
+				return fmt.Errorf("flow %d: %w", i, err)
+			}
+			conns = append(conns, c)
+			// One byte, so the proxy has connected onward and the flow is
+			// relayed, not pending.
+			if _, err := c.Write([]byte{0}); err != nil {
+				return fmt.Errorf("flow %d: %w", i, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	time.Sleep(2 * time.Second) // every flow reached the sink and went idle
+	row.Flows = flows
+	row.SlabPerFlow = float64(slabKiB()-slab0) * 1024 / float64(flows)
+	if p.cmd == nil {
+		return nil
+	}
+	rss1, fds1, procs := groupMem(p.cmd.Process.Pid)
+	row.RSSPerFlow = float64(rss1-rss0) / float64(flows)
+	row.FDsPerFlow = float64(fds1-fds0) / float64(flows)
+	row.Processes = procs
+	b.logf("%s: %d flows, %.0f B RSS and %.2f descriptors per flow", p.name, flows, row.RSSPerFlow, row.FDsPerFlow)
+	return nil
+}
+
+// groupMem sums the resident memory (bytes) and descriptors of a process
+// group.
+func groupMem(pgid int) (rss int64, fds int, procs int) {
+	for _, pid := range groupPIDs(pgid) {
+		procs++
+		rss += int64(rssKiB(pid, "VmRSS:")) * 1024
+		fds += countFDs(pid)
+	}
+	return rss, fds, procs
+}
+
+// pinSelf binds every thread of this process (and so the threads it
+// starts later) to cpu.
+func pinSelf(cpu int) error {
+	var set unix.CPUSet
+	set.Set(cpu)
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	for _, t := range tasks {
+		tid, _ := strconv.Atoi(t.Name())
+		if err := unix.SchedSetaffinity(tid, &set); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func numCPU() int {
+	var set unix.CPUSet
+	if unix.SchedGetaffinity(0, &set) != nil {
+		return 1
+	}
+	b, _ := os.ReadFile("/sys/devices/system/cpu/online")
+	if s := strings.TrimSpace(string(b)); s == "0-1" || strings.HasPrefix(s, "0-") {
+		n, _ := strconv.Atoi(s[2:])
+		return n + 1
+	}
+	return set.Count()
+}
+
+func (b *peersBench) notes() []string {
+	n := []string{
+		"Everything runs over the loopback of one network namespace (a netlab host): clients, the proxy and the backends (a Go HTTP server answering 1 KB, and a sink).",
+		fmt.Sprintf("Proxies: halfway (`mode: forward` listeners), HAProxy (`mode tcp`, `option splice-auto`, nbthread 1), nginx (stream, 1 worker), socat (`fork`). Repeats are interleaved: each repeat measures every proxy in turn; %d repeats, medians with min–max.", b.o.Repeats),
+		fmt.Sprintf("Throughput: one stream, 256 KB writes, 1 s warm-up then %s; CPU is the proxy's user+system time (its process group, reaped children included) per GB moved.", b.o.Window),
+		fmt.Sprintf("Connection rates: %d clients, 1 KB HTTP; new connection per request (`Connection: close`) or one kept alive per client; 0.5 s warm-up then %s; CPU per request as above.", b.o.Clients, b.o.Window),
+		fmt.Sprintf("Latency: one client, %d sequential requests on one kept-alive connection after 200 unmeasured; added latency is the proxy's median minus direct's.", b.o.Requests),
+		fmt.Sprintf("Memory: a fresh proxy process; %d idle flows (socat %d: it forks a process per flow) each with one byte sent, measured 2 s later: RSS of the proxy's processes, their descriptors, and the machine's Slab (indicative: other activity shows too).", b.o.Flows, b.o.SocatFlows),
+	}
+	if b.r.Pinned {
+		n = append(n, "Pinned: each proxy runs on CPU 1 (taskset), the load generator and backends on CPU 0, so the proxy has a core to itself and its CPU time is not the clients'.")
+	} else {
+		n = append(n, "Not pinned: fewer than 2 CPUs, or pinning failed; the proxy shares CPUs with the load generator.")
+	}
+	return n
+}
