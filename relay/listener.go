@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -131,6 +133,13 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 		s.log.Info("capture rules installed", "listener", lc.Name, "table", captureTable(lc.Name))
 	}
 	s.log.Info("listening", "listener", lc.Name, "addr", nl.Addr().String(), "mode", lc.Mode, "protocols", lc.Protocols)
+	if lc.MPTCP && lc.Mode == "tproxy" && lc.Capture != nil && strings.TrimSpace(lc.Capture.Ports) != strconv.Itoa(int(ap.Port())) {
+		// The kernel takes a subflow join only on a listener with the
+		// connection's port (MPTcpExtMismatchPortSynRx counts the others):
+		// MPTCP clients still work, on their first subflow alone.
+		s.log.Warn("MPTCP clients get one subflow: TPROXY listeners take joins only for their own port; listen on the captured port",
+			"listener", lc.Name, "listen_port", ap.Port(), "captured_ports", lc.Capture.Ports)
+	}
 	return l, nil
 }
 

@@ -185,3 +185,57 @@ func TestMPTCPPathLoss(t *testing.T) {
 		t.Fatalf("transfer across the loss of a path: %v", err)
 	}
 }
+
+// TestMPTCPTransparent: an MPTCP client with two paths connects to the
+// server's address; rc's TPROXY listener with mptcp: true takes the flow,
+// both subflows included, and relays it byte-exact to the TCP server. The
+// listener is on the captured port: the kernel refuses a subflow join
+// whose listener's port differs from the connection's
+// (MPTcpExtMismatchPortSynRx).
+func TestMPTCPTransparent(t *testing.T) {
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, mptcpTopo)
+	client, rc, server := lab.Host("client"), lab.Host("rc"), lab.Host("server")
+	srvNet := server.Ifaces()[0].Addr4.Masked()
+	runRelay(t, rc, "rc", fmt.Sprintf(`
+admin: {listen: "127.0.0.1:9190"}
+listeners:
+  - name: web
+    listen: "0.0.0.0:9000"
+    mode: tproxy
+    mptcp: true
+    capture: {dst: ["%s"], ports: "9000", install: true}
+`, srvNet))
+	waitCapture(t, rc, "halfway_web", "9000")
+	ln, err := server.Listen("tcp", ":9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveSHA(ln)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d := &net.Dialer{}
+	d.SetMultipathTCP(true)
+	nc, err := client.DialWith(ctx, d, "tcp", server.AddrPort(9000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := nc.(*net.TCPConn)
+	done := make(chan error, 1)
+	go func() { done <- roundTripOn(c, 6<<20) }()
+	m := &mptcpLab{rc: rc}
+	sawTwo := false
+	for i := 0; i < 200 && !sawTwo; i++ {
+		for _, f := range m.flows(t) {
+			sawTwo = sawTwo || f.ClientMPTCP != nil && f.ClientMPTCP.Active && f.ClientMPTCP.Subflows == 2
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !sawTwo {
+		t.Errorf("the captured flow never showed two active subflows on the client leg")
+	}
+}
