@@ -23,6 +23,11 @@ var (
 // spliceCopy moves src → dst through a pipe until EOF (nil error). The pipe
 // is taken only when bytes are waiting and given back before waiting again,
 // so an idle flow holds no pipe.
+//
+// A message costs three splices: in, out, and in again to learn that the
+// socket is empty (EAGAIN) before waiting. Stopping after a short read
+// instead would miss a FIN that came with the data: its readiness event
+// was spent on the wake-up that read the data.
 func spliceCopy(dst, src *net.TCPConn, cnt *atomic.Int64, f *flow) (int64, error) {
 	srcRC, err := src.SyscallConn()
 	if err != nil {
@@ -37,7 +42,6 @@ func spliceCopy(dst, src *net.TCPConn, cnt *atomic.Int64, f *flow) (int64, error
 		total int64
 		n     int
 		serr  error
-		eof   bool
 	)
 	defer func() {
 		if p != nil {
@@ -45,20 +49,9 @@ func spliceCopy(dst, src *net.TCPConn, cnt *atomic.Int64, f *flow) (int64, error
 		}
 	}()
 	readFn := func(fd uintptr) bool {
+		// No peek first: a splice that finds nothing says EAGAIN for the
+		// same one syscall, and one that finds bytes has moved them.
 		if p == nil {
-			// Peek before taking a pipe: most flows are idle most of the time.
-			var b byte
-			m, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b)), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
-			switch {
-			case e == unix.EAGAIN:
-				return false
-			case e != 0:
-				serr = e
-				return true
-			case m == 0:
-				eof = true
-				return true
-			}
 			if p, serr = pipes.get(); serr != nil {
 				serr = errNoPipe
 				return true
@@ -83,7 +76,7 @@ func spliceCopy(dst, src *net.TCPConn, cnt *atomic.Int64, f *flow) (int64, error
 	}
 	f.armIdle(src)
 	for {
-		n, serr, eof = 0, nil, false
+		n, serr = 0, nil
 		if err := srcRC.Read(readFn); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) && !f.idleExpired(src) {
 				continue
@@ -93,8 +86,8 @@ func spliceCopy(dst, src *net.TCPConn, cnt *atomic.Int64, f *flow) (int64, error
 			}
 			return total, sideErr{read: true, err: err}
 		}
-		if eof || (serr == nil && n == 0) {
-			return total, nil
+		if serr == nil && n == 0 {
+			return total, nil // EOF
 		}
 		if serr != nil {
 			if serr == errNoPipe {
