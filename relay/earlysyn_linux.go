@@ -107,7 +107,7 @@ func (t *earlyTable) claim(listener string, client, dst netip.AddrPort) *earlyDi
 		return nil // no sniffer
 	}
 	k := [2]netip.AddrPort{client, dst}
-	if len(t.accepted) < 4*maxEarlyEntries {
+	if len(t.accepted) < maxAcceptedMarks {
 		t.accepted[k] = time.Now()
 	}
 	e := t.pending[k]
@@ -148,9 +148,9 @@ func (t *earlyTable) reserve(listener string, client, dst netip.AddrPort, lim Li
 	return e, ""
 }
 
-// maxEarlyEntries bounds the accepted marks (four times this many): a mark
+// maxAcceptedMarks bounds the accepted marks (about 2 MB at most): a mark
 // only saves a needless dial, so past the bound accept leaves none.
-const maxEarlyEntries = 1 << 16
+const maxAcceptedMarks = 1 << 14
 
 // drop removes a pending dial (under t.mu).
 func (t *earlyTable) drop(k [2]netip.AddrPort, e *earlyDial) {
