@@ -28,9 +28,12 @@ import (
 type PeersOptions struct {
 	Exe     string
 	Repeats int
-	Peers   []string // among halfway, haproxy, nginx, socat; direct is always measured
-	Parts   []string // start, throughput, connrate, keepalive, latency, memory
-	Flows   int      // idle flows for the memory part
+	// Peers among halfway, halfway-copy (data_path: copy), halfway-2cpu
+	// (not pinned to one core), haproxy, nginx, socat; direct is always
+	// measured.
+	Peers []string
+	Parts []string // start, throughput, connrate, keepalive, latency, memory
+	Flows int      // idle flows for the memory part
 	// SocatFlows is socat's: it forks a process per connection.
 	SocatFlows int
 	Window     time.Duration // throughput and connection-rate windows
@@ -43,7 +46,7 @@ type PeersOptions struct {
 // DefaultPeersOptions is the issue's benchmark.
 func DefaultPeersOptions() PeersOptions {
 	return PeersOptions{
-		Repeats: 5, Peers: []string{"halfway", "haproxy", "nginx", "socat"},
+		Repeats: 5, Peers: []string{"halfway", "halfway-copy", "halfway-2cpu", "haproxy", "nginx", "socat"},
 		Parts: []string{"start", "throughput", "connrate", "keepalive", "latency", "memory"},
 		Flows: 9000, SocatFlows: 500, Window: 3 * time.Second, Clients: 40, Requests: 2000, Install: true,
 	}
@@ -215,7 +218,7 @@ func (b *peersBench) logf(format string, args ...any) {
 // apt-get when o.Install; those still missing are skipped.
 func installPeers(o PeersOptions, r *PeersReport) []string {
 	need := map[string][]string{"haproxy": {"haproxy"}, "nginx": {"nginx-light", "libnginx-mod-stream"}, "socat": {"socat"}}
-	bin := map[string]string{"haproxy": "haproxy", "nginx": "nginx", "socat": "socat", "halfway": o.Exe}
+	bin := map[string]string{"haproxy": "haproxy", "nginx": "nginx", "socat": "socat", "halfway": o.Exe, "halfway-copy": o.Exe, "halfway-2cpu": o.Exe}
 	var missing []string
 	for _, p := range o.Peers {
 		if _, err := exec.LookPath(bin[p]); err != nil && need[p] != nil {
@@ -242,9 +245,9 @@ func installPeers(o PeersOptions, r *PeersReport) []string {
 	var out []string
 	for _, p := range o.Peers {
 		switch p {
-		case "halfway", "haproxy", "nginx", "socat":
+		case "halfway", "halfway-copy", "halfway-2cpu", "haproxy", "nginx", "socat":
 		default:
-			r.Skipped = append(r.Skipped, fmt.Sprintf("%s: unknown peer (want halfway, haproxy, nginx, socat)", p))
+			r.Skipped = append(r.Skipped, fmt.Sprintf("%s: unknown peer (want halfway, halfway-copy, halfway-2cpu, haproxy, nginx, socat)", p))
 			continue
 		}
 		if _, err := exec.LookPath(bin[p]); err != nil {
@@ -319,7 +322,10 @@ func (b *peersBench) startPeer(ctx context.Context, name string, i int) (*peerPr
 
 // launch execs the proxy and returns the time from exec to accepting.
 func (b *peersBench) launch(ctx context.Context, p *peerProc, argv []string) (time.Duration, error) {
-	if numCPU() >= 2 {
+	switch {
+	case strings.HasSuffix(p.name, "-2cpu"):
+		argv = append([]string{"taskset", "-c", "0-" + strconv.Itoa(numCPU()-1)}, argv...)
+	case numCPU() >= 2:
 		argv = append([]string{"taskset", "-c", "1"}, argv...)
 	}
 	logf, err := os.Create(filepath.Join(p.dir, "log"))
@@ -381,14 +387,19 @@ func (p *peerProc) config(exe string) ([]string, error) {
 	backend := fmt.Sprintf("127.0.0.1:%d", peersBackendHTTP)
 	sink := fmt.Sprintf("127.0.0.1:%d", peersBackendSink)
 	switch p.name {
-	case "halfway":
+	case "halfway", "halfway-copy", "halfway-2cpu":
+		dataPath := "splice"
+		if p.name == "halfway-copy" {
+			dataPath = "copy"
+		}
 		f, err := write("relay.yaml", fmt.Sprintf(`admin: {listen: off}
 log: {level: warn}
+data_path: %s
 limits: {max_flows: 20000, max_flows_per_client: 20000, max_pending: 4096}
 listeners:
   - {name: http, listen: %q, mode: forward, forward_to: %q}
   - {name: sink, listen: %q, mode: forward, forward_to: %q}
-`, p.http, backend, p.sink, sink))
+`, dataPath, p.http, backend, p.sink, sink))
 		return []string{exe, "relay", "-c", f, "--grace", "1s"}, err
 	case "haproxy":
 		// maxconn within the 20,000 descriptors a process may have here
@@ -860,7 +871,7 @@ func numCPU() int {
 func (b *peersBench) notes() []string {
 	n := []string{
 		"Everything runs over the loopback of one network namespace (a netlab host): clients, the proxy and the backends (a Go HTTP server answering 1 KB, and a sink).",
-		fmt.Sprintf("Proxies: halfway (`mode: forward` listeners), HAProxy (`mode tcp`, `option splice-auto`, nbthread 1), nginx (stream, 1 worker), socat (`fork`). Repeats are interleaved: each repeat measures every proxy in turn; %d repeats, medians with min–max.", b.o.Repeats),
+		fmt.Sprintf("Proxies: halfway (`mode: forward` listeners; halfway-copy with `data_path: copy`; halfway-2cpu on both cores, shared with the clients), HAProxy (`mode tcp`, `option splice-auto`, nbthread 1), nginx (stream, 1 worker), socat (`fork`). Repeats are interleaved: each repeat measures every proxy in turn; %d repeats, medians with min–max.", b.o.Repeats),
 		fmt.Sprintf("Throughput: one stream, 256 KB writes, 1 s warm-up then %s; CPU is the proxy's user+system time (its process group, reaped children included) per GB moved.", b.o.Window),
 		fmt.Sprintf("Connection rates: %d clients, 1 KB HTTP; new connection per request (`Connection: close`) or one kept alive per client; 0.5 s warm-up then %s; CPU per request as above.", b.o.Clients, b.o.Window),
 		fmt.Sprintf("Latency: one client, %d sequential requests on one kept-alive connection after 200 unmeasured; added latency is the proxy's median minus direct's.", b.o.Requests),

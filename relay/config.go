@@ -23,6 +23,10 @@ type Config struct {
 	Listeners []ListenerConfig `yaml:"listeners"`
 	Routes    []RouteConfig    `yaml:"routes"`
 	Peers     []PeerConfig     `yaml:"peers"`
+	// DataPath moves flows' bytes: splice (default: in the kernel, through
+	// a pipe taken only while bytes move) or copy (through a user-space
+	// buffer, for comparison and for kernels without splice on a socket).
+	DataPath string `yaml:"data_path"`
 }
 
 // AdminConfig places the metrics and admin HTTP API.
@@ -371,6 +375,9 @@ func (c *Config) Validate() error {
 	var errs strictyaml.Errors
 	add := func(path, format string, args ...any) {
 		errs = append(errs, &strictyaml.Error{Path: path, Msg: fmt.Sprintf(format, args...)})
+	}
+	if c.DataPath != "" && c.DataPath != "splice" && c.DataPath != "copy" {
+		add("data_path", "%q: want splice or copy", c.DataPath)
 	}
 	if c.Admin.Listen != "off" {
 		// The API changes limits and serves profiles, and has no login of

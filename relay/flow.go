@@ -143,7 +143,7 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime, done func
 	res := datapath.Join(s.flowCtx, c, server, datapath.Options{
 		Idle: idleOf(rt, *f.proto.Load() == "convert", *f.route.Load() != "direct"), Up: &f.up, Down: &f.down,
 		OnPath:     func(_ bool, p datapath.Path) { s.metrics.path.With(string(p)).Inc() },
-		DownPrefix: f.downPrefix, PrefixWait: prefixWait,
+		DownPrefix: f.downPrefix, PrefixWait: prefixWait, ForceCopy: rt.cfg.DataPath == "copy",
 	})
 	s.metrics.active.With(f.listener, *f.route.Load()).Dec()
 	s.endFlow(f, res)

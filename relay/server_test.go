@@ -240,3 +240,38 @@ listeners:
 		t.Errorf("a client outside allow_clients: %v, want a reset", err)
 	}
 }
+
+// TestDataPathCopy: with data_path: copy, flows move through a user-space
+// buffer, byte-exact, and the metrics say so.
+func TestDataPathCopy(t *testing.T) {
+	echo := echoServer(t)
+	s := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+data_path: copy
+listeners:
+  - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: %q}
+`, echo))
+	c, err := net.Dial("tcp", s.Addr("fwd").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	go func() {
+		c.Write(data)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got, err := io.ReadAll(c)
+	c.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("through the copy path: got %d bytes, %v", len(got), err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.metrics.path.With("copy").Value() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n, sp := s.metrics.path.With("copy").Value(), s.metrics.path.With("splice").Value(); n != 2 || sp != 0 {
+		t.Errorf("directions by path: copy %d, splice %d; want 2 and 0", n, sp)
+	}
+}
