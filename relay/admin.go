@@ -82,9 +82,8 @@ type MPTCPStatus struct {
 
 // Flows lists the active flows.
 func (s *Server) Flows() []FlowStatus {
-	s.mu.Lock()
-	out := make([]FlowStatus, 0, len(s.flows))
-	for _, f := range s.flows {
+	var out []FlowStatus
+	s.table.each(func(f *flow) {
 		fs := FlowStatus{ID: f.id, Listener: f.listener, Protocol: *f.proto.Load(), Client: f.client.String(),
 			Up: f.up.Load(), Down: f.down.Load(), AgeS: time.Since(f.start).Seconds()}
 		if d := f.dst.Load(); d != nil {
@@ -106,8 +105,10 @@ func (s *Server) Flows() []FlowStatus {
 			}
 		}
 		out = append(out, fs)
+	})
+	if out == nil {
+		out = []FlowStatus{}
 	}
-	s.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }

@@ -86,15 +86,17 @@ func (m *metrics) bytes(s *Server) map[string]*[2]int64 {
 		}
 		return sums[l]
 	}
-	// Under the lock that moves an ending flow from the active set to the
-	// totals (Server.finish), so each byte is counted exactly once and the
-	// counter never goes backwards.
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, f := range s.flows {
-		t := get(f.listener)
-		t[0] += f.up.Load()
-		t[1] += f.down.Load()
+	// Under every lock that moves an ending flow from the active set to
+	// the totals (Server.finish), so each byte is counted exactly once and
+	// the counter never goes backwards.
+	s.table.lockAll()
+	defer s.table.unlockAll()
+	for i := range s.table.shards {
+		for _, f := range s.table.shards[i].flows {
+			t := get(f.listener)
+			t[0] += f.up.Load()
+			t[1] += f.down.Load()
+		}
 	}
 	m.ended.Range(func(k, v any) bool {
 		t, e := get(k.(string)), v.(*[2]atomic.Int64)

@@ -42,22 +42,22 @@ type Server struct {
 	mu         sync.Mutex
 	listeners  map[string]*listener
 	admin      *adminServer
-	flows      map[uint64]*flow
-	nextID     uint64
-	perClient  map[netip.Addr]int
+	table      flowTable // active flows and per-client counts, sharded
 	pending    atomic.Int64
-	handshakes atomic.Int64       // clients still sending their protocol head
-	hsClient   map[netip.Addr]int // the same, per client (under mu)
+	handshakes atomic.Int64 // clients still sending their protocol head
 	active     atomic.Int64
-	draining   atomic.Bool
-	refusing   chan struct{}                       // bounds refusals answered in protocol
-	own        atomic.Pointer[map[netip.Addr]bool] // this host's addresses, refreshed
-	routes     policyRoutes                        // TPROXY policy routes shared by listeners
-	retired    map[string]*listener                // removed listeners whose capture outlives them (under mu)
-	parked     map[*net.TCPConn]*listener          // peers' pooled connections awaiting a request, and where (under mu)
-	pools      atomic.Pointer[map[netip.AddrPort]*pool]
-	turbo      turboRoutes
-	early      earlyTable // dials started by clients' SYNs
+	// draining is set under drainMu's write lock; admit reads it under
+	// the read lock, so no flow is admitted after Drain starts waiting.
+	drainMu  sync.RWMutex
+	draining atomic.Bool
+	refusing chan struct{}                       // bounds refusals answered in protocol
+	own      atomic.Pointer[map[netip.Addr]bool] // this host's addresses, refreshed
+	routes   policyRoutes                        // TPROXY policy routes shared by listeners
+	retired  map[string]*listener                // removed listeners whose capture outlives them (under mu)
+	parked   map[*net.TCPConn]*listener          // peers' pooled connections awaiting a request, and where (under mu)
+	pools    atomic.Pointer[map[netip.AddrPort]*pool]
+	turbo    turboRoutes
+	early    earlyTable // dials started by clients' SYNs
 
 	flowCtx    context.Context // canceled to abort every flow
 	cancelAll  context.CancelFunc
@@ -123,13 +123,11 @@ func New(cfg *Config, log *slog.Logger, reg *hm.Registry) (*Server, error) {
 		log:       log,
 		reg:       reg,
 		listeners: map[string]*listener{},
-		flows:     map[uint64]*flow{},
-		perClient: map[netip.Addr]int{},
-		hsClient:  map[netip.Addr]int{},
 		retired:   map[string]*listener{},
 		parked:    map[*net.TCPConn]*listener{},
 		refusing:  make(chan struct{}, 64),
 	}
+	s.table.init()
 	rt, err := newRuntime(cfg)
 	if err != nil {
 		return nil, err
@@ -391,7 +389,9 @@ func (s *Server) closeListeners() {
 // aborts what is left.
 func (s *Server) Drain(grace time.Duration) {
 	s.mu.Lock()
+	s.drainMu.Lock()
 	s.draining.Store(true)
+	s.drainMu.Unlock()
 	s.mu.Unlock()
 	// Stop accepting. A listener with capture rules stays open, refusing
 	// new flows with a reset, until its flows have ended: without its
@@ -466,25 +466,29 @@ func (s *Server) AdminAddr() net.Addr {
 // admit reserves a flow slot for a client, or says why it cannot.
 func (s *Server) admit(client netip.Addr, exempt bool) (release func(), reason string) {
 	t := s.state.Load().tunables
-	client = clientKey(client)
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.drainMu.RLock()
+	defer s.drainMu.RUnlock()
 	if s.draining.Load() {
 		return nil, "draining"
 	}
-	if int(s.active.Load()) >= t.MaxFlows {
+	if int(s.active.Add(1)) > t.MaxFlows {
+		s.active.Add(-1)
 		return nil, "max_flows"
 	}
-	if !exempt && s.perClient[client] >= t.MaxFlowsPerClient {
+	limit := t.MaxFlowsPerClient
+	if exempt {
+		limit = -1
+	}
+	drop, ok := s.table.take(perClientOf, clientKey(client), limit)
+	if !ok {
+		s.active.Add(-1)
 		return nil, "max_flows_per_client"
 	}
-	s.active.Add(1)
-	s.perClient[client]++
 	s.flowsWG.Add(1)
 	var once sync.Once
 	return func() {
 		once.Do(func() {
-			s.dropClient(s.perClient, client)
+			drop()
 			s.active.Add(-1)
 			s.flowsWG.Done()
 		})
@@ -496,30 +500,22 @@ func (s *Server) admit(client netip.Addr, exempt bool) (release func(), reason s
 // client, so one client cannot keep everyone else's handshakes out.
 func (s *Server) beginHandshake(client netip.Addr) (end func(), ok bool) {
 	limit := s.state.Load().cfg.Limits.MaxHandshakes
-	key := clientKey(client)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if int(s.handshakes.Load()) >= limit || s.hsClient[key] >= max(limit/8, 1) {
+	if int(s.handshakes.Add(1)) > limit {
+		s.handshakes.Add(-1)
 		return nil, false
 	}
-	s.handshakes.Add(1)
-	s.hsClient[key]++
+	drop, ok := s.table.take(hsClientOf, clientKey(client), max(limit/8, 1))
+	if !ok {
+		s.handshakes.Add(-1)
+		return nil, false
+	}
 	var once sync.Once
 	return func() {
 		once.Do(func() {
-			s.dropClient(s.hsClient, key)
+			drop()
 			s.handshakes.Add(-1)
 		})
 	}, true
-}
-
-// dropClient takes one count of key from a per-client table guarded by mu.
-func (s *Server) dropClient(m map[netip.Addr]int, key netip.Addr) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if m[key]--; m[key] <= 0 {
-		delete(m, key)
-	}
 }
 
 // clientKey is what per-client limits count by: the address, or for IPv6
@@ -542,31 +538,18 @@ func (s *Server) beginConnect() (done func(), ok bool) {
 	return func() { s.pending.Add(-1) }, true
 }
 
-func (s *Server) register(f *flow) {
-	s.mu.Lock()
-	s.nextID++
-	f.id = s.nextID
-	s.flows[f.id] = f
-	s.mu.Unlock()
-}
+func (s *Server) register(f *flow) { s.table.add(f) }
 
 // finish moves an ended flow's bytes from the active set to the totals in
-// one step (see bytesCollector).
+// one step under its shard's lock (see metrics.bytes).
 func (s *Server) finish(f *flow) {
-	s.mu.Lock()
-	delete(s.flows, f.id)
 	// The flow's own counters: they include bytes sent before the data
 	// path ran (a Convert hop's early data) and equal what the bytes
 	// collector showed while the flow was active.
-	s.metrics.addEnded(f.listener, f.up.Load(), f.down.Load())
-	s.mu.Unlock()
+	s.table.remove(f, func() { s.metrics.addEnded(f.listener, f.up.Load(), f.down.Load()) })
 }
 
-func (s *Server) unregister(f *flow) {
-	s.mu.Lock()
-	delete(s.flows, f.id)
-	s.mu.Unlock()
-}
+func (s *Server) unregister(f *flow) { s.table.remove(f, nil) }
 
 // logLevels maps config names to slog levels.
 var logLevels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
