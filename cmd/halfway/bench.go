@@ -155,13 +155,9 @@ func benchAccel(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *from != "" {
-		b, err := os.ReadFile(*from)
+		r, err := loadReport(*from, bench.LoadAccel)
 		if err != nil {
 			return err
-		}
-		r, err := bench.LoadAccel(b)
-		if err != nil {
-			return fmt.Errorf("%s: %w", *from, err)
 		}
 		return writeAccel(stdout, *asJSON, *out, r)
 	}
@@ -211,13 +207,10 @@ func benchMPTCP(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	var r *bench.MPTCPReport
+	var err error
 	if *from != "" {
-		b, err := os.ReadFile(*from)
-		if err != nil {
+		if r, err = loadReport(*from, bench.LoadMPTCP); err != nil {
 			return err
-		}
-		if r, err = bench.LoadMPTCP(b); err != nil {
-			return fmt.Errorf("%s: %w", *from, err)
 		}
 	} else {
 		if o.Repeats < 1 || o.Window <= 0 || o.Warm < 0 || o.Interactive < 100*time.Millisecond {
@@ -262,13 +255,10 @@ func benchPeers(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	var r *bench.PeersReport
+	var err error
 	if *from != "" {
-		b, err := os.ReadFile(*from)
-		if err != nil {
+		if r, err = loadReport(*from, bench.LoadPeers); err != nil {
 			return err
-		}
-		if r, err = bench.LoadPeers(b); err != nil {
-			return fmt.Errorf("%s: %w", *from, err)
 		}
 	} else {
 		if o.Repeats < 1 || o.Window <= 0 || o.Clients < 1 || o.Requests < 1 || o.Flows < 1 || o.Flows > 9500 || o.SocatFlows < 1 {
@@ -291,6 +281,20 @@ func benchPeers(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return emit(stdout, *asJSON, *out, "peers", r.Markdown(), r)
+}
+
+// loadReport reads a report an earlier run wrote with --json.
+func loadReport[R any](file string, load func([]byte) (R, error)) (R, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		var zero R
+		return zero, err
+	}
+	r, err := load(b)
+	if err != nil {
+		return r, fmt.Errorf("%s: %w", file, err)
+	}
+	return r, nil
 }
 
 // writePlots writes SVG plots into out (nothing without out).
