@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"runtime"
+	"sync"
 	"time"
 )
 
@@ -14,8 +15,22 @@ func RegisterProcess(r *Registry) {
 	r.Func("go_goroutines", "Goroutines that currently exist.", GaugeType, nil, func(emit func(float64, ...string)) {
 		emit(float64(runtime.NumGoroutine()))
 	})
-	var ms runtime.MemStats
-	readMem := func() *runtime.MemStats { runtime.ReadMemStats(&ms); return &ms }
+	// One ReadMemStats (it stops the world) serves a scrape's families:
+	// a reading younger than a second is reused.
+	var (
+		mu   sync.Mutex
+		ms   runtime.MemStats
+		when time.Time
+	)
+	readMem := func() runtime.MemStats {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(when) > time.Second {
+			runtime.ReadMemStats(&ms)
+			when = time.Now()
+		}
+		return ms
+	}
 	r.Func("go_memstats_heap_inuse_bytes", "Bytes in in-use heap spans.", GaugeType, nil, func(emit func(float64, ...string)) {
 		emit(float64(readMem().HeapInuse))
 	})

@@ -354,8 +354,8 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 		// The request may come long after the greeting: it is judged by
 		// the configuration in force now.
 		rt, st = s.state.Load(), l.cur.Load()
-		if l.retired.Load() {
-			return fail(convert.NotAuthorized, errors.New("pooled connection: its listener was removed"))
+		if l.retired.Load() || !st.protos["convert"] {
+			return fail(convert.NotAuthorized, errors.New("pooled connection: its listener was removed or takes no Convert hops any more"))
 		}
 		conv := "convert"
 		f.proto.Store(&conv)

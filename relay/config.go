@@ -448,7 +448,7 @@ func (c *Config) Validate() error {
 		case "forward":
 			if ap, err := netip.ParseAddrPort(ln.ForwardTo); err != nil {
 				add(p+".forward_to", "%q: want the destination as ip:port", ln.ForwardTo)
-			} else if lap, err := netip.ParseAddrPort(ln.Listen); err == nil && ap.Port() == lap.Port() && (ap.Addr() == lap.Addr() || lap.Addr().IsUnspecified()) {
+			} else if lap, err := netip.ParseAddrPort(ln.Listen); err == nil && ap.Port() == lap.Port() && (ap.Addr().Unmap() == lap.Addr().Unmap() || lap.Addr().IsUnspecified()) {
 				add(p+".forward_to", "%q: the listener itself", ln.ForwardTo)
 			}
 			for _, bad := range []struct {

@@ -324,6 +324,8 @@ func TestConfigErrors(t *testing.T) {
 			[]string{`listeners[0].forward_to: "": want the destination as ip:port`}},
 		{"forward to itself", "listeners:\n  - {name: f, listen: \"0.0.0.0:7300\", mode: forward, forward_to: \"127.0.0.1:7300\"}\n",
 			[]string{`listeners[0].forward_to: "127.0.0.1:7300": the listener itself`}},
+		{"forward to itself, mapped", "listeners:\n  - {name: f, listen: \"127.0.0.1:7300\", mode: forward, forward_to: \"[::ffff:127.0.0.1]:7300\"}\n",
+			[]string{`listeners[0].forward_to: "[::ffff:127.0.0.1]:7300": the listener itself`}},
 		{"forward with protocols and destinations", "listeners:\n  - {name: f, listen: \"0.0.0.0:7300\", mode: forward, forward_to: \"10.0.0.1:80\", protocols: [socks5], allow_destinations: [\"10.0.0.0/8\"]}\n",
 			[]string{"listeners[0].protocols: not for a forward listener", "listeners[0].allow_destinations: not for a forward listener"}},
 		{"bad data path", "data_path: sockmap\nlisteners: [" + ln + "]\n", []string{`data_path: "sockmap": want splice or copy`}},

@@ -104,6 +104,9 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	if explicit {
 		server, err = s.handshake(l, st, rt, f, c)
 		endHandshake()
+		// A peer's pooled connection may have waited minutes for its
+		// request: its flow runs on the configuration in force now.
+		rt = s.state.Load()
 	} else {
 		setLeg(l, c, rt.cfg.Legs.Client)
 		server, err = s.transparent(l, st, rt, f, c)
@@ -229,7 +232,10 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	var server *net.TCPConn
 	var pc *pendingChain
 	var err error
-	if e := s.early.claim(f.listener, f.client, dst); e != nil {
+	if !st.cfg.EarlySYN {
+		// No SYN of this listener's starts a dial: no claim, no mark, no lock.
+		server, pc, err = s.connectLeg(rt, st, r, f, dst, nil, false)
+	} else if e := s.early.claim(f.listener, f.client, dst); e != nil {
 		// The client's SYN started this connect already.
 		server, pc, err = e.wait(s.flowCtx)
 		s.metrics.early.With("claimed").Inc()

@@ -479,3 +479,34 @@ func TestPoolKeyChange(t *testing.T) {
 	}
 	waitFor(t, func() bool { return parked() == 3 })
 }
+
+// TestPoolParkedOnListenerChange: parked pooled connections close when
+// their listener is replaced or stops taking Convert hops.
+func TestPoolParkedOnListenerChange(t *testing.T) {
+	pp := newPoolPair(t, func(rs string) string { return rs }, 2, 2)
+	rs := startLoopback(t, pp.rsYAML)
+	startLoopback(t, pp.rcYAML)
+	parked := func() int {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		return len(rs.parked)
+	}
+	waitFor(t, func() bool { return parked() == 2 })
+	reload := func(y string) {
+		t.Helper()
+		cfg, err := ParseConfig([]byte(y))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rs.Reload(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// In place, without convert: parked connections go.
+	reload(strings.Replace(pp.rsYAML, "protocols: [convert]", "protocols: [convert, socks5]", 1))
+	waitFor(t, func() bool { return parked() == 2 }) // still a Convert listener: kept
+	reload(strings.Replace(pp.rsYAML, "protocols: [convert]", "protocols: [socks5]", 1))
+	if n := parked(); n != 0 {
+		t.Errorf("%d parked after the listener stopped taking Convert hops", n)
+	}
+}

@@ -329,6 +329,9 @@ func (s *Server) apply(cfg *Config) error {
 			if err := l.update(lc, &s.own); err != nil {
 				errs = append(errs, err)
 			}
+			if !l.cur.Load().protos["convert"] {
+				s.closeParked(l) // it takes no Convert hops any more
+			}
 			l.setKeepalive(cfg.Legs.Client.Keepalive.D())
 			continue
 		} else if ok {
@@ -336,6 +339,7 @@ func (s *Server) apply(cfg *Config) error {
 			// rebuilt, so it goes now (flows lose their mark for the
 			// moment in between; TCP retransmits over it).
 			errs = append(errs, l.closeNow())
+			s.closeParked(l)
 			delete(s.listeners, lc.Name)
 		}
 		l, err := s.openListener(lc)

@@ -109,7 +109,15 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 		return fmt.Errorf("listing routes: %w", err)
 	}
 	ip := net.IP(peer.AsSlice())
-	var best, ours *netlink.Route
+	var best *netlink.Route
+	var ours []*netlink.Route // ours to the peer: one, or more after a metric change
+	dropOurs := func(keep *netlink.Route) {
+		for _, o := range ours {
+			if o != keep {
+				_ = netlink.RouteDel(o)
+			}
+		}
+	}
 	bestLen := -1
 	for i := range routes {
 		rt := &routes[i]
@@ -124,10 +132,12 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 			n, _ = rt.Dst.Mask.Size()
 		}
 		if n == bits && rt.Protocol == routeProto {
-			ours = rt
+			ours = append(ours, rt)
 			continue
 		}
 		if n == bits {
+			// Ours would only shadow the operator's.
+			defer dropOurs(nil)
 			return fmt.Errorf("a host route to the peer exists already (%s, proto %d): not replaced; add initcwnd %d initrwnd %d to it, or remove it",
 				rt.Dst, rt.Protocol, r.cfg.InitCwnd, r.cfg.InitRwnd)
 		}
@@ -136,23 +146,31 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 		}
 	}
 	if best == nil {
-		if ours != nil {
-			// What it copied is gone: a stale copy would keep the flows
-			// on a path the host no longer has.
-			_ = netlink.RouteDel(ours)
-		}
+		// What it copied is gone: a stale copy would keep the flows on a
+		// path the host no longer has.
+		dropOurs(nil)
 		return errors.New("no route to the peer in the main table")
 	}
 	nr := *best
 	nr.Dst = &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)}
 	nr.Protocol = routeProto
 	nr.InitCwnd, nr.InitRwnd = r.cfg.InitCwnd, r.cfg.InitRwnd
-	if ours != nil && sameRoute(ours, &nr) {
-		r.route = *ours
-		return nil
+	for _, o := range ours {
+		if sameRoute(o, &nr) {
+			dropOurs(o)
+			r.route = *o
+			return nil
+		}
 	}
 	if err := netlink.RouteReplace(&nr); err != nil {
 		return fmt.Errorf("ip route replace %s initcwnd %d initrwnd %d: %w", nr.Dst, r.cfg.InitCwnd, r.cfg.InitRwnd, err)
+	}
+	// Replace changed ours of the same metric in place; one of another
+	// metric (the covering route's changed) would stay beside it.
+	for _, o := range ours {
+		if o.Priority != nr.Priority {
+			_ = netlink.RouteDel(o)
+		}
 	}
 	r.route = nr
 	return nil

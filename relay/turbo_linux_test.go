@@ -85,6 +85,17 @@ links: [{a: a, b: b}, {a: b, b: c}]`)
 		t.Fatalf("after the covering route changed: %+v", r)
 	}
 
+	// The covering route moves to another metric (a failover): one copy
+	// follows it, none stays behind at the old metric.
+	run(a, "ip", "route", "del", cNet)
+	run(a, "ip", "route", "add", cNet, "via", peer.String(), "metric", "700")
+	if err := do(tr.refresh); err != nil {
+		t.Fatal(err)
+	}
+	if r := route(far); r == nil || r.Priority != 700 {
+		t.Fatalf("after the metric changed: %+v (want one route, metric 700)", r)
+	}
+
 	// An operator's host route: not replaced, and the status says why.
 	run(a, "ip", "route", "del", far.String()+"/32", "proto", "104")
 	run(a, "ip", "route", "add", far.String()+"/32", "via", peer.String())

@@ -360,7 +360,7 @@ func SetListenerKeepalive(ln *net.TCPListener, d time.Duration, count int) error
 		on := 0
 		if d > 0 {
 			on = 1
-			secs := max(1, int(d/time.Second))
+			secs := max(1, int((d+time.Second-1)/time.Second)) // rounded up, as Go does for dialed sockets
 			set(unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs, "TCP_KEEPIDLE")
 			set(unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs, "TCP_KEEPINTVL")
 			set(unix.IPPROTO_TCP, unix.TCP_KEEPCNT, count, "TCP_KEEPCNT")
