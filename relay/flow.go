@@ -212,8 +212,7 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	dst := addrPortOf(c.LocalAddr()) // TPROXY: the socket has the original destination
 	switch st.cfg.Mode {
 	case "forward":
-		ap, _ := netip.ParseAddrPort(st.cfg.ForwardTo) // checked with the configuration
-		dst = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		dst = st.forward
 	case "redirect":
 		var err error
 		if dst, err = sockopt.OriginalDst(c); err != nil {

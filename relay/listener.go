@@ -54,6 +54,7 @@ type listenerState struct {
 	// (none: any destination).
 	capPorts portSet
 	capDst   []netip.Prefix
+	forward  netip.AddrPort // a forward listener's destination, unmapped
 }
 
 func newListenerState(lc ListenerConfig, own *atomic.Pointer[map[netip.Addr]bool]) (*listenerState, error) {
@@ -69,6 +70,13 @@ func newListenerState(lc ListenerConfig, own *atomic.Pointer[map[netip.Addr]bool
 	}
 	for _, p := range lc.Protocols {
 		st.protos[p] = true
+	}
+	if lc.Mode == "forward" {
+		ap, err := netip.ParseAddrPort(lc.ForwardTo)
+		if err != nil {
+			return nil, err
+		}
+		st.forward = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	if c := lc.Capture; c != nil {
 		if st.capPorts, err = parsePorts(c.Ports); err != nil {

@@ -90,6 +90,21 @@ func (m *mptcpLab) dial(t *testing.T, ctx context.Context, port uint16, mptcp bo
 	return c.(*net.TCPConn)
 }
 
+// sawTwoSubflows watches the flow status for up to 4 s until a flow's
+// client leg shows two active MPTCP subflows.
+func (m *mptcpLab) sawTwoSubflows(t *testing.T) bool {
+	t.Helper()
+	for range 200 {
+		for _, f := range m.flows(t) {
+			if f.ClientMPTCP != nil && f.ClientMPTCP.Active && f.ClientMPTCP.Subflows == 2 {
+				return true
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
+}
+
 func (m *mptcpLab) flows(t *testing.T) []relay.FlowStatus {
 	t.Helper()
 	resp, err := adminClient(m.rc).Get("http://127.0.0.1:9190/api/flows")
@@ -118,13 +133,7 @@ func TestMPTCPClientToTCPServer(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- roundTripOn(c, 6<<20) }()
-	sawTwo := false
-	for i := 0; i < 200 && !sawTwo; i++ {
-		for _, f := range m.flows(t) {
-			sawTwo = sawTwo || f.ClientMPTCP != nil && f.ClientMPTCP.Active && f.ClientMPTCP.Subflows == 2
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	sawTwo := m.sawTwoSubflows(t)
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
@@ -225,13 +234,7 @@ listeners:
 	done := make(chan error, 1)
 	go func() { done <- roundTripOn(c, 6<<20) }()
 	m := &mptcpLab{rc: rc}
-	sawTwo := false
-	for i := 0; i < 200 && !sawTwo; i++ {
-		for _, f := range m.flows(t) {
-			sawTwo = sawTwo || f.ClientMPTCP != nil && f.ClientMPTCP.Active && f.ClientMPTCP.Subflows == 2
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	sawTwo := m.sawTwoSubflows(t)
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}

@@ -213,21 +213,8 @@ listeners:
   - {name: fenced, listen: "127.0.0.1:0", mode: forward, forward_to: %q, allow_clients: [10.0.0.0/8]}
 `, echo, echo))
 	for _, n := range []int{0, 1, 70_000, 3 << 20} {
-		c, err := net.Dial("tcp", s.Addr("fwd").String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		data := make([]byte, n)
-		rand.Read(data)
-		go func() {
-			c.Write(data)
-			c.(*net.TCPConn).CloseWrite()
-		}()
-		c.SetReadDeadline(time.Now().Add(20 * time.Second))
-		got, err := io.ReadAll(c)
-		c.Close()
-		if err != nil || !bytes.Equal(got, data) {
-			t.Fatalf("%d bytes through the forward listener: got %d, %v", n, len(got), err)
+		if err := echoDirect(s.Addr("fwd"), n); err != nil {
+			t.Fatalf("%d bytes through the forward listener: %v", n, err)
 		}
 	}
 	c, err := net.Dial("tcp", s.Addr("fenced").String())
@@ -251,21 +238,8 @@ data_path: copy
 listeners:
   - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: %q}
 `, echo))
-	c, err := net.Dial("tcp", s.Addr("fwd").String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := make([]byte, 1<<20)
-	rand.Read(data)
-	go func() {
-		c.Write(data)
-		c.(*net.TCPConn).CloseWrite()
-	}()
-	c.SetReadDeadline(time.Now().Add(20 * time.Second))
-	got, err := io.ReadAll(c)
-	c.Close()
-	if err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("through the copy path: got %d bytes, %v", len(got), err)
+	if err := echoDirect(s.Addr("fwd"), 1<<20); err != nil {
+		t.Fatalf("through the copy path: %v", err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for s.metrics.path.With("copy").Value() < 2 && time.Now().Before(deadline) {
@@ -274,4 +248,29 @@ listeners:
 	if n, sp := s.metrics.path.With("copy").Value(), s.metrics.path.With("splice").Value(); n != 2 || sp != 0 {
 		t.Errorf("directions by path: copy %d, splice %d; want 2 and 0", n, sp)
 	}
+}
+
+// echoDirect sends n random bytes to addr, which leads to an echo server,
+// half-closes, and checks they all come back.
+func echoDirect(addr net.Addr, n int) error {
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	data := make([]byte, n)
+	rand.Read(data)
+	go func() {
+		c.Write(data)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(got, data) {
+		return fmt.Errorf("got %d bytes back, not the %d sent", len(got), n)
+	}
+	return nil
 }

@@ -165,16 +165,11 @@ func benchAccel(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%w: --repeats and --turbo-iw must be at least 1", errUsage)
 	}
 	o.Parts, o.Fig4CCs = strings.Split(*parts, ","), strings.Split(*ccs, ",")
-	if !*quiet {
-		o.Log = stderr
-	}
-	ctx, stop, err := benchContext(&o.Exe)
-	if err != nil {
+	var r *bench.AccelReport
+	if err := measure(*quiet, stderr, &o.Exe, &o.Log, func(ctx context.Context) (err error) {
+		r, err = bench.RunAccel(ctx, o)
 		return err
-	}
-	defer stop()
-	r, err := bench.RunAccel(ctx, o)
-	if err != nil {
+	}); err != nil {
 		return err
 	}
 	return writeAccel(stdout, *asJSON, *out, r)
@@ -217,22 +212,14 @@ func benchMPTCP(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%w: --repeats ≥ 1, --window > 0, --interactive ≥ 100ms", errUsage)
 		}
 		o.Parts = strings.Split(*parts, ",")
-		if !*quiet {
-			o.Log = stderr
-		}
-		ctx, stop, err := benchContext(&o.Exe)
-		if err != nil {
+		if err := measure(*quiet, stderr, &o.Exe, &o.Log, func(ctx context.Context) (err error) {
+			r, err = bench.RunMPTCP(ctx, o)
 			return err
-		}
-		defer stop()
-		if r, err = bench.RunMPTCP(ctx, o); err != nil {
+		}); err != nil {
 			return err
 		}
 	}
-	if err := writePlots(*out, r.Plots); err != nil {
-		return err
-	}
-	return emit(stdout, *asJSON, *out, "mptcp", r.Markdown(), r)
+	return writeReport(stdout, *asJSON, *out, "mptcp", r.Plots, r.Markdown(), r)
 }
 
 func benchPeers(args []string, stdout, stderr io.Writer) error {
@@ -265,22 +252,14 @@ func benchPeers(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%w: --repeats, --clients, --requests ≥ 1, --window > 0, 1 ≤ --flows ≤ 9500", errUsage)
 		}
 		o.Peers, o.Parts, o.Install = strings.Split(*peers, ","), strings.Split(*parts, ","), !*noInstall
-		if !*quiet {
-			o.Log = stderr
-		}
-		ctx, stop, err := benchContext(&o.Exe)
-		if err != nil {
+		if err := measure(*quiet, stderr, &o.Exe, &o.Log, func(ctx context.Context) (err error) {
+			r, err = bench.RunPeers(ctx, o)
 			return err
-		}
-		defer stop()
-		if r, err = bench.RunPeers(ctx, o); err != nil {
+		}); err != nil {
 			return err
 		}
 	}
-	if err := writePlots(*out, r.Plots); err != nil {
-		return err
-	}
-	return emit(stdout, *asJSON, *out, "peers", r.Markdown(), r)
+	return writeReport(stdout, *asJSON, *out, "peers", r.Plots, r.Markdown(), r)
 }
 
 // loadReport reads a report an earlier run wrote with --json.
@@ -295,6 +274,29 @@ func loadReport[R any](file string, load func([]byte) (R, error)) (R, error) {
 		return r, fmt.Errorf("%s: %w", file, err)
 	}
 	return r, nil
+}
+
+// measure runs a benchmark as this binary (relays and lab daemons run
+// it), with progress on stderr unless quiet, until SIGINT or SIGTERM.
+func measure(quiet bool, stderr io.Writer, exe *string, log *io.Writer, run func(context.Context) error) error {
+	if !quiet {
+		*log = stderr
+	}
+	ctx, stop, err := benchContext(exe)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	return run(ctx)
+}
+
+// writeReport writes the plots into out, when set, and prints the report
+// (emit writes it into out too).
+func writeReport(stdout io.Writer, asJSON bool, out, name string, plots []bench.AccelPlot, markdown string, v any) error {
+	if err := writePlots(out, plots); err != nil {
+		return err
+	}
+	return emit(stdout, asJSON, out, name, markdown, v)
 }
 
 // writePlots writes SVG plots into out (nothing without out).
@@ -316,10 +318,7 @@ func writePlots(out string, plots []bench.AccelPlot) error {
 // writeAccel prints the report and, with out set, writes it and its plots
 // there.
 func writeAccel(stdout io.Writer, asJSON bool, out string, r *bench.AccelReport) error {
-	if err := writePlots(out, r.Plots); err != nil {
-		return err
-	}
-	return emit(stdout, asJSON, out, "accel", r.Markdown(), r)
+	return writeReport(stdout, asJSON, out, "accel", r.Plots, r.Markdown(), r)
 }
 
 // benchContext sets exe to this binary (the benchmarks run it as relays
