@@ -1,47 +1,72 @@
 package datapath
 
 import (
-	"errors"
-	"io"
-	"net"
 	"os"
 	"sync"
-	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 )
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// bufCopy is the user-space fallback: src → dst through a pooled buffer.
-func bufCopy(dst, src *net.TCPConn, cnt *atomic.Int64, f *flow) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
-	var total int64
-	f.armIdle(src)
+// copyStep is the user-space fallback: src → dst through a pooled buffer,
+// taken only once src has bytes, so an idle direction holds none.
+func (d *dir) copyStep() (step, error) {
+	src, dst := d.src(), d.dst()
+	srcRC, err := src.SyscallConn()
+	if err != nil {
+		return stepErr, sideErr{read: true, err: err}
+	}
 	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			m, werr := dst.Write(buf[:n])
-			total += int64(m)
-			if cnt != nil {
-				cnt.Add(int64(m))
-			}
-			f.touch()
-			if werr != nil {
-				return total, sideErr{read: false, reset: isReset(werr), err: werr}
-			}
-			f.armIdle(src)
+		d.cn, d.err, d.block, d.op = 0, nil, false, opReadIn
+		if err := srcRC.Read(d.fn); err != nil {
+			return d.readErr(err)
 		}
-		switch {
-		case rerr == nil:
-		case errors.Is(rerr, io.EOF):
-			return total, nil
-		case errors.Is(rerr, os.ErrDeadlineExceeded):
-			if f.idleExpired(src) {
-				return total, errIdle
-			}
-		default:
-			return total, sideErr{read: true, reset: isReset(rerr), err: rerr}
+		if d.block {
+			return stepPark, nil
+		}
+		if d.err != nil {
+			return stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("read", d.err)}
+		}
+		if d.cn == 0 {
+			return stepEOF, nil
+		}
+		m, werr := dst.Write((*d.buf)[:d.cn])
+		bufPool.Put(d.buf)
+		d.buf = nil
+		d.n += int64(m)
+		if cnt := d.counter(); cnt != nil {
+			cnt.Add(int64(m))
+		}
+		d.f.touch()
+		if werr != nil {
+			return stepErr, sideErr{read: false, reset: isReset(werr), err: werr}
 		}
 	}
+}
+
+func (d *dir) readIn(fd uintptr) bool {
+	if d.buf == nil {
+		d.buf = bufPool.Get().(*[]byte)
+	}
+	n, err := unix.Read(int(fd), *d.buf)
+	for err == unix.EINTR {
+		n, err = unix.Read(int(fd), *d.buf)
+	}
+	if err == unix.EAGAIN || err != nil || n == 0 {
+		bufPool.Put(d.buf)
+		d.buf = nil
+	}
+	switch {
+	case err == unix.EAGAIN:
+		return d.empty()
+	case err != nil:
+		d.err = err
+	default:
+		d.cn = int32(n)
+	}
+	if d.waitSince.Load() != 0 {
+		d.waitSince.Store(0)
+	}
+	return true
 }

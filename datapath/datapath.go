@@ -4,8 +4,18 @@
 // shutdown(SHUT_WR) on the other leg), resets carried across (an RST on one
 // leg aborts the other with SO_LINGER 0), and an idle timeout.
 //
-//	res := datapath.Join(ctx, client, server, datapath.Options{Idle: 10 * time.Minute})
-//	log.Printf("%d bytes up, %d down, %s", res.Up, res.Down, res.Reason)
+// A flow costs no goroutine while it is idle: a direction runs on a
+// goroutine only while its source has bytes (or, with Options.ParkAfter,
+// for that long after the last), then parks its socket in an epoll set
+// shared by many flows and gives the goroutine back. The set's readiness
+// starts a fresh goroutine for the direction. An idle flow is its two
+// sockets and a few hundred bytes of state, as in an event-driven proxy.
+//
+//	fl := datapath.New(client, server, datapath.Options{Idle: 10 * time.Minute},
+//		func(res datapath.Result) { log.Printf("%d up, %d down, %s", res.Up, res.Down, res.Reason) })
+//	fl.Run()   // returns once the client's waiting bytes have moved on
+//	...
+//	fl.Abort() // on shutdown
 //
 // Counters are updated as bytes move, so a flow's progress is visible while
 // it runs, and the connections are used as *net.TCPConn throughout: nothing
@@ -16,8 +26,8 @@ import (
 	"context"
 	"errors"
 	"net"
-	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -37,14 +47,21 @@ const (
 	ReasonResetClient Reason = "reset-client" // the client leg was reset
 	ReasonResetServer Reason = "reset-server" // the server leg was reset
 	ReasonIdle        Reason = "idle"         // no byte either way for Options.Idle
-	ReasonCanceled    Reason = "canceled"     // ctx ended
+	ReasonCanceled    Reason = "canceled"     // ctx ended, or Abort
 	ReasonError       Reason = "error"        // another socket error
 )
 
-// Options tune Join.
+// Options tune a flow.
 type Options struct {
-	// Idle ends the flow after this long without a byte either way; 0 means never.
+	// Idle ends the flow after this long without a byte either way; 0 means
+	// never. It is checked a few times a second (see SweepInterval), so a
+	// flow ends up to that much later.
 	Idle time.Duration
+	// ParkAfter is how long a direction waits for bytes on its goroutine
+	// before it parks; 0 parks as soon as the source is empty. Waiting
+	// saves a park and an unpark per message on a chatty flow; parking
+	// saves a goroutine stack per idle direction.
+	ParkAfter time.Duration
 	// Up and Down, if set, count bytes client→server and server→client as they move.
 	Up, Down *atomic.Int64
 	// OnPath, if set, is told which mechanism each direction used (up is
@@ -68,146 +85,134 @@ type Result struct {
 	Err      error // the error behind ReasonError, else nil
 }
 
-// Join relays between client and server until both directions have
-// finished or one leg fails, then closes both connections.
-//
-// It costs one goroutine besides the caller's, which moves the upstream
-// direction itself: goroutine stacks are most of a flow's memory.
-func Join(ctx context.Context, client, server *net.TCPConn, opt Options) Result {
-	f := &flow{client: client, server: server, opt: opt, done: make(chan struct{})}
-	f.touch()
-	stop := context.AfterFunc(ctx, func() { f.abort(ReasonCanceled, nil, true, true) })
-	defer stop()
-	var down dirResult
-	downDone := make(chan struct{})
-	go func() { down = f.proxyCopy(false); close(downDone) }()
-	up := f.proxyCopy(true)
-	<-downDone
-	client.Close()
-	server.Close()
-	res := Result{Up: up.n, Down: down.n, Reason: ReasonClosed}
-	if r, err := f.end(); r != "" {
-		res.Reason, res.Err = r, err
-	}
-	return res
-}
-
-type flow struct {
+// Flow is a flow handed to the data path, made by New.
+type Flow struct {
 	client, server *net.TCPConn
 	opt            Options
+	id             uint64
+	shard          *parkShard
+	epfd           int          // the shard's epoll set, or -1
 	last           atomic.Int64 // unix nanos of the last byte either way
 	eofs           atomic.Int32 // directions that ended with EOF
-
-	mu     sync.Mutex
-	reason Reason
-	err    error
-	done   chan struct{}
+	left           atomic.Int32 // directions still running or parked
+	ending         atomic.Pointer[ending]
+	onDone         func(Result)
+	dirs           [2]dir // down, up
 }
 
-type dirResult struct{ n int64 }
+// ending is why a flow ends; the first one set wins.
+type ending struct {
+	reason Reason
+	err    error
+}
 
-func (f *flow) touch() { f.last.Store(time.Now().UnixNano()) }
+// New takes over client and server as a flow that runs once Run is
+// called. When both directions have finished, or one leg fails, it
+// closes both connections and calls done, if set (on the goroutine of
+// the direction that finished last).
+func New(client, server *net.TCPConn, opt Options, done func(Result)) *Flow {
+	f := &Flow{client: client, server: server, opt: opt, onDone: done}
+	f.touch()
+	f.left.Store(2)
+	f.dirs[0].init(f, false)
+	f.dirs[1].init(f, true)
+	parker.add(f)
+	return f
+}
+
+// Run starts the flow: it moves the client's waiting bytes, if any, on
+// the calling goroutine, and returns once the client's socket is empty.
+// From then on the flow runs on goroutines of its own only while bytes
+// move, and costs none while it is idle.
+func (f *Flow) Run() {
+	down := &f.dirs[0]
+	if len(f.opt.DownPrefix) > 0 || f.aborted() {
+		go down.run() // the prefix waits on its goroutine
+	} else {
+		// The server has usually sent nothing yet: wait for it in the
+		// epoll set rather than on a goroutine.
+		down.started = true
+		if !down.park() {
+			go down.run()
+		}
+	}
+	f.dirs[1].run()
+}
+
+// Start is New and Run on a goroutine of its own.
+func Start(client, server *net.TCPConn, opt Options, done func(Result)) *Flow {
+	f := New(client, server, opt, done)
+	go f.Run()
+	return f
+}
+
+// Join runs the flow on the calling goroutine and waits for its result;
+// it ends the flow with ReasonCanceled if ctx ends first.
+func Join(ctx context.Context, client, server *net.TCPConn, opt Options) Result {
+	ch := make(chan Result, 1)
+	f := New(client, server, opt, func(r Result) { ch <- r })
+	stop := context.AfterFunc(ctx, f.Abort)
+	defer stop()
+	f.Run()
+	return <-ch
+}
+
+// Abort ends the flow now, closing both legs (ReasonCanceled), unless it
+// has already ended.
+func (f *Flow) Abort() { f.abort(ReasonCanceled, nil, true, true) }
+
+// Conns returns the flow's client and server connections.
+func (f *Flow) Conns() (client, server *net.TCPConn) { return f.client, f.server }
+
+func (f *Flow) touch() { f.last.Store(time.Now().UnixNano()) }
 
 // abort records why the flow ends (the first reason wins) and tears both
 // legs down: resetting the named ones, closing the others.
-func (f *flow) abort(r Reason, err error, resetClient, resetServer bool) {
-	f.mu.Lock()
-	first := f.reason == ""
-	if first {
-		f.reason, f.err = r, err
-		close(f.done)
-	}
-	f.mu.Unlock()
-	if !first {
+func (f *Flow) abort(r Reason, err error, resetClient, resetServer bool) {
+	if !f.ending.CompareAndSwap(nil, &ending{r, err}) {
 		return
 	}
-	for _, c := range []struct {
-		conn  *net.TCPConn
-		reset bool
-	}{{f.client, resetClient}, {f.server, resetServer}} {
-		if c.reset {
-			_ = c.conn.SetLinger(0) // close sends RST
-		}
-		c.conn.Close()
+	if resetClient {
+		_ = f.client.SetLinger(0) // close sends RST
+	}
+	if resetServer {
+		_ = f.server.SetLinger(0)
+	}
+	f.closeBoth()
+}
+
+// closeBoth closes the legs, then wakes a parked direction so it finds
+// them closed: closing a socket takes it out of the epoll set silently.
+func (f *Flow) closeBoth() {
+	f.client.Close()
+	f.server.Close()
+	for i := range f.dirs {
+		f.dirs[i].wake()
 	}
 }
 
-func (f *flow) end() (Reason, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.reason, f.err
-}
+func (f *Flow) aborted() bool { return f.ending.Load() != nil }
 
-func (f *flow) aborted() bool {
-	select {
-	case <-f.done:
-		return true
-	default:
-		return false
+// dirDone is called once by each direction as it finishes; the last one
+// closes the legs and reports.
+func (f *Flow) dirDone() {
+	if f.left.Add(-1) != 0 {
+		return
 	}
-}
-
-// proxyCopy moves one direction until EOF, then half-closes the other leg.
-func (f *flow) proxyCopy(up bool) dirResult {
-	src, dst, cnt := f.server, f.client, f.opt.Down
-	if up {
-		src, dst, cnt = f.client, f.server, f.opt.Up
+	f.client.Close()
+	f.server.Close()
+	parker.remove(f)
+	res := Result{Up: f.dirs[1].n, Down: f.dirs[0].n, Reason: ReasonClosed}
+	if e := f.ending.Load(); e != nil {
+		res.Reason, res.Err = e.reason, e.err
 	}
-	var n int64
-	var err error
-	if !up && len(f.opt.DownPrefix) > 0 {
-		if err := writePrefix(dst, src, f.opt.DownPrefix, f.opt.PrefixWait); err != nil {
-			if !f.aborted() {
-				f.fail(up, sideErr{reset: isReset(err), err: err})
-			}
-			return dirResult{}
-		}
+	if f.onDone != nil {
+		f.onDone(res)
 	}
-	path := PathSplice
-	if !f.opt.ForceCopy {
-		n, err = spliceCopy(dst, src, cnt, f)
-		if errors.Is(err, errSpliceUnsupported) {
-			path = PathCopy // from where splice stopped: nothing was lost
-		}
-	} else {
-		path = PathCopy
-	}
-	if path == PathCopy {
-		var m int64
-		m, err = bufCopy(dst, src, cnt, f)
-		n += m
-	}
-	if f.opt.OnPath != nil {
-		f.opt.OnPath(up, path)
-	}
-	if err == nil {
-		// EOF from src: pass the FIN on, keep the other direction going.
-		if cerr := dst.CloseWrite(); cerr != nil && !f.aborted() {
-			f.abort(ReasonError, cerr, false, false)
-			return dirResult{n}
-		}
-		if f.eofs.Add(1) == 2 {
-			// Both sides have finished: wake the other direction's watch.
-			f.client.Close()
-			f.server.Close()
-			return dirResult{n}
-		}
-		// src may still reset while the other direction flows; that must
-		// reach the other leg now, not at the idle timeout.
-		if rerr := watchReset(src, f); rerr != nil && !f.aborted() {
-			f.fail(up, sideErr{read: true, reset: isReset(rerr), err: rerr})
-		}
-		return dirResult{n}
-	}
-	if f.aborted() {
-		return dirResult{n}
-	}
-	f.fail(up, err)
-	return dirResult{n}
 }
 
 // fail classifies a direction's error and aborts the flow accordingly.
-func (f *flow) fail(up bool, err error) {
+func (f *Flow) fail(up bool, err error) {
 	var side sideErr
 	if errors.As(err, &side) {
 		// side.read: the error came from the leg we read from.
@@ -222,14 +227,8 @@ func (f *flow) fail(up bool, err error) {
 		}
 		err = side.err
 	}
-	if errors.Is(err, errIdle) {
-		f.abort(ReasonIdle, nil, false, false)
-		return
-	}
 	f.abort(ReasonError, err, true, true)
 }
-
-var errIdle = errors.New("idle timeout")
 
 // sideErr tells which end of a direction failed and whether it was reset.
 type sideErr struct {
@@ -241,20 +240,6 @@ type sideErr struct {
 func (e sideErr) Error() string { return e.err.Error() }
 func (e sideErr) Unwrap() error { return e.err }
 
-// waitDeadline arms the read deadline of src for the idle timeout, counted
-// from the last byte in either direction.
-func (f *flow) armIdle(src *net.TCPConn) {
-	if f.opt.Idle > 0 {
-		_ = src.SetReadDeadline(time.Unix(0, f.last.Load()).Add(f.opt.Idle))
-	}
-}
-
-// idleExpired tells, after a read deadline fired, whether the whole flow has
-// been idle; if the other direction moved bytes meanwhile, it re-arms.
-func (f *flow) idleExpired(src *net.TCPConn) bool {
-	if time.Since(time.Unix(0, f.last.Load())) >= f.opt.Idle {
-		return true
-	}
-	f.armIdle(src)
-	return false
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 
@@ -15,150 +13,98 @@ import (
 // maxSplice bounds one splice call; the pipe's capacity bounds it anyway.
 const maxSplice = 1 << 20
 
-var (
-	errSpliceUnsupported = errors.New("splice not supported on these sockets")
-	errNoPipe            = errors.New("no pipe")
-)
+var errNoPipe = errors.New("no pipe")
 
-// spliceCopy moves src → dst through a pipe until EOF (nil error). The pipe
-// is taken only when bytes are waiting and given back before waiting again,
-// so an idle flow holds no pipe.
+// spliceStep moves src → dst through a pipe until src is empty, has sent
+// its FIN or fails. The pipe is taken only when bytes are waiting and given
+// back when src is found empty, so an idle direction holds no pipe.
 //
 // A message costs three splices: in, out, and in again to learn that the
-// socket is empty (EAGAIN) before waiting. Stopping after a short read
+// socket is empty (EAGAIN) before parking. Stopping after a short read
 // instead would miss a FIN that came with the data: its readiness event
 // was spent on the wake-up that read the data.
-func spliceCopy(dst, src *net.TCPConn, cnt *atomic.Int64, f *flow) (int64, error) {
-	srcRC, err := src.SyscallConn()
+func (d *dir) spliceStep() (step, error) {
+	srcRC, err := d.src().SyscallConn()
 	if err != nil {
-		return 0, err
+		return stepErr, sideErr{read: true, err: err}
 	}
-	dstRC, err := dst.SyscallConn()
+	dstRC, err := d.dst().SyscallConn()
 	if err != nil {
-		return 0, err
+		return stepErr, sideErr{read: false, err: err}
 	}
-	var (
-		p     *pipe
-		total int64
-		n     int
-		serr  error
-	)
-	defer func() {
-		if p != nil {
-			pipes.put(p)
-		}
-	}()
-	readFn := func(fd uintptr) bool {
-		// No peek first: a splice that finds nothing says EAGAIN for the
-		// same one syscall, and one that finds bytes has moved them.
-		if p == nil {
-			if p, serr = pipes.get(); serr != nil {
-				serr = errNoPipe
-				return true
-			}
-		}
-		var moved int64
-		moved, serr = unix.Splice(int(fd), nil, p.w, nil, maxSplice, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		n = int(moved)
-		if serr == unix.EAGAIN {
-			pipes.put(p)
-			p = nil
-			return false
-		}
-		return true
-	}
-	var m int
-	var werr error
-	writeFn := func(fd uintptr) bool {
-		moved, e := unix.Splice(p.r, nil, int(fd), nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		m, werr = int(moved), e
-		return werr != unix.EAGAIN
-	}
-	f.armIdle(src)
 	for {
-		n, serr = 0, nil
-		if err := srcRC.Read(readFn); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && !f.idleExpired(src) {
-				continue
-			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return total, errIdle
-			}
-			return total, sideErr{read: true, err: err}
+		d.pn, d.err, d.block, d.op = 0, nil, false, opSpliceIn
+		if err := srcRC.Read(d.fn); err != nil {
+			return d.readErr(err)
 		}
-		if serr == nil && n == 0 {
-			return total, nil // EOF
+		if d.block {
+			return stepPark, nil
 		}
-		if serr != nil {
-			if serr == errNoPipe {
+		if d.err == nil && d.pn == 0 {
+			return stepEOF, nil
+		}
+		if d.err != nil {
+			if d.err == errNoPipe {
 				// Out of descriptors: this direction goes on by copying
 				// rather than failing a flow that did nothing wrong.
-				return total, errSpliceUnsupported
+				return stepFallback, nil
 			}
-			if total == 0 && (serr == unix.EINVAL || serr == unix.ENOSYS) {
-				return 0, errSpliceUnsupported
+			if d.n == 0 && (d.err == unix.EINVAL || d.err == unix.ENOSYS) {
+				return stepFallback, nil
 			}
-			return total, sideErr{read: true, reset: isReset(serr), err: os.NewSyscallError("splice", serr)}
+			return stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("splice", d.err)}
 		}
-		for n > 0 {
-			if err := dstRC.Write(writeFn); err != nil {
-				p.dirty = true
-				return total, sideErr{read: false, err: err}
+		d.op = opSpliceOut
+		for d.pn > 0 {
+			err := dstRC.Write(d.fn)
+			if err == nil && d.err != nil {
+				err = sideErr{read: false, reset: isReset(d.err), err: os.NewSyscallError("splice", d.err)}
+			} else if err != nil {
+				err = sideErr{read: false, err: err}
 			}
-			if werr != nil {
-				p.dirty = true
-				return total, sideErr{read: false, reset: isReset(werr), err: os.NewSyscallError("splice", werr)}
+			if err != nil {
+				d.p.dirty = true
+				pipes.put(d.p)
+				d.p = nil
+				return stepErr, err
 			}
-			n -= m
-			total += int64(m)
-			if cnt != nil {
-				cnt.Add(int64(m))
+			d.pn -= d.m
+			d.n += int64(d.m)
+			if cnt := d.counter(); cnt != nil {
+				cnt.Add(int64(d.m))
 			}
-			f.touch()
+			d.f.touch()
 		}
-		f.armIdle(src)
 	}
 }
 
-// watchReset waits, on a socket that has sent its FIN, until it fails
-// (returning the error: a reset, a user timeout), the flow is idle (errIdle:
-// the other direction may be stuck writing to a peer that stopped reading,
-// which no read deadline of its own would notice) or the socket is closed
-// (nil).
-func watchReset(src *net.TCPConn, f *flow) error {
-	rc, err := src.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	f.armIdle(src)
-	var rerr error
-	watch := func(fd uintptr) bool {
-		// recv reports EOF before a later reset, so ask the socket for its
-		// pending error: a reset sets one (EPIPE in CLOSE_WAIT), while an
-		// orderly close that completes (LAST_ACK to CLOSE) does not.
-		if e, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); e != 0 {
-			rerr = os.NewSyscallError("connection", syscall.Errno(e))
+func (d *dir) spliceIn(fd uintptr) bool {
+	// No peek first: a splice that finds nothing says EAGAIN for the same
+	// one syscall, and one that finds bytes has moved them.
+	if d.p == nil {
+		var err error
+		if d.p, err = pipes.get(); err != nil {
+			d.err = errNoPipe
 			return true
 		}
-		return false // still half-closed: wait for the next event
 	}
-	for {
-		err = rc.Read(watch)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if f.idleExpired(src) {
-				return errIdle
-			}
-			continue
-		}
-		if err != nil {
-			return nil // closed: the flow is over
-		}
-		return rerr
+	moved, err := unix.Splice(int(fd), nil, d.p.w, nil, maxSplice, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	if err == unix.EAGAIN {
+		pipes.put(d.p)
+		d.p = nil
+		return d.empty()
 	}
+	d.pn, d.err = int32(moved), err
+	if d.waitSince.Load() != 0 {
+		d.waitSince.Store(0)
+	}
+	return true
 }
 
-func isReset(err error) bool {
-	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+func (d *dir) spliceOut(fd uintptr) bool {
+	moved, err := unix.Splice(d.p.r, nil, int(fd), nil, int(d.pn), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	d.m, d.err = int32(moved), err
+	return err != unix.EAGAIN
 }
 
 // pipe is a kernel pipe used as splice's buffer.

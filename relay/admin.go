@@ -85,15 +85,16 @@ func (s *Server) Flows() []FlowStatus {
 	var out []FlowStatus
 	s.table.each(func(f *flow) {
 		fs := FlowStatus{ID: f.id, Listener: f.listener, Protocol: *f.proto.Load(), Client: f.client.String(),
-			Up: f.up.Load(), Down: f.down.Load(), AgeS: time.Since(f.start).Seconds()}
+			Up: f.up.Load(), Down: f.down.Load(), AgeS: time.Duration(time.Now().UnixNano() - f.start).Seconds()}
 		if d := f.dst.Load(); d != nil {
 			fs.Dst = d.String()
 		}
 		if r := f.route.Load(); r != nil {
 			fs.Route = *r
 		}
-		if cs := f.conns.Load(); cs != nil {
-			for i, c := range cs {
+		if dp := f.dp.Load(); dp != nil {
+			client, server := dp.Conns()
+			for i, c := range []*net.TCPConn{client, server} {
 				if st, err := sockopt.MPTCP(c); err == nil && st.Requested {
 					m := &MPTCPStatus{Active: st.Active, Subflows: st.Subflows}
 					if i == 0 {

@@ -27,6 +27,10 @@ type Config struct {
 	// a pipe taken only while bytes move) or copy (through a user-space
 	// buffer, for comparison and for kernels without splice on a socket).
 	DataPath string `yaml:"data_path"`
+	// ParkAfter is how long a flow's direction waits for bytes on a
+	// goroutine of its own before it parks in an epoll set with no
+	// goroutine; 0 (the default) parks as soon as the socket is empty.
+	ParkAfter Duration `yaml:"park_after"`
 }
 
 // AdminConfig places the metrics and admin HTTP API.
@@ -375,6 +379,9 @@ func (c *Config) Validate() error {
 	var errs strictyaml.Errors
 	add := func(path, format string, args ...any) {
 		errs = append(errs, &strictyaml.Error{Path: path, Msg: fmt.Sprintf(format, args...)})
+	}
+	if c.ParkAfter < 0 || c.ParkAfter.D() > time.Minute {
+		add("park_after", "%s: want 0 to 1m", c.ParkAfter.D())
 	}
 	if c.DataPath != "" && c.DataPath != "splice" && c.DataPath != "copy" {
 		add("data_path", "%q: want splice or copy", c.DataPath)

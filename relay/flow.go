@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,7 +23,8 @@ type flow struct {
 	route    atomic.Pointer[string]
 	client   netip.AddrPort
 	dst      atomic.Pointer[netip.AddrPort]
-	start    time.Time
+	l        *listener
+	start    int64 // unix nanos
 	up, down atomic.Int64
 	// endHandshake frees the client's handshake slot early: a peer's
 	// pooled connection waits for its request without holding one.
@@ -32,10 +32,10 @@ type flow struct {
 	// downPrefix is this relay's Convert answer to a pipelining peer, sent
 	// with the server's first bytes.
 	downPrefix []byte
-	// conns are the flow's two legs once it forwards (for MPTCP status);
 	// mptcp says, per leg that asked for MPTCP, "mptcp" or "fallback".
-	conns atomic.Pointer[[2]*net.TCPConn]
 	mptcp [2]string
+	// dp is the data path running the flow, once it forwards.
+	dp atomic.Pointer[datapath.Flow]
 }
 
 var legNames = [2]string{"client", "server"}
@@ -71,8 +71,7 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 			return
 		}
 	}
-	release, reason := s.admit(client.Addr(), st.perClientExempt())
-	if reason != "" {
+	if reason := s.admit(client.Addr(), st.perClientExempt()); reason != "" {
 		defer endHandshake()
 		s.metrics.refused.With(l.cfg.Name, reason).Inc()
 		// Answering in the client's protocol takes a goroutine for up to a
@@ -87,18 +86,10 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 		return
 	}
 	rt := s.state.Load()
-	endHandshake = sync.OnceFunc(endHandshake)
-	f := &flow{listener: l.cfg.Name, client: client, start: time.Now(), endHandshake: endHandshake}
+	f := &flow{listener: l.cfg.Name, l: l, client: client, start: time.Now().UnixNano(), endHandshake: endHandshake}
 	f.proto.Store(&st.cfg.Mode)
 	s.register(f)
 	l.flowStarted()
-	done := func() {
-		s.unregister(f)
-		release()
-		if err := l.flowEnded(); err != nil {
-			s.log.Error("removing capture rules", "listener", l.cfg.Name, "err", err)
-		}
-	}
 	var server *net.TCPConn
 	var err error
 	if explicit {
@@ -113,12 +104,19 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	}
 	if err != nil {
 		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: err})
-		done()
+		s.flowDone(f)
 		return
 	}
-	// The handshake and connect grew this goroutine's stack; the flow lives
-	// on in a fresh one, since an idle flow's memory is mostly its stacks.
-	go s.forward(f, c, server, rt, done)
+	s.forward(f, c, server, rt)
+}
+
+// flowDone releases what an ended flow held.
+func (s *Server) flowDone(f *flow) {
+	s.unregister(f)
+	s.release(f.client.Addr())
+	if err := f.l.flowEnded(); err != nil {
+		s.log.Error("removing capture rules", "listener", f.listener, "err", err)
+	}
 }
 
 // prefixWait is how long a relay holds its answer to a pipelining peer for
@@ -126,9 +124,9 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 // 64 KiB before any reply from the server.
 const prefixWait = 100 * time.Millisecond
 
-// forward relays an established flow until it ends.
-func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime, done func()) {
-	defer done()
+// forward hands an established flow to the data path, which runs it on
+// goroutines of its own only while bytes move, and returns.
+func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 	for i, conn := range []*net.TCPConn{c, server} {
 		if !rt.mptcp {
 			break // no leg asked for it: two getsockopts saved per flow
@@ -141,16 +139,26 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime, done func
 			s.metrics.mptcp.With(f.listener, legNames[i], f.mptcp[i]).Inc()
 		}
 	}
-	f.conns.Store(&[2]*net.TCPConn{c, server})
-	s.metrics.active.With(f.listener, *f.route.Load()).Inc()
-	res := datapath.Join(s.flowCtx, c, server, datapath.Options{
+	active := s.metrics.active.With(f.listener, *f.route.Load())
+	active.Inc()
+	dp := datapath.New(c, server, datapath.Options{
 		Idle: idleOf(rt, *f.proto.Load() == "convert", *f.route.Load() != "direct"), Up: &f.up, Down: &f.down,
-		OnPath:     func(_ bool, p datapath.Path) { s.metrics.path.With(string(p)).Inc() },
+		ParkAfter: rt.cfg.ParkAfter.D(), OnPath: s.onPath,
 		DownPrefix: f.downPrefix, PrefixWait: prefixWait, ForceCopy: rt.cfg.DataPath == "copy",
+	}, func(res datapath.Result) {
+		active.Dec()
+		s.endFlow(f, res)
+		s.flowDone(f)
 	})
-	s.metrics.active.With(f.listener, *f.route.Load()).Dec()
-	s.endFlow(f, res)
+	f.dp.Store(dp)
+	if s.flowCtx.Err() != nil {
+		dp.Abort() // abortFlows ran before the flow was in reach
+	}
+	dp.Run()
 }
+
+// pathCounted counts the mechanism that moved a flow direction's bytes.
+func (s *Server) pathCounted(_ bool, p datapath.Path) { s.metrics.path.With(string(p)).Inc() }
 
 // idleOf is a flow's idle timeout: the shorter of its two legs', each
 // taken by role — a leg to or from another relay uses the relay setting.
@@ -179,7 +187,7 @@ func (s *Server) endFlow(f *flow, res datapath.Result) {
 	}
 	result := string(res.Reason)
 	attrs := []any{"listener", f.listener, "proto", *f.proto.Load(), "client", f.client.String(),
-		"route", routeName, "up", f.up.Load(), "down", f.down.Load(), "duration", time.Since(f.start).Round(time.Microsecond), "reason", result}
+		"route", routeName, "up", f.up.Load(), "down", f.down.Load(), "duration", time.Duration(time.Now().UnixNano() - f.start).Round(time.Microsecond), "reason", result}
 	if d := f.dst.Load(); d != nil {
 		attrs = append(attrs, "dst", d.String())
 	}

@@ -93,27 +93,27 @@ func (t *flowTable) unlockAll() {
 }
 
 // take counts one for key in the table pick chooses, unless it is at
-// limit (limit < 0: no limit); release undoes it.
-func (t *flowTable) take(pick func(*flowShard) map[netip.Addr]int, key netip.Addr, limit int) (release func(), ok bool) {
+// limit (limit < 0: no limit); give undoes it.
+func (t *flowTable) take(pick func(*flowShard) map[netip.Addr]int, key netip.Addr, limit int) bool {
+	sh := t.byClient(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	m := pick(sh)
+	if limit >= 0 && m[key] >= limit {
+		return false
+	}
+	m[key]++
+	return true
+}
+
+func (t *flowTable) give(pick func(*flowShard) map[netip.Addr]int, key netip.Addr) {
 	sh := t.byClient(key)
 	sh.mu.Lock()
 	m := pick(sh)
-	if limit >= 0 && m[key] >= limit {
-		sh.mu.Unlock()
-		return nil, false
+	if m[key]--; m[key] <= 0 {
+		delete(m, key)
 	}
-	m[key]++
 	sh.mu.Unlock()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			sh.mu.Lock()
-			if m[key]--; m[key] <= 0 {
-				delete(m, key)
-			}
-			sh.mu.Unlock()
-		})
-	}, true
 }
 
 func perClientOf(sh *flowShard) map[netip.Addr]int { return sh.perClient }

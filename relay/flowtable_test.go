@@ -18,7 +18,7 @@ func TestFlowTable(t *testing.T) {
 	var mu sync.Mutex
 	ids := map[uint64]bool{}
 	over := 0
-	held := make(chan func(), workers*each)
+	held := make(chan struct{}, workers*each)
 	for range workers {
 		wg.Add(1)
 		go func() {
@@ -32,8 +32,8 @@ func TestFlowTable(t *testing.T) {
 				}
 				ids[f.id] = true
 				mu.Unlock()
-				if drop, ok := tb.take(perClientOf, client, 100); ok {
-					held <- drop
+				if tb.take(perClientOf, client, 100) {
+					held <- struct{}{}
 				} else {
 					mu.Lock()
 					over++
@@ -47,9 +47,8 @@ func TestFlowTable(t *testing.T) {
 	if got := len(held); got != 100 || over != workers*each-100 {
 		t.Errorf("per-client limit 100: %d taken, %d refused", got, over)
 	}
-	for drop := range held {
-		drop()
-		drop() // idempotent
+	for range held {
+		tb.give(perClientOf, client)
 	}
 	if n := tb.byClient(client).perClient[client]; n != 0 {
 		t.Errorf("count after release: %d", n)
@@ -72,7 +71,7 @@ func TestFlowTable(t *testing.T) {
 		t.Errorf("then ran %d times", removed)
 	}
 	tb.each(func(f *flow) { t.Errorf("flow %d left", f.id) })
-	if _, ok := tb.take(perClientOf, client, -1); !ok {
+	if !tb.take(perClientOf, client, -1) {
 		t.Error("no limit refused")
 	}
 }

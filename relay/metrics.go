@@ -4,6 +4,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"halfway/datapath"
 	hm "halfway/metrics"
 )
 
@@ -64,6 +65,13 @@ func newMetrics(reg *hm.Registry, s *Server) *metrics {
 				}
 			}
 		})
+	// The data path is the process's, shared by every Server in it.
+	reg.Func("halfway_datapath_parked", "Flow directions waiting for bytes in the data path's epoll sets, holding no goroutine.", hm.GaugeType, nil, func(emit func(float64, ...string)) {
+		emit(float64(datapath.ReadStats().Parked))
+	})
+	reg.Func("halfway_datapath_wakes_total", "Parked flow directions woken by bytes (or a FIN or reset) on their socket.", hm.CounterType, nil, func(emit func(float64, ...string)) {
+		emit(float64(datapath.ReadStats().Wakes))
+	})
 	return m
 }
 

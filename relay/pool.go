@@ -187,12 +187,20 @@ func (p *pool) open(ctx context.Context) {
 	p.mu.Lock()
 	p.dialing--
 	if err != nil {
-		p.failing++
-		back := min(100*time.Millisecond<<min(p.failing-1, 7), 10*time.Second)
-		p.notUtil = time.Now().Add(back)
+		// Opens started together fail together (the peer is down): they
+		// make one round of backoff and one log line, not one each, or a
+		// pool of 16 would back off for the maximum after its first try.
+		now := time.Now()
+		first := !now.Before(p.notUtil)
+		var back time.Duration
+		if first {
+			p.failing++
+			back = min(100*time.Millisecond<<min(p.failing-1, 7), 10*time.Second)
+			p.notUtil = now.Add(back)
+		}
 		p.mu.Unlock()
 		p.failed.Add(1)
-		if ctx.Err() == nil {
+		if first && ctx.Err() == nil {
 			p.s.log.Warn("pool: opening a connection to the peer failed", "peer", p.peer, "err", err, "retry_in", back)
 		}
 		return

@@ -510,3 +510,19 @@ func TestPoolParkedOnListenerChange(t *testing.T) {
 		t.Errorf("%d parked after the listener stopped taking Convert hops", n)
 	}
 }
+
+// TestPoolBackoffPerRound: opens that fail together, because the peer is
+// not there yet, make one round of backoff, not one each.
+func TestPoolBackoffPerRound(t *testing.T) {
+	pp := newPoolPair(t, func(rs string) string { return rs }, 8, 16)
+	rc := startLoopback(t, pp.rcYAML)
+	waitFor(t, func() bool { st := poolOf(t, rc); return st.Failed >= 16 && st.Opening == 0 })
+	for _, p := range *rc.pools.Load() {
+		p.mu.Lock()
+		failing, wait := p.failing, time.Until(p.notUtil)
+		p.mu.Unlock()
+		if failing != 1 || wait > 100*time.Millisecond {
+			t.Errorf("after one round of 16 failed opens: %d rounds of backoff, next try in %v; want 1 round, at most 100ms", failing, wait)
+		}
+	}
+}

@@ -60,6 +60,7 @@ type Server struct {
 	early    earlyTable // dials started by clients' SYNs
 
 	flowCtx    context.Context // canceled to abort every flow
+	onPath     func(up bool, p datapath.Path)
 	cancelAll  context.CancelFunc
 	flowsWG    sync.WaitGroup
 	acceptorWG sync.WaitGroup
@@ -136,6 +137,7 @@ func New(cfg *Config, log *slog.Logger, reg *hm.Registry) (*Server, error) {
 	s.pools.Store(&map[netip.AddrPort]*pool{})
 	s.metrics = newMetrics(reg, s)
 	s.flowCtx, s.cancelAll = context.WithCancel(context.Background())
+	s.onPath = s.pathCounted // one func value for every flow
 	s.refreshOwn()
 	return s, nil
 }
@@ -427,10 +429,10 @@ func (s *Server) Drain(grace time.Duration) {
 	case <-done:
 	case <-t.C:
 		s.log.Warn("grace period over: closing flows", "flows", s.active.Load())
-		s.cancelAll()
+		s.abortFlows()
 		<-done
 	}
-	s.cancelAll()
+	s.abortFlows()
 	for _, l := range captured {
 		if err := l.close(); err != nil {
 			s.log.Error("removing capture rules", "err", err)
@@ -467,36 +469,35 @@ func (s *Server) AdminAddr() net.Addr {
 	return s.admin.ln.Addr()
 }
 
-// admit reserves a flow slot for a client, or says why it cannot.
-func (s *Server) admit(client netip.Addr, exempt bool) (release func(), reason string) {
+// admit reserves a flow slot for a client, or says why it cannot;
+// release gives an admitted flow's slot back, once.
+func (s *Server) admit(client netip.Addr, exempt bool) (reason string) {
 	t := s.state.Load().tunables
 	s.drainMu.RLock()
 	defer s.drainMu.RUnlock()
 	if s.draining.Load() {
-		return nil, "draining"
+		return "draining"
 	}
 	if int(s.active.Add(1)) > t.MaxFlows {
 		s.active.Add(-1)
-		return nil, "max_flows"
+		return "max_flows"
 	}
 	limit := t.MaxFlowsPerClient
 	if exempt {
 		limit = -1
 	}
-	drop, ok := s.table.take(perClientOf, clientKey(client), limit)
-	if !ok {
+	if !s.table.take(perClientOf, clientKey(client), limit) {
 		s.active.Add(-1)
-		return nil, "max_flows_per_client"
+		return "max_flows_per_client"
 	}
 	s.flowsWG.Add(1)
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			drop()
-			s.active.Add(-1)
-			s.flowsWG.Done()
-		})
-	}, ""
+	return ""
+}
+
+func (s *Server) release(client netip.Addr) {
+	s.table.give(perClientOf, clientKey(client))
+	s.active.Add(-1)
+	s.flowsWG.Done()
 }
 
 // beginHandshake reserves a place for a client still sending its protocol
@@ -508,18 +509,15 @@ func (s *Server) beginHandshake(client netip.Addr) (end func(), ok bool) {
 		s.handshakes.Add(-1)
 		return nil, false
 	}
-	drop, ok := s.table.take(hsClientOf, clientKey(client), max(limit/8, 1))
-	if !ok {
+	key := clientKey(client)
+	if !s.table.take(hsClientOf, key, max(limit/8, 1)) {
 		s.handshakes.Add(-1)
 		return nil, false
 	}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			drop()
-			s.handshakes.Add(-1)
-		})
-	}, true
+	return sync.OnceFunc(func() {
+		s.table.give(hsClientOf, key)
+		s.handshakes.Add(-1)
+	}), true
 }
 
 // clientKey is what per-client limits count by: the address, or for IPv6
@@ -543,6 +541,17 @@ func (s *Server) beginConnect() (done func(), ok bool) {
 }
 
 func (s *Server) register(f *flow) { s.table.add(f) }
+
+// abortFlows ends every flow: those still connecting through the flows'
+// context, those forwarding through their data path.
+func (s *Server) abortFlows() {
+	s.cancelAll()
+	s.table.each(func(f *flow) {
+		if dp := f.dp.Load(); dp != nil {
+			dp.Abort()
+		}
+	})
+}
 
 // finish moves an ended flow's bytes from the active set to the totals in
 // one step under its shard's lock (see metrics.bytes).

@@ -1,0 +1,336 @@
+package datapath
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A direction is running (on a goroutine), parked (its source in the
+// epoll set, no goroutine) or done. Whoever moves it from parked to
+// running starts the goroutine that runs it; one goroutine at a time owns
+// the fields below the atomics.
+const (
+	dirRunning int32 = iota
+	dirParked
+	dirDone
+)
+
+// dir is one direction of a flow: bytes from src to dst.
+type dir struct {
+	f     *Flow
+	state atomic.Int32
+	// waitSince is when the goroutine began waiting on an empty source
+	// (unix nanos; 0: not waiting). The sweep parks it after ParkAfter.
+	waitSince atomic.Int64
+
+	// Owned by the goroutine running the direction.
+	n          int64 // bytes moved
+	p          *pipe
+	buf        *[]byte
+	err        error // the last read's or write's error
+	pn, m, cn  int32 // bytes in the pipe; bytes the last write moved; bytes in buf
+	up         bool
+	copy       bool // through a user-space buffer (else splice)
+	started    bool // the prefix, if any, has been written
+	watching   bool // src has sent its FIN: only a reset is awaited
+	registered bool // src is in the flow's epoll set (maybe disarmed)
+	noPark     bool // the epoll set refused src: wait on the goroutine
+	block      bool // the last read found the source empty
+	op         uint8
+	// fn is the callback for RawConn, made once rather than at every
+	// wake; op says what it does.
+	fn func(uintptr) bool
+}
+
+// What dir.fn does.
+const (
+	opSpliceIn uint8 = iota
+	opSpliceOut
+	opReadIn
+	opWatch
+)
+
+func (d *dir) call(fd uintptr) bool {
+	switch d.op {
+	case opSpliceIn:
+		return d.spliceIn(fd)
+	case opSpliceOut:
+		return d.spliceOut(fd)
+	case opReadIn:
+		return d.readIn(fd)
+	}
+	return d.watchIn(fd)
+}
+
+func (d *dir) path() Path {
+	if d.copy {
+		return PathCopy
+	}
+	return PathSplice
+}
+
+func (d *dir) counter() *atomic.Int64 {
+	if d.up {
+		return d.f.opt.Up
+	}
+	return d.f.opt.Down
+}
+
+// step is what a pass of a direction's loop came to.
+type step int
+
+const (
+	stepPark     step = iota // the source is empty
+	stepAgain                // a read deadline fired early: read again
+	stepEOF                  // the source sent its FIN, all bytes forwarded
+	stepFallback             // splice cannot serve these sockets: copy
+	stepErr                  // a leg failed
+	stepDone                 // the flow closed the legs
+)
+
+func (d *dir) init(f *Flow, up bool) {
+	d.f, d.up, d.copy = f, up, f.opt.ForceCopy
+	d.fn = d.call
+}
+
+// src and dst are the legs the direction reads from and writes to.
+func (d *dir) src() *net.TCPConn {
+	if d.up {
+		return d.f.client
+	}
+	return d.f.server
+}
+
+func (d *dir) dst() *net.TCPConn {
+	if d.up {
+		return d.f.server
+	}
+	return d.f.client
+}
+
+// run moves bytes until the source is empty (then parks and returns) or
+// the direction ends.
+func (d *dir) run() {
+	f := d.f
+	if !d.started {
+		d.started = true
+		if f.aborted() {
+			d.finish()
+			return
+		}
+		if !d.up && len(f.opt.DownPrefix) > 0 {
+			if err := writePrefix(d.dst(), d.src(), f.opt.DownPrefix, f.opt.PrefixWait); err != nil {
+				if !f.aborted() {
+					f.fail(d.up, sideErr{reset: isReset(err), err: err})
+				}
+				d.finish()
+				return
+			}
+		}
+	}
+	for {
+		var s step
+		var err error
+		switch {
+		case d.watching:
+			s, err = d.watchStep()
+		case d.copy:
+			s, err = d.copyStep()
+		default:
+			s, err = d.spliceStep()
+		}
+		switch s {
+		case stepPark:
+			if d.park() {
+				return
+			}
+		case stepAgain:
+		case stepFallback:
+			d.copy = true // from where splice stopped: nothing was lost
+		case stepEOF:
+			// EOF from src: pass the FIN on, keep the other direction going.
+			if cerr := d.dst().CloseWrite(); cerr != nil && !f.aborted() {
+				f.abort(ReasonError, cerr, false, false)
+				d.finish()
+				return
+			}
+			if f.eofs.Add(1) == 2 {
+				f.closeBoth() // both sides have finished
+				d.finish()
+				return
+			}
+			// src may still reset while the other direction flows; that
+			// must reach the other leg now, not at the idle timeout.
+			d.watching = true
+		case stepErr:
+			if !f.aborted() && f.eofs.Load() < 2 {
+				f.fail(d.up, err)
+			}
+			d.finish()
+			return
+		case stepDone:
+			d.finish()
+			return
+		}
+	}
+}
+
+func (d *dir) finish() {
+	if d.p != nil {
+		pipes.put(d.p)
+		d.p = nil
+	}
+	if d.buf != nil {
+		bufPool.Put(d.buf)
+		d.buf = nil
+	}
+	d.state.Store(dirDone)
+	if d.started && d.f.opt.OnPath != nil {
+		d.f.opt.OnPath(d.up, d.path())
+	}
+	d.f.dirDone()
+}
+
+// empty is what a read callback returns on EAGAIN: true (stop, the
+// direction parks) or false (wait on this goroutine for more).
+func (d *dir) empty() bool {
+	if d.noPark || d.f.epfd < 0 {
+		return false
+	}
+	if d.f.opt.ParkAfter > 0 {
+		if d.waitSince.Load() == 0 {
+			d.waitSince.Store(time.Now().UnixNano())
+		}
+		return false
+	}
+	d.block = true
+	return true
+}
+
+// readErr handles an error from waiting on the source. A deadline is the
+// sweep's nudge to park; anything else ends the direction.
+func (d *dir) readErr(err error) (step, error) {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return stepErr, sideErr{read: true, err: err}
+	}
+	_ = d.src().SetReadDeadline(time.Time{})
+	ws := d.waitSince.Load()
+	if ws != 0 && time.Since(time.Unix(0, ws)) >= d.f.opt.ParkAfter {
+		return stepPark, nil
+	}
+	return stepAgain, nil
+}
+
+// park puts src in the flow's epoll set and gives the goroutine back. It
+// reports false if the caller still owns the direction and must go on.
+func (d *dir) park() bool {
+	f := d.f
+	op := unix.EPOLL_CTL_ADD
+	if d.registered {
+		op = unix.EPOLL_CTL_MOD
+	}
+	d.registered = true
+	d.block = false
+	d.waitSince.Store(0)
+	key := f.id<<1 | b2u(d.up)
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(key), Pad: int32(key >> 32)}
+	if d.watching {
+		// A half-closed source stays readable (EOF): wait for the error
+		// or hang-up a reset brings, which epoll always reports.
+		ev.Events = unix.EPOLLONESHOT
+	}
+	epfd, sh := f.epfd, f.shard
+	sh.parked.Add(1)
+	d.state.Store(dirParked)
+	// From here on another goroutine may own d: only locals.
+	var cerr error
+	rc, err := d.src().SyscallConn()
+	if err != nil {
+		return !d.unpark()
+	}
+	err = rc.Control(func(fd uintptr) {
+		cerr = unix.EpollCtl(epfd, op, int(fd), &ev)
+		switch {
+		case cerr == unix.ENOENT && op == unix.EPOLL_CTL_MOD:
+			cerr = unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+		case cerr == unix.EEXIST && op == unix.EPOLL_CTL_ADD:
+			cerr = unix.EpollCtl(epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
+		}
+	})
+	if err == nil && cerr == nil {
+		return true
+	}
+	if !d.unpark() {
+		return true // woken meanwhile (the legs were closed): not ours now
+	}
+	if err == nil {
+		d.noPark = true // the set refused the socket: wait on the goroutine
+	}
+	return false // a closed socket: the next read finds out
+}
+
+// unpark moves a parked direction to running; true if this call did.
+func (d *dir) unpark() bool {
+	if d.state.CompareAndSwap(dirParked, dirRunning) {
+		d.f.shard.parked.Add(-1)
+		return true
+	}
+	return false
+}
+
+// wake runs a parked direction on a new goroutine.
+func (d *dir) wake() {
+	if d.unpark() {
+		go d.run()
+	}
+}
+
+func b2u(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// watchStep waits, on a source that has sent its FIN, until it fails
+// (a reset, a user timeout) or the flow closes it.
+func (d *dir) watchStep() (step, error) {
+	d.err, d.block, d.op = nil, false, opWatch
+	rc, err := d.src().SyscallConn()
+	if err == nil {
+		err = rc.Read(d.fn)
+	}
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return d.readErr(err)
+		}
+		return stepDone, nil // closed: the flow is over
+	}
+	if d.err != nil {
+		return stepErr, sideErr{read: true, reset: isReset(d.err), err: d.err}
+	}
+	if d.block {
+		return stepPark, nil
+	}
+	return stepDone, nil // both directions have ended
+}
+
+func (d *dir) watchIn(fd uintptr) bool {
+	// recv reports EOF before a later reset, so ask the socket for its
+	// pending error: a reset sets one (EPIPE in CLOSE_WAIT), while an
+	// orderly close that completes (LAST_ACK to CLOSE) does not.
+	if e, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); e != 0 {
+		d.err = os.NewSyscallError("connection", syscall.Errno(e))
+		return true
+	}
+	if d.f.eofs.Load() == 2 {
+		return true
+	}
+	return d.empty()
+}

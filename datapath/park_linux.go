@@ -1,0 +1,214 @@
+package datapath
+
+import (
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// sweepEvery is how often a shard checks its flows' idle timeouts and
+// moves directions that have waited ParkAfter into the epoll set.
+const sweepEvery = 250 * time.Millisecond
+
+// parkShard is one epoll set with the flows that park in it, one goroutine
+// waiting on it (through the runtime's poller: the set's descriptor is
+// itself pollable, so no thread blocks in epoll_wait) and one sweeping.
+// A flow takes its shard's lock only to start and to end. A shard with no
+// flows for two sweeps closes its set and stops its goroutines.
+type parkShard struct {
+	mu     sync.Mutex
+	nextID uint64
+	flows  map[uint64]*Flow
+	ep     *os.File // nil while stopped
+	epfd   int
+	empty  int // sweeps in a row that found no flow
+
+	parked  atomic.Int64 // directions parked now
+	wakes   atomic.Int64 // directions woken by their socket
+	started atomic.Int64 // flows started
+	_       [64]byte     // shards' locks on cache lines of their own
+}
+
+type parkSet struct {
+	once   sync.Once
+	shards []parkShard
+}
+
+var parker parkSet
+
+func (ps *parkSet) init() {
+	ps.once.Do(func() {
+		n := min(max(runtime.GOMAXPROCS(0), 1), 16)
+		ps.shards = make([]parkShard, n)
+		for i := range ps.shards {
+			ps.shards[i].flows = map[uint64]*Flow{}
+			ps.shards[i].epfd = -1
+		}
+	})
+}
+
+// add enters f in a shard and gives it an id and an epoll set (epfd -1
+// if none could be made: its directions then wait on their goroutines).
+func (ps *parkSet) add(f *Flow) {
+	ps.init()
+	sh := &ps.shards[rand.IntN(len(ps.shards))]
+	sh.mu.Lock()
+	if sh.ep == nil {
+		sh.start()
+	}
+	sh.nextID++
+	f.id, f.shard, f.epfd = sh.nextID, sh, sh.epfd
+	sh.flows[f.id] = f
+	sh.empty = 0
+	sh.mu.Unlock()
+	sh.started.Add(1)
+}
+
+func (ps *parkSet) remove(f *Flow) {
+	sh := f.shard
+	sh.mu.Lock()
+	delete(sh.flows, f.id)
+	sh.mu.Unlock()
+}
+
+// start makes the shard's epoll set and its goroutines; on failure the
+// shard runs without one and tries again for the next flow.
+func (sh *parkShard) start() {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return
+	}
+	ep := os.NewFile(uintptr(fd), "datapath-park")
+	rc, err := ep.SyscallConn()
+	if err != nil {
+		ep.Close()
+		return
+	}
+	sh.ep, sh.epfd = ep, fd
+	go sh.waitLoop(rc)
+	go sh.sweepLoop(ep)
+}
+
+// waitLoop wakes parked directions whose sockets have become ready.
+func (sh *parkShard) waitLoop(rc syscall.RawConn) {
+	evs := make([]unix.EpollEvent, 256)
+	ready := make([]*dir, 0, len(evs))
+	var n int
+	poll := func(fd uintptr) bool {
+		for {
+			m, err := unix.EpollWait(int(fd), evs, 0)
+			if err == unix.EINTR {
+				continue
+			}
+			n = max(m, 0)
+			return n > 0 || err != nil
+		}
+	}
+	for {
+		if err := rc.Read(poll); err != nil {
+			return // the set was closed
+		}
+		sh.mu.Lock()
+		for _, ev := range evs[:n] {
+			key := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			if f := sh.flows[key>>1]; f != nil {
+				ready = append(ready, &f.dirs[key&1])
+			}
+		}
+		sh.mu.Unlock()
+		for i, d := range ready {
+			if d.unpark() {
+				sh.wakes.Add(1)
+				go d.run()
+			}
+			ready[i] = nil
+		}
+		ready = ready[:0]
+	}
+}
+
+// sweepLoop ends idle flows and parks directions that have waited long
+// enough, a few times a second, until the shard has been empty a while.
+func (sh *parkShard) sweepLoop(ep *os.File) {
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	var idle []*Flow
+	var kick []*dir
+	for range t.C {
+		now := time.Now().UnixNano()
+		sh.mu.Lock()
+		if len(sh.flows) == 0 {
+			if sh.empty++; sh.empty >= 2 {
+				sh.ep, sh.epfd, sh.empty = nil, -1, 0
+				sh.mu.Unlock()
+				ep.Close()
+				return
+			}
+		}
+		for _, f := range sh.flows {
+			if f.aborted() {
+				continue
+			}
+			if f.opt.Idle > 0 && now-f.last.Load() >= int64(f.opt.Idle) {
+				idle = append(idle, f)
+				continue
+			}
+			if f.opt.ParkAfter <= 0 {
+				continue
+			}
+			for i := range f.dirs {
+				d := &f.dirs[i]
+				if ws := d.waitSince.Load(); ws != 0 && now-ws >= int64(f.opt.ParkAfter) && d.state.Load() == dirRunning {
+					kick = append(kick, d)
+				}
+			}
+		}
+		sh.mu.Unlock()
+		for i, f := range idle {
+			f.abort(ReasonIdle, nil, false, false)
+			idle[i] = nil
+		}
+		for i, d := range kick {
+			// The waiting read returns os.ErrDeadlineExceeded and parks.
+			_ = d.src().SetReadDeadline(longAgo)
+			kick[i] = nil
+		}
+		idle, kick = idle[:0], kick[:0]
+	}
+}
+
+var longAgo = time.Unix(1, 0)
+
+// Stats counts what the data path's flows are doing, over all shards.
+type Stats struct {
+	Flows   int64 // flows running now
+	Parked  int64 // directions parked now (no goroutine)
+	Wakes   int64 // directions woken by their socket, in total
+	Started int64 // flows started, in total
+}
+
+// ReadStats sums the shards' counters.
+func ReadStats() Stats {
+	parker.init()
+	var s Stats
+	for i := range parker.shards {
+		sh := &parker.shards[i]
+		sh.mu.Lock()
+		s.Flows += int64(len(sh.flows))
+		sh.mu.Unlock()
+		s.Parked += sh.parked.Load()
+		s.Wakes += sh.wakes.Load()
+		s.Started += sh.started.Load()
+	}
+	return s
+}

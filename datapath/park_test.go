@@ -1,0 +1,101 @@
+package datapath
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// TestParkedFlows opens flows, lets them fall idle and checks that they
+// hold no goroutine (every direction parked), then wakes each by sending
+// both ways and finishes it with half-closes: with parking at once and
+// after a wait, on splice and on copy.
+func TestParkedFlows(t *testing.T) {
+	for _, park := range []time.Duration{0, 30 * time.Millisecond} {
+		t.Run(fmt.Sprint("park-after-", park), func(t *testing.T) {
+			const flows = 60
+			type tf struct {
+				client, server *net.TCPConn
+				res            chan Result
+			}
+			s0 := ReadStats()
+			g0 := runtime.NumGoroutine()
+			fs := make([]tf, flows)
+			for i := range fs {
+				client, relayIn := tcpPair(t)
+				relayOut, server := tcpPair(t)
+				ch := make(chan Result, 1)
+				Start(relayIn, relayOut, Options{ParkAfter: park, ForceCopy: i%2 == 1, Idle: time.Minute},
+					func(r Result) { ch <- r })
+				fs[i] = tf{client, server, ch}
+				// One byte each way, so both directions have run and emptied.
+				exchange(t, client, server, []byte{byte(i)}, []byte{byte(i + 1)})
+			}
+			var st Stats
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				if st = ReadStats(); st.Parked-s0.Parked == 2*flows {
+					break
+				}
+			}
+			if got := st.Parked - s0.Parked; got != 2*flows {
+				t.Fatalf("%d directions parked, want %d", got, 2*flows)
+			}
+			// The shards' goroutines (two each) and the pairs' leftovers,
+			// but nothing per flow.
+			if g := runtime.NumGoroutine() - g0; g > 2*len(parker.shards)+4 {
+				t.Errorf("%d idle flows hold %d goroutines", flows, g)
+			}
+			for i, f := range fs {
+				up, down := payload(uint64(i), 3000+i*997), payload(uint64(i+100), 70000+i)
+				exchange(t, f.client, f.server, up, down)
+				f.client.CloseWrite()
+				f.server.CloseWrite()
+				for _, c := range []*net.TCPConn{f.client, f.server} {
+					c.SetReadDeadline(time.Now().Add(10 * time.Second))
+					if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+						t.Fatalf("flow %d: after the FIN read %d bytes, %v", i, len(rest), err)
+					}
+				}
+				select {
+				case r := <-f.res:
+					if r.Reason != ReasonClosed || r.Up != int64(1+len(up)) || r.Down != int64(1+len(down)) {
+						t.Errorf("flow %d: %+v", i, r)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatalf("flow %d did not end", i)
+				}
+			}
+			if w := ReadStats().Wakes - s0.Wakes; w < 2*flows {
+				t.Errorf("%d wake-ups from the epoll set, want at least %d", w, 2*flows)
+			}
+		})
+	}
+}
+
+// exchange sends up from the client and down from the server at once and
+// checks each arrives whole.
+func exchange(t *testing.T, client, server *net.TCPConn, up, down []byte) {
+	t.Helper()
+	errs := make(chan error, 2)
+	go func() { _, err := client.Write(up); errs <- err }()
+	go func() { _, err := server.Write(down); errs <- err }()
+	for _, c := range []struct {
+		conn *net.TCPConn
+		want []byte
+	}{{server, up}, {client, down}} {
+		got := make([]byte, len(c.want))
+		c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(c.conn, got); err != nil || !bytes.Equal(got, c.want) {
+			t.Fatalf("read %d bytes (%v), want %d", len(got), err, len(c.want))
+		}
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
