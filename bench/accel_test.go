@@ -61,14 +61,20 @@ func TestAccelMarkdownGoals(t *testing.T) {
 		row("+early SYN+pool+Turbo", "esf+pool+turbo", 10_000, 310, 310, 306.5, 306.8), row("+early SYN+pool+Turbo", "esf+pool+turbo", 10_000_000, 310, 1200, 306.5, 866),
 	}}
 	md := r.Markdown()
-	for _, want := range []string{
+	wantLines(t, md,
 		"| early SYN saves ≈ 59 ms of TTFB (model 58.7) | 60.0 ms | yes |",
 		"| the pool saves ≈ 182 ms more (model 182.3) | 183.0 ms | yes |",
 		"| full stack TTFB within 5% of the bound (306.5 ms) | 310.0 ms (+1.1%) | yes |",
 		"| 10 MB ≥ 3× faster than end to end, ≤ 1.15 s | 1200 ms vs 3300 ms: 2.75× | **no** |",
-	} {
+	)
+}
+
+// wantLines fails t for each of wants the Markdown report md lacks.
+func wantLines(t *testing.T, md string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
 		if !strings.Contains(md, want) {
-			t.Errorf("markdown lacks %q:\n%s", want, md)
+			t.Errorf("report lacks %q:\n%s", want, md)
 		}
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -70,11 +69,7 @@ func TestRunLabSmall(t *testing.T) {
 		t.Errorf("top speed %+v", r.TopSpeed)
 	}
 	md := r.Markdown()
-	for _, h := range []string{"## RTT", "## Bulk TCP throughput", "## Loss", "## Top speed"} {
-		if !strings.Contains(md, h) {
-			t.Errorf("markdown lacks %q", h)
-		}
-	}
+	wantLines(t, md, "## RTT", "## Bulk TCP throughput", "## Loss", "## Top speed")
 	if _, err := json.Marshal(r); err != nil {
 		t.Error(err)
 	}

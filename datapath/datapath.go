@@ -139,13 +139,6 @@ func (f *Flow) Run() {
 	f.dirs[1].run()
 }
 
-// Start is New and Run on a goroutine of its own.
-func Start(client, server *net.TCPConn, opt Options, done func(Result)) *Flow {
-	f := New(client, server, opt, done)
-	go f.Run()
-	return f
-}
-
 // Join runs the flow on the calling goroutine and waits for its result;
 // it ends the flow with ReasonCanceled if ctx ends first.
 func Join(ctx context.Context, client, server *net.TCPConn, opt Options) Result {

@@ -29,10 +29,9 @@ type parkShard struct {
 	epfd   int
 	empty  int // sweeps in a row that found no flow
 
-	parked  atomic.Int64 // directions parked now
-	wakes   atomic.Int64 // directions woken by their socket
-	started atomic.Int64 // flows started
-	_       [64]byte     // shards' locks on cache lines of their own
+	parked atomic.Int64 // directions parked now
+	wakes  atomic.Int64 // directions woken by their socket
+	_      [64]byte     // shards' locks on cache lines of their own
 }
 
 type parkSet struct {
@@ -67,7 +66,6 @@ func (ps *parkSet) add(f *Flow) {
 	sh.flows[f.id] = f
 	sh.empty = 0
 	sh.mu.Unlock()
-	sh.started.Add(1)
 }
 
 func (ps *parkSet) remove(f *Flow) {
@@ -191,10 +189,8 @@ var longAgo = time.Unix(1, 0)
 
 // Stats counts what the data path's flows are doing, over all shards.
 type Stats struct {
-	Flows   int64 // flows running now
-	Parked  int64 // directions parked now (no goroutine)
-	Wakes   int64 // directions woken by their socket, in total
-	Started int64 // flows started, in total
+	Parked int64 // directions parked now (no goroutine)
+	Wakes  int64 // directions woken by their socket, in total
 }
 
 // ReadStats sums the shards' counters.
@@ -203,12 +199,8 @@ func ReadStats() Stats {
 	var s Stats
 	for i := range parker.shards {
 		sh := &parker.shards[i]
-		sh.mu.Lock()
-		s.Flows += int64(len(sh.flows))
-		sh.mu.Unlock()
 		s.Parked += sh.parked.Load()
 		s.Wakes += sh.wakes.Load()
-		s.Started += sh.started.Load()
 	}
 	return s
 }

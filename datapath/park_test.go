@@ -29,8 +29,8 @@ func TestParkedFlows(t *testing.T) {
 				client, relayIn := tcpPair(t)
 				relayOut, server := tcpPair(t)
 				ch := make(chan Result, 1)
-				Start(relayIn, relayOut, Options{ParkAfter: park, ForceCopy: i%2 == 1, Idle: time.Minute},
-					func(r Result) { ch <- r })
+				go New(relayIn, relayOut, Options{ParkAfter: park, ForceCopy: i%2 == 1, Idle: time.Minute},
+					func(r Result) { ch <- r }).Run()
 				fs[i] = tf{client, server, ch}
 				// One byte each way, so both directions have run and emptied.
 				exchange(t, client, server, []byte{byte(i)}, []byte{byte(i + 1)})

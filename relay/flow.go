@@ -110,9 +110,9 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	s.forward(f, c, server, rt)
 }
 
-// flowDone releases what an ended flow held.
+// flowDone releases what an ended flow held; endFlow has taken it out of
+// the table already.
 func (s *Server) flowDone(f *flow) {
-	s.unregister(f)
 	s.release(f.client.Addr())
 	if err := f.l.flowEnded(); err != nil {
 		s.log.Error("removing capture rules", "listener", f.listener, "err", err)

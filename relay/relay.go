@@ -562,8 +562,6 @@ func (s *Server) finish(f *flow) {
 	s.table.remove(f, func() { s.metrics.addEnded(f.listener, f.up.Load(), f.down.Load()) })
 }
 
-func (s *Server) unregister(f *flow) { s.table.remove(f, nil) }
-
 // logLevels maps config names to slog levels.
 var logLevels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
 
