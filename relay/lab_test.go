@@ -1266,26 +1266,38 @@ func TestTurboStart(t *testing.T) {
 			t.Errorf("%s: initial snd_cwnd %d, want %d", tc.name, got, tc.want)
 		}
 	}
-	// The relays' own pooled connections, on both sides.
+	// The relays' own pooled connections, on both sides. The pool fills
+	// asynchronously (and rc may have started before rs listened), so
+	// wait, bounded, for the low watermark before judging them.
 	for _, r := range []struct {
 		host *netlab.Host
 		peer string
 	}{{rc, cl.rsHop}, {rs, rcAddr.String()}} {
-		out, err := r.host.Command(ctx, "ss", "-tinH", "state", "established", "dst", r.peer).CombinedOutput()
-		if err != nil {
-			t.Fatalf("ss: %v %s", err, out)
-		}
-		n := 0
-		for _, line := range strings.Split(string(out), "\n") {
-			if strings.Contains(line, "cwnd:") {
-				n++
-				if !strings.Contains(line, "cubic") || !strings.Contains(line, " cwnd:200") {
-					t.Errorf("%s: pooled connection %q: want cubic and cwnd 200", r.host.Name, line)
+		var lines []string
+		var out []byte
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			out, err = r.host.Command(ctx, "ss", "-tinH", "state", "established", "dst", r.peer).CombinedOutput()
+			if err != nil {
+				t.Fatalf("ss: %v %s", err, out)
+			}
+			lines = lines[:0]
+			for _, line := range strings.Split(string(out), "\n") {
+				if strings.Contains(line, "cwnd:") {
+					lines = append(lines, line)
 				}
 			}
+			if len(lines) >= 8 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if n < 8 {
-			t.Errorf("%s: %d pooled connections to %s, want at least 8:\n%s", r.host.Name, n, r.peer, out)
+		for _, line := range lines {
+			if !strings.Contains(line, "cubic") || !strings.Contains(line, " cwnd:200") {
+				t.Errorf("%s: pooled connection %q: want cubic and cwnd 200", r.host.Name, line)
+			}
+		}
+		if len(lines) < 8 {
+			t.Errorf("%s: %d pooled connections to %s after 10 s, want at least 8:\n%s", r.host.Name, len(lines), r.peer, out)
 		}
 	}
 	// A flow through the pool still moves every byte.
