@@ -4,11 +4,21 @@ export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 
 # Debian packages the tests, the demo and the benchmarks use.
-APT_PACKAGES := iproute2 curl iputils-ping procps python3 nftables iptables iperf3
-# Commands that tell whether they are installed.
-APT_COMMANDS := ip curl ping ps python3 nft iptables iperf3
+APT_PACKAGES := iproute2 curl iputils-ping procps python3 nftables iptables iperf3 clang-14 llvm-14 libbpf-dev linux-libc-dev
+# Commands (and a header) that tell whether they are installed.
+APT_COMMANDS := ip curl ping ps python3 nft iptables iperf3 clang-14 llvm-strip-14
+APT_FILES := /usr/include/bpf/bpf_helpers.h /usr/include/x86_64-linux-gnu/asm/types.h
 
-.PHONY: all build deps test check demo bench-lab bench-accel bench-mptcp bench-peers clean
+# The sockmap program (datapath/bpf/sockmap.c) is committed compiled, so
+# `go build` needs no clang; `make test` compiles it again and fails if the
+# committed object differs. Paths are mapped so the object does not depend
+# on where the tree is.
+BPF_CC := clang-14
+BPF_STRIP := llvm-strip-14
+BPF_CFLAGS := -O2 -g -Wall -Werror -target bpfel -I/usr/include/x86_64-linux-gnu
+BPF_OBJ := datapath/sockmap_bpfel.o
+
+.PHONY: all build deps test check bpf check-bpf demo bench-lab bench-accel bench-mptcp bench-peers clean
 
 all: build
 
@@ -20,6 +30,7 @@ build:
 # deps installs what is missing, and only that: apt-get needs the network.
 deps:
 	@missing=""; for c in $(APT_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	for f in $(APT_FILES); do [ -e $$f ] || missing="$$missing $$f"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages (missing:$$missing)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
@@ -32,8 +43,20 @@ check:
 	if [ -n "$$bad" ]; then echo "gofmt would change:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 
+# bpf compiles the sockmap program into the object that is committed.
+bpf:
+	cd datapath && $(BPF_CC) $(BPF_CFLAGS) -fdebug-prefix-map=$$PWD=. -c bpf/sockmap.c -o sockmap_bpfel.o && $(BPF_STRIP) -g sockmap_bpfel.o
+
+# check-bpf compiles it again and compares with the committed object.
+check-bpf:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	(cd datapath && $(BPF_CC) $(BPF_CFLAGS) -fdebug-prefix-map=$$PWD=. -c bpf/sockmap.c -o "$$tmp/sockmap_bpfel.o") && \
+	$(BPF_STRIP) -g "$$tmp/sockmap_bpfel.o" && \
+	if cmp -s "$$tmp/sockmap_bpfel.o" $(BPF_OBJ); then echo "$(BPF_OBJ) is bpf/sockmap.c compiled"; \
+	else echo "$(BPF_OBJ) differs from datapath/bpf/sockmap.c compiled: run make bpf and commit it"; exit 1; fi
+
 # test runs every test; the lab tests need root and skip without it.
-test: deps check
+test: deps check check-bpf
 	$(GO) test -race -count=1 -timeout 12m ./...
 
 demo: deps build

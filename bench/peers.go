@@ -28,9 +28,9 @@ import (
 type PeersOptions struct {
 	Exe     string
 	Repeats int
-	// Peers among halfway, halfway-copy (data_path: copy), halfway-2cpu
-	// (not pinned to one core), haproxy, nginx, socat; direct is always
-	// measured.
+	// Peers among halfway, halfway-copy (data_path: copy),
+	// halfway-sockmap (data_path: sockmap), halfway-2cpu (not pinned to
+	// one core), haproxy, nginx, socat; direct is always measured.
 	Peers []string
 	Parts []string // start, throughput, connrate, keepalive, latency, memory
 	Flows int      // idle flows for the memory part
@@ -46,7 +46,7 @@ type PeersOptions struct {
 // DefaultPeersOptions is the issue's benchmark.
 func DefaultPeersOptions() PeersOptions {
 	return PeersOptions{
-		Repeats: 5, Peers: []string{"halfway", "halfway-copy", "halfway-2cpu", "haproxy", "nginx", "socat"},
+		Repeats: 5, Peers: []string{"halfway", "halfway-copy", "halfway-sockmap", "halfway-2cpu", "haproxy", "nginx", "socat"},
 		Parts: []string{"start", "throughput", "connrate", "keepalive", "latency", "memory"},
 		Flows: 9000, SocatFlows: 500, Window: 3 * time.Second, Clients: 40, Requests: 2000, Install: true,
 	}
@@ -72,21 +72,26 @@ type PeerRow struct {
 
 	StartMS []float64 `json:"exec_to_accept_ms,omitempty"`
 
-	Gbps        []float64 `json:"throughput_gbps,omitempty"`
-	CPUPerGB    []float64 `json:"cpu_s_per_gb,omitempty"`
-	ConnRate    []float64 `json:"new_conn_per_s,omitempty"`
-	ConnCPUus   []float64 `json:"new_conn_cpu_us_per_request,omitempty"`
-	KARate      []float64 `json:"keepalive_req_per_s,omitempty"`
-	KACPUus     []float64 `json:"keepalive_cpu_us_per_request,omitempty"`
-	LatP50us    []float64 `json:"latency_p50_us,omitempty"`
-	LatP99us    []float64 `json:"latency_p99_us,omitempty"`
-	IdleRSSKiB  float64   `json:"idle_rss_kib,omitempty"`
-	Flows       int       `json:"flows,omitempty"`
-	RSSPerFlow  float64   `json:"rss_per_flow_bytes,omitempty"`
-	FDsPerFlow  float64   `json:"fds_per_flow,omitempty"`
-	SlabPerFlow float64   `json:"kernel_slab_per_flow_bytes,omitempty"`
-	Processes   int       `json:"processes_with_flows,omitempty"`
-	Err         string    `json:"error,omitempty"`
+	Gbps     []float64 `json:"throughput_gbps,omitempty"`
+	CPUPerGB []float64 `json:"cpu_s_per_gb,omitempty"`
+	// MachineCPUPerGB is every core's busy time per GB (/proc/stat): the
+	// load generator's and the sink's too, and the kernel's work outside
+	// the proxy's process (softirqs, the sockmap's kworkers), which the
+	// proxy's own CPU misses. Direct's row is the floor.
+	MachineCPUPerGB []float64 `json:"machine_cpu_s_per_gb,omitempty"`
+	ConnRate        []float64 `json:"new_conn_per_s,omitempty"`
+	ConnCPUus       []float64 `json:"new_conn_cpu_us_per_request,omitempty"`
+	KARate          []float64 `json:"keepalive_req_per_s,omitempty"`
+	KACPUus         []float64 `json:"keepalive_cpu_us_per_request,omitempty"`
+	LatP50us        []float64 `json:"latency_p50_us,omitempty"`
+	LatP99us        []float64 `json:"latency_p99_us,omitempty"`
+	IdleRSSKiB      float64   `json:"idle_rss_kib,omitempty"`
+	Flows           int       `json:"flows,omitempty"`
+	RSSPerFlow      float64   `json:"rss_per_flow_bytes,omitempty"`
+	FDsPerFlow      float64   `json:"fds_per_flow,omitempty"`
+	SlabPerFlow     float64   `json:"kernel_slab_per_flow_bytes,omitempty"`
+	Processes       int       `json:"processes_with_flows,omitempty"`
+	Err             string    `json:"error,omitempty"`
 }
 
 // Ports inside the benchmark's namespace.
@@ -218,7 +223,7 @@ func (b *peersBench) logf(format string, args ...any) {
 // apt-get when o.Install; those still missing are skipped.
 func installPeers(o PeersOptions, r *PeersReport) []string {
 	need := map[string][]string{"haproxy": {"haproxy"}, "nginx": {"nginx-light", "libnginx-mod-stream"}, "socat": {"socat"}}
-	bin := map[string]string{"haproxy": "haproxy", "nginx": "nginx", "socat": "socat", "halfway": o.Exe, "halfway-copy": o.Exe, "halfway-2cpu": o.Exe}
+	bin := map[string]string{"haproxy": "haproxy", "nginx": "nginx", "socat": "socat", "halfway": o.Exe, "halfway-copy": o.Exe, "halfway-sockmap": o.Exe, "halfway-2cpu": o.Exe}
 	var missing []string
 	for _, p := range o.Peers {
 		if _, err := exec.LookPath(bin[p]); err != nil && need[p] != nil {
@@ -245,9 +250,9 @@ func installPeers(o PeersOptions, r *PeersReport) []string {
 	var out []string
 	for _, p := range o.Peers {
 		switch p {
-		case "halfway", "halfway-copy", "halfway-2cpu", "haproxy", "nginx", "socat":
+		case "halfway", "halfway-copy", "halfway-sockmap", "halfway-2cpu", "haproxy", "nginx", "socat":
 		default:
-			r.Skipped = append(r.Skipped, fmt.Sprintf("%s: unknown peer (want halfway, halfway-copy, halfway-2cpu, haproxy, nginx, socat)", p))
+			r.Skipped = append(r.Skipped, fmt.Sprintf("%s: unknown peer (want halfway, halfway-copy, halfway-sockmap, halfway-2cpu, haproxy, nginx, socat)", p))
 			continue
 		}
 		if _, err := exec.LookPath(bin[p]); err != nil {
@@ -387,10 +392,10 @@ func (p *peerProc) config(exe string) ([]string, error) {
 	backend := fmt.Sprintf("127.0.0.1:%d", peersBackendHTTP)
 	sink := fmt.Sprintf("127.0.0.1:%d", peersBackendSink)
 	switch p.name {
-	case "halfway", "halfway-copy", "halfway-2cpu":
+	case "halfway", "halfway-copy", "halfway-sockmap", "halfway-2cpu":
 		dataPath := "splice"
-		if p.name == "halfway-copy" {
-			dataPath = "copy"
+		if v, ok := strings.CutPrefix(p.name, "halfway-"); ok && (v == "copy" || v == "sockmap") {
+			dataPath = v
 		}
 		f, err := write("relay.yaml", fmt.Sprintf(`admin: {listen: off}
 log: {level: warn}
@@ -493,12 +498,15 @@ func (b *peersBench) measure(ctx context.Context, p *peerProc, row *PeerRow, wan
 		row.StartMS = append(row.StartMS, ms(d))
 	}
 	if want["throughput"] {
-		cpu0 := p.cpu()
+		cpu0, busy0 := p.cpu(), machineBusy()
 		gbps, bytes, err := b.stream(ctx, p.sink)
 		if err != nil {
 			return fmt.Errorf("throughput: %w", err)
 		}
 		row.Gbps = append(row.Gbps, gbps)
+		if bytes > 0 {
+			row.MachineCPUPerGB = append(row.MachineCPUPerGB, (machineBusy()-busy0)/(float64(bytes)/1e9))
+		}
 		if p.cmd != nil && bytes > 0 {
 			row.CPUPerGB = append(row.CPUPerGB, (p.cpu()-cpu0)/(float64(bytes)/1e9))
 		}
@@ -548,6 +556,25 @@ func (p *peerProc) cpu() float64 {
 				v, _ := strconv.ParseFloat(f[i], 64)
 				total += v / 100
 			}
+		}
+	}
+	return total
+}
+
+// machineBusy is the seconds all cores have spent busy (user, nice,
+// system, irq, softirq, steal), from /proc/stat.
+func machineBusy() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	total := 0.0
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		if i < len(f) {
+			v, _ := strconv.ParseFloat(f[i], 64)
+			total += v / 100
 		}
 	}
 	return total
@@ -871,8 +898,8 @@ func numCPU() int {
 func (b *peersBench) notes() []string {
 	n := []string{
 		"Everything runs over the loopback of one network namespace (a netlab host): clients, the proxy and the backends (a Go HTTP server answering 1 KB, and a sink).",
-		fmt.Sprintf("Proxies: halfway (`mode: forward` listeners; halfway-copy with `data_path: copy`; halfway-2cpu on both cores, shared with the clients), HAProxy (`mode tcp`, `option splice-auto`, nbthread 1), nginx (stream, 1 worker), socat (`fork`). Repeats are interleaved: each repeat measures every proxy in turn; %d repeats, medians with min–max.", b.o.Repeats),
-		fmt.Sprintf("Throughput: one stream, 256 KB writes, 1 s warm-up then %s; CPU is the proxy's user+system time (its process group, reaped children included) per GB moved.", b.o.Window),
+		fmt.Sprintf("Proxies: halfway (`mode: forward` listeners; halfway-copy with `data_path: copy`; halfway-sockmap with `data_path: sockmap`; halfway-2cpu on both cores, shared with the clients), HAProxy (`mode tcp`, `option splice-auto`, nbthread 1), nginx (stream, 1 worker), socat (`fork`). Repeats are interleaved: each repeat measures every proxy in turn; %d repeats, medians with min–max.", b.o.Repeats),
+		fmt.Sprintf("Throughput: one stream, 256 KB writes, 1 s warm-up then %s; CPU is the proxy's user+system time (its process group, reaped children included) per GB moved. Machine CPU is every core's busy time per GB (/proc/stat), load generator and sink included: it counts the kernel's work outside the proxy's process (softirqs, and the kworkers that send what the sockmap program redirects), which the proxy's own CPU misses; direct's is the floor.", b.o.Window),
 		fmt.Sprintf("Connection rates: %d clients, 1 KB HTTP; new connection per request (`Connection: close`) or one kept alive per client; 0.5 s warm-up then %s; CPU per request as above.", b.o.Clients, b.o.Window),
 		fmt.Sprintf("Latency: one client, %d sequential requests on one kept-alive connection after 200 unmeasured; added latency is the proxy's median minus direct's.", b.o.Requests),
 		fmt.Sprintf("Memory: a fresh proxy process; %d idle flows (socat %d: it forks a process per flow) each with one byte sent, measured 2 s later: RSS of the proxy's processes, their descriptors, and the machine's Slab (indicative: other activity shows too).", b.o.Flows, b.o.SocatFlows),

@@ -42,9 +42,9 @@ func (r *PeersReport) Markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# halfway bench peers\n\n%s UTC, kernel %s, %d CPUs, %s. Median (min–max) of %d interleaved repeats.\n\n",
 		r.Env.Time.UTC().Format("2006-01-02 15:04"), r.Env.Kernel, r.Env.CPUs, r.Env.Go, r.Repeats)
-	b.WriteString("## Throughput and connections\n\n| | Gbit/s, one stream | proxy CPU s/GB | new conns/s (1 KB, `close`) | CPU µs/request | keep-alive req/s | CPU µs/request |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("## Throughput and connections\n\n| | Gbit/s, one stream | proxy CPU s/GB | machine CPU s/GB | new conns/s (1 KB, `close`) | CPU µs/request | keep-alive req/s | CPU µs/request |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, row := range r.Rows {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", row.Name, med(row.Gbps, "%.2f"), med(row.CPUPerGB, "%.2f"),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", row.Name, med(row.Gbps, "%.2f"), med(row.CPUPerGB, "%.2f"), med(row.MachineCPUPerGB, "%.2f"),
 			med(row.ConnRate, "%.0f"), med(row.ConnCPUus, "%.0f"), med(row.KARate, "%.0f"), med(row.KACPUus, "%.0f"))
 	}
 	b.WriteString("\n## Latency, memory, start\n\n| | p50 µs | p99 µs | added p50 / p99 µs | idle RSS | RSS per idle flow | descriptors per flow | kernel per flow (beyond direct) | exec to accept ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")

@@ -57,16 +57,25 @@ func (d *dir) readIn(fd uintptr) bool {
 		bufPool.Put(d.buf)
 		d.buf = nil
 	}
-	switch {
-	case err == unix.EAGAIN:
+	if !d.took(n, err, &d.cn) {
 		return d.empty()
-	case err != nil:
-		d.err = err
-	default:
-		d.cn = int32(n)
 	}
 	if d.waitSince.Load() != 0 {
 		d.waitSince.Store(0)
+	}
+	return true
+}
+
+// took records what a non-blocking read (or peek) of n bytes came to: the
+// error, or n in *into. It reports false if the source was empty.
+func (d *dir) took(n int, err error, into *int32) bool {
+	switch {
+	case err == unix.EAGAIN:
+		return false
+	case err != nil:
+		d.err = err
+	default:
+		*into = int32(n)
 	}
 	return true
 }

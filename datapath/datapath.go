@@ -17,9 +17,16 @@
 //	...
 //	fl.Abort() // on shutdown
 //
+// With Options.Sockmap (after EnableSockmap) a flow's sockets go into a
+// sockhash whose eBPF sk_skb program redirects every segment to the other
+// socket in the kernel; user space takes a direction over only at its FIN,
+// or while its destination has fallen behind (the redirect itself has no
+// backpressure), and hands it back once caught up (see bpf/sockmap.c).
+//
 // Counters are updated as bytes move, so a flow's progress is visible while
-// it runs, and the connections are used as *net.TCPConn throughout: nothing
-// wraps them.
+// it runs (on the sockmap path, when user space takes a direction over and
+// at the end), and the connections are used as *net.TCPConn throughout:
+// nothing wraps them.
 package datapath
 
 import (
@@ -37,6 +44,9 @@ type Path string
 const (
 	PathSplice Path = "splice" // socket → pipe → socket in the kernel
 	PathCopy   Path = "copy"   // read and write through a user-space buffer
+	// PathSockmap: an eBPF sk_skb program redirects each segment to the
+	// other socket, without waking the relay (see EnableSockmap).
+	PathSockmap Path = "sockmap"
 )
 
 // Reason says why a flow ended.
@@ -69,6 +79,11 @@ type Options struct {
 	OnPath func(up bool, p Path)
 	// ForceCopy disables splice (for comparison and as the fallback path).
 	ForceCopy bool
+	// Sockmap moves the flow's bytes with the sockmap program once
+	// EnableSockmap has loaded it, from when the client's first bytes have
+	// been forwarded. Flows it cannot take (MPTCP sockets, a DownPrefix, a
+	// full map) use splice, or copy with ForceCopy.
+	Sockmap bool
 	// DownPrefix, if set, goes to the client before the server's first
 	// byte, in the same segment when the server sends within PrefixWait
 	// (the prefix is corked with MSG_MORE until then); otherwise alone once
@@ -97,7 +112,10 @@ type Flow struct {
 	left           atomic.Int32 // directions still running or parked
 	ending         atomic.Pointer[ending]
 	onDone         func(Result)
-	dirs           [2]dir // down, up
+	dirs           [2]dir      // down, up
+	sm             [2]smSock   // server, client: set once in the sockmap
+	smIn           atomic.Bool // the flow has entries in the sockmap
+	smSeen         uint64      // bytes the sockmap moved, at the last idle check
 }
 
 // ending is why a flow ends; the first one set wins.
@@ -128,6 +146,10 @@ func (f *Flow) Run() {
 	down := &f.dirs[0]
 	if len(f.opt.DownPrefix) > 0 || f.aborted() {
 		go down.run() // the prefix waits on its goroutine
+	} else if f.opt.Sockmap && !f.opt.ForceCopy && loadedSockmap() != nil {
+		// The up direction moves the client's waiting bytes, then puts
+		// both sockets in the sockmap and parks both directions.
+		f.dirs[1].toKernel = true
 	} else {
 		// The server has usually sent nothing yet: wait for it in the
 		// epoll set rather than on a goroutine.
@@ -191,6 +213,9 @@ func (f *Flow) aborted() bool { return f.ending.Load() != nil }
 func (f *Flow) dirDone() {
 	if f.left.Add(-1) != 0 {
 		return
+	}
+	if f.smIn.Load() {
+		f.smDone()
 	}
 	f.client.Close()
 	f.server.Close()

@@ -36,12 +36,20 @@ type dir struct {
 	err        error // the last read's or write's error
 	pn, m, cn  int32 // bytes in the pipe; bytes the last write moved; bytes in buf
 	up         bool
-	copy       bool // through a user-space buffer (else splice)
-	started    bool // the prefix, if any, has been written
-	watching   bool // src has sent its FIN: only a reset is awaited
-	registered bool // src is in the flow's epoll set (maybe disarmed)
-	noPark     bool // the epoll set refused src: wait on the goroutine
-	block      bool // the last read found the source empty
+	copy       bool   // through a user-space buffer (else splice)
+	started    bool   // the prefix, if any, has been written
+	watching   bool   // src has sent its FIN: only a reset is awaited
+	registered bool   // src is in the flow's epoll set (maybe disarmed)
+	noPark     bool   // the epoll set refused src: wait on the goroutine
+	block      bool   // the last read found the source empty
+	kernel     bool   // the sockmap program moves the bytes (see kernelStep)
+	usedKernel bool   // it did, and user space has taken over
+	toKernel   bool   // up only: enter the sockmap once the client is drained
+	held       bool   // taken over from the sockmap while held: may resume
+	resumed    bool   // has an entry in the sockmap's resume map
+	waitN      int    // looks at a flushing sockmap direction so far
+	nIn        int64  // n when the flow entered the sockmap
+	kseen      uint64 // bytes the sockmap redirected, counted in n
 	op         uint8
 	// fn is the callback for RawConn, made once rather than at every
 	// wake; op says what it does.
@@ -54,6 +62,7 @@ const (
 	opSpliceOut
 	opReadIn
 	opWatch
+	opPeek
 )
 
 func (d *dir) call(fd uintptr) bool {
@@ -64,11 +73,16 @@ func (d *dir) call(fd uintptr) bool {
 		return d.spliceOut(fd)
 	case opReadIn:
 		return d.readIn(fd)
+	case opPeek:
+		return d.peekIn(fd)
 	}
 	return d.watchIn(fd)
 }
 
 func (d *dir) path() Path {
+	if d.kernel || d.usedKernel {
+		return PathSockmap
+	}
 	if d.copy {
 		return PathCopy
 	}
@@ -138,6 +152,8 @@ func (d *dir) run() {
 		var s step
 		var err error
 		switch {
+		case d.kernel:
+			s, err = d.kernelStep()
 		case d.watching:
 			s, err = d.watchStep()
 		case d.copy:
@@ -147,6 +163,15 @@ func (d *dir) run() {
 		}
 		switch s {
 		case stepPark:
+			if d.held {
+				d.resumeKernel()
+			}
+			if d.toKernel {
+				if d.enterKernel() {
+					return
+				}
+				continue
+			}
 			if d.park() {
 				return
 			}
@@ -154,6 +179,7 @@ func (d *dir) run() {
 		case stepFallback:
 			d.copy = true // from where splice stopped: nothing was lost
 		case stepEOF:
+			d.startDown()
 			// EOF from src: pass the FIN on, keep the other direction going.
 			if cerr := d.dst().CloseWrite(); cerr != nil && !f.aborted() {
 				f.abort(ReasonError, cerr, false, false)
@@ -182,6 +208,7 @@ func (d *dir) run() {
 }
 
 func (d *dir) finish() {
+	d.startDown()
 	if d.p != nil {
 		pipes.put(d.p)
 		d.p = nil
@@ -203,7 +230,7 @@ func (d *dir) empty() bool {
 	if d.noPark || d.f.epfd < 0 {
 		return false
 	}
-	if d.f.opt.ParkAfter > 0 {
+	if d.f.opt.ParkAfter > 0 && !d.kernel && !d.toKernel {
 		if d.waitSince.Load() == 0 {
 			d.waitSince.Store(time.Now().UnixNano())
 		}
@@ -245,6 +272,7 @@ func (d *dir) park() bool {
 		// or hang-up a reset brings, which epoll always reports.
 		ev.Events = unix.EPOLLONESHOT
 	}
+
 	epfd, sh := f.epfd, f.shard
 	sh.parked.Add(1)
 	d.state.Store(dirParked)

@@ -158,8 +158,12 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 				continue
 			}
 			if f.opt.Idle > 0 && now-f.last.Load() >= int64(f.opt.Idle) {
-				idle = append(idle, f)
-				continue
+				if f.smIn.Load() && f.smActive() {
+					f.touch() // bytes moved in the kernel
+				} else {
+					idle = append(idle, f)
+					continue
+				}
 			}
 			if f.opt.ParkAfter <= 0 {
 				continue
@@ -191,12 +195,17 @@ var longAgo = time.Unix(1, 0)
 type Stats struct {
 	Parked int64 // directions parked now (no goroutine)
 	Wakes  int64 // directions woken by their socket, in total
+	// SockmapFlows counts flows that entered the sockmap; SockmapTakeovers
+	// their directions that user space took over (at a FIN, or held when
+	// the destination fell behind); SockmapResumes the held ones handed
+	// back to the kernel once user space had caught up.
+	SockmapFlows, SockmapTakeovers, SockmapResumes int64
 }
 
 // ReadStats sums the shards' counters.
 func ReadStats() Stats {
 	parker.init()
-	var s Stats
+	s := Stats{SockmapFlows: smFlows.Load(), SockmapTakeovers: smTakeovers.Load(), SockmapResumes: smResumes.Load()}
 	for i := range parker.shards {
 		sh := &parker.shards[i]
 		s.Parked += sh.parked.Load()

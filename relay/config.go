@@ -24,7 +24,9 @@ type Config struct {
 	Routes    []RouteConfig    `yaml:"routes"`
 	Peers     []PeerConfig     `yaml:"peers"`
 	// DataPath moves flows' bytes: splice (default: in the kernel, through
-	// a pipe taken only while bytes move) or copy (through a user-space
+	// a pipe taken only while bytes move), sockmap (an eBPF program
+	// redirects each segment to the other socket without waking the relay;
+	// flows it cannot take use splice) or copy (through a user-space
 	// buffer, for comparison and for kernels without splice on a socket).
 	DataPath string `yaml:"data_path"`
 	// ParkAfter is how long a flow's direction waits for bytes on a
@@ -383,8 +385,8 @@ func (c *Config) Validate() error {
 	if c.ParkAfter < 0 || c.ParkAfter.D() > time.Minute {
 		add("park_after", "%s: want 0 to 1m", c.ParkAfter.D())
 	}
-	if c.DataPath != "" && c.DataPath != "splice" && c.DataPath != "copy" {
-		add("data_path", "%q: want splice or copy", c.DataPath)
+	if c.DataPath != "" && c.DataPath != "splice" && c.DataPath != "copy" && c.DataPath != "sockmap" {
+		add("data_path", "%q: want splice, sockmap or copy", c.DataPath)
 	}
 	if c.Admin.Listen != "off" {
 		// The API changes limits and serves profiles, and has no login of

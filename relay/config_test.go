@@ -328,7 +328,7 @@ func TestConfigErrors(t *testing.T) {
 			[]string{`listeners[0].forward_to: "[::ffff:127.0.0.1]:7300": the listener itself`}},
 		{"forward with protocols and destinations", "listeners:\n  - {name: f, listen: \"0.0.0.0:7300\", mode: forward, forward_to: \"10.0.0.1:80\", protocols: [socks5], allow_destinations: [\"10.0.0.0/8\"]}\n",
 			[]string{"listeners[0].protocols: not for a forward listener", "listeners[0].allow_destinations: not for a forward listener"}},
-		{"bad data path", "data_path: sockmap\nlisteners: [" + ln + "]\n", []string{`data_path: "sockmap": want splice or copy`}},
+		{"bad data path", "data_path: ebpf\nlisteners: [" + ln + "]\n", []string{`data_path: "ebpf": want splice, sockmap or copy`}},
 		{"park_after too long", "park_after: 2m\nlisteners: [" + ln + "]\n", []string{"park_after: 2m0s: want 0 to 1m"}},
 		{"forward_to elsewhere", "listeners:\n  - {name: t, listen: \"0.0.0.0:7200\", mode: tproxy, forward_to: \"10.0.0.1:80\"}\n",
 			[]string{"listeners[0].forward_to: only for mode forward"}},

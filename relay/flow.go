@@ -145,6 +145,7 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 		Idle: idleOf(rt, *f.proto.Load() == "convert", *f.route.Load() != "direct"), Up: &f.up, Down: &f.down,
 		ParkAfter: rt.cfg.ParkAfter.D(), OnPath: s.onPath,
 		DownPrefix: f.downPrefix, PrefixWait: prefixWait, ForceCopy: rt.cfg.DataPath == "copy",
+		Sockmap: rt.cfg.DataPath == "sockmap",
 	}, func(res datapath.Result) {
 		active.Dec()
 		s.endFlow(f, res)

@@ -96,7 +96,7 @@ func ifaceToward(t *testing.T, h *netlab.Host, peer string) netip.Addr {
 // startChainWith starts the chain lab; accel adds a pool of connections
 // from rc to rs, Turbo-Start on both, and relay legs with cubic and 8 MiB
 // buffers.
-func startChainWith(t *testing.T, accel bool) *chainLab {
+func startChainWith(t *testing.T, accel bool, extra ...string) *chainLab {
 	labtest.RequireRoot(t)
 	lab := labtest.Start(t, chainTopo)
 	dir := t.TempDir()
@@ -144,6 +144,7 @@ peers:
 `, ifaceToward(t, rc, "rs"))
 	}
 	for _, name := range []string{"rs", "rc"} {
+		configs[name] += strings.Join(extra, "")
 		cl.logs[name], cl.stops[name] = runRelay(t, lab.Host(name), name, configs[name])
 	}
 	// Wait until both relays accept.
@@ -978,6 +979,92 @@ func roundTripOn(c *net.TCPConn, size int) error {
 	return nil
 }
 
+// TestChainSockmap runs flows through rc and rs with data_path: sockmap on
+// both: each exchanges a message first (so its sockets are drained and go
+// into the sockmap), then moves up to 2 MB each way through an echo server
+// with half-closes, byte-exact. Both relays' metrics show the sockmap ran.
+func TestChainSockmap(t *testing.T) {
+	cl := startChainWith(t, false, "data_path: sockmap\n")
+	server := cl.lab.Host("server")
+	ln, err := server.Listen("tcp", ":9001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveEchoConns(ln)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const flows = 30
+	var wg sync.WaitGroup
+	for i := range flows {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := cl.socksDial(ctx, server.AddrPort(9001))
+			if err != nil {
+				t.Errorf("flow %d: %v", i, err)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(time.Minute))
+			hello := []byte(fmt.Sprintf("hello %d", i))
+			got := make([]byte, len(hello))
+			if _, err := c.Write(hello); err != nil {
+				t.Errorf("flow %d: %v", i, err)
+				return
+			}
+			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, hello) {
+				t.Errorf("flow %d: first echo %q, %v", i, got, err)
+				return
+			}
+			r := rand.New(rand.NewPCG(uint64(i), 11))
+			data := make([]byte, r.IntN(2<<20))
+			for j := range data {
+				data[j] = byte(r.Uint32())
+			}
+			go func() {
+				c.Write(data)
+				c.CloseWrite()
+			}()
+			back, err := io.ReadAll(c)
+			if err != nil || !bytes.Equal(back, data) {
+				t.Errorf("flow %d: %d of %d bytes back (%v), intact %v", i, len(back), len(data), err, bytes.Equal(back, data))
+			}
+		}()
+	}
+	wg.Wait()
+	for _, name := range []string{"rc", "rs"} {
+		var body []byte
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			resp, err := adminClient(cl.lab.Host(name)).Get("http://127.0.0.1:9190/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(body), fmt.Sprintf("halfway_datapath_sockmap_flows_total %d\n", flows)) || time.Now().After(deadline) {
+				break
+			}
+		}
+		for _, want := range []string{fmt.Sprintf("halfway_datapath_sockmap_flows_total %d\n", flows), `halfway_datapath_total{path="sockmap"} `} {
+			if !strings.Contains(string(body), want) {
+				t.Errorf("%s: metrics lack %q:\n%s", name, want, grepLines(string(body), "halfway_datapath"))
+			}
+		}
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // TestIperf3ThroughChain runs iperf3 (control and data connections) from
 // the client to the server through a transparent rc and a Convert hop to rs.
 func TestIperf3ThroughChain(t *testing.T) {
@@ -1481,6 +1568,8 @@ func poolStatus(t *testing.T, h *netlab.Host) []relay.PoolStatus {
 	return st.Pools
 }
 
+// serveEchoConns echoes each connection's bytes back, and closes it after
+// the client's FIN.
 func serveEchoConns(ln net.Listener) {
 	for {
 		c, err := ln.Accept()

@@ -28,7 +28,7 @@ func newMetrics(reg *hm.Registry, s *Server) *metrics {
 			hm.ExponentialBuckets(0.0005, 2, 16), "leg"),
 		errors:  reg.Counter("halfway_errors_total", "Errors by kind.", "kind"),
 		refused: reg.Counter("halfway_refused_total", "Connections refused before relaying, by listener and reason.", "listener", "reason"),
-		path:    reg.Counter("halfway_datapath_total", "Flow directions by the mechanism that moved their bytes (splice or copy).", "path"),
+		path:    reg.Counter("halfway_datapath_total", "Flow directions by the mechanism that moved their bytes (splice, sockmap or copy).", "path"),
 		early: reg.Counter("halfway_early_syn_total", "Clients' SYNs seen by early-SYN listeners: dialed (next leg started), claimed (by the accepted flow), retransmission (dial already pending), late (its flow was accepted already), skipped (table, the client's share or connects full), expired (no accept claimed it).",
 			"result"),
 		mptcp: reg.Counter("halfway_mptcp_legs_total", "Flow legs that asked for Multipath TCP, by listener, leg (client, server) and result (mptcp, fallback to TCP).",
@@ -71,6 +71,12 @@ func newMetrics(reg *hm.Registry, s *Server) *metrics {
 	})
 	reg.Func("halfway_datapath_wakes_total", "Parked flow directions woken by bytes (or a FIN or reset) on their socket.", hm.CounterType, nil, func(emit func(float64, ...string)) {
 		emit(float64(datapath.ReadStats().Wakes))
+	})
+	reg.Func("halfway_datapath_sockmap_flows_total", "Flows whose bytes the sockmap program moved in the kernel (data_path: sockmap).", hm.CounterType, nil, func(emit func(float64, ...string)) {
+		emit(float64(datapath.ReadStats().SockmapFlows))
+	})
+	reg.Func("halfway_datapath_sockmap_takeovers_total", "Sockmap flow directions taken over by user space: at their FIN, or held when their destination fell behind.", hm.CounterType, nil, func(emit func(float64, ...string)) {
+		emit(float64(datapath.ReadStats().SockmapTakeovers))
 	})
 	return m
 }

@@ -366,6 +366,12 @@ func (s *Server) apply(cfg *Config) error {
 	if err := s.applyEarly(); err != nil {
 		errs = append(errs, err)
 	}
+	if cfg.DataPath == "sockmap" {
+		// Loaded once, for the flows the configuration allows then.
+		if err := datapath.EnableSockmap(cfg.Limits.MaxFlows, 0); err != nil {
+			errs = append(errs, fmt.Errorf("data_path sockmap: %w", err))
+		}
+	}
 	s.applyPools(cfg)
 	if err := s.turbo.apply(cfg.Peers); err != nil {
 		errs = append(errs, err)

@@ -151,21 +151,7 @@ listeners:
   - {name: socks, listen: "127.0.0.1:0", protocols: [socks5, http], users_file: "`+users+`", allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
 `)
 	addr := s.Addr("socks").String()
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			e, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(e, e); e.Close() }()
-		}
-	}()
-	dst := netip.MustParseAddrPort(echo.Addr().String())
+	dst := echoServer(t)
 	dial := func() net.Conn {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -228,31 +214,42 @@ listeners:
 	}
 }
 
-// TestDataPathCopy: with data_path: copy, flows move through a user-space
-// buffer, byte-exact, and the metrics say so.
-func TestDataPathCopy(t *testing.T) {
-	echo := echoServer(t)
-	s := startLoopback(t, fmt.Sprintf(`
+// TestDataPaths: with data_path: copy or sockmap, flows move through a
+// user-space buffer or the sockmap program, byte-exact, and the metrics
+// say so.
+func TestDataPaths(t *testing.T) {
+	for _, path := range []string{"copy", "sockmap"} {
+		t.Run(path, func(t *testing.T) {
+			if path == "sockmap" && os.Geteuid() != 0 {
+				t.Skip("the sockmap data path needs root to load its program")
+			}
+			echo := echoServer(t)
+			s := startLoopback(t, fmt.Sprintf(`
 admin: {listen: off}
-data_path: copy
+data_path: %s
 listeners:
   - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: %q}
-`, echo))
-	if err := echoDirect(s.Addr("fwd"), 1<<20); err != nil {
-		t.Fatalf("through the copy path: %v", err)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for s.metrics.path.With("copy").Value() < 2 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n, sp := s.metrics.path.With("copy").Value(), s.metrics.path.With("splice").Value(); n != 2 || sp != 0 {
-		t.Errorf("directions by path: copy %d, splice %d; want 2 and 0", n, sp)
+`, path, echo))
+			// A first byte and its echo, so the flow has entered the
+			// sockmap (if it can) before the rest comes.
+			if err := echoDirect(s.Addr("fwd"), 1<<20, 1); err != nil {
+				t.Fatalf("through the %s path: %v", path, err)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for s.metrics.path.With(path).Value() < 2 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if n, sp := s.metrics.path.With(path).Value(), s.metrics.path.With("splice").Value(); n != 2 || sp != 0 {
+				t.Errorf("directions by path: %s %d, splice %d; want 2 and 0", path, n, sp)
+			}
+		})
 	}
 }
 
 // echoDirect sends n random bytes to addr, which leads to an echo server,
-// half-closes, and checks they all come back.
-func echoDirect(addr net.Addr, n int) error {
+// half-closes, and checks they all come back. The first `first` bytes
+// go alone, and come back, before the rest is sent.
+func echoDirect(addr net.Addr, n int, first ...int) error {
 	c, err := net.Dial("tcp", addr.String())
 	if err != nil {
 		return err
@@ -260,6 +257,18 @@ func echoDirect(addr net.Addr, n int) error {
 	defer c.Close()
 	data := make([]byte, n)
 	rand.Read(data)
+	if len(first) > 0 && first[0] > 0 {
+		k := first[0]
+		if _, err := c.Write(data[:k]); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		got := make([]byte, k)
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, data[:k]) {
+			return fmt.Errorf("the first %d bytes: %v", k, err)
+		}
+		data = data[k:]
+	}
 	go func() {
 		c.Write(data)
 		c.(*net.TCPConn).CloseWrite()

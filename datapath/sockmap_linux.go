@@ -1,0 +1,447 @@
+package datapath
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// The sockmap program, compiled from bpf/sockmap.c by `make bpf` (clang
+// 14); `make test` compiles it again and fails if the result differs, so
+// the committed object is the source's.
+//
+//go:embed sockmap_bpfel.o
+var sockmapObj []byte
+
+// States of a direction in the dirs map (bpf/sockmap.c).
+const (
+	smRun   = 0
+	smHeld  = 1
+	smStart = 2
+)
+
+// smDir is a dirs map value.
+type smDir struct {
+	Redirected, Passed, Mark uint64
+	Base, State              uint32
+}
+
+// sockmap is the loaded program with its maps, shared by all flows.
+type sockmap struct {
+	socks, dirs, resume *ebpf.Map
+	prog                *ebpf.Program
+}
+
+var (
+	smMu     sync.Mutex
+	smLoaded *sockmap
+	// Flows that entered the sockmap, and directions user space took over
+	// from it (held for backpressure, or at their FIN).
+	smFlows, smTakeovers, smResumes atomic.Int64
+)
+
+// DefaultSockmapBacklog is the most bytes a sockmap direction may have
+// moved in the kernel and not yet seen written to its destination before
+// user space takes the direction over.
+const DefaultSockmapBacklog = 4 << 20
+
+// EnableSockmap loads the sockmap data path for up to flows flows at a
+// time, so that flows run with Options.Sockmap move their bytes in the
+// kernel without waking the relay. backlog bounds the bytes a direction
+// may have in flight inside the kernel (0: DefaultSockmapBacklog). It is
+// called once; later calls return the first one's error, if any.
+func EnableSockmap(flows, backlog int) error {
+	smMu.Lock()
+	defer smMu.Unlock()
+	if smLoaded != nil {
+		return nil
+	}
+	if flows <= 0 || flows > 1<<20 {
+		return fmt.Errorf("sockmap: %d flows: want 1 to %d", flows, 1<<20)
+	}
+	if backlog <= 0 {
+		backlog = DefaultSockmapBacklog
+	}
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(sockmapObj))
+	if err != nil {
+		return fmt.Errorf("sockmap: load object: %w", err)
+	}
+	if err := spec.Variables["backlog_max"].Set(uint32(backlog)); err != nil {
+		return fmt.Errorf("sockmap: set backlog: %w", err)
+	}
+	for _, m := range []string{"socks", "dirs", "resume"} {
+		spec.Maps[m].MaxEntries = uint32(2 * flows)
+	}
+	var objs struct {
+		Socks  *ebpf.Map     `ebpf:"socks"`
+		Dirs   *ebpf.Map     `ebpf:"dirs"`
+		Resume *ebpf.Map     `ebpf:"resume"`
+		Prog   *ebpf.Program `ebpf:"halfway_redirect"`
+	}
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		return fmt.Errorf("sockmap: load program: %w", err)
+	}
+	if err := link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target: objs.Socks.FD(), Program: objs.Prog, Attach: ebpf.AttachSkSKBVerdict,
+	}); err != nil {
+		objs.Socks.Close()
+		objs.Dirs.Close()
+		objs.Resume.Close()
+		objs.Prog.Close()
+		return fmt.Errorf("sockmap: attach verdict: %w", err)
+	}
+	smLoaded = &sockmap{socks: objs.Socks, dirs: objs.Dirs, resume: objs.Resume, prog: objs.Prog}
+	// Loading parsed the kernel's BTF (megabytes) to relocate the program;
+	// give that memory back now rather than at some later collection.
+	debug.FreeOSMemory()
+	return nil
+}
+
+// SockmapEnabled reports whether EnableSockmap has loaded the data path.
+func SockmapEnabled() bool { return loadedSockmap() != nil }
+
+func loadedSockmap() *sockmap {
+	smMu.Lock()
+	defer smMu.Unlock()
+	return smLoaded
+}
+
+// smSock is what the sockmap path knows of one of a flow's sockets.
+type smSock struct {
+	cookie  uint64
+	written uint64 // bytes written to it when the flow entered the sockmap
+}
+
+// errNoSockmap means a flow's sockets cannot enter the sockmap (MPTCP, a
+// socket no longer established, a full map); the flow uses splice.
+var errNoSockmap = errors.New("sockmap: sockets not eligible")
+
+// enter puts a flow's two sockets into the sockmap. On an error before
+// the first socket went in, nothing changed (errNoSockmap or the cause);
+// partial reports that the client socket went in and the server socket
+// did not: its segments are then passed to user space, and the up
+// direction must read them from there.
+func (sm *sockmap) enter(f *Flow) (partial bool, err error) {
+	c, s := &f.sm[1], &f.sm[0]
+	cfd, sfd, err := rawFDs(f.client, f.server)
+	if err != nil {
+		return false, err
+	}
+	for _, x := range []struct {
+		fd int
+		s  *smSock
+	}{{cfd, c}, {sfd, s}} {
+		if p, err := unix.GetsockoptInt(x.fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || p != unix.IPPROTO_TCP {
+			return false, errNoSockmap // MPTCP sockets cannot enter a sockmap
+		}
+		if x.s.cookie, err = unix.GetsockoptUint64(x.fd, unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
+			return false, fmt.Errorf("sockmap: SO_COOKIE: %w", err)
+		}
+		if x.s.written, err = written(x.fd); err != nil {
+			return false, err
+		}
+	}
+	// The directions' entries first: a socket's segments are passed to
+	// user space until its direction has one.
+	start := smDir{State: smStart}
+	if err := sm.dirs.Update(c.cookie, &start, ebpf.UpdateNoExist); err != nil {
+		return false, errNoSockmap
+	}
+	if err := sm.dirs.Update(s.cookie, &start, ebpf.UpdateNoExist); err != nil {
+		sm.dirs.Delete(c.cookie)
+		return false, errNoSockmap
+	}
+	// The client goes in under the server's cookie: from here its segments
+	// meet the program, which holds the up direction while the server is
+	// not in yet.
+	if err := sm.socks.Update(s.cookie, uint64(cfd), ebpf.UpdateNoExist); err != nil {
+		sm.forget(f)
+		return false, errNoSockmap
+	}
+	if err := sm.socks.Update(c.cookie, uint64(sfd), ebpf.UpdateNoExist); err != nil {
+		sm.dirs.Delete(s.cookie)
+		return true, nil
+	}
+	// Bytes that arrived before a socket went in wait in its receive queue
+	// until the next segment: setting SO_RCVLOWAT runs the socket's
+	// data-ready hook, and with it the program, now.
+	for _, fd := range []int{cfd, sfd} {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1); err != nil {
+			return true, fmt.Errorf("sockmap: SO_RCVLOWAT: %w", err)
+		}
+	}
+	return false, nil
+}
+
+// forget deletes a flow's direction entries; its sockets leave the
+// sockmap by themselves as they close.
+func (sm *sockmap) forget(f *Flow) {
+	for i := range f.sm {
+		sm.dirs.Delete(f.sm[i].cookie)
+		if f.dirs[i].resumed {
+			sm.resume.Delete(f.sm[b2u(f.dirs[i].up)].cookie)
+		}
+	}
+}
+
+// state reads a direction's entry, keyed by its source's cookie.
+func (sm *sockmap) state(cookie uint64) (smDir, error) {
+	var d smDir
+	err := sm.dirs.Lookup(cookie, &d)
+	return d, err
+}
+
+// rawFDs returns the descriptors of two connections, which stay open
+// for as long as the flow holds them.
+func rawFDs(a, b *net.TCPConn) (int, int, error) {
+	fa, err := rawFD(a)
+	if err != nil {
+		return -1, -1, err
+	}
+	fb, err := rawFD(b)
+	return fa, fb, err
+}
+
+func rawFD(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := rc.Control(func(x uintptr) { fd = int(x) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
+}
+
+// written is the number of bytes ever written to a socket: those acked
+// plus those still queued. TCP_INFO is read before SIOCOUTQ, so an ack
+// in between makes the sum smaller, never larger, than the truth.
+func written(fd int) (uint64, error) {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 0, fmt.Errorf("sockmap: TCP_INFO: %w", err)
+	}
+	outq, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return 0, fmt.Errorf("sockmap: SIOCOUTQ: %w", err)
+	}
+	return info.Bytes_acked + uint64(outq), nil
+}
+
+// kernelStep runs when a direction that moves its bytes in the kernel
+// finds its source ready: the program has held it (backpressure), the
+// source has sent its FIN, or it failed. Once every byte the kernel took
+// from the source has been written to the destination, the direction goes
+// on in user space (by copying: the held bytes wait on the source's
+// sockmap side, which splice does not read).
+func (d *dir) kernelStep() (step, error) {
+	f := d.f
+	sm := loadedSockmap()
+	src, dst := d.src(), d.dst()
+	dfd, err := rawFD(dst)
+	if err != nil {
+		return stepDone, nil // closed: the flow is over
+	}
+	me, other := &f.sm[b2u(d.up)], &f.sm[1-b2u(d.up)]
+	st, err := sm.state(me.cookie)
+	if err != nil {
+		return stepErr, sideErr{read: true, err: fmt.Errorf("sockmap: read direction: %w", err)}
+	}
+	if st.State != smHeld {
+		// Not held: an end of stream, an error, or nothing.
+		rc, err := src.SyscallConn()
+		if err != nil {
+			return stepDone, nil
+		}
+		d.pn, d.err, d.block, d.op = 0, nil, false, opPeek
+		if err := rc.Read(d.fn); err != nil {
+			return d.readErr(err)
+		}
+		switch {
+		case d.block:
+			return stepPark, nil
+		case d.err != nil:
+			return stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("recv", d.err)}
+		case d.pn > 0:
+			// Bytes for user space while the program redirects: only a
+			// segment the program is handling right now. Look again.
+			if d.waitN++; d.waitN > 1000 {
+				return stepErr, sideErr{read: true, err: errors.New("sockmap: bytes stuck on a redirecting socket")}
+			}
+			time.Sleep(time.Millisecond)
+			return stepAgain, nil
+		}
+		// EOF, seen under the source's lock: the softirq that took the
+		// FIN ran the program over every segment before it, so the count
+		// of bytes redirected is final.
+		if st, err = sm.state(me.cookie); err != nil {
+			return stepErr, sideErr{read: true, err: fmt.Errorf("sockmap: read direction: %w", err)}
+		}
+	}
+	// Every byte redirected must be written to dst before user space
+	// writes another: dst has then taken all it was given, by the kernel
+	// and by user space.
+	want := st.Redirected + d.userBytes()
+	for {
+		w, err := written(dfd)
+		if err != nil {
+			return stepErr, sideErr{read: false, reset: isReset(err), err: err}
+		}
+		if w-other.written >= want {
+			break
+		}
+		if !f.flushWait(&d.waitN) {
+			return stepDone, nil
+		}
+	}
+	d.waitN = 0
+	smTakeovers.Add(1)
+	d.countKernel(st.Redirected)
+	d.kernel, d.copy, d.usedKernel = false, true, true
+	d.held = st.State == smHeld
+	return stepAgain, nil
+}
+
+// userBytes is how many bytes user space has moved in the direction since
+// the flow entered the sockmap.
+func (d *dir) userBytes() uint64 { return uint64(d.n-d.nIn) - d.kseen }
+
+// countKernel adds the bytes the program has redirected, in all, to the
+// direction's count.
+func (d *dir) countKernel(redirected uint64) {
+	delta := int64(redirected - d.kseen)
+	d.kseen = redirected
+	d.n += delta
+	if cnt := d.counter(); cnt != nil && delta != 0 {
+		cnt.Add(delta)
+	}
+}
+
+// resumeKernel runs when a held direction has written on every byte it
+// read and found its source empty: it asks the program to redirect again
+// from the next segment, if no byte was passed to user space meanwhile,
+// and parks the direction in kernel mode. A byte passed meanwhile makes
+// the source readable, and the next takeover reads it.
+func (d *dir) resumeKernel() {
+	sm := loadedSockmap()
+	if err := sm.resume.Update(d.f.sm[b2u(d.up)].cookie, d.userBytes(), ebpf.UpdateAny); err != nil {
+		return // stays in user space
+	}
+	d.resumed = true
+	smResumes.Add(1)
+	d.held, d.copy, d.kernel = false, false, true
+}
+
+// flushWait sleeps before looking at a flushing direction again: briefly
+// at first, longer as the wait goes on. It reports false once the flow
+// has ended.
+func (f *Flow) flushWait(n *int) bool {
+	if f.aborted() {
+		return false
+	}
+	time.Sleep(min(time.Duration(1<<min(*n, 16))*10*time.Microsecond, 50*time.Millisecond))
+	*n++
+	return !f.aborted()
+}
+
+// enterKernel runs on the up direction once the client's waiting bytes
+// have moved: it puts the flow in the sockmap and parks both directions,
+// or, if the sockets cannot go in, parks them as usual. It reports whether
+// the goroutine was given up.
+func (d *dir) enterKernel() bool {
+	f := d.f
+	d.toKernel = false
+	down := &f.dirs[0]
+	down.started = true
+	partial, err := loadedSockmap().enter(f)
+	switch {
+	case partial:
+		// The client's segments go to its socket's sockmap side, which
+		// only a read reaches.
+		f.smIn.Store(true)
+		d.copy = true
+		if err != nil {
+			f.abort(ReasonError, err, true, true)
+		}
+	case err == nil:
+		smFlows.Add(1)
+		d.nIn, down.nIn = d.n, down.n
+		f.smIn.Store(true)
+		d.kernel, down.kernel = true, true
+	}
+	if !down.park() {
+		go down.run()
+	}
+	return d.park()
+}
+
+// startDown starts the down direction if the up direction was to start it
+// on entering the sockmap and never did.
+func (d *dir) startDown() {
+	if !d.toKernel {
+		return
+	}
+	d.toKernel = false
+	down := &d.f.dirs[0]
+	down.started = true
+	if !down.park() {
+		go down.run()
+	}
+}
+
+// smDone counts what the sockmap moved for directions still in the
+// kernel and deletes the flow's entries.
+func (f *Flow) smDone() {
+	sm := loadedSockmap()
+	for i := range f.dirs {
+		d := &f.dirs[i]
+		if !d.kernel {
+			continue
+		}
+		if st, err := sm.state(f.sm[b2u(d.up)].cookie); err == nil {
+			d.countKernel(st.Redirected)
+		}
+	}
+	sm.forget(f)
+}
+
+// smActive reports whether the sockmap has moved bytes of the flow since
+// the last call; the idle sweep asks before ending a flow whose directions
+// have not been seen moving bytes in user space.
+func (f *Flow) smActive() bool {
+	sm := loadedSockmap()
+	var sum uint64
+	for i := range f.dirs {
+		if st, err := sm.state(f.sm[i].cookie); err == nil {
+			sum += st.Redirected + st.Passed
+		}
+	}
+	moved := sum != f.smSeen
+	f.smSeen = sum
+	return moved
+}
+
+// peekIn looks at the source of a sockmap direction without taking a byte.
+func (d *dir) peekIn(fd uintptr) bool {
+	var b [1]byte
+	n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	for err == unix.EINTR {
+		n, _, err = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	}
+	if !d.took(n, err, &d.pn) {
+		return d.empty()
+	}
+	return true
+}

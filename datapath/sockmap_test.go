@@ -1,0 +1,278 @@
+package datapath
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// needSockmap loads the sockmap program, or skips: it needs root (or
+// CAP_BPF and CAP_NET_ADMIN).
+func needSockmap(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the sockmap data path needs root to load its program")
+	}
+	if err := EnableSockmap(4096, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sockmapped runs one relayed flow on the sockmap path and records the
+// paths its directions used.
+func sockmapped(t *testing.T, opt Options) (client, server *net.TCPConn, res <-chan Result, paths func() []Path) {
+	t.Helper()
+	var mu sync.Mutex
+	var got []Path
+	opt.Sockmap = true
+	opt.OnPath = func(up bool, p Path) { mu.Lock(); got = append(got, p); mu.Unlock() }
+	client, server, res = relayed(t, context.Background(), opt)
+	return client, server, res, func() []Path { mu.Lock(); defer mu.Unlock(); return append([]Path(nil), got...) }
+}
+
+// TestSockmapTransfers moves random amounts both ways at once through
+// flows on the sockmap path, half-closes each side in turn, and checks
+// every byte, the counts and the path.
+func TestSockmapTransfers(t *testing.T) {
+	needSockmap(t)
+	s0 := ReadStats()
+	var wg sync.WaitGroup
+	const flows = 24
+	for i := range flows {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client, server, res, paths := sockmapped(t, Options{Idle: time.Minute})
+			r := rand.New(rand.NewPCG(uint64(i), 3))
+			sizes := []int{0, 1, 1500, 65536, r.IntN(4 << 20)}
+			up, down := payload(uint64(i), sizes[i%len(sizes)]), payload(uint64(i+500), sizes[(i+2)%len(sizes)])
+			// One byte first, so the flow is in the sockmap when the rest comes.
+			exchange(t, client, server, []byte{1}, []byte{2})
+			go func() { client.Write(up); client.CloseWrite() }()
+			go func() { server.Write(down); server.CloseWrite() }()
+			var gotUp, gotDown []byte
+			var w2 sync.WaitGroup
+			w2.Add(2)
+			go func() {
+				defer w2.Done()
+				server.SetReadDeadline(time.Now().Add(30 * time.Second))
+				gotUp, _ = io.ReadAll(server)
+			}()
+			go func() {
+				defer w2.Done()
+				client.SetReadDeadline(time.Now().Add(30 * time.Second))
+				gotDown, _ = io.ReadAll(client)
+			}()
+			w2.Wait()
+			if sha256.Sum256(gotUp) != sha256.Sum256(up) || sha256.Sum256(gotDown) != sha256.Sum256(down) {
+				t.Errorf("flow %d: bytes differ (%d/%d up, %d/%d down)", i, len(gotUp), len(up), len(gotDown), len(down))
+			}
+			select {
+			case rr := <-res:
+				if rr.Reason != ReasonClosed || rr.Up != int64(1+len(up)) || rr.Down != int64(1+len(down)) {
+					t.Errorf("flow %d: %+v, want closed with %d up and %d down", i, rr, 1+len(up), 1+len(down))
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("flow %d did not end", i)
+				return
+			}
+			for _, p := range paths() {
+				if p != PathSockmap {
+					t.Errorf("flow %d: a direction used %s", i, p)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := ReadStats().SockmapFlows - s0.SockmapFlows; n != flows {
+		t.Errorf("%d flows entered the sockmap, want %d", n, flows)
+	}
+}
+
+// TestSockmapEarlyBytes: bytes waiting on either socket when the flow
+// enters the sockmap (the server's banner, the client's second request)
+// are moved at once, not when the next segment comes.
+func TestSockmapEarlyBytes(t *testing.T) {
+	needSockmap(t)
+	client, relayIn := tcpPair(t)
+	relayOut, server := tcpPair(t)
+	server.Write([]byte("banner"))
+	client.Write([]byte("request"))
+	time.Sleep(20 * time.Millisecond) // both are in the relay's receive queues
+	ch := make(chan Result, 1)
+	go New(relayIn, relayOut, Options{Sockmap: true}, func(r Result) { ch <- r }).Run()
+	for _, c := range []struct {
+		conn *net.TCPConn
+		want string
+	}{{server, "request"}, {client, "banner"}} {
+		got := make([]byte, len(c.want))
+		c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(c.conn, got); err != nil || string(got) != c.want {
+			t.Fatalf("read %q (%v), want %q", got, err, c.want)
+		}
+	}
+	// A byte that comes after the flow entered the sockmap, then a second
+	// one after a pause: neither waits for a later segment.
+	for _, b := range []string{"x", "y"} {
+		client.Write([]byte(b))
+		got := make([]byte, 1)
+		server.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(server, got); err != nil || string(got) != b {
+			t.Fatalf("read %q (%v), want %q", got, err, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	client.Close()
+	server.Close()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the flow did not end")
+	}
+}
+
+// TestSockmapBackpressure: a server that reads nothing must stop the
+// client, as TCP would end to end: the program holds the direction once
+// its destination falls behind, and user space carries it on with the
+// destination's flow control. Once the server reads and user space has
+// caught up, the direction goes back to the kernel. Every byte arrives,
+// in order.
+func TestSockmapBackpressure(t *testing.T) {
+	needSockmap(t)
+	s0 := ReadStats()
+	client, server, res, paths := sockmapped(t, Options{})
+	exchange(t, client, server, []byte{1}, []byte{2})
+	const total = 64 << 20
+	data := payload(7, total)
+	wrote := make(chan int, 1)
+	go func() {
+		var n int
+		for n < total {
+			client.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			m, err := client.Write(data[n:min(n+1<<20, total)])
+			n += m
+			if err != nil {
+				break
+			}
+		}
+		wrote <- n
+	}()
+	n := <-wrote
+	t.Logf("the client wrote %.1f MB before it blocked", float64(n)/1e6)
+	// Socket buffers and the kernel's backlog hold some megabytes; without
+	// backpressure all 64 MB are taken at once.
+	if n >= total/2 {
+		t.Fatalf("the client wrote %d MB to a server that reads nothing", n>>20)
+	}
+	go func() {
+		client.SetWriteDeadline(time.Time{})
+		client.Write(data[n:])
+	}()
+	got := make([]byte, total)
+	server.SetReadDeadline(time.Now().Add(60 * time.Second))
+	if _, err := io.ReadFull(server, got); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the server read %v, equal %v", err, bytes.Equal(got, data))
+	}
+	// Quiet now: the held direction hands back to the kernel, and later
+	// messages move there.
+	var resumed bool
+	sent := int64(total + 1)
+	for i := range 50 {
+		msg := payload(uint64(i), 1000)
+		exchange(t, client, server, msg, nil)
+		sent += int64(len(msg))
+		if ReadStats().SockmapResumes > s0.SockmapResumes {
+			resumed = true
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !resumed {
+		t.Error("the held direction never went back to the kernel")
+	}
+	client.CloseWrite()
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if rest, err := io.ReadAll(server); err != nil || len(rest) != 0 {
+		t.Fatalf("after the FIN the server read %d bytes, %v", len(rest), err)
+	}
+	server.CloseWrite()
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if rest, err := io.ReadAll(client); err != nil || len(rest) != 0 {
+		t.Fatalf("after the FIN the client read %d bytes, %v", len(rest), err)
+	}
+	if r := <-res; r.Reason != ReasonClosed || r.Up != sent || r.Down != 1 {
+		t.Errorf("%+v, want closed with %d up and 1 down", r, sent)
+	}
+	for _, p := range paths() {
+		if p != PathSockmap {
+			t.Errorf("a direction used %s", p)
+		}
+	}
+	// The up direction was held at least once, and both were taken over
+	// at their FINs.
+	if n := ReadStats().SockmapTakeovers - s0.SockmapTakeovers; n < 3 {
+		t.Errorf("%d directions taken over from the sockmap, want at least 3", n)
+	}
+}
+
+// TestSockmapReset: a reset on either leg resets the other while both
+// directions are in the kernel.
+func TestSockmapReset(t *testing.T) {
+	needSockmap(t)
+	for _, serverResets := range []bool{true, false} {
+		t.Run(map[bool]string{true: "server", false: "client"}[serverResets], func(t *testing.T) {
+			client, server, res, _ := sockmapped(t, Options{})
+			exchange(t, client, server, []byte("hi"), []byte("yo"))
+			resetter, other := server, client
+			want := ReasonResetServer
+			if !serverResets {
+				resetter, other, want = client, server, ReasonResetClient
+			}
+			resetter.SetLinger(0)
+			resetter.Close()
+			other.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := other.Read(make([]byte, 2)); !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("the other side read %v, want a reset", err)
+			}
+			if r := <-res; r.Reason != want || r.Up != 2 || r.Down != 2 {
+				t.Errorf("%+v, want %v with 2 bytes each way", r, want)
+			}
+		})
+	}
+}
+
+// TestSockmapIdle: bytes the kernel moves keep a flow alive past its idle
+// timeout; a flow that moves none ends at it.
+func TestSockmapIdle(t *testing.T) {
+	needSockmap(t)
+	client, server, res, _ := sockmapped(t, Options{Idle: 600 * time.Millisecond})
+	exchange(t, client, server, []byte{1}, []byte{2})
+	for i := range 12 { // 1.8 s of a byte every 150 ms
+		exchange(t, client, server, []byte{byte(i)}, nil)
+		time.Sleep(150 * time.Millisecond)
+	}
+	select {
+	case r := <-res:
+		t.Fatalf("a busy flow ended: %+v", r)
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	select {
+	case r := <-res:
+		if r.Reason != ReasonIdle || r.Up != 13 || r.Down != 1 {
+			t.Errorf("%+v, want idle with 13 up and 1 down", r)
+		}
+	case <-ctx.Done():
+		t.Fatal("an idle flow did not end")
+	}
+}
