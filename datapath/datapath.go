@@ -112,10 +112,8 @@ type Flow struct {
 	left           atomic.Int32 // directions still running or parked
 	ending         atomic.Pointer[ending]
 	onDone         func(Result)
-	dirs           [2]dir      // down, up
-	sm             [2]smSock   // server, client: set once in the sockmap
-	smIn           atomic.Bool // the flow has entries in the sockmap
-	smSeen         uint64      // bytes the sockmap moved, at the last idle check
+	dirs           [2]dir                 // down, up
+	sm             atomic.Pointer[smFlow] // set once the flow has entries in the sockmap
 }
 
 // ending is why a flow ends; the first one set wins.
@@ -214,8 +212,8 @@ func (f *Flow) dirDone() {
 	if f.left.Add(-1) != 0 {
 		return
 	}
-	if f.smIn.Load() {
-		f.smDone()
+	if x := f.sm.Load(); x != nil {
+		f.smDone(x)
 	}
 	f.client.Close()
 	f.server.Close()

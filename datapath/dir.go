@@ -36,20 +36,16 @@ type dir struct {
 	err        error // the last read's or write's error
 	pn, m, cn  int32 // bytes in the pipe; bytes the last write moved; bytes in buf
 	up         bool
-	copy       bool   // through a user-space buffer (else splice)
-	started    bool   // the prefix, if any, has been written
-	watching   bool   // src has sent its FIN: only a reset is awaited
-	registered bool   // src is in the flow's epoll set (maybe disarmed)
-	noPark     bool   // the epoll set refused src: wait on the goroutine
-	block      bool   // the last read found the source empty
-	kernel     bool   // the sockmap program moves the bytes (see kernelStep)
-	usedKernel bool   // it did, and user space has taken over
-	toKernel   bool   // up only: enter the sockmap once the client is drained
-	held       bool   // taken over from the sockmap while held: may resume
-	resumed    bool   // has an entry in the sockmap's resume map
-	waitN      int    // looks at a flushing sockmap direction so far
-	nIn        int64  // n when the flow entered the sockmap
-	kseen      uint64 // bytes the sockmap redirected, counted in n
+	copy       bool // through a user-space buffer (else splice)
+	started    bool // the prefix, if any, has been written
+	watching   bool // src has sent its FIN: only a reset is awaited
+	registered bool // src is in the flow's epoll set (maybe disarmed)
+	noPark     bool // the epoll set refused src: wait on the goroutine
+	block      bool // the last read found the source empty
+	kernel     bool // the sockmap program moves the bytes (see kernelStep)
+	usedKernel bool // it did, and user space has taken over
+	toKernel   bool // up only: enter the sockmap once the client is drained
+	held       bool // taken over from the sockmap while held: may resume
 	op         uint8
 	// fn is the callback for RawConn, made once rather than at every
 	// wake; op says what it does.

@@ -158,7 +158,7 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 				continue
 			}
 			if f.opt.Idle > 0 && now-f.last.Load() >= int64(f.opt.Idle) {
-				if f.smIn.Load() && f.smActive() {
+				if x := f.sm.Load(); x != nil && x.active() {
 					f.touch() // bytes moved in the kernel
 				} else {
 					idle = append(idle, f)

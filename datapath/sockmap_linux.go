@@ -117,10 +117,35 @@ func loadedSockmap() *sockmap {
 	return smLoaded
 }
 
+// smFlow is what the sockmap path keeps of a flow that entered it, apart
+// from the flow so that other flows pay nothing for it. Its arrays are
+// indexed like Flow.dirs: [0] the server socket and the down direction,
+// [1] the client socket and the up direction (b2u(up)).
+type smFlow struct {
+	socks [2]smSock
+	dirs  [2]smDirState
+	seen  uint64 // bytes the program moved, at the last idle check (sweep only)
+}
+
 // smSock is what the sockmap path knows of one of a flow's sockets.
 type smSock struct {
 	cookie  uint64
 	written uint64 // bytes written to it when the flow entered the sockmap
+}
+
+// smDirState is a direction's sockmap bookkeeping, owned by the goroutine
+// running the direction.
+type smDirState struct {
+	nIn     int64  // the direction's n when the flow entered the sockmap
+	kseen   uint64 // bytes the program redirected, counted in n
+	waitN   int    // looks at a flushing direction so far
+	resumed bool   // has an entry in the resume map
+}
+
+// smState is the direction's sockmap bookkeeping.
+func (d *dir) smState() (*smFlow, *smDirState) {
+	x := d.f.sm.Load()
+	return x, &x.dirs[b2u(d.up)]
 }
 
 // errNoSockmap means a flow's sockets cannot enter the sockmap (MPTCP, a
@@ -132,8 +157,8 @@ var errNoSockmap = errors.New("sockmap: sockets not eligible")
 // partial reports that the client socket went in and the server socket
 // did not: its segments are then passed to user space, and the up
 // direction must read them from there.
-func (sm *sockmap) enter(f *Flow) (partial bool, err error) {
-	c, s := &f.sm[1], &f.sm[0]
+func (sm *sockmap) enter(f *Flow, x *smFlow) (partial bool, err error) {
+	c, s := &x.socks[1], &x.socks[0]
 	cfd, sfd, err := rawFDs(f.client, f.server)
 	if err != nil {
 		return false, err
@@ -166,7 +191,7 @@ func (sm *sockmap) enter(f *Flow) (partial bool, err error) {
 	// meet the program, which holds the up direction while the server is
 	// not in yet.
 	if err := sm.socks.Update(s.cookie, uint64(cfd), ebpf.UpdateNoExist); err != nil {
-		sm.forget(f)
+		sm.forget(x)
 		return false, errNoSockmap
 	}
 	if err := sm.socks.Update(c.cookie, uint64(sfd), ebpf.UpdateNoExist); err != nil {
@@ -186,11 +211,11 @@ func (sm *sockmap) enter(f *Flow) (partial bool, err error) {
 
 // forget deletes a flow's direction entries; its sockets leave the
 // sockmap by themselves as they close.
-func (sm *sockmap) forget(f *Flow) {
-	for i := range f.sm {
-		sm.dirs.Delete(f.sm[i].cookie)
-		if f.dirs[i].resumed {
-			sm.resume.Delete(f.sm[b2u(f.dirs[i].up)].cookie)
+func (sm *sockmap) forget(x *smFlow) {
+	for i := range x.socks {
+		sm.dirs.Delete(x.socks[i].cookie)
+		if x.dirs[i].resumed {
+			sm.resume.Delete(x.socks[i].cookie)
 		}
 	}
 }
@@ -254,7 +279,8 @@ func (d *dir) kernelStep() (step, error) {
 	if err != nil {
 		return stepDone, nil // closed: the flow is over
 	}
-	me, other := &f.sm[b2u(d.up)], &f.sm[1-b2u(d.up)]
+	x, ds := d.smState()
+	me, other := &x.socks[b2u(d.up)], &x.socks[1-b2u(d.up)]
 	st, err := sm.state(me.cookie)
 	if err != nil {
 		return stepErr, sideErr{read: true, err: fmt.Errorf("sockmap: read direction: %w", err)}
@@ -277,7 +303,7 @@ func (d *dir) kernelStep() (step, error) {
 		case d.pn > 0:
 			// Bytes for user space while the program redirects: only a
 			// segment the program is handling right now. Look again.
-			if d.waitN++; d.waitN > 1000 {
+			if ds.waitN++; ds.waitN > 1000 {
 				return stepErr, sideErr{read: true, err: errors.New("sockmap: bytes stuck on a redirecting socket")}
 			}
 			time.Sleep(time.Millisecond)
@@ -302,11 +328,11 @@ func (d *dir) kernelStep() (step, error) {
 		if w-other.written >= want {
 			break
 		}
-		if !f.flushWait(&d.waitN) {
+		if !f.flushWait(&ds.waitN) {
 			return stepDone, nil
 		}
 	}
-	d.waitN = 0
+	ds.waitN = 0
 	smTakeovers.Add(1)
 	d.countKernel(st.Redirected)
 	d.kernel, d.copy, d.usedKernel = false, true, true
@@ -316,13 +342,17 @@ func (d *dir) kernelStep() (step, error) {
 
 // userBytes is how many bytes user space has moved in the direction since
 // the flow entered the sockmap.
-func (d *dir) userBytes() uint64 { return uint64(d.n-d.nIn) - d.kseen }
+func (d *dir) userBytes() uint64 {
+	_, ds := d.smState()
+	return uint64(d.n-ds.nIn) - ds.kseen
+}
 
 // countKernel adds the bytes the program has redirected, in all, to the
 // direction's count.
 func (d *dir) countKernel(redirected uint64) {
-	delta := int64(redirected - d.kseen)
-	d.kseen = redirected
+	_, ds := d.smState()
+	delta := int64(redirected - ds.kseen)
+	ds.kseen = redirected
 	d.n += delta
 	if cnt := d.counter(); cnt != nil && delta != 0 {
 		cnt.Add(delta)
@@ -336,10 +366,11 @@ func (d *dir) countKernel(redirected uint64) {
 // the source readable, and the next takeover reads it.
 func (d *dir) resumeKernel() {
 	sm := loadedSockmap()
-	if err := sm.resume.Update(d.f.sm[b2u(d.up)].cookie, d.userBytes(), ebpf.UpdateAny); err != nil {
+	x, ds := d.smState()
+	if err := sm.resume.Update(x.socks[b2u(d.up)].cookie, d.userBytes(), ebpf.UpdateAny); err != nil {
 		return // stays in user space
 	}
-	d.resumed = true
+	ds.resumed = true
 	smResumes.Add(1)
 	d.held, d.copy, d.kernel = false, false, true
 }
@@ -365,20 +396,21 @@ func (d *dir) enterKernel() bool {
 	d.toKernel = false
 	down := &f.dirs[0]
 	down.started = true
-	partial, err := loadedSockmap().enter(f)
+	x := new(smFlow)
+	partial, err := loadedSockmap().enter(f, x)
 	switch {
 	case partial:
 		// The client's segments go to its socket's sockmap side, which
 		// only a read reaches.
-		f.smIn.Store(true)
+		f.sm.Store(x)
 		d.copy = true
 		if err != nil {
 			f.abort(ReasonError, err, true, true)
 		}
 	case err == nil:
 		smFlows.Add(1)
-		d.nIn, down.nIn = d.n, down.n
-		f.smIn.Store(true)
+		x.dirs[1].nIn, x.dirs[0].nIn = d.n, down.n
+		f.sm.Store(x)
 		d.kernel, down.kernel = true, true
 	}
 	if !down.park() {
@@ -403,33 +435,33 @@ func (d *dir) startDown() {
 
 // smDone counts what the sockmap moved for directions still in the
 // kernel and deletes the flow's entries.
-func (f *Flow) smDone() {
+func (f *Flow) smDone(x *smFlow) {
 	sm := loadedSockmap()
 	for i := range f.dirs {
 		d := &f.dirs[i]
 		if !d.kernel {
 			continue
 		}
-		if st, err := sm.state(f.sm[b2u(d.up)].cookie); err == nil {
+		if st, err := sm.state(x.socks[i].cookie); err == nil {
 			d.countKernel(st.Redirected)
 		}
 	}
-	sm.forget(f)
+	sm.forget(x)
 }
 
-// smActive reports whether the sockmap has moved bytes of the flow since
+// active reports whether the sockmap has moved bytes of the flow since
 // the last call; the idle sweep asks before ending a flow whose directions
 // have not been seen moving bytes in user space.
-func (f *Flow) smActive() bool {
+func (x *smFlow) active() bool {
 	sm := loadedSockmap()
 	var sum uint64
-	for i := range f.dirs {
-		if st, err := sm.state(f.sm[i].cookie); err == nil {
+	for i := range x.socks {
+		if st, err := sm.state(x.socks[i].cookie); err == nil {
 			sum += st.Redirected + st.Passed
 		}
 	}
-	moved := sum != f.smSeen
-	f.smSeen = sum
+	moved := sum != x.seen
+	x.seen = sum
 	return moved
 }
 

@@ -191,8 +191,14 @@ func (l *listener) flowEnded() error {
 	return nil
 }
 
+// acceptWarnEvery spaces the warnings of a listener whose accepts fail:
+// out of descriptors, a relay can fail thousands of times a second.
+const acceptWarnEvery = 5 * time.Second
+
 func (s *Server) acceptLoop(l *listener) {
 	var backoff time.Duration
+	var warned time.Time
+	failed := 0 // failures since the last warning
 	for {
 		c, err := l.ln.AcceptTCP()
 		if err != nil {
@@ -202,7 +208,10 @@ func (s *Server) acceptLoop(l *listener) {
 			// Out of descriptors or memory: wait, and let flows finish.
 			s.metrics.errors.With("accept").Inc()
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Warn("accept failed", "listener", l.cfg.Name, "err", err, "retry_in", backoff)
+			if failed++; time.Since(warned) >= acceptWarnEvery {
+				s.log.Warn("accept failed", "listener", l.cfg.Name, "err", err, "retry_in", backoff, "failures", failed)
+				warned, failed = time.Now(), 0
+			}
 			time.Sleep(backoff)
 			continue
 		}
