@@ -114,6 +114,7 @@ type Flow struct {
 	onDone         func(Result)
 	dirs           [2]dir                 // down, up
 	sm             atomic.Pointer[smFlow] // set once the flow has entries in the sockmap
+	smTried        atomic.Bool            // the flow has tried to enter the sockmap
 }
 
 // ending is why a flow ends; the first one set wins.
@@ -144,10 +145,6 @@ func (f *Flow) Run() {
 	down := &f.dirs[0]
 	if len(f.opt.DownPrefix) > 0 || f.aborted() {
 		go down.run() // the prefix waits on its goroutine
-	} else if f.opt.Sockmap && !f.opt.ForceCopy && loadedSockmap() != nil {
-		// The up direction moves the client's waiting bytes, then puts
-		// both sockets in the sockmap and parks both directions.
-		f.dirs[1].toKernel = true
 	} else {
 		// The server has usually sent nothing yet: wait for it in the
 		// epoll set rather than on a goroutine.

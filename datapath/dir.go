@@ -44,7 +44,6 @@ type dir struct {
 	block      bool // the last read found the source empty
 	kernel     bool // the sockmap program moves the bytes (see kernelStep)
 	usedKernel bool // it did, and user space has taken over
-	toKernel   bool // up only: enter the sockmap once the client is drained
 	held       bool // taken over from the sockmap while held: may resume
 	op         uint8
 	// fn is the callback for RawConn, made once rather than at every
@@ -162,12 +161,7 @@ func (d *dir) run() {
 			if d.held {
 				d.resumeKernel()
 			}
-			if d.toKernel {
-				if d.enterKernel() {
-					return
-				}
-				continue
-			}
+			d.tryKernel()
 			if d.park() {
 				return
 			}
@@ -175,7 +169,6 @@ func (d *dir) run() {
 		case stepFallback:
 			d.copy = true // from where splice stopped: nothing was lost
 		case stepEOF:
-			d.startDown()
 			// EOF from src: pass the FIN on, keep the other direction going.
 			if cerr := d.dst().CloseWrite(); cerr != nil && !f.aborted() {
 				f.abort(ReasonError, cerr, false, false)
@@ -204,7 +197,6 @@ func (d *dir) run() {
 }
 
 func (d *dir) finish() {
-	d.startDown()
 	if d.p != nil {
 		pipes.put(d.p)
 		d.p = nil
@@ -226,7 +218,7 @@ func (d *dir) empty() bool {
 	if d.noPark || d.f.epfd < 0 {
 		return false
 	}
-	if d.f.opt.ParkAfter > 0 && !d.kernel && !d.toKernel {
+	if d.f.opt.ParkAfter > 0 && !d.kernel {
 		if d.waitSince.Load() == 0 {
 			d.waitSince.Store(time.Now().UnixNano())
 		}

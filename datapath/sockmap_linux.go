@@ -387,49 +387,53 @@ func (f *Flow) flushWait(n *int) bool {
 	return !f.aborted()
 }
 
-// enterKernel runs on the up direction once the client's waiting bytes
-// have moved: it puts the flow in the sockmap and parks both directions,
-// or, if the sockets cannot go in, parks them as usual. It reports whether
-// the goroutine was given up.
-func (d *dir) enterKernel() bool {
+// tryKernel runs as a direction is about to park: if the flow is to use
+// the sockmap and has not tried yet, and the other direction is parked
+// too, it takes the other direction over (so neither moves a byte while
+// the sockets go in) and puts the flow in the sockmap, then parks the
+// other direction again, in kernel mode if the sockets went in; the
+// caller parks its own. A flow whose other direction is running tries
+// when that one parks, so a relay's answer to a pipelining peer, written
+// first by the down direction, is out before the flow enters.
+func (d *dir) tryKernel() {
 	f := d.f
-	d.toKernel = false
-	down := &f.dirs[0]
-	down.started = true
+	if !f.opt.Sockmap || f.opt.ForceCopy || f.smTried.Load() || f.eofs.Load() > 0 || d.watching {
+		return
+	}
+	sm := loadedSockmap()
+	if sm == nil {
+		return
+	}
+	other := &f.dirs[1-b2u(d.up)]
+	if !other.unpark() {
+		return // running (it tries when it parks), or done
+	}
+	if !f.smTried.CompareAndSwap(false, true) || other.watching {
+		if !other.park() {
+			go other.run()
+		}
+		return
+	}
+	up, down := &f.dirs[1], &f.dirs[0]
 	x := new(smFlow)
-	partial, err := loadedSockmap().enter(f, x)
+	partial, err := sm.enter(f, x)
 	switch {
 	case partial:
 		// The client's segments go to its socket's sockmap side, which
 		// only a read reaches.
 		f.sm.Store(x)
-		d.copy = true
+		up.copy = true
 		if err != nil {
 			f.abort(ReasonError, err, true, true)
 		}
 	case err == nil:
 		smFlows.Add(1)
-		x.dirs[1].nIn, x.dirs[0].nIn = d.n, down.n
+		x.dirs[1].nIn, x.dirs[0].nIn = up.n, down.n
 		f.sm.Store(x)
-		d.kernel, down.kernel = true, true
+		up.kernel, down.kernel = true, true
 	}
-	if !down.park() {
-		go down.run()
-	}
-	return d.park()
-}
-
-// startDown starts the down direction if the up direction was to start it
-// on entering the sockmap and never did.
-func (d *dir) startDown() {
-	if !d.toKernel {
-		return
-	}
-	d.toKernel = false
-	down := &d.f.dirs[0]
-	down.started = true
-	if !down.park() {
-		go down.run()
+	if !other.park() {
+		go other.run()
 	}
 }
 

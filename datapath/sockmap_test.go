@@ -276,3 +276,51 @@ func TestSockmapIdle(t *testing.T) {
 		t.Fatal("an idle flow did not end")
 	}
 }
+
+// TestSockmapDownPrefix: a flow whose down direction first writes the
+// relay's own answer (DownPrefix) enters the sockmap once that is out and
+// both directions are idle; the answer still comes first.
+func TestSockmapDownPrefix(t *testing.T) {
+	needSockmap(t)
+	s0 := ReadStats()
+	client, server, res, paths := sockmapped(t, Options{DownPrefix: []byte("answer:"), PrefixWait: 20 * time.Millisecond})
+	client.Write([]byte("request"))
+	got := make([]byte, len("request"))
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(server, got); err != nil || string(got) != "request" {
+		t.Fatalf("server read %q, %v", got, err)
+	}
+	server.Write([]byte("first"))
+	got = make([]byte, len("answer:first"))
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(client, got); err != nil || string(got) != "answer:first" {
+		t.Fatalf("client read %q, %v", got, err)
+	}
+	for i := range 20 {
+		exchange(t, client, server, payload(uint64(i), 700), payload(uint64(i+50), 1300))
+		if ReadStats().SockmapFlows > s0.SockmapFlows {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ReadStats().SockmapFlows == s0.SockmapFlows {
+		t.Fatal("the flow never entered the sockmap")
+	}
+	exchange(t, client, server, []byte("after"), []byte("entering"))
+	client.CloseWrite()
+	server.CloseWrite()
+	for _, c := range []*net.TCPConn{client, server} {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+			t.Fatalf("after the FIN read %d bytes, %v", len(rest), err)
+		}
+	}
+	if r := <-res; r.Reason != ReasonClosed {
+		t.Errorf("%+v", r)
+	}
+	for _, p := range paths() {
+		if p != PathSockmap {
+			t.Errorf("a direction used %s", p)
+		}
+	}
+}
