@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -28,9 +29,8 @@ import (
 type PeersOptions struct {
 	Exe     string
 	Repeats int
-	// Peers among halfway, halfway-copy (data_path: copy),
-	// halfway-sockmap (data_path: sockmap), halfway-2cpu (not pinned to
-	// one core), haproxy, nginx, socat; direct is always measured.
+	// Peers among the halfway variants (halfwayVariants), haproxy,
+	// nginx, socat; direct is always measured.
 	Peers []string
 	Parts []string // start, throughput, connrate, keepalive, latency, memory
 	Flows int      // idle flows for the memory part
@@ -46,7 +46,7 @@ type PeersOptions struct {
 // DefaultPeersOptions is the issue's benchmark.
 func DefaultPeersOptions() PeersOptions {
 	return PeersOptions{
-		Repeats: 5, Peers: []string{"halfway", "halfway-copy", "halfway-sockmap", "halfway-2cpu", "haproxy", "nginx", "socat"},
+		Repeats: 5, Peers: []string{"halfway", "halfway-copy", "halfway-sockmap", "halfway-park", "halfway-2cpu", "haproxy", "nginx", "socat"},
 		Parts: []string{"start", "throughput", "connrate", "keepalive", "latency", "memory"},
 		Flows: 9000, SocatFlows: 500, Window: 3 * time.Second, Clients: 40, Requests: 2000, Install: true,
 	}
@@ -219,11 +219,37 @@ func (b *peersBench) logf(format string, args ...any) {
 	}
 }
 
+// halfwayVariant is how a halfway peer is configured and run.
+type halfwayVariant struct {
+	dataPath  string // data_path
+	parkAfter string // park_after
+}
+
+// halfwayVariants are the halfway peers: halfway-copy and halfway-sockmap
+// take the other data paths, halfway-park waits 2 ms on its goroutines
+// before parking a direction, halfway-2cpu is not pinned to one core.
+var halfwayVariants = map[string]halfwayVariant{
+	"halfway":         {"splice", "0s"},
+	"halfway-copy":    {"copy", "0s"},
+	"halfway-sockmap": {"sockmap", "0s"},
+	"halfway-park":    {"splice", "2ms"},
+	"halfway-2cpu":    {"splice", "0s"},
+}
+
+// KnownPeers lists the peers `halfway bench peers` can run.
+func KnownPeers() []string {
+	ps := slices.Sorted(maps.Keys(halfwayVariants))
+	return append(ps, "haproxy", "nginx", "socat")
+}
+
 // installPeers finds the peers' programs, installing the missing ones with
 // apt-get when o.Install; those still missing are skipped.
 func installPeers(o PeersOptions, r *PeersReport) []string {
 	need := map[string][]string{"haproxy": {"haproxy"}, "nginx": {"nginx-light", "libnginx-mod-stream"}, "socat": {"socat"}}
-	bin := map[string]string{"haproxy": "haproxy", "nginx": "nginx", "socat": "socat", "halfway": o.Exe, "halfway-copy": o.Exe, "halfway-sockmap": o.Exe, "halfway-2cpu": o.Exe}
+	bin := map[string]string{"haproxy": "haproxy", "nginx": "nginx", "socat": "socat"}
+	for name := range halfwayVariants {
+		bin[name] = o.Exe
+	}
 	var missing []string
 	for _, p := range o.Peers {
 		if _, err := exec.LookPath(bin[p]); err != nil && need[p] != nil {
@@ -249,10 +275,8 @@ func installPeers(o PeersOptions, r *PeersReport) []string {
 	}
 	var out []string
 	for _, p := range o.Peers {
-		switch p {
-		case "halfway", "halfway-copy", "halfway-sockmap", "halfway-2cpu", "haproxy", "nginx", "socat":
-		default:
-			r.Skipped = append(r.Skipped, fmt.Sprintf("%s: unknown peer (want halfway, halfway-copy, halfway-sockmap, halfway-2cpu, haproxy, nginx, socat)", p))
+		if !slices.Contains(KnownPeers(), p) {
+			r.Skipped = append(r.Skipped, fmt.Sprintf("%s: unknown peer (want one of %s)", p, strings.Join(KnownPeers(), ", ")))
 			continue
 		}
 		if _, err := exec.LookPath(bin[p]); err != nil {
@@ -391,21 +415,19 @@ func (p *peerProc) config(exe string) ([]string, error) {
 	}
 	backend := fmt.Sprintf("127.0.0.1:%d", peersBackendHTTP)
 	sink := fmt.Sprintf("127.0.0.1:%d", peersBackendSink)
-	switch p.name {
-	case "halfway", "halfway-copy", "halfway-sockmap", "halfway-2cpu":
-		dataPath := "splice"
-		if v, ok := strings.CutPrefix(p.name, "halfway-"); ok && (v == "copy" || v == "sockmap") {
-			dataPath = v
-		}
+	if v, ok := halfwayVariants[p.name]; ok {
 		f, err := write("relay.yaml", fmt.Sprintf(`admin: {listen: off}
 log: {level: warn}
 data_path: %s
+park_after: %s
 limits: {max_flows: 20000, max_flows_per_client: 20000, max_pending: 4096}
 listeners:
   - {name: http, listen: %q, mode: forward, forward_to: %q}
   - {name: sink, listen: %q, mode: forward, forward_to: %q}
-`, dataPath, p.http, backend, p.sink, sink))
+`, v.dataPath, v.parkAfter, p.http, backend, p.sink, sink))
 		return []string{exe, "relay", "-c", f, "--grace", "1s"}, err
+	}
+	switch p.name {
 	case "haproxy":
 		// maxconn within the 20,000 descriptors a process may have here
 		// (fd-hard-limit), with room for a few splice pipes.
@@ -898,7 +920,7 @@ func numCPU() int {
 func (b *peersBench) notes() []string {
 	n := []string{
 		"Everything runs over the loopback of one network namespace (a netlab host): clients, the proxy and the backends (a Go HTTP server answering 1 KB, and a sink).",
-		fmt.Sprintf("Proxies: halfway (`mode: forward` listeners; halfway-copy with `data_path: copy`; halfway-sockmap with `data_path: sockmap`; halfway-2cpu on both cores, shared with the clients), HAProxy (`mode tcp`, `option splice-auto`, nbthread 1), nginx (stream, 1 worker), socat (`fork`). Repeats are interleaved: each repeat measures every proxy in turn; %d repeats, medians with min–max.", b.o.Repeats),
+		fmt.Sprintf("Proxies: halfway (`mode: forward` listeners; halfway-copy with `data_path: copy`; halfway-sockmap with `data_path: sockmap`; halfway-park with `park_after: 2ms`; halfway-2cpu on both cores, shared with the clients), HAProxy (`mode tcp`, `option splice-auto`, nbthread 1), nginx (stream, 1 worker), socat (`fork`). Repeats are interleaved: each repeat measures every proxy in turn; %d repeats, medians with min–max.", b.o.Repeats),
 		fmt.Sprintf("Throughput: one stream, 256 KB writes, 1 s warm-up then %s; CPU is the proxy's user+system time (its process group, reaped children included) per GB moved. Machine CPU is every core's busy time per GB (/proc/stat), load generator and sink included: it counts the kernel's work outside the proxy's process (softirqs, and the kworkers that send what the sockmap program redirects), which the proxy's own CPU misses; direct's is the floor.", b.o.Window),
 		fmt.Sprintf("Connection rates: %d clients, 1 KB HTTP; new connection per request (`Connection: close`) or one kept alive per client; 0.5 s warm-up then %s; CPU per request as above.", b.o.Clients, b.o.Window),
 		fmt.Sprintf("Latency: one client, %d sequential requests on one kept-alive connection after 200 unmeasured; added latency is the proxy's median minus direct's.", b.o.Requests),

@@ -228,7 +228,7 @@ func benchPeers(args []string, stdout, stderr io.Writer) error {
 	asJSON := fs.Bool("json", false, "print JSON instead of Markdown")
 	out := fs.String("out", "", "also write peers.md, peers.json and the plot into this directory")
 	fs.IntVar(&o.Repeats, "repeats", o.Repeats, "interleaved repeats")
-	peers := fs.String("peers", strings.Join(o.Peers, ","), "proxies to compare with direct: halfway, halfway-copy, halfway-2cpu, haproxy, nginx, socat")
+	peers := fs.String("peers", strings.Join(o.Peers, ","), "proxies to compare with direct: "+strings.Join(bench.KnownPeers(), ", "))
 	parts := fs.String("parts", strings.Join(o.Parts, ","), "which parts: start, throughput, connrate, keepalive, latency, memory")
 	fs.IntVar(&o.Flows, "flows", o.Flows, "idle flows for the memory part (20,000 descriptors per process here)")
 	fs.IntVar(&o.SocatFlows, "socat-flows", o.SocatFlows, "idle flows for socat, which forks a process per flow")
