@@ -29,6 +29,14 @@ func (d *dir) copyStep() (step, error) {
 			return stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("read", d.err)}
 		}
 		if d.cn == 0 {
+			if d.usedKernel && d.eofPending() {
+				// Passed bytes are still on their way to the socket.
+				_, ds := d.smState()
+				if !d.f.flushWait(&ds.waitN) {
+					return stepDone, nil
+				}
+				continue
+			}
 			return stepEOF, nil
 		}
 		m, werr := dst.Write((*d.buf)[:d.cn])

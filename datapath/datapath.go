@@ -80,9 +80,9 @@ type Options struct {
 	// ForceCopy disables splice (for comparison and as the fallback path).
 	ForceCopy bool
 	// Sockmap moves the flow's bytes with the sockmap program once
-	// EnableSockmap has loaded it, from when the client's first bytes have
-	// been forwarded. Flows it cannot take (MPTCP sockets, a DownPrefix, a
-	// full map) use splice, or copy with ForceCopy.
+	// EnableSockmap has loaded it, from the first time both directions
+	// are idle. Flows it cannot take (MPTCP sockets, a full map, a flow
+	// that never falls idle before a FIN) use splice; ForceCopy wins.
 	Sockmap bool
 	// DownPrefix, if set, goes to the client before the server's first
 	// byte, in the same segment when the server sends within PrefixWait

@@ -158,12 +158,8 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 				continue
 			}
 			if f.opt.Idle > 0 && now-f.last.Load() >= int64(f.opt.Idle) {
-				if x := f.sm.Load(); x != nil && x.active() {
-					f.touch() // bytes moved in the kernel
-				} else {
-					idle = append(idle, f)
-					continue
-				}
+				idle = append(idle, f)
+				continue
 			}
 			if f.opt.ParkAfter <= 0 {
 				continue
@@ -177,7 +173,12 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 		}
 		sh.mu.Unlock()
 		for i, f := range idle {
-			f.abort(ReasonIdle, nil, false, false)
+			// Asked outside the lock: system calls.
+			if x := f.sm.Load(); x != nil && f.smActive(x) {
+				f.touch() // bytes moved in the kernel
+			} else {
+				f.abort(ReasonIdle, nil, false, false)
+			}
 			idle[i] = nil
 		}
 		for i, d := range kick {

@@ -59,8 +59,9 @@ const DefaultSockmapBacklog = 4 << 20
 // EnableSockmap loads the sockmap data path for up to flows flows at a
 // time, so that flows run with Options.Sockmap move their bytes in the
 // kernel without waking the relay. backlog bounds the bytes a direction
-// may have in flight inside the kernel (0: DefaultSockmapBacklog). It is
-// called once; later calls return the first one's error, if any.
+// may have in flight inside the kernel (0: DefaultSockmapBacklog). Once
+// it has succeeded, later calls do nothing; after a failure, a later call
+// tries again.
 func EnableSockmap(flows, backlog int) error {
 	smMu.Lock()
 	defer smMu.Unlock()
@@ -158,11 +159,36 @@ var errNoSockmap = errors.New("sockmap: sockets not eligible")
 // did not: its segments are then passed to user space, and the up
 // direction must read them from there.
 func (sm *sockmap) enter(f *Flow, x *smFlow) (partial bool, err error) {
-	c, s := &x.socks[1], &x.socks[0]
-	cfd, sfd, err := rawFDs(f.client, f.server)
+	// The descriptors stay valid, and theirs, only inside Control: a flow
+	// aborted meanwhile must not put a reused descriptor in the map.
+	err = withFDs(f.client, f.server, func(cfd, sfd int) {
+		partial, err = sm.enterFDs(x, cfd, sfd)
+	})
+	return partial, err
+}
+
+// withFDs runs fn with the descriptors of two connections, held open.
+func withFDs(a, b *net.TCPConn, fn func(fa, fb int)) error {
+	ra, err := a.SyscallConn()
 	if err != nil {
-		return false, err
+		return err
 	}
+	rb, err := b.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var inner error
+	err = ra.Control(func(fa uintptr) {
+		inner = rb.Control(func(fb uintptr) { fn(int(fa), int(fb)) })
+	})
+	if err != nil {
+		return err
+	}
+	return inner
+}
+
+func (sm *sockmap) enterFDs(x *smFlow, cfd, sfd int) (partial bool, err error) {
+	c, s := &x.socks[1], &x.socks[0]
 	for _, x := range []struct {
 		fd int
 		s  *smSock
@@ -227,42 +253,38 @@ func (sm *sockmap) state(cookie uint64) (smDir, error) {
 	return d, err
 }
 
-// rawFDs returns the descriptors of two connections, which stay open
-// for as long as the flow holds them.
-func rawFDs(a, b *net.TCPConn) (int, int, error) {
-	fa, err := rawFD(a)
-	if err != nil {
-		return -1, -1, err
-	}
-	fb, err := rawFD(b)
-	return fa, fb, err
-}
-
-func rawFD(c *net.TCPConn) (int, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd := -1
-	if err := rc.Control(func(x uintptr) { fd = int(x) }); err != nil {
-		return -1, err
-	}
-	return fd, nil
-}
-
 // written is the number of bytes ever written to a socket: those acked
-// plus those still queued. TCP_INFO is read before SIOCOUTQ, so an ack
-// in between makes the sum smaller, never larger, than the truth.
+// plus those still queued. The two come from two calls, so it reads the
+// acked count on both sides of the queue's and keeps a reading only if
+// no ack came in between: the sum is then exact, which a baseline needs
+// (too low, a later flush would pass early; too high, never).
 func written(fd int) (uint64, error) {
-	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-	if err != nil {
-		return 0, fmt.Errorf("sockmap: TCP_INFO: %w", err)
+	acked := func() (uint64, error) {
+		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return 0, fmt.Errorf("sockmap: TCP_INFO: %w", err)
+		}
+		return info.Bytes_acked, nil
 	}
-	outq, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	a0, err := acked()
 	if err != nil {
-		return 0, fmt.Errorf("sockmap: SIOCOUTQ: %w", err)
+		return 0, err
 	}
-	return info.Bytes_acked + uint64(outq), nil
+	for range 1000 {
+		outq, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+		if err != nil {
+			return 0, fmt.Errorf("sockmap: SIOCOUTQ: %w", err)
+		}
+		a1, err := acked()
+		if err != nil {
+			return 0, err
+		}
+		if a1 == a0 {
+			return a0 + uint64(outq), nil
+		}
+		a0 = a1
+	}
+	return 0, errors.New("sockmap: written: acks kept coming")
 }
 
 // kernelStep runs when a direction that moves its bytes in the kernel
@@ -274,27 +296,26 @@ func written(fd int) (uint64, error) {
 func (d *dir) kernelStep() (step, error) {
 	f := d.f
 	sm := loadedSockmap()
-	src, dst := d.src(), d.dst()
-	dfd, err := rawFD(dst)
-	if err != nil {
-		return stepDone, nil // closed: the flow is over
-	}
 	x, ds := d.smState()
 	me, other := &x.socks[b2u(d.up)], &x.socks[1-b2u(d.up)]
+	// Peek first: it takes the source's lock, so the softirq that woke us
+	// (a FIN wakes before the program runs over the segment it came with)
+	// has finished, and the state read after it is final for what the
+	// source has received.
+	rc, err := d.src().SyscallConn()
+	if err != nil {
+		return stepDone, nil
+	}
+	d.pn, d.err, d.block, d.op = 0, nil, false, opPeek
+	if err := rc.Read(d.fn); err != nil {
+		return d.readErr(err)
+	}
 	st, err := sm.state(me.cookie)
 	if err != nil {
 		return stepErr, sideErr{read: true, err: fmt.Errorf("sockmap: read direction: %w", err)}
 	}
 	if st.State != smHeld {
 		// Not held: an end of stream, an error, or nothing.
-		rc, err := src.SyscallConn()
-		if err != nil {
-			return stepDone, nil
-		}
-		d.pn, d.err, d.block, d.op = 0, nil, false, opPeek
-		if err := rc.Read(d.fn); err != nil {
-			return d.readErr(err)
-		}
 		switch {
 		case d.block:
 			return stepPark, nil
@@ -309,19 +330,14 @@ func (d *dir) kernelStep() (step, error) {
 			time.Sleep(time.Millisecond)
 			return stepAgain, nil
 		}
-		// EOF, seen under the source's lock: the softirq that took the
-		// FIN ran the program over every segment before it, so the count
-		// of bytes redirected is final.
-		if st, err = sm.state(me.cookie); err != nil {
-			return stepErr, sideErr{read: true, err: fmt.Errorf("sockmap: read direction: %w", err)}
-		}
+		// EOF: the count of bytes redirected is final.
 	}
 	// Every byte redirected must be written to dst before user space
 	// writes another: dst has then taken all it was given, by the kernel
 	// and by user space.
 	want := st.Redirected + d.userBytes()
 	for {
-		w, err := written(dfd)
+		w, err := connWritten(d.dst())
 		if err != nil {
 			return stepErr, sideErr{read: false, reset: isReset(err), err: err}
 		}
@@ -338,6 +354,31 @@ func (d *dir) kernelStep() (step, error) {
 	d.kernel, d.copy, d.usedKernel = false, true, true
 	d.held = st.State == smHeld
 	return stepAgain, nil
+}
+
+// connWritten is written for a connection, its descriptor held open.
+func connWritten(c *net.TCPConn) (uint64, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var w uint64
+	var werr error
+	if err := rc.Control(func(fd uintptr) { w, werr = written(int(fd)) }); err != nil {
+		return 0, err
+	}
+	return w, werr
+}
+
+// eofPending reports, for a direction taken over from the sockmap whose
+// source has just read as ended, whether bytes the program passed to user
+// space have not been read yet. They can wait in the socket's kernel
+// backlog, behind segments redirected to it, while a read already says
+// EOF.
+func (d *dir) eofPending() bool {
+	x, _ := d.smState()
+	st, err := loadedSockmap().state(x.socks[b2u(d.up)].cookie)
+	return err == nil && st.Passed > d.userBytes()
 }
 
 // userBytes is how many bytes user space has moved in the direction since
@@ -365,6 +406,10 @@ func (d *dir) countKernel(redirected uint64) {
 // and parks the direction in kernel mode. A byte passed meanwhile makes
 // the source readable, and the next takeover reads it.
 func (d *dir) resumeKernel() {
+	if d.watching {
+		d.held = false // its source has ended: nothing to resume
+		return
+	}
 	sm := loadedSockmap()
 	x, ds := d.smState()
 	if err := sm.resume.Update(x.socks[b2u(d.up)].cookie, d.userBytes(), ebpf.UpdateAny); err != nil {
@@ -453,15 +498,22 @@ func (f *Flow) smDone(x *smFlow) {
 	sm.forget(x)
 }
 
-// active reports whether the sockmap has moved bytes of the flow since
-// the last call; the idle sweep asks before ending a flow whose directions
-// have not been seen moving bytes in user space.
-func (x *smFlow) active() bool {
+// smActive reports whether the flow has moved bytes through the sockmap
+// since the last call: the program's counts, or the bytes its sockets
+// have had written (which the kernel goes on sending from its backlog
+// after the program has run). The idle sweep asks before ending a flow
+// whose directions have not been seen moving bytes in user space.
+func (f *Flow) smActive(x *smFlow) bool {
 	sm := loadedSockmap()
 	var sum uint64
 	for i := range x.socks {
 		if st, err := sm.state(x.socks[i].cookie); err == nil {
 			sum += st.Redirected + st.Passed
+		}
+	}
+	for _, c := range []*net.TCPConn{f.client, f.server} {
+		if w, err := connWritten(c); err == nil {
+			sum += w
 		}
 	}
 	moved := sum != x.seen

@@ -22,7 +22,8 @@ func needSockmap(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the sockmap data path needs root to load its program")
 	}
-	if err := EnableSockmap(4096, 0); err != nil {
+	// A small backlog, so that directions are held (and resumed) often.
+	if err := EnableSockmap(4096, 256<<10); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -321,6 +322,102 @@ func TestSockmapDownPrefix(t *testing.T) {
 	for _, p := range paths() {
 		if p != PathSockmap {
 			t.Errorf("a direction used %s", p)
+		}
+	}
+}
+
+// TestSockmapHoldResumeStress runs flows on the sockmap path for a few
+// seconds with writers and readers that pause at random (now and then for
+// long enough that a direction falls behind and is held), both ways at
+// once, and checks every byte and count: directions are held and handed
+// back many times, at any point in the stream.
+func TestSockmapHoldResumeStress(t *testing.T) {
+	needSockmap(t)
+	s0 := ReadStats()
+	deadline := time.Now().Add(6 * time.Second)
+	var wg sync.WaitGroup
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for iter := 0; time.Now().Before(deadline); iter++ {
+				seed := uint64(w*1000 + iter)
+				r := rand.New(rand.NewPCG(seed, 9))
+				client, server, res, _ := sockmapped(t, Options{Idle: time.Minute})
+				exchange(t, client, server, []byte{1}, []byte{2})
+				up, down := payload(seed, r.IntN(6<<20)), payload(seed+7, r.IntN(6<<20))
+				var gotUp, gotDown []byte
+				var errUp, errDown error
+				var w2 sync.WaitGroup
+				w2.Add(4)
+				go func() { defer w2.Done(); jerkyWrite(client, up, rand.New(rand.NewPCG(seed, 1))) }()
+				go func() { defer w2.Done(); jerkyWrite(server, down, rand.New(rand.NewPCG(seed, 2))) }()
+				go func() { defer w2.Done(); gotUp, errUp = jerkyRead(server, rand.New(rand.NewPCG(seed, 3))) }()
+				go func() { defer w2.Done(); gotDown, errDown = jerkyRead(client, rand.New(rand.NewPCG(seed, 4))) }()
+				w2.Wait()
+				var rr Result
+				select {
+				case rr = <-res:
+				case <-time.After(30 * time.Second):
+					t.Errorf("seed %d: the flow did not end", seed)
+				}
+				if !bytes.Equal(gotUp, up) || !bytes.Equal(gotDown, down) || errUp != nil || errDown != nil {
+					t.Errorf("seed %d: up %d of %d bytes (%v), down %d of %d (%v), intact %v/%v", seed, len(gotUp), len(up), errUp, len(gotDown), len(down), errDown, bytes.Equal(gotUp, up), bytes.Equal(gotDown, down))
+				}
+				if rr.Reason != ReasonClosed || rr.Up != int64(len(up)+1) || rr.Down != int64(len(down)+1) {
+					t.Errorf("seed %d: %+v, want closed with %d up and %d down", seed, rr, len(up)+1, len(down)+1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	s := ReadStats()
+	t.Logf("%d flows, %d takeovers, %d resumes", s.SockmapFlows-s0.SockmapFlows, s.SockmapTakeovers-s0.SockmapTakeovers, s.SockmapResumes-s0.SockmapResumes)
+	if s.SockmapResumes == s0.SockmapResumes {
+		t.Error("no held direction was handed back to the kernel")
+	}
+}
+
+// jerkyWrite writes data in chunks of random size with random pauses,
+// then half-closes.
+func jerkyWrite(c *net.TCPConn, data []byte, r *rand.Rand) {
+	for off := 0; off < len(data); {
+		n := min(len(data)-off, 1+r.IntN(1<<r.IntN(21)))
+		c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		m, err := c.Write(data[off : off+n])
+		off += m
+		if err != nil {
+			return
+		}
+		if r.IntN(4) == 0 {
+			time.Sleep(time.Duration(r.IntN(20)) * time.Millisecond)
+		}
+	}
+	c.CloseWrite()
+}
+
+// jerkyRead reads until EOF into buffers of random size with random
+// pauses, now and then a long one, so that the direction into c falls
+// behind and is held.
+func jerkyRead(c *net.TCPConn, r *rand.Rand) ([]byte, error) {
+	var out []byte
+	buf := make([]byte, 1<<20)
+	for {
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		n, err := c.Read(buf[:1+r.IntN(1<<r.IntN(21))])
+		out = append(out, buf[:n]...)
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		if r.IntN(8) == 0 {
+			p := r.IntN(30)
+			if r.IntN(20) == 0 {
+				p = 300 + r.IntN(500)
+			}
+			time.Sleep(time.Duration(p) * time.Millisecond)
 		}
 	}
 }
