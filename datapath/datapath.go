@@ -114,7 +114,7 @@ type Flow struct {
 	onDone         func(Result)
 	dirs           [2]dir                 // down, up
 	sm             atomic.Pointer[smFlow] // set once the flow has entries in the sockmap
-	smTried        atomic.Bool            // the flow has tried to enter the sockmap
+	smTries        atomic.Int32           // attempts to enter the sockmap (smMaxTries: done)
 }
 
 // ending is why a flow ends; the first one set wins.

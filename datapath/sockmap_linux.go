@@ -161,10 +161,13 @@ var errNoSockmap = errors.New("sockmap: sockets not eligible")
 func (sm *sockmap) enter(f *Flow, x *smFlow) (partial bool, err error) {
 	// The descriptors stay valid, and theirs, only inside Control: a flow
 	// aborted meanwhile must not put a reused descriptor in the map.
-	err = withFDs(f.client, f.server, func(cfd, sfd int) {
-		partial, err = sm.enterFDs(x, cfd, sfd)
-	})
-	return partial, err
+	var ferr error
+	if err := withFDs(f.client, f.server, func(cfd, sfd int) {
+		partial, ferr = sm.enterFDs(x, cfd, sfd)
+	}); err != nil {
+		return false, err
+	}
+	return partial, ferr
 }
 
 // withFDs runs fn with the descriptors of two connections, held open.
@@ -432,6 +435,9 @@ func (f *Flow) flushWait(n *int) bool {
 	return !f.aborted()
 }
 
+// smMaxTries bounds the attempts a flow makes to enter the sockmap.
+const smMaxTries = 3
+
 // tryKernel runs as a direction is about to park: if the flow is to use
 // the sockmap and has not tried yet, and the other direction is parked
 // too, it takes the other direction over (so neither moves a byte while
@@ -442,7 +448,7 @@ func (f *Flow) flushWait(n *int) bool {
 // first by the down direction, is out before the flow enters.
 func (d *dir) tryKernel() {
 	f := d.f
-	if !f.opt.Sockmap || f.opt.ForceCopy || f.smTried.Load() || f.eofs.Load() > 0 || d.watching {
+	if !f.opt.Sockmap || f.opt.ForceCopy || f.smTries.Load() >= smMaxTries || f.eofs.Load() > 0 || d.watching {
 		return
 	}
 	sm := loadedSockmap()
@@ -453,7 +459,7 @@ func (d *dir) tryKernel() {
 	if !other.unpark() {
 		return // running (it tries when it parks), or done
 	}
-	if !f.smTried.CompareAndSwap(false, true) || other.watching {
+	if f.smTries.Add(1) > smMaxTries || other.watching {
 		if !other.park() {
 			go other.run()
 		}
@@ -466,16 +472,24 @@ func (d *dir) tryKernel() {
 	case partial:
 		// The client's segments go to its socket's sockmap side, which
 		// only a read reaches.
+		f.smTries.Store(smMaxTries)
 		f.sm.Store(x)
 		up.copy = true
 		if err != nil {
 			f.abort(ReasonError, err, true, true)
 		}
+	case errors.Is(err, errNoSockmap):
+		// Nothing went in; a socket may not be established yet (a Fast
+		// Open connection is accepted before the handshake ends): a
+		// later idle moment tries again.
 	case err == nil:
+		f.smTries.Store(smMaxTries)
 		smFlows.Add(1)
 		x.dirs[1].nIn, x.dirs[0].nIn = up.n, down.n
 		f.sm.Store(x)
 		up.kernel, down.kernel = true, true
+	default:
+		f.smTries.Store(smMaxTries) // a closed socket: the flow is ending
 	}
 	if !other.park() {
 		go other.run()

@@ -421,3 +421,53 @@ func jerkyRead(c *net.TCPConn, r *rand.Rand) ([]byte, error) {
 		}
 	}
 }
+
+// TestSockmapIneligible: a flow whose sockets cannot enter the sockmap
+// (MPTCP) runs on splice, byte-exact, and says so.
+func TestSockmapIneligible(t *testing.T) {
+	needSockmap(t)
+	lc := net.ListenConfig{}
+	lc.SetMultipathTCP(true)
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	d := net.Dialer{}
+	d.SetMultipathTCP(true)
+	client, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	relayIn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := relayIn.(*net.TCPConn).MultipathTCP(); !ok {
+		t.Skip("MPTCP is not available here")
+	}
+	relayOut, server := tcpPair(t)
+	var mu sync.Mutex
+	var paths []Path
+	ch := make(chan Result, 1)
+	s0 := ReadStats()
+	go New(relayIn.(*net.TCPConn), relayOut, Options{Sockmap: true, OnPath: func(_ bool, p Path) { mu.Lock(); paths = append(paths, p); mu.Unlock() }},
+		func(r Result) { ch <- r }).Run()
+	for i := range 5 {
+		exchange(t, client.(*net.TCPConn), server, payload(uint64(i), 5000), payload(uint64(i+9), 7000))
+	}
+	client.(*net.TCPConn).CloseWrite()
+	server.CloseWrite()
+	if r := <-ch; r.Reason != ReasonClosed || r.Up != 25000 || r.Down != 35000 {
+		t.Errorf("%+v", r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(paths) != 2 || paths[0] != PathSplice || paths[1] != PathSplice {
+		t.Errorf("paths %v, want splice both ways", paths)
+	}
+	if n := ReadStats().SockmapFlows - s0.SockmapFlows; n != 0 {
+		t.Errorf("%d flows entered the sockmap", n)
+	}
+}
