@@ -106,7 +106,8 @@ type Flow struct {
 	opt            Options
 	id             uint64
 	shard          *parkShard
-	epfd           int          // the shard's epoll set, or -1
+	epfd           int32        // the shard's epoll set, or -1
+	smTries        atomic.Int32 // attempts to enter the sockmap (smMaxTries: done)
 	last           atomic.Int64 // unix nanos of the last byte either way
 	eofs           atomic.Int32 // directions that ended with EOF
 	left           atomic.Int32 // directions still running or parked
@@ -114,7 +115,6 @@ type Flow struct {
 	onDone         func(Result)
 	dirs           [2]dir                 // down, up
 	sm             atomic.Pointer[smFlow] // set once the flow has entries in the sockmap
-	smTries        atomic.Int32           // attempts to enter the sockmap (smMaxTries: done)
 }
 
 // ending is why a flow ends; the first one set wins.

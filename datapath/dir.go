@@ -260,8 +260,7 @@ func (d *dir) park() bool {
 		// or hang-up a reset brings, which epoll always reports.
 		ev.Events = unix.EPOLLONESHOT
 	}
-
-	epfd, sh := f.epfd, f.shard
+	epfd, sh := int(f.epfd), f.shard
 	sh.parked.Add(1)
 	d.state.Store(dirParked)
 	// From here on another goroutine may own d: only locals.

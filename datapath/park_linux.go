@@ -62,7 +62,7 @@ func (ps *parkSet) add(f *Flow) {
 		sh.start()
 	}
 	sh.nextID++
-	f.id, f.shard, f.epfd = sh.nextID, sh, sh.epfd
+	f.id, f.shard, f.epfd = sh.nextID, sh, int32(sh.epfd)
 	sh.flows[f.id] = f
 	sh.empty = 0
 	sh.mu.Unlock()
