@@ -39,7 +39,9 @@ func (d *dir) copyStep() (step, error) {
 			}
 			return stepEOF, nil
 		}
+		d.writeWait(true) // until Write returns, the sweep watches src
 		m, werr := dst.Write((*d.buf)[:d.cn])
+		d.writeWait(false)
 		bufPool.Put(d.buf)
 		d.buf = nil
 		d.n += int64(m)

@@ -356,3 +356,40 @@ func TestDownPrefix(t *testing.T) {
 		})
 	}
 }
+
+// TestResetWhileWriterBlocked: a direction stuck writing to a server that
+// reads nothing still carries a reset of its source across, at once: the
+// flow ends reset and the server sees the reset.
+func TestResetWhileWriterBlocked(t *testing.T) {
+	for _, path := range []string{"splice", "copy", "sockmap"} {
+		t.Run(path, func(t *testing.T) {
+			var client, server *net.TCPConn
+			var res <-chan Result
+			switch path {
+			case "sockmap":
+				needSockmap(t)
+				client, server, res, _ = sockmapped(t, Options{})
+			default:
+				client, server, res = relayed(t, context.Background(), Options{ForceCopy: path == "copy"})
+			}
+			exchange(t, client, server, []byte{1}, []byte{2})
+			// Fill the way to the server until the client blocks.
+			client.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			client.Write(payload(3, 64<<20))
+			client.SetLinger(0)
+			client.Close()
+			select {
+			case r := <-res:
+				if r.Reason != ReasonResetClient {
+					t.Errorf("%+v, want reset-client", r)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the flow did not end on the client's reset")
+			}
+			server.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.Copy(io.Discard, server); !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("the server read %v, want a reset", err)
+			}
+		})
+	}
+}

@@ -27,6 +27,9 @@ type dir struct {
 	state atomic.Int32
 	// waitSince is when the goroutine began waiting on an empty source
 	// (unix nanos; 0: not waiting). The sweep parks it after ParkAfter.
+	// Negative, it is when the goroutine began waiting for its destination
+	// to take bytes (-unix nanos): the sweep then watches the source for a
+	// reset, which nothing else would see while the goroutine waits.
 	waitSince atomic.Int64
 
 	// Owned by the goroutine running the direction.
@@ -236,7 +239,7 @@ func (d *dir) readErr(err error) (step, error) {
 	}
 	_ = d.src().SetReadDeadline(time.Time{})
 	ws := d.waitSince.Load()
-	if ws != 0 && time.Since(time.Unix(0, ws)) >= d.f.opt.ParkAfter {
+	if ws > 0 && time.Since(time.Unix(0, ws)) >= d.f.opt.ParkAfter {
 		return stepPark, nil
 	}
 	return stepAgain, nil
@@ -303,6 +306,17 @@ func (d *dir) unpark() bool {
 func (d *dir) wake() {
 	if d.unpark() {
 		go d.run()
+	}
+}
+
+// writeWait marks the direction as waiting for its destination to take
+// bytes (on is true) or done with it.
+func (d *dir) writeWait(on bool) {
+	switch ws := d.waitSince.Load(); {
+	case on && ws == 0:
+		d.waitSince.Store(-time.Now().UnixNano())
+	case !on && ws < 0:
+		d.waitSince.Store(0)
 	}
 }
 

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"math/rand/v2"
+	"net"
 	"os"
 	"runtime"
 	"sync"
@@ -141,7 +142,7 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 	t := time.NewTicker(sweepEvery)
 	defer t.Stop()
 	var idle []*Flow
-	var kick []*dir
+	var kick, blocked []*dir
 	for range t.C {
 		now := time.Now().UnixNano()
 		sh.mu.Lock()
@@ -161,12 +162,12 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 				idle = append(idle, f)
 				continue
 			}
-			if f.opt.ParkAfter <= 0 {
-				continue
-			}
 			for i := range f.dirs {
 				d := &f.dirs[i]
-				if ws := d.waitSince.Load(); ws != 0 && now-ws >= int64(f.opt.ParkAfter) && d.state.Load() == dirRunning {
+				switch ws := d.waitSince.Load(); {
+				case ws < 0 && now+ws >= int64(sweepEvery):
+					blocked = append(blocked, d)
+				case ws > 0 && f.opt.ParkAfter > 0 && now-ws >= int64(f.opt.ParkAfter) && d.state.Load() == dirRunning:
 					kick = append(kick, d)
 				}
 			}
@@ -186,11 +187,32 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 			_ = d.src().SetReadDeadline(longAgo)
 			kick[i] = nil
 		}
-		idle, kick = idle[:0], kick[:0]
+		for i, d := range blocked {
+			// A direction waiting on its destination does not read its
+			// source: a reset there would wait for the destination.
+			if err := soError(d.src()); err != nil && !d.f.aborted() {
+				d.f.fail(d.up, sideErr{read: true, reset: isReset(err), err: os.NewSyscallError("connection", err)})
+			}
+			blocked[i] = nil
+		}
+		idle, kick, blocked = idle[:0], kick[:0], blocked[:0]
 	}
 }
 
 var longAgo = time.Unix(1, 0)
+
+// soError takes a connection's pending socket error, if any.
+func soError(c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil // closed: the flow is ending anyway
+	}
+	var e int
+	if rc.Control(func(fd uintptr) { e, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR) }) != nil || e == 0 {
+		return nil
+	}
+	return syscall.Errno(e)
+}
 
 // Stats counts what the data path's flows are doing, over all shards.
 type Stats struct {

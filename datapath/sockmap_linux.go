@@ -339,6 +339,8 @@ func (d *dir) kernelStep() (step, error) {
 	// writes another: dst has then taken all it was given, by the kernel
 	// and by user space.
 	want := st.Redirected + d.userBytes()
+	d.writeWait(true)
+	defer d.writeWait(false)
 	for {
 		w, err := connWritten(d.dst())
 		if err != nil {

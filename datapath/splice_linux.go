@@ -57,6 +57,7 @@ func (d *dir) spliceStep() (step, error) {
 		d.op = opSpliceOut
 		for d.pn > 0 {
 			err := dstRC.Write(d.fn)
+			d.writeWait(false)
 			if err == nil && d.err != nil {
 				err = sideErr{read: false, reset: isReset(d.err), err: os.NewSyscallError("splice", d.err)}
 			} else if err != nil {
@@ -104,7 +105,11 @@ func (d *dir) spliceIn(fd uintptr) bool {
 func (d *dir) spliceOut(fd uintptr) bool {
 	moved, err := unix.Splice(d.p.r, nil, int(fd), nil, int(d.pn), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 	d.m, d.err = int32(moved), err
-	return err != unix.EAGAIN
+	if err == unix.EAGAIN {
+		d.writeWait(true) // dst is full: the sweep watches src meanwhile
+		return false
+	}
+	return true
 }
 
 // pipe is a kernel pipe used as splice's buffer.
