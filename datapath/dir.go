@@ -5,7 +5,6 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -354,8 +353,8 @@ func (d *dir) watchIn(fd uintptr) bool {
 	// recv reports EOF before a later reset, so ask the socket for its
 	// pending error: a reset sets one (EPIPE in CLOSE_WAIT), while an
 	// orderly close that completes (LAST_ACK to CLOSE) does not.
-	if e, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); e != 0 {
-		d.err = os.NewSyscallError("connection", syscall.Errno(e))
+	if e := fdError(fd); e != nil {
+		d.err = os.NewSyscallError("connection", e)
 		return true
 	}
 	if d.f.eofs.Load() == 2 {

@@ -207,11 +207,19 @@ func soError(c *net.TCPConn) error {
 	if err != nil {
 		return nil // closed: the flow is ending anyway
 	}
-	var e int
-	if rc.Control(func(fd uintptr) { e, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR) }) != nil || e == 0 {
+	var e error
+	if rc.Control(func(fd uintptr) { e = fdError(fd) }) != nil {
 		return nil
 	}
-	return syscall.Errno(e)
+	return e
+}
+
+// fdError takes a socket's pending error (SO_ERROR), if any.
+func fdError(fd uintptr) error {
+	if e, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); e != 0 {
+		return syscall.Errno(e)
+	}
+	return nil
 }
 
 // Stats counts what the data path's flows are doing, over all shards.

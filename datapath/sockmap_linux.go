@@ -109,9 +109,6 @@ func EnableSockmap(flows, backlog int) error {
 	return nil
 }
 
-// SockmapEnabled reports whether EnableSockmap has loaded the data path.
-func SockmapEnabled() bool { return loadedSockmap() != nil }
-
 func loadedSockmap() *sockmap {
 	smMu.Lock()
 	defer smMu.Unlock()
@@ -192,17 +189,17 @@ func withFDs(a, b *net.TCPConn, fn func(fa, fb int)) error {
 
 func (sm *sockmap) enterFDs(x *smFlow, cfd, sfd int) (partial bool, err error) {
 	c, s := &x.socks[1], &x.socks[0]
-	for _, x := range []struct {
+	for _, sock := range []struct {
 		fd int
 		s  *smSock
 	}{{cfd, c}, {sfd, s}} {
-		if p, err := unix.GetsockoptInt(x.fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || p != unix.IPPROTO_TCP {
+		if p, err := unix.GetsockoptInt(sock.fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || p != unix.IPPROTO_TCP {
 			return false, errNoSockmap // MPTCP sockets cannot enter a sockmap
 		}
-		if x.s.cookie, err = unix.GetsockoptUint64(x.fd, unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
+		if sock.s.cookie, err = unix.GetsockoptUint64(sock.fd, unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
 			return false, fmt.Errorf("sockmap: SO_COOKIE: %w", err)
 		}
-		if x.s.written, err = written(x.fd); err != nil {
+		if sock.s.written, err = written(sock.fd); err != nil {
 			return false, err
 		}
 	}
@@ -539,11 +536,7 @@ func (f *Flow) smActive(x *smFlow) bool {
 
 // peekIn looks at the source of a sockmap direction without taking a byte.
 func (d *dir) peekIn(fd uintptr) bool {
-	var b [1]byte
-	n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	for err == unix.EINTR {
-		n, _, err = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	}
+	n, err := peek(fd)
 	if !d.took(n, err, &d.pn) {
 		return d.empty()
 	}

@@ -176,9 +176,8 @@ func writePrefix(dst, src *net.TCPConn, prefix []byte, wait time.Duration) error
 		// RawRead clears the readiness it knew before calling the check,
 		// so bytes arriving after the peek still wake the wait.
 		_ = rc.Read(func(fd uintptr) bool {
-			var b byte
-			_, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b)), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
-			readable = e != unix.EAGAIN // bytes, EOF or an error: the copy finds out
+			_, err := peek(fd)
+			readable = err != unix.EAGAIN // bytes, EOF or an error: the copy finds out
 			return readable
 		})
 		_ = src.SetReadDeadline(time.Time{})
@@ -210,4 +209,20 @@ func writePrefix(dst, src *net.TCPConn, prefix []byte, wait time.Duration) error
 		}
 	}
 	return serr
+}
+
+// peek looks at a socket without taking a byte: n is 1 (bytes waiting) or
+// 0 (EOF), else the error (EAGAIN: nothing yet).
+func peek(fd uintptr) (int, error) {
+	var b byte
+	for {
+		n, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b)), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		}
+		return 0, e
+	}
 }
