@@ -111,12 +111,13 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 }
 
 // flowDone releases what an ended flow held; endFlow has taken it out of
-// the table already.
+// the table already. A retired listener's capture rules go first: release
+// lets a drain finish, and the process may exit right after it.
 func (s *Server) flowDone(f *flow) {
-	s.release(f.client.Addr())
 	if err := f.l.flowEnded(); err != nil {
 		s.log.Error("removing capture rules", "listener", f.listener, "err", err)
 	}
+	s.release(f.client.Addr())
 }
 
 // prefixWait is how long a relay holds its answer to a pipelining peer for
