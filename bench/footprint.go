@@ -20,29 +20,43 @@ import (
 
 // FootprintOptions choose what `halfway bench footprint` measures.
 type FootprintOptions struct {
-	Flows   int    // idle relayed flows held open (≤ 9000 here: 20,000 descriptors per process)
-	Repeats int    // exec-to-accept repeats
-	Exe     string // the halfway binary
-	Log     io.Writer
+	Flows   int // idle relayed flows held open (≤ 9000 here: 20,000 descriptors per process)
+	Repeats int // exec-to-accept repeats
+	// Settle is how long after its start the idle relay's RSS is read a
+	// second time (0: not read): past 2 minutes the runtime's forced
+	// garbage collection has run, and mapped its code.
+	Settle time.Duration
+	Exe    string // the halfway binary
+	Log    io.Writer
 }
 
 // FootprintReport is a relay's memory and start-up cost.
 type FootprintReport struct {
-	Env             Env       `json:"env"`
-	IdleRSSKiB      float64   `json:"idle_rss_kib"`
-	IdleAnonKiB     float64   `json:"idle_rss_anon_kib"` // the process's own pages; the rest maps the binary
-	Flows           int       `json:"flows"`
-	RSSWithFlowsKiB float64   `json:"rss_with_flows_kib"`
-	PerFlowBytes    float64   `json:"user_memory_per_flow_bytes"`
-	FDsPerFlow      float64   `json:"descriptors_per_flow"`
-	SlabPerFlow     float64   `json:"kernel_slab_per_flow_bytes"` // machine-wide Slab delta: indicative
-	ExecToAcceptMS  []float64 `json:"exec_to_accept_ms"`
-	MedianStartMS   float64   `json:"exec_to_accept_median_ms"`
+	Env             Env     `json:"env"`
+	IdleRSSKiB      float64 `json:"idle_rss_kib"`
+	IdleAnonKiB     float64 `json:"idle_rss_anon_kib"` // the process's own pages; the rest maps the binary
+	SettleS         float64 `json:"settle_s,omitempty"`
+	SettledRSSKiB   float64 `json:"settled_idle_rss_kib,omitempty"`
+	SettledAnonKiB  float64 `json:"settled_idle_rss_anon_kib,omitempty"`
+	Flows           int     `json:"flows"`
+	RSSWithFlowsKiB float64 `json:"rss_with_flows_kib"`
+	PerFlowBytes    float64 `json:"user_memory_per_flow_bytes"`
+	// Idle again: the flows closed, the relay's RSS after it has run them.
+	AfterFlowsRSSKiB  float64   `json:"idle_rss_after_flows_kib"`
+	AfterFlowsAnonKiB float64   `json:"idle_rss_anon_after_flows_kib"`
+	FDsPerFlow        float64   `json:"descriptors_per_flow"`
+	SlabPerFlow       float64   `json:"kernel_slab_per_flow_bytes"` // machine-wide Slab delta: indicative
+	ExecToAcceptMS    []float64 `json:"exec_to_accept_ms"`
+	MedianStartMS     float64   `json:"exec_to_accept_median_ms"`
 	// The same binary's exec to exit doing nothing (`halfway help`), and
 	// /bin/true's: how much of the start is the runtime and package inits.
 	BinaryFloorMS float64 `json:"binary_exec_to_exit_median_ms"`
 	TrueFloorMS   float64 `json:"bin_true_exec_to_exit_median_ms"`
 }
+
+// footprintReleaseAfter is the relay's memory.release_after in the
+// benchmark: how long it waits, idle, before it gives memory back.
+const footprintReleaseAfter = 5 * time.Second
 
 // RunFootprint starts a relay on loopback and measures it idle, with
 // o.Flows idle relayed flows, and its time from exec to accepting.
@@ -84,13 +98,14 @@ func RunFootprint(ctx context.Context, o FootprintOptions) (*FootprintReport, er
 admin: {listen: off}
 log: {level: warn}
 limits: {max_flows: 20000, max_flows_per_client: 20000}
+memory: {release_after: %s}
 listeners:
   - name: socks
     listen: 127.0.0.1:%d
     protocols: [socks5]
     allow_clients: [127.0.0.1/32]
     allow_destinations: ["127.0.0.1/32"]
-`, port)
+`, footprintReleaseAfter, port)
 	file := filepath.Join(dir, "relay.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -114,6 +129,19 @@ listeners:
 		pid := cmd.Process.Pid
 		r.IdleRSSKiB = float64(rssKiB(pid, "VmRSS:"))
 		r.IdleAnonKiB = float64(rssKiB(pid, "RssAnon:"))
+		logf("idle: RSS %.0f KiB (anonymous %.0f KiB)", r.IdleRSSKiB, r.IdleAnonKiB)
+		if o.Settle > 0 {
+			logf("waiting until %s after the start for the settled idle RSS", o.Settle)
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(o.Settle - d - 500*time.Millisecond):
+			}
+			r.SettleS = o.Settle.Seconds()
+			r.SettledRSSKiB = float64(rssKiB(pid, "VmRSS:"))
+			r.SettledAnonKiB = float64(rssKiB(pid, "RssAnon:"))
+			logf("settled idle: RSS %.0f KiB (anonymous %.0f KiB)", r.SettledRSSKiB, r.SettledAnonKiB)
+		}
 		fd0 := countFDs(pid)
 		slab0 := slabKiB()
 		clients := make([]net.Conn, 0, o.Flows)
@@ -145,6 +173,28 @@ listeners:
 		r.FDsPerFlow = float64(countFDs(pid)-fd0) / float64(o.Flows)
 		r.SlabPerFlow = float64(slabKiB()-slab0) * 1024 / float64(o.Flows)
 		logf("with %d flows: RSS %.0f KiB (%.0f B per flow), %.2f descriptors per flow", o.Flows, r.RSSWithFlowsKiB, r.PerFlowBytes, r.FDsPerFlow)
+		// Both ends close: a flow whose server has not closed stays
+		// half-open, and the relay busy.
+		for _, c := range clients {
+			c.Close()
+		}
+		clients = clients[:0]
+	drain:
+		for {
+			select {
+			case c := <-held:
+				c.Close()
+			default:
+				break drain
+			}
+		}
+		for i := 0; i < 100 && countFDs(pid) > fd0; i++ {
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(footprintReleaseAfter + 2*time.Second)
+		r.AfterFlowsRSSKiB = float64(rssKiB(pid, "VmRSS:"))
+		r.AfterFlowsAnonKiB = float64(rssKiB(pid, "RssAnon:"))
+		logf("idle again: RSS %.0f KiB (anonymous %.0f KiB)", r.AfterFlowsRSSKiB, r.AfterFlowsAnonKiB)
 	}
 	r.MedianStartMS = median(r.ExecToAcceptMS)
 	r.BinaryFloorMS = execMedian(ctx, 15, o.Exe, "help")
@@ -247,18 +297,24 @@ func slabKiB() int {
 // Markdown renders the footprint report.
 func (r *FootprintReport) Markdown() string {
 	lo, hi := spread(r.ExecToAcceptMS)
+	settledHead, settled := "idle RSS later", "not read"
+	if r.SettleS > 0 {
+		settledHead = fmt.Sprintf("idle RSS %.0f s after start (anonymous)", r.SettleS)
+		settled = fmt.Sprintf("%.0f KiB (%.0f KiB)", r.SettledRSSKiB, r.SettledAnonKiB)
+	}
 	return fmt.Sprintf(`# halfway bench footprint
 
 %s, kernel %s, %d CPUs, %s. A relay on loopback (SOCKS5 listener, direct route).
 
-| idle RSS (anonymous) | RSS with %d idle flows | user memory per flow | descriptors per flow | kernel slab per flow (machine-wide) | exec to accepting, median (min–max) of %d |
-|---:|---:|---:|---:|---:|---:|
-| %.0f KiB (%.0f KiB) | %.0f KiB | %.0f B | %.2f | %.0f B | %.2f ms (%.2f–%.2f) |
+| idle RSS (anonymous) | %s | RSS with %d idle flows | user memory per flow | descriptors per flow | kernel slab per flow (machine-wide) | idle again after the flows (anonymous) | exec to accepting, median (min–max) of %d |
+|---:|---:|---:|---:|---:|---:|---:|---:|
+| %.0f KiB (%.0f KiB) | %s | %.0f KiB | %.0f B | %.2f | %.0f B | %.0f KiB (%.0f KiB) | %.2f ms (%.2f–%.2f) |
 
 Goals (issue 3): ≤ 8 MiB idle RSS, ≤ 16 KiB per relayed flow, ≤ 10 ms to accept.
 Anonymous RSS is the relay's own memory; the rest of its RSS is pages of the binary, shared through the page cache.
+The relay gives memory back (memory.release, on by default) once it has started and when it has been idle for memory.release_after (%s here; 30s by default): it returns free heap and unmaps the pages of its binary it mapped, which stay in the page cache.
 For scale, on this machine: the halfway binary doing nothing (halfway help) takes %.2f ms from exec to exit, /bin/true %.2f ms.
 `, r.Env.Time.Format("2006-01-02 15:04 MST"), r.Env.Kernel, r.Env.CPUs, r.Env.Go,
-		r.Flows, len(r.ExecToAcceptMS), r.IdleRSSKiB, r.IdleAnonKiB, r.RSSWithFlowsKiB, r.PerFlowBytes, r.FDsPerFlow, r.SlabPerFlow, r.MedianStartMS, lo, hi,
-		r.BinaryFloorMS, r.TrueFloorMS)
+		settledHead, r.Flows, len(r.ExecToAcceptMS), r.IdleRSSKiB, r.IdleAnonKiB, settled, r.RSSWithFlowsKiB, r.PerFlowBytes, r.FDsPerFlow, r.SlabPerFlow, r.AfterFlowsRSSKiB, r.AfterFlowsAnonKiB, r.MedianStartMS, lo, hi,
+		footprintReleaseAfter, r.BinaryFloorMS, r.TrueFloorMS)
 }

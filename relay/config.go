@@ -32,8 +32,24 @@ type Config struct {
 	// ParkAfter is how long a flow's direction waits for bytes on a
 	// goroutine of its own before it parks in an epoll set with no
 	// goroutine; 0 (the default) parks as soon as the socket is empty.
-	ParkAfter Duration `yaml:"park_after"`
+	ParkAfter Duration     `yaml:"park_after"`
+	Memory    MemoryConfig `yaml:"memory"`
 }
+
+// MemoryConfig gives back memory the relay holds and does not use.
+type MemoryConfig struct {
+	// Release (default true): once the relay has started, and again when
+	// it has carried flows and then been idle for ReleaseAfter, it returns
+	// its free heap to the kernel and unmaps the pages of its own binary
+	// that start-up or the flows mapped. The pages stay in the page cache
+	// and fault back in when that code runs again.
+	Release *bool `yaml:"release"`
+	// ReleaseAfter is the idle time before a release (default 30s).
+	ReleaseAfter Duration `yaml:"release_after"`
+}
+
+// Releases says whether the relay gives memory back (memory.release).
+func (m MemoryConfig) Releases() bool { return m.Release == nil || *m.Release }
 
 // AdminConfig places the metrics and admin HTTP API.
 type AdminConfig struct {
@@ -266,6 +282,7 @@ const (
 	defaultConnectTimeout = 5 * time.Second
 	defaultHandshake      = 10 * time.Second
 	defaultWindow         = 30 * time.Second
+	defaultReleaseAfter   = 30 * time.Second
 	defaultIdle           = 15 * time.Minute
 	defaultKeepalive      = 30 * time.Second
 	defaultPooledWait     = 10 * time.Minute
@@ -316,6 +333,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Auth.Window == 0 {
 		c.Auth.Window = Duration(defaultWindow)
+	}
+	if c.Memory.ReleaseAfter == 0 {
+		c.Memory.ReleaseAfter = Duration(defaultReleaseAfter)
 	}
 	l := &c.Limits
 	for _, f := range []struct {
@@ -384,6 +404,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ParkAfter < 0 || c.ParkAfter.D() > time.Minute {
 		add("park_after", "%s: want 0 to 1m", c.ParkAfter.D())
+	}
+	if d := c.Memory.ReleaseAfter.D(); d < time.Second || d > 24*time.Hour {
+		add("memory.release_after", "%s: want 1s to 24h", d)
 	}
 	if c.DataPath != "" && c.DataPath != "splice" && c.DataPath != "copy" && c.DataPath != "sockmap" {
 		add("data_path", "%q: want splice, sockmap or copy", c.DataPath)

@@ -91,9 +91,10 @@ routes:
 		return Duration(v)
 	}
 	want := &Config{
-		Admin: AdminConfig{Listen: "127.0.0.1:9999"},
-		Log:   LogConfig{Format: "json", Level: "debug"},
-		Auth:  AuthConfig{PSKFile: psk, Window: d("45s")},
+		Admin:  AdminConfig{Listen: "127.0.0.1:9999"},
+		Log:    LogConfig{Format: "json", Level: "debug"},
+		Auth:   AuthConfig{PSKFile: psk, Window: d("45s")},
+		Memory: MemoryConfig{ReleaseAfter: Duration(defaultReleaseAfter)},
 		Limits: Limits{MaxFlows: 100, MaxFlowsPerClient: 10, MaxPending: 20, MaxHandshakes: defaultMaxHandshakes,
 			ConnectTimeout: d("3s"), HandshakeTimeout: d("7s"), PooledWait: Duration(defaultPooledWait), MaxEarly: defaultMaxEarly, MaxEarlyPerClient: defaultMaxEarlyClient},
 		Legs: LegsConfig{
@@ -330,6 +331,7 @@ func TestConfigErrors(t *testing.T) {
 			[]string{"listeners[0].protocols: not for a forward listener", "listeners[0].allow_destinations: not for a forward listener"}},
 		{"bad data path", "data_path: ebpf\nlisteners: [" + ln + "]\n", []string{`data_path: "ebpf": want splice, sockmap or copy`}},
 		{"park_after too long", "park_after: 2m\nlisteners: [" + ln + "]\n", []string{"park_after: 2m0s: want 0 to 1m"}},
+		{"release_after too short", "memory: {release_after: 100ms}\nlisteners: [" + ln + "]\n", []string{"memory.release_after: 100ms: want 1s to 24h"}},
 		{"forward_to elsewhere", "listeners:\n  - {name: t, listen: \"0.0.0.0:7200\", mode: tproxy, forward_to: \"10.0.0.1:80\"}\n",
 			[]string{"listeners[0].forward_to: only for mode forward"}},
 		{"not YAML", "listeners: [\n", nil},

@@ -34,6 +34,12 @@ func newMetrics(reg *hm.Registry, s *Server) *metrics {
 		mptcp: reg.Counter("halfway_mptcp_legs_total", "Flow legs that asked for Multipath TCP, by listener, leg (client, server) and result (mptcp, fallback to TCP).",
 			"listener", "leg", "result"),
 	}
+	reg.Func("halfway_memory_releases_total", "Times the relay gave memory back (memory.release): once started, then after idle spells.", hm.CounterType, nil, func(emit func(float64, ...string)) {
+		emit(float64(s.mem.releases.Load()))
+	})
+	reg.Func("halfway_memory_released_binary_bytes_total", "Resident pages of the relay's binary it unmapped (they stay in the page cache).", hm.CounterType, nil, func(emit func(float64, ...string)) {
+		emit(float64(s.mem.binaryBytes.Load()))
+	})
 	reg.Func("halfway_connects_pending", "Next-leg connects in progress.", hm.GaugeType, nil, func(emit func(float64, ...string)) {
 		emit(float64(s.pending.Load()))
 	})

@@ -46,6 +46,7 @@ type Server struct {
 	pending    atomic.Int64
 	handshakes atomic.Int64 // clients still sending their protocol head
 	active     atomic.Int64
+	ended      atomic.Uint64 // flows released; the memory loop sees short flows by it
 	// draining is set under drainMu's write lock; admit reads it under
 	// the read lock, so no flow is admitted after Drain starts waiting.
 	drainMu  sync.RWMutex
@@ -58,6 +59,7 @@ type Server struct {
 	pools    atomic.Pointer[map[netip.AddrPort]*pool]
 	turbo    turboRoutes
 	early    earlyTable // dials started by clients' SYNs
+	mem      memStats
 
 	flowCtx    context.Context // canceled to abort every flow
 	onPath     func(up bool, p datapath.Path)
@@ -236,6 +238,7 @@ func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 		return err
 	}
 	s.log.Info("relay started", "listeners", len(s.listeners), "admin", s.state.Load().cfg.Admin.Listen)
+	go s.memoryLoop()
 	<-ctx.Done()
 	s.Drain(grace)
 	return nil
@@ -503,6 +506,7 @@ func (s *Server) admit(client netip.Addr, exempt bool) (reason string) {
 func (s *Server) release(client netip.Addr) {
 	s.table.give(perClientOf, clientKey(client))
 	s.active.Add(-1)
+	s.ended.Add(1)
 	s.flowsWG.Done()
 }
 

@@ -112,12 +112,13 @@ func emit(stdout io.Writer, asJSON bool, out, name, md string, v any) error {
 }
 
 func benchFootprint(args []string, stdout, stderr io.Writer) error {
-	o := bench.FootprintOptions{Flows: 9000, Repeats: 5}
+	o := bench.FootprintOptions{Flows: 9000, Repeats: 5, Settle: 125 * time.Second}
 	fs := newFlags("bench footprint", stderr)
 	asJSON := fs.Bool("json", false, "print JSON instead of Markdown")
 	out := fs.String("out", "", "also write footprint.md and footprint.json into this directory")
 	fs.IntVar(&o.Flows, "flows", o.Flows, "idle relayed flows to hold open")
 	fs.IntVar(&o.Repeats, "repeats", o.Repeats, "exec-to-accept repeats")
+	fs.DurationVar(&o.Settle, "settle", o.Settle, "read the idle relay's RSS again this long after its start, past the runtime's forced GC at 2 minutes (0: skip)")
 	quiet := fs.Bool("q", false, "no progress on stderr")
 	if err := fs.Parse(args); err != nil {
 		return err
