@@ -88,10 +88,13 @@ type PeerRow struct {
 	IdleRSSKiB      float64   `json:"idle_rss_kib,omitempty"`
 	Flows           int       `json:"flows,omitempty"`
 	RSSPerFlow      float64   `json:"rss_per_flow_bytes,omitempty"`
-	FDsPerFlow      float64   `json:"fds_per_flow,omitempty"`
-	SlabPerFlow     float64   `json:"kernel_slab_per_flow_bytes,omitempty"`
-	Processes       int       `json:"processes_with_flows,omitempty"`
-	Err             string    `json:"error,omitempty"`
+	// AnonPerFlow is the anonymous part of RSSPerFlow: the flows' own
+	// memory, without pages of the program's file the flows' code mapped.
+	AnonPerFlow float64 `json:"anon_per_flow_bytes,omitempty"`
+	FDsPerFlow  float64 `json:"fds_per_flow,omitempty"`
+	SlabPerFlow float64 `json:"kernel_slab_per_flow_bytes,omitempty"`
+	Processes   int     `json:"processes_with_flows,omitempty"`
+	Err         string  `json:"error,omitempty"`
 }
 
 // Ports inside the benchmark's namespace.
@@ -827,10 +830,10 @@ func (b *peersBench) memory(ctx context.Context, p *peerProc, row *PeerRow) erro
 		flows = b.o.SocatFlows
 	}
 	time.Sleep(300 * time.Millisecond)
-	var rss0 int64
+	var rss0, anon0 int64
 	var fds0 int
 	if p.cmd != nil {
-		rss0, fds0, _ = groupMem(p.cmd.Process.Pid)
+		rss0, anon0, fds0, _ = groupMem(p.cmd.Process.Pid)
 		row.IdleRSSKiB = float64(rss0) / 1024
 	}
 	slab0 := slabKiB()
@@ -867,23 +870,25 @@ func (b *peersBench) memory(ctx context.Context, p *peerProc, row *PeerRow) erro
 	if p.cmd == nil {
 		return nil
 	}
-	rss1, fds1, procs := groupMem(p.cmd.Process.Pid)
+	rss1, anon1, fds1, procs := groupMem(p.cmd.Process.Pid)
 	row.RSSPerFlow = float64(rss1-rss0) / float64(flows)
+	row.AnonPerFlow = float64(anon1-anon0) / float64(flows)
 	row.FDsPerFlow = float64(fds1-fds0) / float64(flows)
 	row.Processes = procs
-	b.logf("%s: %d flows, %.0f B RSS and %.2f descriptors per flow", p.name, flows, row.RSSPerFlow, row.FDsPerFlow)
+	b.logf("%s: %d flows, %.0f B RSS (%.0f B anonymous) and %.2f descriptors per flow", p.name, flows, row.RSSPerFlow, row.AnonPerFlow, row.FDsPerFlow)
 	return nil
 }
 
-// groupMem sums the resident memory (bytes) and descriptors of a process
-// group.
-func groupMem(pgid int) (rss int64, fds int, procs int) {
+// groupMem sums the resident memory (bytes), its anonymous part and the
+// descriptors of a process group.
+func groupMem(pgid int) (rss, anon int64, fds int, procs int) {
 	for _, pid := range groupPIDs(pgid) {
 		procs++
 		rss += int64(rssKiB(pid, "VmRSS:")) * 1024
+		anon += int64(rssKiB(pid, "RssAnon:")) * 1024
 		fds += countFDs(pid)
 	}
-	return rss, fds, procs
+	return rss, anon, fds, procs
 }
 
 // pinSelf binds every thread of this process (and so the threads it
@@ -924,7 +929,7 @@ func (b *peersBench) notes() []string {
 		fmt.Sprintf("Throughput: one stream, 256 KB writes, 1 s warm-up then %s; CPU is the proxy's user+system time (its process group, reaped children included) per GB moved. Machine CPU is every core's busy time per GB (/proc/stat), load generator and sink included: it counts the kernel's work outside the proxy's process (softirqs, and the kworkers that send what the sockmap program redirects), which the proxy's own CPU misses; direct's is the floor.", b.o.Window),
 		fmt.Sprintf("Connection rates: %d clients, 1 KB HTTP; new connection per request (`Connection: close`) or one kept alive per client; 0.5 s warm-up then %s; CPU per request as above.", b.o.Clients, b.o.Window),
 		fmt.Sprintf("Latency: one client, %d sequential requests on one kept-alive connection after 200 unmeasured; added latency is the proxy's median minus direct's.", b.o.Requests),
-		fmt.Sprintf("Memory: a fresh proxy process; %d idle flows (socat %d: it forks a process per flow) each with one byte sent, measured 2 s later: RSS of the proxy's processes, their descriptors, and the machine's Slab (indicative: other activity shows too).", b.o.Flows, b.o.SocatFlows),
+		fmt.Sprintf("Memory: a fresh proxy process; %d idle flows (socat %d: it forks a process per flow) each with one byte sent, measured 2 s later: RSS of the proxy's processes (memory per flow is the growth of its anonymous part, the flows' own memory: the rest is pages of the program's file, which the first flows' code maps once; the whole RSS growth is in the JSON), their descriptors, and the machine's Slab (indicative: other activity shows too).", b.o.Flows, b.o.SocatFlows),
 	}
 	if b.r.Pinned {
 		n = append(n, "Pinned: each proxy runs on CPU 1 (taskset), the load generator and backends on CPU 0, so the proxy has a core to itself and its CPU time is not the clients'.")

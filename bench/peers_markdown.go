@@ -47,7 +47,7 @@ func (r *PeersReport) Markdown() string {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", row.Name, med(row.Gbps, "%.2f"), med(row.CPUPerGB, "%.2f"), med(row.MachineCPUPerGB, "%.2f"),
 			med(row.ConnRate, "%.0f"), med(row.ConnCPUus, "%.0f"), med(row.KARate, "%.0f"), med(row.KACPUus, "%.0f"))
 	}
-	b.WriteString("\n## Latency, memory, start\n\n| | p50 µs | p99 µs | added p50 / p99 µs | idle RSS | RSS per idle flow | descriptors per flow | kernel per flow (beyond direct) | exec to accept ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("\n## Latency, memory, start\n\n| | p50 µs | p99 µs | added p50 / p99 µs | idle RSS | memory per idle flow | descriptors per flow | kernel per flow (beyond direct) | exec to accept ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	direct := r.row("direct")
 	for _, row := range r.Rows {
 		added := "–"
@@ -57,7 +57,7 @@ func (r *PeersReport) Markdown() string {
 		idle, per, fds, slab := "–", "–", "–", "–"
 		if row.Flows > 0 && row.Name != "direct" {
 			idle = fmt.Sprintf("%.0f KiB", row.IdleRSSKiB)
-			per = fmt.Sprintf("%.0f B (%d flows)", row.RSSPerFlow, row.Flows)
+			per = fmt.Sprintf("%.0f B (%d flows)", row.AnonPerFlow, row.Flows)
 			fds = fmt.Sprintf("%.2f", row.FDsPerFlow)
 			if direct != nil && direct.Flows > 0 {
 				slab = fmt.Sprintf("%.0f B", row.SlabPerFlow-direct.SlabPerFlow)
@@ -87,7 +87,7 @@ func (r *PeersReport) Markdown() string {
 		goal(fmt.Sprintf("New connections per second ≥ 1.2× HAProxy's with less CPU per request: %.2f×, CPU %.2f×", cr, crCPU), cr >= 1.2 && crCPU > 0 && crCPU < 1)
 		tp, tpCPU := ratio(hw.Gbps, hp.Gbps), ratio(hw.CPUPerGB, hp.CPUPerGB)
 		goal(fmt.Sprintf("One-stream throughput ≥ 1.1× HAProxy's with ≤ 0.6× its CPU per GB: %.2f×, CPU %.3f×", tp, tpCPU), tp >= 1.1 && tpCPU > 0 && tpCPU <= 0.6)
-		goal(fmt.Sprintf("Memory per idle flow ≤ HAProxy's: %.0f B against %.0f B", hw.RSSPerFlow, hp.RSSPerFlow), hw.Flows > 0 && hp.Flows > 0 && hw.RSSPerFlow <= hp.RSSPerFlow)
+		goal(fmt.Sprintf("Memory per idle flow ≤ HAProxy's: %.0f B against %.0f B", hw.AnonPerFlow, hp.AnonPerFlow), hw.Flows > 0 && hp.Flows > 0 && hw.AnonPerFlow <= hp.AnonPerFlow)
 		goal(fmt.Sprintf("No extra descriptors held by an idle flow: %.2f per flow (2 are its sockets)", hw.FDsPerFlow), hw.Flows > 0 && hw.FDsPerFlow <= 2.05)
 		var base float64
 		if direct != nil {

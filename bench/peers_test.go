@@ -13,10 +13,10 @@ func TestPeersMarkdownGoals(t *testing.T) {
 	r := &PeersReport{Repeats: 1, Rows: []PeerRow{
 		{Name: "direct", LatP50us: []float64{30}, LatP99us: []float64{80}, Flows: 100, SlabPerFlow: 1000},
 		{Name: "halfway", Gbps: []float64{11}, CPUPerGB: []float64{0.5}, ConnRate: []float64{130}, ConnCPUus: []float64{90},
-			LatP50us: []float64{100}, LatP99us: []float64{200}, IdleRSSKiB: 9000, Flows: 100, RSSPerFlow: 3000, FDsPerFlow: 2, SlabPerFlow: 5000},
-		{Name: "halfway-copy", IdleRSSKiB: 8000, Flows: 100, RSSPerFlow: 20000, FDsPerFlow: 2},
+			LatP50us: []float64{100}, LatP99us: []float64{200}, IdleRSSKiB: 9000, Flows: 100, AnonPerFlow: 3000, FDsPerFlow: 2, SlabPerFlow: 5000},
+		{Name: "halfway-copy", IdleRSSKiB: 8000, Flows: 100, AnonPerFlow: 20000, FDsPerFlow: 2},
 		{Name: "haproxy", Gbps: []float64{10}, CPUPerGB: []float64{1}, ConnRate: []float64{100}, ConnCPUus: []float64{100},
-			LatP50us: []float64{90}, LatP99us: []float64{250}, IdleRSSKiB: 15000, Flows: 100, RSSPerFlow: 3400, FDsPerFlow: 2, SlabPerFlow: 6000},
+			LatP50us: []float64{90}, LatP99us: []float64{250}, IdleRSSKiB: 15000, Flows: 100, AnonPerFlow: 3400, FDsPerFlow: 2, SlabPerFlow: 6000},
 		{Name: "nginx", IdleRSSKiB: 18000, Flows: 100},
 	}}
 	r.plots()
