@@ -91,6 +91,12 @@ type Options struct {
 	// without spending a packet of its initial window on the answer.
 	DownPrefix []byte
 	PrefixWait time.Duration
+	// ServerFirst says the server has likely sent bytes already (a chain
+	// of relays answered with the server's first bytes): Run starts the
+	// server-to-client direction on a goroutine at once rather than
+	// parking it, which would cost a trip through the epoll set before
+	// those bytes move.
+	ServerFirst bool
 }
 
 // Result describes a finished flow.
@@ -143,8 +149,8 @@ func New(client, server *net.TCPConn, opt Options, done func(Result)) *Flow {
 // move, and costs none while it is idle.
 func (f *Flow) Run() {
 	down := &f.dirs[0]
-	if len(f.opt.DownPrefix) > 0 || f.aborted() {
-		go down.run() // the prefix waits on its goroutine
+	if len(f.opt.DownPrefix) > 0 || f.opt.ServerFirst || f.aborted() {
+		go down.run() // the prefix waits on its goroutine; the server's bytes go now
 	} else {
 		// The server has usually sent nothing yet: wait for it in the
 		// epoll set rather than on a goroutine.

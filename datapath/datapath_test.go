@@ -393,3 +393,39 @@ func TestResetWhileWriterBlocked(t *testing.T) {
 		})
 	}
 }
+
+// TestServerFirst: with ServerFirst the server's waiting bytes move at
+// once, and the directions stay independent: a client that reads nothing
+// until its own upload is done, against a server that sends more than the
+// buffers hold, still completes both ways.
+func TestServerFirst(t *testing.T) {
+	client, relayIn := tcpPair(t)
+	relayOut, server := tcpPair(t)
+	up, down := payload(7, 4<<20), payload(8, 4<<20)
+	if _, err := server.Write(down[:64<<10]); err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan Result, 1)
+	go func() { res <- Join(context.Background(), relayIn, relayOut, Options{ServerFirst: true}) }()
+	deadline := time.Now().Add(20 * time.Second)
+	client.SetDeadline(deadline)
+	server.SetDeadline(deadline)
+	var gotUp, gotDown []byte
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); server.Write(down[64<<10:]); server.CloseWrite() }()
+	go func() { defer wg.Done(); gotUp, _ = io.ReadAll(server) }()
+	go func() {
+		defer wg.Done()
+		client.Write(up)
+		client.CloseWrite()
+		gotDown, _ = io.ReadAll(client)
+	}()
+	wg.Wait()
+	if !bytes.Equal(gotUp, up) || !bytes.Equal(gotDown, down) {
+		t.Fatalf("bytes differ: %d/%d up, %d/%d down", len(gotUp), len(up), len(gotDown), len(down))
+	}
+	if r := <-res; r.Reason != ReasonClosed {
+		t.Errorf("%+v", r)
+	}
+}

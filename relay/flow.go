@@ -32,6 +32,9 @@ type flow struct {
 	// downPrefix is this relay's Convert answer to a pipelining peer, sent
 	// with the server's first bytes.
 	downPrefix []byte
+	// serverFirst: the chain answered with the server's first bytes
+	// (pipelined hops), which wait on the server leg when the flow starts.
+	serverFirst bool
 	// mptcp says, per leg that asked for MPTCP, "mptcp" or "fallback".
 	mptcp [2]string
 	// dp is the data path running the flow, once it forwards.
@@ -145,7 +148,7 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 	dp := datapath.New(c, server, datapath.Options{
 		Idle: idleOf(rt, *f.proto.Load() == "convert", *f.route.Load() != "direct"), Up: &f.up, Down: &f.down,
 		ParkAfter: rt.cfg.ParkAfter.D(), OnPath: s.onPath,
-		DownPrefix: f.downPrefix, PrefixWait: prefixWait, ForceCopy: rt.cfg.DataPath == "copy",
+		DownPrefix: f.downPrefix, PrefixWait: prefixWait, ServerFirst: f.serverFirst, ForceCopy: rt.cfg.DataPath == "copy",
 		Sockmap: rt.cfg.DataPath == "sockmap",
 	}, func(res datapath.Result) {
 		active.Dec()
@@ -253,6 +256,7 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	}
 	if err == nil && pc != nil {
 		server, err = s.settle(rt, pc, c, f)
+		f.serverFirst = true
 	}
 	if err != nil {
 		// The client's handshake is done, so the only honest answer is a reset.
