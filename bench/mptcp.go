@@ -50,17 +50,21 @@ func DefaultMPTCPOptions() MPTCPOptions {
 // MPTCPReport is MiMBox's evaluation (§4.4) reproduced in the lab, plus a
 // path failure and a loopback comparison.
 type MPTCPReport struct {
-	Env         Env              `json:"env"`
-	Repeats     int              `json:"repeats"`
-	WindowS     float64          `json:"window_s"`
-	Goodput     []GoodputRow     `json:"goodput,omitempty"`
-	Buffers     []BufferRow      `json:"buffers,omitempty"`
-	FullBuffer  int              `json:"full_goodput_buffer_bytes,omitempty"`
-	Interactive []InteractiveRow `json:"interactive,omitempty"`
-	PathLoss    *PathLossRow     `json:"path_loss,omitempty"`
-	Loopback    []GoodputRow     `json:"loopback,omitempty"`
-	Notes       []string         `json:"notes"`
-	Plots       []AccelPlot      `json:"plots"`
+	Env        Env          `json:"env"`
+	Repeats    int          `json:"repeats"`
+	WindowS    float64      `json:"window_s"`
+	Goodput    []GoodputRow `json:"goodput,omitempty"`
+	Buffers    []BufferRow  `json:"buffers,omitempty"`
+	FullBuffer int          `json:"full_goodput_buffer_bytes,omitempty"`
+	// The same sweep the way MiMBox limited memory: the relay host's
+	// tcp_rmem and tcp_wmem maximums, with the kernel's autotuning on.
+	BuffersSysctl    []BufferRow      `json:"buffers_sysctl,omitempty"`
+	FullBufferSysctl int              `json:"full_goodput_buffer_sysctl_bytes,omitempty"`
+	Interactive      []InteractiveRow `json:"interactive,omitempty"`
+	PathLoss         *PathLossRow     `json:"path_loss,omitempty"`
+	Loopback         []GoodputRow     `json:"loopback,omitempty"`
+	Notes            []string         `json:"notes"`
+	Plots            []AccelPlot      `json:"plots"`
 }
 
 // GoodputRow is one configuration's download goodput, Mbit/s.
@@ -198,7 +202,7 @@ func RunMPTCP(ctx context.Context, o MPTCPOptions) (*MPTCPReport, error) {
 		"Lab: MiMBox §4.4. Client–relay: ADSL 8 Mbit/s down, 512 kbit/s up, 20 ms RTT; 3G 2 Mbit/s down, 256 kbit/s up, 80 ms RTT; downstream queues 50 ms of the rate, upstream 32 KB. Relay–server: 100 Mbit/s, 10 ms RTT. The server speaks TCP (port 9000) and, for the end-to-end MPTCP reference, MPTCP (9001).",
 		"halfway: the client dials the relay's SOCKS5 listener (mptcp: true) over MPTCP or TCP; the relay opens a TCP leg to the server. End to end: the relay host only routes.",
 		fmt.Sprintf("Goodput: bytes the client application received in a %s window after %s of warm-up, median of %d interleaved repeats.", b.o.Window, b.o.Warm, b.o.Repeats),
-		"Buffer sweep: the relay's legs.client and legs.server send_buffer and receive_buffer set to the value (SO_SNDBUFFORCE/SO_RCVBUFFORCE: the kernel doubles it for its bookkeeping, as tcp_wmem/tcp_rmem limits in MiMBox are also counted); the client keeps autotuning.",
+		"Buffer sweeps, the client keeping its autotuning: (1) the relay's legs.client and legs.server send_buffer and receive_buffer set to the value (SO_SNDBUFFORCE/SO_RCVBUFFORCE, which fix the buffer and turn autotuning off; the kernel doubles the value for its bookkeeping); (2) as MiMBox did, the relay host's tcp_rmem and tcp_wmem maximums set to the value (4096, min(128 KiB or 16 KiB, value), value) with autotuning on, for its MPTCP and TCP sockets alike.",
 		"Interactive: the server sends 125-byte messages every 10 ms (100 kbit/s), each stamped with its send time; delay is receive time minus send time at the client application (the hosts share one clock), 1% loss on both client links, both directions.",
 	}
 	return r, nil
@@ -498,20 +502,50 @@ func (b *mptcpBench) goodput(ctx context.Context, l *mimboxLab) error {
 }
 
 func (b *mptcpBench) buffers(ctx context.Context, l *mimboxLab) error {
+	var err error
+	if b.r.Buffers, b.r.FullBuffer, err = b.sweep(ctx, l, "sockopt"); err != nil {
+		return err
+	}
+	if b.r.BuffersSysctl, b.r.FullBufferSysctl, err = b.sweep(ctx, l, "sysctl"); err != nil {
+		return err
+	}
+	return b.relayWith(ctx, l, 0)
+}
+
+// sweep measures the converted download with the relay's buffers limited
+// to each of o.Buffers: by its own socket options (mode "sockopt": legs'
+// send_buffer and receive_buffer), or as MiMBox did (mode "sysctl": the
+// relay host's tcp_rmem and tcp_wmem maximums, autotuning on). It returns
+// the rows and the smallest buffer with full goodput.
+func (b *mptcpBench) sweep(ctx context.Context, l *mimboxLab, mode string) ([]BufferRow, int, error) {
 	fc := goodputConfigs[2]
 	rows := make([]BufferRow, len(b.o.Buffers))
+	if mode == "sysctl" {
+		restore, err := hostTCPMem(ctx, l.rc)
+		if err != nil {
+			return nil, 0, err
+		}
+		defer restore()
+	}
 	for rep := 0; rep < b.o.Repeats; rep++ {
 		for i, buf := range b.o.Buffers {
-			if err := b.relayWith(ctx, l, buf); err != nil {
-				return err
+			relayBuf := buf
+			if mode == "sysctl" {
+				relayBuf = 0
+				if err := setTCPMem(ctx, l.rc, fmt.Sprintf("4096 %d %d", min(131072, buf), buf), fmt.Sprintf("4096 %d %d", min(16384, buf), buf)); err != nil {
+					return nil, 0, err
+				}
+			}
+			if err := b.relayWith(ctx, l, relayBuf); err != nil {
+				return nil, 0, err
 			}
 			mbps, _, err := b.download(ctx, l, fc)
 			if err != nil {
-				return fmt.Errorf("buffer %d: %w", buf, err)
+				return nil, 0, fmt.Errorf("buffer %d (%s): %w", buf, mode, err)
 			}
 			rows[i].Buffer = buf
 			rows[i].Mbps = append(rows[i].Mbps, mbps)
-			b.logf("buffers %d/%d %d B: %.2f Mbit/s", rep+1, b.o.Repeats, buf, mbps)
+			b.logf("buffers (%s) %d/%d %d B: %.2f Mbit/s", mode, rep+1, b.o.Repeats, buf, mbps)
 		}
 	}
 	best := 0.0
@@ -519,14 +553,34 @@ func (b *mptcpBench) buffers(ctx context.Context, l *mimboxLab) error {
 		rows[i].Median = median(rows[i].Mbps)
 		best = math.Max(best, rows[i].Median)
 	}
-	b.r.Buffers = rows
 	for _, row := range rows {
 		if row.Median >= 0.95*best {
-			b.r.FullBuffer = row.Buffer
-			break
+			return rows, row.Buffer, nil
 		}
 	}
-	return b.relayWith(ctx, l, 0)
+	return rows, 0, nil
+}
+
+// hostTCPMem reads a host's tcp_rmem and tcp_wmem and returns what puts
+// them back.
+func hostTCPMem(ctx context.Context, h *netlab.Host) (restore func(), err error) {
+	out, err := h.Command(ctx, "sysctl", "-n", "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem").Output()
+	if err != nil {
+		return nil, fmt.Errorf("read tcp_rmem, tcp_wmem on %s: %w", h.Name, err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 2 {
+		return nil, fmt.Errorf("read tcp_rmem, tcp_wmem on %s: %q", h.Name, out)
+	}
+	return func() { _ = setTCPMem(context.Background(), h, lines[0], lines[1]) }, nil
+}
+
+func setTCPMem(ctx context.Context, h *netlab.Host, rmem, wmem string) error {
+	out, err := h.Command(ctx, "sysctl", "-q", "-w", "net.ipv4.tcp_rmem="+rmem, "net.ipv4.tcp_wmem="+wmem).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("set tcp_rmem %q, tcp_wmem %q on %s: %v: %s", rmem, wmem, h.Name, err, out)
+	}
+	return nil
 }
 
 func (b *mptcpBench) interactive(ctx context.Context, l *mimboxLab) error {
@@ -777,15 +831,24 @@ func LoadMPTCP(b []byte) (*MPTCPReport, error) {
 func (r *MPTCPReport) plots() {
 	r.Plots = nil
 	if len(r.Buffers) > 0 {
-		s := series{name: "MPTCP through halfway"}
+		s := series{name: "MPTCP through halfway, fixed buffers"}
 		for _, row := range r.Buffers {
 			s.x = append(s.x, float64(row.Buffer)/1000)
 			s.y = append(s.y, row.Median)
 		}
-		sum := series{name: "10 Mbit/s: both paths", dashed: true, color: 1,
-			x: []float64{s.x[0], s.x[len(s.x)-1]}, y: []float64{10, 10}}
+		plot := []series{s}
+		if len(r.BuffersSysctl) > 0 {
+			m := series{name: "MPTCP through halfway, tcp_rmem/tcp_wmem limits (MiMBox)", color: 2}
+			for _, row := range r.BuffersSysctl {
+				m.x = append(m.x, float64(row.Buffer)/1000)
+				m.y = append(m.y, row.Median)
+			}
+			plot = append(plot, m)
+		}
+		plot = append(plot, series{name: "10 Mbit/s: both paths", dashed: true, color: 1,
+			x: []float64{s.x[0], s.x[len(s.x)-1]}, y: []float64{10, 10}})
 		r.Plots = append(r.Plots, AccelPlot{Name: "mptcp-buffers.svg",
-			SVG: lineSVG("Goodput vs per-socket buffer on the relay (MiMBox Fig. 6)", "buffer per socket (KB)", "goodput (Mbit/s)", true, []series{s, sum})})
+			SVG: lineSVG("Goodput vs per-socket buffer on the relay (MiMBox Fig. 6)", "buffer per socket (KB)", "goodput (Mbit/s)", true, plot)})
 	}
 	if len(r.Goodput) > 0 {
 		var groups []string

@@ -21,11 +21,26 @@ func (r *MPTCPReport) Markdown() string {
 		}
 	}
 	if len(r.Buffers) > 0 {
-		b.WriteString("## Goodput vs per-socket buffer on the relay (MiMBox Fig. 6)\n\n| buffer per socket | goodput, Mbit/s (each repeat) |\n|---:|---:|\n")
-		for _, row := range r.Buffers {
-			fmt.Fprintf(&b, "| %d KB | %.2f (%s) |\n", row.Buffer/1000, row.Median, floats(row.Mbps))
+		b.WriteString("## Goodput vs per-socket buffer on the relay (MiMBox Fig. 6)\n\n")
+		sysctl := len(r.BuffersSysctl) == len(r.Buffers)
+		if sysctl {
+			b.WriteString("| buffer per socket | tcp_rmem/tcp_wmem maximum, autotuning (MiMBox's way): Mbit/s (each repeat) | fixed with send_buffer/receive_buffer: Mbit/s (each repeat) |\n|---:|---:|---:|\n")
+		} else {
+			b.WriteString("| buffer per socket | fixed with send_buffer/receive_buffer: Mbit/s (each repeat) |\n|---:|---:|\n")
 		}
-		fmt.Fprintf(&b, "\nFull goodput (≥ 95%% of the best median) from %d KB per socket. Goal ≤ 200 KB — %s.\n\n", r.FullBuffer/1000, metOrMissed(r.FullBuffer > 0 && r.FullBuffer <= 200_000))
+		for i, row := range r.Buffers {
+			if sysctl {
+				sr := r.BuffersSysctl[i]
+				fmt.Fprintf(&b, "| %d KB | %.2f (%s) | %.2f (%s) |\n", row.Buffer/1000, sr.Median, floats(sr.Mbps), row.Median, floats(row.Mbps))
+			} else {
+				fmt.Fprintf(&b, "| %d KB | %.2f (%s) |\n", row.Buffer/1000, row.Median, floats(row.Mbps))
+			}
+		}
+		b.WriteString("\n")
+		if sysctl {
+			fmt.Fprintf(&b, "Full goodput (≥ 95%% of the best median) from %d KB per socket with MiMBox's limits — goal ≤ 200 KB: %s. ", r.FullBufferSysctl/1000, metOrMissed(r.FullBufferSysctl > 0 && r.FullBufferSysctl <= 200_000))
+		}
+		fmt.Fprintf(&b, "With fixed buffers, from %d KB%s.\n\n", r.FullBuffer/1000, map[bool]string{true: "", false: " — goal ≤ 200 KB: " + metOrMissed(r.FullBuffer > 0 && r.FullBuffer <= 200_000)}[sysctl])
 	}
 	if len(r.Interactive) > 0 {
 		b.WriteString("## Interactive flow, 100 kbit/s, 1% loss on the client links\n\n| configuration | messages | delay p50 | p99 | max |\n|---|---:|---:|---:|---:|\n")
