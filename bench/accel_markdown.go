@@ -75,7 +75,7 @@ func (r *AccelReport) fig4Markdown(b *strings.Builder, cc string) {
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString("\nTTFB reduction against end to end measured in the same lab (10 KB flows), and the largest TTC deviation from the model:\n\n| relays | e2e TTFB | halfway TTFB | reduction | goal | largest TTC deviation |\n|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("\nTTFB reduction against end to end measured in the same lab (10 KB flows; the model's own reduction in parentheses), and the largest TTC deviation from the model:\n\n| relays | e2e TTFB | halfway TTFB | reduction (model) | goal | largest TTC deviation |\n|---:|---:|---:|---:|---:|---:|\n")
 	goals := map[int]float64{1: 25, 2: 100.0 / 3, 3: 37.5}
 	for n := 1; n <= 3; n++ {
 		kb := kbs[0]
@@ -91,7 +91,8 @@ func (r *AccelReport) fig4Markdown(b *strings.Builder, cc string) {
 				worst = dev(row.TTCms, row.ModelTTCms)
 			}
 		}
-		fmt.Fprintf(b, "| %d | %.1f | %.1f | %.1f%% | ≥ %.1f%% %s | %+.1f%% %s |\n", n, e2e.TTFBms, hw.TTFBms, red, goals[n], yes(red >= goals[n]-0.5), worst, yes(math.Abs(worst) <= 5))
+		modelRed := 100 * (1 - hw.ModelTTFBms/e2e.ModelTTFBms)
+		fmt.Fprintf(b, "| %d | %.1f | %.1f | %.1f%% (%.1f%%) | ≥ %.1f%% %s | %+.1f%% %s |\n", n, e2e.TTFBms, hw.TTFBms, red, modelRed, goals[n], yes(red >= goals[n]), worst, yes(math.Abs(worst) <= 5))
 	}
 	b.WriteString("\n")
 }

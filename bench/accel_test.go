@@ -78,3 +78,19 @@ func wantLines(t *testing.T, md string, wants ...string) {
 		}
 	}
 }
+
+// TestFig4GoalStrict: a TTFB reduction below the goal is reported as
+// missed, however close.
+func TestFig4GoalStrict(t *testing.T) {
+	row := func(relays int, config string, leg, ttfb, mttfb float64) CurveRow {
+		return CurveRow{CC: "cubic", Relays: relays, LegDelayMS: leg, Config: config, SizeKB: 10, TTFBms: ttfb, TTCms: ttfb, ModelTTFBms: mttfb, ModelTTCms: mttfb}
+	}
+	r := &AccelReport{Repeats: 5, Fig4: []CurveRow{
+		row(0, "e2e", 25, 200, 200), row(1, "halfway", 25, 150.2, 150),
+		row(0, "e2e", 50.0/3, 200, 200), row(2, "halfway", 50.0/3, 133, 133.3),
+	}}
+	wantLines(t, r.Markdown(),
+		"| 1 | 200.0 | 150.2 | 24.9% (25.0%) | ≥ 25.0% **no** |",
+		"| 2 | 200.0 | 133.0 | 33.5% (33.3%) | ≥ 33.3% yes |",
+	)
+}
