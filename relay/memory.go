@@ -24,7 +24,8 @@ func (s *Server) memoryLoop() {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	lastEnded := s.ended.Load()
-	var busySince, lastBusy time.Time
+	var lastBusy time.Time
+	carried := false // flows since the last release
 	for {
 		select {
 		case <-s.flowCtx.Done():
@@ -32,17 +33,13 @@ func (s *Server) memoryLoop() {
 		case now := <-t.C:
 			n := s.ended.Load()
 			if n != lastEnded || s.active.Load() > 0 || s.handshakes.Load() > 0 || s.pending.Load() > 0 {
-				lastEnded = n
-				if busySince.IsZero() {
-					busySince = now
-				}
-				lastBusy = now
+				lastEnded, lastBusy, carried = n, now, true
 				continue
 			}
-			if busySince.IsZero() || now.Sub(lastBusy) < s.state.Load().cfg.Memory.ReleaseAfter.D() {
+			if !carried || now.Sub(lastBusy) < s.state.Load().cfg.Memory.ReleaseAfter.D() {
 				continue
 			}
-			busySince = time.Time{}
+			carried = false
 			s.releaseMemory("idle")
 		}
 	}
