@@ -76,9 +76,10 @@ func RunFootprint(ctx context.Context, o FootprintOptions) (*FootprintReport, er
 	if err != nil {
 		return nil, err
 	}
-	defer sink.Close()
 	held := make(chan net.Conn, o.Flows+16)
+	accepting := make(chan struct{})
 	go func() {
+		defer close(accepting)
 		for {
 			c, err := sink.Accept()
 			if err != nil {
@@ -88,6 +89,9 @@ func RunFootprint(ctx context.Context, o FootprintOptions) (*FootprintReport, er
 		}
 	}()
 	defer func() {
+		// The acceptor ends before held closes: no send on a closed channel.
+		sink.Close()
+		<-accepting
 		close(held)
 		for c := range held {
 			c.Close()
@@ -169,7 +173,11 @@ listeners:
 		}
 		time.Sleep(time.Second) // let the relay's goroutines settle
 		r.RSSWithFlowsKiB = float64(rssKiB(pid, "VmRSS:"))
-		r.PerFlowBytes = (r.RSSWithFlowsKiB - r.IdleRSSKiB) * 1024 / float64(o.Flows)
+		base := r.IdleRSSKiB
+		if r.SettledRSSKiB > 0 {
+			base = r.SettledRSSKiB // the flows opened after the settle wait
+		}
+		r.PerFlowBytes = (r.RSSWithFlowsKiB - base) * 1024 / float64(o.Flows)
 		r.FDsPerFlow = float64(countFDs(pid)-fd0) / float64(o.Flows)
 		r.SlabPerFlow = float64(slabKiB()-slab0) * 1024 / float64(o.Flows)
 		logf("with %d flows: RSS %.0f KiB (%.0f B per flow), %.2f descriptors per flow", o.Flows, r.RSSWithFlowsKiB, r.PerFlowBytes, r.FDsPerFlow)
@@ -191,7 +199,8 @@ listeners:
 		for i := 0; i < 100 && countFDs(pid) > fd0; i++ {
 			time.Sleep(50 * time.Millisecond)
 		}
-		time.Sleep(footprintReleaseAfter + 2*time.Second)
+		// The relay checks once a second, then waits release_after.
+		time.Sleep(2*footprintReleaseAfter + 2*time.Second)
 		r.AfterFlowsRSSKiB = float64(rssKiB(pid, "VmRSS:"))
 		r.AfterFlowsAnonKiB = float64(rssKiB(pid, "RssAnon:"))
 		logf("idle again: RSS %.0f KiB (anonymous %.0f KiB)", r.AfterFlowsRSSKiB, r.AfterFlowsAnonKiB)

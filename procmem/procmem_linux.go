@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -14,20 +15,23 @@ import (
 // ReleaseBinary unmaps the resident pages of the executable's read-only
 // mappings (text, read-only data) with madvise(MADV_DONTNEED). For such a
 // private file mapping that only drops the page-table entries: the next
-// access maps the page again from the page cache. Mappings that hold
-// private copies of pages are skipped, since MADV_DONTNEED would discard
-// the copies and with them a debugger's breakpoints or a uprobe; so are
-// locked mappings.
+// access maps the page again from the page cache.
+//
+// Mappings that hold private copies of pages, in memory or swapped out,
+// are skipped, since MADV_DONTNEED would discard the copies: a debugger's
+// breakpoints, a uprobe, or the relocations a position-independent
+// executable's loader wrote into its read-only-after-relocation segment.
+// Locked mappings are skipped too. A breakpoint set between the read of
+// smaps and the madvise can still be lost.
 func ReleaseBinary() (Stats, error) {
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/self/exe", &st); err != nil {
-		return Stats{}, fmt.Errorf("stat /proc/self/exe: %w", err)
-	}
 	f, err := os.Open("/proc/self/smaps")
 	if err != nil {
 		return Stats{}, err
 	}
-	vmas, err := binaryMappings(f, unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
+	// The executable is the file mapped where this very code runs: its
+	// device and inode as smaps shows them, which a stat of
+	// /proc/self/exe may not match (overlayfs on older kernels).
+	vmas, err := binaryMappings(f, reflect.ValueOf(ReleaseBinary).Pointer())
 	f.Close()
 	if err != nil {
 		return Stats{}, fmt.Errorf("read /proc/self/smaps: %w", err)
@@ -37,7 +41,7 @@ func ReleaseBinary() (Stats, error) {
 		if v.writable {
 			continue
 		}
-		if v.anonymous > 0 || v.locked {
+		if v.anonymous > 0 || v.swap > 0 || v.locked {
 			s.Skipped++
 			continue
 		}
@@ -55,18 +59,20 @@ func ReleaseBinary() (Stats, error) {
 // mapping is one of the executable's mappings, as smaps shows it.
 type mapping struct {
 	start, end uintptr
+	dev, inode string // as smaps writes them
 	writable   bool
 	rss        int64 // bytes resident
-	anonymous  int64 // bytes of private copies (copy-on-write)
+	anonymous  int64 // bytes of private copies (copy-on-write) in memory
+	swap       int64 // bytes of private copies swapped out
 	locked     bool  // VmFlags "lo"
 }
 
 // binaryMappings reads smaps text and returns the mappings of the file
-// on device major:minor with inode ino. Identity is by device and inode,
-// not path: the path of an executable replaced on disk reads
-// "(deleted)".
-func binaryMappings(r io.Reader, major, minor uint32, ino uint64) ([]mapping, error) {
-	var out []mapping
+// mapped at pc (a code address of this program): same device and inode.
+// Identity is by device and inode, not path: the path of an executable
+// replaced on disk reads "(deleted)".
+func binaryMappings(r io.Reader, pc uintptr) ([]mapping, error) {
+	var all []mapping
 	var cur *mapping
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
@@ -77,15 +83,12 @@ func binaryMappings(r io.Reader, major, minor uint32, ino uint64) ([]mapping, er
 			continue
 		}
 		if header(fields[0]) {
-			cur = nil
-			m, ok, err := parseHeader(fields, major, minor, ino)
+			m, err := parseHeader(fields)
 			if err != nil {
 				return nil, fmt.Errorf("%q: %w", line, err)
 			}
-			if ok {
-				out = append(out, m)
-				cur = &out[len(out)-1]
-			}
+			all = append(all, m)
+			cur = &all[len(all)-1]
 			continue
 		}
 		if cur == nil {
@@ -96,6 +99,8 @@ func binaryMappings(r io.Reader, major, minor uint32, ino uint64) ([]mapping, er
 			cur.rss = kB(fields)
 		case "Anonymous:":
 			cur.anonymous = kB(fields)
+		case "Swap:":
+			cur.swap = kB(fields)
 		case "VmFlags:":
 			for _, fl := range fields[1:] {
 				if fl == "lo" {
@@ -104,7 +109,25 @@ func binaryMappings(r io.Reader, major, minor uint32, ino uint64) ([]mapping, er
 			}
 		}
 	}
-	return out, sc.Err()
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	var exe *mapping
+	for i := range all {
+		if pc >= all[i].start && pc < all[i].end {
+			exe = &all[i]
+		}
+	}
+	if exe == nil || exe.inode == "0" {
+		return nil, fmt.Errorf("no file mapping holds this program's code (%#x)", pc)
+	}
+	var out []mapping
+	for _, m := range all {
+		if m.dev == exe.dev && m.inode == exe.inode {
+			out = append(out, m)
+		}
+	}
+	return out, nil
 }
 
 // header says whether an smaps line starts a mapping ("start-end ...")
@@ -113,33 +136,27 @@ func header(first string) bool {
 	return !strings.HasSuffix(first, ":") && strings.IndexByte(first, '-') > 0
 }
 
-func parseHeader(fields []string, major, minor uint32, ino uint64) (mapping, bool, error) {
+func parseHeader(fields []string) (mapping, error) {
 	if len(fields) < 5 {
-		return mapping{}, false, fmt.Errorf("want at least 5 fields")
+		return mapping{}, fmt.Errorf("want at least 5 fields")
 	}
 	lo, hi, ok := strings.Cut(fields[0], "-")
 	if !ok {
-		return mapping{}, false, fmt.Errorf("bad range")
+		return mapping{}, fmt.Errorf("bad range")
 	}
 	start, err1 := strconv.ParseUint(lo, 16, 64)
 	end, err2 := strconv.ParseUint(hi, 16, 64)
 	if err1 != nil || err2 != nil || end <= start {
-		return mapping{}, false, fmt.Errorf("bad range")
+		return mapping{}, fmt.Errorf("bad range")
 	}
 	maj, mnr, ok := strings.Cut(fields[3], ":")
-	if !ok {
-		return mapping{}, false, fmt.Errorf("bad device")
+	_, err1 = strconv.ParseUint(maj, 16, 32)
+	_, err2 = strconv.ParseUint(mnr, 16, 32)
+	_, err3 := strconv.ParseUint(fields[4], 10, 64)
+	if !ok || err1 != nil || err2 != nil || err3 != nil {
+		return mapping{}, fmt.Errorf("bad device or inode")
 	}
-	dmaj, err1 := strconv.ParseUint(maj, 16, 32)
-	dmin, err2 := strconv.ParseUint(mnr, 16, 32)
-	inode, err3 := strconv.ParseUint(fields[4], 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil {
-		return mapping{}, false, fmt.Errorf("bad device or inode")
-	}
-	if inode != ino || uint32(dmaj) != major || uint32(dmin) != minor {
-		return mapping{}, false, nil
-	}
-	return mapping{start: uintptr(start), end: uintptr(end), writable: strings.Contains(fields[1], "w")}, true, nil
+	return mapping{start: uintptr(start), end: uintptr(end), dev: fields[3], inode: fields[4], writable: strings.Contains(fields[1], "w")}, nil
 }
 
 // kB reads "Rss:  1234 kB" as bytes.

@@ -21,6 +21,10 @@ VmFlags: rd wr mr mw me ac
 00f00000-00f10000 r--p 00000000 fe:00 9978204                            /tmp/hw
 Rss:                  64 kB
 VmFlags: rd mr mw me lo
+00f10000-00f20000 r--p 00000000 fe:00 9978204                            /tmp/hw
+Rss:                   0 kB
+Anonymous:             0 kB
+Swap:                 64 kB
 7fb64b520000-7fb64b580000 rw-p 00000000 00:00 0
 Rss:                  52 kB
 7fb64b600000-7fb64b700000 r-xp 00000000 fe:00 1234                                /usr/lib/other.so
@@ -28,7 +32,7 @@ Rss:                 100 kB
 `
 
 func TestBinaryMappings(t *testing.T) {
-	got, err := binaryMappings(strings.NewReader(smapsSample), 0xfe, 0, 9978204)
+	got, err := binaryMappings(strings.NewReader(smapsSample), 0x400123)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,11 +41,13 @@ func TestBinaryMappings(t *testing.T) {
 		{start: 0x935000, end: 0xe7e000, rss: 4132 << 10, anonymous: 8 << 10},
 		{start: 0xe7e000, end: 0xee4000, writable: true, rss: 280 << 10, anonymous: 120 << 10},
 		{start: 0xf00000, end: 0xf10000, rss: 64 << 10, locked: true},
+		{start: 0xf10000, end: 0xf20000, swap: 64 << 10},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %d mappings %+v, want %d", len(got), got, len(want))
 	}
 	for i := range want {
+		want[i].dev, want[i].inode = "fe:00", "9978204"
 		if got[i] != want[i] {
 			t.Errorf("mapping %d: got %+v, want %+v", i, got[i], want[i])
 		}
@@ -55,8 +61,10 @@ func TestBinaryMappingsMalformed(t *testing.T) {
 		"00935000-00400000 r-xp 00000000 fe:00 1 /x\n", // end before start
 		"00400000-00935000 r-xp 00000000 fe00 1 /x\n",  // bad device
 		"00400000-00935000 r-xp 00000000 fe:00 x /x\n", // bad inode
+		"00500000-00935000 r-xp 00000000 fe:00 1 /x\n", // no mapping holds the code
+		"00400000-00935000 r-xp 00000000 00:00 0\n",    // code in an anonymous mapping
 	} {
-		if _, err := binaryMappings(strings.NewReader(in), 0xfe, 0, 1); err == nil {
+		if _, err := binaryMappings(strings.NewReader(in), 0x400000); err == nil {
 			t.Errorf("%q: no error", in)
 		}
 	}

@@ -32,7 +32,7 @@ func (s *Server) memoryLoop() {
 			return
 		case now := <-t.C:
 			n := s.ended.Load()
-			if n != lastEnded || s.active.Load() > 0 || s.handshakes.Load() > 0 || s.pending.Load() > 0 {
+			if n != lastEnded || s.active.Load() > s.parkedCount() || s.handshakes.Load() > 0 || s.pending.Load() > 0 {
 				lastEnded, lastBusy, carried = n, now, true
 				continue
 			}
@@ -43,6 +43,14 @@ func (s *Server) memoryLoop() {
 			s.releaseMemory("idle")
 		}
 	}
+}
+
+// parkedCount is how many of the active flows are peers' pooled
+// connections waiting for a request: a relay holding only those is idle.
+func (s *Server) parkedCount() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return int64(len(s.parked))
 }
 
 func (s *Server) releaseMemory(why string) {
