@@ -84,6 +84,12 @@ type Options struct {
 	// are idle. Flows it cannot take (MPTCP sockets, a full map, a flow
 	// that never falls idle before a FIN) use splice; ForceCopy wins.
 	Sockmap bool
+	// ServerFirst says the server has likely sent bytes already (a chain
+	// of relays answered with the server's first bytes): Run starts the
+	// server-to-client direction on a goroutine at once rather than
+	// parking it, which would cost a trip through the epoll set before
+	// those bytes move.
+	ServerFirst bool
 	// DownPrefix, if set, goes to the client before the server's first
 	// byte, in the same segment when the server sends within PrefixWait
 	// (the prefix is corked with MSG_MORE until then); otherwise alone once
@@ -91,12 +97,6 @@ type Options struct {
 	// without spending a packet of its initial window on the answer.
 	DownPrefix []byte
 	PrefixWait time.Duration
-	// ServerFirst says the server has likely sent bytes already (a chain
-	// of relays answered with the server's first bytes): Run starts the
-	// server-to-client direction on a goroutine at once rather than
-	// parking it, which would cost a trip through the epoll set before
-	// those bytes move.
-	ServerFirst bool
 }
 
 // Result describes a finished flow.
