@@ -2,6 +2,7 @@ package relay
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -41,5 +42,26 @@ listeners:
 	waitReleases(on, 2)
 	if n := off.mem.releases.Load(); n != 0 {
 		t.Errorf("with release: false, %d releases", n)
+	}
+}
+
+// TestMemoryReleaseWithPool: a hop that keeps a peer's pooled connections
+// parked is idle once the flows through them have ended: it releases.
+func TestMemoryReleaseWithPool(t *testing.T) {
+	pp := newPoolPair(t, func(rs string) string { return rs }, 2, 2)
+	rs := startLoopback(t, strings.Replace(pp.rsYAML, "admin: {listen: off}", "admin: {listen: off}\nmemory: {release_after: 1s}", 1))
+	rc := startLoopback(t, pp.rcYAML)
+	dst := echoServer(t)
+	waitFor(t, func() bool { return poolOf(t, rc).Idle == 2 })
+	if err := echoThrough(rc.Addr("socks"), dst, 50_000); err != nil {
+		t.Fatal(err)
+	}
+	start := rs.mem.releases.Load()
+	deadline := time.Now().Add(20 * time.Second)
+	for rs.mem.releases.Load() == start {
+		if time.Now().After(deadline) {
+			t.Fatalf("no release in 20 s with only pooled connections parked (active %d, parked %d)", rs.active.Load(), rs.parkedCount())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
