@@ -131,8 +131,7 @@ listeners:
 		defer stopRelay(cmd)
 		time.Sleep(500 * time.Millisecond)
 		pid := cmd.Process.Pid
-		r.IdleRSSKiB = float64(rssKiB(pid, "VmRSS:"))
-		r.IdleAnonKiB = float64(rssKiB(pid, "RssAnon:"))
+		r.IdleRSSKiB, r.IdleAnonKiB = rssKiB(pid)
 		logf("idle: RSS %.0f KiB (anonymous %.0f KiB)", r.IdleRSSKiB, r.IdleAnonKiB)
 		if o.Settle > 0 {
 			logf("waiting until %s after the start for the settled idle RSS", o.Settle)
@@ -142,8 +141,7 @@ listeners:
 			case <-time.After(o.Settle - d - 500*time.Millisecond):
 			}
 			r.SettleS = o.Settle.Seconds()
-			r.SettledRSSKiB = float64(rssKiB(pid, "VmRSS:"))
-			r.SettledAnonKiB = float64(rssKiB(pid, "RssAnon:"))
+			r.SettledRSSKiB, r.SettledAnonKiB = rssKiB(pid)
 			logf("settled idle: RSS %.0f KiB (anonymous %.0f KiB)", r.SettledRSSKiB, r.SettledAnonKiB)
 		}
 		fd0 := countFDs(pid)
@@ -172,7 +170,7 @@ listeners:
 			}
 		}
 		time.Sleep(time.Second) // let the relay's goroutines settle
-		r.RSSWithFlowsKiB = float64(rssKiB(pid, "VmRSS:"))
+		r.RSSWithFlowsKiB, _ = rssKiB(pid)
 		base := r.IdleRSSKiB
 		if r.SettledRSSKiB > 0 {
 			base = r.SettledRSSKiB // the flows opened after the settle wait
@@ -201,8 +199,7 @@ listeners:
 		}
 		// The relay checks once a second, then waits release_after.
 		time.Sleep(2*footprintReleaseAfter + 2*time.Second)
-		r.AfterFlowsRSSKiB = float64(rssKiB(pid, "VmRSS:"))
-		r.AfterFlowsAnonKiB = float64(rssKiB(pid, "RssAnon:"))
+		r.AfterFlowsRSSKiB, r.AfterFlowsAnonKiB = rssKiB(pid)
 		logf("idle again: RSS %.0f KiB (anonymous %.0f KiB)", r.AfterFlowsRSSKiB, r.AfterFlowsAnonKiB)
 	}
 	r.MedianStartMS = median(r.ExecToAcceptMS)
@@ -275,16 +272,21 @@ func stopRelay(cmd *exec.Cmd) {
 	}
 }
 
-// rssKiB reads a memory field (VmRSS:, RssAnon:) of /proc/PID/status.
-func rssKiB(pid int, field string) int {
+// rssKiB reads a process's resident memory and its anonymous part, KiB,
+// from one read of /proc/PID/status.
+func rssKiB(pid int) (rss, anon float64) {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, field); ok {
-			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return n
+		name, v, _ := strings.Cut(line, ":")
+		n, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+		switch name {
+		case "VmRSS":
+			rss = n
+		case "RssAnon":
+			anon = n
 		}
 	}
-	return 0
+	return rss, anon
 }
 
 func countFDs(pid int) int {

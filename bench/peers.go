@@ -884,8 +884,9 @@ func (b *peersBench) memory(ctx context.Context, p *peerProc, row *PeerRow) erro
 func groupMem(pgid int) (rss, anon int64, fds int, procs int) {
 	for _, pid := range groupPIDs(pgid) {
 		procs++
-		rss += int64(rssKiB(pid, "VmRSS:")) * 1024
-		anon += int64(rssKiB(pid, "RssAnon:")) * 1024
+		r, a := rssKiB(pid)
+		rss += int64(r) * 1024
+		anon += int64(a) * 1024
 		fds += countFDs(pid)
 	}
 	return rss, anon, fds, procs

@@ -24,17 +24,9 @@ import (
 // Locked mappings are skipped too. A breakpoint set between the read of
 // smaps and the madvise can still be lost.
 func ReleaseBinary() (Stats, error) {
-	f, err := os.Open("/proc/self/smaps")
+	vmas, err := ownMappings()
 	if err != nil {
 		return Stats{}, err
-	}
-	// The executable is the file mapped where this very code runs: its
-	// device and inode as smaps shows them, which a stat of
-	// /proc/self/exe may not match (overlayfs on older kernels).
-	vmas, err := binaryMappings(f, reflect.ValueOf(ReleaseBinary).Pointer())
-	f.Close()
-	if err != nil {
-		return Stats{}, fmt.Errorf("read /proc/self/smaps: %w", err)
 	}
 	var s Stats
 	for _, v := range vmas {
@@ -54,6 +46,23 @@ func ReleaseBinary() (Stats, error) {
 		s.BinaryBytes += v.rss
 	}
 	return s, nil
+}
+
+// ownMappings reads the running executable's mappings from smaps. The
+// executable is the file mapped where this very code runs: its device and
+// inode as smaps shows them, which a stat of /proc/self/exe may not match
+// (overlayfs on older kernels).
+func ownMappings() ([]mapping, error) {
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	vmas, err := binaryMappings(f, reflect.ValueOf(ReleaseBinary).Pointer())
+	if err != nil {
+		return nil, fmt.Errorf("read /proc/self/smaps: %w", err)
+	}
+	return vmas, nil
 }
 
 // mapping is one of the executable's mappings, as smaps shows it.

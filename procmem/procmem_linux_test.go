@@ -9,12 +9,7 @@ import (
 // exeMappings are this test binary's mappings now.
 func exeMappings(t *testing.T) []mapping {
 	t.Helper()
-	f, err := os.Open("/proc/self/smaps")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	m, err := binaryMappings(f, reflect.ValueOf(ReleaseBinary).Pointer())
+	m, err := ownMappings()
 	if err != nil {
 		t.Fatal(err)
 	}
