@@ -7,9 +7,12 @@
 // A flow costs no goroutine while it is idle: a direction runs on a
 // goroutine only while its source has bytes (or, with Options.ParkAfter,
 // for that long after the last), then parks its socket in an epoll set
-// shared by many flows and gives the goroutine back. The set's readiness
-// starts a fresh goroutine for the direction. An idle flow is its two
-// sockets and a few hundred bytes of state, as in an event-driven proxy.
+// shared by many flows and gives the goroutine back. When the socket is
+// readable again, the set's wait loop moves the direction's bytes itself
+// and parks it again, as an event loop would; a direction whose
+// destination is full, or that has more than a burst to move, goes on on a
+// goroutine of its own. An idle flow is its two sockets and a few hundred
+// bytes of state, as in an event-driven proxy.
 //
 //	fl := datapath.New(client, server, datapath.Options{Idle: 10 * time.Minute},
 //		func(res datapath.Result) { log.Printf("%d up, %d down, %s", res.Up, res.Down, res.Reason) })
@@ -218,8 +221,12 @@ func (f *Flow) dirDone() {
 	if x := f.sm.Load(); x != nil {
 		f.smDone(x)
 	}
-	f.client.Close()
-	f.server.Close()
+	if f.ending.Load() != nil || f.eofs.Load() < 2 {
+		// Both EOFs: the direction that saw the second closed the legs
+		// before it finished (closing again would only make errors).
+		f.client.Close()
+		f.server.Close()
+	}
 	parker.remove(f)
 	res := Result{Up: f.dirs[1].n, Down: f.dirs[0].n, Reason: ReasonClosed}
 	if e := f.ending.Load(); e != nil {

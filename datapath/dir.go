@@ -22,8 +22,7 @@ const (
 
 // dir is one direction of a flow: bytes from src to dst.
 type dir struct {
-	f     *Flow
-	state atomic.Int32
+	f *Flow
 	// waitSince is when the goroutine began waiting on an empty source
 	// (unix nanos; 0: not waiting). The sweep parks it after ParkAfter.
 	// Negative, it is when the goroutine began waiting for its destination
@@ -32,11 +31,14 @@ type dir struct {
 	waitSince atomic.Int64
 
 	// Owned by the goroutine running the direction.
-	n          int64 // bytes moved
-	p          *pipe
-	buf        *[]byte
-	err        error // the last read's or write's error
+	n   int64 // bytes moved
+	p   *pipe
+	buf *[]byte
+	err error // the last read's or write's error
+
+	state      atomic.Int32
 	pn, m, cn  int32 // bytes in the pipe; bytes the last write moved; bytes in buf
+	budget     int32 // inline, the bytes it may still move before handing off
 	up         bool
 	copy       bool // through a user-space buffer (else splice)
 	started    bool // the prefix, if any, has been written
@@ -47,6 +49,7 @@ type dir struct {
 	kernel     bool // the sockmap program moves the bytes (see kernelStep)
 	usedKernel bool // it did, and user space has taken over
 	held       bool // taken over from the sockmap while held: may resume
+	inline     bool // running on its shard's wait loop, not a goroutine of its own
 	op         uint8
 	// fn is the callback for RawConn, made once rather than at every
 	// wake; op says what it does.
@@ -103,6 +106,7 @@ const (
 	stepFallback             // splice cannot serve these sockets: copy
 	stepErr                  // a leg failed
 	stepDone                 // the flow closed the legs
+	stepHandoff              // inline: continue on a goroutine of its own
 )
 
 func (d *dir) init(f *Flow, up bool) {
@@ -164,27 +168,48 @@ func (d *dir) run() {
 				d.resumeKernel()
 			}
 			d.tryKernel()
-			if d.park() {
+			if inline := d.inline; !d.park() {
+				d.inline = inline
+			} else {
 				return
 			}
 		case stepAgain:
 		case stepFallback:
 			d.copy = true // from where splice stopped: nothing was lost
 		case stepEOF:
-			// EOF from src: pass the FIN on, keep the other direction going.
-			if cerr := d.dst().CloseWrite(); cerr != nil && !f.aborted() {
-				f.abort(ReasonError, cerr, false, false)
+			if f.eofs.Add(1) == 2 {
+				// Both sides have finished: closing dst sends its FIN
+				// after the bytes queued (its receive queue is empty: the
+				// other direction read it to EOF), so no shutdown first.
+				// The other direction, parked and watching, ends here
+				// rather than on a goroutine started to find the legs closed.
+				f.client.Close()
+				f.server.Close()
+				if o := &f.dirs[b2u(!d.up)]; o.unpark() {
+					o.run()
+				}
 				d.finish()
 				return
 			}
-			if f.eofs.Add(1) == 2 {
-				f.closeBoth() // both sides have finished
+			// EOF from src: pass the FIN on, keep the other direction
+			// going. The other direction may end meanwhile and close the
+			// legs, which sends the FIN as well.
+			if cerr := d.dst().CloseWrite(); cerr != nil && !f.aborted() && f.eofs.Load() < 2 {
+				f.abort(ReasonError, cerr, false, false)
 				d.finish()
 				return
 			}
 			// src may still reset while the other direction flows; that
 			// must reach the other leg now, not at the idle timeout.
 			d.watching = true
+			if !d.held && d.parksAtOnce() {
+				// A reset already pending is reported as the set arms.
+				if inline := d.inline; !d.park() {
+					d.inline = inline
+				} else {
+					return
+				}
+			}
 		case stepErr:
 			if !f.aborted() && f.eofs.Load() < 2 {
 				f.fail(d.up, err)
@@ -194,8 +219,34 @@ func (d *dir) run() {
 		case stepDone:
 			d.finish()
 			return
+		case stepHandoff:
+			d.inline = false
+			f.shard.handoffs.Add(1)
+			go d.run()
+			return
 		}
 	}
+}
+
+// inlineBudget is how many bytes a direction woken by its shard's wait
+// loop moves there before it goes on on a goroutine of its own, so that a
+// bulk stream does not hold up the other flows of the shard.
+const inlineBudget = 256 << 10
+
+// runInline runs a woken direction on the calling wait loop, which saves
+// starting a goroutine (and growing its stack) for every message: the
+// direction moves what its source holds and parks again, or hands itself
+// to a goroutine where it would wait (a full destination) or has moved
+// inlineBudget bytes. Directions that may wait elsewhere (copying, the
+// sockmap, ParkAfter) get a goroutine at once.
+func (d *dir) runInline() {
+	if d.copy || d.kernel || d.usedKernel || d.held || d.f.opt.Sockmap || !d.started || !d.parksAtOnce() {
+		d.f.shard.handoffs.Add(1)
+		go d.run()
+		return
+	}
+	d.inline, d.budget = true, inlineBudget
+	d.run()
 }
 
 func (d *dir) finish() {
@@ -230,6 +281,12 @@ func (d *dir) empty() bool {
 	return true
 }
 
+// parksAtOnce says whether an empty source parks the direction at once
+// (rather than waiting on the goroutine; see empty).
+func (d *dir) parksAtOnce() bool {
+	return !d.noPark && d.f.epfd >= 0 && d.f.opt.ParkAfter == 0 && !d.kernel
+}
+
 // readErr handles an error from waiting on the source. A deadline is the
 // sweep's nudge to park; anything else ends the direction.
 func (d *dir) readErr(err error) (step, error) {
@@ -245,7 +302,8 @@ func (d *dir) readErr(err error) (step, error) {
 }
 
 // park puts src in the flow's epoll set and gives the goroutine back. It
-// reports false if the caller still owns the direction and must go on.
+// reports false if the caller still owns the direction and must go on
+// (inline no longer set: the caller restores it).
 func (d *dir) park() bool {
 	f := d.f
 	op := unix.EPOLL_CTL_ADD
@@ -253,7 +311,7 @@ func (d *dir) park() bool {
 		op = unix.EPOLL_CTL_MOD
 	}
 	d.registered = true
-	d.block = false
+	d.block, d.inline = false, false
 	d.waitSince.Store(0)
 	key := f.id<<1 | b2u(d.up)
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(key), Pad: int32(key >> 32)}

@@ -32,7 +32,10 @@ type parkShard struct {
 
 	parked atomic.Int64 // directions parked now
 	wakes  atomic.Int64 // directions woken by their socket
-	_      [64]byte     // shards' locks on cache lines of their own
+	// handoffs: woken directions that went on on a goroutine of their own
+	// (a full destination, or more than inlineBudget to move).
+	handoffs atomic.Int64
+	_        [64]byte // shards' locks on cache lines of their own
 }
 
 type parkSet struct {
@@ -126,11 +129,11 @@ func (sh *parkShard) waitLoop(rc syscall.RawConn) {
 		}
 		sh.mu.Unlock()
 		for i, d := range ready {
+			ready[i] = nil
 			if d.unpark() {
 				sh.wakes.Add(1)
-				go d.run()
+				d.runInline()
 			}
-			ready[i] = nil
 		}
 		ready = ready[:0]
 	}
@@ -226,6 +229,9 @@ func fdError(fd uintptr) error {
 type Stats struct {
 	Parked int64 // directions parked now (no goroutine)
 	Wakes  int64 // directions woken by their socket, in total
+	// Handoffs counts woken directions that the wait loop handed to a
+	// goroutine of their own, mid-way (see runInline) or at once.
+	Handoffs int64
 	// SockmapFlows counts flows that entered the sockmap; SockmapTakeovers
 	// their directions that user space took over (at a FIN, or held when
 	// the destination fell behind); SockmapResumes the held ones handed
@@ -241,6 +247,7 @@ func ReadStats() Stats {
 		sh := &parker.shards[i]
 		s.Parked += sh.parked.Load()
 		s.Wakes += sh.wakes.Load()
+		s.Handoffs += sh.handoffs.Load()
 	}
 	return s
 }

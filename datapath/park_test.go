@@ -99,3 +99,70 @@ func exchange(t *testing.T, client, server *net.TCPConn, up, down []byte) {
 		}
 	}
 }
+
+// TestInlineWake checks the directions that the shards' wait loops run
+// themselves: a message moves there and the direction parks again, and a
+// burst past inlineBudget, or into a client that is not reading, goes on
+// on a goroutine of its own, every byte in order.
+func TestInlineWake(t *testing.T) {
+	client, relayIn := tcpPair(t)
+	relayOut, server := tcpPair(t)
+	res := make(chan Result, 1)
+	s0 := ReadStats()
+	New(relayIn, relayOut, Options{Idle: time.Minute}, func(r Result) { res <- r }).Run()
+	waitParked := func(want int64) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if ReadStats().Parked >= want {
+				return
+			}
+		}
+		t.Fatalf("%d directions parked, want %d", ReadStats().Parked, want)
+	}
+	var up, down int64
+	for i := range 20 {
+		// Messages: each wakes a parked direction, which moves it and parks.
+		waitParked(s0.Parked + 2)
+		m1, m2 := payload(uint64(i), 100+i*50), payload(uint64(i+50), 1000+i*300)
+		exchange(t, client, server, m1, m2)
+		up, down = up+int64(len(m1)), down+int64(len(m2))
+	}
+	if s := ReadStats(); s.Handoffs != s0.Handoffs {
+		t.Errorf("messages: %d handoffs to goroutines, want none", s.Handoffs-s0.Handoffs)
+	}
+	// A burst into a client that reads nothing for a while: the inline
+	// direction finds the client's socket full and hands off.
+	waitParked(s0.Parked + 2)
+	burst := payload(99, 16<<20+3)
+	werr := make(chan error, 1)
+	go func() { _, err := server.Write(burst); werr <- err }()
+	time.Sleep(200 * time.Millisecond)
+	got := make([]byte, len(burst))
+	client.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.ReadFull(client, got); err != nil || !bytes.Equal(got, burst) {
+		t.Fatalf("burst: read %d bytes (%v), want %d, equal %v", len(got), err, len(burst), bytes.Equal(got, burst))
+	}
+	if err := <-werr; err != nil {
+		t.Fatal(err)
+	}
+	down += int64(len(burst))
+	if s := ReadStats(); s.Handoffs == s0.Handoffs {
+		t.Error("a 16 MB burst was never handed to a goroutine")
+	}
+	client.CloseWrite()
+	server.CloseWrite()
+	for _, c := range []*net.TCPConn{client, server} {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+			t.Fatalf("after the FIN read %d bytes, %v", len(rest), err)
+		}
+	}
+	select {
+	case r := <-res:
+		if r.Reason != ReasonClosed || r.Up != up || r.Down != down {
+			t.Errorf("result %+v, want %d up, %d down, closed", r, up, down)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the flow did not end")
+	}
+}

@@ -353,7 +353,7 @@ func (d *dir) kernelStep() (step, error) {
 	ds.waitN = 0
 	smTakeovers.Add(1)
 	d.countKernel(st.Redirected)
-	d.kernel, d.copy, d.usedKernel = false, true, true
+	d.kernel, d.copy, d.usedKernel, d.pn = false, true, true, 0
 	d.held = st.State == smHeld
 	return stepAgain, nil
 }

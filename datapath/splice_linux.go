@@ -13,7 +13,16 @@ import (
 // maxSplice bounds one splice call; the pipe's capacity bounds it anyway.
 const maxSplice = 1 << 20
 
+// shortSplice: a splice in that moved fewer bytes took all the source had
+// (a request, an answer) rather than stopping at the pipe's 16 slots,
+// unless the bytes came in segments of under 512 bytes each, which costs
+// only an extra wake.
+const shortSplice = 8 << 10
+
 var errNoPipe = errors.New("no pipe")
+
+// errHandoff: an inline direction found its destination full (see runInline).
+var errHandoff = errors.New("destination full: hand off")
 
 // spliceStep moves src → dst through a pipe until src is empty, has sent
 // its FIN or fails. The pipe is taken only when bytes are waiting and given
@@ -32,31 +41,51 @@ func (d *dir) spliceStep() (step, error) {
 	if err != nil {
 		return stepErr, sideErr{read: false, err: err}
 	}
+	short := false // the last splice in took a message, not a pipe's worth
 	for {
-		d.pn, d.err, d.block, d.op = 0, nil, false, opSpliceIn
-		if err := srcRC.Read(d.fn); err != nil {
-			return d.readErr(err)
+		if d.inline && d.budget <= 0 {
+			return stepHandoff, nil
 		}
-		if d.block {
+		if short && d.parksAtOnce() {
+			// The source is most likely empty now: park without the
+			// splice that would say so. Arming the set reports bytes
+			// (or a FIN) that came meanwhile at once.
+			pipes.put(d.p)
+			d.p = nil
 			return stepPark, nil
 		}
-		if d.err == nil && d.pn == 0 {
-			return stepEOF, nil
-		}
-		if d.err != nil {
-			if d.err == errNoPipe {
-				// Out of descriptors: this direction goes on by copying
-				// rather than failing a flow that did nothing wrong.
-				return stepFallback, nil
+		// A direction handed off from its wait loop has bytes in the pipe.
+		if d.pn == 0 {
+			d.err, d.block, d.op = nil, false, opSpliceIn
+			if err := srcRC.Read(d.fn); err != nil {
+				return d.readErr(err)
 			}
-			if d.n == 0 && (d.err == unix.EINVAL || d.err == unix.ENOSYS) {
-				return stepFallback, nil
+			if d.block {
+				return stepPark, nil
 			}
-			return stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("splice", d.err)}
+			if d.err == nil && d.pn == 0 {
+				return stepEOF, nil
+			}
+			if d.err != nil {
+				if d.err == errNoPipe {
+					// Out of descriptors: this direction goes on by copying
+					// rather than failing a flow that did nothing wrong.
+					return stepFallback, nil
+				}
+				if d.n == 0 && (d.err == unix.EINVAL || d.err == unix.ENOSYS) {
+					return stepFallback, nil
+				}
+				return stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("splice", d.err)}
+			}
+			short = d.pn < shortSplice
 		}
 		d.op = opSpliceOut
 		for d.pn > 0 {
 			err := dstRC.Write(d.fn)
+			if d.err == errHandoff {
+				d.err = nil
+				return stepHandoff, nil // the goroutine waits for dst
+			}
 			d.writeWait(false)
 			if err == nil && d.err != nil {
 				err = sideErr{read: false, reset: isReset(d.err), err: os.NewSyscallError("splice", d.err)}
@@ -71,6 +100,7 @@ func (d *dir) spliceStep() (step, error) {
 			}
 			d.pn -= d.m
 			d.n += int64(d.m)
+			d.budget -= d.m
 			if cnt := d.counter(); cnt != nil {
 				cnt.Add(int64(d.m))
 			}
@@ -106,6 +136,10 @@ func (d *dir) spliceOut(fd uintptr) bool {
 	moved, err := unix.Splice(d.p.r, nil, int(fd), nil, int(d.pn), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 	d.m, d.err = int32(moved), err
 	if err == unix.EAGAIN {
+		if d.inline {
+			d.m, d.err = 0, errHandoff
+			return true
+		}
 		d.writeWait(true) // dst is full: the sweep watches src meanwhile
 		return false
 	}

@@ -191,6 +191,22 @@ func (s *Server) endFlow(f *flow, res datapath.Result) {
 		routeName = *r
 	}
 	result := string(res.Reason)
+	level := slog.LevelInfo
+	if *f.proto.Load() == "pooled" {
+		// A peer's pooled connection that no flow used: routine.
+		result, level = "pooled_unused", slog.LevelDebug
+	}
+	if res.Err != nil {
+		var ce *connectError
+		if errors.As(res.Err, &ce) {
+			result = "connect_" + ce.kind
+		}
+	}
+	s.metrics.flows.With(f.listener, routeName, result).Inc()
+	s.finish(f)
+	if !s.log.Enabled(context.Background(), level) {
+		return // the line's attributes would cost a dozen allocations
+	}
 	attrs := []any{"listener", f.listener, "proto", *f.proto.Load(), "client", f.client.String(),
 		"route", routeName, "up", f.up.Load(), "down", f.down.Load(), "duration", time.Duration(time.Now().UnixNano() - f.start).Round(time.Microsecond), "reason", result}
 	if d := f.dst.Load(); d != nil {
@@ -203,18 +219,7 @@ func (s *Server) endFlow(f *flow, res datapath.Result) {
 	}
 	if res.Err != nil {
 		attrs = append(attrs, "err", res.Err.Error())
-		var ce *connectError
-		if errors.As(res.Err, &ce) {
-			result = "connect_" + ce.kind
-		}
 	}
-	level := slog.LevelInfo
-	if *f.proto.Load() == "pooled" {
-		// A peer's pooled connection that no flow used: routine.
-		result, level = "pooled_unused", slog.LevelDebug
-	}
-	s.metrics.flows.With(f.listener, routeName, result).Inc()
-	s.finish(f)
 	s.log.Log(context.Background(), level, "flow", attrs...)
 }
 
@@ -293,17 +298,16 @@ func (s *Server) connect(rt *runtime, st *listenerState, r *route, f *flow, dst 
 // once the chain's messages are sent, with the answers pending; otherwise
 // the connection, ready.
 func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, dst netip.AddrPort, early []byte, wait bool) (*net.TCPConn, *pendingChain, error) {
-	done, ok := s.beginConnect()
-	if !ok {
+	if !s.beginConnect() {
 		return nil, nil, &connectError{kind: "resource", err: errors.New("too many connects in progress")}
 	}
 	// A chain whose answers are pending keeps its slot until they come.
 	var pc *pendingChain
 	defer func() {
 		if pc != nil {
-			pc.release = done
+			pc.release = s.endConnect
 		} else {
-			done()
+			s.endConnect()
 		}
 	}()
 	ctx, cancel := context.WithTimeout(s.flowCtx, rt.tunables.ConnectTimeout)
@@ -353,10 +357,12 @@ func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, d
 func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, early []byte, leg LegConfig, src netip.Addr) (*net.TCPConn, error) {
 	d := net.Dialer{
 		KeepAliveConfig: net.KeepAliveConfig{Enable: leg.Keepalive > 0, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: keepaliveProbes},
-		// Fast Open and MPTCP together need the newest kernels: one or the other.
-		Control: sockopt.Options{FastOpenConnect: len(early) > 0 && leg.fastOpen() && !leg.mptcp, UserTimeout: leg.UserTimeout.D(),
-			Transparent: src.IsValid(), Congestion: leg.Congestion,
-			SendBuffer: int(leg.SendBuffer), ReceiveBuffer: int(leg.ReceiveBuffer), Pacing: leg.Pacing}.Control,
+	}
+	// Fast Open and MPTCP together need the newest kernels: one or the other.
+	if o := (sockopt.Options{FastOpenConnect: len(early) > 0 && leg.fastOpen() && !leg.mptcp, UserTimeout: leg.UserTimeout.D(),
+		Transparent: src.IsValid(), Congestion: leg.Congestion,
+		SendBuffer: int(leg.SendBuffer), ReceiveBuffer: int(leg.ReceiveBuffer), Pacing: leg.Pacing}); o != (sockopt.Options{}) {
+		d.Control = o.Control // none at all saves a closure per dial
 	}
 	if src.IsValid() {
 		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}

@@ -216,6 +216,54 @@ func (s *Server) acceptLoop(l *listener) {
 			continue
 		}
 		backoff = 0
-		go s.serve(l, c)
+		select {
+		case s.work <- accepted{l, c}:
+		default:
+			go s.worker(l, c)
+		}
+	}
+}
+
+// accepted is a connection handed to a worker.
+type accepted struct {
+	l *listener
+	c *net.TCPConn
+}
+
+// Workers: a goroutine that has served a connection waits a little for
+// the next, so that a busy relay does not start a goroutine and grow its
+// stack (serving runs deep, through the dial) for every connection.
+const (
+	workerIdle     = time.Second // how long an idle worker waits
+	maxIdleWorkers = 64          // more idle ones than this end at once
+)
+
+// worker serves c, then what the accept loops hand it, until it has
+// waited workerIdle for nothing.
+func (s *Server) worker(l *listener, c *net.TCPConn) {
+	var t *time.Timer
+	for {
+		s.serve(l, c)
+		if s.idleWorkers.Add(1) > maxIdleWorkers {
+			s.idleWorkers.Add(-1)
+			return
+		}
+		if t == nil {
+			t = time.NewTimer(workerIdle)
+		} else {
+			t.Reset(workerIdle)
+		}
+		select {
+		case a := <-s.work:
+			s.idleWorkers.Add(-1)
+			l, c = a.l, a.c
+		case <-t.C:
+			s.idleWorkers.Add(-1)
+			return
+		case <-s.flowCtx.Done():
+			s.idleWorkers.Add(-1)
+			t.Stop()
+			return
+		}
 	}
 }

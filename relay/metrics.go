@@ -78,6 +78,9 @@ func newMetrics(reg *hm.Registry, s *Server) *metrics {
 	reg.Func("halfway_datapath_wakes_total", "Parked flow directions woken by bytes (or a FIN or reset) on their socket.", hm.CounterType, nil, func(emit func(float64, ...string)) {
 		emit(float64(datapath.ReadStats().Wakes))
 	})
+	reg.Func("halfway_datapath_handoffs_total", "Woken flow directions that went on on a goroutine of their own (a full destination, or a burst) rather than on their epoll set's wait loop.", hm.CounterType, nil, func(emit func(float64, ...string)) {
+		emit(float64(datapath.ReadStats().Handoffs))
+	})
 	reg.Func("halfway_datapath_sockmap_flows_total", "Flows whose bytes the sockmap program moved in the kernel (data_path: sockmap).", hm.CounterType, nil, func(emit func(float64, ...string)) {
 		emit(float64(datapath.ReadStats().SockmapFlows))
 	})
@@ -89,7 +92,10 @@ func newMetrics(reg *hm.Registry, s *Server) *metrics {
 
 // addEnded adds an ended flow's bytes to its listener's totals.
 func (m *metrics) addEnded(listener string, up, down int64) {
-	v, _ := m.ended.LoadOrStore(listener, new([2]atomic.Int64))
+	v, ok := m.ended.Load(listener)
+	if !ok {
+		v, _ = m.ended.LoadOrStore(listener, new([2]atomic.Int64))
+	}
 	t := v.(*[2]atomic.Int64)
 	t[0].Add(up)
 	t[1].Add(down)

@@ -49,17 +49,19 @@ type Server struct {
 	ended      atomic.Uint64 // flows released; the memory loop sees short flows by it
 	// draining is set under drainMu's write lock; admit reads it under
 	// the read lock, so no flow is admitted after Drain starts waiting.
-	drainMu  sync.RWMutex
-	draining atomic.Bool
-	refusing chan struct{}                       // bounds refusals answered in protocol
-	own      atomic.Pointer[map[netip.Addr]bool] // this host's addresses, refreshed
-	routes   policyRoutes                        // TPROXY policy routes shared by listeners
-	retired  map[string]*listener                // removed listeners whose capture outlives them (under mu)
-	parked   map[*net.TCPConn]*listener          // peers' pooled connections awaiting a request, and where (under mu)
-	pools    atomic.Pointer[map[netip.AddrPort]*pool]
-	turbo    turboRoutes
-	early    earlyTable // dials started by clients' SYNs
-	mem      memStats
+	drainMu     sync.RWMutex
+	draining    atomic.Bool
+	refusing    chan struct{} // bounds refusals answered in protocol
+	work        chan accepted // accepted connections for idle workers
+	idleWorkers atomic.Int32
+	own         atomic.Pointer[map[netip.Addr]bool] // this host's addresses, refreshed
+	routes      policyRoutes                        // TPROXY policy routes shared by listeners
+	retired     map[string]*listener                // removed listeners whose capture outlives them (under mu)
+	parked      map[*net.TCPConn]*listener          // peers' pooled connections awaiting a request, and where (under mu)
+	pools       atomic.Pointer[map[netip.AddrPort]*pool]
+	turbo       turboRoutes
+	early       earlyTable // dials started by clients' SYNs
+	mem         memStats
 
 	flowCtx    context.Context // canceled to abort every flow
 	onPath     func(up bool, p datapath.Path)
@@ -129,6 +131,7 @@ func New(cfg *Config, log *slog.Logger, reg *hm.Registry) (*Server, error) {
 		retired:   map[string]*listener{},
 		parked:    map[*net.TCPConn]*listener{},
 		refusing:  make(chan struct{}, 64),
+		work:      make(chan accepted),
 	}
 	s.table.init()
 	rt, err := newRuntime(cfg)
@@ -541,14 +544,16 @@ func clientKey(a netip.Addr) netip.Addr {
 	return a
 }
 
-// beginConnect reserves one of the pending connects.
-func (s *Server) beginConnect() (done func(), ok bool) {
+// beginConnect reserves one of the pending connects; endConnect gives it back.
+func (s *Server) beginConnect() bool {
 	if s.pending.Add(1) > int64(s.state.Load().tunables.MaxPending) {
 		s.pending.Add(-1)
-		return nil, false
+		return false
 	}
-	return func() { s.pending.Add(-1) }, true
+	return true
 }
+
+func (s *Server) endConnect() { s.pending.Add(-1) }
 
 func (s *Server) register(f *flow) { s.table.add(f) }
 

@@ -22,7 +22,7 @@ import (
 
 // startLoopback runs a Server in this process on loopback, until the test
 // ends.
-func startLoopback(t *testing.T, cfgYAML string) *Server {
+func startLoopback(t testing.TB, cfgYAML string) *Server {
 	t.Helper()
 	s, _ := startStoppable(t, cfgYAML)
 	return s
@@ -30,7 +30,7 @@ func startLoopback(t *testing.T, cfgYAML string) *Server {
 
 // startStoppable runs a Server until stop is called or the test ends, and
 // returns once its first listener is open.
-func startStoppable(t *testing.T, cfgYAML string) (s *Server, stop func()) {
+func startStoppable(t testing.TB, cfgYAML string) (s *Server, stop func()) {
 	t.Helper()
 	cfg, err := ParseConfig([]byte(cfgYAML))
 	if err != nil {
