@@ -35,6 +35,9 @@ type parkShard struct {
 	// handoffs: woken directions that went on on a goroutine of their own
 	// (a full destination, or more than inlineBudget to move).
 	handoffs atomic.Int64
+	// ended: the events of the wake the wait loop is running inline say
+	// the source has its FIN (or failed). Only the wait loop uses it.
+	ended bool
 	_        [64]byte // shards' locks on cache lines of their own
 }
 
@@ -104,7 +107,11 @@ func (sh *parkShard) start() {
 // waitLoop wakes parked directions whose sockets have become ready.
 func (sh *parkShard) waitLoop(rc syscall.RawConn) {
 	evs := make([]unix.EpollEvent, 256)
-	ready := make([]*dir, 0, len(evs))
+	type wake struct {
+		d     *dir
+		ended bool
+	}
+	ready := make([]wake, 0, len(evs))
 	var n int
 	poll := func(fd uintptr) bool {
 		for {
@@ -124,15 +131,16 @@ func (sh *parkShard) waitLoop(rc syscall.RawConn) {
 		for _, ev := range evs[:n] {
 			key := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 			if f := sh.flows[key>>1]; f != nil {
-				ready = append(ready, &f.dirs[key&1])
+				ready = append(ready, wake{&f.dirs[key&1], ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0})
 			}
 		}
 		sh.mu.Unlock()
-		for i, d := range ready {
-			ready[i] = nil
-			if d.unpark() {
+		for i, w := range ready {
+			ready[i] = wake{}
+			if w.d.unpark() {
 				sh.wakes.Add(1)
-				d.runInline()
+				sh.ended = w.ended
+				w.d.runInline()
 			}
 		}
 		ready = ready[:0]

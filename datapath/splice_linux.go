@@ -46,10 +46,11 @@ func (d *dir) spliceStep() (step, error) {
 		if d.inline && d.budget <= 0 {
 			return stepHandoff, nil
 		}
-		if short && d.parksAtOnce() {
+		if short && d.parksAtOnce() && !(d.inline && d.f.shard.ended) {
 			// The source is most likely empty now: park without the
 			// splice that would say so. Arming the set reports bytes
-			// (or a FIN) that came meanwhile at once.
+			// (or a FIN) that came meanwhile at once. A wake that said
+			// the FIN is in reads on to it instead.
 			pipes.put(d.p)
 			d.p = nil
 			return stepPark, nil
