@@ -38,7 +38,7 @@ type parkShard struct {
 	// ended: the events of the wake the wait loop is running inline say
 	// the source has its FIN (or failed). Only the wait loop uses it.
 	ended bool
-	_        [64]byte // shards' locks on cache lines of their own
+	_     [64]byte // shards' locks on cache lines of their own
 }
 
 type parkSet struct {
