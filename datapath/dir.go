@@ -169,13 +169,21 @@ func (d *dir) run() {
 			}
 			d.tryKernel()
 			if inline := d.inline; !d.park() {
-				d.inline = inline
+				if d.inline = inline; inline && d.noPark {
+					d.handOff() // it would wait on the wait loop
+					return
+				}
 			} else {
 				return
 			}
 		case stepAgain:
 		case stepFallback:
 			d.copy = true // from where splice stopped: nothing was lost
+			if d.inline {
+				// Copying writes block: not on the wait loop.
+				d.handOff()
+				return
+			}
 		case stepEOF:
 			if f.eofs.Add(1) == 2 {
 				// Both sides have finished: closing dst sends its FIN
@@ -205,7 +213,10 @@ func (d *dir) run() {
 			if !d.held && d.parksAtOnce() {
 				// A reset already pending is reported as the set arms.
 				if inline := d.inline; !d.park() {
-					d.inline = inline
+					if d.inline = inline; inline && d.noPark {
+						d.handOff()
+						return
+					}
 				} else {
 					return
 				}
@@ -220,12 +231,17 @@ func (d *dir) run() {
 			d.finish()
 			return
 		case stepHandoff:
-			d.inline = false
-			f.shard.handoffs.Add(1)
-			go d.run()
+			d.handOff()
 			return
 		}
 	}
+}
+
+// handOff moves an inline direction to a goroutine of its own.
+func (d *dir) handOff() {
+	d.inline = false
+	d.f.shard.handoffs.Add(1)
+	go d.run()
 }
 
 // inlineBudget is how many bytes a direction woken by its shard's wait
@@ -251,6 +267,7 @@ func (d *dir) runInline() {
 
 func (d *dir) finish() {
 	if d.p != nil {
+		d.p.dirty = d.p.dirty || d.pn > 0 // never pool a pipe holding bytes
 		pipes.put(d.p)
 		d.p = nil
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -159,6 +160,10 @@ type pipePool struct{ free chan *pipe }
 
 var pipes = pipePool{free: make(chan *pipe, 256)}
 
+// noPipes makes new pipes fail as if the process were out of descriptors
+// (tests of the copy fallback set it).
+var noPipes atomic.Bool
+
 func (pp *pipePool) get() (*pipe, error) {
 	select {
 	case p := <-pp.free:
@@ -166,6 +171,9 @@ func (pp *pipePool) get() (*pipe, error) {
 	default:
 	}
 	var fds [2]int
+	if noPipes.Load() {
+		return nil, os.NewSyscallError("pipe2", unix.EMFILE)
+	}
 	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
 		return nil, os.NewSyscallError("pipe2", err)
 	}

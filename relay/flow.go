@@ -116,9 +116,19 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 // flowDone releases what an ended flow held; endFlow has taken it out of
 // the table already. A retired listener's capture rules go first: release
 // lets a drain finish, and the process may exit right after it.
+//
+// It may run on the data path's wait loop, which must not block: removing
+// capture rules runs nft and ip, so that goes on a goroutine of its own,
+// with the release after it.
 func (s *Server) flowDone(f *flow) {
-	if err := f.l.flowEnded(); err != nil {
-		s.log.Error("removing capture rules", "listener", f.listener, "err", err)
+	if f.l.flowEnded() {
+		go func() {
+			if err := f.l.uncapture(); err != nil {
+				s.log.Error("removing capture rules", "listener", f.listener, "err", err)
+			}
+			s.release(f.client.Addr())
+		}()
+		return
 	}
 	s.release(f.client.Addr())
 }

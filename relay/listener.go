@@ -180,15 +180,12 @@ func (l *listener) closeNow() error {
 	return nil
 }
 
-// flowStarted and flowEnded count a listener's flows, removing its capture
-// rules after the last flow of a closed listener.
+// flowStarted and flowEnded count a listener's flows; flowEnded reports
+// the last flow of a closed listener, whose capture rules go then.
 func (l *listener) flowStarted() { l.flows.Add(1) }
 
-func (l *listener) flowEnded() error {
-	if l.flows.Add(-1) == 0 && l.retired.Load() && l.uncapture != nil {
-		return l.uncapture()
-	}
-	return nil
+func (l *listener) flowEnded() bool {
+	return l.flows.Add(-1) == 0 && l.retired.Load() && l.uncapture != nil
 }
 
 // acceptWarnEvery spaces the warnings of a listener whose accepts fail:
