@@ -134,8 +134,9 @@ type ending struct {
 
 // New takes over client and server as a flow that runs once Run is
 // called. When both directions have finished, or one leg fails, it
-// closes both connections and calls done, if set (on the goroutine of
-// the direction that finished last).
+// closes both connections and calls done, if set, on the goroutine of the
+// direction that finished last, which may be a shard's wait loop: done must
+// not block.
 func New(client, server *net.TCPConn, opt Options, done func(Result)) *Flow {
 	f := &Flow{client: client, server: server, opt: opt, onDone: done}
 	f.touch()
