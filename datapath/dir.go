@@ -168,12 +168,7 @@ func (d *dir) run() {
 				d.resumeKernel()
 			}
 			d.tryKernel()
-			if inline := d.inline; !d.park() {
-				if d.inline = inline; inline && d.noPark {
-					d.handOff() // it would wait on the wait loop
-					return
-				}
-			} else {
+			if d.parkOrHandOff() {
 				return
 			}
 		case stepAgain:
@@ -210,16 +205,9 @@ func (d *dir) run() {
 			// src may still reset while the other direction flows; that
 			// must reach the other leg now, not at the idle timeout.
 			d.watching = true
-			if !d.held && d.parksAtOnce() {
-				// A reset already pending is reported as the set arms.
-				if inline := d.inline; !d.park() {
-					if d.inline = inline; inline && d.noPark {
-						d.handOff()
-						return
-					}
-				} else {
-					return
-				}
+			// A reset already pending is reported as the set arms.
+			if !d.held && d.parksAtOnce() && d.parkOrHandOff() {
+				return
 			}
 		case stepErr:
 			if !f.aborted() && f.eofs.Load() < 2 {
@@ -235,6 +223,22 @@ func (d *dir) run() {
 			return
 		}
 	}
+}
+
+// parkOrHandOff parks d, or, if the epoll set refused an inline
+// direction's socket, hands it to a goroutine: waiting for the socket
+// would hold up the wait loop. It reports false if the caller still owns
+// d and must go on.
+func (d *dir) parkOrHandOff() bool {
+	inline := d.inline
+	if d.park() {
+		return true
+	}
+	if d.inline = inline; inline && d.noPark {
+		d.handOff()
+		return true
+	}
+	return false
 }
 
 // handOff moves an inline direction to a goroutine of its own.
@@ -257,8 +261,7 @@ const inlineBudget = 256 << 10
 // sockmap, ParkAfter) get a goroutine at once.
 func (d *dir) runInline() {
 	if d.copy || d.kernel || d.usedKernel || d.held || d.f.opt.Sockmap || !d.started || !d.parksAtOnce() {
-		d.f.shard.handoffs.Add(1)
-		go d.run()
+		d.handOff()
 		return
 	}
 	d.inline, d.budget = true, inlineBudget
@@ -320,7 +323,7 @@ func (d *dir) readErr(err error) (step, error) {
 
 // park puts src in the flow's epoll set and gives the goroutine back. It
 // reports false if the caller still owns the direction and must go on
-// (inline no longer set: the caller restores it).
+// (inline no longer set: see parkOrHandOff).
 func (d *dir) park() bool {
 	f := d.f
 	op := unix.EPOLL_CTL_ADD

@@ -76,6 +76,20 @@ func TestParkedFlows(t *testing.T) {
 	}
 }
 
+// finishBoth half-closes both apps' ends and checks that nothing but the
+// FIN follows on either.
+func finishBoth(t *testing.T, client, server *net.TCPConn) {
+	t.Helper()
+	client.CloseWrite()
+	server.CloseWrite()
+	for _, c := range []*net.TCPConn{client, server} {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+			t.Fatalf("after the FIN read %d bytes, %v", len(rest), err)
+		}
+	}
+}
+
 // exchange sends up from the client and down from the server at once and
 // checks each arrives whole.
 func exchange(t *testing.T, client, server *net.TCPConn, up, down []byte) {
@@ -153,14 +167,7 @@ func TestInlineWake(t *testing.T) {
 	if ReadStats().Handoffs == h0 {
 		t.Error("a burst into a full client was never handed to a goroutine")
 	}
-	client.CloseWrite()
-	server.CloseWrite()
-	for _, c := range []*net.TCPConn{client, server} {
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
-			t.Fatalf("after the FIN read %d bytes, %v", len(rest), err)
-		}
-	}
+	finishBoth(t, client, server)
 	select {
 	case r := <-res:
 		if r.Reason != ReasonClosed || r.Up != up || r.Down != down {

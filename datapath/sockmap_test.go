@@ -308,14 +308,7 @@ func TestSockmapDownPrefix(t *testing.T) {
 		t.Fatal("the flow never entered the sockmap")
 	}
 	exchange(t, client, server, []byte("after"), []byte("entering"))
-	client.CloseWrite()
-	server.CloseWrite()
-	for _, c := range []*net.TCPConn{client, server} {
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
-			t.Fatalf("after the FIN read %d bytes, %v", len(rest), err)
-		}
-	}
+	finishBoth(t, client, server)
 	if r := <-res; r.Reason != ReasonClosed {
 		t.Errorf("%+v", r)
 	}
