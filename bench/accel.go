@@ -21,6 +21,7 @@ import (
 
 	"halfway/model"
 	"halfway/netlab"
+	"halfway/netlab/linkem"
 )
 
 // AccelOptions choose what `halfway bench accel` runs.
@@ -60,6 +61,36 @@ type AccelReport struct {
 	Skipped []string    `json:"skipped,omitempty"`
 	Notes   []string    `json:"notes"`
 	Plots   []AccelPlot `json:"plots"`
+	// Labs says how punctual each lab's link emulator was.
+	Labs []LabTiming `json:"labs,omitempty"`
+}
+
+// LabTiming counts, over a lab's life, the packets its emulated links
+// wrote late: the machine could not keep up with the emulation.
+type LabTiming struct {
+	Lab       string  `json:"lab"`
+	Packets   uint64  `json:"packets"`
+	Late1ms   uint64  `json:"late_1ms"`
+	Late4ms   uint64  `json:"late_4ms"`
+	MaxLateMS float64 `json:"max_late_ms"`
+}
+
+// labTiming sums the lateness counters of every link of lab.
+func labTiming(lab *netlab.Lab) (LabTiming, error) {
+	st, err := lab.LinkStats()
+	if err != nil {
+		return LabTiming{}, err
+	}
+	t := LabTiming{Lab: lab.Topo.Name}
+	for _, l := range st {
+		for _, d := range []linkem.DirStats{l.AB, l.BA} {
+			t.Packets += d.TxPackets
+			t.Late1ms += d.Late1ms
+			t.Late4ms += d.Late4ms
+			t.MaxLateMS = max(t.MaxLateMS, float64(d.MaxLateNS)/1e6)
+		}
+	}
+	return t, nil
 }
 
 // AccelPlot is one SVG figure of the report.
@@ -194,7 +225,12 @@ func (b *accelBench) labWithServer(ctx context.Context, yaml string, ports ...in
 	if lab, err = netlab.Up(ctx, t, netlab.Options{Detach: true, Exe: b.o.Exe, Realtime: true}); err != nil {
 		return nil, "", nil, err
 	}
-	undo := []func(){func() { netlab.Down(t.Name) }}
+	undo := []func(){func() {
+		if lt, err := labTiming(lab); err == nil {
+			b.r.Labs = append(b.r.Labs, lt)
+		}
+		netlab.Down(t.Name)
+	}}
 	cleanup = func() {
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i]()

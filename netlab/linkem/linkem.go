@@ -165,3 +165,22 @@ func (s *Shaper) Admit(now int64, size int) (due int64, v Verdict) {
 	s.lastDue = max(s.lastDue, due)
 	return due, Pass
 }
+
+// rtPriority is the SCHED_FIFO priority of a writer for a link of rate
+// bit/s: 10 for an unlimited one, one more per halving of the rate below
+// 10 Gbit/s, at most 40. Writers of equal priority never preempt each
+// other, and a fast link's writer that falls behind a burst (a 1 Gbit/s
+// burst costs more CPU than a 2-core machine has) does not sleep until it
+// has caught up. A slower link costs less CPU per second, so letting it
+// preempt the faster ones keeps it on time at little cost to them, as in
+// rate-monotonic scheduling.
+func rtPriority(rate uint64) uint32 {
+	if rate == 0 {
+		return 10
+	}
+	p := uint32(10)
+	for r := uint64(10e9); r > rate && p < 40; r /= 2 {
+		p++
+	}
+	return p
+}

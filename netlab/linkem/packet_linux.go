@@ -29,6 +29,10 @@ type packetSock struct {
 	oob    []byte
 	n      int
 	rerrno syscall.Errno // the reader's
+	// wake is the wire's eventfd, readable once it closes; the reader
+	// waits in ppoll on it and the socket (see readFn).
+	wake   int32
+	pfds   [2]unix.PollFd
 	werrno syscall.Errno // the writer's: another goroutine
 	wbuf   []byte
 	readFn func(fd uintptr) bool
@@ -83,10 +87,29 @@ func openPacketSock(ifname string) (*packetSock, error) {
 	s := &packetSock{name: ifname, f: f, rc: rc, oob: make([]byte, unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{}))))}
 	s.msg.Iov = &s.iov
 	s.msg.Iovlen = 1
+	// The reader waits for frames in ppoll on its own thread, not in the
+	// runtime's poller: woken there, it would run only once a thread of
+	// the runtime's (an ordinary one) got to it, and on a machine busy with
+	// its realtime writers that took tens of milliseconds. It runs inside
+	// rc.Read, so Close waits for it to see wake rather than closing the
+	// descriptor under it.
 	s.readFn = func(fd uintptr) bool {
-		r, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&s.msg)), unix.MSG_TRUNC)
-		s.n, s.rerrno = int(r), e
-		return e != unix.EAGAIN
+		for {
+			r, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&s.msg)), unix.MSG_TRUNC)
+			if e != unix.EAGAIN {
+				s.n, s.rerrno = int(r), e
+				return true
+			}
+			s.pfds = [2]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: s.wake, Events: unix.POLLIN}}
+			if _, err := unix.Ppoll(s.pfds[:], nil, nil); err != nil && err != unix.EINTR {
+				s.n, s.rerrno = 0, err.(syscall.Errno)
+				return true
+			}
+			if s.pfds[1].Revents != 0 {
+				s.n, s.rerrno = 0, unix.ESHUTDOWN // closing: the reader returns
+				return true
+			}
+		}
 	}
 	s.sendFn = func(fd uintptr) bool {
 		_, _, e := unix.Syscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&s.wbuf[0])), uintptr(len(s.wbuf)))

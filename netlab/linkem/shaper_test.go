@@ -230,3 +230,16 @@ func TestSleeperLateness(t *testing.T) {
 		t.Fatal("a closing wire's sleeper slept on")
 	}
 }
+
+func TestRTPriority(t *testing.T) {
+	for _, tc := range []struct {
+		rate uint64
+		want uint32
+	}{
+		{0, 10}, {10e9, 10}, {20e9, 10}, {5e9, 11}, {1e9, 14}, {200e6, 16}, {100e6, 17}, {8e6, 21}, {1, 40},
+	} {
+		if got := rtPriority(tc.rate); got != tc.want {
+			t.Errorf("rtPriority(%d) = %d, want %d", tc.rate, got, tc.want)
+		}
+	}
+}

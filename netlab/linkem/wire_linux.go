@@ -15,7 +15,9 @@ import (
 // Options tune how a wire runs, not what it emulates.
 type Options struct {
 	// Realtime runs each direction's writer thread under SCHED_FIFO, which
-	// keeps wake-up lateness low on a busy machine.
+	// keeps wake-up lateness low on a busy machine; a slower link's writer
+	// gets the higher priority (see rtPriority). The readers run SCHED_FIFO
+	// at priority 1, below every writer and above the lab's hosts.
 	Realtime bool
 }
 
@@ -38,12 +40,36 @@ type DirStats struct {
 	Truncated     uint64 `json:"truncated"`      // frames larger than the read buffer
 	SegmentErrors uint64 `json:"segment_errors"` // GSO frames forwarded whole because they could not be cut
 	SendErrors    uint64 `json:"send_errors"`
+	// Late1ms and Late4ms count packets written 1 ms and 4 ms or more after
+	// they were due: the emulator fell behind (a busy machine). 4 ms is
+	// the smallest RTT rise that makes cubic's HyStart leave slow start.
+	Late1ms uint64 `json:"late_1ms"`
+	Late4ms uint64 `json:"late_4ms"`
+	// MaxLateNS is the largest lateness seen, in nanoseconds.
+	MaxLateNS uint64 `json:"max_late_ns"`
 }
 
 type dirCounters struct {
 	rxFrames, rxBytes, packets, txPackets, txIPBytes     atomic.Uint64
 	dropLoss, dropQueue, dropOverflow, truncated, segErr atomic.Uint64
-	sendErr                                              atomic.Uint64
+	sendErr, late1ms, late4ms, maxLate                   atomic.Uint64
+}
+
+// lateness counts a packet written late ns after it was due.
+func (c *dirCounters) lateness(late int64) {
+	if late < int64(time.Millisecond) {
+		return
+	}
+	c.late1ms.Add(1)
+	if late >= int64(4*time.Millisecond) {
+		c.late4ms.Add(1)
+	}
+	for {
+		m := c.maxLate.Load()
+		if uint64(late) <= m || c.maxLate.CompareAndSwap(m, uint64(late)) {
+			return
+		}
+	}
 }
 
 func (c *dirCounters) snapshot() DirStats {
@@ -52,6 +78,7 @@ func (c *dirCounters) snapshot() DirStats {
 		TxPackets: c.txPackets.Load(), TxIPBytes: c.txIPBytes.Load(),
 		DropLoss: c.dropLoss.Load(), DropQueue: c.dropQueue.Load(), DropOverflow: c.dropOverflow.Load(),
 		Truncated: c.truncated.Load(), SegmentErrors: c.segErr.Load(), SendErrors: c.sendErr.Load(),
+		Late1ms: c.late1ms.Load(), Late4ms: c.late4ms.Load(), MaxLateNS: c.maxLate.Load(),
 	}
 }
 
@@ -94,6 +121,7 @@ func Open(ifA, ifB string, ab, ba Params, opt Options) (*Wire, error) {
 		b.close()
 		return nil, fmt.Errorf("wire %s-%s: eventfd: %w", ifA, ifB, err)
 	}
+	a.wake, b.wake = int32(wake), int32(wake)
 	w := &Wire{a: a, b: b, opt: opt, stop: make(chan struct{}), wake: wake}
 	w.ab = newDirection(ifA+">"+ifB, a, b, ab, w.stop, wake)
 	w.ba = newDirection(ifB+">"+ifA, b, a, ba, w.stop, wake)
@@ -116,7 +144,7 @@ func (w *Wire) Run(ctx context.Context) error {
 	defer unix.Close(w.wake)
 	for _, d := range []*direction{w.ab, w.ba} {
 		wg.Add(2)
-		go func() { defer wg.Done(); errc <- d.readLoop() }()
+		go func() { defer wg.Done(); errc <- d.readLoop(w.opt) }()
 		go func() { defer wg.Done(); errc <- d.writeLoop(w.opt) }()
 	}
 	var err error
@@ -170,7 +198,13 @@ func newDirection(name string, in, out *packetSock, p Params, stop <-chan struct
 	return &direction{name: name, in: in, out: out, p: p, sh: NewShaper(p), q: make(chan *pkt, queueCap), stop: stop, wake: wake}
 }
 
-func (d *direction) readLoop() error {
+func (d *direction) readLoop(opt Options) error {
+	// The reader sleeps in ppoll (see packetSock.readFn) on a thread of
+	// its own, realtime below every writer: packets carry the kernel's
+	// arrival time, so a reader has the link's delay to hand a packet on,
+	// where a writer must be on time; yet one that waits behind the lab's
+	// hosts (an ordinary thread) hands the writer packets already late.
+	lockThread(opt, 1)
 	scratch := make([]byte, maxFrame)
 	alloc := func(n int) []byte { d.cur = getPkt(n); return d.cur.b[:n] }
 	emit := func(seg []byte) { d.cur.n = len(seg); d.admit(d.cur, d.arrival); d.cur = nil }
@@ -248,13 +282,7 @@ func (d *direction) admit(p *pkt, now int64) {
 // can sleep in ppoll with 1 ns timer slack, whose wake-up is tens of
 // microseconds late where the Go timer is about a millisecond late.
 func (d *direction) writeLoop(opt Options) error {
-	runtime.LockOSThread()
-	// The thread's timer slack and scheduling policy were changed, so it is
-	// never unlocked: the runtime discards it when this goroutine returns.
-	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
-	if opt.Realtime {
-		_ = unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 10}, 0)
-	}
+	lockThread(opt, rtPriority(d.p.Rate))
 	sl := sleeper{wake: d.wake}
 	if d.p.Reorder && d.p.Jitter > 0 {
 		return d.writeReordering(&sl)
@@ -273,6 +301,18 @@ func (d *direction) writeLoop(opt Options) error {
 		if err := d.deliver(p); err != nil {
 			return err
 		}
+	}
+}
+
+// lockThread locks the calling goroutine to its thread, with 1 ns timer
+// slack and, if opt says so, SCHED_FIFO at priority prio. The thread
+// was changed, so it is never unlocked: the runtime discards it when the
+// goroutine returns.
+func lockThread(opt Options, prio uint32) {
+	runtime.LockOSThread()
+	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
+	if opt.Realtime {
+		_ = unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: prio}, 0)
 	}
 }
 
@@ -313,6 +353,7 @@ func (d *direction) writeReordering(sl *sleeper) error {
 }
 
 func (d *direction) deliver(p *pkt) error {
+	d.c.lateness(monoNow() - p.due)
 	err := d.out.send(p.b[:p.n])
 	ipBytes := p.n - VnetHdrLen - ethHdrLen
 	putPkt(p)
