@@ -69,6 +69,7 @@ type AccelReport struct {
 // wrote late: the machine could not keep up with the emulation.
 type LabTiming struct {
 	Lab       string  `json:"lab"`
+	CC        string  `json:"cc,omitempty"` // the lab's congestion control
 	Packets   uint64  `json:"packets"`
 	Late1ms   uint64  `json:"late_1ms"`
 	Late4ms   uint64  `json:"late_4ms"`
@@ -81,7 +82,7 @@ func labTiming(lab *netlab.Lab) (LabTiming, error) {
 	if err != nil {
 		return LabTiming{}, err
 	}
-	t := LabTiming{Lab: lab.Topo.Name}
+	t := LabTiming{Lab: lab.Topo.Name, CC: lab.Topo.Congctl}
 	for _, l := range st {
 		for _, d := range []linkem.DirStats{l.AB, l.BA} {
 			t.Packets += d.TxPackets

@@ -37,7 +37,11 @@ func (r *AccelReport) Markdown() string {
 	if len(r.Labs) > 0 {
 		b.WriteString("\n## Link emulation\n\nPackets the user-space link emulator wrote after they were due, over each lab's life (all links, both directions): the machine running the lab fell behind. 4 ms is the RTT rise that makes cubic's HyStart leave slow start on a short path.\n\n| lab | packets | ≥ 1 ms late | ≥ 4 ms late | max late ms |\n|---|---:|---:|---:|---:|\n")
 		for _, l := range r.Labs {
-			fmt.Fprintf(&b, "| %s | %d | %d | %d | %.1f |\n", l.Lab, l.Packets, l.Late1ms, l.Late4ms, l.MaxLateMS)
+			name := l.Lab
+			if l.CC != "" {
+				name += " (" + l.CC + ")"
+			}
+			fmt.Fprintf(&b, "| %s | %d | %d | %d | %.1f |\n", name, l.Packets, l.Late1ms, l.Late4ms, l.MaxLateMS)
 		}
 	}
 	return b.String()
