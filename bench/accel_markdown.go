@@ -34,16 +34,7 @@ func (r *AccelReport) Markdown() string {
 	for _, n := range r.Notes {
 		fmt.Fprintf(&b, "- %s\n", n)
 	}
-	if len(r.Labs) > 0 {
-		b.WriteString("\n## Link emulation\n\nPackets the user-space link emulator wrote after they were due, over each lab's life (all links, both directions): the machine running the lab fell behind. 4 ms is the RTT rise that makes cubic's HyStart leave slow start on a short path.\n\n| lab | packets | ≥ 1 ms late | ≥ 4 ms late | max late ms |\n|---|---:|---:|---:|---:|\n")
-		for _, l := range r.Labs {
-			name := l.Lab
-			if l.CC != "" {
-				name += " (" + l.CC + ")"
-			}
-			fmt.Fprintf(&b, "| %s | %d | %d | %d | %.1f |\n", name, l.Packets, l.Late1ms, l.Late4ms, l.MaxLateMS)
-		}
-	}
+	labTimingMarkdown(&b, r.Labs)
 	return b.String()
 }
 
@@ -225,4 +216,19 @@ func cell(measured, model float64) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.1f (%.1f)", measured, model)
+}
+
+// labTimingMarkdown renders the lateness of the labs' link emulators.
+func labTimingMarkdown(b *strings.Builder, labs []LabTiming) {
+	if len(labs) == 0 {
+		return
+	}
+	b.WriteString("\n## Link emulation\n\nPackets the user-space link emulator wrote after they were due, over each lab's life (all links, both directions): the machine running the lab fell behind. 4 ms is the RTT rise that makes cubic's HyStart leave slow start on a short path.\n\n| lab | packets | ≥ 1 ms late | ≥ 4 ms late | max late ms |\n|---|---:|---:|---:|---:|\n")
+	for _, l := range labs {
+		name := l.Lab
+		if l.CC != "" {
+			name += " (" + l.CC + ")"
+		}
+		fmt.Fprintf(b, "| %s | %d | %d | %d | %.1f |\n", name, l.Packets, l.Late1ms, l.Late4ms, l.MaxLateMS)
+	}
 }

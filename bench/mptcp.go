@@ -30,6 +30,10 @@ type MPTCPOptions struct {
 	Warm    time.Duration
 	Window  time.Duration
 	Buffers []int // per-socket buffer limits for the sweep, bytes
+	// BufferModes are the sweeps to run: sockopt (fixed buffers), sysctl
+	// (MiMBox's tcp_rmem/tcp_wmem limits), bbr (fixed buffers, bbr on the
+	// client leg; not by default: it needed as much, 300 KB).
+	BufferModes []string
 	// Interactive is how long the 100 kbit/s flow runs per configuration.
 	Interactive time.Duration
 	Log         io.Writer
@@ -43,6 +47,7 @@ func DefaultMPTCPOptions() MPTCPOptions {
 		Warm:        3 * time.Second,
 		Window:      10 * time.Second,
 		Buffers:     []int{50_000, 100_000, 150_000, 200_000, 300_000, 500_000, 1_000_000},
+		BufferModes: []string{"sockopt", "sysctl"},
 		Interactive: 30 * time.Second,
 	}
 }
@@ -58,13 +63,18 @@ type MPTCPReport struct {
 	FullBuffer int          `json:"full_goodput_buffer_bytes,omitempty"`
 	// The same sweep the way MiMBox limited memory: the relay host's
 	// tcp_rmem and tcp_wmem maximums, with the kernel's autotuning on.
-	BuffersSysctl    []BufferRow      `json:"buffers_sysctl,omitempty"`
-	FullBufferSysctl int              `json:"full_goodput_buffer_sysctl_bytes,omitempty"`
-	Interactive      []InteractiveRow `json:"interactive,omitempty"`
-	PathLoss         *PathLossRow     `json:"path_loss,omitempty"`
-	Loopback         []GoodputRow     `json:"loopback,omitempty"`
-	Notes            []string         `json:"notes"`
-	Plots            []AccelPlot      `json:"plots"`
+	BuffersSysctl    []BufferRow `json:"buffers_sysctl,omitempty"`
+	FullBufferSysctl int         `json:"full_goodput_buffer_sysctl_bytes,omitempty"`
+	// Fixed buffers again, with bbr on the client leg: it keeps the
+	// access links' queues short, so less data waits in flight.
+	BuffersBBR    []BufferRow      `json:"buffers_bbr,omitempty"`
+	FullBufferBBR int              `json:"full_goodput_buffer_bbr_bytes,omitempty"`
+	Interactive   []InteractiveRow `json:"interactive,omitempty"`
+	PathLoss      *PathLossRow     `json:"path_loss,omitempty"`
+	Loopback      []GoodputRow     `json:"loopback,omitempty"`
+	Notes         []string         `json:"notes"`
+	Plots         []AccelPlot      `json:"plots"`
+	Labs          []LabTiming      `json:"labs,omitempty"`
 }
 
 // GoodputRow is one configuration's download goodput, Mbit/s.
@@ -167,6 +177,11 @@ func RunMPTCP(ctx context.Context, o MPTCPOptions) (*MPTCPReport, error) {
 			return nil, fmt.Errorf("unknown part %q (want goodput, buffers, interactive, pathloss, loopback)", p)
 		}
 	}
+	for _, m := range o.BufferModes {
+		if m != "sockopt" && m != "sysctl" && m != "bbr" {
+			return nil, fmt.Errorf("unknown buffer sweep %q (want sockopt, sysctl, bbr)", m)
+		}
+	}
 	if want["goodput"] || want["buffers"] || want["pathloss"] || want["loopback"] {
 		if err := b.withLab(ctx, "mimbox", "0%", func(l *mimboxLab) error {
 			if want["goodput"] {
@@ -202,7 +217,7 @@ func RunMPTCP(ctx context.Context, o MPTCPOptions) (*MPTCPReport, error) {
 		"Lab: MiMBox §4.4. Client–relay: ADSL 8 Mbit/s down, 512 kbit/s up, 20 ms RTT; 3G 2 Mbit/s down, 256 kbit/s up, 80 ms RTT; downstream queues 50 ms of the rate, upstream 32 KB. Relay–server: 100 Mbit/s, 10 ms RTT. The server speaks TCP (port 9000) and, for the end-to-end MPTCP reference, MPTCP (9001).",
 		"halfway: the client dials the relay's SOCKS5 listener (mptcp: true) over MPTCP or TCP; the relay opens a TCP leg to the server. End to end: the relay host only routes.",
 		fmt.Sprintf("Goodput: bytes the client application received in a %s window after %s of warm-up, median of %d interleaved repeats.", b.o.Window, b.o.Warm, b.o.Repeats),
-		"Buffer sweeps, the client keeping its autotuning: (1) the relay's legs.client and legs.server send_buffer and receive_buffer set to the value (SO_SNDBUFFORCE/SO_RCVBUFFORCE, which fix the buffer and turn autotuning off; the kernel doubles the value for its bookkeeping); (2) as MiMBox did, the relay host's tcp_rmem and tcp_wmem maximums set to the value (4096, min(128 KiB or 16 KiB, value), value) with autotuning on, for its MPTCP and TCP sockets alike.",
+		"Buffer sweeps, the client keeping its autotuning: (1) the relay's legs.client and legs.server send_buffer and receive_buffer set to the value (SO_SNDBUFFORCE/SO_RCVBUFFORCE, which fix the buffer and turn autotuning off; the kernel doubles the value for its bookkeeping); (2) as MiMBox did, the relay host's tcp_rmem and tcp_wmem maximums set to the value (4096, min(128 KiB or 16 KiB, value), value) with autotuning on, for its MPTCP and TCP sockets alike; (3) with --buffer-modes bbr, (1) with legs.client.congestion: bbr.",
 		"Interactive: the server sends 125-byte messages every 10 ms (100 kbit/s), each stamped with its send time; delay is receive time minus send time at the client application (the hosts share one clock), 1% loss on both client links, both directions.",
 	}
 	return r, nil
@@ -226,7 +241,12 @@ func (b *mptcpBench) withLab(ctx context.Context, name, loss string, f func(*mim
 	if err != nil {
 		return err
 	}
-	defer netlab.Down(t.Name)
+	defer func() {
+		if lt, err := labTiming(lab); err == nil {
+			b.r.Labs = append(b.r.Labs, lt)
+		}
+		netlab.Down(t.Name)
+	}()
 	l := &mimboxLab{lab: lab, client: lab.Host("client"), rc: lab.Host("rc"), server: lab.Host("server")}
 	if l.dir, err = os.MkdirTemp("", "halfway-mptcp"); err != nil {
 		return err
@@ -242,7 +262,7 @@ func (b *mptcpBench) withLab(ctx context.Context, name, loss string, f func(*mim
 			l.relay.stop()
 		}
 	}()
-	if err := b.relayWith(ctx, l, 0); err != nil {
+	if err := b.relayWith(ctx, l, 0, ""); err != nil {
 		return err
 	}
 	return f(l)
@@ -250,14 +270,31 @@ func (b *mptcpBench) withLab(ctx context.Context, name, loss string, f func(*mim
 
 // relayWith (re)starts the relay on rc with every socket buffer fixed to
 // buf bytes (0: kernel autotuning).
-func (b *mptcpBench) relayWith(ctx context.Context, l *mimboxLab, buf int) error {
+// relayWith (re)starts the relay with buf bytes of fixed buffers on both
+// legs (0: the kernel's) and the client leg's congestion control cc ("":
+// the host's).
+func (b *mptcpBench) relayWith(ctx context.Context, l *mimboxLab, buf int, cc string) error {
 	if l.relay != nil {
 		l.relay.stop()
 		l.relay = nil
 	}
-	legs := ""
+	var client, server []string
 	if buf > 0 {
-		legs = fmt.Sprintf("legs:\n  client: {send_buffer: %d, receive_buffer: %d}\n  server: {send_buffer: %d, receive_buffer: %d}\n", buf, buf, buf, buf)
+		fixed := fmt.Sprintf("send_buffer: %d, receive_buffer: %d", buf, buf)
+		client, server = append(client, fixed), append(server, fixed)
+	}
+	if cc != "" {
+		client = append(client, "congestion: "+cc)
+	}
+	legs := ""
+	if len(client)+len(server) > 0 {
+		legs = "legs:\n"
+		if len(client) > 0 {
+			legs += "  client: {" + strings.Join(client, ", ") + "}\n"
+		}
+		if len(server) > 0 {
+			legs += "  server: {" + strings.Join(server, ", ") + "}\n"
+		}
 	}
 	srvNet := l.server.Ifaces()[0].Addr4.Masked()
 	cfg := fmt.Sprintf(`admin: {listen: "127.0.0.1:9190"}
@@ -502,21 +539,29 @@ func (b *mptcpBench) goodput(ctx context.Context, l *mimboxLab) error {
 }
 
 func (b *mptcpBench) buffers(ctx context.Context, l *mimboxLab) error {
-	var err error
-	if b.r.Buffers, b.r.FullBuffer, err = b.sweep(ctx, l, "sockopt"); err != nil {
-		return err
+	for _, mode := range b.o.BufferModes {
+		rows, full, err := b.sweep(ctx, l, mode)
+		if err != nil {
+			return err
+		}
+		switch mode {
+		case "sockopt":
+			b.r.Buffers, b.r.FullBuffer = rows, full
+		case "sysctl":
+			b.r.BuffersSysctl, b.r.FullBufferSysctl = rows, full
+		case "bbr":
+			b.r.BuffersBBR, b.r.FullBufferBBR = rows, full
+		}
 	}
-	if b.r.BuffersSysctl, b.r.FullBufferSysctl, err = b.sweep(ctx, l, "sysctl"); err != nil {
-		return err
-	}
-	return b.relayWith(ctx, l, 0)
+	return b.relayWith(ctx, l, 0, "")
 }
 
 // sweep measures the converted download with the relay's buffers limited
 // to each of o.Buffers: by its own socket options (mode "sockopt": legs'
-// send_buffer and receive_buffer), or as MiMBox did (mode "sysctl": the
-// relay host's tcp_rmem and tcp_wmem maximums, autotuning on). It returns
-// the rows and the smallest buffer with full goodput.
+// send_buffer and receive_buffer; mode "bbr": the same with bbr on the
+// client leg), or as MiMBox did (mode "sysctl": the relay host's tcp_rmem
+// and tcp_wmem maximums, autotuning on). It returns the rows and the
+// smallest buffer with full goodput.
 func (b *mptcpBench) sweep(ctx context.Context, l *mimboxLab, mode string) ([]BufferRow, int, error) {
 	fc := goodputConfigs[2]
 	rows := make([]BufferRow, len(b.o.Buffers))
@@ -536,7 +581,11 @@ func (b *mptcpBench) sweep(ctx context.Context, l *mimboxLab, mode string) ([]Bu
 					return nil, 0, err
 				}
 			}
-			if err := b.relayWith(ctx, l, relayBuf); err != nil {
+			cc := ""
+			if mode == "bbr" {
+				cc = "bbr"
+			}
+			if err := b.relayWith(ctx, l, relayBuf, cc); err != nil {
 				return nil, 0, err
 			}
 			mbps, _, err := b.download(ctx, l, fc)
@@ -584,7 +633,7 @@ func setTCPMem(ctx context.Context, h *netlab.Host, rmem, wmem string) error {
 }
 
 func (b *mptcpBench) interactive(ctx context.Context, l *mimboxLab) error {
-	if err := b.relayWith(ctx, l, 200_000); err != nil {
+	if err := b.relayWith(ctx, l, 200_000, ""); err != nil {
 		return err
 	}
 	n := int(b.o.Interactive / (10 * time.Millisecond))
@@ -837,9 +886,16 @@ func (r *MPTCPReport) plots() {
 			s.y = append(s.y, row.Median)
 		}
 		plot := []series{s}
-		if len(r.BuffersSysctl) > 0 {
-			m := series{name: "MPTCP through halfway, tcp_rmem/tcp_wmem limits (MiMBox)", color: 2}
-			for _, row := range r.BuffersSysctl {
+		for _, more := range []struct {
+			name  string
+			rows  []BufferRow
+			color int
+		}{{"MPTCP through halfway, tcp_rmem/tcp_wmem limits (MiMBox)", r.BuffersSysctl, 2}, {"MPTCP through halfway, fixed buffers, bbr to the client", r.BuffersBBR, 3}} {
+			if len(more.rows) == 0 {
+				continue
+			}
+			m := series{name: more.name, color: more.color}
+			for _, row := range more.rows {
 				m.x = append(m.x, float64(row.Buffer)/1000)
 				m.y = append(m.y, row.Median)
 			}

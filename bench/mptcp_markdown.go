@@ -20,27 +20,47 @@ func (r *MPTCPReport) Markdown() string {
 				conv, 10*conv, conv/best, metOrMissed(conv >= 9))
 		}
 	}
-	if len(r.Buffers) > 0 {
-		b.WriteString("## Goodput vs per-socket buffer on the relay (MiMBox Fig. 6)\n\n")
-		sysctl := len(r.BuffersSysctl) == len(r.Buffers)
-		if sysctl {
-			b.WriteString("| buffer per socket | tcp_rmem/tcp_wmem maximum, autotuning (MiMBox's way): Mbit/s (each repeat) | fixed with send_buffer/receive_buffer: Mbit/s (each repeat) |\n|---:|---:|---:|\n")
-		} else {
-			b.WriteString("| buffer per socket | fixed with send_buffer/receive_buffer: Mbit/s (each repeat) |\n|---:|---:|\n")
+	type sweep struct {
+		head string
+		rows []BufferRow
+		full int
+	}
+	var sweeps []sweep
+	for _, sw := range []sweep{
+		{"tcp_rmem/tcp_wmem maximum, autotuning (MiMBox's way)", r.BuffersSysctl, r.FullBufferSysctl},
+		{"fixed with send_buffer/receive_buffer", r.Buffers, r.FullBuffer},
+		{"fixed, and bbr on the client leg", r.BuffersBBR, r.FullBufferBBR},
+	} {
+		if len(sw.rows) > 0 {
+			sweeps = append(sweeps, sw)
 		}
-		for i, row := range r.Buffers {
-			if sysctl {
-				sr := r.BuffersSysctl[i]
-				fmt.Fprintf(&b, "| %d KB | %.2f (%s) | %.2f (%s) |\n", row.Buffer/1000, sr.Median, floats(sr.Mbps), row.Median, floats(row.Mbps))
-			} else {
-				fmt.Fprintf(&b, "| %d KB | %.2f (%s) |\n", row.Buffer/1000, row.Median, floats(row.Mbps))
+	}
+	if len(sweeps) > 0 {
+		b.WriteString("## Goodput vs per-socket buffer on the relay (MiMBox Fig. 6)\n\n| buffer per socket |")
+		for _, sw := range sweeps {
+			fmt.Fprintf(&b, " %s: Mbit/s (each repeat) |", sw.head)
+		}
+		b.WriteString("\n|---:|" + strings.Repeat("---:|", len(sweeps)) + "\n")
+		for i, row := range sweeps[0].rows {
+			fmt.Fprintf(&b, "| %d KB |", row.Buffer/1000)
+			for _, sw := range sweeps {
+				if i < len(sw.rows) {
+					fmt.Fprintf(&b, " %.2f (%s) |", sw.rows[i].Median, floats(sw.rows[i].Mbps))
+				} else {
+					b.WriteString(" |")
+				}
 			}
+			b.WriteString("\n")
+		}
+		b.WriteString("\nFull goodput (≥ 95% of the best median of the same sweep), goal ≤ 200 KB per socket:\n\n")
+		for _, sw := range sweeps {
+			from := "not reached"
+			if sw.full > 0 {
+				from = fmt.Sprintf("from %d KB", sw.full/1000)
+			}
+			fmt.Fprintf(&b, "- %s: %s — %s\n", sw.head, from, metOrMissed(sw.full > 0 && sw.full <= 200_000))
 		}
 		b.WriteString("\n")
-		if sysctl {
-			fmt.Fprintf(&b, "Full goodput (≥ 95%% of the best median) from %d KB per socket with MiMBox's limits — goal ≤ 200 KB: %s. ", r.FullBufferSysctl/1000, metOrMissed(r.FullBufferSysctl > 0 && r.FullBufferSysctl <= 200_000))
-		}
-		fmt.Fprintf(&b, "With fixed buffers, from %d KB%s.\n\n", r.FullBuffer/1000, map[bool]string{true: "", false: " — goal ≤ 200 KB: " + metOrMissed(r.FullBuffer > 0 && r.FullBuffer <= 200_000)}[sysctl])
 	}
 	if len(r.Interactive) > 0 {
 		b.WriteString("## Interactive flow, 100 kbit/s, 1% loss on the client links\n\n| configuration | messages | delay p50 | p99 | max |\n|---|---:|---:|---:|---:|\n")
@@ -80,6 +100,7 @@ func (r *MPTCPReport) Markdown() string {
 	for _, n := range r.Notes {
 		fmt.Fprintf(&b, "- %s\n", n)
 	}
+	labTimingMarkdown(&b, r.Labs)
 	return b.String()
 }
 

@@ -197,6 +197,7 @@ func benchMPTCP(args []string, stdout, stderr io.Writer) error {
 		}
 		return nil
 	})
+	modes := fs.String("buffer-modes", strings.Join(o.BufferModes, ","), "buffer sweeps: sockopt (fixed buffers), sysctl (tcp_rmem/tcp_wmem limits), bbr (fixed buffers, bbr on the client leg)")
 	quiet := fs.Bool("q", false, "no progress on stderr")
 	from := fs.String("from", "", "render the report and plots of an earlier run's mptcp.json instead of measuring")
 	if err := fs.Parse(args); err != nil {
@@ -212,7 +213,7 @@ func benchMPTCP(args []string, stdout, stderr io.Writer) error {
 		if o.Repeats < 1 || o.Window <= 0 || o.Warm < 0 || o.Interactive < 100*time.Millisecond {
 			return fmt.Errorf("%w: --repeats ≥ 1, --window > 0, --interactive ≥ 100ms", errUsage)
 		}
-		o.Parts = strings.Split(*parts, ",")
+		o.Parts, o.BufferModes = strings.Split(*parts, ","), strings.Split(*modes, ",")
 		if err := measure(*quiet, stderr, &o.Exe, &o.Log, func(ctx context.Context) (err error) {
 			r, err = bench.RunMPTCP(ctx, o)
 			return err
