@@ -110,7 +110,8 @@ const (
 )
 
 func (d *dir) init(f *Flow, up bool) {
-	d.f, d.up, d.copy = f, up, f.opt.ForceCopy
+	d.f, d.up = f, up
+	d.copy = f.opt.ForceCopy || up && f.opt.ClientMPTCP || !up && f.opt.ServerMPTCP
 	d.fn = d.call
 }
 

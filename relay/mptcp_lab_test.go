@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,6 +107,17 @@ func (m *mptcpLab) sawTwoSubflows(t *testing.T) bool {
 	return false
 }
 
+func (m *mptcpLab) metrics(t *testing.T) string {
+	t.Helper()
+	resp, err := adminClient(m.rc).Get("http://127.0.0.1:9190/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
+}
+
 func (m *mptcpLab) flows(t *testing.T) []relay.FlowStatus {
 	t.Helper()
 	resp, err := adminClient(m.rc).Get("http://127.0.0.1:9190/api/flows")
@@ -139,6 +152,11 @@ func TestMPTCPClientToTCPServer(t *testing.T) {
 	}
 	if !sawTwo {
 		t.Errorf("the flow never showed two active subflows on the client leg")
+	}
+	// Out of the MPTCP socket by copying, into it by splice (see
+	// datapath.Options.ClientMPTCP).
+	if body := m.metrics(t); !strings.Contains(body, `halfway_datapath_total{path="copy"} 1`) || !strings.Contains(body, `halfway_datapath_total{path="splice"} 1`) {
+		t.Errorf("want one direction copied (out of the MPTCP leg) and one spliced:\n%s", grepLines(body, "halfway_datapath_total"))
 	}
 	after, _ := m.lab.LinkStats()
 	for link := range 2 {

@@ -46,7 +46,11 @@ func openPacketSock(ifname string) (*packetSock, error) {
 	}
 	// Protocol 0 receives nothing until bind, so no frame of another
 	// interface slips in between socket and bind.
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	// A blocking socket: os.NewFile keeps it out of the runtime's poller,
+	// which would otherwise wake for every frame with nobody waiting (the
+	// reader waits in ppoll, see readFn), and the writer, on a thread of
+	// its own, may block.
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("wire %s: socket: %w", ifname, err)
 	}
@@ -91,18 +95,20 @@ func openPacketSock(ifname string) (*packetSock, error) {
 	// runtime's poller: woken there, it would run only once a thread of
 	// the runtime's (an ordinary one) got to it, and on a machine busy with
 	// its realtime writers that took tens of milliseconds. It runs inside
-	// rc.Read, so Close waits for it to see wake rather than closing the
-	// descriptor under it.
+	// rc.Read, which holds the descriptor open until it has seen wake.
 	s.readFn = func(fd uintptr) bool {
 		for {
-			r, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&s.msg)), unix.MSG_TRUNC)
+			r, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&s.msg)), unix.MSG_TRUNC|unix.MSG_DONTWAIT)
 			if e != unix.EAGAIN {
 				s.n, s.rerrno = int(r), e
 				return true
 			}
 			s.pfds = [2]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: s.wake, Events: unix.POLLIN}}
 			if _, err := unix.Ppoll(s.pfds[:], nil, nil); err != nil && err != unix.EINTR {
-				s.n, s.rerrno = 0, err.(syscall.Errno)
+				s.n, s.rerrno = 0, unix.EIO
+				if en, ok := err.(syscall.Errno); ok {
+					s.rerrno = en
+				}
 				return true
 			}
 			if s.pfds[1].Revents != 0 {
@@ -146,7 +152,6 @@ func (s *packetSock) recv(buf []byte) (n int, rtime int64, err error) {
 	return n, rtime, nil
 }
 
-// send writes one frame (with its vnet header).
 // send writes one frame (with its vnet header). Only the writer of the
 // other direction calls it, so wbuf is not shared.
 func (s *packetSock) send(b []byte) error {
