@@ -82,15 +82,6 @@ type Options struct {
 	OnPath func(up bool, p Path)
 	// ForceCopy disables splice (for comparison and as the fallback path).
 	ForceCopy bool
-	// ClientMPTCP and ServerMPTCP say a leg runs MPTCP (not fallen back
-	// to TCP). The direction that reads from one copies: on Linux 6.18,
-	// splicing out of an MPTCP socket left its MPTCP-level receive window
-	// shut in half of the runs at loopback speed, and the sender then
-	// crawled on window probes and retransmissions for seconds (bench
-	// mptcp --parts loopback: 0.1 against 13 Gbit/s; copying did not stall
-	// and was as fast). Writing into one still splices, and so does a
-	// socket that fell back to TCP (no stall seen).
-	ClientMPTCP, ServerMPTCP bool
 	// Sockmap moves the flow's bytes with the sockmap program once
 	// EnableSockmap has loaded it, from the first time both directions
 	// are idle. Flows it cannot take (MPTCP sockets, a full map, a flow

@@ -110,8 +110,7 @@ const (
 )
 
 func (d *dir) init(f *Flow, up bool) {
-	d.f, d.up = f, up
-	d.copy = f.opt.ForceCopy || up && f.opt.ClientMPTCP || !up && f.opt.ServerMPTCP
+	d.f, d.up, d.copy = f, up, f.opt.ForceCopy
 	d.fn = d.call
 }
 

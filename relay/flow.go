@@ -159,7 +159,7 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 		Idle: idleOf(rt, *f.proto.Load() == "convert", *f.route.Load() != "direct"), Up: &f.up, Down: &f.down,
 		ParkAfter: rt.cfg.ParkAfter.D(), OnPath: s.onPath,
 		DownPrefix: f.downPrefix, PrefixWait: prefixWait, ServerFirst: f.serverFirst, ForceCopy: rt.cfg.DataPath == "copy",
-		Sockmap: rt.cfg.DataPath == "sockmap", ClientMPTCP: f.mptcp[0] == "mptcp", ServerMPTCP: f.mptcp[1] == "mptcp",
+		Sockmap: rt.cfg.DataPath == "sockmap",
 	}, func(res datapath.Result) {
 		active.Dec()
 		s.endFlow(f, res)

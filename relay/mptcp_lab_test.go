@@ -153,10 +153,9 @@ func TestMPTCPClientToTCPServer(t *testing.T) {
 	if !sawTwo {
 		t.Errorf("the flow never showed two active subflows on the client leg")
 	}
-	// Out of the MPTCP socket by copying, into it by splice (see
-	// datapath.Options.ClientMPTCP).
-	if body := m.metrics(t); !strings.Contains(body, `halfway_datapath_total{path="copy"} 1`) || !strings.Contains(body, `halfway_datapath_total{path="splice"} 1`) {
-		t.Errorf("want one direction copied (out of the MPTCP leg) and one spliced:\n%s", grepLines(body, "halfway_datapath_total"))
+	// Both directions splice: into and out of the MPTCP socket.
+	if body := m.metrics(t); !strings.Contains(body, `halfway_datapath_total{path="splice"} 2`) {
+		t.Errorf("want both directions spliced:\n%s", grepLines(body, "halfway_datapath_total"))
 	}
 	after, _ := m.lab.LinkStats()
 	for link := range 2 {
