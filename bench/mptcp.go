@@ -278,23 +278,18 @@ func (b *mptcpBench) relayWith(ctx context.Context, l *mimboxLab, buf int, cc st
 		l.relay.stop()
 		l.relay = nil
 	}
-	var client, server []string
+	var client []string
+	server := ""
 	if buf > 0 {
 		fixed := fmt.Sprintf("send_buffer: %d, receive_buffer: %d", buf, buf)
-		client, server = append(client, fixed), append(server, fixed)
+		client, server = append(client, fixed), "  server: {"+fixed+"}\n"
 	}
 	if cc != "" {
 		client = append(client, "congestion: "+cc)
 	}
 	legs := ""
-	if len(client)+len(server) > 0 {
-		legs = "legs:\n"
-		if len(client) > 0 {
-			legs += "  client: {" + strings.Join(client, ", ") + "}\n"
-		}
-		if len(server) > 0 {
-			legs += "  server: {" + strings.Join(server, ", ") + "}\n"
-		}
+	if len(client) > 0 { // a server setting comes only with a client one
+		legs = "legs:\n  client: {" + strings.Join(client, ", ") + "}\n" + server
 	}
 	srvNet := l.server.Ifaces()[0].Addr4.Masked()
 	cfg := fmt.Sprintf(`admin: {listen: "127.0.0.1:9190"}

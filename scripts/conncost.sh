@@ -50,6 +50,8 @@ error_log $work/nginx.err warn;
 events { worker_connections 4096; }
 http { access_log off; server { listen 127.0.0.1:8080 backlog=4096; root $work; keepalive_requests 1000000; } }
 EOF
+# The configuration `halfway bench peers` gives HAProxy (bench/peers.go),
+# so that both measure the same proxy; keep them alike.
 cat >"$work/haproxy.cfg" <<EOF
 global
     fd-hard-limit 20000
