@@ -1,6 +1,7 @@
 // Package datapath moves the bytes of a relayed flow between its two TCP
 // connections: zero-copy with splice(2) through a pipe taken from a pool only
-// while bytes are moving, half-close carried across (a FIN becomes
+// while bytes are moving (grown to a megabyte for a direction that carries
+// bulk, within a budget), half-close carried across (a FIN becomes
 // shutdown(SHUT_WR) on the other leg), resets carried across (an RST on one
 // leg aborts the other with SO_LINGER 0), and an idle timeout.
 //

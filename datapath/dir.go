@@ -50,6 +50,7 @@ type dir struct {
 	usedKernel bool // it did, and user space has taken over
 	held       bool // taken over from the sockmap while held: may resume
 	inline     bool // running on its shard's wait loop, not a goroutine of its own
+	bulk       bool // a splice in moved growAt or more: it takes big pipes
 	op         uint8
 	// fn is the callback for RawConn, made once rather than at every
 	// wake; op says what it does.

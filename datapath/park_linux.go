@@ -245,12 +245,16 @@ type Stats struct {
 	// the destination fell behind); SockmapResumes the held ones handed
 	// back to the kernel once user space had caught up.
 	SockmapFlows, SockmapTakeovers, SockmapResumes int64
+	// BigPipes counts the grown pipes that bulk directions splice through,
+	// in use or pooled.
+	BigPipes int64
 }
 
 // ReadStats sums the shards' counters.
 func ReadStats() Stats {
 	parker.init()
-	s := Stats{SockmapFlows: smFlows.Load(), SockmapTakeovers: smTakeovers.Load(), SockmapResumes: smResumes.Load()}
+	s := Stats{SockmapFlows: smFlows.Load(), SockmapTakeovers: smTakeovers.Load(), SockmapResumes: smResumes.Load(),
+		BigPipes: int64(pipes.bigAlive.Load())}
 	for i := range parker.shards {
 		sh := &parker.shards[i]
 		s.Parked += sh.parked.Load()

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"net"
 	"os"
+	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -13,6 +16,22 @@ import (
 
 // maxSplice bounds one splice call; the pipe's capacity bounds it anyway.
 const maxSplice = 1 << 20
+
+// A pipe starts with the kernel's default 16 slots. A slot holds a page, or
+// one fragment of a received segment, so a splice in moves at most 64 KiB
+// and, from a real NIC, as little as 16 segments. A direction whose splice
+// in moves growAt or more is carrying bulk: its pipe grows to bigPipe (256
+// slots) and it takes big pipes from then on, so one pair of splices moves
+// up to a megabyte: on loopback, 0.18 rather than 0.30 CPU s/GB relayed.
+//
+// Big pipes are bounded (see bigPipeBudget): bytes waiting in one are no
+// longer counted in either socket's buffer, and the kernel charges a pipe's
+// slots to its user, whose new pipes it cuts to 2 slots past
+// fs.pipe-user-pages-soft unless the process is privileged.
+const (
+	bigPipe = 1 << 20
+	growAt  = 16 << 10
+)
 
 // shortSplice: a splice in that moved fewer bytes took all the source had
 // (a request, an answer) rather than stopping at the pipe's 16 slots,
@@ -116,18 +135,28 @@ func (d *dir) spliceIn(fd uintptr) bool {
 	// one syscall, and one that finds bytes has moved them.
 	if d.p == nil {
 		var err error
-		if d.p, err = pipes.get(); err != nil {
+		if d.p, err = pipes.get(d.bulk); err != nil {
 			d.err = errNoPipe
 			return true
 		}
 	}
-	moved, err := unix.Splice(int(fd), nil, d.p.w, nil, maxSplice, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	most := maxSplice
+	if d.inline {
+		most = int(min(d.budget, maxSplice)) // the wait loop's other flows wait
+	}
+	moved, err := unix.Splice(int(fd), nil, d.p.w, nil, most, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 	if err == unix.EAGAIN {
 		pipes.put(d.p)
 		d.p = nil
 		return d.empty()
 	}
 	d.pn, d.err = int32(moved), err
+	if moved >= growAt {
+		d.bulk = true
+		if !d.p.big {
+			pipes.grow(d.p)
+		}
+	}
 	if d.waitSince.Load() != 0 {
 		d.waitSince.Store(0)
 	}
@@ -152,11 +181,22 @@ func (d *dir) spliceOut(fd uintptr) bool {
 type pipe struct {
 	r, w  int
 	dirty bool // may hold bytes: close, never reuse
+	big   bool // grown to bigPipe
 }
 
 // pipePool keeps a bounded number of empty pipes for reuse: creating one is
-// two syscalls and two descriptors.
-type pipePool struct{ free chan *pipe }
+// two syscalls and two descriptors. Big pipes are pooled apart, for the
+// directions that carry bulk.
+type pipePool struct {
+	free chan *pipe
+
+	bigOnce  sync.Once
+	bigFree  chan *pipe // capacity: the budget
+	bigAlive atomic.Int32
+	// bigOff: growing failed (a lowered fs.pipe-max-size, the user's pipe
+	// limits); not tried again before this time (unix nanos).
+	bigOff atomic.Int64
+}
 
 var pipes = pipePool{free: make(chan *pipe, 256)}
 
@@ -164,7 +204,20 @@ var pipes = pipePool{free: make(chan *pipe, 256)}
 // (tests of the copy fallback set it).
 var noPipes atomic.Bool
 
-func (pp *pipePool) get() (*pipe, error) {
+func (pp *pipePool) initBig() {
+	pp.bigOnce.Do(func() { pp.bigFree = make(chan *pipe, bigPipeBudget()) })
+}
+
+// get takes a pooled pipe, a big one first if big, or makes one.
+func (pp *pipePool) get(big bool) (*pipe, error) {
+	if big {
+		pp.initBig()
+		select {
+		case p := <-pp.bigFree:
+			return p, nil
+		default:
+		}
+	}
 	select {
 	case p := <-pp.free:
 		return p, nil
@@ -180,13 +233,43 @@ func (pp *pipePool) get() (*pipe, error) {
 	return &pipe{r: fds[0], w: fds[1]}, nil
 }
 
+// grow makes p a big pipe if the budget allows; bytes in it stay.
+func (pp *pipePool) grow(p *pipe) {
+	pp.initBig()
+	now := time.Now().UnixNano()
+	if now < pp.bigOff.Load() {
+		return
+	}
+	if pp.bigAlive.Add(1) > int32(cap(pp.bigFree)) {
+		pp.bigAlive.Add(-1)
+		return
+	}
+	if _, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, bigPipe); err != nil {
+		pp.bigAlive.Add(-1)
+		pp.bigOff.Store(now + int64(10*time.Second))
+		return
+	}
+	p.big = true
+}
+
 func (pp *pipePool) put(p *pipe) {
 	if !p.dirty {
+		free := pp.free
+		if p.big {
+			free = pp.bigFree
+		}
 		select {
-		case pp.free <- p:
+		case free <- p:
 			return
 		default:
 		}
+	}
+	pp.close(p)
+}
+
+func (pp *pipePool) close(p *pipe) {
+	if p.big {
+		pp.bigAlive.Add(-1)
 	}
 	unix.Close(p.r)
 	unix.Close(p.w)
@@ -194,15 +277,53 @@ func (pp *pipePool) put(p *pipe) {
 
 // Drain closes the pooled pipes (for leak checks and shutdown).
 func Drain() {
+	pipes.initBig()
 	for {
 		select {
 		case p := <-pipes.free:
-			unix.Close(p.r)
-			unix.Close(p.w)
+			pipes.close(p)
+		case p := <-pipes.bigFree:
+			pipes.close(p)
 		default:
 			return
 		}
 	}
+}
+
+// bigPipeBudget is how many big pipes the process keeps at most: 256 (a
+// quarter of a gigabyte of slots) when it may exceed the kernel's per-user
+// pipe limits (CAP_SYS_RESOURCE or CAP_SYS_ADMIN) or there are none, else
+// what half of fs.pipe-user-pages-soft holds (32 with the default 16384
+// pages), leaving the rest to small pipes and the user's other processes.
+func bigPipeBudget() int32 {
+	const most = 256
+	if pipePrivileged() {
+		return most
+	}
+	b, err := os.ReadFile("/proc/sys/fs/pipe-user-pages-soft")
+	if err != nil {
+		return 0
+	}
+	soft, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0
+	}
+	if soft == 0 {
+		return most
+	}
+	return int32(min(most, soft/2/(bigPipe/os.Getpagesize())))
+}
+
+// pipePrivileged reports whether the process may exceed the per-user pipe
+// limits.
+func pipePrivileged() bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if unix.Capget(&hdr, &data[0]) != nil {
+		return false
+	}
+	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	return has(unix.CAP_SYS_RESOURCE) || has(unix.CAP_SYS_ADMIN)
 }
 
 // writePrefix writes prefix to dst before anything of src's: corked

@@ -81,6 +81,9 @@ func newMetrics(reg *hm.Registry, s *Server) *metrics {
 	reg.Func("halfway_datapath_handoffs_total", "Woken flow directions that went on on a goroutine of their own (a full destination, or a burst) rather than on their epoll set's wait loop.", hm.CounterType, nil, func(emit func(float64, ...string)) {
 		emit(float64(datapath.ReadStats().Handoffs))
 	})
+	reg.Func("halfway_datapath_big_pipes", "Pipes grown to a megabyte for flow directions that carry bulk, in use or pooled.", hm.GaugeType, nil, func(emit func(float64, ...string)) {
+		emit(float64(datapath.ReadStats().BigPipes))
+	})
 	reg.Func("halfway_datapath_sockmap_flows_total", "Flows whose bytes the sockmap program moved in the kernel (data_path: sockmap).", hm.CounterType, nil, func(emit func(float64, ...string)) {
 		emit(float64(datapath.ReadStats().SockmapFlows))
 	})
