@@ -40,17 +40,18 @@ type dir struct {
 	pn, m, cn  int32 // bytes in the pipe; bytes the last write moved; bytes in buf
 	budget     int32 // inline, the bytes it may still move before handing off
 	up         bool
-	copy       bool // through a user-space buffer (else splice)
-	started    bool // the prefix, if any, has been written
-	watching   bool // src has sent its FIN: only a reset is awaited
-	registered bool // src is in the flow's epoll set (maybe disarmed)
-	noPark     bool // the epoll set refused src: wait on the goroutine
-	block      bool // the last read found the source empty
-	kernel     bool // the sockmap program moves the bytes (see kernelStep)
-	usedKernel bool // it did, and user space has taken over
-	held       bool // taken over from the sockmap while held: may resume
-	inline     bool // running on its shard's wait loop, not a goroutine of its own
-	bulk       bool // a splice in moved growAt or more: it takes big pipes
+	copy       bool  // through a user-space buffer (else splice)
+	started    bool  // the prefix, if any, has been written
+	watching   bool  // src has sent its FIN: only a reset is awaited
+	registered bool  // src is in the flow's epoll set (maybe disarmed)
+	noPark     bool  // the epoll set refused src: wait on the goroutine
+	block      bool  // the last read found the source empty
+	kernel     bool  // the sockmap program moves the bytes (see kernelStep)
+	usedKernel bool  // it did, and user space has taken over
+	held       bool  // taken over from the sockmap while held: may resume
+	inline     bool  // running on its shard's wait loop, not a goroutine of its own
+	bulk       bool  // a splice in moved growAt or more: it takes big pipes
+	cleanOuts  uint8 // splices out in a row that emptied the pipe (at most cleanOuts)
 	op         uint8
 	// fn is the callback for RawConn, made once rather than at every
 	// wake; op says what it does.

@@ -28,9 +28,17 @@ const maxSplice = 1 << 20
 // longer counted in either socket's buffer, and the kernel charges a pipe's
 // slots to its user, whose new pipes it cuts to 2 slots past
 // fs.pipe-user-pages-soft unless the process is privileged.
+//
+// While its destination has lately been full (fewer than cleanOuts splices
+// out in a row each emptied the pipe at once), a direction splices in at most
+// smallPipe at a time: a slow receiver then leaves no more waiting in the
+// pipe than a default one would hold, as the bytes are better left in the
+// source's buffer, which the kernel bounds and TCP's window reflects.
 const (
-	bigPipe = 1 << 20
-	growAt  = 16 << 10
+	bigPipe   = 1 << 20
+	smallPipe = 64 << 10
+	growAt    = 16 << 10
+	cleanOuts = 4
 )
 
 // shortSplice: a splice in that moved fewer bytes took all the source had
@@ -141,8 +149,11 @@ func (d *dir) spliceIn(fd uintptr) bool {
 		}
 	}
 	most := maxSplice
+	if d.cleanOuts < cleanOuts {
+		most = smallPipe
+	}
 	if d.inline {
-		most = int(min(d.budget, maxSplice)) // the wait loop's other flows wait
+		most = min(most, int(d.budget)) // the wait loop's other flows wait
 	}
 	moved, err := unix.Splice(int(fd), nil, d.p.w, nil, most, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 	if err == unix.EAGAIN {
@@ -166,6 +177,11 @@ func (d *dir) spliceIn(fd uintptr) bool {
 func (d *dir) spliceOut(fd uintptr) bool {
 	moved, err := unix.Splice(d.p.r, nil, int(fd), nil, int(d.pn), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 	d.m, d.err = int32(moved), err
+	if err == nil && d.m == d.pn {
+		d.cleanOuts = min(d.cleanOuts+1, cleanOuts)
+	} else {
+		d.cleanOuts = 0 // the destination took only part, or none
+	}
 	if err == unix.EAGAIN {
 		if d.inline {
 			d.m, d.err = 0, errHandoff

@@ -5,6 +5,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"io"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -94,4 +97,89 @@ func TestBulkPipes(t *testing.T) {
 func sha(b []byte) []byte {
 	s := sha256.Sum256(b)
 	return s[:]
+}
+
+// TestSlowDestinationPipe: a direction carrying bulk to a destination that
+// takes bytes slowly leaves no more than a default pipe's worth waiting in
+// its (grown) pipe: the rest stays in the source's buffer.
+func TestSlowDestinationPipe(t *testing.T) {
+	client, relayIn := tcpPair(t)
+	relayOut, server := tcpPair(t)
+	// Small fixed buffers toward the server, so it is the bottleneck at once.
+	if err := relayOut.SetWriteBuffer(32 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := server.SetReadBuffer(32 << 10); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res := make(chan Result, 1)
+	go func() { res <- Join(ctx, relayIn, relayOut, Options{}) }()
+	const size = 2 << 20
+	want := payload(20, size)
+	go func() {
+		client.Write(want)
+		client.CloseWrite()
+	}()
+	stop := make(chan struct{})
+	most := make(chan int, 1)
+	go func() {
+		m := 0
+		defer func() { most <- m }()
+		for {
+			m = max(m, pipeBytes())
+			select {
+			case <-stop:
+				return
+			case <-time.After(500 * time.Microsecond):
+			}
+		}
+	}()
+	// The destination is full before the direction has had four clean
+	// splices out, so it never moves more than a default pipe at a time.
+	time.Sleep(100 * time.Millisecond)
+	h := sha256.New()
+	buf := make([]byte, 16<<10)
+	var got int
+	for got < size {
+		n, err := server.Read(buf)
+		h.Write(buf[:n])
+		got += n
+		if err != nil {
+			break
+		}
+		time.Sleep(time.Millisecond) // a slow reader
+	}
+	close(stop)
+	if m := <-most; m > smallPipe {
+		t.Errorf("up to %d bytes waited in a pipe for a slow destination, want at most %d", m, smallPipe)
+	}
+	if got != size || !bytes.Equal(h.Sum(nil), sha(want)) {
+		t.Errorf("%d of %d bytes, digest match %v", got, size, bytes.Equal(h.Sum(nil), sha(want)))
+	}
+	server.Close()
+	<-res
+}
+
+// pipeBytes is the most bytes any pipe of the process holds now.
+func pipeBytes() int {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	most := 0
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		name, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		if !strings.HasPrefix(name, "pipe:") {
+			continue
+		}
+		n, err := unix.IoctlGetInt(fd, unix.TIOCINQ) // FIONREAD
+		// The descriptor may have been closed and reused meanwhile.
+		if again, _ := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && again == name {
+			most = max(most, n)
+		}
+	}
+	return most
 }
