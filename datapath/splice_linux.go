@@ -252,11 +252,15 @@ func (pp *pipePool) get(big bool) (*pipe, error) {
 // grow makes p a big pipe if the budget allows; bytes in it stay.
 func (pp *pipePool) grow(p *pipe) {
 	pp.initBig()
+	budget := int32(cap(pp.bigFree))
+	if pp.bigAlive.Load() >= budget {
+		return // the common case once the budget is spent: no clock read
+	}
 	now := time.Now().UnixNano()
 	if now < pp.bigOff.Load() {
 		return
 	}
-	if pp.bigAlive.Add(1) > int32(cap(pp.bigFree)) {
+	if pp.bigAlive.Add(1) > budget {
 		pp.bigAlive.Add(-1)
 		return
 	}
