@@ -268,11 +268,9 @@ func (b *mptcpBench) withLab(ctx context.Context, name, loss string, f func(*mim
 	return f(l)
 }
 
-// relayWith (re)starts the relay on rc with every socket buffer fixed to
-// buf bytes (0: kernel autotuning).
-// relayWith (re)starts the relay with buf bytes of fixed buffers on both
-// legs (0: the kernel's) and the client leg's congestion control cc ("":
-// the host's).
+// relayWith (re)starts the relay on rc with buf bytes of fixed buffers on
+// both legs (0: the kernel's autotuning) and the client leg's congestion
+// control cc ("": the host's).
 func (b *mptcpBench) relayWith(ctx context.Context, l *mimboxLab, buf int, cc string) error {
 	if l.relay != nil {
 		l.relay.stop()

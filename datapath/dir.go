@@ -51,7 +51,7 @@ type dir struct {
 	held       bool  // taken over from the sockmap while held: may resume
 	inline     bool  // running on its shard's wait loop, not a goroutine of its own
 	bulk       bool  // a splice in moved growAt or more: it takes big pipes
-	cleanOuts  uint8 // splices out in a row that emptied the pipe (at most cleanOuts)
+	clean      uint8 // splices out in a row that emptied the pipe (at most cleanOuts)
 	op         uint8
 	// fn is the callback for RawConn, made once rather than at every
 	// wake; op says what it does.

@@ -149,7 +149,7 @@ func (d *dir) spliceIn(fd uintptr) bool {
 		}
 	}
 	most := maxSplice
-	if d.cleanOuts < cleanOuts {
+	if d.clean < cleanOuts {
 		most = smallPipe
 	}
 	if d.inline {
@@ -178,9 +178,9 @@ func (d *dir) spliceOut(fd uintptr) bool {
 	moved, err := unix.Splice(d.p.r, nil, int(fd), nil, int(d.pn), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 	d.m, d.err = int32(moved), err
 	if err == nil && d.m == d.pn {
-		d.cleanOuts = min(d.cleanOuts+1, cleanOuts)
+		d.clean = min(d.clean+1, cleanOuts)
 	} else {
-		d.cleanOuts = 0 // the destination took only part, or none
+		d.clean = 0 // the destination took only part, or none
 	}
 	if err == unix.EAGAIN {
 		if d.inline {

@@ -164,22 +164,29 @@ func TestSlowDestinationPipe(t *testing.T) {
 
 // pipeBytes is the most bytes any pipe of the process holds now.
 func pipeBytes() int {
-	ents, _ := os.ReadDir("/proc/self/fd")
 	most := 0
+	for fd, name := range pipeFDs() {
+		n, err := unix.IoctlGetInt(fd, unix.TIOCINQ) // FIONREAD
+		// The descriptor may have been closed and reused meanwhile.
+		if again, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd)); err == nil && again == name {
+			most = max(most, n)
+		}
+	}
+	return most
+}
+
+// pipeFDs maps the process's pipe descriptors (either end) to their names.
+func pipeFDs() map[int]string {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	fds := map[int]string{}
 	for _, e := range ents {
 		fd, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		name, _ := os.Readlink("/proc/self/fd/" + e.Name())
-		if !strings.HasPrefix(name, "pipe:") {
-			continue
-		}
-		n, err := unix.IoctlGetInt(fd, unix.TIOCINQ) // FIONREAD
-		// The descriptor may have been closed and reused meanwhile.
-		if again, _ := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && again == name {
-			most = max(most, n)
+		if name, _ := os.Readlink("/proc/self/fd/" + e.Name()); strings.HasPrefix(name, "pipe:") {
+			fds[fd] = name
 		}
 	}
-	return most
+	return fds
 }

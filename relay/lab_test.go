@@ -480,6 +480,19 @@ routes:
 }
 
 // adminClient talks to a relay's admin API inside its host.
+// scrapeMetrics reads the /metrics of the relay whose admin API listens
+// on 127.0.0.1:port in h.
+func scrapeMetrics(t *testing.T, h *netlab.Host, port int) string {
+	t.Helper()
+	resp, err := adminClient(h).Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
+}
+
 func adminClient(h *netlab.Host) *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DisableKeepAlives: true, // an idle admin connection is not a leak
@@ -569,12 +582,7 @@ func TestRelayOperations(t *testing.T) {
 	admin.Do(req)
 
 	// Metrics count what happened.
-	resp, err = admin.Get("http://127.0.0.1:9190/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := scrapeMetrics(t, rc, 9190)
 	for _, want := range []string{
 		`halfway_refused_total{listener="proxy",reason="max_flows_per_client"} 1`,
 		`halfway_flows_total{listener="proxy",result="closed",route="via ` + cl.rsHop + `"}`,
@@ -1037,21 +1045,16 @@ func TestChainSockmap(t *testing.T) {
 	// a flow whose client sends its last bytes and FIN at once may never
 	// be: most flows, not necessarily all, run there.
 	for _, name := range []string{"rc", "rs"} {
-		resp, err := adminClient(cl.lab.Host(name)).Get("http://127.0.0.1:9190/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		body := scrapeMetrics(t, cl.lab.Host(name), 9190)
 		var n int
-		for _, l := range strings.Split(string(body), "\n") {
+		for _, l := range strings.Split(body, "\n") {
 			if v, ok := strings.CutPrefix(l, "halfway_datapath_sockmap_flows_total "); ok {
 				n, _ = strconv.Atoi(v)
 			}
 		}
 		t.Logf("%s: %d of %d flows entered the sockmap", name, n, flows)
-		if n == 0 || !strings.Contains(string(body), `halfway_datapath_total{path="sockmap"} `) {
-			t.Errorf("%s: no flow ran on the sockmap:\n%s", name, grepLines(string(body), "halfway_datapath"))
+		if n == 0 || !strings.Contains(body, `halfway_datapath_total{path="sockmap"} `) {
+			t.Errorf("%s: no flow ran on the sockmap:\n%s", name, grepLines(body, "halfway_datapath"))
 		}
 	}
 }
@@ -1440,14 +1443,8 @@ peers:
 	}
 	metric := func(result string) int {
 		t.Helper()
-		resp, err := adminClient(rc).Get("http://127.0.0.1:9191/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
 		prefix := `halfway_early_syn_total{result="` + result + `"} `
-		for _, line := range strings.Split(string(b), "\n") {
+		for _, line := range strings.Split(scrapeMetrics(t, rc, 9191), "\n") {
 			if v, ok := strings.CutPrefix(line, prefix); ok {
 				n, _ := strconv.Atoi(v)
 				return n

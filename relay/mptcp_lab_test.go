@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -107,17 +106,6 @@ func (m *mptcpLab) sawTwoSubflows(t *testing.T) bool {
 	return false
 }
 
-func (m *mptcpLab) metrics(t *testing.T) string {
-	t.Helper()
-	resp, err := adminClient(m.rc).Get("http://127.0.0.1:9190/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return string(body)
-}
-
 func (m *mptcpLab) flows(t *testing.T) []relay.FlowStatus {
 	t.Helper()
 	resp, err := adminClient(m.rc).Get("http://127.0.0.1:9190/api/flows")
@@ -154,7 +142,7 @@ func TestMPTCPClientToTCPServer(t *testing.T) {
 		t.Errorf("the flow never showed two active subflows on the client leg")
 	}
 	// Both directions splice: into and out of the MPTCP socket.
-	if body := m.metrics(t); !strings.Contains(body, `halfway_datapath_total{path="splice"} 2`) {
+	if body := scrapeMetrics(t, m.rc, 9190); !strings.Contains(body, `halfway_datapath_total{path="splice"} 2`) {
 		t.Errorf("want both directions spliced:\n%s", grepLines(body, "halfway_datapath_total"))
 	}
 	after, _ := m.lab.LinkStats()
