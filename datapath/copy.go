@@ -59,9 +59,9 @@ func (d *dir) readIn(fd uintptr) bool {
 	if d.buf == nil {
 		d.buf = bufPool.Get().(*[]byte)
 	}
-	n, err := unix.Read(int(fd), *d.buf)
+	n, err := rawRead(int(fd), *d.buf)
 	for err == unix.EINTR {
-		n, err = unix.Read(int(fd), *d.buf)
+		n, err = rawRead(int(fd), *d.buf)
 	}
 	if err == unix.EAGAIN || err != nil || n == 0 {
 		bufPool.Put(d.buf)

@@ -27,6 +27,12 @@
 // or while its destination has fallen behind (the redirect itself has no
 // backpressure), and hands it back once caught up (see bpf/sockmap.c).
 //
+// The system calls a message costs (splice, epoll_wait with no timeout,
+// epoll_ctl) are made raw, outside the Go scheduler's syscall state: on
+// non-blocking descriptors they never block, and that state would wake the
+// runtime's monitor thread on the first call after every idle spell, a
+// context switch on each message's path (see raw_linux.go).
+//
 // Counters are updated as bytes move, so a flow's progress is visible while
 // it runs (on the sockmap path, when user space takes a direction over and
 // at the end), and the connections are used as *net.TCPConn throughout:

@@ -352,12 +352,12 @@ func (d *dir) park() bool {
 		return !d.unpark()
 	}
 	err = rc.Control(func(fd uintptr) {
-		cerr = unix.EpollCtl(epfd, op, int(fd), &ev)
+		cerr = rawEpollCtl(epfd, op, int(fd), &ev)
 		switch {
 		case cerr == unix.ENOENT && op == unix.EPOLL_CTL_MOD:
-			cerr = unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+			cerr = rawEpollCtl(epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
 		case cerr == unix.EEXIST && op == unix.EPOLL_CTL_ADD:
-			cerr = unix.EpollCtl(epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
+			cerr = rawEpollCtl(epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
 		}
 	})
 	if err == nil && cerr == nil {

@@ -104,7 +104,13 @@ func (sh *parkShard) start() {
 	go sh.sweepLoop(ep)
 }
 
-// waitLoop wakes parked directions whose sockets have become ready.
+// waitLoop wakes parked directions whose sockets have become ready. It
+// runs them from inside one RawRead on the set's descriptor, which the
+// runtime's poller watches edge-triggered: each event the set gains raises
+// an edge, and an edge raised while the loop was busy is kept for its next
+// wait. So once a poll has returned fewer events than it had room for, the
+// loop waits at once rather than polling again to find the set empty.
+// (A new RawRead would forget such an edge: it resets the readiness.)
 func (sh *parkShard) waitLoop(rc syscall.RawConn) {
 	evs := make([]unix.EpollEvent, 256)
 	type wake struct {
@@ -112,38 +118,40 @@ func (sh *parkShard) waitLoop(rc syscall.RawConn) {
 		ended bool
 	}
 	ready := make([]wake, 0, len(evs))
-	var n int
-	poll := func(fd uintptr) bool {
+	run := func(fd uintptr) bool {
 		for {
-			m, err := unix.EpollWait(int(fd), evs, 0)
-			if err == unix.EINTR {
+			n, err := rawEpollPoll(int(fd), evs)
+			switch {
+			case err == unix.EINTR:
 				continue
+			case err != nil:
+				return true // the set was closed: RawRead finds out
+			case n == 0:
+				return false
 			}
-			n = max(m, 0)
-			return n > 0 || err != nil
+			sh.mu.Lock()
+			for _, ev := range evs[:n] {
+				key := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+				if f := sh.flows[key>>1]; f != nil {
+					ready = append(ready, wake{&f.dirs[key&1], ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0})
+				}
+			}
+			sh.mu.Unlock()
+			for i, w := range ready {
+				ready[i] = wake{}
+				if w.d.unpark() {
+					sh.wakes.Add(1)
+					sh.ended = w.ended
+					w.d.runInline()
+				}
+			}
+			ready = ready[:0]
+			if n < len(evs) {
+				return false // drained: wait for the next edge
+			}
 		}
 	}
-	for {
-		if err := rc.Read(poll); err != nil {
-			return // the set was closed
-		}
-		sh.mu.Lock()
-		for _, ev := range evs[:n] {
-			key := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
-			if f := sh.flows[key>>1]; f != nil {
-				ready = append(ready, wake{&f.dirs[key&1], ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0})
-			}
-		}
-		sh.mu.Unlock()
-		for i, w := range ready {
-			ready[i] = wake{}
-			if w.d.unpark() {
-				sh.wakes.Add(1)
-				sh.ended = w.ended
-				w.d.runInline()
-			}
-		}
-		ready = ready[:0]
+	for rc.Read(run) == nil {
 	}
 }
 

@@ -228,3 +228,48 @@ func TestInlineFallback(t *testing.T) {
 		t.Fatalf("flow A: %v, equal %v", err, bytes.Equal(back, want))
 	}
 }
+
+// TestWakesWhileBusy runs many flows that trade small messages at once, so
+// that sockets become ready while a shard's wait loop is busy moving other
+// flows' bytes: a wake-up lost then would leave a message in a parked
+// direction's socket, and its flow would stall.
+func TestWakesWhileBusy(t *testing.T) {
+	const flows, rounds = 40, 300
+	s0 := ReadStats()
+	errs := make(chan error, flows)
+	for i := range flows {
+		client, relayIn := tcpPair(t)
+		relayOut, server := tcpPair(t)
+		go New(relayIn, relayOut, Options{Idle: time.Minute}, nil).Run()
+		go func() {
+			defer client.Close()
+			defer server.Close()
+			deadline := time.Now().Add(30 * time.Second)
+			client.SetDeadline(deadline)
+			server.SetDeadline(deadline)
+			msg, got := make([]byte, 100+i), make([]byte, 100+i)
+			for r := range rounds {
+				msg[0] = byte(r)
+				for _, hop := range [][2]*net.TCPConn{{client, server}, {server, client}} {
+					if _, err := hop[0].Write(msg); err != nil {
+						errs <- fmt.Errorf("flow %d round %d: %w", i, r, err)
+						return
+					}
+					if _, err := io.ReadFull(hop[1], got); err != nil || !bytes.Equal(got, msg) {
+						errs <- fmt.Errorf("flow %d round %d: read %v", i, r, err)
+						return
+					}
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range flows {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if w := ReadStats().Wakes - s0.Wakes; w < flows*rounds {
+		t.Errorf("%d wake-ups from the epoll set for %d messages each way", w, flows*rounds)
+	}
+}

@@ -155,7 +155,7 @@ func (d *dir) spliceIn(fd uintptr) bool {
 	if d.inline {
 		most = min(most, int(d.budget)) // the wait loop's other flows wait
 	}
-	moved, err := unix.Splice(int(fd), nil, d.p.w, nil, most, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	moved, err := rawSplice(int(fd), d.p.w, most)
 	if err == unix.EAGAIN {
 		pipes.put(d.p)
 		d.p = nil
@@ -175,7 +175,7 @@ func (d *dir) spliceIn(fd uintptr) bool {
 }
 
 func (d *dir) spliceOut(fd uintptr) bool {
-	moved, err := unix.Splice(d.p.r, nil, int(fd), nil, int(d.pn), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	moved, err := rawSplice(d.p.r, int(fd), int(d.pn))
 	d.m, d.err = int32(moved), err
 	if err == nil && d.m == d.pn {
 		d.clean = min(d.clean+1, cleanOuts)
