@@ -74,7 +74,7 @@ const (
 // Options tune a flow.
 type Options struct {
 	// Idle ends the flow after this long without a byte either way; 0 means
-	// never. It is checked a few times a second (see SweepInterval), so a
+	// never. It is checked a few times a second (by the shard's sweep), so a
 	// flow ends up to that much later.
 	Idle time.Duration
 	// ParkAfter is how long a direction waits for bytes on its goroutine
@@ -107,6 +107,12 @@ type Options struct {
 	// without spending a packet of its initial window on the answer.
 	DownPrefix []byte
 	PrefixWait time.Duration
+	// ServerKeepalive, if set, is put on the server connection once the
+	// flow has lasted about a second, by the shard's sweep: most
+	// flows end sooner, and keepalive matters only after an idle spell
+	// (its Idle) far longer than that, so they are spared its four
+	// setsockopts. The caller dials without keepalive.
+	ServerKeepalive *net.KeepAliveConfig
 }
 
 // Result describes a finished flow.
@@ -131,6 +137,7 @@ type Flow struct {
 	onDone         func(Result)
 	dirs           [2]dir                 // down, up
 	sm             atomic.Pointer[smFlow] // set once the flow has entries in the sockmap
+	sweeps         uint8                  // sweeps that saw it, up to keepaliveSweeps (the sweep's own)
 }
 
 // ending is why a flow ends; the first one set wins.

@@ -17,6 +17,10 @@ import (
 // moves directions that have waited ParkAfter into the epoll set.
 const sweepEvery = 250 * time.Millisecond
 
+// keepaliveSweeps is how many sweeps see a flow before it gets
+// Options.ServerKeepalive: it has lasted at least three intervals.
+const keepaliveSweeps = 4
+
 // parkShard is one epoll set with the flows that park in it, one goroutine
 // waiting on it (through the runtime's poller: the set's descriptor is
 // itself pollable, so no thread blocks in epoll_wait) and one sweeping.
@@ -162,6 +166,7 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 	defer t.Stop()
 	var idle []*Flow
 	var kick, blocked []*dir
+	var lasting []*Flow
 	for range t.C {
 		now := time.Now().UnixNano()
 		sh.mu.Lock()
@@ -180,6 +185,11 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 			if f.opt.Idle > 0 && now-f.last.Load() >= int64(f.opt.Idle) {
 				idle = append(idle, f)
 				continue
+			}
+			if f.sweeps < keepaliveSweeps {
+				if f.sweeps++; f.sweeps == keepaliveSweeps && f.opt.ServerKeepalive != nil {
+					lasting = append(lasting, f)
+				}
 			}
 			for i := range f.dirs {
 				d := &f.dirs[i]
@@ -201,6 +211,11 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 			}
 			idle[i] = nil
 		}
+		for i, f := range lasting {
+			// A flow that ended meanwhile has closed the leg: an error.
+			_ = f.server.SetKeepAliveConfig(*f.opt.ServerKeepalive)
+			lasting[i] = nil
+		}
 		for i, d := range kick {
 			// The waiting read returns os.ErrDeadlineExceeded and parks.
 			_ = d.src().SetReadDeadline(longAgo)
@@ -214,7 +229,7 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 			}
 			blocked[i] = nil
 		}
-		idle, kick, blocked = idle[:0], kick[:0], blocked[:0]
+		idle, kick, blocked, lasting = idle[:0], kick[:0], blocked[:0], lasting[:0]
 	}
 }
 

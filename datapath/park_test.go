@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestParkedFlows opens flows, lets them fall idle and checks that they
@@ -271,5 +273,40 @@ func TestWakesWhileBusy(t *testing.T) {
 	}
 	if w := ReadStats().Wakes - s0.Wakes; w < flows*rounds {
 		t.Errorf("%d wake-ups from the epoll set for %d messages each way", w, flows*rounds)
+	}
+}
+
+// TestServerKeepalive: Options.ServerKeepalive reaches the server leg once
+// the flow has lasted a while, and a flow without it keeps what it had.
+func TestServerKeepalive(t *testing.T) {
+	keepidle := func(c *net.TCPConn) int {
+		rc, err := c.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := -1
+		rc.Control(func(fd uintptr) { v, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE) })
+		return v
+	}
+	ka := &net.KeepAliveConfig{Enable: true, Idle: 77 * time.Second, Interval: 5 * time.Second, Count: 3}
+	var outs [2]*net.TCPConn
+	for i, opt := range []*net.KeepAliveConfig{ka, nil} {
+		client, relayIn := tcpPair(t)
+		relayOut, server := tcpPair(t)
+		outs[i] = relayOut
+		New(relayIn, relayOut, Options{Idle: time.Minute, ServerKeepalive: opt}, nil).Run()
+		exchange(t, client, server, []byte("up"), []byte("down"))
+		defer client.Close()
+		defer server.Close()
+	}
+	before := keepidle(outs[1])
+	for i := 0; keepidle(outs[0]) != 77; i++ {
+		if i > 500 {
+			t.Fatalf("keepalive idle %d s on the server leg, want 77", keepidle(outs[0]))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := keepidle(outs[1]); got != before || got == 77 {
+		t.Errorf("a flow without ServerKeepalive: keepalive idle %d s, was %d", got, before)
 	}
 }

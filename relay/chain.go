@@ -131,7 +131,7 @@ func (s *Server) redial(ctx context.Context, rt *runtime, pc *pendingChain, held
 	}
 	pc.c, pc.pool = nil, nil
 	leg := rt.cfg.Legs.Relay
-	leg.mptcp = pc.mptcp
+	leg.mptcp, leg.lateKeepalive = pc.mptcp, true
 	c, err := s.dial(ctx, rt, pc.via0, append(slices.Clip(pc.msgs), held...), leg, netip.Addr{})
 	if err != nil {
 		// The first relay is down or refusing: no verdict on the destination.

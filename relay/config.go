@@ -114,6 +114,9 @@ type LegConfig struct {
 	// header. Default true; false for paths that drop SYNs with data.
 	FastOpen *bool `yaml:"fast_open"`
 	mptcp    bool  // this dial is Multipath TCP (set per route or peer, not read from the file)
+	// lateKeepalive: this dial is a flow's, whose data path sets keepalive
+	// once the flow has lasted a second (runtime.keepalive); not read from the file.
+	lateKeepalive bool
 	// Pacing spreads each window of the leg's sends over its round trip
 	// (TCP's own pacing). A relay receives in bursts as fast as the leg
 	// before it delivers; paced, it forwards them without filling the next

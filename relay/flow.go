@@ -155,8 +155,13 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 	}
 	active := s.metrics.active.With(f.listener, *f.route.Load())
 	active.Inc()
+	toRelay := *f.route.Load() != "direct"
+	ka := rt.keepalive[0]
+	if toRelay {
+		ka = rt.keepalive[1]
+	}
 	dp := datapath.New(c, server, datapath.Options{
-		Idle: idleOf(rt, *f.proto.Load() == "convert", *f.route.Load() != "direct"), Up: &f.up, Down: &f.down,
+		Idle: idleOf(rt, *f.proto.Load() == "convert", toRelay), Up: &f.up, Down: &f.down, ServerKeepalive: ka,
 		ParkAfter: rt.cfg.ParkAfter.D(), OnPath: s.onPath,
 		DownPrefix: f.downPrefix, PrefixWait: prefixWait, ServerFirst: f.serverFirst, ForceCopy: rt.cfg.DataPath == "copy",
 		Sockmap: rt.cfg.DataPath == "sockmap",
@@ -347,7 +352,7 @@ func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, d
 			src = f.client.Addr()
 		}
 		leg := rt.cfg.Legs.Server
-		leg.mptcp = r.mptcp
+		leg.mptcp, leg.lateKeepalive = r.mptcp, true
 		c, err = s.dial(ctx, rt, dst, append(hdr, early...), leg, src)
 	}
 	s.metrics.connect.With(leg).Observe(time.Since(start).Seconds())
@@ -365,8 +370,11 @@ func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, d
 // A valid src is used as the local address, with IP_TRANSPARENT, so the
 // leg leaves with the client's address.
 func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, early []byte, leg LegConfig, src netip.Addr) (*net.TCPConn, error) {
-	d := net.Dialer{
-		KeepAliveConfig: net.KeepAliveConfig{Enable: leg.Keepalive > 0, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: keepaliveProbes},
+	var d net.Dialer
+	if leg.Keepalive == 0 || leg.lateKeepalive {
+		d.KeepAlive = -1
+	} else {
+		d.KeepAliveConfig = leg.keepaliveConfig()
 	}
 	// Fast Open and MPTCP together need the newest kernels: one or the other.
 	if o := (sockopt.Options{FastOpenConnect: len(early) > 0 && leg.fastOpen() && !leg.mptcp, UserTimeout: leg.UserTimeout.D(),
@@ -376,9 +384,6 @@ func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, ear
 	}
 	if src.IsValid() {
 		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
-	}
-	if leg.Keepalive == 0 {
-		d.KeepAlive = -1
 	}
 	d.SetMultipathTCP(leg.mptcp)
 	nc, err := d.DialContext(ctx, "tcp", addr.String())
@@ -403,10 +408,13 @@ func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, ear
 	return c, nil
 }
 
-// setLeg applies a leg's keepalive, user timeout, congestion control and
-// buffers to an accepted socket.
 // keepaliveProbes is the keepalive probe count of every leg.
 const keepaliveProbes = 4
+
+// keepaliveConfig is the leg's TCP keepalive.
+func (leg LegConfig) keepaliveConfig() net.KeepAliveConfig {
+	return net.KeepAliveConfig{Enable: leg.Keepalive > 0, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: keepaliveProbes}
+}
 
 // setLeg applies a leg's settings to an accepted connection of l; the
 // keepalive it inherited from the listening socket is not set again.
@@ -415,7 +423,7 @@ func setLeg(l *listener, c *net.TCPConn, leg LegConfig) {
 		_ = sockopt.Tune(c, leg.Congestion, int(leg.SendBuffer), int(leg.ReceiveBuffer), leg.Pacing)
 	}
 	if int64(leg.Keepalive.D()) != l.keepalive.Load() {
-		_ = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: leg.Keepalive > 0, Idle: leg.Keepalive.D(), Interval: leg.Keepalive.D(), Count: keepaliveProbes})
+		_ = c.SetKeepAliveConfig(leg.keepaliveConfig())
 	}
 	if leg.UserTimeout > 0 {
 		_ = sockopt.SetUserTimeout(c, leg.UserTimeout.D())

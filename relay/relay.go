@@ -78,6 +78,10 @@ type runtime struct {
 	routes   []route
 	tunables Tunables
 	mptcp    bool // some listener, route or peer asks for MPTCP: flows check their legs
+	// keepalive is what a flow's data path puts on its server leg, dialed
+	// without (LegConfig.lateKeepalive), once the flow has lasted a
+	// second: [0] for a leg to a server, [1] to a relay; nil when off.
+	keepalive [2]*net.KeepAliveConfig
 }
 
 // Tunables are the settings the admin API may change at run time.
@@ -210,6 +214,12 @@ func newRuntime(cfg *Config) (*runtime, error) {
 	var err error
 	if rt.routes, err = compileRoutes(cfg.Routes); err != nil {
 		return nil, err
+	}
+	for i, leg := range []LegConfig{cfg.Legs.Server, cfg.Legs.Relay} {
+		if leg.Keepalive > 0 {
+			ka := leg.keepaliveConfig()
+			rt.keepalive[i] = &ka
+		}
 	}
 	for _, l := range cfg.Listeners {
 		rt.mptcp = rt.mptcp || l.MPTCP

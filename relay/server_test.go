@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"halfway/httpconnect"
 	"halfway/socks5"
 )
@@ -282,4 +283,64 @@ func echoDirect(addr net.Addr, n int, first ...int) error {
 		return fmt.Errorf("got %d bytes back, not the %d sent", len(got), n)
 	}
 	return nil
+}
+
+// TestServerLegKeepalive: a flow's dial leaves TCP keepalive to the data
+// path, which sets legs.server.keepalive on the server leg once the flow
+// has lasted a second; other dials (a pool's) set it at once.
+func TestServerLegKeepalive(t *testing.T) {
+	echo := echoServer(t)
+	s := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+legs: {server: {keepalive: 77s}}
+listeners:
+  - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: %q}
+`, echo))
+	sockopt := func(c *net.TCPConn, level, opt int) int {
+		rc, err := c.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := -1
+		rc.Control(func(fd uintptr) { v, _ = unix.GetsockoptInt(int(fd), level, opt) })
+		return v
+	}
+	rt := s.state.Load()
+	leg := rt.cfg.Legs.Server
+	for _, late := range []bool{true, false} {
+		leg.lateKeepalive = late
+		c, err := s.dial(context.Background(), rt, echo, nil, leg, netip.Addr{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		on, idle := sockopt(c, unix.SOL_SOCKET, unix.SO_KEEPALIVE), sockopt(c, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+		c.Close()
+		if want := !late; (on == 1) != want || want && idle != 77 {
+			t.Errorf("dial with lateKeepalive %v: SO_KEEPALIVE %d, idle %d s", late, on, idle)
+		}
+	}
+	c, err := net.Dial("tcp", s.Addr("fwd").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	var server *net.TCPConn
+	waitFor(t, func() bool {
+		s.table.each(func(f *flow) {
+			if dp := f.dp.Load(); dp != nil {
+				_, server = dp.Conns()
+			}
+		})
+		return server != nil
+	})
+	waitFor(t, func() bool {
+		return sockopt(server, unix.SOL_SOCKET, unix.SO_KEEPALIVE) == 1 && sockopt(server, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE) == 77
+	})
 }
