@@ -93,8 +93,14 @@ type PeerRow struct {
 	AnonPerFlow float64 `json:"anon_per_flow_bytes,omitempty"`
 	FDsPerFlow  float64 `json:"fds_per_flow,omitempty"`
 	SlabPerFlow float64 `json:"kernel_slab_per_flow_bytes,omitempty"`
-	Processes   int     `json:"processes_with_flows,omitempty"`
-	Err         string  `json:"error,omitempty"`
+	// ObjectsPerFlow is the growth of live slab objects per flow
+	// (/proc/slabinfo), and ObjectCaches its caches that grew by 8 B per
+	// flow or more: the kernel memory the flows hold, without the free
+	// room in slab pages that meminfo's Slab (SlabPerFlow) also counts.
+	ObjectsPerFlow float64            `json:"kernel_objects_per_flow_bytes,omitempty"`
+	ObjectCaches   map[string]float64 `json:"kernel_object_caches_per_flow_bytes,omitempty"`
+	Processes      int                `json:"processes_with_flows,omitempty"`
+	Err            string             `json:"error,omitempty"`
 }
 
 // Ports inside the benchmark's namespace.
@@ -822,6 +828,25 @@ func (b *peersBench) latency(ctx context.Context, addr string, n int) (p50, p99 
 	return quantile(rtts, 0.5), quantile(rtts, 0.99), nil
 }
 
+// objectGrowth is the growth of live slab objects from a to b per flow: in
+// all, and for each cache that grew by 8 B per flow or more.
+func objectGrowth(a, b map[string]int64, flows int) (total float64, caches map[string]float64) {
+	caches = map[string]float64{}
+	for name, n := range b {
+		d := float64(n-a[name]) / float64(flows)
+		total += d
+		if d >= 8 {
+			caches[name] = d
+		}
+	}
+	for name, n := range a {
+		if _, ok := b[name]; !ok {
+			total -= float64(n) / float64(flows)
+		}
+	}
+	return total, caches
+}
+
 // memory opens idle flows through the proxy to the sink and measures what
 // they cost it.
 func (b *peersBench) memory(ctx context.Context, p *peerProc, row *PeerRow) error {
@@ -836,7 +861,7 @@ func (b *peersBench) memory(ctx context.Context, p *peerProc, row *PeerRow) erro
 		rss0, anon0, fds0, _ = groupMem(p.cmd.Process.Pid)
 		row.IdleRSSKiB = float64(rss0) / 1024
 	}
-	slab0 := slabKiB()
+	slab0, objs0 := slabKiB(), slabObjects()
 	var conns []net.Conn
 	defer func() {
 		for _, c := range conns {
@@ -867,6 +892,9 @@ func (b *peersBench) memory(ctx context.Context, p *peerProc, row *PeerRow) erro
 	time.Sleep(2 * time.Second) // every flow reached the sink and went idle
 	row.Flows = flows
 	row.SlabPerFlow = float64(slabKiB()-slab0) * 1024 / float64(flows)
+	if objs0 != nil {
+		row.ObjectsPerFlow, row.ObjectCaches = objectGrowth(objs0, slabObjects(), flows)
+	}
 	if p.cmd == nil {
 		return nil
 	}
@@ -930,7 +958,7 @@ func (b *peersBench) notes() []string {
 		fmt.Sprintf("Throughput: one stream, 256 KB writes, 1 s warm-up then %s; CPU is the proxy's user+system time (its process group, reaped children included) per GB moved. Machine CPU is every core's busy time per GB (/proc/stat), load generator and sink included: it counts the kernel's work outside the proxy's process (softirqs, and the kworkers that send what the sockmap program redirects), which the proxy's own CPU misses; direct's is the floor.", b.o.Window),
 		fmt.Sprintf("Connection rates: %d clients, 1 KB HTTP; new connection per request (`Connection: close`) or one kept alive per client; 0.5 s warm-up then %s; CPU per request as above.", b.o.Clients, b.o.Window),
 		fmt.Sprintf("Latency: one client, %d sequential requests on one kept-alive connection after 200 unmeasured; added latency is the proxy's median minus direct's.", b.o.Requests),
-		fmt.Sprintf("Memory: a fresh proxy process; %d idle flows (socat %d: it forks a process per flow) each with one byte sent, measured 2 s later: RSS of the proxy's processes (memory per flow is the growth of its anonymous part, the flows' own memory: the rest is pages of the program's file, which the first flows' code maps once; the whole RSS growth is in the JSON), their descriptors, and the machine's Slab (indicative: other activity shows too).", b.o.Flows, b.o.SocatFlows),
+		fmt.Sprintf("Memory: a fresh proxy process; %d idle flows (socat %d: it forks a process per flow) each with one byte sent, measured 2 s later: RSS of the proxy's processes (memory per flow is the growth of its anonymous part, the flows' own memory: the rest is pages of the program's file, which the first flows' code maps once; the whole RSS growth is in the JSON), their descriptors, and the kernel's memory: the growth of live slab objects (/proc/slabinfo: active objects times their size, per cache; meminfo's machine-wide Slab, which also counts free room in slab pages, is in the JSON).", b.o.Flows, b.o.SocatFlows),
 	}
 	if b.r.Pinned {
 		n = append(n, "Pinned: each proxy runs on CPU 1 (taskset), the load generator and backends on CPU 0, so the proxy has a core to itself and its CPU time is not the clients'.")

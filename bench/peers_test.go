@@ -46,3 +46,35 @@ func TestPeersMarkdownGoals(t *testing.T) {
 		t.Error("a saved report renders differently")
 	}
 }
+
+// TestPeersKernelObjects: with live slab objects measured for every row,
+// the kernel goal and column use them, broken down by cache; a report
+// with Slab alone keeps Slab.
+func TestPeersKernelObjects(t *testing.T) {
+	objs := parseSlabinfo(`slabinfo - version: 2.1
+# name            <active_objs> <num_objs> <objsize> <objperslab> <pagesperslab> : tunables <limit> <batchcount> <sharedfactor> : slabdata <active_slabs> <num_slabs> <sharedavail>
+TCP                   53    104   2368   13    8 : tunables    0    0    0 : slabdata      8      8      0
+eventpoll_epi        385    576    128   32    1 : tunables    0    0    0 : slabdata     18     18      0
+broken line
+`)
+	if len(objs) != 2 || objs["TCP"] != 53*2368 || objs["eventpoll_epi"] != 385*128 {
+		t.Fatalf("parsed %v", objs)
+	}
+	after := map[string]int64{"TCP": objs["TCP"] + 100*2*2368, "eventpoll_epi": objs["eventpoll_epi"] + 100*4*128 + 5}
+	total, caches := objectGrowth(objs, after, 100)
+	if total != 2*2368+4*128+0.05 || caches["TCP"] != 2*2368 || len(caches) != 2 {
+		t.Fatalf("growth %v, %v", total, caches)
+	}
+	r := &PeersReport{Repeats: 1, Rows: []PeerRow{
+		{Name: "direct", Flows: 100, SlabPerFlow: 9000, ObjectsPerFlow: 7000, ObjectCaches: map[string]float64{"TCP": 4736}},
+		{Name: "halfway", Flows: 100, SlabPerFlow: 1000, ObjectsPerFlow: 15000, ObjectCaches: map[string]float64{"TCP": 9472, "eventpoll_epi": 512}},
+		{Name: "haproxy", Flows: 100, SlabPerFlow: 2000, ObjectsPerFlow: 14600, ObjectCaches: map[string]float64{"TCP": 9472, "eventpoll_epi": 256}},
+	}}
+	wantLines(t, r.Markdown(),
+		"Kernel memory per flow ≤ HAProxy's: 8000 B against 7600 B (live slab objects beyond direct's) — **missed**",
+		"| | `TCP` | `eventpoll_epi` | all |",
+		"| halfway | 9472 | 512 | 15000 |",
+	)
+	r.Rows[0].ObjectsPerFlow = 0 // an older report: Slab only
+	wantLines(t, r.Markdown(), "Kernel memory per flow ≤ HAProxy's: -8000 B against -7000 B (machine-wide Slab beyond direct's) — met")
+}
