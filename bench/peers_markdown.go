@@ -49,7 +49,7 @@ func (r *PeersReport) Markdown() string {
 			med(row.ConnRate, "%.0f"), med(row.ConnCPUus, "%.0f"), med(row.KARate, "%.0f"), med(row.KACPUus, "%.0f"))
 	}
 	b.WriteString("\n## Latency, memory, start\n\n| | p50 µs | p99 µs | added p50 / p99 µs | idle RSS | memory per idle flow | descriptors per flow | kernel per flow (beyond direct) | exec to accept ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	direct := r.row("direct")
+	direct, objs := r.row("direct"), r.objects()
 	for _, row := range r.Rows {
 		added := "–"
 		if direct != nil && row.Name != "direct" && len(row.LatP50us) > 0 && len(direct.LatP50us) > 0 {
@@ -61,7 +61,7 @@ func (r *PeersReport) Markdown() string {
 			per = fmt.Sprintf("%.0f B (%d flows)", row.memPerFlow(), row.Flows)
 			fds = fmt.Sprintf("%.2f", row.FDsPerFlow)
 			if direct != nil && direct.Flows > 0 {
-				slab = fmt.Sprintf("%.0f B", row.kernelPerFlow(r.objects())-direct.kernelPerFlow(r.objects()))
+				slab = fmt.Sprintf("%.0f B", row.kernelPerFlow(objs)-direct.kernelPerFlow(objs))
 			}
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", row.Name, med(row.LatP50us, "%.0f"), med(row.LatP99us, "%.0f"),
@@ -91,7 +91,6 @@ func (r *PeersReport) Markdown() string {
 		goal(fmt.Sprintf("Memory per idle flow ≤ HAProxy's: %.0f B against %.0f B", hw.memPerFlow(), hp.memPerFlow()), hw.Flows > 0 && hp.Flows > 0 && hw.memPerFlow() <= hp.memPerFlow())
 		goal(fmt.Sprintf("No extra descriptors held by an idle flow: %.2f per flow (2 are its sockets)", hw.FDsPerFlow), hw.Flows > 0 && hw.FDsPerFlow <= 2.05)
 		var base float64
-		objs := r.objects()
 		if direct != nil {
 			base = direct.kernelPerFlow(objs)
 		}
@@ -112,7 +111,7 @@ func (r *PeersReport) Markdown() string {
 			goal(fmt.Sprintf("Added p99 latency ≤ HAProxy's: p99 %.0f µs against %.0f µs", median(hw.LatP99us), median(hp.LatP99us)), median(hw.LatP99us) <= median(hp.LatP99us))
 		}
 	}
-	if r.objects() {
+	if objs {
 		b.WriteString(r.cachesTable())
 	}
 	b.WriteString("\n")

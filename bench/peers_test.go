@@ -2,6 +2,7 @@ package bench
 
 import (
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 )
@@ -62,7 +63,7 @@ broken line
 	}
 	after := map[string]int64{"TCP": objs["TCP"] + 100*2*2368, "eventpoll_epi": objs["eventpoll_epi"] + 100*4*128 + 5}
 	total, caches := objectGrowth(objs, after, 100)
-	if total != 2*2368+4*128+0.05 || caches["TCP"] != 2*2368 || len(caches) != 2 {
+	if math.Abs(total-(2*2368+4*128+0.05)) > 1e-9 || caches["TCP"] != 2*2368 || len(caches) != 2 {
 		t.Fatalf("growth %v, %v", total, caches)
 	}
 	r := &PeersReport{Repeats: 1, Rows: []PeerRow{
