@@ -12,10 +12,13 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 // copyStep is the user-space fallback: src → dst through a pooled buffer,
 // taken only once src has bytes, so an idle direction holds none.
 func (d *dir) copyStep() (step, error) {
-	src, dst := d.src(), d.dst()
-	srcRC, err := src.SyscallConn()
+	srcRC, err := d.src().SyscallConn()
 	if err != nil {
 		return stepErr, sideErr{read: true, err: err}
+	}
+	dstRC, err := d.dst().SyscallConn()
+	if err != nil {
+		return stepErr, sideErr{read: false, err: err}
 	}
 	for {
 		d.cn, d.err, d.block, d.op = 0, nil, false, opReadIn
@@ -39,9 +42,15 @@ func (d *dir) copyStep() (step, error) {
 			}
 			return stepEOF, nil
 		}
-		d.writeWait(true) // until Write returns, the sweep watches src
-		m, werr := dst.Write((*d.buf)[:d.cn])
+		// Raw while dst takes bytes; while it is full, Go's poller waits
+		// for room and the sweep watches src (writeOut).
+		d.m, d.err, d.op = 0, nil, opWriteOut
+		werr := dstRC.Write(d.fn)
 		d.writeWait(false)
+		if werr == nil && d.err != nil {
+			werr = os.NewSyscallError("write", d.err)
+		}
+		m := d.m
 		bufPool.Put(d.buf)
 		d.buf = nil
 		d.n += int64(m)
@@ -72,6 +81,27 @@ func (d *dir) readIn(fd uintptr) bool {
 	}
 	if d.waitSince.Load() != 0 {
 		d.waitSince.Store(0)
+	}
+	return true
+}
+
+// writeOut sends what buf holds from d.m on, without blocking; when dst
+// is full it returns false, so that the caller waits for room in Go's
+// poller, and marks the wait for the sweep.
+func (d *dir) writeOut(fd uintptr) bool {
+	for d.m < d.cn {
+		n, err := rawSend(int(fd), (*d.buf)[d.m:d.cn])
+		switch err {
+		case nil:
+			d.m += int32(n)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			d.writeWait(true)
+			return false
+		default:
+			d.err = err
+			return true
+		}
 	}
 	return true
 }

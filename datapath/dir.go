@@ -63,6 +63,7 @@ const (
 	opSpliceIn uint8 = iota
 	opSpliceOut
 	opReadIn
+	opWriteOut
 	opWatch
 	opPeek
 )
@@ -75,6 +76,8 @@ func (d *dir) call(fd uintptr) bool {
 		return d.spliceOut(fd)
 	case opReadIn:
 		return d.readIn(fd)
+	case opWriteOut:
+		return d.writeOut(fd)
 	case opPeek:
 		return d.peekIn(fd)
 	}

@@ -49,3 +49,13 @@ func rawRead(fd int, b []byte) (int, error) {
 	}
 	return int(r), nil
 }
+
+// rawSend sends on a non-blocking socket; a reset peer gives EPIPE, not
+// SIGPIPE.
+func rawSend(fd int, b []byte) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_NOSIGNAL, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
