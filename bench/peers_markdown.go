@@ -182,10 +182,15 @@ func (row *PeerRow) kernelPerFlow(objs bool) float64 {
 }
 
 // cachesTable breaks each row's kernel memory per idle flow down by slab
-// cache: those that grew by 32 B per flow or more in some row.
+// cache: those that grew by 32 B per flow or more in some row of a proxy
+// that holds its flows in one process (socat's process per flow brings
+// dozens of caches of its own; its whole figure is in the last column).
 func (r *PeersReport) cachesTable() string {
 	var names []string
 	for _, row := range r.Rows {
+		if row.Processes > 1 {
+			continue
+		}
 		for name, v := range row.ObjectCaches {
 			if v >= 32 && !slices.Contains(names, name) {
 				names = append(names, name)
