@@ -27,8 +27,8 @@
 // or while its destination has fallen behind (the redirect itself has no
 // backpressure), and hands it back once caught up (see bpf/sockmap.c).
 //
-// The system calls a message costs (splice, epoll_wait with no timeout,
-// epoll_ctl) are made raw, outside the Go scheduler's syscall state: on
+// The system calls a message costs (splice, or read and send on the copy
+// path, epoll_wait with no timeout, epoll_ctl) are made raw, outside the Go scheduler's syscall state: on
 // non-blocking descriptors they never block, and that state would wake the
 // runtime's monitor thread on the first call after every idle spell, a
 // context switch on each message's path (see raw_linux.go).

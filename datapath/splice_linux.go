@@ -9,7 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -398,15 +397,11 @@ func writePrefix(dst, src *net.TCPConn, prefix []byte, wait time.Duration) error
 // peek looks at a socket without taking a byte: n is 1 (bytes waiting) or
 // 0 (EOF), else the error (EAGAIN: nothing yet).
 func peek(fd uintptr) (int, error) {
-	var b byte
+	var b [1]byte
 	for {
-		n, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b)), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
-		switch e {
-		case 0:
-			return int(n), nil
-		case unix.EINTR:
-			continue
+		n, err := rawRecv(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err != unix.EINTR {
+			return n, err
 		}
-		return 0, e
 	}
 }

@@ -153,9 +153,10 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 			s.metrics.mptcp.With(f.listener, legNames[i], f.mptcp[i]).Inc()
 		}
 	}
-	active := s.metrics.active.With(f.listener, *f.route.Load())
+	route := *f.route.Load()
+	active := s.metrics.active.With(f.listener, route)
 	active.Inc()
-	toRelay := *f.route.Load() != "direct"
+	toRelay := route != "direct"
 	ka := rt.keepalive[0]
 	if toRelay {
 		ka = rt.keepalive[1]
