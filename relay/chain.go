@@ -322,6 +322,7 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Time{})
+	fresh := true // not a pooled connection
 	if m.Connect == nil && !m.Info && m.Cookie != nil {
 		// A peer opening a pooled connection: it greets with a pool cookie
 		// alone, and sends its request when a flow takes the connection.
@@ -332,6 +333,7 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 			s.metrics.refused.With(f.listener, "hop_not_authenticated").Inc()
 			return fail(convert.NotAuthorized, errorf("convert pool greeting", err))
 		}
+		fresh = false
 		pooled := "pooled"
 		f.proto.Store(&pooled)
 		f.endHandshake()
@@ -404,9 +406,22 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 	if m.Info {
 		reply.Supported = supportedExts(st)
 	}
-	if pipelined {
-		// The sender does not wait for the answer: it goes with the
-		// server's first bytes, not in a packet of its own.
+	// A sender that waits for the answer gets it now. One that pipelines
+	// (its client's bytes follow the Connect without waiting) gets it with
+	// the server's first bytes rather than in a packet of its own, which
+	// would hold a place in this leg's first flight until acknowledged:
+	// on a pooled connection, or one whose handshake came before the
+	// Connect, the client's bytes may be right behind, and the server's
+	// answer to them back sooner than that ACK. But when the Connect came
+	// in a Fast Open SYN (a pipelining relay puts only Connects there), the
+	// sender can send the client's bytes only once our SYN-ACK reaches it,
+	// so they, and the server's answer to them, come a round trip of this
+	// leg later, about when the answer's ACK does. Alone, the answer then
+	// leaves the server's bytes the whole first flight, while riding ahead
+	// of them it would shift them off the segment size: a hop pushing
+	// segments as they come would send a 4-byte runt in that flight
+	// (docs/relay.md, Fig. 4).
+	if pipelined && !(fresh && sockopt.SYNData(c)) {
 		f.downPrefix, err = convert.AppendMessage(nil, reply)
 		if err != nil {
 			resetConn(server)

@@ -252,6 +252,17 @@ func Info(c *net.TCPConn) (*unix.TCPInfo, error) {
 	return info, serr
 }
 
+// tcpiOptSynData is TCPI_OPT_SYN_DATA (linux/tcp.h), which x/sys lacks.
+const tcpiOptSynData = 0x20
+
+// SYNData tells whether an accepted connection's SYN carried data (Fast
+// Open). On a connection that dialed with Fast Open it says the server
+// acknowledged that data.
+func SYNData(c *net.TCPConn) bool {
+	info, err := Info(c)
+	return err == nil && info.Options&tcpiOptSynData != 0
+}
+
 // ErrNotEstablished is returned when a connect ends in another state.
 var ErrNotEstablished = errors.New("connection not established")
 

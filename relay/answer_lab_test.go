@@ -1,0 +1,135 @@
+package relay_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"halfway/convert"
+	"halfway/relay"
+	"halfway/sockopt"
+)
+
+// TestHopAnswerSegments: a hop answers a pipelining sender whose Connect
+// came in a Fast Open SYN at once, in a segment of its own; one whose
+// Connect came after the handshake gets the answer in one segment with the
+// server's first bytes. Counted in segments the sender received, against
+// a server that speaks first.
+func TestHopAnswerSegments(t *testing.T) {
+	cl := startChain(t)
+	rc, server := cl.lab.Host("rc"), cl.lab.Host("server")
+	banner := []byte("220 banner from the server\r\n")
+	dst := netip.MustParseAddrPort(server.AddrPort(2525))
+	ln, err := server.Listen("tcp4", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.Write(banner)
+				c.SetReadDeadline(time.Now().Add(20 * time.Second))
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	hop := netip.MustParseAddrPort(cl.rsHop)
+	connect := func() []byte {
+		b, err := convert.AppendMessage(nil, &convert.Message{
+			Connect: &convert.Connect{Dst: dst},
+			Cookie:  relay.PipelinedHopCookie(cl.psk, hop, dst),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	// answerThenBanner reads the hop's answer and the banner behind it and
+	// returns how many segments with data c received.
+	answerThenBanner := func(c *net.TCPConn) uint32 {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		m, err := convert.ReadMessage(c)
+		if err != nil || m.Error != nil {
+			t.Fatalf("answer: %+v, %v", m, err)
+		}
+		got := make([]byte, len(banner))
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, banner) {
+			t.Fatalf("after the answer: %q, %v; want the banner", got, err)
+		}
+		info, err := sockopt.Info(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Data_segs_in
+	}
+
+	// After the handshake: the answer rides with the banner.
+	c, err := rc.Dial(context.Background(), "tcp4", cl.rsHop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(connect()); err != nil {
+		t.Fatal(err)
+	}
+	if n := answerThenBanner(c.(*net.TCPConn)); n != 1 {
+		t.Errorf("Connect after the handshake: answer and banner came in %d segments, want 1", n)
+	}
+
+	// In a Fast Open SYN: the first connect fetches the hop's cookie (its
+	// bytes go after the handshake), the next ones carry the Connect.
+	for try := 0; ; try++ {
+		c := fastOpen(t, rc.Do, hop, connect())
+		defer c.Close()
+		if !sockopt.SYNData(c) {
+			answerThenBanner(c)
+			if try == 3 {
+				t.Fatal("the hop never took data in a Fast Open SYN")
+			}
+			continue
+		}
+		if n := answerThenBanner(c); n != 2 {
+			t.Errorf("Connect in a Fast Open SYN: answer and banner came in %d segments, want 2 (the answer first, alone)", n)
+		}
+		break
+	}
+}
+
+// fastOpen connects to addr from inside do's network namespace with
+// data in the SYN when the kernel has a Fast Open cookie for addr.
+func fastOpen(t *testing.T, do func(func() error) error, addr netip.AddrPort, data []byte) *net.TCPConn {
+	t.Helper()
+	var c net.Conn
+	err := do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		f := os.NewFile(uintptr(fd), "fastopen")
+		defer f.Close()
+		sa := &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}
+		if err := unix.Sendto(fd, data, unix.MSG_FASTOPEN, sa); err != nil {
+			return err
+		}
+		c, err = net.FileConn(f)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("Fast Open connect to %s: %v", addr, err)
+	}
+	return c.(*net.TCPConn)
+}
