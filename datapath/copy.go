@@ -94,6 +94,10 @@ func (d *dir) writeOut(fd uintptr) bool {
 		switch err {
 		case nil:
 			d.m += int32(n)
+			if !d.primed && d.n+int64(d.m) >= primeAt {
+				d.primed = true
+				primeSend(int(fd))
+			}
 		case unix.EINTR:
 		case unix.EAGAIN:
 			d.writeWait(true)

@@ -107,6 +107,14 @@ type Options struct {
 	// without spending a packet of its initial window on the answer.
 	DownPrefix []byte
 	PrefixWait time.Duration
+	// PrimeClientSend and PrimeServerSend take that leg's send buffer out
+	// of the kernel's autotuning once the direction toward it has moved 32
+	// KiB: it is fixed at net.ipv4.tcp_wmem's maximum, and its unsent bytes
+	// are bounded by TCP_NOTSENT_LOWAT (256 KiB) instead. Autotuning grows
+	// the buffer only after a write has blocked, too late for a relay's
+	// slow start (see sendbuf_linux.go). Leave them off for a leg whose
+	// buffer the caller fixed.
+	PrimeClientSend, PrimeServerSend bool
 	// ServerKeepalive, if set, is put on the server connection once the
 	// flow has lasted about a second, by the shard's sweep: most
 	// flows end sooner, and keepalive matters only after an idle spell

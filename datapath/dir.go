@@ -51,6 +51,7 @@ type dir struct {
 	held       bool  // taken over from the sockmap while held: may resume
 	inline     bool  // running on its shard's wait loop, not a goroutine of its own
 	bulk       bool  // a splice in moved growAt or more: it takes big pipes
+	primed     bool  // dst's send buffer is primed, or is not to be (see primeSend)
 	clean      uint8 // splices out in a row that emptied the pipe (at most cleanOuts)
 	op         uint8
 	// fn is the callback for RawConn, made once rather than at every
@@ -116,6 +117,7 @@ const (
 
 func (d *dir) init(f *Flow, up bool) {
 	d.f, d.up, d.copy = f, up, f.opt.ForceCopy
+	d.primed = up && !f.opt.PrimeServerSend || !up && !f.opt.PrimeClientSend
 	d.fn = d.call
 }
 

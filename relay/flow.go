@@ -156,13 +156,18 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 	route := *f.route.Load()
 	active := s.metrics.active.With(f.listener, route)
 	active.Inc()
-	toRelay := route != "direct"
+	toRelay, fromRelay := route != "direct", *f.proto.Load() == "convert"
 	ka := rt.keepalive[0]
+	cliLeg, srvLeg := rt.cfg.Legs.Client, rt.cfg.Legs.Server
 	if toRelay {
-		ka = rt.keepalive[1]
+		ka, srvLeg = rt.keepalive[1], rt.cfg.Legs.Relay
+	}
+	if fromRelay {
+		cliLeg = rt.cfg.Legs.Relay
 	}
 	dp := datapath.New(c, server, datapath.Options{
-		Idle: idleOf(rt, *f.proto.Load() == "convert", toRelay), Up: &f.up, Down: &f.down, ServerKeepalive: ka,
+		Idle: idleOf(rt, fromRelay, toRelay), Up: &f.up, Down: &f.down, ServerKeepalive: ka,
+		PrimeClientSend: cliLeg.SendBuffer == 0, PrimeServerSend: srvLeg.SendBuffer == 0,
 		ParkAfter: rt.cfg.ParkAfter.D(), OnPath: s.onPath,
 		DownPrefix: f.downPrefix, PrefixWait: prefixWait, ServerFirst: f.serverFirst, ForceCopy: rt.cfg.DataPath == "copy",
 		Sockmap: rt.cfg.DataPath == "sockmap",
