@@ -4,8 +4,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -42,9 +42,22 @@ var primeMinRTT atomic.Uint32
 
 func init() { primeMinRTT.Store(1000) }
 
+// ceiling caches tcp_wmem[2] for a second (an operator may change it
+// while the relay runs), without a lock: two directions that find it stale
+// at once both read it.
+var ceiling struct{ n, at atomic.Int64 }
+
 // sendCeiling is tcp_wmem[2] of the process's network namespace, or 0 if
 // it cannot be read.
-var sendCeiling = sync.OnceValue(func() int {
+func sendCeiling() int {
+	if now := time.Now().UnixNano(); now-ceiling.at.Load() >= int64(time.Second) {
+		ceiling.n.Store(int64(readWmemMax()))
+		ceiling.at.Store(now)
+	}
+	return int(ceiling.n.Load())
+}
+
+func readWmemMax() int {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_wmem")
 	if err != nil {
 		return 0
@@ -58,7 +71,7 @@ var sendCeiling = sync.OnceValue(func() int {
 		return 0
 	}
 	return n
-})
+}
 
 // primeSend fixes fd's send buffer as described above. Best effort: a
 // socket that refuses TCP_NOTSENT_LOWAT (MPTCP ones on older kernels) or

@@ -106,7 +106,9 @@ type LegConfig struct {
 	Congestion string `yaml:"congestion"`
 	// SendBuffer and ReceiveBuffer fix the socket buffers (SO_SNDBUFFORCE,
 	// SO_RCVBUFFORCE), e.g. 32MiB for a long fat leg; 0 keeps the
-	// kernel's autotuning.
+	// kernel's autotuning, except that the data path fixes a send buffer
+	// at tcp_wmem's maximum once its flow carries bulk over a path of 1 ms
+	// or more (datapath.Options.PrimeClientSend).
 	SendBuffer    Size `yaml:"send_buffer"`
 	ReceiveBuffer Size `yaml:"receive_buffer"`
 	// FastOpen sends the first bytes of a connect in its SYN (TCP Fast
