@@ -112,8 +112,9 @@ type Options struct {
 	// KiB: it is fixed at net.ipv4.tcp_wmem's maximum, and its unsent bytes
 	// are bounded by TCP_NOTSENT_LOWAT (256 KiB) instead. Autotuning grows
 	// the buffer only after a write has blocked, too late for a relay's
-	// slow start (see sendbuf_linux.go). Leave them off for a leg whose
-	// buffer the caller fixed.
+	// slow start (see sendbuf_linux.go). Only paths of 1 ms or more, and
+	// only bytes user space moves (not the sockmap program's). Leave them
+	// off for a leg whose buffer the caller fixed.
 	PrimeClientSend, PrimeServerSend bool
 	// ServerKeepalive, if set, is put on the server connection once the
 	// flow has lasted about a second, by the shard's sweep: most
