@@ -1,7 +1,9 @@
 package datapath
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"net"
 	"os"
 	"testing"
@@ -82,4 +84,75 @@ func TestPrimeSend(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPrimedSlowReader: through a primed leg, a reader that takes its
+// bytes slowly gets every one of them, and the relay's socket toward it
+// holds no more than about TCP_NOTSENT_LOWAT unsent (one socket buffer's
+// worth of a few MB without the bound).
+func TestPrimedSlowReader(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SO_SNDBUFFORCE needs CAP_NET_ADMIN: run as root")
+	}
+	defer primeMinRTT.Store(primeMinRTT.Load())
+	primeMinRTT.Store(0) // loopback
+	client, relayIn := tcpPair(t)
+	relayOut, server := tcpPair(t)
+	if err := client.SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res := make(chan Result, 1)
+	go func() {
+		res <- Join(ctx, relayIn, relayOut, Options{PrimeClientSend: true, PrimeServerSend: true})
+	}()
+	const size = 8 << 20
+	want := payload(30, size)
+	go func() {
+		server.Write(want)
+		server.CloseWrite()
+	}()
+	h := sha256.New()
+	buf := make([]byte, 32<<10)
+	client.SetReadDeadline(time.Now().Add(50 * time.Second))
+	most, got := uint32(0), 0
+	for got < size {
+		if info, err := unix.GetsockoptTCPInfo(sockFD(t, relayIn), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			most = max(most, info.Notsent_bytes)
+		}
+		n, err := client.Read(buf)
+		h.Write(buf[:n])
+		got += n
+		if err != nil {
+			break
+		}
+		time.Sleep(time.Millisecond) // a slow reader: about 30 MB/s
+	}
+	if got != size || !bytes.Equal(h.Sum(nil), sha(want)) {
+		t.Fatalf("%d of %d bytes, digest match %v", got, size, bytes.Equal(h.Sum(nil), sha(want)))
+	}
+	if _, lowat := sendOpts(t, relayIn); lowat != notsentLowat {
+		t.Fatalf("the client leg was not primed (TCP_NOTSENT_LOWAT %d)", lowat)
+	}
+	// A write may pass the bound by one segment buffer (64 KiB here).
+	if most > 2*notsentLowat {
+		t.Errorf("up to %d bytes waited unsent toward a slow reader, want about %d at most", most, notsentLowat)
+	}
+	client.CloseWrite()
+	if r := <-res; r.Reason != ReasonClosed || r.Down != size {
+		t.Errorf("%+v", r)
+	}
+}
+
+// sockFD is c's descriptor, for a getsockopt from the test.
+func sockFD(t *testing.T, c *net.TCPConn) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	rc.Control(func(f uintptr) { fd = int(f) })
+	return fd
 }
