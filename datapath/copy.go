@@ -94,10 +94,7 @@ func (d *dir) writeOut(fd uintptr) bool {
 		switch err {
 		case nil:
 			d.m += int32(n)
-			if !d.primed && d.n+int64(d.m) >= primeAt {
-				d.primed = true
-				primeSend(int(fd))
-			}
+			d.prime(fd, int(d.m))
 		case unix.EINTR:
 		case unix.EAGAIN:
 			d.writeWait(true)

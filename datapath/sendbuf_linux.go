@@ -73,6 +73,15 @@ func readWmemMax() int {
 	return n
 }
 
+// prime primes dst (fd) once the direction has moved primeAt bytes,
+// counting the ones not yet in d.n.
+func (d *dir) prime(fd uintptr, pending int) {
+	if !d.primed && d.n+int64(pending) >= primeAt {
+		d.primed = true
+		primeSend(int(fd))
+	}
+}
+
 // primeSend fixes fd's send buffer as described above. Best effort: a
 // socket that refuses TCP_NOTSENT_LOWAT (MPTCP ones on older kernels) or
 // SO_SNDBUFFORCE (a process without CAP_NET_ADMIN) keeps autotuning:

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"halfway/sockopt"
 )
 
 func sendOpts(t *testing.T, c *net.TCPConn) (sndbuf, lowat int) {
@@ -118,7 +120,7 @@ func TestPrimedSlowReader(t *testing.T) {
 	client.SetReadDeadline(time.Now().Add(50 * time.Second))
 	most, got := uint32(0), 0
 	for got < size {
-		if info, err := unix.GetsockoptTCPInfo(sockFD(t, relayIn), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+		if info, err := sockopt.Info(relayIn); err == nil {
 			most = max(most, info.Notsent_bytes)
 		}
 		n, err := client.Read(buf)
@@ -143,16 +145,4 @@ func TestPrimedSlowReader(t *testing.T) {
 	if r := <-res; r.Reason != ReasonClosed || r.Down != size {
 		t.Errorf("%+v", r)
 	}
-}
-
-// sockFD is c's descriptor, for a getsockopt from the test.
-func sockFD(t *testing.T, c *net.TCPConn) int {
-	t.Helper()
-	rc, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var fd int
-	rc.Control(func(f uintptr) { fd = int(f) })
-	return fd
 }

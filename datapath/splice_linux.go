@@ -176,10 +176,7 @@ func (d *dir) spliceIn(fd uintptr) bool {
 func (d *dir) spliceOut(fd uintptr) bool {
 	moved, err := rawSplice(d.p.r, int(fd), int(d.pn))
 	d.m, d.err = int32(moved), err
-	if !d.primed && d.n+int64(moved) >= primeAt {
-		d.primed = true
-		primeSend(int(fd))
-	}
+	d.prime(fd, moved)
 	if err == nil && d.m == d.pn {
 		d.clean = min(d.clean+1, cleanOuts)
 	} else {

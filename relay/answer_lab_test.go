@@ -6,11 +6,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"halfway/convert"
 	"halfway/relay"
@@ -93,8 +90,20 @@ func TestHopAnswerSegments(t *testing.T) {
 	// In a Fast Open SYN: the first connect fetches the hop's cookie (its
 	// bytes go after the handshake), the next ones carry the Connect.
 	for try := 0; ; try++ {
-		c := fastOpen(t, rc.Do, hop, connect())
-		defer c.Close()
+		// As a relay dials: TCP_FASTOPEN_CONNECT, then the first write.
+		d := &net.Dialer{Control: sockopt.Options{FastOpenConnect: true}.Control}
+		nc, err := rc.DialWith(context.Background(), d, "tcp4", cl.rsHop)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		c := nc.(*net.TCPConn)
+		if _, err := c.Write(connect()); err != nil {
+			t.Fatal(err)
+		}
+		if err := sockopt.WaitEstablished(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
 		if !sockopt.SYNData(c) {
 			answerThenBanner(c)
 			if try == 3 {
@@ -107,29 +116,4 @@ func TestHopAnswerSegments(t *testing.T) {
 		}
 		break
 	}
-}
-
-// fastOpen connects to addr from inside do's network namespace with
-// data in the SYN when the kernel has a Fast Open cookie for addr.
-func fastOpen(t *testing.T, do func(func() error) error, addr netip.AddrPort, data []byte) *net.TCPConn {
-	t.Helper()
-	var c net.Conn
-	err := do(func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		f := os.NewFile(uintptr(fd), "fastopen")
-		defer f.Close()
-		sa := &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}
-		if err := unix.Sendto(fd, data, unix.MSG_FASTOPEN, sa); err != nil {
-			return err
-		}
-		c, err = net.FileConn(f)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("Fast Open connect to %s: %v", addr, err)
-	}
-	return c.(*net.TCPConn)
 }
