@@ -46,7 +46,7 @@ type PeersOptions struct {
 // DefaultPeersOptions is the issue's benchmark.
 func DefaultPeersOptions() PeersOptions {
 	return PeersOptions{
-		Repeats: 5, Peers: []string{"halfway", "halfway-copy", "halfway-sockmap", "halfway-park", "halfway-2cpu", "haproxy", "nginx", "socat"},
+		Repeats: 5, Peers: []string{"halfway", "halfway-copy", "halfway-sockmap", "halfway-park", "halfway-attached", "halfway-2cpu", "haproxy", "nginx", "socat"},
 		Parts: []string{"start", "throughput", "connrate", "keepalive", "latency", "memory"},
 		Flows: 9000, SocatFlows: 500, Window: 3 * time.Second, Clients: 40, Requests: 2000, Install: true,
 	}
@@ -230,19 +230,22 @@ func (b *peersBench) logf(format string, args ...any) {
 
 // halfwayVariant is how a halfway peer is configured and run.
 type halfwayVariant struct {
-	dataPath  string // data_path
-	parkAfter string // park_after
+	dataPath    string // data_path
+	parkAfter   string // park_after
+	detachAfter string // detach_after
 }
 
 // halfwayVariants are the halfway peers: halfway-copy and halfway-sockmap
 // take the other data paths, halfway-park waits 2 ms on its goroutines
-// before parking a direction, halfway-2cpu is not pinned to one core.
+// before parking a direction, halfway-attached keeps idle flows in Go's
+// poller, halfway-2cpu is not pinned to one core.
 var halfwayVariants = map[string]halfwayVariant{
-	"halfway":         {"splice", "0s"},
-	"halfway-copy":    {"copy", "0s"},
-	"halfway-sockmap": {"sockmap", "0s"},
-	"halfway-park":    {"splice", "2ms"},
-	"halfway-2cpu":    {"splice", "0s"},
+	"halfway":          {"splice", "0s", "1s"},
+	"halfway-copy":     {"copy", "0s", "1s"},
+	"halfway-sockmap":  {"sockmap", "0s", "1s"},
+	"halfway-park":     {"splice", "2ms", "1s"},
+	"halfway-attached": {"splice", "0s", "0s"},
+	"halfway-2cpu":     {"splice", "0s", "1s"},
 }
 
 // KnownPeers lists the peers `halfway bench peers` can run.
@@ -429,11 +432,12 @@ func (p *peerProc) config(exe string) ([]string, error) {
 log: {level: warn}
 data_path: %s
 park_after: %s
+detach_after: %s
 limits: {max_flows: 20000, max_flows_per_client: 20000, max_pending: 4096}
 listeners:
   - {name: http, listen: %q, mode: forward, forward_to: %q}
   - {name: sink, listen: %q, mode: forward, forward_to: %q}
-`, v.dataPath, v.parkAfter, p.http, backend, p.sink, sink))
+`, v.dataPath, v.parkAfter, v.detachAfter, p.http, backend, p.sink, sink))
 		return []string{exe, "relay", "-c", f, "--grace", "1s"}, err
 	}
 	switch p.name {
@@ -828,11 +832,21 @@ func (b *peersBench) latency(ctx context.Context, addr string, n int) (p50, p99 
 	return quantile(rtts, 0.5), quantile(rtts, 0.99), nil
 }
 
+// notFlows are slab caches of connections that are not established
+// flows: TIME_WAIT sockets and pending handshakes. Those left by the
+// earlier parts of a run expire (after 60 s) while a proxy's idle flows
+// are measured, and would count against it.
+var notFlows = map[string]bool{"tw_sock_TCP": true, "tw_sock_TCPv6": true, "request_sock_TCP": true, "request_sock_TCPv6": true}
+
 // objectGrowth is the growth of live slab objects from a to b per flow: in
-// all, and for each cache that grew by 8 B per flow or more.
+// all, and for each cache that grew by 8 B per flow or more; caches of
+// connections that are not flows (notFlows) are left out.
 func objectGrowth(a, b map[string]int64, flows int) (total float64, caches map[string]float64) {
 	caches = map[string]float64{}
 	for name, n := range b {
+		if notFlows[name] {
+			continue
+		}
 		d := float64(n-a[name]) / float64(flows)
 		total += d
 		if d >= 8 {
@@ -840,7 +854,7 @@ func objectGrowth(a, b map[string]int64, flows int) (total float64, caches map[s
 		}
 	}
 	for name, n := range a {
-		if _, ok := b[name]; !ok {
+		if _, ok := b[name]; !ok && !notFlows[name] {
 			total -= float64(n) / float64(flows)
 		}
 	}
@@ -855,6 +869,7 @@ func (b *peersBench) memory(ctx context.Context, p *peerProc, row *PeerRow) erro
 		flows = b.o.SocatFlows
 	}
 	time.Sleep(300 * time.Millisecond)
+	settleSockets()
 	var rss0, anon0 int64
 	var fds0 int
 	if p.cmd != nil {
@@ -907,6 +922,46 @@ func (b *peersBench) memory(ctx context.Context, p *peerProc, row *PeerRow) erro
 	return nil
 }
 
+// settleSockets waits, at most 15 s, until the machine's count of TCP
+// sockets has stopped moving for 600 ms: the previous proxy's flows,
+// closed as it ended, are freed a while after, and would make the next
+// one's growth look smaller.
+func settleSockets() {
+	prev, stable := tcpAllocated(), 0
+	for deadline := time.Now().Add(15 * time.Second); stable < 3 && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		n := tcpAllocated()
+		if n-prev <= 16 && prev-n <= 16 {
+			stable++
+		} else {
+			stable = 0
+		}
+		prev = n
+	}
+}
+
+// tcpAllocated is the kernel's count of TCP sockets, all namespaces
+// (/proc/net/sockstat's TCP alloc), or -1.
+func tcpAllocated() int {
+	b, err := os.ReadFile("/proc/net/sockstat")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "TCP:" {
+			continue
+		}
+		for i := 1; i+1 < len(f); i += 2 {
+			if f[i] == "alloc" {
+				n, _ := strconv.Atoi(f[i+1])
+				return n
+			}
+		}
+	}
+	return -1
+}
+
 // groupMem sums the resident memory (bytes), its anonymous part and the
 // descriptors of a process group.
 func groupMem(pgid int) (rss, anon int64, fds int, procs int) {
@@ -954,11 +1009,11 @@ func numCPU() int {
 func (b *peersBench) notes() []string {
 	n := []string{
 		"Everything runs over the loopback of one network namespace (a netlab host): clients, the proxy and the backends (a Go HTTP server answering 1 KB, and a sink).",
-		fmt.Sprintf("Proxies: halfway (`mode: forward` listeners; halfway-copy with `data_path: copy`; halfway-sockmap with `data_path: sockmap`; halfway-park with `park_after: 2ms`; halfway-2cpu on both cores, shared with the clients), HAProxy (`mode tcp`, `option splice-auto`, nbthread 1), nginx (stream, 1 worker), socat (`fork`). Repeats are interleaved: each repeat measures every proxy in turn; %d repeats, medians with min–max.", b.o.Repeats),
+		fmt.Sprintf("Proxies: halfway (`mode: forward` listeners; halfway-copy with `data_path: copy`; halfway-sockmap with `data_path: sockmap`; halfway-park with `park_after: 2ms`; halfway-attached with `detach_after: 0s`, its idle flows kept in Go's poller; halfway-2cpu on both cores, shared with the clients), HAProxy (`mode tcp`, `option splice-auto`, nbthread 1), nginx (stream, 1 worker), socat (`fork`). Repeats are interleaved: each repeat measures every proxy in turn; %d repeats, medians with min–max.", b.o.Repeats),
 		fmt.Sprintf("Throughput: one stream, 256 KB writes, 1 s warm-up then %s; CPU is the proxy's user+system time (its process group, reaped children included) per GB moved. Machine CPU is every core's busy time per GB (/proc/stat), load generator and sink included: it counts the kernel's work outside the proxy's process (softirqs, and the kworkers that send what the sockmap program redirects), which the proxy's own CPU misses; direct's is the floor.", b.o.Window),
 		fmt.Sprintf("Connection rates: %d clients, 1 KB HTTP; new connection per request (`Connection: close`) or one kept alive per client; 0.5 s warm-up then %s; CPU per request as above.", b.o.Clients, b.o.Window),
 		fmt.Sprintf("Latency: one client, %d sequential requests on one kept-alive connection after 200 unmeasured; added latency is the proxy's median minus direct's.", b.o.Requests),
-		fmt.Sprintf("Memory: a fresh proxy process; %d idle flows (socat %d: it forks a process per flow) each with one byte sent, measured 2 s later: RSS of the proxy's processes (memory per flow is the growth of its anonymous part, the flows' own memory: the rest is pages of the program's file, which the first flows' code maps once; the whole RSS growth is in the JSON), their descriptors, and the kernel's memory: the growth of live slab objects (/proc/slabinfo: active objects times their size, per cache; meminfo's machine-wide Slab, which also counts free room in slab pages, is in the JSON).", b.o.Flows, b.o.SocatFlows),
+		fmt.Sprintf("Memory: a fresh proxy process; %d idle flows (socat %d: it forks a process per flow) each with one byte sent, measured 2 s later (begun once the kernel has freed the previous proxy's sockets): RSS of the proxy's processes (memory per flow is the growth of its anonymous part, the flows' own memory: the rest is pages of the program's file, which the first flows' code maps once; the whole RSS growth is in the JSON), their descriptors, and the kernel's memory: the growth of live slab objects (/proc/slabinfo: active objects times their size, per cache, without the caches of TIME_WAIT sockets and pending handshakes, which earlier parts leave to expire meanwhile; meminfo's machine-wide Slab, which also counts free room in slab pages, is in the JSON).", b.o.Flows, b.o.SocatFlows),
 	}
 	if b.r.Pinned {
 		n = append(n, "Pinned: each proxy runs on CPU 1 (taskset), the load generator and backends on CPU 0, so the proxy has a core to itself and its CPU time is not the clients'.")

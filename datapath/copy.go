@@ -12,13 +12,12 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 // copyStep is the user-space fallback: src → dst through a pooled buffer,
 // taken only once src has bytes, so an idle direction holds none.
 func (d *dir) copyStep() (step, error) {
-	srcRC, err := d.src().SyscallConn()
+	srcRC, dstRC, raw, err := d.conns()
 	if err != nil {
-		return stepErr, sideErr{read: true, err: err}
+		return stepErr, err
 	}
-	dstRC, err := d.dst().SyscallConn()
-	if err != nil {
-		return stepErr, sideErr{read: false, err: err}
+	if raw {
+		defer d.f.rawRelease()
 	}
 	for {
 		d.cn, d.err, d.block, d.op = 0, nil, false, opReadIn

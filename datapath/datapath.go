@@ -13,7 +13,9 @@
 // and parks it again, as an event loop would; a direction whose
 // destination is full, or that has more than a burst to move, goes on on a
 // goroutine of its own. An idle flow is its two sockets and a few hundred
-// bytes of state, as in an event-driven proxy.
+// bytes of state, as in an event-driven proxy; after Options.DetachAfter
+// its sockets leave the Go runtime's poller too, so that the kernel
+// watches each once, in the epoll set (see detach_linux.go).
 //
 //	fl := datapath.New(client, server, datapath.Options{Idle: 10 * time.Minute},
 //		func(res datapath.Result) { log.Printf("%d up, %d down, %s", res.Up, res.Down, res.Reason) })
@@ -43,6 +45,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -116,6 +119,15 @@ type Options struct {
 	// only bytes user space moves (not the sockmap program's). Leave them
 	// off for a leg whose buffer the caller fixed.
 	PrimeClientSend, PrimeServerSend bool
+	// DetachAfter takes a flow whose two directions are parked, and that
+	// has moved no byte for this long, out of the Go runtime's poller: its
+	// sockets then sit in the data path's epoll set alone, as in an event
+	// loop, which saves each an epoll entry in the kernel and a
+	// descriptor record in Go's heap (see detach_linux.go). The next byte
+	// either way puts them back, a dozen system calls per socket. 0 keeps
+	// every flow in the poller. Flows on the sockmap path, and MPTCP
+	// sockets, stay.
+	DetachAfter time.Duration
 	// ServerKeepalive, if set, is put on the server connection once the
 	// flow has lasted about a second, by the shard's sweep: most
 	// flows end sooner, and keepalive matters only after an idle spell
@@ -133,20 +145,32 @@ type Result struct {
 
 // Flow is a flow handed to the data path, made by New.
 type Flow struct {
-	client, server *net.TCPConn
-	opt            Options
-	id             uint64
-	shard          *parkShard
-	epfd           int32        // the shard's epoll set, or -1
-	smTries        atomic.Int32 // attempts to enter the sockmap (smMaxTries: done)
-	last           atomic.Int64 // unix nanos of the last byte either way
-	eofs           atomic.Int32 // directions that ended with EOF
-	left           atomic.Int32 // directions still running or parked
-	ending         atomic.Pointer[ending]
-	onDone         func(Result)
-	dirs           [2]dir                 // down, up
-	sm             atomic.Pointer[smFlow] // set once the flow has entries in the sockmap
-	sweeps         uint8                  // sweeps that saw it, up to keepaliveSweeps (the sweep's own)
+	legs    [2]atomic.Pointer[net.TCPConn] // client, server
+	opt     Options
+	id      uint64
+	shard   *parkShard
+	epfd    int32        // the shard's epoll set, or -1
+	smTries atomic.Int32 // attempts to enter the sockmap (smMaxTries: done)
+	last    atomic.Int64 // unix nanos of the last byte either way
+	eofs    atomic.Int32 // directions that ended with EOF
+	left    atomic.Int32 // directions still running or parked
+	ending  atomic.Pointer[ending]
+	onDone  func(Result)
+	dirs    [2]dir                 // down, up
+	sm      atomic.Pointer[smFlow] // set once the flow has entries in the sockmap
+	sweeps  uint8                  // sweeps that saw it, up to keepaliveSweeps (the sweep's own)
+
+	// mu orders taking the legs out of Go's poller and putting them back
+	// (detach_linux.go) with arming the epoll set and closing the legs.
+	mu       sync.Mutex
+	raw      [2]int32    // while detached: the legs' descriptors (client, server)
+	rawRefs  int32       // steps using raw now
+	rawDrop  bool        // close raw when rawRefs drops to 0
+	rawReset [2]bool     // and reset them (SO_LINGER 0)
+	gen      uint32      // bumped whenever the legs' descriptors change
+	closed   bool        // the legs are closed
+	detached atomic.Bool // the legs are raw descriptors in raw, out of Go's poller
+	noDetach atomic.Bool // a leg cannot be detached (MPTCP)
 }
 
 // ending is why a flow ends; the first one set wins.
@@ -161,7 +185,9 @@ type ending struct {
 // direction that finished last, which may be a shard's wait loop: done must
 // not block.
 func New(client, server *net.TCPConn, opt Options, done func(Result)) *Flow {
-	f := &Flow{client: client, server: server, opt: opt, onDone: done}
+	f := &Flow{opt: opt, onDone: done}
+	f.legs[0].Store(client)
+	f.legs[1].Store(server)
 	f.touch()
 	f.left.Store(2)
 	f.dirs[0].init(f, false)
@@ -204,8 +230,13 @@ func Join(ctx context.Context, client, server *net.TCPConn, opt Options) Result 
 // has already ended.
 func (f *Flow) Abort() { f.abort(ReasonCanceled, nil, true, true) }
 
-// Conns returns the flow's client and server connections.
-func (f *Flow) Conns() (client, server *net.TCPConn) { return f.client, f.server }
+// Conns returns the flow's client and server connections. While the flow
+// is detached from Go's poller (Options.DetachAfter) they are closed
+// stand-ins: their sockets live on as raw descriptors until the next byte.
+func (f *Flow) Conns() (client, server *net.TCPConn) { return f.client(), f.server() }
+
+func (f *Flow) client() *net.TCPConn { return f.legs[0].Load() }
+func (f *Flow) server() *net.TCPConn { return f.legs[1].Load() }
 
 func (f *Flow) touch() { f.last.Store(time.Now().UnixNano()) }
 
@@ -215,22 +246,43 @@ func (f *Flow) abort(r Reason, err error, resetClient, resetServer bool) {
 	if !f.ending.CompareAndSwap(nil, &ending{r, err}) {
 		return
 	}
-	if resetClient {
-		_ = f.client.SetLinger(0) // close sends RST
-	}
-	if resetServer {
-		_ = f.server.SetLinger(0)
-	}
-	f.closeBoth()
-}
-
-// closeBoth closes the legs, then wakes a parked direction so it finds
-// them closed: closing a socket takes it out of the epoll set silently.
-func (f *Flow) closeBoth() {
-	f.client.Close()
-	f.server.Close()
+	f.closeLegs(resetClient, resetServer)
+	// Closing a socket takes it out of the epoll set silently: wake the
+	// parked directions so they find the legs closed.
 	for i := range f.dirs {
 		f.dirs[i].wake()
+	}
+}
+
+// closeLegs closes both legs once, resetting the named ones (SO_LINGER 0:
+// close sends RST), whether they are in Go's poller or detached from it.
+func (f *Flow) closeLegs(resetClient, resetServer bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return
+	}
+	f.closed = true
+	reset := [2]bool{resetClient, resetServer}
+	if f.detached.Load() {
+		f.detached.Store(false)
+		f.shard.detached.Add(-1)
+		f.rawReset = reset
+		if f.rawRefs > 0 {
+			f.rawDrop = true // the step using them closes them
+		} else {
+			f.closeRaw()
+		}
+		return
+	}
+	// (Raw descriptors an attach left to a step close with it; a reset
+	// set here is the socket's, so their close sends it.)
+	for i := range f.legs {
+		c := f.legs[i].Load()
+		if reset[i] {
+			_ = c.SetLinger(0)
+		}
+		c.Close()
 	}
 }
 
@@ -245,12 +297,9 @@ func (f *Flow) dirDone() {
 	if x := f.sm.Load(); x != nil {
 		f.smDone(x)
 	}
-	if f.ending.Load() != nil || f.eofs.Load() < 2 {
-		// Both EOFs: the direction that saw the second closed the legs
-		// before it finished (closing again would only make errors).
-		f.client.Close()
-		f.server.Close()
-	}
+	// Both EOFs: the direction that saw the second closed the legs
+	// before it finished.
+	f.closeLegs(false, false)
 	parker.remove(f)
 	res := Result{Up: f.dirs[1].n, Down: f.dirs[0].n, Reason: ReasonClosed}
 	if e := f.ending.Load(); e != nil {

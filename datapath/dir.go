@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -43,7 +44,7 @@ type dir struct {
 	copy       bool  // through a user-space buffer (else splice)
 	started    bool  // the prefix, if any, has been written
 	watching   bool  // src has sent its FIN: only a reset is awaited
-	registered bool  // src is in the flow's epoll set (maybe disarmed)
+	registered bool  // src is in the flow's epoll set (maybe disarmed), if regGen is the flow's gen
 	noPark     bool  // the epoll set refused src: wait on the goroutine
 	block      bool  // the last read found the source empty
 	kernel     bool  // the sockmap program moves the bytes (see kernelStep)
@@ -54,6 +55,10 @@ type dir struct {
 	primed     bool  // dst's send buffer is primed, or is not to be (see primeSend)
 	clean      uint8 // splices out in a row that emptied the pipe (at most cleanOuts)
 	op         uint8
+	regGen     uint32 // the flow's gen when src was registered
+	// rawSrc and rawDst stand for the legs while the flow is detached
+	// (see conns).
+	rawSrc, rawDst rawFD
 	// fn is the callback for RawConn, made once rather than at every
 	// wake; op says what it does.
 	fn func(uintptr) bool
@@ -122,24 +127,16 @@ func (d *dir) init(f *Flow, up bool) {
 }
 
 // src and dst are the legs the direction reads from and writes to.
-func (d *dir) src() *net.TCPConn {
-	if d.up {
-		return d.f.client
-	}
-	return d.f.server
-}
-
-func (d *dir) dst() *net.TCPConn {
-	if d.up {
-		return d.f.server
-	}
-	return d.f.client
-}
+func (d *dir) src() *net.TCPConn { return d.f.legs[b2u(!d.up)].Load() }
+func (d *dir) dst() *net.TCPConn { return d.f.legs[b2u(d.up)].Load() }
 
 // run moves bytes until the source is empty (then parks and returns) or
 // the direction ends.
 func (d *dir) run() {
 	f := d.f
+	if f.detached.Load() && !d.inline {
+		f.attach(d) // to wait, if need be, in Go's poller
+	}
 	if !d.started {
 		d.started = true
 		if f.aborted() {
@@ -193,8 +190,7 @@ func (d *dir) run() {
 				// other direction read it to EOF), so no shutdown first.
 				// The other direction, parked and watching, ends here
 				// rather than on a goroutine started to find the legs closed.
-				f.client.Close()
-				f.server.Close()
+				f.closeLegs(false, false)
 				if o := &f.dirs[b2u(!d.up)]; o.unpark() {
 					o.run()
 				}
@@ -204,7 +200,7 @@ func (d *dir) run() {
 			// EOF from src: pass the FIN on, keep the other direction
 			// going. The other direction may end meanwhile and close the
 			// legs, which sends the FIN as well.
-			if cerr := d.dst().CloseWrite(); cerr != nil && !f.aborted() && f.eofs.Load() < 2 {
+			if cerr := d.closeWrite(); cerr != nil && !f.aborted() && f.eofs.Load() < 2 {
 				f.abort(ReasonError, cerr, false, false)
 				d.finish()
 				return
@@ -317,6 +313,9 @@ func (d *dir) parksAtOnce() bool {
 // readErr handles an error from waiting on the source. A deadline is the
 // sweep's nudge to park; anything else ends the direction.
 func (d *dir) readErr(err error) (step, error) {
+	if err == errDetached {
+		return stepHandoff, nil // wait on a goroutine, attached
+	}
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		return stepErr, sideErr{read: true, err: err}
 	}
@@ -333,11 +332,6 @@ func (d *dir) readErr(err error) (step, error) {
 // (inline no longer set: see parkOrHandOff).
 func (d *dir) park() bool {
 	f := d.f
-	op := unix.EPOLL_CTL_ADD
-	if d.registered {
-		op = unix.EPOLL_CTL_MOD
-	}
-	d.registered = true
 	d.block, d.inline = false, false
 	d.waitSince.Store(0)
 	key := f.id<<1 | b2u(d.up)
@@ -348,15 +342,18 @@ func (d *dir) park() bool {
 		ev.Events = unix.EPOLLONESHOT
 	}
 	epfd, sh := int(f.epfd), f.shard
+	// f.mu: the legs' descriptors do not change while the set is armed
+	// (a detach or an attach takes the registration out first).
+	f.mu.Lock()
+	op := unix.EPOLL_CTL_ADD
+	if d.registered && d.regGen == f.gen {
+		op = unix.EPOLL_CTL_MOD
+	}
+	d.registered, d.regGen = true, f.gen
 	sh.parked.Add(1)
 	d.state.Store(dirParked)
 	// From here on another goroutine may own d: only locals.
-	var cerr error
-	rc, err := d.src().SyscallConn()
-	if err != nil {
-		return !d.unpark()
-	}
-	err = rc.Control(func(fd uintptr) {
+	arm := func(fd uintptr) (cerr error) {
 		cerr = rawEpollCtl(epfd, op, int(fd), &ev)
 		switch {
 		case cerr == unix.ENOENT && op == unix.EPOLL_CTL_MOD:
@@ -364,7 +361,21 @@ func (d *dir) park() bool {
 		case cerr == unix.EEXIST && op == unix.EPOLL_CTL_ADD:
 			cerr = rawEpollCtl(epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
 		}
-	})
+		return cerr
+	}
+	var err, cerr error
+	switch {
+	case f.closed:
+		err = net.ErrClosed
+	case f.detached.Load():
+		cerr = arm(uintptr(f.raw[b2u(!d.up)]))
+	default:
+		var rc syscall.RawConn
+		if rc, err = d.src().SyscallConn(); err == nil {
+			err = rc.Control(func(fd uintptr) { cerr = arm(fd) })
+		}
+	}
+	f.mu.Unlock()
 	if err == nil && cerr == nil {
 		return true
 	}
@@ -415,12 +426,15 @@ func b2u(b bool) uint64 {
 // (a reset, a user timeout) or the flow closes it.
 func (d *dir) watchStep() (step, error) {
 	d.err, d.block, d.op = nil, false, opWatch
-	rc, err := d.src().SyscallConn()
+	rc, _, raw, err := d.conns()
+	if raw {
+		defer d.f.rawRelease()
+	}
 	if err == nil {
 		err = rc.Read(d.fn)
 	}
 	if err != nil {
-		if errors.Is(err, os.ErrDeadlineExceeded) {
+		if errors.Is(err, os.ErrDeadlineExceeded) || err == errDetached {
 			return d.readErr(err)
 		}
 		return stepDone, nil // closed: the flow is over

@@ -34,8 +34,9 @@ type parkShard struct {
 	epfd   int
 	empty  int // sweeps in a row that found no flow
 
-	parked atomic.Int64 // directions parked now
-	wakes  atomic.Int64 // directions woken by their socket
+	parked   atomic.Int64 // directions parked now
+	detached atomic.Int64 // flows detached from Go's poller now
+	wakes    atomic.Int64 // directions woken by their socket
 	// handoffs: woken directions that went on on a goroutine of their own
 	// (a full destination, or more than inlineBudget to move).
 	handoffs atomic.Int64
@@ -166,7 +167,7 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 	defer t.Stop()
 	var idle []*Flow
 	var kick, blocked []*dir
-	var lasting []*Flow
+	var lasting, detach []*Flow
 	for range t.C {
 		now := time.Now().UnixNano()
 		sh.mu.Lock()
@@ -190,6 +191,8 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 				if f.sweeps++; f.sweeps == keepaliveSweeps && f.opt.ServerKeepalive != nil {
 					lasting = append(lasting, f)
 				}
+			} else if len(detach) < maxDetachPerSweep && f.detachable(now) {
+				detach = append(detach, f)
 			}
 			for i := range f.dirs {
 				d := &f.dirs[i]
@@ -213,8 +216,12 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 		}
 		for i, f := range lasting {
 			// A flow that ended meanwhile has closed the leg: an error.
-			_ = f.server.SetKeepAliveConfig(*f.opt.ServerKeepalive)
+			_ = f.server().SetKeepAliveConfig(*f.opt.ServerKeepalive)
 			lasting[i] = nil
+		}
+		for i, f := range detach {
+			f.detach()
+			detach[i] = nil
 		}
 		for i, d := range kick {
 			// The waiting read returns os.ErrDeadlineExceeded and parks.
@@ -229,7 +236,7 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 			}
 			blocked[i] = nil
 		}
-		idle, kick, blocked, lasting = idle[:0], kick[:0], blocked[:0], lasting[:0]
+		idle, kick, blocked, lasting, detach = idle[:0], kick[:0], blocked[:0], lasting[:0], detach[:0]
 	}
 }
 
@@ -259,7 +266,10 @@ func fdError(fd uintptr) error {
 // Stats counts what the data path's flows are doing, over all shards.
 type Stats struct {
 	Parked int64 // directions parked now (no goroutine)
-	Wakes  int64 // directions woken by their socket, in total
+	// Detached counts flows whose sockets are out of Go's poller now
+	// (Options.DetachAfter).
+	Detached int64
+	Wakes    int64 // directions woken by their socket, in total
 	// Handoffs counts woken directions that the wait loop handed to a
 	// goroutine of their own, mid-way (see runInline) or at once.
 	Handoffs int64
@@ -281,6 +291,7 @@ func ReadStats() Stats {
 	for i := range parker.shards {
 		sh := &parker.shards[i]
 		s.Parked += sh.parked.Load()
+		s.Detached += sh.detached.Load()
 		s.Wakes += sh.wakes.Load()
 		s.Handoffs += sh.handoffs.Load()
 	}

@@ -159,7 +159,7 @@ func (sm *sockmap) enter(f *Flow, x *smFlow) (partial bool, err error) {
 	// The descriptors stay valid, and theirs, only inside Control: a flow
 	// aborted meanwhile must not put a reused descriptor in the map.
 	var ferr error
-	if err := withFDs(f.client, f.server, func(cfd, sfd int) {
+	if err := withFDs(f.client(), f.server(), func(cfd, sfd int) {
 		partial, ferr = sm.enterFDs(x, cfd, sfd)
 	}); err != nil {
 		return false, err
@@ -524,7 +524,7 @@ func (f *Flow) smActive(x *smFlow) bool {
 			sum += st.Redirected + st.Passed
 		}
 	}
-	for _, c := range []*net.TCPConn{f.client, f.server} {
+	for _, c := range []*net.TCPConn{f.client(), f.server()} {
 		if w, err := connWritten(c); err == nil {
 			sum += w
 		}

@@ -60,13 +60,12 @@ var errHandoff = errors.New("destination full: hand off")
 // instead would miss a FIN that came with the data: its readiness event
 // was spent on the wake-up that read the data.
 func (d *dir) spliceStep() (step, error) {
-	srcRC, err := d.src().SyscallConn()
+	srcRC, dstRC, raw, err := d.conns()
 	if err != nil {
-		return stepErr, sideErr{read: true, err: err}
+		return stepErr, err
 	}
-	dstRC, err := d.dst().SyscallConn()
-	if err != nil {
-		return stepErr, sideErr{read: false, err: err}
+	if raw {
+		defer d.f.rawRelease()
 	}
 	short := false // the last splice in took a message, not a pipe's worth
 	for {
@@ -110,7 +109,7 @@ func (d *dir) spliceStep() (step, error) {
 		d.op = opSpliceOut
 		for d.pn > 0 {
 			err := dstRC.Write(d.fn)
-			if d.err == errHandoff {
+			if d.err == errHandoff || err == errDetached {
 				d.err = nil
 				return stepHandoff, nil // the goroutine waits for dst
 			}

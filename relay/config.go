@@ -32,8 +32,23 @@ type Config struct {
 	// ParkAfter is how long a flow's direction waits for bytes on a
 	// goroutine of its own before it parks in an epoll set with no
 	// goroutine; 0 (the default) parks as soon as the socket is empty.
-	ParkAfter Duration     `yaml:"park_after"`
-	Memory    MemoryConfig `yaml:"memory"`
+	ParkAfter Duration `yaml:"park_after"`
+	// DetachAfter (default 1s): a flow that has moved no byte for this
+	// long, with both directions parked, leaves the Go runtime's poller
+	// and waits in the data path's epoll set alone, two epoll entries
+	// fewer in the kernel and less heap per idle flow. Its next message
+	// moves as before; a burst, or a full destination, puts it back first
+	// (a few dozen system calls). 0 keeps every flow in the poller.
+	DetachAfter *Duration    `yaml:"detach_after"`
+	Memory      MemoryConfig `yaml:"memory"`
+}
+
+// Detach is detach_after, with its default.
+func (c *Config) Detach() time.Duration {
+	if c.DetachAfter == nil {
+		return defaultDetachAfter
+	}
+	return c.DetachAfter.D()
 }
 
 // MemoryConfig gives back memory the relay holds and does not use.
@@ -289,6 +304,7 @@ const (
 	defaultWindow         = 30 * time.Second
 	defaultReleaseAfter   = 30 * time.Second
 	defaultIdle           = 15 * time.Minute
+	defaultDetachAfter    = time.Second
 	defaultKeepalive      = 30 * time.Second
 	defaultPooledWait     = 10 * time.Minute
 	defaultMaxEarly       = 1024
@@ -409,6 +425,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ParkAfter < 0 || c.ParkAfter.D() > time.Minute {
 		add("park_after", "%s: want 0 to 1m", c.ParkAfter.D())
+	}
+	if d := c.Detach(); d < 0 || d > time.Hour {
+		add("detach_after", "%s: want 0 (off) to 1h", d)
 	}
 	if d := c.Memory.ReleaseAfter.D(); d < time.Second || d > 24*time.Hour {
 		add("memory.release_after", "%s: want 1s to 24h", d)

@@ -163,6 +163,7 @@ listeners:
 		{"listeners[1].protocols", c.Listeners[1].Protocols, []string(nil)},
 		{"listeners[0].proxy_protocol", c.Listeners[0].ProxyProtocol, false},
 		{"routes", c.Routes, []RouteConfig(nil)},
+		{"detach_after", c.Detach(), time.Second},
 	} {
 		t.Run(tc.field, func(t *testing.T) {
 			if !reflect.DeepEqual(tc.got, tc.def) {
@@ -180,6 +181,7 @@ func TestConfigDefaultsDoNotOverride(t *testing.T) {
 	yml := `
 admin: {listen: "off"}
 limits: {max_flows: 5}
+detach_after: 0s
 listeners:
   - {name: a, listen: "127.0.0.1:1080", protocols: [socks5], allow_clients: ["127.0.0.0/8"], allow_destinations: ["10.0.0.0/8"]}
 `
@@ -187,8 +189,8 @@ listeners:
 	if err != nil {
 		t.Fatalf("ParseConfig: %v", err)
 	}
-	if c.Admin.Listen != "off" || c.Limits.MaxFlows != 5 || !reflect.DeepEqual(c.Listeners[0].Protocols, []string{"socks5"}) {
-		t.Errorf("got admin %q max_flows %d protocols %v", c.Admin.Listen, c.Limits.MaxFlows, c.Listeners[0].Protocols)
+	if c.Admin.Listen != "off" || c.Limits.MaxFlows != 5 || !reflect.DeepEqual(c.Listeners[0].Protocols, []string{"socks5"}) || c.Detach() != 0 {
+		t.Errorf("got admin %q max_flows %d protocols %v detach_after %v", c.Admin.Listen, c.Limits.MaxFlows, c.Listeners[0].Protocols, c.Detach())
 	}
 }
 
@@ -331,6 +333,8 @@ func TestConfigErrors(t *testing.T) {
 			[]string{"listeners[0].protocols: not for a forward listener", "listeners[0].allow_destinations: not for a forward listener"}},
 		{"bad data path", "data_path: ebpf\nlisteners: [" + ln + "]\n", []string{`data_path: "ebpf": want splice, sockmap or copy`}},
 		{"park_after too long", "park_after: 2m\nlisteners: [" + ln + "]\n", []string{"park_after: 2m0s: want 0 to 1m"}},
+		{"detach_after negative", "detach_after: -1s\nlisteners: [" + ln + "]\n", []string{`detach_after: "-1s": want a duration like 30s`}},
+		{"detach_after too long", "detach_after: 2h\nlisteners: [" + ln + "]\n", []string{"detach_after: 2h0m0s: want 0 (off) to 1h"}},
 		{"release_after too short", "memory: {release_after: 100ms}\nlisteners: [" + ln + "]\n", []string{"memory.release_after: 100ms: want 1s to 24h"}},
 		{"forward_to elsewhere", "listeners:\n  - {name: t, listen: \"0.0.0.0:7200\", mode: tproxy, forward_to: \"10.0.0.1:80\"}\n",
 			[]string{"listeners[0].forward_to: only for mode forward"}},

@@ -168,7 +168,7 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 	dp := datapath.New(c, server, datapath.Options{
 		Idle: idleOf(rt, fromRelay, toRelay), Up: &f.up, Down: &f.down, ServerKeepalive: ka,
 		PrimeClientSend: cliLeg.SendBuffer == 0, PrimeServerSend: srvLeg.SendBuffer == 0,
-		ParkAfter: rt.cfg.ParkAfter.D(), OnPath: s.onPath,
+		ParkAfter: rt.cfg.ParkAfter.D(), DetachAfter: rt.cfg.Detach(), OnPath: s.onPath,
 		DownPrefix: f.downPrefix, PrefixWait: prefixWait, ServerFirst: f.serverFirst, ForceCopy: rt.cfg.DataPath == "copy",
 		Sockmap: rt.cfg.DataPath == "sockmap",
 	}, func(res datapath.Result) {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"halfway/datapath"
 	"halfway/httpconnect"
 	"halfway/socks5"
 )
@@ -224,13 +225,7 @@ func TestDataPaths(t *testing.T) {
 			if path == "sockmap" && os.Geteuid() != 0 {
 				t.Skip("the sockmap data path needs root to load its program")
 			}
-			echo := echoServer(t)
-			s := startLoopback(t, fmt.Sprintf(`
-admin: {listen: off}
-data_path: %s
-listeners:
-  - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: %q}
-`, path, echo))
+			s := forwardRelay(t, "data_path: "+path)
 			// A first byte and its echo, so the flow has entered the
 			// sockmap (if it can) before the rest comes.
 			if err := echoDirect(s.Addr("fwd"), 1<<20, 1); err != nil {
@@ -245,6 +240,18 @@ listeners:
 			}
 		})
 	}
+}
+
+// forwardRelay starts a relay on loopback with one forward listener,
+// "fwd", to an echo server, and the config lines in extra.
+func forwardRelay(t *testing.T, extra string) *Server {
+	t.Helper()
+	return startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+%s
+listeners:
+  - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: %q}
+`, extra, echoServer(t)))
 }
 
 // echoDirect sends n random bytes to addr, which leads to an echo server,
@@ -293,6 +300,7 @@ func TestServerLegKeepalive(t *testing.T) {
 	s := startLoopback(t, fmt.Sprintf(`
 admin: {listen: off}
 legs: {server: {keepalive: 77s}}
+detach_after: 0s # the test reads the server leg's options through its *net.TCPConn
 listeners:
   - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: %q}
 `, echo))
@@ -343,4 +351,57 @@ listeners:
 	waitFor(t, func() bool {
 		return sockopt(server, unix.SOL_SOCKET, unix.SO_KEEPALIVE) == 1 && sockopt(server, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE) == 77
 	})
+}
+
+// TestDetachedFlow: an idle flow leaves Go's poller after detach_after
+// (halfway_datapath_detached counts it), stays listed by the admin API,
+// and moves bytes both ways after, a message and a burst; detach_after: 0
+// keeps it in.
+func TestDetachedFlow(t *testing.T) {
+	for _, detach := range []string{"1ms", "0s"} {
+		t.Run(detach, func(t *testing.T) {
+			s := forwardRelay(t, "detach_after: "+detach)
+			before := datapath.ReadStats().Detached
+			c, err := net.Dial("tcp", s.Addr("fwd").String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			roundTrip := func(n int) {
+				t.Helper()
+				data := make([]byte, n)
+				rand.Read(data)
+				go c.Write(data)
+				c.SetReadDeadline(time.Now().Add(20 * time.Second))
+				got := make([]byte, n)
+				if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("%d bytes echoed: %v", n, err)
+				}
+			}
+			roundTrip(1)
+			var dp *datapath.Flow
+			waitFor(t, func() bool {
+				s.table.each(func(f *flow) { dp = f.dp.Load() })
+				return dp != nil
+			})
+			if detach == "0s" {
+				// Past the sweeps that would have detached it.
+				time.Sleep(2 * time.Second)
+				if d := datapath.ReadStats().Detached - before; d != 0 {
+					t.Errorf("detach_after: 0s, and %d flows detached", d)
+				}
+			} else {
+				waitFor(t, func() bool { return datapath.ReadStats().Detached-before == 1 })
+			}
+			if fs := s.Flows(); len(fs) != 1 || fs[0].Up != 1 || fs[0].Down != 1 {
+				t.Errorf("admin flows: %+v", fs)
+			}
+			roundTrip(100)
+			roundTrip(3 << 20)
+			c.(*net.TCPConn).CloseWrite()
+			if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+				t.Errorf("after the FIN: %d bytes, %v", len(rest), err)
+			}
+		})
+	}
 }

@@ -1,0 +1,337 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Detaching long-idle flows from Go's poller.
+//
+// Every *net.TCPConn sits in the Go runtime's epoll set from its first
+// byte to its close, and a parked flow direction's socket sits in its
+// shard's set as well: an idle flow costs four epoll entries in the
+// kernel (an epitem and a wait-queue entry each) where an event-driven
+// proxy pays two, and Go's heap keeps a descriptor record per socket.
+// Go has no call that takes a live descriptor out of its poller, so a
+// flow whose directions are both parked, and that has moved no byte for
+// Options.DetachAfter, is detached by its shard's sweep: each leg's
+// descriptor is duplicated and taken out of the shard's set, and the
+// *net.TCPConn is closed, which takes it out of Go's poller and releases
+// only that descriptor (the socket lives on in the duplicate). The
+// directions are then armed in the shard's set on the duplicates.
+//
+// A detached direction woken on its shard's wait loop moves its bytes
+// with system calls on the raw descriptors, as it would on the
+// connections' (they never wait there), and parks again: a flow that
+// sends a message now and then stays detached and costs what it did
+// before. A direction that has to wait (its destination is full, it
+// copies, or it has moved a burst) needs Go's poller: the goroutine it
+// goes on attaches the flow first. net.FileConn makes each socket a
+// *net.TCPConn again (it turns TCP_NODELAY and keepalive on with Go's
+// defaults, so the socket's own settings are put back), and the other
+// direction, if parked, is armed on its new descriptor. A flow that ends
+// while detached closes the raw descriptors (closeLegs).
+//
+// The flow's mu orders all of this with arming the set (park) and with
+// closing: the set's entries are keyed by descriptor, so a descriptor
+// leaves the set before it is closed, and a raw descriptor in use by a
+// direction (rawRefs) is closed only once that direction is done with it.
+
+// maxDetachPerSweep bounds one sweep's work (about ten system calls a
+// flow): a shard detaches at most this many flows four times a second.
+const maxDetachPerSweep = 4096
+
+// ipprotoMPTCP is IPPROTO_MPTCP, an MPTCP socket's SO_PROTOCOL.
+const ipprotoMPTCP = 262
+
+// errDetached: a raw descriptor's operation would wait, which only Go's
+// poller can do: the direction goes on on a goroutine, attached.
+var errDetached = errors.New("detached from the poller: attach to wait")
+
+// detachedConn stands for a detached leg: a connection with no
+// descriptor, whose every method fails (EINVAL).
+var detachedConn = &net.TCPConn{}
+
+// rawFD is a detached leg's descriptor as a syscall.RawConn that never
+// waits.
+type rawFD struct{ fd int32 }
+
+func (r *rawFD) Control(fn func(uintptr)) error { fn(uintptr(r.fd)); return nil }
+
+func (r *rawFD) Read(fn func(uintptr) bool) error {
+	if fn(uintptr(r.fd)) {
+		return nil
+	}
+	return errDetached
+}
+
+func (r *rawFD) Write(fn func(uintptr) bool) error { return r.Read(fn) }
+
+// detachable says whether the sweep may try to detach f now; the caller
+// holds the shard's lock.
+func (f *Flow) detachable(now int64) bool {
+	return f.opt.DetachAfter > 0 && !f.opt.Sockmap && !f.detached.Load() && !f.noDetach.Load() &&
+		f.sweeps >= keepaliveSweeps && now-f.last.Load() >= int64(f.opt.DetachAfter) &&
+		f.dirs[0].state.Load() == dirParked && f.dirs[1].state.Load() == dirParked && !f.aborted()
+}
+
+// detach takes f's legs out of Go's poller if both its directions are
+// still parked, and reports whether it did.
+func (f *Flow) detach() bool {
+	d0, d1 := &f.dirs[0], &f.dirs[1]
+	if !d0.unpark() {
+		return false
+	}
+	if !d1.unpark() {
+		d0.repark()
+		return false
+	}
+	// Both directions are this goroutine's now: nothing else arms their
+	// registrations or touches their sockets.
+	done := f.detachLegs()
+	d0.repark()
+	d1.repark()
+	return done
+}
+
+// detachLegs swaps the legs for raw duplicates, both or neither.
+func (f *Flow) detachLegs() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed || f.detached.Load() || f.aborted() {
+		return false
+	}
+	var fds [2]int
+	n := 0
+	for i := range f.legs {
+		rc, err := f.legs[i].Load().SyscallConn()
+		if err != nil {
+			break
+		}
+		var derr error
+		if rc.Control(func(fd uintptr) {
+			if p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL); err == nil && p == ipprotoMPTCP {
+				derr = unix.EPROTONOSUPPORT
+				return
+			}
+			// Out of the shard's set first: its entry is keyed by this
+			// descriptor, which the close below ends.
+			_ = rawEpollCtl(int(f.epfd), unix.EPOLL_CTL_DEL, int(fd), nil)
+			fds[i], derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+		}) != nil || derr != nil {
+			if derr == unix.EPROTONOSUPPORT {
+				f.noDetach.Store(true)
+			}
+			break
+		}
+		n++
+	}
+	f.gen++ // taken out of the set (maybe): the directions arm with ADD
+	if n < len(fds) {
+		for _, fd := range fds[:n] {
+			unix.Close(fd)
+		}
+		return false
+	}
+	for i := range f.legs {
+		f.legs[i].Load().Close() // out of Go's poller; the socket stays
+		// The closed connection would keep its record in the heap.
+		f.legs[i].Store(detachedConn)
+		f.raw[i] = int32(fds[i])
+	}
+	f.detached.Store(true)
+	f.shard.detached.Add(1)
+	return true
+}
+
+// rawAcquire hands out the detached legs' descriptors (client, server)
+// for a step; rawRelease must follow. ok is false if the flow is not
+// detached (any more) or its legs are closed.
+func (f *Flow) rawAcquire() (fds [2]int32, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.detached.Load() || f.closed {
+		return fds, false
+	}
+	f.rawRefs++
+	return f.raw, true
+}
+
+func (f *Flow) rawRelease() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.rawRefs--; f.rawRefs == 0 && f.rawDrop {
+		f.closeRaw()
+	}
+}
+
+// closeRaw closes the raw descriptors, resetting those rawReset names;
+// the caller holds mu and no step uses them.
+func (f *Flow) closeRaw() {
+	for i, fd := range f.raw {
+		if f.rawReset[i] {
+			_ = unix.SetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+		}
+		unix.Close(int(fd))
+		f.raw[i] = -1
+	}
+	f.rawDrop, f.rawReset = false, [2]bool{}
+}
+
+// conns returns the RawConns a step of d moves bytes with: the legs' or,
+// for a direction on its wait loop while the flow is detached, the raw
+// descriptors'. If raw is true the step calls f.rawRelease when done.
+func (d *dir) conns() (src, dst syscall.RawConn, raw bool, err error) {
+	f := d.f
+	if d.inline && f.detached.Load() {
+		if fds, ok := f.rawAcquire(); ok {
+			d.rawSrc.fd, d.rawDst.fd = fds[b2u(!d.up)], fds[b2u(d.up)]
+			return &d.rawSrc, &d.rawDst, true, nil
+		}
+	}
+	if src, err = d.src().SyscallConn(); err != nil {
+		return nil, nil, false, sideErr{read: true, err: err}
+	}
+	if dst, err = d.dst().SyscallConn(); err != nil {
+		return nil, nil, false, sideErr{read: false, err: err}
+	}
+	return src, dst, false, nil
+}
+
+// closeWrite sends d's destination a FIN, on the raw descriptor if the
+// flow is detached.
+func (d *dir) closeWrite() error {
+	f := d.f
+	if f.detached.Load() {
+		if fds, ok := f.rawAcquire(); ok {
+			err := unix.Shutdown(int(fds[b2u(d.up)]), unix.SHUT_WR)
+			f.rawRelease()
+			if err != nil {
+				return os.NewSyscallError("shutdown", err)
+			}
+			return nil
+		}
+	}
+	return d.dst().CloseWrite()
+}
+
+// attach puts a detached flow's legs back into Go's poller for d, a
+// direction about to wait on a goroutine, which the caller owns. On
+// failure the flow is aborted (ReasonError) and its directions find the
+// legs closed.
+func (f *Flow) attach(d *dir) {
+	f.mu.Lock()
+	if !f.detached.Load() || f.closed {
+		f.mu.Unlock()
+		return
+	}
+	var conns [2]*net.TCPConn
+	var err error
+	for i := range conns {
+		if conns[i], err = fdConn(int(f.raw[i])); err != nil {
+			break
+		}
+	}
+	if err != nil {
+		for _, c := range conns {
+			if c != nil {
+				c.Close() // its duplicate only: the raw descriptor stays
+			}
+		}
+		f.mu.Unlock()
+		f.abort(ReasonError, fmt.Errorf("attach a detached flow: %w", err), true, true)
+		return
+	}
+	for i, c := range conns {
+		_ = rawEpollCtl(int(f.epfd), unix.EPOLL_CTL_DEL, int(f.raw[i]), nil)
+		f.legs[i].Store(c)
+	}
+	f.gen++
+	f.detached.Store(false)
+	f.shard.detached.Add(-1)
+	if f.rawRefs > 0 {
+		f.rawDrop = true // the direction on the wait loop closes them
+	} else {
+		f.closeRaw()
+	}
+	// The other direction, if parked, waited on a descriptor that is gone:
+	// arm it on the new one. If it runs, it arms the new one as it parks.
+	o := &f.dirs[b2u(!d.up)]
+	own := o.unpark()
+	f.mu.Unlock()
+	if own {
+		o.repark()
+	}
+}
+
+// repark parks a direction the caller took from the parked state without
+// running it, or runs it if it cannot park (the legs closed).
+func (d *dir) repark() {
+	if !d.park() {
+		go d.run()
+	}
+}
+
+// legOpts are the socket options net.FileConn sets with Go's defaults,
+// which fdConn puts back as they were.
+var legOpts = [...]struct{ level, opt int }{
+	{unix.IPPROTO_TCP, unix.TCP_NODELAY},
+	{unix.SOL_SOCKET, unix.SO_KEEPALIVE},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPCNT},
+}
+
+// fdConn makes a *net.TCPConn, in Go's poller, of a duplicate of a
+// socket descriptor, which stays the caller's.
+func fdConn(fd int) (*net.TCPConn, error) {
+	var vals [len(legOpts)]int
+	for i, o := range legOpts {
+		v, err := unix.GetsockoptInt(fd, o.level, o.opt)
+		if err != nil {
+			return nil, os.NewSyscallError("getsockopt", err)
+		}
+		vals[i] = v
+	}
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	// The file owns dup (FileConn duplicates it again); the descriptor
+	// stays non-blocking, shared with fd, which a step may be using.
+	file := os.NewFile(uintptr(dup), "detached")
+	c, err := net.FileConn(file)
+	file.Close()
+	if err != nil {
+		return nil, err
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("descriptor %d is not a TCP socket", fd)
+	}
+	var serr error
+	rc, err := tc.SyscallConn()
+	if err == nil {
+		err = rc.Control(func(nfd uintptr) {
+			for i, o := range legOpts {
+				if e := unix.SetsockoptInt(int(nfd), o.level, o.opt, vals[i]); e != nil && serr == nil {
+					serr = os.NewSyscallError("setsockopt", e)
+				}
+			}
+		})
+	}
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	return tc, nil
+}

@@ -1,0 +1,362 @@
+package datapath
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// detachedFlow is a flow under test with the apps' ends.
+type detachedFlow struct {
+	f              *Flow
+	client, server *net.TCPConn
+	res            chan Result
+}
+
+// openDetachable starts n relayed flows with opt, sends a byte each way
+// and waits (bounded) until the sweep has detached every one.
+func openDetachable(t *testing.T, n int, opt func(i int) Options) []detachedFlow {
+	t.Helper()
+	s0 := ReadStats()
+	fs := make([]detachedFlow, n)
+	for i := range fs {
+		client, relayIn := tcpPair(t)
+		relayOut, server := tcpPair(t)
+		ch := make(chan Result, 1)
+		f := New(relayIn, relayOut, opt(i), func(r Result) { ch <- r })
+		go f.Run()
+		fs[i] = detachedFlow{f, client, server, ch}
+		exchange(t, client, server, []byte{byte(i)}, []byte{byte(i + 1)})
+	}
+	waitFor(t, "every flow detached", func() bool {
+		for _, f := range fs {
+			if !f.f.detached.Load() {
+				return false
+			}
+		}
+		return true
+	})
+	if d := ReadStats().Detached - s0.Detached; d < int64(n) {
+		t.Errorf("Stats.Detached rose by %d, want %d", d, n)
+	}
+	return fs
+}
+
+// waitFor polls cond for up to 15 s (the sweep detaches after four
+// sweeps, about a second).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting: %s", what)
+}
+
+// epollEntries counts, over every epoll set of this process, the entries
+// watching each socket inode.
+func epollEntries(t *testing.T) map[uint64]int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := map[uint64]int{}
+	for _, e := range fds {
+		if l, _ := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); l != "anon_inode:[eventpoll]" {
+			continue
+		}
+		fh, err := os.Open(filepath.Join("/proc/self/fdinfo", e.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		sc := bufio.NewScanner(fh)
+		for sc.Scan() {
+			// tfd:       12 events:       19 data: ... pos:0 ino:1a2b sdev:8
+			if !strings.HasPrefix(sc.Text(), "tfd:") {
+				continue
+			}
+			for _, field := range strings.Fields(sc.Text()) {
+				var ino uint64
+				if _, err := fmt.Sscanf(field, "ino:%x", &ino); err == nil {
+					n[ino]++
+				}
+			}
+		}
+		fh.Close()
+	}
+	return n
+}
+
+func inode(t *testing.T, fd int) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+// TestDetachedFlows checks that an idle flow leaves Go's poller (its
+// sockets are then watched by its shard's epoll set alone), that
+// messages move while it stays out, and that a burst, half-closes and
+// the byte counts come out as for any flow: on splice, on copy and with
+// ParkAfter.
+func TestDetachedFlows(t *testing.T) {
+	const n = 12
+	fs := openDetachable(t, n, func(i int) Options {
+		o := Options{DetachAfter: time.Millisecond, Idle: time.Minute, ForceCopy: i%3 == 1}
+		if i%3 == 2 {
+			o.ParkAfter = 20 * time.Millisecond
+		}
+		return o
+	})
+	entries := epollEntries(t)
+	for i, f := range fs {
+		f.f.mu.Lock()
+		raw := f.f.raw
+		f.f.mu.Unlock()
+		for leg, fd := range raw {
+			// The shard's set only: Go's poller let the socket go.
+			if got := entries[inode(t, int(fd))]; got != 1 {
+				t.Errorf("flow %d leg %d: %d epoll entries, want 1 (the shard's set)", i, leg, got)
+			}
+		}
+	}
+	// A message each way on the raw descriptors: the splice flows that
+	// park at once stay out of the poller.
+	for i, f := range fs {
+		exchange(t, f.client, f.server, []byte("ping"), []byte("pong"))
+		if i%3 == 0 {
+			waitFor(t, "directions parked again", func() bool {
+				return f.f.dirs[0].state.Load() == dirParked && f.f.dirs[1].state.Load() == dirParked
+			})
+			if !f.f.detached.Load() {
+				t.Errorf("flow %d: attached for a message", i)
+			}
+		}
+	}
+	// A burst each way: more than the wait loop moves inline, so the
+	// directions go on goroutines, attached.
+	for i, f := range fs {
+		up, down := payload(uint64(i), 1<<20+i), payload(uint64(i+50), 700<<10+i)
+		exchange(t, f.client, f.server, up, down)
+		finishBoth(t, f.client, f.server)
+		select {
+		case r := <-f.res:
+			if r.Reason != ReasonClosed || r.Up != int64(1+4+len(up)) || r.Down != int64(1+4+len(down)) {
+				t.Errorf("flow %d: %+v", i, r)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatalf("flow %d did not end", i)
+		}
+	}
+}
+
+// TestDetachedKeepsSocketOptions checks that attaching again (net.FileConn
+// turns keepalive on with Go's defaults) leaves a leg's options as they
+// were.
+func TestDetachedKeepsSocketOptions(t *testing.T) {
+	client, relayIn := tcpPair(t)
+	relayOut, server := tcpPair(t)
+	if err := relayIn.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 77 * time.Second, Interval: 11 * time.Second, Count: 5}); err != nil {
+		t.Fatal(err)
+	}
+	if err := relayOut.SetKeepAlive(false); err != nil {
+		t.Fatal(err)
+	}
+	if err := relayOut.SetNoDelay(false); err != nil {
+		t.Fatal(err)
+	}
+	read := func(c *net.TCPConn) (v [len(legOpts)]int) {
+		rc, err := c.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc.Control(func(fd uintptr) {
+			for i, o := range legOpts {
+				v[i], _ = unix.GetsockoptInt(int(fd), o.level, o.opt)
+			}
+		})
+		return v
+	}
+	before := [2][len(legOpts)]int{read(relayIn), read(relayOut)}
+	ch := make(chan Result, 1)
+	f := New(relayIn, relayOut, Options{DetachAfter: time.Millisecond}, func(r Result) { ch <- r })
+	go f.Run()
+	exchange(t, client, server, []byte{1}, []byte{2})
+	waitFor(t, "the flow detached", f.detached.Load)
+	// A burst attaches it.
+	exchange(t, client, server, payload(1, 2<<20), payload(2, 2<<20))
+	if f.detached.Load() {
+		t.Fatal("still detached after a burst")
+	}
+	c, s := f.Conns()
+	if after := [2][len(legOpts)]int{read(c), read(s)}; after != before {
+		t.Errorf("options (nodelay, keepalive, idle, interval, count) were %v, after attaching %v", before, after)
+	}
+	finishBoth(t, client, server)
+	if r := <-ch; r.Reason != ReasonClosed {
+		t.Errorf("result %+v", r)
+	}
+}
+
+// TestDetachedEnds checks that a detached flow ends as any flow does: a
+// reset crosses it, Abort and the idle timeout close both legs, and a
+// FIN is passed on; its sockets are closed after (no descriptor left).
+func TestDetachedEnds(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		idle time.Duration
+		end  func(f detachedFlow)
+		want Reason
+		// what the apps then read: a reset on the other side, or EOF on both
+		resetAt *net.TCPConn
+	}{
+		{name: "client reset", want: ReasonResetClient, end: func(f detachedFlow) { f.client.SetLinger(0); f.client.Close() }},
+		{name: "server reset", want: ReasonResetServer, end: func(f detachedFlow) { f.server.SetLinger(0); f.server.Close() }},
+		{name: "abort", want: ReasonCanceled, end: func(f detachedFlow) { f.f.Abort() }},
+		{name: "idle", idle: 4 * time.Second, want: ReasonIdle, end: func(detachedFlow) {}},
+		{name: "half-closes", want: ReasonClosed, end: func(f detachedFlow) {
+			// The client's FIN crosses on the raw descriptors, then the
+			// server answers after it and closes too.
+			f.client.CloseWrite()
+			f.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if b, err := io.ReadAll(f.server); err != nil || len(b) != 0 {
+				t.Errorf("server read %d bytes, %v; want the FIN", len(b), err)
+			}
+			f.server.Write([]byte("late answer"))
+			f.server.CloseWrite()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := openDetachable(t, 1, func(int) Options {
+				return Options{DetachAfter: time.Millisecond, Idle: tc.idle}
+			})
+			f := fs[0]
+			f.f.mu.Lock()
+			raw := f.f.raw
+			f.f.mu.Unlock()
+			inos := [2]uint64{inode(t, int(raw[0])), inode(t, int(raw[1]))}
+			tc.end(f)
+			select {
+			case r := <-f.res:
+				if r.Reason != tc.want {
+					t.Errorf("reason %v, want %v", r.Reason, tc.want)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("the flow did not end")
+			}
+			switch tc.want {
+			case ReasonResetClient, ReasonResetServer:
+				other := f.server
+				if tc.want == ReasonResetServer {
+					other = f.client
+				}
+				other.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := other.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+					t.Errorf("the other side read %v, want a reset", err)
+				}
+			case ReasonClosed:
+				f.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if b, err := io.ReadAll(f.client); err != nil || !bytes.Equal(b, []byte("late answer")) {
+					t.Errorf("client read %q, %v", b, err)
+				}
+			default:
+				for _, c := range []*net.TCPConn{f.client, f.server} {
+					c.SetReadDeadline(time.Now().Add(10 * time.Second))
+					if _, err := c.Read(make([]byte, 1)); err == nil {
+						t.Errorf("read a byte from a flow that ended")
+					}
+				}
+			}
+			// The relay's sockets are gone: no descriptor of this process
+			// refers to them.
+			fds, _ := os.ReadDir("/proc/self/fd")
+			for _, e := range fds {
+				var st unix.Stat_t
+				var fd int
+				if _, err := fmt.Sscan(e.Name(), &fd); err != nil || unix.Fstat(fd, &st) != nil {
+					continue
+				}
+				if st.Mode&unix.S_IFMT == unix.S_IFSOCK && (st.Ino == inos[0] || st.Ino == inos[1]) {
+					t.Errorf("descriptor %d still holds a relayed socket", fd)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkDetachAttach measures taking an idle flow out of Go's poller
+// and putting it back (what a burst after an idle spell costs).
+func BenchmarkDetachAttach(b *testing.B) {
+	_, relayIn := tcpPair(b)
+	relayOut, _ := tcpPair(b)
+	f := New(relayIn, relayOut, Options{}, nil)
+	go f.Run()
+	for f.dirs[0].state.Load() != dirParked || f.dirs[1].state.Load() != dirParked {
+		time.Sleep(time.Millisecond)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if !f.detach() {
+			b.Fatal("not detached")
+		}
+		d := &f.dirs[1]
+		if !d.unpark() {
+			b.Fatal("not parked")
+		}
+		f.attach(d)
+		d.repark()
+	}
+	b.StopTimer()
+	f.Abort()
+}
+
+// BenchmarkParkedMessage sends a message through a parked flow and its
+// answer back, with the flow in Go's poller and detached from it.
+func BenchmarkParkedMessage(b *testing.B) {
+	for _, detached := range []bool{false, true} {
+		b.Run(map[bool]string{false: "attached", true: "detached"}[detached], func(b *testing.B) {
+			client, relayIn := tcpPair(b)
+			relayOut, server := tcpPair(b)
+			f := New(relayIn, relayOut, Options{}, nil)
+			go f.Run()
+			defer f.Abort()
+			parked := func() {
+				for f.dirs[0].state.Load() != dirParked || f.dirs[1].state.Load() != dirParked {
+					runtime.Gosched()
+				}
+			}
+			parked()
+			if detached && !f.detach() {
+				b.Fatal("not detached")
+			}
+			msg, buf := make([]byte, 100), make([]byte, 100)
+			b.ResetTimer()
+			for range b.N {
+				client.Write(msg)
+				io.ReadFull(server, buf)
+				server.Write(msg)
+				io.ReadFull(client, buf)
+			}
+			b.StopTimer()
+			if f.detached.Load() != detached {
+				b.Fatalf("detached %v, want %v", f.detached.Load(), detached)
+			}
+		})
+	}
+}
