@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -97,10 +98,12 @@ type PeerRow struct {
 	// (/proc/slabinfo), and ObjectCaches its caches that grew by 8 B per
 	// flow or more: the kernel memory the flows hold, without the free
 	// room in slab pages that meminfo's Slab (SlabPerFlow) also counts.
-	ObjectsPerFlow float64            `json:"kernel_objects_per_flow_bytes,omitempty"`
-	ObjectCaches   map[string]float64 `json:"kernel_object_caches_per_flow_bytes,omitempty"`
-	Processes      int                `json:"processes_with_flows,omitempty"`
-	Err            string             `json:"error,omitempty"`
+	ObjectsPerFlow float64 `json:"kernel_objects_per_flow_bytes,omitempty"`
+	// KernelRounds are the memory rounds' ObjectsPerFlow, sorted.
+	KernelRounds []float64          `json:"kernel_objects_per_flow_rounds,omitempty"`
+	ObjectCaches map[string]float64 `json:"kernel_object_caches_per_flow_bytes,omitempty"`
+	Processes    int                `json:"processes_with_flows,omitempty"`
+	Err          string             `json:"error,omitempty"`
 }
 
 // Ports inside the benchmark's namespace.
@@ -182,30 +185,7 @@ func RunPeers(ctx context.Context, o PeersOptions) (*PeersReport, error) {
 		}
 	}
 	if want["memory"] {
-		for i, p := range procs {
-			if rows[i].Err != "" {
-				continue
-			}
-			if p.cmd == nil { // direct: the kernel's own share, subtracted from the proxies'
-				if err := b.memory(ctx, p, rows[i]); err != nil {
-					rows[i].Err = err.Error()
-				}
-				continue
-			}
-			// A fresh process: the measurements before grew its heap.
-			p.stop()
-			np, err := b.startPeer(ctx, p.name, i-1)
-			if err != nil {
-				rows[i].Err = err.Error()
-				continue
-			}
-			procs[i] = np
-			defer np.stop()
-			if err := b.memory(ctx, np, rows[i]); err != nil {
-				rows[i].Err = err.Error()
-				b.logf("%s memory: %v", p.name, err)
-			}
-		}
+		b.memoryRounds(ctx, procs, rows)
 	}
 	for _, row := range rows {
 		r.Rows = append(r.Rows, *row)
@@ -861,6 +841,95 @@ func objectGrowth(a, b map[string]int64, flows int) (total float64, caches map[s
 	return total, caches
 }
 
+// memoryRounds measures every proxy's idle flows in rounds (up to 3, one
+// per repeat), each proxy in a fresh process, in an order rotated by one
+// each round: whichever goes first after direct reads some 50 B per flow
+// more of the kernel's, and the rotation spreads that. Each row keeps the
+// median round (by kernel memory) and the medians of its user memory.
+func (b *peersBench) memoryRounds(ctx context.Context, procs []*peerProc, rows []*PeerRow) {
+	rounds := min(b.o.Repeats, 3)
+	got := make([][]PeerRow, len(rows))
+	for round := range rounds {
+		// direct first: the kernel's own share, subtracted from the
+		// proxies'. Twice in the first round, which grows the load
+		// generator's own tables (descriptors, ports) once.
+		for w := range 1 + b2i(round == 0) {
+			if rows[0].Err != "" {
+				break
+			}
+			var row PeerRow
+			if err := b.memory(ctx, procs[0], &row); err != nil {
+				rows[0].Err = err.Error()
+				break
+			}
+			if round == 0 && w == 0 {
+				continue // the warm-up
+			}
+			got[0] = append(got[0], row)
+		}
+		for k := range len(procs) - 1 {
+			i := 1 + (k+round)%(len(procs)-1)
+			p := procs[i]
+			if rows[i].Err != "" || ctx.Err() != nil {
+				continue
+			}
+			// A fresh process: the measurements before grew its heap.
+			p.stop()
+			np, err := b.startPeer(ctx, p.name, i-1)
+			if err != nil {
+				rows[i].Err = err.Error()
+				continue
+			}
+			procs[i] = np
+			var row PeerRow
+			err = b.memory(ctx, np, &row)
+			np.stop()
+			if err != nil {
+				rows[i].Err = err.Error()
+				b.logf("%s memory: %v", p.name, err)
+				continue
+			}
+			got[i] = append(got[i], row)
+		}
+	}
+	for i, rs := range got {
+		if len(rs) > 0 && rows[i].Err == "" {
+			rows[i].setMemory(rs)
+		}
+	}
+}
+
+// setMemory keeps the median of memory rounds: the round with the median
+// kernel memory (its breakdown by cache with it), and the medians of the
+// user-space figures.
+func (r *PeerRow) setMemory(rs []PeerRow) {
+	slices.SortFunc(rs, func(a, b PeerRow) int { return cmp.Compare(a.ObjectsPerFlow, b.ObjectsPerFlow) })
+	m := rs[(len(rs)-1)/2]
+	r.Flows, r.SlabPerFlow, r.ObjectsPerFlow, r.ObjectCaches, r.Processes = m.Flows, m.SlabPerFlow, m.ObjectsPerFlow, m.ObjectCaches, m.Processes
+	field := func(f func(PeerRow) float64) float64 {
+		xs := make([]float64, len(rs))
+		for i := range rs {
+			xs[i] = f(rs[i])
+		}
+		return median(xs)
+	}
+	r.IdleRSSKiB = field(func(x PeerRow) float64 { return x.IdleRSSKiB })
+	r.RSSPerFlow = field(func(x PeerRow) float64 { return x.RSSPerFlow })
+	r.AnonPerFlow = field(func(x PeerRow) float64 { return x.AnonPerFlow })
+	r.FDsPerFlow = field(func(x PeerRow) float64 { return x.FDsPerFlow })
+	r.KernelRounds = r.KernelRounds[:0]
+	for _, x := range rs {
+		r.KernelRounds = append(r.KernelRounds, x.ObjectsPerFlow)
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // memory opens idle flows through the proxy to the sink and measures what
 // they cost it.
 func (b *peersBench) memory(ctx context.Context, p *peerProc, row *PeerRow) error {
@@ -1013,7 +1082,7 @@ func (b *peersBench) notes() []string {
 		fmt.Sprintf("Throughput: one stream, 256 KB writes, 1 s warm-up then %s; CPU is the proxy's user+system time (its process group, reaped children included) per GB moved. Machine CPU is every core's busy time per GB (/proc/stat), load generator and sink included: it counts the kernel's work outside the proxy's process (softirqs, and the kworkers that send what the sockmap program redirects), which the proxy's own CPU misses; direct's is the floor.", b.o.Window),
 		fmt.Sprintf("Connection rates: %d clients, 1 KB HTTP; new connection per request (`Connection: close`) or one kept alive per client; 0.5 s warm-up then %s; CPU per request as above.", b.o.Clients, b.o.Window),
 		fmt.Sprintf("Latency: one client, %d sequential requests on one kept-alive connection after 200 unmeasured; added latency is the proxy's median minus direct's.", b.o.Requests),
-		fmt.Sprintf("Memory: a fresh proxy process; %d idle flows (socat %d: it forks a process per flow) each with one byte sent, measured 2 s later (begun once the kernel has freed the previous proxy's sockets): RSS of the proxy's processes (memory per flow is the growth of its anonymous part, the flows' own memory: the rest is pages of the program's file, which the first flows' code maps once; the whole RSS growth is in the JSON), their descriptors, and the kernel's memory: the growth of live slab objects (/proc/slabinfo: active objects times their size, per cache, without the caches of TIME_WAIT sockets and pending handshakes, which earlier parts leave to expire meanwhile; meminfo's machine-wide Slab, which also counts free room in slab pages, is in the JSON).", b.o.Flows, b.o.SocatFlows),
+		fmt.Sprintf("Memory: a fresh proxy process; %d idle flows (socat %d: it forks a process per flow) each with one byte sent, measured 2 s later (begun once the kernel has freed the previous proxy's sockets), in %d rounds with the proxies' order rotated by one each round (whichever goes first after direct reads some 50 B per flow more of the kernel's), the median round kept (direct's first measurement, which grows the load generator's own tables, is dropped): RSS of the proxy's processes (memory per flow is the growth of its anonymous part, the flows' own memory: the rest is pages of the program's file, which the first flows' code maps once; the whole RSS growth is in the JSON), their descriptors, and the kernel's memory: the growth of live slab objects (/proc/slabinfo: active objects times their size, per cache, without the caches of TIME_WAIT sockets and pending handshakes, which earlier parts leave to expire meanwhile; meminfo's machine-wide Slab, which also counts free room in slab pages, is in the JSON).", b.o.Flows, b.o.SocatFlows, min(b.o.Repeats, 3)),
 	}
 	if b.r.Pinned {
 		n = append(n, "Pinned: each proxy runs on CPU 1 (taskset), the load generator and backends on CPU 0, so the proxy has a core to itself and its CPU time is not the clients'.")

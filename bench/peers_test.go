@@ -3,6 +3,7 @@ package bench
 import (
 	"encoding/json"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -80,4 +81,21 @@ broken line
 	)
 	r.Rows[0].ObjectsPerFlow = 0 // an older report: Slab only
 	wantLines(t, r.Markdown(), "Kernel memory per flow ≤ HAProxy's: -8000 B against -7000 B (machine-wide Slab beyond direct's) — met")
+}
+
+// TestPeersMemoryRounds: a row keeps the round with the median kernel
+// memory, its caches with it, and the medians of the user-space figures.
+func TestPeersMemoryRounds(t *testing.T) {
+	var r PeerRow
+	r.setMemory([]PeerRow{
+		{Flows: 9000, ObjectsPerFlow: 7900, ObjectCaches: map[string]float64{"TCP": 1}, AnonPerFlow: 3300, IdleRSSKiB: 8000, FDsPerFlow: 2},
+		{Flows: 9000, ObjectsPerFlow: 7500, ObjectCaches: map[string]float64{"TCP": 2}, AnonPerFlow: 3500, IdleRSSKiB: 8200, FDsPerFlow: 2},
+		{Flows: 9000, ObjectsPerFlow: 7600, ObjectCaches: map[string]float64{"TCP": 3}, AnonPerFlow: 3400, IdleRSSKiB: 8100, FDsPerFlow: 2},
+	})
+	if r.ObjectsPerFlow != 7600 || r.ObjectCaches["TCP"] != 3 || r.AnonPerFlow != 3400 || r.IdleRSSKiB != 8100 || r.FDsPerFlow != 2 || r.Flows != 9000 {
+		t.Errorf("kept %+v", r)
+	}
+	if !slices.Equal(r.KernelRounds, []float64{7500, 7600, 7900}) {
+		t.Errorf("rounds %v", r.KernelRounds)
+	}
 }
