@@ -12,12 +12,13 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 // copyStep is the user-space fallback: src → dst through a pooled buffer,
 // taken only once src has bytes, so an idle direction holds none.
 func (d *dir) copyStep() (step, error) {
-	srcRC, dstRC, raw, err := d.conns()
+	srcRC, err := d.src().SyscallConn()
 	if err != nil {
-		return stepErr, err
+		return stepErr, sideErr{read: true, err: err}
 	}
-	if raw {
-		defer d.f.rawRelease()
+	dstRC, err := d.dst().SyscallConn()
+	if err != nil {
+		return stepErr, sideErr{read: false, err: err}
 	}
 	for {
 		d.cn, d.err, d.block, d.op = 0, nil, false, opReadIn

@@ -103,13 +103,6 @@ type Options struct {
 	// parking it, which would cost a trip through the epoll set before
 	// those bytes move.
 	ServerFirst bool
-	// DownPrefix, if set, goes to the client before the server's first
-	// byte, in the same segment when the server sends within PrefixWait
-	// (the prefix is corked with MSG_MORE until then); otherwise alone once
-	// PrefixWait has passed. A relay answers a pipelining peer this way
-	// without spending a packet of its initial window on the answer.
-	DownPrefix []byte
-	PrefixWait time.Duration
 	// PrimeClientSend and PrimeServerSend take that leg's send buffer out
 	// of the kernel's autotuning once the direction toward it has moved 32
 	// KiB: it is fixed at net.ipv4.tcp_wmem's maximum, and its unsent bytes
@@ -119,6 +112,13 @@ type Options struct {
 	// only bytes user space moves (not the sockmap program's). Leave them
 	// off for a leg whose buffer the caller fixed.
 	PrimeClientSend, PrimeServerSend bool
+	// DownPrefix, if set, goes to the client before the server's first
+	// byte, in the same segment when the server sends within PrefixWait
+	// (the prefix is corked with MSG_MORE until then); otherwise alone once
+	// PrefixWait has passed. A relay answers a pipelining peer this way
+	// without spending a packet of its initial window on the answer.
+	DownPrefix []byte
+	PrefixWait time.Duration
 	// DetachAfter takes a flow whose two directions are parked, and that
 	// has moved no byte for this long, out of the Go runtime's poller: its
 	// sockets then sit in the data path's epoll set alone, as in an event
@@ -159,18 +159,17 @@ type Flow struct {
 	dirs    [2]dir                 // down, up
 	sm      atomic.Pointer[smFlow] // set once the flow has entries in the sockmap
 	sweeps  uint8                  // sweeps that saw it, up to keepaliveSweeps (the sweep's own)
-
+	// Under mu (see detach_linux.go):
+	gen      uint8   // bumped whenever the legs' descriptors change
+	rawRefs  uint8   // steps using the detached descriptors now
+	closed   bool    // the legs are closed
+	rawDrop  bool    // the last step using the detached descriptors closes them
+	rawReset [2]bool // and resets them (SO_LINGER 0)
 	// mu orders taking the legs out of Go's poller and putting them back
-	// (detach_linux.go) with arming the epoll set and closing the legs.
-	mu       sync.Mutex
-	raw      [2]int32    // while detached: the legs' descriptors (client, server)
-	rawRefs  int32       // steps using raw now
-	rawDrop  bool        // close raw when rawRefs drops to 0
-	rawReset [2]bool     // and reset them (SO_LINGER 0)
-	gen      uint32      // bumped whenever the legs' descriptors change
-	closed   bool        // the legs are closed
-	detached atomic.Bool // the legs are raw descriptors in raw, out of Go's poller
-	noDetach atomic.Bool // a leg cannot be detached (MPTCP)
+	// with arming the epoll set and with closing the legs.
+	mu    sync.Mutex
+	fd    [2]int32      // the legs' descriptors (client, server): the connections', or while detached their duplicates
+	flags atomic.Uint32 // flagDetached, flagNoDetach
 }
 
 // ending is why a flow ends; the first one set wins.
@@ -188,6 +187,7 @@ func New(client, server *net.TCPConn, opt Options, done func(Result)) *Flow {
 	f := &Flow{opt: opt, onDone: done}
 	f.legs[0].Store(client)
 	f.legs[1].Store(server)
+	f.fd = [2]int32{sysfd(client), sysfd(server)}
 	f.touch()
 	f.left.Store(2)
 	f.dirs[0].init(f, false)
@@ -264,19 +264,19 @@ func (f *Flow) closeLegs(resetClient, resetServer bool) {
 	}
 	f.closed = true
 	reset := [2]bool{resetClient, resetServer}
-	if f.detached.Load() {
-		f.detached.Store(false)
+	if f.detached() {
+		f.flags.And(^uint32(flagDetached))
 		f.shard.detached.Add(-1)
 		f.rawReset = reset
 		if f.rawRefs > 0 {
-			f.rawDrop = true // the step using them closes them
+			f.rawDrop = true // the last step using them closes them
 		} else {
-			f.closeRaw()
+			f.closeRaw(f.fd)
 		}
 		return
 	}
-	// (Raw descriptors an attach left to a step close with it; a reset
-	// set here is the socket's, so their close sends it.)
+	// (Detached descriptors an attach left to a step close with it; a
+	// reset set here is the socket's, so their close sends it.)
 	for i := range f.legs {
 		c := f.legs[i].Load()
 		if reset[i] {

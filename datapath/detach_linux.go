@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,8 +38,11 @@ import (
 //
 // The flow's mu orders all of this with arming the set (park) and with
 // closing: the set's entries are keyed by descriptor, so a descriptor
-// leaves the set before it is closed, and a raw descriptor in use by a
-// direction (rawRefs) is closed only once that direction is done with it.
+// leaves the set before it is closed; the flow keeps its legs'
+// descriptors (fd), which stay open while mu is held and the legs are not
+// closed, so arming needs no reference to the connection; and a detached
+// descriptor in use by a step (rawRefs) is closed only once that step is
+// done with it.
 
 // maxDetachPerSweep bounds one sweep's work (about ten system calls a
 // flow): a shard detaches at most this many flows four times a second.
@@ -49,33 +51,35 @@ const maxDetachPerSweep = 4096
 // ipprotoMPTCP is IPPROTO_MPTCP, an MPTCP socket's SO_PROTOCOL.
 const ipprotoMPTCP = 262
 
-// errDetached: a raw descriptor's operation would wait, which only Go's
-// poller can do: the direction goes on on a goroutine, attached.
+// Flow.flags.
+const (
+	flagDetached uint32 = 1 << iota // the legs are duplicates in fd, out of Go's poller
+	flagNoDetach                    // a leg cannot be detached (MPTCP)
+)
+
+func (f *Flow) detached() bool { return f.flags.Load()&flagDetached != 0 }
+
+// errDetached: a detached descriptor's operation would wait, which only
+// Go's poller can do: the direction goes on on a goroutine, attached.
 var errDetached = errors.New("detached from the poller: attach to wait")
 
 // detachedConn stands for a detached leg: a connection with no
 // descriptor, whose every method fails (EINVAL).
 var detachedConn = &net.TCPConn{}
 
-// rawFD is a detached leg's descriptor as a syscall.RawConn that never
-// waits.
-type rawFD struct{ fd int32 }
-
-func (r *rawFD) Control(fn func(uintptr)) error { fn(uintptr(r.fd)); return nil }
-
-func (r *rawFD) Read(fn func(uintptr) bool) error {
-	if fn(uintptr(r.fd)) {
-		return nil
+// sysfd is a connection's descriptor.
+func sysfd(c *net.TCPConn) int32 {
+	fd := int32(-1)
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(s uintptr) { fd = int32(s) })
 	}
-	return errDetached
+	return fd
 }
-
-func (r *rawFD) Write(fn func(uintptr) bool) error { return r.Read(fn) }
 
 // detachable says whether the sweep may try to detach f now; the caller
 // holds the shard's lock.
 func (f *Flow) detachable(now int64) bool {
-	return f.opt.DetachAfter > 0 && !f.opt.Sockmap && !f.detached.Load() && !f.noDetach.Load() &&
+	return f.opt.DetachAfter > 0 && !f.opt.Sockmap && f.flags.Load() == 0 &&
 		f.sweeps >= keepaliveSweeps && now-f.last.Load() >= int64(f.opt.DetachAfter) &&
 		f.dirs[0].state.Load() == dirParked && f.dirs[1].state.Load() == dirParked && !f.aborted()
 }
@@ -99,41 +103,34 @@ func (f *Flow) detach() bool {
 	return done
 }
 
-// detachLegs swaps the legs for raw duplicates, both or neither.
+// detachLegs swaps the legs for duplicates of their descriptors, both or
+// neither.
 func (f *Flow) detachLegs() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed || f.detached.Load() || f.aborted() {
+	if f.closed || f.flags.Load() != 0 || f.aborted() {
 		return false
 	}
-	var fds [2]int
+	var dups [2]int
 	n := 0
-	for i := range f.legs {
-		rc, err := f.legs[i].Load().SyscallConn()
+	for i, fd := range f.fd {
+		if p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || p == ipprotoMPTCP {
+			f.flags.Or(flagNoDetach)
+			break
+		}
+		// Out of the shard's set first: its entry is keyed by this
+		// descriptor, which closing the connection ends.
+		_ = rawEpollCtl(int(f.epfd), unix.EPOLL_CTL_DEL, int(fd), nil)
+		d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			break
 		}
-		var derr error
-		if rc.Control(func(fd uintptr) {
-			if p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL); err == nil && p == ipprotoMPTCP {
-				derr = unix.EPROTONOSUPPORT
-				return
-			}
-			// Out of the shard's set first: its entry is keyed by this
-			// descriptor, which the close below ends.
-			_ = rawEpollCtl(int(f.epfd), unix.EPOLL_CTL_DEL, int(fd), nil)
-			fds[i], derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
-		}) != nil || derr != nil {
-			if derr == unix.EPROTONOSUPPORT {
-				f.noDetach.Store(true)
-			}
-			break
-		}
+		dups[i] = d
 		n++
 	}
 	f.gen++ // taken out of the set (maybe): the directions arm with ADD
-	if n < len(fds) {
-		for _, fd := range fds[:n] {
+	if n < len(dups) {
+		for _, fd := range dups[:n] {
 			unix.Close(fd)
 		}
 		return false
@@ -142,75 +139,97 @@ func (f *Flow) detachLegs() bool {
 		f.legs[i].Load().Close() // out of Go's poller; the socket stays
 		// The closed connection would keep its record in the heap.
 		f.legs[i].Store(detachedConn)
-		f.raw[i] = int32(fds[i])
+		f.fd[i] = int32(dups[i])
 	}
-	f.detached.Store(true)
+	f.flags.Or(flagDetached)
 	f.shard.detached.Add(1)
 	return true
 }
 
 // rawAcquire hands out the detached legs' descriptors (client, server)
-// for a step; rawRelease must follow. ok is false if the flow is not
-// detached (any more) or its legs are closed.
+// for a step, which gives them back with rawRelease. ok is false if the
+// flow is not detached (any more) or its legs are closed.
 func (f *Flow) rawAcquire() (fds [2]int32, ok bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if !f.detached.Load() || f.closed {
+	if !f.detached() || f.closed {
 		return fds, false
 	}
 	f.rawRefs++
-	return f.raw, true
+	return f.fd, true
 }
 
-func (f *Flow) rawRelease() {
+// rawRelease gives back what rawAcquire handed out; the last step to do
+// so after an attach or a close closes them.
+func (f *Flow) rawRelease(fds [2]int32) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.rawRefs--; f.rawRefs == 0 && f.rawDrop {
-		f.closeRaw()
+		f.closeRaw(fds)
 	}
 }
 
-// closeRaw closes the raw descriptors, resetting those rawReset names;
-// the caller holds mu and no step uses them.
-func (f *Flow) closeRaw() {
-	for i, fd := range f.raw {
+// closeRaw closes detached descriptors (client, server), resetting those
+// rawReset names; the caller holds mu and no step uses them.
+func (f *Flow) closeRaw(fds [2]int32) {
+	for i, fd := range fds {
 		if f.rawReset[i] {
 			_ = unix.SetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 		}
 		unix.Close(int(fd))
-		f.raw[i] = -1
 	}
 	f.rawDrop, f.rawReset = false, [2]bool{}
 }
 
-// conns returns the RawConns a step of d moves bytes with: the legs' or,
-// for a direction on its wait loop while the flow is detached, the raw
-// descriptors'. If raw is true the step calls f.rawRelease when done.
-func (d *dir) conns() (src, dst syscall.RawConn, raw bool, err error) {
-	f := d.f
-	if d.inline && f.detached.Load() {
-		if fds, ok := f.rawAcquire(); ok {
-			d.rawSrc.fd, d.rawDst.fd = fds[b2u(!d.up)], fds[b2u(d.up)]
-			return &d.rawSrc, &d.rawDst, true, nil
-		}
+// rawHeld hands a step on the wait loop of a detached flow the detached
+// descriptors (client, server), which it gives back with f.rawRelease if
+// held.
+func (d *dir) rawHeld() (fds [2]int32, held bool) {
+	if d.inline && d.f.detached() {
+		return d.f.rawAcquire()
 	}
-	if src, err = d.src().SyscallConn(); err != nil {
-		return nil, nil, false, sideErr{read: true, err: err}
-	}
-	if dst, err = d.dst().SyscallConn(); err != nil {
-		return nil, nil, false, sideErr{read: false, err: err}
-	}
-	return src, dst, false, nil
+	return fds, false
 }
 
-// closeWrite sends d's destination a FIN, on the raw descriptor if the
-// flow is detached.
+// readSrc runs d.fn on the source: on its detached descriptor if held,
+// where it never waits (errDetached), else through Go's poller.
+func (d *dir) readSrc(fds [2]int32, held bool) error {
+	if held {
+		if d.fn(uintptr(fds[b2u(!d.up)])) {
+			return nil
+		}
+		return errDetached
+	}
+	rc, err := d.src().SyscallConn()
+	if err != nil {
+		return err
+	}
+	return rc.Read(d.fn)
+}
+
+// writeDst runs d.fn on the destination, as readSrc on the source.
+func (d *dir) writeDst(fds [2]int32, held bool) error {
+	if held {
+		if d.fn(uintptr(fds[b2u(d.up)])) {
+			return nil
+		}
+		return errDetached
+	}
+	rc, err := d.dst().SyscallConn()
+	if err != nil {
+		return err
+	}
+	return rc.Write(d.fn)
+}
+
+// closeWrite sends d's destination a FIN, on the detached descriptor if
+// the flow is detached.
 func (d *dir) closeWrite() error {
 	f := d.f
-	if f.detached.Load() {
+	if f.detached() {
 		if fds, ok := f.rawAcquire(); ok {
 			err := unix.Shutdown(int(fds[b2u(d.up)]), unix.SHUT_WR)
-			f.rawRelease()
+			f.rawRelease(fds)
 			if err != nil {
 				return os.NewSyscallError("shutdown", err)
 			}
@@ -226,38 +245,41 @@ func (d *dir) closeWrite() error {
 // legs closed.
 func (f *Flow) attach(d *dir) {
 	f.mu.Lock()
-	if !f.detached.Load() || f.closed {
+	if !f.detached() || f.closed {
 		f.mu.Unlock()
 		return
 	}
 	var conns [2]*net.TCPConn
+	var fds [2]int32
 	var err error
 	for i := range conns {
-		if conns[i], err = fdConn(int(f.raw[i])); err != nil {
+		if conns[i], fds[i], err = fdConn(int(f.fd[i])); err != nil {
 			break
 		}
 	}
 	if err != nil {
 		for _, c := range conns {
 			if c != nil {
-				c.Close() // its duplicate only: the raw descriptor stays
+				c.Close() // its duplicate only: the detached descriptor stays
 			}
 		}
 		f.mu.Unlock()
 		f.abort(ReasonError, fmt.Errorf("attach a detached flow: %w", err), true, true)
 		return
 	}
+	old := f.fd
 	for i, c := range conns {
-		_ = rawEpollCtl(int(f.epfd), unix.EPOLL_CTL_DEL, int(f.raw[i]), nil)
+		_ = rawEpollCtl(int(f.epfd), unix.EPOLL_CTL_DEL, int(old[i]), nil)
 		f.legs[i].Store(c)
 	}
+	f.fd = fds
 	f.gen++
-	f.detached.Store(false)
+	f.flags.And(^uint32(flagDetached))
 	f.shard.detached.Add(-1)
 	if f.rawRefs > 0 {
-		f.rawDrop = true // the direction on the wait loop closes them
+		f.rawDrop = true // the step on the wait loop closes them
 	} else {
-		f.closeRaw()
+		f.closeRaw(old)
 	}
 	// The other direction, if parked, waited on a descriptor that is gone:
 	// arm it on the new one. If it runs, it arms the new one as it parks.
@@ -288,50 +310,38 @@ var legOpts = [...]struct{ level, opt int }{
 }
 
 // fdConn makes a *net.TCPConn, in Go's poller, of a duplicate of a
-// socket descriptor, which stays the caller's.
-func fdConn(fd int) (*net.TCPConn, error) {
+// socket descriptor, which stays the caller's; nfd is the connection's
+// descriptor.
+func fdConn(fd int) (c *net.TCPConn, nfd int32, err error) {
 	var vals [len(legOpts)]int
 	for i, o := range legOpts {
-		v, err := unix.GetsockoptInt(fd, o.level, o.opt)
-		if err != nil {
-			return nil, os.NewSyscallError("getsockopt", err)
+		if vals[i], err = unix.GetsockoptInt(fd, o.level, o.opt); err != nil {
+			return nil, -1, os.NewSyscallError("getsockopt", err)
 		}
-		vals[i] = v
 	}
 	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
-		return nil, os.NewSyscallError("fcntl", err)
+		return nil, -1, os.NewSyscallError("fcntl", err)
 	}
 	// The file owns dup (FileConn duplicates it again); the descriptor
 	// stays non-blocking, shared with fd, which a step may be using.
 	file := os.NewFile(uintptr(dup), "detached")
-	c, err := net.FileConn(file)
+	nc, err := net.FileConn(file)
 	file.Close()
 	if err != nil {
-		return nil, err
+		return nil, -1, err
 	}
-	tc, ok := c.(*net.TCPConn)
+	tc, ok := nc.(*net.TCPConn)
 	if !ok {
-		c.Close()
-		return nil, fmt.Errorf("descriptor %d is not a TCP socket", fd)
+		nc.Close()
+		return nil, -1, fmt.Errorf("descriptor %d is not a TCP socket", fd)
 	}
-	var serr error
-	rc, err := tc.SyscallConn()
-	if err == nil {
-		err = rc.Control(func(nfd uintptr) {
-			for i, o := range legOpts {
-				if e := unix.SetsockoptInt(int(nfd), o.level, o.opt, vals[i]); e != nil && serr == nil {
-					serr = os.NewSyscallError("setsockopt", e)
-				}
-			}
-		})
+	nfd = sysfd(tc)
+	for i, o := range legOpts {
+		if e := unix.SetsockoptInt(int(nfd), o.level, o.opt, vals[i]); e != nil {
+			tc.Close()
+			return nil, -1, os.NewSyscallError("setsockopt", e)
+		}
 	}
-	if err == nil {
-		err = serr
-	}
-	if err != nil {
-		tc.Close()
-		return nil, err
-	}
-	return tc, nil
+	return tc, nfd, nil
 }

@@ -42,7 +42,7 @@ func openDetachable(t *testing.T, n int, opt func(i int) Options) []detachedFlow
 	}
 	waitFor(t, "every flow detached", func() bool {
 		for _, f := range fs {
-			if !f.f.detached.Load() {
+			if !f.f.detached() {
 				return false
 			}
 		}
@@ -127,7 +127,7 @@ func TestDetachedFlows(t *testing.T) {
 	entries := epollEntries(t)
 	for i, f := range fs {
 		f.f.mu.Lock()
-		raw := f.f.raw
+		raw := f.f.fd
 		f.f.mu.Unlock()
 		for leg, fd := range raw {
 			// The shard's set only: Go's poller let the socket go.
@@ -144,7 +144,7 @@ func TestDetachedFlows(t *testing.T) {
 			waitFor(t, "directions parked again", func() bool {
 				return f.f.dirs[0].state.Load() == dirParked && f.f.dirs[1].state.Load() == dirParked
 			})
-			if !f.f.detached.Load() {
+			if !f.f.detached() {
 				t.Errorf("flow %d: attached for a message", i)
 			}
 		}
@@ -198,10 +198,10 @@ func TestDetachedKeepsSocketOptions(t *testing.T) {
 	f := New(relayIn, relayOut, Options{DetachAfter: time.Millisecond}, func(r Result) { ch <- r })
 	go f.Run()
 	exchange(t, client, server, []byte{1}, []byte{2})
-	waitFor(t, "the flow detached", f.detached.Load)
+	waitFor(t, "the flow detached", f.detached)
 	// A burst attaches it.
 	exchange(t, client, server, payload(1, 2<<20), payload(2, 2<<20))
-	if f.detached.Load() {
+	if f.detached() {
 		t.Fatal("still detached after a burst")
 	}
 	c, s := f.Conns()
@@ -248,7 +248,7 @@ func TestDetachedEnds(t *testing.T) {
 			})
 			f := fs[0]
 			f.f.mu.Lock()
-			raw := f.f.raw
+			raw := f.f.fd
 			f.f.mu.Unlock()
 			inos := [2]uint64{inode(t, int(raw[0])), inode(t, int(raw[1]))}
 			tc.end(f)
@@ -354,8 +354,8 @@ func BenchmarkParkedMessage(b *testing.B) {
 				io.ReadFull(client, buf)
 			}
 			b.StopTimer()
-			if f.detached.Load() != detached {
-				b.Fatalf("detached %v, want %v", f.detached.Load(), detached)
+			if f.detached() != detached {
+				b.Fatalf("detached %v, want %v", f.detached(), detached)
 			}
 		})
 	}

@@ -5,7 +5,6 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -55,10 +54,7 @@ type dir struct {
 	primed     bool  // dst's send buffer is primed, or is not to be (see primeSend)
 	clean      uint8 // splices out in a row that emptied the pipe (at most cleanOuts)
 	op         uint8
-	regGen     uint32 // the flow's gen when src was registered
-	// rawSrc and rawDst stand for the legs while the flow is detached
-	// (see conns).
-	rawSrc, rawDst rawFD
+	regGen     uint8 // the flow's gen when src was registered
 	// fn is the callback for RawConn, made once rather than at every
 	// wake; op says what it does.
 	fn func(uintptr) bool
@@ -134,7 +130,7 @@ func (d *dir) dst() *net.TCPConn { return d.f.legs[b2u(d.up)].Load() }
 // the direction ends.
 func (d *dir) run() {
 	f := d.f
-	if f.detached.Load() && !d.inline {
+	if f.detached() && !d.inline {
 		f.attach(d) // to wait, if need be, in Go's poller
 	}
 	if !d.started {
@@ -342,8 +338,8 @@ func (d *dir) park() bool {
 		ev.Events = unix.EPOLLONESHOT
 	}
 	epfd, sh := int(f.epfd), f.shard
-	// f.mu: the legs' descriptors do not change while the set is armed
-	// (a detach or an attach takes the registration out first).
+	// f.mu: the legs' descriptors stay open and do not change while the
+	// set is armed (a detach or an attach takes the registration out first).
 	f.mu.Lock()
 	op := unix.EPOLL_CTL_ADD
 	if d.registered && d.regGen == f.gen {
@@ -353,39 +349,29 @@ func (d *dir) park() bool {
 	sh.parked.Add(1)
 	d.state.Store(dirParked)
 	// From here on another goroutine may own d: only locals.
-	arm := func(fd uintptr) (cerr error) {
-		cerr = rawEpollCtl(epfd, op, int(fd), &ev)
+	closed := f.closed
+	var err error
+	if !closed {
+		fd := int(f.fd[b2u(!d.up)])
+		err = rawEpollCtl(epfd, op, fd, &ev)
 		switch {
-		case cerr == unix.ENOENT && op == unix.EPOLL_CTL_MOD:
-			cerr = rawEpollCtl(epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
-		case cerr == unix.EEXIST && op == unix.EPOLL_CTL_ADD:
-			cerr = rawEpollCtl(epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
-		}
-		return cerr
-	}
-	var err, cerr error
-	switch {
-	case f.closed:
-		err = net.ErrClosed
-	case f.detached.Load():
-		cerr = arm(uintptr(f.raw[b2u(!d.up)]))
-	default:
-		var rc syscall.RawConn
-		if rc, err = d.src().SyscallConn(); err == nil {
-			err = rc.Control(func(fd uintptr) { cerr = arm(fd) })
+		case err == unix.ENOENT && op == unix.EPOLL_CTL_MOD:
+			err = rawEpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+		case err == unix.EEXIST && op == unix.EPOLL_CTL_ADD:
+			err = rawEpollCtl(epfd, unix.EPOLL_CTL_MOD, fd, &ev)
 		}
 	}
 	f.mu.Unlock()
-	if err == nil && cerr == nil {
+	if !closed && err == nil {
 		return true
 	}
 	if !d.unpark() {
 		return true // woken meanwhile (the legs were closed): not ours now
 	}
-	if err == nil {
+	if !closed {
 		d.noPark = true // the set refused the socket: wait on the goroutine
 	}
-	return false // a closed socket: the next read finds out
+	return false // closed legs: the next read finds out
 }
 
 // unpark moves a parked direction to running; true if this call did.
@@ -426,13 +412,11 @@ func b2u(b bool) uint64 {
 // (a reset, a user timeout) or the flow closes it.
 func (d *dir) watchStep() (step, error) {
 	d.err, d.block, d.op = nil, false, opWatch
-	rc, _, raw, err := d.conns()
-	if raw {
-		defer d.f.rawRelease()
+	fds, held := d.rawHeld()
+	if held {
+		defer d.f.rawRelease(fds)
 	}
-	if err == nil {
-		err = rc.Read(d.fn)
-	}
+	err := d.readSrc(fds, held)
 	if err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) || err == errDetached {
 			return d.readErr(err)

@@ -60,12 +60,9 @@ var errHandoff = errors.New("destination full: hand off")
 // instead would miss a FIN that came with the data: its readiness event
 // was spent on the wake-up that read the data.
 func (d *dir) spliceStep() (step, error) {
-	srcRC, dstRC, raw, err := d.conns()
-	if err != nil {
-		return stepErr, err
-	}
-	if raw {
-		defer d.f.rawRelease()
+	fds, held := d.rawHeld()
+	if held {
+		defer d.f.rawRelease(fds)
 	}
 	short := false // the last splice in took a message, not a pipe's worth
 	for {
@@ -84,7 +81,7 @@ func (d *dir) spliceStep() (step, error) {
 		// A direction handed off from its wait loop has bytes in the pipe.
 		if d.pn == 0 {
 			d.err, d.block, d.op = nil, false, opSpliceIn
-			if err := srcRC.Read(d.fn); err != nil {
+			if err := d.readSrc(fds, held); err != nil {
 				return d.readErr(err)
 			}
 			if d.block {
@@ -108,7 +105,7 @@ func (d *dir) spliceStep() (step, error) {
 		}
 		d.op = opSpliceOut
 		for d.pn > 0 {
-			err := dstRC.Write(d.fn)
+			err := d.writeDst(fds, held)
 			if d.err == errHandoff || err == errDetached {
 				d.err = nil
 				return stepHandoff, nil // the goroutine waits for dst
