@@ -191,33 +191,23 @@ func (d *dir) rawHeld() (fds [2]int32, held bool) {
 	return fds, false
 }
 
-// readSrc runs d.fn on the source: on its detached descriptor if held,
-// where it never waits (errDetached), else through Go's poller.
-func (d *dir) readSrc(fds [2]int32, held bool) error {
+// move runs d.fn on the source (read) or the destination: on its
+// detached descriptor if held, where it never waits (errDetached), else
+// through Go's poller.
+func (d *dir) move(fds [2]int32, held, read bool) error {
+	leg := b2u(read != d.up) // the source is the client's leg going up
 	if held {
-		if d.fn(uintptr(fds[b2u(!d.up)])) {
+		if d.fn(uintptr(fds[leg])) {
 			return nil
 		}
 		return errDetached
 	}
-	rc, err := d.src().SyscallConn()
+	rc, err := d.f.legs[leg].Load().SyscallConn()
 	if err != nil {
 		return err
 	}
-	return rc.Read(d.fn)
-}
-
-// writeDst runs d.fn on the destination, as readSrc on the source.
-func (d *dir) writeDst(fds [2]int32, held bool) error {
-	if held {
-		if d.fn(uintptr(fds[b2u(d.up)])) {
-			return nil
-		}
-		return errDetached
-	}
-	rc, err := d.dst().SyscallConn()
-	if err != nil {
-		return err
+	if read {
+		return rc.Read(d.fn)
 	}
 	return rc.Write(d.fn)
 }
@@ -276,6 +266,7 @@ func (f *Flow) attach(d *dir) {
 	f.gen++
 	f.flags.And(^uint32(flagDetached))
 	f.shard.detached.Add(-1)
+	f.shard.attaches.Add(1)
 	if f.rawRefs > 0 {
 		f.rawDrop = true // the step on the wait loop closes them
 	} else {

@@ -416,7 +416,7 @@ func (d *dir) watchStep() (step, error) {
 	if held {
 		defer d.f.rawRelease(fds)
 	}
-	err := d.readSrc(fds, held)
+	err := d.move(fds, held, true)
 	if err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) || err == errDetached {
 			return d.readErr(err)

@@ -36,6 +36,7 @@ type parkShard struct {
 
 	parked   atomic.Int64 // directions parked now
 	detached atomic.Int64 // flows detached from Go's poller now
+	attaches atomic.Int64 // detached flows put back into Go's poller
 	wakes    atomic.Int64 // directions woken by their socket
 	// handoffs: woken directions that went on on a goroutine of their own
 	// (a full destination, or more than inlineBudget to move).
@@ -267,9 +268,10 @@ func fdError(fd uintptr) error {
 type Stats struct {
 	Parked int64 // directions parked now (no goroutine)
 	// Detached counts flows whose sockets are out of Go's poller now
-	// (Options.DetachAfter).
-	Detached int64
-	Wakes    int64 // directions woken by their socket, in total
+	// (Options.DetachAfter); Attaches the detached flows put back into it,
+	// in total.
+	Detached, Attaches int64
+	Wakes              int64 // directions woken by their socket, in total
 	// Handoffs counts woken directions that the wait loop handed to a
 	// goroutine of their own, mid-way (see runInline) or at once.
 	Handoffs int64
@@ -292,6 +294,7 @@ func ReadStats() Stats {
 		sh := &parker.shards[i]
 		s.Parked += sh.parked.Load()
 		s.Detached += sh.detached.Load()
+		s.Attaches += sh.attaches.Load()
 		s.Wakes += sh.wakes.Load()
 		s.Handoffs += sh.handoffs.Load()
 	}

@@ -81,7 +81,7 @@ func (d *dir) spliceStep() (step, error) {
 		// A direction handed off from its wait loop has bytes in the pipe.
 		if d.pn == 0 {
 			d.err, d.block, d.op = nil, false, opSpliceIn
-			if err := d.readSrc(fds, held); err != nil {
+			if err := d.move(fds, held, true); err != nil {
 				return d.readErr(err)
 			}
 			if d.block {
@@ -105,7 +105,7 @@ func (d *dir) spliceStep() (step, error) {
 		}
 		d.op = opSpliceOut
 		for d.pn > 0 {
-			err := d.writeDst(fds, held)
+			err := d.move(fds, held, false)
 			if d.err == errHandoff || err == errDetached {
 				d.err = nil
 				return stepHandoff, nil // the goroutine waits for dst

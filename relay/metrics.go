@@ -78,6 +78,9 @@ func newMetrics(reg *hm.Registry, s *Server) *metrics {
 	reg.Func("halfway_datapath_detached", "Idle flows whose sockets wait in the data path's epoll sets alone, out of the Go runtime's poller (detach_after).", hm.GaugeType, nil, func(emit func(float64, ...string)) {
 		emit(float64(datapath.ReadStats().Detached))
 	})
+	reg.Func("halfway_datapath_attaches_total", "Detached flows put back into the Go runtime's poller, to wait on a goroutine (a burst, a full destination).", hm.CounterType, nil, func(emit func(float64, ...string)) {
+		emit(float64(datapath.ReadStats().Attaches))
+	})
 	reg.Func("halfway_datapath_wakes_total", "Parked flow directions woken by bytes (or a FIN or reset) on their socket.", hm.CounterType, nil, func(emit func(float64, ...string)) {
 		emit(float64(datapath.ReadStats().Wakes))
 	})
