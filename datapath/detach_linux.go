@@ -48,9 +48,6 @@ import (
 // flow): a shard detaches at most this many flows four times a second.
 const maxDetachPerSweep = 4096
 
-// ipprotoMPTCP is IPPROTO_MPTCP, an MPTCP socket's SO_PROTOCOL.
-const ipprotoMPTCP = 262
-
 // Flow.flags.
 const (
 	flagDetached uint32 = 1 << iota // the legs are duplicates in fd, out of Go's poller
@@ -114,7 +111,7 @@ func (f *Flow) detachLegs() bool {
 	var dups [2]int
 	n := 0
 	for i, fd := range f.fd {
-		if p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || p == ipprotoMPTCP {
+		if p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || p == unix.IPPROTO_MPTCP {
 			f.flags.Or(flagNoDetach)
 			break
 		}

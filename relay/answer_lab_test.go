@@ -29,20 +29,12 @@ func TestHopAnswerSegments(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.Write(banner)
-				c.SetReadDeadline(time.Now().Add(20 * time.Second))
-				io.Copy(io.Discard, c)
-			}()
-		}
-	}()
+	go relay.AcceptEach(ln, func(c net.Conn) {
+		defer c.Close()
+		c.Write(banner)
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		io.Copy(io.Discard, c)
+	})
 	hop := netip.MustParseAddrPort(cl.rsHop)
 	connect := func() []byte {
 		b, err := convert.AppendMessage(nil, &convert.Message{

@@ -20,21 +20,13 @@ func BenchmarkFlow(b *testing.B) {
 	}
 	defer ln.Close()
 	answer := bytes.Repeat([]byte("x"), 1024)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				req := make([]byte, 100)
-				if _, err := io.ReadFull(c, req); err == nil {
-					c.Write(answer)
-				}
-			}()
+	go acceptEach(ln, func(c net.Conn) {
+		defer c.Close()
+		req := make([]byte, 100)
+		if _, err := io.ReadFull(c, req); err == nil {
+			c.Write(answer)
 		}
-	}()
+	})
 	request := bytes.Repeat([]byte("r"), 100)
 	run := func(b *testing.B, addr string) {
 		buf := make([]byte, 2048)

@@ -328,23 +328,17 @@ func TestChainEndToEnd(t *testing.T) {
 // serveSHA reads each connection to EOF, then writes the SHA-256 of what it
 // read and the bytes themselves, and closes.
 func serveSHA(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
+	relay.AcceptEach(ln, func(c net.Conn) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Minute))
+		data, err := io.ReadAll(c)
 		if err != nil {
 			return
 		}
-		go func() {
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(time.Minute))
-			data, err := io.ReadAll(c)
-			if err != nil {
-				return
-			}
-			sum := sha256.Sum256(data)
-			c.Write(sum[:])
-			c.Write(data)
-		}()
-	}
+		sum := sha256.Sum256(data)
+		c.Write(sum[:])
+		c.Write(data)
+	})
 }
 
 func TestChainRefusals(t *testing.T) {
@@ -1577,13 +1571,7 @@ func poolStatus(t *testing.T, h *netlab.Host) []relay.PoolStatus {
 // serveEchoConns echoes each connection's bytes back, and closes it after
 // the client's FIN.
 func serveEchoConns(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() { io.Copy(c, c); c.Close() }()
-	}
+	relay.AcceptEach(ln, func(c net.Conn) { io.Copy(c, c); c.Close() })
 }
 
 // requireTools skips the test when a tool it drives is missing.

@@ -234,15 +234,7 @@ func newBreakable(t *testing.T, addr, target string) *breakable {
 	}
 	b := &breakable{ln: ln, target: target, broken: map[*net.TCPConn]bool{}}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go b.forward(c.(*net.TCPConn))
-		}
-	}()
+	go acceptEach(ln, func(c net.Conn) { b.forward(c.(*net.TCPConn)) })
 	return b
 }
 

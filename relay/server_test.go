@@ -242,6 +242,18 @@ func TestDataPaths(t *testing.T) {
 	}
 }
 
+// acceptEach runs handle on a goroutine of its own for every connection
+// ln accepts, until ln is closed; handle closes the connection.
+func acceptEach(ln net.Listener, handle func(net.Conn)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go handle(c)
+	}
+}
+
 // forwardRelay starts a relay on loopback with one forward listener,
 // "fwd", to an echo server, and the config lines in extra.
 func forwardRelay(t *testing.T, extra string) *Server {
