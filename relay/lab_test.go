@@ -1479,8 +1479,12 @@ peers:
 		}()
 	}
 	wg.Wait()
-	if d, c := metric("dialed"), metric("claimed"); c != 40 || d != 40 {
-		t.Errorf("after 40 flows: %d dialed, %d claimed early; want 40 and 40", d, c)
+	// Every SYN started a dial that its flow claimed, or (on a machine too
+	// busy for the sniffer to see it before the handshake ended) was seen
+	// late and its flow dialed after accept.
+	d0, c0 := metric("dialed"), metric("claimed")
+	if late := metric("late"); c0 != d0 || d0+late != 40 || d0 == 0 {
+		t.Errorf("after 40 flows: %d dialed, %d claimed early, %d late; want dialed = claimed, 40 in all, some dialed", d0, c0, late)
 	}
 
 	// The client's first SYN-ACK is lost, so it sends its SYN again.
@@ -1519,8 +1523,8 @@ peers:
 	if err := <-done; err != nil {
 		t.Errorf("flow after a SYN retransmission: %v", err)
 	}
-	if d, c := metric("dialed"), metric("claimed"); d != 41 || c != 41 {
-		t.Errorf("after the retransmitted SYN: %d dialed, %d claimed; want one more of each", d, c)
+	if d, c := metric("dialed"), metric("claimed"); d != d0+1 || c != c0+1 {
+		t.Errorf("after the retransmitted SYN: %d dialed, %d claimed; want one more of each than %d and %d", d, c, d0, c0)
 	}
 
 	// A client that never completes its handshake: the dial expires.
