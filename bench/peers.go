@@ -849,23 +849,23 @@ func objectGrowth(a, b map[string]int64, flows int) (total float64, caches map[s
 func (b *peersBench) memoryRounds(ctx context.Context, procs []*peerProc, rows []*PeerRow) {
 	rounds := min(b.o.Repeats, 3)
 	got := make([][]PeerRow, len(rows))
+	// direct's first measurement grows the load generator's own tables
+	// (descriptors, ports) once: a warm-up, dropped.
+	var warm PeerRow
+	if rows[0].Err == "" {
+		if err := b.memory(ctx, procs[0], &warm); err != nil {
+			rows[0].Err = err.Error()
+		}
+	}
 	for round := range rounds {
-		// direct first: the kernel's own share, subtracted from the
-		// proxies'. Twice in the first round, which grows the load
-		// generator's own tables (descriptors, ports) once.
-		for w := range 1 + b2i(round == 0) {
-			if rows[0].Err != "" {
-				break
-			}
+		// direct first: the kernel's own share, subtracted from the proxies'.
+		if rows[0].Err == "" {
 			var row PeerRow
 			if err := b.memory(ctx, procs[0], &row); err != nil {
 				rows[0].Err = err.Error()
-				break
+			} else {
+				got[0] = append(got[0], row)
 			}
-			if round == 0 && w == 0 {
-				continue // the warm-up
-			}
-			got[0] = append(got[0], row)
 		}
 		for k := range len(procs) - 1 {
 			i := 1 + (k+round)%(len(procs)-1)
@@ -921,13 +921,6 @@ func (r *PeerRow) setMemory(rs []PeerRow) {
 	for _, x := range rs {
 		r.KernelRounds = append(r.KernelRounds, x.ObjectsPerFlow)
 	}
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // memory opens idle flows through the proxy to the sink and measures what
