@@ -22,14 +22,8 @@ func (d *dir) copyStep() (step, error) {
 	}
 	for {
 		d.cn, d.err, d.block, d.op = 0, nil, false, opReadIn
-		if err := srcRC.Read(d.fn); err != nil {
-			return d.readErr(err)
-		}
-		if d.block {
-			return stepPark, nil
-		}
-		if d.err != nil {
-			return stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("read", d.err)}
+		if s, err := d.afterRead(srcRC.Read(d.fn)); s != stepAgain {
+			return s, err
 		}
 		if d.cn == 0 {
 			if d.usedKernel && d.eofPending() {
@@ -87,7 +81,7 @@ func (d *dir) readIn(fd uintptr) bool {
 
 // writeOut sends what buf holds from d.m on, without blocking; when dst
 // is full it returns false, so that the caller waits for room in Go's
-// poller, and marks the wait for the sweep.
+// poller, and marks the wait for the sweep (inline, it says errHandoff).
 func (d *dir) writeOut(fd uintptr) bool {
 	for d.m < d.cn {
 		n, err := rawSend(int(fd), (*d.buf)[d.m:d.cn])
@@ -97,6 +91,10 @@ func (d *dir) writeOut(fd uintptr) bool {
 			d.prime(fd, int(d.m))
 		case unix.EINTR:
 		case unix.EAGAIN:
+			if d.inline {
+				d.err = errHandoff // the wait loop's other flows wait
+				return true
+			}
 			d.writeWait(true)
 			return false
 		default:

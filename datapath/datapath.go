@@ -1,7 +1,8 @@
 // Package datapath moves the bytes of a relayed flow between its two TCP
 // connections: zero-copy with splice(2) through a pipe taken from a pool only
 // while bytes are moving (grown to a megabyte for a direction that carries
-// bulk, within a budget), half-close carried across (a FIN becomes
+// bulk, within a budget; until a direction carries bulk, its messages go
+// through a buffer taken for each, which costs less), half-close carried across (a FIN becomes
 // shutdown(SHUT_WR) on the other leg), resets carried across (an RST on one
 // leg aborts the other with SO_LINGER 0), and an idle timeout.
 //
@@ -34,6 +35,10 @@
 // non-blocking descriptors they never block, and that state would wake the
 // runtime's monitor thread on the first call after every idle spell, a
 // context switch on each message's path (see raw_linux.go).
+//
+// NewFDs takes two socket descriptors that the Go runtime's poller does not
+// watch (accepted and dialed with raw system calls) instead of connections:
+// such a flow is detached from the start, as in an event-driven proxy.
 //
 // Counters are updated as bytes move, so a flow's progress is visible while
 // it runs (on the sockmap path, when user space takes a direction over and
@@ -196,6 +201,28 @@ func New(client, server *net.TCPConn, opt Options, done func(Result)) *Flow {
 	return f
 }
 
+// NewFDs is New for two connected, non-blocking TCP socket descriptors
+// that no Go poller watches (accepted and dialed with raw system calls),
+// which the flow takes over. It starts detached (see
+// Options.DetachAfter): its sockets sit in the data path's epoll set
+// alone, as in an event loop, and a direction that has to wait puts them
+// into Go's poller first. Options.Sockmap is ignored.
+func NewFDs(client, server int, opt Options, done func(Result)) *Flow {
+	opt.Sockmap = false
+	f := &Flow{opt: opt, onDone: done}
+	f.legs[0].Store(detachedConn)
+	f.legs[1].Store(detachedConn)
+	f.fd = [2]int32{int32(client), int32(server)}
+	f.flags.Store(flagDetached)
+	f.touch()
+	f.left.Store(2)
+	f.dirs[0].init(f, false)
+	f.dirs[1].init(f, true)
+	parker.add(f)
+	f.shard.detached.Add(1)
+	return f
+}
+
 // Run starts the flow: it moves the client's waiting bytes, if any, on
 // the calling goroutine, and returns once the client's socket is empty.
 // From then on the flow runs on goroutines of its own only while bytes
@@ -212,7 +239,16 @@ func (f *Flow) Run() {
 			go down.run()
 		}
 	}
-	f.dirs[1].run()
+	up := &f.dirs[1]
+	if f.detached() {
+		// A flow made by NewFDs: the client's bytes move as the wait
+		// loop would move them, on the raw descriptors, and a wait
+		// hands the direction to a goroutine (see runInline).
+		up.started = true
+		up.runInline()
+		return
+	}
+	up.run()
 }
 
 // Join runs the flow on the calling goroutine and waits for its result;

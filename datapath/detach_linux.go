@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"halfway/sockopt"
 )
 
 // Detaching long-idle flows from Go's poller.
@@ -285,6 +287,28 @@ func (d *dir) repark() {
 	if !d.park() {
 		go d.run()
 	}
+}
+
+// setServerKeepalive puts Options.ServerKeepalive on the server leg: on
+// its raw descriptor while the flow is detached. A flow that has ended
+// meanwhile has closed the leg, which fails quietly.
+func (f *Flow) setServerKeepalive() {
+	ka := f.opt.ServerKeepalive
+	if fds, ok := f.rawAcquire(); ok {
+		_ = sockopt.SetKeepaliveFD(int(fds[1]), *ka)
+		f.rawRelease(fds)
+		return
+	}
+	_ = f.server().SetKeepAliveConfig(*ka)
+}
+
+// ConnOf makes a *net.TCPConn of a connected socket descriptor that no Go
+// poller watches, with its socket options as they were, and closes fd
+// (the connection has a duplicate).
+func ConnOf(fd int) (*net.TCPConn, error) {
+	c, _, err := fdConn(fd)
+	unix.Close(fd)
+	return c, err
 }
 
 // legOpts are the socket options net.FileConn sets with Go's defaults,

@@ -26,8 +26,10 @@ type detachedFlow struct {
 }
 
 // openDetachable starts n relayed flows with opt, sends a byte each way
-// and waits (bounded) until the sweep has detached every one.
-func openDetachable(t *testing.T, n int, opt func(i int) Options) []detachedFlow {
+// and waits (bounded) until the sweep has detached every one. With raw,
+// the flows are made by NewFDs, of descriptors out of Go's poller, and
+// are detached from the start.
+func openDetachable(t *testing.T, n int, raw bool, opt func(i int) Options) []detachedFlow {
 	t.Helper()
 	s0 := ReadStats()
 	fs := make([]detachedFlow, n)
@@ -35,8 +37,17 @@ func openDetachable(t *testing.T, n int, opt func(i int) Options) []detachedFlow
 		client, relayIn := tcpPair(t)
 		relayOut, server := tcpPair(t)
 		ch := make(chan Result, 1)
-		f := New(relayIn, relayOut, opt(i), func(r Result) { ch <- r })
-		go f.Run()
+		var f *Flow
+		if raw {
+			f = NewFDs(rawFD(t, relayIn), rawFD(t, relayOut), opt(i), func(r Result) { ch <- r })
+			f.Run()
+			if !f.detached() {
+				t.Fatal("a flow of NewFDs is not detached")
+			}
+		} else {
+			f = New(relayIn, relayOut, opt(i), func(r Result) { ch <- r })
+			go f.Run()
+		}
 		fs[i] = detachedFlow{f, client, server, ch}
 		exchange(t, client, server, []byte{byte(i)}, []byte{byte(i + 1)})
 	}
@@ -52,6 +63,19 @@ func openDetachable(t *testing.T, n int, opt func(i int) Options) []detachedFlow
 		t.Errorf("Stats.Detached rose by %d, want %d", d, n)
 	}
 	return fs
+}
+
+// rawFD turns c into a descriptor of its socket that no Go poller
+// watches.
+func rawFD(t *testing.T, c *net.TCPConn) int {
+	t.Helper()
+	fd := int(sysfd(c))
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	return dup
 }
 
 // waitFor polls cond for up to 15 s (the sweep detaches after four
@@ -117,7 +141,7 @@ func inode(t *testing.T, fd int) uint64 {
 // ParkAfter.
 func TestDetachedFlows(t *testing.T) {
 	const n = 12
-	fs := openDetachable(t, n, func(i int) Options {
+	fs := openDetachable(t, n, false, func(i int) Options {
 		o := Options{DetachAfter: time.Millisecond, Idle: time.Minute, ForceCopy: i%3 == 1}
 		if i%3 == 2 {
 			o.ParkAfter = 20 * time.Millisecond
@@ -152,17 +176,107 @@ func TestDetachedFlows(t *testing.T) {
 	// A burst each way: more than the wait loop moves inline, so the
 	// directions go on goroutines, attached.
 	for i, f := range fs {
-		up, down := payload(uint64(i), 1<<20+i), payload(uint64(i+50), 700<<10+i)
-		exchange(t, f.client, f.server, up, down)
-		finishBoth(t, f.client, f.server)
-		select {
-		case r := <-f.res:
-			if r.Reason != ReasonClosed || r.Up != int64(1+4+len(up)) || r.Down != int64(1+4+len(down)) {
-				t.Errorf("flow %d: %+v", i, r)
-			}
-		case <-time.After(15 * time.Second):
-			t.Fatalf("flow %d did not end", i)
+		burstAndEnd(t, i, f)
+	}
+}
+
+// burstAndEnd sends flow i of openDetachable (after a message each way)
+// a burst each way and the FINs, and checks its result.
+func burstAndEnd(t *testing.T, i int, f detachedFlow) {
+	t.Helper()
+	up, down := payload(uint64(i), 1<<20+i), payload(uint64(i+50), 700<<10+i)
+	exchange(t, f.client, f.server, up, down)
+	finishBoth(t, f.client, f.server)
+	select {
+	case r := <-f.res:
+		if r.Reason != ReasonClosed || r.Up != int64(1+4+len(up)) || r.Down != int64(1+4+len(down)) {
+			t.Errorf("flow %d: %+v", i, r)
 		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("flow %d did not end", i)
+	}
+}
+
+// TestNewFDs checks flows made of raw descriptors: their sockets are
+// watched by their shard's epoll set alone from the start, a message each
+// way keeps them so, and a burst (which attaches them) and the FINs cross
+// byte-exact.
+func TestNewFDs(t *testing.T) {
+	const n = 6
+	fs := openDetachable(t, n, true, func(int) Options { return Options{Idle: time.Minute} })
+	entries := epollEntries(t)
+	for i, f := range fs {
+		for leg, fd := range f.f.fd {
+			if got := entries[inode(t, int(fd))]; got != 1 {
+				t.Errorf("flow %d leg %d: %d epoll entries, want 1 (the shard's set)", i, leg, got)
+			}
+		}
+	}
+	for i, f := range fs {
+		exchange(t, f.client, f.server, []byte("ping"), []byte("pong"))
+		waitFor(t, "directions parked again", func() bool {
+			return f.f.dirs[0].state.Load() == dirParked && f.f.dirs[1].state.Load() == dirParked
+		})
+		if !f.f.detached() {
+			t.Errorf("flow %d: attached for a message", i)
+		}
+		burstAndEnd(t, i, f)
+	}
+}
+
+// TestSmallMessagesFullDestination: messages read through a buffer (a
+// direction not yet carrying bulk) into a destination that stops taking
+// bytes wait there, on a goroutine, and arrive in order once it reads
+// again; on a flow made by New and one made by NewFDs.
+func TestSmallMessagesFullDestination(t *testing.T) {
+	for _, raw := range []bool{false, true} {
+		t.Run(fmt.Sprintf("raw=%v", raw), func(t *testing.T) {
+			client, relayIn := tcpPair(t)
+			relayOut, server := tcpPair(t)
+			res := make(chan Result, 1)
+			var fl *Flow
+			if raw {
+				fl = NewFDs(rawFD(t, relayIn), rawFD(t, relayOut), Options{}, func(r Result) { res <- r })
+			} else {
+				fl = New(relayIn, relayOut, Options{}, func(r Result) { res <- r })
+			}
+			fl.Run()
+			f := detachedFlow{fl, client, server, res}
+			h0 := ReadStats().Handoffs
+			// 1000-byte messages, spaced so that most wakes read one,
+			// to a server that reads nothing until all are sent: more
+			// than the relay's and the server's socket buffers hold.
+			const msgs, size = 12000, 1000
+			want := payload(7, msgs*size)
+			sent := make(chan error, 1)
+			go func() {
+				for i := 0; i < msgs; i++ {
+					if _, err := f.client.Write(want[i*size : (i+1)*size]); err != nil {
+						sent <- err
+						return
+					}
+					if i%10 == 0 {
+						time.Sleep(100 * time.Microsecond)
+					}
+				}
+				sent <- f.client.CloseWrite()
+			}()
+			// Until the destination is full: the client's writes then
+			// stop (bounded: they fill the relay's socket buffers).
+			waitFor(t, "a handoff to a goroutine", func() bool { return ReadStats().Handoffs > h0 })
+			f.server.SetReadDeadline(time.Now().Add(30 * time.Second))
+			got, err := io.ReadAll(f.server)
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("server read %d of %d bytes, equal %v, %v", len(got), len(want), bytes.Equal(got, want), err)
+			}
+			if err := <-sent; err != nil {
+				t.Fatal(err)
+			}
+			f.server.CloseWrite()
+			if r := <-f.res; r.Reason != ReasonClosed || r.Up != int64(len(want)) {
+				t.Errorf("result %+v", r)
+			}
+		})
 	}
 }
 
@@ -248,61 +362,69 @@ func TestDetachedEnds(t *testing.T) {
 			f.server.CloseWrite()
 		}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			fs := openDetachable(t, 1, func(int) Options {
-				return Options{DetachAfter: time.Millisecond, Idle: tc.idle}
+		for _, raw := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/raw=%v", tc.name, raw), func(t *testing.T) {
+				testDetachedEnd(t, raw, tc.idle, tc.end, tc.want)
 			})
-			f := fs[0]
-			f.f.mu.Lock()
-			raw := f.f.fd
-			f.f.mu.Unlock()
-			inos := [2]uint64{inode(t, int(raw[0])), inode(t, int(raw[1]))}
-			tc.end(f)
-			select {
-			case r := <-f.res:
-				if r.Reason != tc.want {
-					t.Errorf("reason %v, want %v", r.Reason, tc.want)
-				}
-			case <-time.After(15 * time.Second):
-				t.Fatal("the flow did not end")
+		}
+	}
+}
+
+// testDetachedEnd ends a detached flow (made by NewFDs if raw) with end
+// and checks that it ends as want says, with no descriptor left.
+func testDetachedEnd(t *testing.T, raw bool, idle time.Duration, end func(detachedFlow), want Reason) {
+	fs := openDetachable(t, 1, raw, func(int) Options {
+		return Options{DetachAfter: time.Millisecond, Idle: idle}
+	})
+	f := fs[0]
+	f.f.mu.Lock()
+	fds := f.f.fd
+	f.f.mu.Unlock()
+	inos := [2]uint64{inode(t, int(fds[0])), inode(t, int(fds[1]))}
+	end(f)
+	select {
+	case r := <-f.res:
+		if r.Reason != want {
+			t.Errorf("reason %v, want %v", r.Reason, want)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the flow did not end")
+	}
+	switch want {
+	case ReasonResetClient, ReasonResetServer:
+		other := f.server
+		if want == ReasonResetServer {
+			other = f.client
+		}
+		other.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := other.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("the other side read %v, want a reset", err)
+		}
+	case ReasonClosed:
+		f.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if b, err := io.ReadAll(f.client); err != nil || !bytes.Equal(b, []byte("late answer")) {
+			t.Errorf("client read %q, %v", b, err)
+		}
+	default:
+		for _, c := range []*net.TCPConn{f.client, f.server} {
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); err == nil {
+				t.Errorf("read a byte from a flow that ended")
 			}
-			switch tc.want {
-			case ReasonResetClient, ReasonResetServer:
-				other := f.server
-				if tc.want == ReasonResetServer {
-					other = f.client
-				}
-				other.SetReadDeadline(time.Now().Add(10 * time.Second))
-				if _, err := other.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-					t.Errorf("the other side read %v, want a reset", err)
-				}
-			case ReasonClosed:
-				f.client.SetReadDeadline(time.Now().Add(10 * time.Second))
-				if b, err := io.ReadAll(f.client); err != nil || !bytes.Equal(b, []byte("late answer")) {
-					t.Errorf("client read %q, %v", b, err)
-				}
-			default:
-				for _, c := range []*net.TCPConn{f.client, f.server} {
-					c.SetReadDeadline(time.Now().Add(10 * time.Second))
-					if _, err := c.Read(make([]byte, 1)); err == nil {
-						t.Errorf("read a byte from a flow that ended")
-					}
-				}
-			}
-			// The relay's sockets are gone: no descriptor of this process
-			// refers to them.
-			fds, _ := os.ReadDir("/proc/self/fd")
-			for _, e := range fds {
-				var st unix.Stat_t
-				var fd int
-				if _, err := fmt.Sscan(e.Name(), &fd); err != nil || unix.Fstat(fd, &st) != nil {
-					continue
-				}
-				if st.Mode&unix.S_IFMT == unix.S_IFSOCK && (st.Ino == inos[0] || st.Ino == inos[1]) {
-					t.Errorf("descriptor %d still holds a relayed socket", fd)
-				}
-			}
-		})
+		}
+	}
+	// The relay's sockets are gone: no descriptor of this process
+	// refers to them.
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		var st unix.Stat_t
+		var fd int
+		if _, err := fmt.Sscan(e.Name(), &fd); err != nil || unix.Fstat(fd, &st) != nil {
+			continue
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFSOCK && (st.Ino == inos[0] || st.Ino == inos[1]) {
+			t.Errorf("descriptor %d still holds a relayed socket", fd)
+		}
 	}
 }
 

@@ -49,8 +49,10 @@ type dir struct {
 	kernel     bool  // the sockmap program moves the bytes (see kernelStep)
 	usedKernel bool  // it did, and user space has taken over
 	held       bool  // taken over from the sockmap while held: may resume
-	inline     bool  // running on its shard's wait loop, not a goroutine of its own
-	bulk       bool  // a splice in moved growAt or more: it takes big pipes
+	inline     bool  // running as on its shard's wait loop (there, or where Run started a NewFDs flow): never waits
+	finIn      bool  // inline: the wake's events say the source has its FIN (or failed)
+	bulk       bool  // it carries bulk (a read filled its buffer, a splice in moved growAt): it splices, through big pipes
+	spliced    bool  // a splice in has moved bytes
 	primed     bool  // dst's send buffer is primed, or is not to be (see primeSend)
 	clean      uint8 // splices out in a row that emptied the pipe (at most cleanOuts)
 	op         uint8
@@ -193,6 +195,17 @@ func (d *dir) run() {
 				d.finish()
 				return
 			}
+			if o := &f.dirs[b2u(!d.up)]; o.finWaits() && o.unpark() {
+				// The other side has sent its FIN too (an HTTP client
+				// that closes once it has its answer): the other
+				// direction reads it and closes both legs, which sends
+				// this direction's FIN after its bytes, with no
+				// shutdown first.
+				o.inline, o.budget = d.inline, inlineBudget
+				o.run()
+				d.finish()
+				return
+			}
 			// EOF from src: pass the FIN on, keep the other direction
 			// going. The other direction may end meanwhile and close the
 			// legs, which sends the FIN as well.
@@ -222,6 +235,22 @@ func (d *dir) run() {
 			return
 		}
 	}
+}
+
+// finWaits says whether d is parked on a source that has sent its FIN
+// and no byte before it (it looks without taking the direction).
+func (d *dir) finWaits() bool {
+	if d.state.Load() != dirParked || d.watching || d.copy || d.kernel || d.held {
+		return false
+	}
+	n, err := -1, error(nil)
+	if fds, ok := d.f.rawAcquire(); ok {
+		n, err = peek(uintptr(fds[b2u(!d.up)]))
+		d.f.rawRelease(fds)
+	} else if rc, rerr := d.src().SyscallConn(); rerr == nil {
+		rc.Control(func(fd uintptr) { n, err = peek(fd) })
+	}
+	return n == 0 && err == nil
 }
 
 // parkOrHandOff parks d, or, if the epoll set refused an inline
@@ -406,6 +435,49 @@ func b2u(b bool) uint64 {
 		return 1
 	}
 	return 0
+}
+
+// afterRead says what a read into the direction's buffer came to, given
+// the error of waiting for it: stepAgain if buf holds d.cn bytes (0:
+// EOF), else the step to return.
+func (d *dir) afterRead(err error) (step, error) {
+	switch {
+	case err != nil:
+		return d.readErr(err)
+	case d.block:
+		return stepPark, nil
+	case d.err != nil:
+		return stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("read", d.err)}
+	}
+	return stepAgain, nil
+}
+
+// wrote sorts out a write to dst (call names it), given the error of
+// waiting for it: the direction hands off (inline, dst is full), or the
+// write failed (a sideErr), or neither.
+func (d *dir) wrote(err error, call string) (handoff bool, _ error) {
+	if d.err == errHandoff || err == errDetached {
+		d.err = nil
+		return true, nil
+	}
+	d.writeWait(false)
+	switch {
+	case err == nil && d.err != nil:
+		return false, sideErr{read: false, reset: isReset(d.err), err: os.NewSyscallError(call, d.err)}
+	case err != nil:
+		return false, sideErr{read: false, err: err}
+	}
+	return false, nil
+}
+
+// moved counts n bytes written to dst.
+func (d *dir) moved(n int32) {
+	d.n += int64(n)
+	d.budget -= n
+	if cnt := d.counter(); cnt != nil {
+		cnt.Add(int64(n))
+	}
+	d.f.touch()
 }
 
 // watchStep waits, on a source that has sent its FIN, until it fails

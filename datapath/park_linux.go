@@ -41,10 +41,7 @@ type parkShard struct {
 	// handoffs: woken directions that went on on a goroutine of their own
 	// (a full destination, or more than inlineBudget to move).
 	handoffs atomic.Int64
-	// ended: the events of the wake the wait loop is running inline say
-	// the source has its FIN (or failed). Only the wait loop uses it.
-	ended bool
-	_     [64]byte // shards' locks on cache lines of their own
+	_        [64]byte // shards' locks on cache lines of their own
 }
 
 type parkSet struct {
@@ -147,7 +144,7 @@ func (sh *parkShard) waitLoop(rc syscall.RawConn) {
 				ready[i] = wake{}
 				if w.d.unpark() {
 					sh.wakes.Add(1)
-					sh.ended = w.ended
+					w.d.finIn = w.ended
 					w.d.runInline()
 				}
 			}
@@ -216,8 +213,7 @@ func (sh *parkShard) sweepLoop(ep *os.File) {
 			idle[i] = nil
 		}
 		for i, f := range lasting {
-			// A flow that ended meanwhile has closed the leg: an error.
-			_ = f.server().SetKeepAliveConfig(*f.opt.ServerKeepalive)
+			f.setServerKeepalive()
 			lasting[i] = nil
 		}
 		for i, f := range detach {

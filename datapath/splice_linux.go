@@ -53,12 +53,16 @@ var errHandoff = errors.New("destination full: hand off")
 
 // spliceStep moves src → dst through a pipe until src is empty, has sent
 // its FIN or fails. The pipe is taken only when bytes are waiting and given
-// back when src is found empty, so an idle direction holds no pipe.
+// back when src is found empty, so an idle direction holds no pipe. Until
+// the direction carries bulk, it reads and sends through a buffer instead
+// (writeBuf), taken the same way: a splice of a message copies its bytes
+// into a page anyway, and costs the pipe's work on top.
 //
-// A message costs three splices: in, out, and in again to learn that the
-// socket is empty (EAGAIN) before parking. Stopping after a short read
-// instead would miss a FIN that came with the data: its readiness event
-// was spent on the wake-up that read the data.
+// A read that took less than a pipe's worth (a message) parks the
+// direction at once, rather than reading again to learn that the socket
+// is empty (EAGAIN): arming the epoll set reports what came meanwhile. A
+// wake that said the FIN had come reads on to it, as its readiness event
+// was spent on this wake.
 func (d *dir) spliceStep() (step, error) {
 	fds, held := d.rawHeld()
 	if held {
@@ -69,16 +73,43 @@ func (d *dir) spliceStep() (step, error) {
 		if d.inline && d.budget <= 0 {
 			return stepHandoff, nil
 		}
-		if short && d.parksAtOnce() && !(d.inline && d.f.shard.ended) {
+		if short && d.parksAtOnce() && !(d.inline && d.finIn) {
 			// The source is most likely empty now: park without the
 			// splice that would say so. Arming the set reports bytes
 			// (or a FIN) that came meanwhile at once. A wake that said
 			// the FIN is in reads on to it instead.
-			pipes.put(d.p)
-			d.p = nil
+			if d.p != nil {
+				pipes.put(d.p)
+				d.p = nil
+			}
 			return stepPark, nil
 		}
-		// A direction handed off from its wait loop has bytes in the pipe.
+		// A direction handed off from its wait loop has bytes in its
+		// buffer or its pipe.
+		if d.buf != nil {
+			if s, err := d.writeBuf(fds, held); s != stepAgain {
+				return s, err
+			}
+			continue
+		}
+		if d.pn == 0 && !d.bulk {
+			// Until a direction carries bulk, it reads and sends
+			// through a buffer: for a message, two copies cost less
+			// than splice's pages and pipe.
+			d.cn, d.err, d.block, d.op = 0, nil, false, opReadIn
+			if s, err := d.afterRead(d.move(fds, held, true)); s != stepAgain {
+				return s, err
+			}
+			if d.cn == 0 {
+				return stepEOF, nil
+			}
+			d.bulk = int(d.cn) == len(*d.buf) // more was likely waiting: splice from now on
+			short, d.m = !d.bulk, 0
+			if s, err := d.writeBuf(fds, held); s != stepAgain {
+				return s, err
+			}
+			continue
+		}
 		if d.pn == 0 {
 			d.err, d.block, d.op = nil, false, opSpliceIn
 			if err := d.move(fds, held, true); err != nil {
@@ -96,7 +127,7 @@ func (d *dir) spliceStep() (step, error) {
 					// rather than failing a flow that did nothing wrong.
 					return stepFallback, nil
 				}
-				if d.n == 0 && (d.err == unix.EINVAL || d.err == unix.ENOSYS) {
+				if !d.spliced && (d.err == unix.EINVAL || d.err == unix.ENOSYS) {
 					return stepFallback, nil
 				}
 				return stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("splice", d.err)}
@@ -105,16 +136,9 @@ func (d *dir) spliceStep() (step, error) {
 		}
 		d.op = opSpliceOut
 		for d.pn > 0 {
-			err := d.move(fds, held, false)
-			if d.err == errHandoff || err == errDetached {
-				d.err = nil
+			handoff, err := d.wrote(d.move(fds, held, false), "splice")
+			if handoff {
 				return stepHandoff, nil // the goroutine waits for dst
-			}
-			d.writeWait(false)
-			if err == nil && d.err != nil {
-				err = sideErr{read: false, reset: isReset(d.err), err: os.NewSyscallError("splice", d.err)}
-			} else if err != nil {
-				err = sideErr{read: false, err: err}
 			}
 			if err != nil {
 				d.p.dirty = true
@@ -123,14 +147,31 @@ func (d *dir) spliceStep() (step, error) {
 				return stepErr, err
 			}
 			d.pn -= d.m
-			d.n += int64(d.m)
-			d.budget -= d.m
-			if cnt := d.counter(); cnt != nil {
-				cnt.Add(int64(d.m))
-			}
-			d.f.touch()
+			d.moved(d.m)
 		}
 	}
+}
+
+// writeBuf sends what a read took into the direction's buffer
+// (buf[m:cn]) to dst, and gives the buffer back once it is all sent. It
+// returns stepAgain when done, else what the step came to.
+func (d *dir) writeBuf(fds [2]int32, held bool) (step, error) {
+	m0 := d.m
+	d.err, d.op = nil, opWriteOut
+	err := d.move(fds, held, false)
+	if d.m > m0 {
+		d.moved(d.m - m0)
+	}
+	handoff, err := d.wrote(err, "write")
+	if handoff {
+		return stepHandoff, nil // the goroutine waits for dst
+	}
+	if err != nil {
+		return stepErr, err
+	}
+	bufPool.Put(d.buf)
+	d.buf = nil
+	return stepAgain, nil
 }
 
 func (d *dir) spliceIn(fd uintptr) bool {
@@ -157,6 +198,7 @@ func (d *dir) spliceIn(fd uintptr) bool {
 		return d.empty()
 	}
 	d.pn, d.err = int32(moved), err
+	d.spliced = d.spliced || moved > 0
 	if moved >= growAt {
 		d.bulk = true
 		if !d.p.big {

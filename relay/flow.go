@@ -153,6 +153,13 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 			s.metrics.mptcp.With(f.listener, legNames[i], f.mptcp[i]).Inc()
 		}
 	}
+	opt, done := s.flowOptions(f, rt)
+	s.runFlow(f, datapath.New(c, server, opt, done))
+}
+
+// flowOptions are the data path's options for f, and what it calls when
+// the flow ends; f counts as active from now on.
+func (s *Server) flowOptions(f *flow, rt *runtime) (datapath.Options, func(datapath.Result)) {
 	route := *f.route.Load()
 	active := s.metrics.active.With(f.listener, route)
 	active.Inc()
@@ -165,17 +172,21 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 	if fromRelay {
 		cliLeg = rt.cfg.Legs.Relay
 	}
-	dp := datapath.New(c, server, datapath.Options{
-		Idle: idleOf(rt, fromRelay, toRelay), Up: &f.up, Down: &f.down, ServerKeepalive: ka,
-		PrimeClientSend: cliLeg.SendBuffer == 0, PrimeServerSend: srvLeg.SendBuffer == 0,
-		ParkAfter: rt.cfg.ParkAfter.D(), DetachAfter: rt.cfg.Detach(), OnPath: s.onPath,
-		DownPrefix: f.downPrefix, PrefixWait: prefixWait, ServerFirst: f.serverFirst, ForceCopy: rt.cfg.DataPath == "copy",
-		Sockmap: rt.cfg.DataPath == "sockmap",
-	}, func(res datapath.Result) {
-		active.Dec()
-		s.endFlow(f, res)
-		s.flowDone(f)
-	})
+	return datapath.Options{
+			Idle: idleOf(rt, fromRelay, toRelay), Up: &f.up, Down: &f.down, ServerKeepalive: ka,
+			PrimeClientSend: cliLeg.SendBuffer == 0, PrimeServerSend: srvLeg.SendBuffer == 0,
+			ParkAfter: rt.cfg.ParkAfter.D(), DetachAfter: rt.cfg.Detach(), OnPath: s.onPath,
+			DownPrefix: f.downPrefix, PrefixWait: prefixWait, ServerFirst: f.serverFirst, ForceCopy: rt.cfg.DataPath == "copy",
+			Sockmap: rt.cfg.DataPath == "sockmap",
+		}, func(res datapath.Result) {
+			active.Dec()
+			s.endFlow(f, res)
+			s.flowDone(f)
+		}
+}
+
+// runFlow starts f's data path.
+func (s *Server) runFlow(f *flow, dp *datapath.Flow) {
 	f.dp.Store(dp)
 	if s.flowCtx.Err() != nil {
 		dp.Abort() // abortFlows ran before the flow was in reach
@@ -425,14 +436,12 @@ func (leg LegConfig) keepaliveConfig() net.KeepAliveConfig {
 // setLeg applies a leg's settings to an accepted connection of l; the
 // keepalive it inherited from the listening socket is not set again.
 func setLeg(l *listener, c *net.TCPConn, leg LegConfig) {
-	if leg.Congestion != "" || leg.SendBuffer > 0 || leg.ReceiveBuffer > 0 || leg.Pacing {
-		_ = sockopt.Tune(c, leg.Congestion, int(leg.SendBuffer), int(leg.ReceiveBuffer), leg.Pacing)
+	if leg.Congestion == "" && leg.SendBuffer == 0 && leg.ReceiveBuffer == 0 && !leg.Pacing &&
+		int64(leg.Keepalive.D()) == l.keepalive.Load() && leg.UserTimeout == 0 {
+		return // the common case: not even a SyscallConn
 	}
-	if int64(leg.Keepalive.D()) != l.keepalive.Load() {
-		_ = c.SetKeepAliveConfig(leg.keepaliveConfig())
-	}
-	if leg.UserTimeout > 0 {
-		_ = sockopt.SetUserTimeout(c, leg.UserTimeout.D())
+	if rc, err := c.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { setLegFD(l, int(fd), leg) })
 	}
 }
 

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"halfway/sockopt"
@@ -18,11 +20,16 @@ import (
 const fastOpenQueue = 4096
 
 type listener struct {
-	cfg       ListenerConfig // the fields that need a new socket: Name, Listen, Mode
-	ln        *net.TCPListener
-	cur       atomic.Pointer[listenerState]
-	uncapture func() error // removes installed capture rules, or nil
-	disown    func()       // leaves the nftables table to a successor
+	cfg ListenerConfig // the fields that need a new socket: Name, Listen, Mode
+	ln  *net.TCPListener
+	// acceptFile is a duplicate of ln's descriptor, for a forward
+	// listener, from which plain flows are accepted (see plain_linux.go):
+	// a net listener hands out connections only. nil: none.
+	acceptFile *os.File
+	closing    atomic.Bool // closeSocket has run
+	cur        atomic.Pointer[listenerState]
+	uncapture  func() error // removes installed capture rules, or nil
+	disown     func()       // leaves the nftables table to a successor
 
 	// A closed listener's capture rules stay while its flows last: they
 	// carry those flows' packets.
@@ -55,10 +62,11 @@ type listenerState struct {
 	capPorts portSet
 	capDst   []netip.Prefix
 	forward  netip.AddrPort // a forward listener's destination, unmapped
+	plain    bool           // its flows can be plain (see plain_linux.go)
 }
 
 func newListenerState(lc ListenerConfig, own *atomic.Pointer[map[netip.Addr]bool]) (*listenerState, error) {
-	st := &listenerState{cfg: lc, protos: map[string]bool{}}
+	st := &listenerState{cfg: lc, protos: map[string]bool{}, plain: plainListener(&lc)}
 	var err error
 	if st.policy, err = newPolicy(&lc, own); err != nil {
 		return nil, err
@@ -126,6 +134,11 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 	}
 	l := &listener{cfg: lc, ln: nl.(*net.TCPListener)}
 	l.cur.Store(st)
+	if lc.Mode == "forward" {
+		if l.acceptFile, err = acceptFileOf(l.ln); err != nil {
+			s.log.Warn("plain flows off: their accepts need a duplicate of the listening socket", "listener", lc.Name, "err", err)
+		}
+	}
 	l.setKeepalive(s.state.Load().cfg.Legs.Client.Keepalive.D())
 	if lc.Capture != nil && lc.Capture.Install {
 		// A removed listener of this name may still hold the table for its
@@ -135,7 +148,7 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 		}
 		delete(s.retired, lc.Name)
 		if l.uncapture, l.disown, err = installCapture(&lc, &s.routes); err != nil {
-			nl.Close()
+			l.closeSocket()
 			return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
 		}
 		s.log.Info("capture rules installed", "listener", lc.Name, "table", captureTable(lc.Name))
@@ -160,9 +173,18 @@ func (l *listener) update(lc ListenerConfig, own *atomic.Pointer[map[netip.Addr]
 	return nil
 }
 
+// closeSocket closes the listening socket.
+func (l *listener) closeSocket() {
+	l.closing.Store(true)
+	l.ln.Close()
+	if l.acceptFile != nil {
+		l.acceptFile.Close()
+	}
+}
+
 // close stops accepting; capture rules go when the last flow has ended.
 func (l *listener) close() error {
-	l.ln.Close()
+	l.closeSocket()
 	l.retired.Store(true)
 	if l.flows.Load() == 0 && l.uncapture != nil {
 		return l.uncapture()
@@ -172,7 +194,7 @@ func (l *listener) close() error {
 
 // closeNow stops accepting and removes the capture rules at once.
 func (l *listener) closeNow() error {
-	l.ln.Close()
+	l.closeSocket()
 	l.retired.Store(true)
 	if l.uncapture != nil {
 		return l.uncapture() // idempotent: a later flowEnded finds it done
@@ -196,10 +218,21 @@ func (s *Server) acceptLoop(l *listener) {
 	var backoff time.Duration
 	var warned time.Time
 	failed := 0 // failures since the last warning
+	var rc syscall.RawConn
+	rcErr := errors.New("no accept file")
+	if l.acceptFile != nil {
+		rc, rcErr = l.acceptFile.SyscallConn()
+	}
 	for {
-		c, err := l.ln.AcceptTCP()
+		a := accepted{l: l, fd: -1}
+		var err error
+		if rcErr == nil && s.plain(l) {
+			a.fd, a.peer, err = acceptFD(rc)
+		} else {
+			a.c, err = l.ln.AcceptTCP()
+		}
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) || l.closing.Load() {
 				return
 			}
 			// Out of descriptors or memory: wait, and let flows finish.
@@ -214,17 +247,29 @@ func (s *Server) acceptLoop(l *listener) {
 		}
 		backoff = 0
 		select {
-		case s.work <- accepted{l, c}:
+		case s.work <- a:
 		default:
-			go s.worker(l, c)
+			go s.worker(a)
 		}
 	}
 }
 
-// accepted is a connection handed to a worker.
+// accepted is a connection handed to a worker: c, or for a plain flow
+// (see plain_linux.go) its descriptor and peer.
 type accepted struct {
-	l *listener
-	c *net.TCPConn
+	l    *listener
+	c    *net.TCPConn
+	fd   int
+	peer netip.AddrPort
+}
+
+// serve serves an accepted connection.
+func (a *accepted) serve(s *Server) {
+	if a.c != nil {
+		s.serve(a.l, a.c)
+	} else {
+		s.servePlain(a.l, a.fd, a.peer)
+	}
 }
 
 // Workers: a goroutine that has served a connection waits a little for
@@ -235,12 +280,12 @@ const (
 	maxIdleWorkers = 64          // more idle ones than this end at once
 )
 
-// worker serves c, then what the accept loops hand it, until it has
+// worker serves a, then what the accept loops hand it, until it has
 // waited workerIdle for nothing.
-func (s *Server) worker(l *listener, c *net.TCPConn) {
+func (s *Server) worker(a accepted) {
 	var t *time.Timer
 	for {
-		s.serve(l, c)
+		a.serve(s)
 		if s.idleWorkers.Add(1) > maxIdleWorkers {
 			s.idleWorkers.Add(-1)
 			return
@@ -251,9 +296,8 @@ func (s *Server) worker(l *listener, c *net.TCPConn) {
 			t.Reset(workerIdle)
 		}
 		select {
-		case a := <-s.work:
+		case a = <-s.work:
 			s.idleWorkers.Add(-1)
-			l, c = a.l, a.c
 		case <-t.C:
 			s.idleWorkers.Add(-1)
 			return

@@ -75,7 +75,7 @@ func newMetrics(reg *hm.Registry, s *Server) *metrics {
 	reg.Func("halfway_datapath_parked", "Flow directions waiting for bytes in the data path's epoll sets, holding no goroutine.", hm.GaugeType, nil, func(emit func(float64, ...string)) {
 		emit(float64(datapath.ReadStats().Parked))
 	})
-	reg.Func("halfway_datapath_detached", "Idle flows whose sockets wait in the data path's epoll sets alone, out of the Go runtime's poller (detach_after).", hm.GaugeType, nil, func(emit func(float64, ...string)) {
+	reg.Func("halfway_datapath_detached", "Flows whose sockets wait in the data path's epoll sets alone, out of the Go runtime's poller: plain flows, and idle ones (detach_after).", hm.GaugeType, nil, func(emit func(float64, ...string)) {
 		emit(float64(datapath.ReadStats().Detached))
 	})
 	reg.Func("halfway_datapath_attaches_total", "Detached flows put back into the Go runtime's poller, to wait on a goroutine (a burst, a full destination).", hm.CounterType, nil, func(emit func(float64, ...string)) {

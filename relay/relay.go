@@ -431,7 +431,7 @@ func (s *Server) Drain(grace time.Duration) {
 		if l.uncapture != nil {
 			captured = append(captured, l)
 		} else {
-			l.ln.Close()
+			l.closeSocket()
 		}
 		delete(s.listeners, name)
 	}

@@ -304,6 +304,28 @@ func echoDirect(addr net.Addr, n int, first ...int) error {
 	return nil
 }
 
+// dialEcho connects to s's listener "fwd", which leads to an echo
+// server, and returns the connection and a function that sends n random
+// bytes on it and checks they come back.
+func dialEcho(t *testing.T, s *Server) (net.Conn, func(n int)) {
+	c, err := net.Dial("tcp", s.Addr("fwd").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, func(n int) {
+		t.Helper()
+		data := make([]byte, n)
+		rand.Read(data)
+		go c.Write(data)
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		got := make([]byte, n)
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes echoed: %v", n, err)
+		}
+	}
+}
+
 // TestServerLegKeepalive: a flow's dial leaves TCP keepalive to the data
 // path, which sets legs.server.keepalive on the server leg once the flow
 // has lasted a second; other dials (a pool's) set it at once.
@@ -374,22 +396,7 @@ func TestDetachedFlow(t *testing.T) {
 		t.Run(detach, func(t *testing.T) {
 			s := forwardRelay(t, "detach_after: "+detach)
 			before := datapath.ReadStats().Detached
-			c, err := net.Dial("tcp", s.Addr("fwd").String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			roundTrip := func(n int) {
-				t.Helper()
-				data := make([]byte, n)
-				rand.Read(data)
-				go c.Write(data)
-				c.SetReadDeadline(time.Now().Add(20 * time.Second))
-				got := make([]byte, n)
-				if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, data) {
-					t.Fatalf("%d bytes echoed: %v", n, err)
-				}
-			}
+			c, roundTrip := dialEcho(t, s)
 			roundTrip(1)
 			var dp *datapath.Flow
 			waitFor(t, func() bool {

@@ -58,7 +58,7 @@ type Options struct {
 func (o Options) Control(network, address string, c syscall.RawConn) error {
 	var serr error
 	err := c.Control(func(fd uintptr) {
-		serr = o.apply(int(fd), network)
+		serr = o.ApplyFD(int(fd), network)
 	})
 	if err != nil {
 		return err
@@ -66,7 +66,9 @@ func (o Options) Control(network, address string, c syscall.RawConn) error {
 	return serr
 }
 
-func (o Options) apply(fd int, network string) error {
+// ApplyFD applies the options to a socket descriptor of network (tcp4 or
+// tcp6) before its connect.
+func (o Options) ApplyFD(fd int, network string) error {
 	set := func(level, opt, val int, name string) error {
 		if err := unix.SetsockoptInt(fd, level, opt, val); err != nil {
 			return fmt.Errorf("setsockopt %s: %w", name, err)
@@ -104,7 +106,7 @@ func (o Options) apply(fd int, network string) error {
 			return err
 		}
 	}
-	return applyTuning(fd, o.Congestion, o.SendBuffer, o.ReceiveBuffer, o.Pacing)
+	return TuneFD(fd, o.Congestion, o.SendBuffer, o.ReceiveBuffer, o.Pacing)
 }
 
 // Tune sets congestion control, buffer sizes and pacing on a connected
@@ -116,7 +118,7 @@ func Tune(c *net.TCPConn, congestion string, sendBuf, recvBuf int, pacing bool) 
 		return err
 	}
 	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = applyTuning(int(fd), congestion, sendBuf, recvBuf, pacing) }); err != nil {
+	if err := rc.Control(func(fd uintptr) { serr = TuneFD(int(fd), congestion, sendBuf, recvBuf, pacing) }); err != nil {
 		return err
 	}
 	return serr
@@ -126,7 +128,8 @@ func Tune(c *net.TCPConn, congestion string, sendBuf, recvBuf int, pacing bool) 
 // limiting it: 1 TB/s (the "unlimited" value, ~0, would leave it off).
 const pacingCap = 1 << 40
 
-func applyTuning(fd int, congestion string, sendBuf, recvBuf int, pacing bool) error {
+// TuneFD is Tune for a socket descriptor.
+func TuneFD(fd int, congestion string, sendBuf, recvBuf int, pacing bool) error {
 	if pacing {
 		if err := unix.SetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, pacingCap); err != nil {
 			return fmt.Errorf("setsockopt SO_MAX_PACING_RATE: %w", err)
@@ -360,28 +363,46 @@ func SetListenerKeepalive(ln *net.TCPListener, d time.Duration, count int) error
 		return err
 	}
 	var serr error
-	err = rc.Control(func(fd uintptr) {
-		set := func(level, opt, v int, name string) {
-			if serr == nil {
-				if err := unix.SetsockoptInt(int(fd), level, opt, v); err != nil {
-					serr = fmt.Errorf("setsockopt %s: %w", name, err)
-				}
-			}
-		}
-		on := 0
-		if d > 0 {
-			on = 1
-			secs := max(1, int((d+time.Second-1)/time.Second)) // rounded up, as Go does for dialed sockets
-			set(unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs, "TCP_KEEPIDLE")
-			set(unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs, "TCP_KEEPINTVL")
-			set(unix.IPPROTO_TCP, unix.TCP_KEEPCNT, count, "TCP_KEEPCNT")
-		}
-		set(unix.SOL_SOCKET, unix.SO_KEEPALIVE, on, "SO_KEEPALIVE")
-	})
-	if err != nil {
+	if err := rc.Control(func(fd uintptr) {
+		serr = SetKeepaliveFD(int(fd), net.KeepAliveConfig{Enable: d > 0, Idle: d, Interval: d, Count: count})
+	}); err != nil {
 		return err
 	}
 	return serr
+}
+
+// SetKeepaliveFD is net.TCPConn.SetKeepAliveConfig for a socket
+// descriptor: times are rounded up to whole seconds, as Go does, and a
+// value of 0 or less leaves that setting alone.
+func SetKeepaliveFD(fd int, ka net.KeepAliveConfig) error {
+	set := func(level, opt, v int, name string) error {
+		if err := unix.SetsockoptInt(fd, level, opt, v); err != nil {
+			return fmt.Errorf("setsockopt %s: %w", name, err)
+		}
+		return nil
+	}
+	secs := func(d time.Duration) int { return int((d + time.Second - 1) / time.Second) }
+	if ka.Enable {
+		for _, o := range [...]struct {
+			opt, v int
+			name   string
+		}{
+			{unix.TCP_KEEPIDLE, secs(ka.Idle), "TCP_KEEPIDLE"},
+			{unix.TCP_KEEPINTVL, secs(ka.Interval), "TCP_KEEPINTVL"},
+			{unix.TCP_KEEPCNT, ka.Count, "TCP_KEEPCNT"},
+		} {
+			if o.v > 0 {
+				if err := set(unix.IPPROTO_TCP, o.opt, o.v, o.name); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	on := 0
+	if ka.Enable {
+		on = 1
+	}
+	return set(unix.SOL_SOCKET, unix.SO_KEEPALIVE, on, "SO_KEEPALIVE")
 }
 
 // Keepalive reads a connection's keepalive settings: whether on, idle

@@ -1,0 +1,308 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"halfway/datapath"
+	"halfway/sockopt"
+)
+
+// Plain flows: accepted and dialed with raw system calls.
+//
+// A *net.TCPConn costs a flow more than its socket: Go adds it to the
+// runtime's poller and takes it out again (two epoll_ctl), reads both its
+// addresses (getsockname, getpeername), and keeps a descriptor record; a
+// dial formats and parses its address and parks the goroutine until the
+// poller reports the connect done. A flow that needs nothing of package
+// net's, a plain one, skips all of that: the relay accepts it with
+// accept4, connects with socket and connect, and hands the two
+// descriptors to the data path, whose epoll set is then the only one
+// watching them (datapath.NewFDs), as in an event-driven proxy. A
+// direction that has to wait puts them into Go's poller then, as for any
+// flow detached from it.
+//
+// A flow is plain when its listener is a forward one without early SYN,
+// PROXY header, source spoofing or MPTCP (listenerState.plain), its route
+// is direct and not MPTCP, and the data path is splice, parking at once
+// and detaching (park_after 0, detach_after above 0). Every other flow
+// takes the general path, with the same behaviour.
+
+// plainListener says whether lc's flows can be plain, as far as the
+// listener goes.
+func plainListener(lc *ListenerConfig) bool {
+	return lc.Mode == "forward" && !lc.EarlySYN && !lc.ProxyProtocol && !lc.SpoofSource && !lc.MPTCP
+}
+
+// plainFlow says whether a flow of listener to dst is plain under rt,
+// given a listener whose flows can be.
+func plainFlow(rt *runtime, listener string, dst netip.AddrPort) bool {
+	if rt.cfg.DataPath != "" && rt.cfg.DataPath != "splice" || rt.cfg.ParkAfter.D() != 0 || rt.cfg.Detach() == 0 {
+		return false
+	}
+	r := rt.match(listener, dst)
+	return len(r.via) == 0 && !r.mptcp
+}
+
+// plain says whether l's next flow is plain, under the configuration in
+// force now.
+func (s *Server) plain(l *listener) bool {
+	st := l.cur.Load()
+	return st.plain && plainFlow(s.state.Load(), l.cfg.Name, st.forward)
+}
+
+// acceptFileOf duplicates ln's descriptor as a file in Go's poller, whose
+// raw connection can wait for connections to accept (a listener's cannot).
+func acceptFileOf(ln *net.TCPListener) (*os.File, error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	dup := -1
+	var derr error
+	if err := rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, os.NewSyscallError("fcntl", derr)
+	}
+	// Non-blocking, as the listener's: NewFile puts it into the poller.
+	return os.NewFile(uintptr(dup), "listener"), nil
+}
+
+// acceptFD accepts a connection from a listener's raw connection as a
+// non-blocking descriptor, with its peer's address. (It calls package
+// syscall's accept4: x/sys/unix's reads SO_PROTOCOL of every IPv4 peer's
+// socket, in case it is L2TP, a system call per accept.)
+func acceptFD(rc syscall.RawConn) (int, netip.AddrPort, error) {
+	nfd := -1
+	var sa syscall.Sockaddr
+	var aerr error
+	err := rc.Read(func(fd uintptr) bool {
+		for {
+			nfd, sa, aerr = syscall.Accept4(int(fd), syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+			switch aerr {
+			case syscall.EINTR, syscall.ECONNABORTED:
+				continue // as Go's accept: the next one
+			case syscall.EAGAIN:
+				return false // wait for one
+			}
+			return true
+		}
+	})
+	if err == nil && aerr != nil {
+		err = os.NewSyscallError("accept4", aerr)
+	}
+	if err != nil {
+		return -1, netip.AddrPort{}, err
+	}
+	return nfd, sockaddrAddrPort(sa), nil
+}
+
+func sockaddrAddrPort(sa syscall.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *syscall.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *syscall.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// servePlain handles one plain flow (see above) from start to end; fd
+// is its accepted socket, from client.
+func (s *Server) servePlain(l *listener, fd int, client netip.AddrPort) {
+	st := l.cur.Load()
+	rt := s.state.Load()
+	if !st.plain || !plainFlow(rt, l.cfg.Name, st.forward) {
+		// A reload since the accept: the general path takes the flow.
+		c, err := datapath.ConnOf(fd)
+		if err != nil {
+			s.metrics.errors.With("accept").Inc()
+			s.log.Warn("accepted socket", "listener", l.cfg.Name, "client", client, "err", err)
+			return
+		}
+		s.serve(l, c)
+		return
+	}
+	if len(st.policy.clients) > 0 && !st.policy.clientAllowed(client.Addr()) {
+		s.metrics.refused.With(l.cfg.Name, "client_not_allowed").Inc()
+		s.log.Debug("client not allowed", "listener", l.cfg.Name, "client", client)
+		resetFD(fd)
+		return
+	}
+	if reason := s.admit(client.Addr(), st.perClientExempt()); reason != "" {
+		s.metrics.refused.With(l.cfg.Name, reason).Inc()
+		resetFD(fd)
+		return
+	}
+	f := &flow{listener: l.cfg.Name, l: l, client: client, start: time.Now().UnixNano(), endHandshake: noop}
+	f.proto.Store(&st.cfg.Mode)
+	s.register(f)
+	l.flowStarted()
+	setLegFD(l, fd, rt.cfg.Legs.Client)
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) // as Go's accept
+	dst := st.forward
+	f.dst.Store(&dst)
+	r := rt.match(f.listener, dst)
+	f.route.Store(&r.name)
+	server, err := s.connectFD(rt, dst)
+	if err != nil {
+		// The client's handshake is done, so the only honest answer is a reset.
+		resetFD(fd)
+		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: err})
+		s.flowDone(f)
+		return
+	}
+	opt, done := s.flowOptions(f, rt)
+	s.runFlow(f, datapath.NewFDs(fd, server, opt, done))
+}
+
+func noop() {}
+
+// connectFD opens a plain flow's leg to dst, as connectLeg does a direct
+// one's.
+func (s *Server) connectFD(rt *runtime, dst netip.AddrPort) (int, error) {
+	if !s.beginConnect() {
+		return -1, &connectError{kind: "resource", err: errors.New("too many connects in progress")}
+	}
+	defer s.endConnect()
+	start := time.Now()
+	fd, err := s.dialFD(rt, dst, rt.cfg.Legs.Server)
+	s.metrics.connect.With("server").Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.metrics.errors.With("connect_" + errKind(err)).Inc()
+		return -1, err
+	}
+	return fd, nil
+}
+
+// dialFD connects a non-blocking socket to addr with leg's options, as
+// dial does without early bytes. A connect the kernel has not finished
+// when connect(2) returns (anything beyond the local host) waits in Go's
+// poller, up to the connect timeout, on a descriptor that is then
+// duplicated out of it.
+func (s *Server) dialFD(rt *runtime, addr netip.AddrPort, leg LegConfig) (int, error) {
+	family, network := unix.AF_INET, "tcp4"
+	var sa unix.Sockaddr
+	if addr.Addr().Is4() {
+		sa = &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}
+	} else {
+		family, network = unix.AF_INET6, "tcp6"
+		sa = &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, classify(os.NewSyscallError("socket", err))
+	}
+	if o := (sockopt.Options{UserTimeout: leg.UserTimeout.D(), Congestion: leg.Congestion,
+		SendBuffer: int(leg.SendBuffer), ReceiveBuffer: int(leg.ReceiveBuffer), Pacing: leg.Pacing}); o != (sockopt.Options{}) {
+		if err := o.ApplyFD(fd, network); err != nil {
+			unix.Close(fd)
+			return -1, classify(err)
+		}
+	}
+	switch err := unix.Connect(fd, sa); err {
+	case nil:
+	case unix.EINPROGRESS, unix.EINTR:
+		if fd, err = s.waitConnect(rt, fd); err != nil {
+			return -1, err
+		}
+	default:
+		unix.Close(fd)
+		return -1, classify(os.NewSyscallError("connect", err))
+	}
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) // as Go's dial
+	return fd, nil
+}
+
+// connected says whether a connect on fd has finished: done, with err
+// set if it failed.
+func connected(fd int) (done bool, err error) {
+	// (syscall's getpeername: see acceptFD.)
+	if _, err := syscall.Getpeername(fd); err == nil {
+		return true, nil
+	}
+	if e, gerr := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); gerr != nil {
+		return true, os.NewSyscallError("getsockopt", gerr)
+	} else if e != 0 {
+		return true, os.NewSyscallError("connect", syscall.Errno(e))
+	}
+	return false, nil
+}
+
+// waitConnect waits for a connect in progress on fd, which it takes over,
+// and returns the connected socket's descriptor. On loopback the kernel
+// has finished the handshake by the time connect returns, so most local
+// connects never wait.
+func (s *Server) waitConnect(rt *runtime, fd int) (int, error) {
+	if done, err := connected(fd); done {
+		if err != nil {
+			unix.Close(fd)
+			return -1, classify(err)
+		}
+		return fd, nil
+	}
+	ctx, cancel := context.WithTimeout(s.flowCtx, rt.tunables.ConnectTimeout)
+	defer cancel()
+	f := os.NewFile(uintptr(fd), "connect") // non-blocking: into Go's poller; f owns fd
+	defer f.Close()
+	dl, _ := ctx.Deadline()
+	_ = f.SetWriteDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { _ = f.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stop()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, classify(err)
+	}
+	var cerr error
+	err = rc.Write(func(fd uintptr) bool {
+		var done bool
+		done, cerr = connected(int(fd))
+		return done
+	})
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return -1, classify(context.Cause(ctx))
+	case err != nil:
+		return -1, classify(err)
+	case cerr != nil:
+		return -1, classify(cerr)
+	}
+	// Out of Go's poller: the duplicate stays, f's descriptor goes.
+	var dup int
+	if err := rc.Control(func(fd uintptr) { dup, cerr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, classify(err)
+	}
+	if cerr != nil {
+		return -1, classify(os.NewSyscallError("fcntl", cerr))
+	}
+	return dup, nil
+}
+
+// setLegFD applies a leg's settings to an accepted socket of l, as
+// setLeg does to a connection.
+func setLegFD(l *listener, fd int, leg LegConfig) {
+	if leg.Congestion != "" || leg.SendBuffer > 0 || leg.ReceiveBuffer > 0 || leg.Pacing {
+		_ = sockopt.TuneFD(fd, leg.Congestion, int(leg.SendBuffer), int(leg.ReceiveBuffer), leg.Pacing)
+	}
+	if int64(leg.Keepalive.D()) != l.keepalive.Load() {
+		_ = sockopt.SetKeepaliveFD(fd, leg.keepaliveConfig())
+	}
+	if leg.UserTimeout > 0 {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(leg.UserTimeout.D()/time.Millisecond))
+	}
+}
+
+// resetFD aborts a connection with RST.
+func resetFD(fd int) {
+	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+	unix.Close(fd)
+}

@@ -1,0 +1,237 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"halfway/datapath"
+)
+
+// TestPlainFlows: a forward listener's flows are plain (accepted and
+// dialed with raw system calls, out of Go's poller from the start, so
+// halfway_datapath_detached counts them at once), unless the
+// configuration needs the general path; either way messages, a burst and
+// the FINs cross byte-exact, the admin API lists the flow and the server
+// leg gets its keepalive.
+func TestPlainFlows(t *testing.T) {
+	for _, tc := range []struct {
+		name, extra string
+		plain       bool
+	}{
+		{"plain", "", true},
+		{"data_path copy", "data_path: copy", false},
+		{"park_after", "park_after: 2ms", false},
+		{"detach_after 0", "detach_after: 0s", false},
+		{"MPTCP route", "routes: [{listener: fwd, mptcp: true}]", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			extra := "legs: {server: {keepalive: 77s}}\n" + tc.extra
+			if tc.name != "detach_after 0" {
+				extra += "\ndetach_after: 1h # no flow of the general path detaches during the test"
+			}
+			s := forwardRelay(t, extra)
+			before := datapath.ReadStats().Detached
+			c, roundTrip := dialEcho(t, s)
+			roundTrip(1)
+			if d := datapath.ReadStats().Detached - before; (d == 1) != tc.plain {
+				t.Errorf("flows detached from the start: %d; plain %v", d, tc.plain)
+			}
+			// (The counters move just after the bytes.)
+			waitFor(t, func() bool { fs := s.Flows(); return len(fs) == 1 && fs[0].Down == 1 })
+			if fs := s.Flows(); len(fs) != 1 || fs[0].Up != 1 || fs[0].Client != c.LocalAddr().String() || fs[0].Route != "direct" {
+				t.Errorf("admin flows: %+v", fs)
+			}
+			// The server leg's keepalive comes once the flow has lasted
+			// a second, on its raw descriptor if the flow is plain.
+			waitFor(t, func() bool {
+				fd := socketTo(t, s.state.Load().cfg.Listeners[0].ForwardTo)
+				return fd >= 0 && getsockopt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE) == 1 && getsockopt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE) == 77
+			})
+			roundTrip(100)
+			roundTrip(3 << 20)
+			roundTrip(10)
+			c.(*net.TCPConn).CloseWrite()
+			if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+				t.Errorf("after the FIN: %d bytes, %v", len(rest), err)
+			}
+			waitFor(t, func() bool { return len(s.Flows()) == 0 })
+			if n := s.metrics.flows.With("fwd", "direct", "closed").Value(); n != 1 {
+				t.Errorf("flows closed: %d, want 1", n)
+			}
+		})
+	}
+}
+
+// socketTo finds the descriptor of this process's socket connected to
+// addr (host:port), or -1.
+func socketTo(t *testing.T, addr string) int {
+	t.Helper()
+	want := netip.MustParseAddrPort(addr)
+	found := -1
+	eachFD(t, func(fd int) bool {
+		if sa, err := syscall.Getpeername(fd); err == nil {
+			if a, ok := sa.(*syscall.SockaddrInet4); ok && netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)) == want {
+				found = fd
+			}
+		}
+		return found < 0
+	})
+	return found
+}
+
+// synSent says whether a socket of this process is connecting (SYN_SENT).
+func synSent(t *testing.T) bool {
+	t.Helper()
+	found := false
+	eachFD(t, func(fd int) bool {
+		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		found = err == nil && info.State == unix.BPF_TCP_SYN_SENT
+		return !found
+	})
+	return found
+}
+
+// eachFD calls f with the process's descriptors while it returns true.
+func eachFD(t *testing.T, f func(fd int) bool) {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		var fd int
+		if _, err := fmt.Sscan(e.Name(), &fd); err == nil && !f(fd) {
+			return
+		}
+	}
+}
+
+func getsockopt(fd, level, opt int) int {
+	v, err := unix.GetsockoptInt(fd, level, opt)
+	if err != nil {
+		return -1
+	}
+	return v
+}
+
+// fullListener listens on loopback with an accept queue that one
+// connection, made here and not accepted, fills: the kernel drops the
+// SYNs of the next ones until a connection is taken from the queue.
+func fullListener(t *testing.T) (addr netip.AddrPort, accept func() net.Conn) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "full")
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	addr = netip.MustParseAddrPort(ln.Addr().String())
+	filler, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	return addr, func() net.Conn {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+}
+
+// TestPlainConnect: a plain flow whose connect the kernel has not
+// finished when connect returns waits for it (and its bytes cross once
+// it is done); one that the server refuses or that times out resets the
+// client, and the flow's result says why.
+func TestPlainConnect(t *testing.T) {
+	t.Run("slow", func(t *testing.T) {
+		addr, accept := fullListener(t)
+		s := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+listeners:
+  - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: %q}
+`, addr))
+		c, err := net.Dial("tcp", s.Addr("fwd").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("early")); err != nil {
+			t.Fatal(err)
+		}
+		// Once the relay's SYN is out (and dropped), free the queue for
+		// its retransmission, a second later.
+		waitFor(t, func() bool { return synSent(t) })
+		accept().Close()
+		srv := accept()
+		defer srv.Close()
+		srv.SetDeadline(time.Now().Add(20 * time.Second))
+		got := make([]byte, 5)
+		if _, err := io.ReadFull(srv, got); err != nil || string(got) != "early" {
+			t.Fatalf("server read %q, %v", got, err)
+		}
+		srv.Write([]byte("answer"))
+		srv.Close()
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if b, err := io.ReadAll(c); err != nil || string(b) != "answer" {
+			t.Errorf("client read %q, %v", b, err)
+		}
+	})
+	refused := func() netip.AddrPort {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.Close()
+		return netip.MustParseAddrPort(ln.Addr().String())
+	}()
+	timeout, _ := fullListener(t)
+	for _, tc := range []struct {
+		name   string
+		to     netip.AddrPort
+		result string
+	}{
+		{"refused", refused, "connect_refused"},
+		{"timeout", timeout, "connect_timeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+limits: {connect_timeout: 300ms}
+listeners:
+  - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: %q}
+`, tc.to))
+			c, err := net.Dial("tcp", s.Addr("fwd").String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("client read %v, want a reset", err)
+			}
+			waitFor(t, func() bool { return s.metrics.flows.With("fwd", "direct", tc.result).Value() == 1 })
+		})
+	}
+}
