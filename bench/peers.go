@@ -217,8 +217,9 @@ type halfwayVariant struct {
 
 // halfwayVariants are the halfway peers: halfway-copy and halfway-sockmap
 // take the other data paths, halfway-park waits 2 ms on its goroutines
-// before parking a direction, halfway-attached keeps idle flows in Go's
-// poller, halfway-2cpu is not pinned to one core.
+// before parking a direction, halfway-attached keeps flows in Go's
+// poller (the general path: no flow is plain), halfway-2cpu is not pinned
+// to one core.
 var halfwayVariants = map[string]halfwayVariant{
 	"halfway":          {"splice", "0s", "1s"},
 	"halfway-copy":     {"copy", "0s", "1s"},
@@ -1071,7 +1072,7 @@ func numCPU() int {
 func (b *peersBench) notes() []string {
 	n := []string{
 		"Everything runs over the loopback of one network namespace (a netlab host): clients, the proxy and the backends (a Go HTTP server answering 1 KB, and a sink).",
-		fmt.Sprintf("Proxies: halfway (`mode: forward` listeners; halfway-copy with `data_path: copy`; halfway-sockmap with `data_path: sockmap`; halfway-park with `park_after: 2ms`; halfway-attached with `detach_after: 0s`, its idle flows kept in Go's poller; halfway-2cpu on both cores, shared with the clients), HAProxy (`mode tcp`, `option splice-auto`, nbthread 1), nginx (stream, 1 worker), socat (`fork`). Repeats are interleaved: each repeat measures every proxy in turn; %d repeats, medians with min–max.", b.o.Repeats),
+		fmt.Sprintf("Proxies: halfway (`mode: forward` listeners; halfway-copy with `data_path: copy`; halfway-sockmap with `data_path: sockmap`; halfway-park with `park_after: 2ms`; halfway-attached with `detach_after: 0s`, its flows kept in Go's poller (none plain, so it takes the general path); halfway-2cpu on both cores, shared with the clients), HAProxy (`mode tcp`, `option splice-auto`, nbthread 1), nginx (stream, 1 worker), socat (`fork`). Repeats are interleaved: each repeat measures every proxy in turn; %d repeats, medians with min–max.", b.o.Repeats),
 		fmt.Sprintf("Throughput: one stream, 256 KB writes, 1 s warm-up then %s; CPU is the proxy's user+system time (its process group, reaped children included) per GB moved. Machine CPU is every core's busy time per GB (/proc/stat), load generator and sink included: it counts the kernel's work outside the proxy's process (softirqs, and the kworkers that send what the sockmap program redirects), which the proxy's own CPU misses; direct's is the floor.", b.o.Window),
 		fmt.Sprintf("Connection rates: %d clients, 1 KB HTTP; new connection per request (`Connection: close`) or one kept alive per client; 0.5 s warm-up then %s; CPU per request as above.", b.o.Clients, b.o.Window),
 		fmt.Sprintf("Latency: one client, %d sequential requests on one kept-alive connection after 200 unmeasured; added latency is the proxy's median minus direct's.", b.o.Requests),

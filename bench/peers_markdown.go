@@ -108,7 +108,7 @@ func (r *PeersReport) Markdown() string {
 		}
 		goal(fmt.Sprintf("Idle RSS the lowest of all: %.0f KiB", hw.IdleRSSKiB), lowest)
 		if len(hw.LatP99us) > 0 && len(hp.LatP99us) > 0 {
-			goal(fmt.Sprintf("Added p99 latency ≤ HAProxy's: p99 %.0f µs against %.0f µs", median(hw.LatP99us), median(hp.LatP99us)), median(hw.LatP99us) <= median(hp.LatP99us))
+			goal(fmt.Sprintf("Added p99 latency ≤ HAProxy's: p99 %.1f µs against %.1f µs", median(hw.LatP99us), median(hp.LatP99us)), median(hw.LatP99us) <= median(hp.LatP99us))
 		}
 	}
 	if objs {

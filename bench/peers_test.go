@@ -29,7 +29,7 @@ func TestPeersMarkdownGoals(t *testing.T) {
 		"Memory per idle flow ≤ HAProxy's: 3000 B against 3400 B — met",
 		"Kernel memory per flow ≤ HAProxy's: 4000 B against 5000 B",
 		"Idle RSS the lowest of all: 9000 KiB — met",
-		"Added p99 latency ≤ HAProxy's: p99 200 µs against 250 µs — met",
+		"Added p99 latency ≤ HAProxy's: p99 200.0 µs against 250.0 µs — met",
 		"| halfway | 100 | 200 | +70 / +120 |",
 	)
 	r.Rows[1].IdleRSSKiB = 16000 // now HAProxy's is lower

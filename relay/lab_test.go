@@ -1209,6 +1209,39 @@ listeners:
 	}
 }
 
+// TestPlainTransparent: a transparent relay with a direct route runs its
+// flows plain (halfway_flows_plain_total), on TPROXY (the destination is
+// the socket's own address) and on REDIRECT (SO_ORIGINAL_DST), and the
+// server sees the relay as its client.
+func TestPlainTransparent(t *testing.T) {
+	for _, mode := range []string{"tproxy", "redirect"} {
+		t.Run(mode, func(t *testing.T) {
+			requireTools(t, "nft")
+			labtest.RequireRoot(t)
+			lab := labtest.Start(t, chainTopo)
+			rc, server := lab.Host("rc"), lab.Host("server")
+			runRelay(t, rc, "rc", fmt.Sprintf(`
+admin: {listen: "127.0.0.1:9191"}
+listeners:
+  - name: web
+    listen: 0.0.0.0:7000
+    mode: %s
+    capture: {dst: [%s], ports: "8080", install: true}
+`, mode, server.Ifaces()[0].Addr4.Masked()))
+			waitCapture(t, rc, "halfway_web", "7000")
+			serveSeenFrom(t, server, ":8080")
+			out, err := lab.Host("client").Command(context.Background(), "curl", "-sS", "--max-time", "15", "http://server:8080/").CombinedOutput()
+			rcServerSide := rc.Ifaces()[1].Addr4.Addr().String()
+			if err != nil || !strings.Contains(string(out), "seen from "+rcServerSide+":") {
+				t.Errorf("curl through the transparent relay: %v: %s (want the server to see %s)", err, out, rcServerSide)
+			}
+			if m := scrapeMetrics(t, rc, 9191); !strings.Contains(m, `halfway_flows_plain_total{listener="web"} 1`) {
+				t.Errorf("no plain flow counted:\n%s", m)
+			}
+		})
+	}
+}
+
 // TestCaptureReload: two TPROXY listeners share the default mark and
 // policy route. A reload removes one while a flow through it is open: that
 // flow keeps working, the other listener keeps working, and the removed

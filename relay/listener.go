@@ -22,9 +22,9 @@ const fastOpenQueue = 4096
 type listener struct {
 	cfg ListenerConfig // the fields that need a new socket: Name, Listen, Mode
 	ln  *net.TCPListener
-	// acceptFile is a duplicate of ln's descriptor, for a forward
-	// listener, from which plain flows are accepted (see plain_linux.go):
-	// a net listener hands out connections only. nil: none.
+	// acceptFile is a duplicate of ln's descriptor, for a listener that
+	// is not explicit, from which plain flows are accepted (see
+	// plain_linux.go): a net listener hands out connections only. nil: none.
 	acceptFile *os.File
 	closing    atomic.Bool // closeSocket has run
 	cur        atomic.Pointer[listenerState]
@@ -134,7 +134,7 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 	}
 	l := &listener{cfg: lc, ln: nl.(*net.TCPListener)}
 	l.cur.Store(st)
-	if lc.Mode == "forward" {
+	if lc.Mode != "explicit" {
 		if l.acceptFile, err = acceptFileOf(l.ln); err != nil {
 			s.log.Warn("plain flows off: their accepts need a duplicate of the listening socket", "listener", lc.Name, "err", err)
 		}

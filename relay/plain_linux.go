@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,33 +30,76 @@ import (
 // direction that has to wait puts them into Go's poller then, as for any
 // flow detached from it.
 //
-// A flow is plain when its listener is a forward one without early SYN,
-// PROXY header, source spoofing or MPTCP (listenerState.plain), its route
-// is direct and not MPTCP, and the data path is splice, parking at once
-// and detaching (park_after 0, detach_after above 0). Every other flow
-// takes the general path, with the same behaviour.
+// A flow is plain when its listener is a forward, tproxy or redirect one
+// without early SYN, PROXY header, source spoofing or MPTCP
+// (listenerState.plain), its route is direct and not MPTCP, and the data
+// path is splice, parking at once and detaching (park_after 0,
+// detach_after above 0). Every other flow takes the general path, with
+// the same behaviour.
 
 // plainListener says whether lc's flows can be plain, as far as the
 // listener goes.
 func plainListener(lc *ListenerConfig) bool {
-	return lc.Mode == "forward" && !lc.EarlySYN && !lc.ProxyProtocol && !lc.SpoofSource && !lc.MPTCP
+	return (lc.Mode == "forward" || lc.Mode == "tproxy" || lc.Mode == "redirect") &&
+		!lc.EarlySYN && !lc.ProxyProtocol && !lc.SpoofSource && !lc.MPTCP
 }
+
+// plainData says whether rt's data path takes plain flows.
+func plainData(rt *runtime) bool {
+	return (rt.cfg.DataPath == "" || rt.cfg.DataPath == "splice") && rt.cfg.ParkAfter.D() == 0 && rt.cfg.Detach() > 0
+}
+
+func plainRoute(r *route) bool { return len(r.via) == 0 && !r.mptcp }
 
 // plainFlow says whether a flow of listener to dst is plain under rt,
 // given a listener whose flows can be.
 func plainFlow(rt *runtime, listener string, dst netip.AddrPort) bool {
-	if rt.cfg.DataPath != "" && rt.cfg.DataPath != "splice" || rt.cfg.ParkAfter.D() != 0 || rt.cfg.Detach() == 0 {
-		return false
-	}
-	r := rt.match(listener, dst)
-	return len(r.via) == 0 && !r.mptcp
+	return plainData(rt) && plainRoute(rt.match(listener, dst))
 }
 
 // plain says whether l's next flow is plain, under the configuration in
-// force now.
+// force now: a forward listener's goes to one destination; a transparent
+// one's may take any route of the listener, all of which must be plain
+// (else its flows would pay for a connection made of the descriptor).
 func (s *Server) plain(l *listener) bool {
 	st := l.cur.Load()
-	return st.plain && plainFlow(s.state.Load(), l.cfg.Name, st.forward)
+	if !st.plain {
+		return false
+	}
+	rt := s.state.Load()
+	if st.cfg.Mode == "forward" {
+		return plainFlow(rt, l.cfg.Name, st.forward)
+	}
+	if !plainData(rt) {
+		return false
+	}
+	for i := range rt.routes {
+		if r := &rt.routes[i]; (r.listener == "" || r.listener == l.cfg.Name) && !plainRoute(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// plainDst is where a plain flow on fd goes, and the socket's own
+// address (for a transparent listener, the packet's destination).
+func plainDst(st *listenerState, fd int) (dst, self netip.AddrPort, err error) {
+	if st.cfg.Mode == "forward" {
+		return st.forward, netip.AddrPort{}, nil
+	}
+	sa, err := syscall.Getsockname(fd) // (see acceptFD)
+	if err != nil {
+		return dst, self, os.NewSyscallError("getsockname", err)
+	}
+	self = sockaddrAddrPort(sa)
+	if st.cfg.Mode == "tproxy" {
+		return self, self, nil // TPROXY: the socket has the original destination
+	}
+	_, v6 := sa.(*syscall.SockaddrInet6)
+	if dst, err = sockopt.OriginalDstFD(fd, v6 && !self.Addr().Is4()); err != nil {
+		return dst, self, errorf("original destination", err)
+	}
+	return dst, self, nil
 }
 
 // acceptFileOf duplicates ln's descriptor as a file in Go's poller, whose
@@ -116,13 +160,16 @@ func sockaddrAddrPort(sa syscall.Sockaddr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// servePlain handles one plain flow (see above) from start to end; fd
-// is its accepted socket, from client.
+// servePlain handles one plain flow (see above) from start to end, as
+// serve and transparent do another; fd is its accepted socket, from
+// client.
 func (s *Server) servePlain(l *listener, fd int, client netip.AddrPort) {
 	st := l.cur.Load()
 	rt := s.state.Load()
-	if !st.plain || !plainFlow(rt, l.cfg.Name, st.forward) {
-		// A reload since the accept: the general path takes the flow.
+	dst, self, err := plainDst(st, fd)
+	if err != nil || !st.plain || !plainFlow(rt, l.cfg.Name, dst) {
+		// A reload since the accept, or no destination to be read: the
+		// general path takes the flow (and says why it fails).
 		c, err := datapath.ConnOf(fd)
 		if err != nil {
 			s.metrics.errors.With("accept").Inc()
@@ -132,6 +179,7 @@ func (s *Server) servePlain(l *listener, fd int, client netip.AddrPort) {
 		s.serve(l, c)
 		return
 	}
+	s.metrics.plain.With(l.cfg.Name).Inc()
 	if len(st.policy.clients) > 0 && !st.policy.clientAllowed(client.Addr()) {
 		s.metrics.refused.With(l.cfg.Name, "client_not_allowed").Inc()
 		s.log.Debug("client not allowed", "listener", l.cfg.Name, "client", client)
@@ -149,8 +197,14 @@ func (s *Server) servePlain(l *listener, fd int, client netip.AddrPort) {
 	l.flowStarted()
 	setLegFD(l, fd, rt.cfg.Legs.Client)
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) // as Go's accept
-	dst := st.forward
 	f.dst.Store(&dst)
+	if reason := refuseTransparent(l, st, self, dst); reason != "" {
+		s.metrics.refused.With(f.listener, reason).Inc()
+		resetFD(fd)
+		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: &connectError{kind: "not_allowed", err: errors.New(strings.ReplaceAll(reason, "_", " "))}})
+		s.flowDone(f)
+		return
+	}
 	r := rt.match(f.listener, dst)
 	f.route.Store(&r.name)
 	server, err := s.connectFD(rt, dst)

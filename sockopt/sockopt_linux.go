@@ -206,37 +206,34 @@ func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
+	la, _ := c.LocalAddr().(*net.TCPAddr)
 	var ap netip.AddrPort
 	var serr error
-	err = rc.Control(func(fd uintptr) {
-		if la, ok := c.LocalAddr().(*net.TCPAddr); ok && la.IP.To4() == nil {
-			var sa unix.RawSockaddrInet6
-			l := uint32(unsafe.Sizeof(sa))
-			// IP6T_SO_ORIGINAL_DST has the same value, 80, at level SOL_IPV6.
-			_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_IPV6, 80, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&l)), 0)
-			if e != 0 {
-				serr = e
-				return
-			}
-			port := uint16(sa.Port>>8 | sa.Port<<8)
-			ap = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
-			return
-		}
-		var sa unix.RawSockaddrInet4
-		l := uint32(unsafe.Sizeof(sa))
-		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_IP, 80, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&l)), 0)
-		if e != 0 {
-			serr = e
-			return
-		}
-		port := uint16(sa.Port>>8 | sa.Port<<8)
-		ap = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port)
-	})
-	if err != nil {
+	if err := rc.Control(func(fd uintptr) { ap, serr = OriginalDstFD(int(fd), la != nil && la.IP.To4() == nil) }); err != nil {
 		return netip.AddrPort{}, err
 	}
-	if serr != nil {
-		return netip.AddrPort{}, fmt.Errorf("getsockopt SO_ORIGINAL_DST: %w", serr)
+	return ap, serr
+}
+
+// OriginalDstFD is OriginalDst for a socket descriptor; v6 says its
+// local address is IPv6 (not IPv4-mapped).
+func OriginalDstFD(fd int, v6 bool) (netip.AddrPort, error) {
+	var e unix.Errno
+	var ap netip.AddrPort
+	if v6 {
+		var sa unix.RawSockaddrInet6
+		l := uint32(unsafe.Sizeof(sa))
+		// IP6T_SO_ORIGINAL_DST has the same value, 80, at level SOL_IPV6.
+		_, _, e = unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_IPV6, 80, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&l)), 0)
+		ap = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port>>8|sa.Port<<8))
+	} else {
+		var sa unix.RawSockaddrInet4
+		l := uint32(unsafe.Sizeof(sa))
+		_, _, e = unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_IP, 80, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&l)), 0)
+		ap = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port>>8|sa.Port<<8))
+	}
+	if e != 0 {
+		return netip.AddrPort{}, fmt.Errorf("getsockopt SO_ORIGINAL_DST: %w", e)
 	}
 	return ap, nil
 }
