@@ -32,7 +32,7 @@ func newMetrics(reg *hm.Registry, s *Server) *metrics {
 		path:    reg.Counter("halfway_datapath_total", "Flow directions by the mechanism that moved their bytes (splice, sockmap or copy).", "path"),
 		early: reg.Counter("halfway_early_syn_total", "Clients' SYNs seen by early-SYN listeners: dialed (next leg started), claimed (by the accepted flow), retransmission (dial already pending), late (its flow was accepted already), skipped (table, the client's share or connects full), expired (no accept claimed it).",
 			"result"),
-		plain: reg.Counter("halfway_flows_plain_total", "Flows accepted and connected with raw system calls, never in the Go runtime's poller (plain flows), by listener.", "listener"),
+		plain: reg.Counter("halfway_flows_plain_total", "Flows admitted as plain: accepted and connected with raw system calls, never in the Go runtime's poller; by listener.", "listener"),
 		mptcp: reg.Counter("halfway_mptcp_legs_total", "Flow legs that asked for Multipath TCP, by listener, leg (client, server) and result (mptcp, fallback to TCP).",
 			"listener", "leg", "result"),
 	}

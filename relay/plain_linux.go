@@ -179,7 +179,6 @@ func (s *Server) servePlain(l *listener, fd int, client netip.AddrPort) {
 		s.serve(l, c)
 		return
 	}
-	s.metrics.plain.With(l.cfg.Name).Inc()
 	if len(st.policy.clients) > 0 && !st.policy.clientAllowed(client.Addr()) {
 		s.metrics.refused.With(l.cfg.Name, "client_not_allowed").Inc()
 		s.log.Debug("client not allowed", "listener", l.cfg.Name, "client", client)
@@ -191,6 +190,7 @@ func (s *Server) servePlain(l *listener, fd int, client netip.AddrPort) {
 		resetFD(fd)
 		return
 	}
+	s.metrics.plain.With(l.cfg.Name).Inc()
 	f := &flow{listener: l.cfg.Name, l: l, client: client, start: time.Now().UnixNano(), endHandshake: noop}
 	f.proto.Store(&st.cfg.Mode)
 	s.register(f)
