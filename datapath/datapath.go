@@ -189,16 +189,7 @@ type ending struct {
 // direction that finished last, which may be a shard's wait loop: done must
 // not block.
 func New(client, server *net.TCPConn, opt Options, done func(Result)) *Flow {
-	f := &Flow{opt: opt, onDone: done}
-	f.legs[0].Store(client)
-	f.legs[1].Store(server)
-	f.fd = [2]int32{sysfd(client), sysfd(server)}
-	f.touch()
-	f.left.Store(2)
-	f.dirs[0].init(f, false)
-	f.dirs[1].init(f, true)
-	parker.add(f)
-	return f
+	return newFlow(client, server, [2]int32{sysfd(client), sysfd(server)}, opt, done)
 }
 
 // NewFDs is New for two connected, non-blocking TCP socket descriptors
@@ -209,17 +200,28 @@ func New(client, server *net.TCPConn, opt Options, done func(Result)) *Flow {
 // into Go's poller first. Options.Sockmap is ignored.
 func NewFDs(client, server int, opt Options, done func(Result)) *Flow {
 	opt.Sockmap = false
+	return newFlow(detachedConn, detachedConn, [2]int32{int32(client), int32(server)}, opt, done)
+}
+
+// newFlow makes a flow of its legs and their descriptors: detached
+// stand-ins (detachedConn) make it detached from the start.
+func newFlow(client, server *net.TCPConn, fds [2]int32, opt Options, done func(Result)) *Flow {
 	f := &Flow{opt: opt, onDone: done}
-	f.legs[0].Store(detachedConn)
-	f.legs[1].Store(detachedConn)
-	f.fd = [2]int32{int32(client), int32(server)}
-	f.flags.Store(flagDetached)
+	f.legs[0].Store(client)
+	f.legs[1].Store(server)
+	f.fd = fds
+	detached := client == detachedConn
+	if detached {
+		f.flags.Store(flagDetached)
+	}
 	f.touch()
 	f.left.Store(2)
 	f.dirs[0].init(f, false)
 	f.dirs[1].init(f, true)
 	parker.add(f)
-	f.shard.detached.Add(1)
+	if detached {
+		f.shard.detached.Add(1)
+	}
 	return f
 }
 
