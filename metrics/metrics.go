@@ -105,18 +105,27 @@ func (f *family) get(values []string, mk func() any) any {
 	if len(values) != len(f.labels) {
 		panic(fmt.Sprintf("metrics: %s takes %d label values, got %d", f.name, len(f.labels), len(values)))
 	}
-	key := strings.Join(values, "\xff")
+	// The key is built on the stack, and the lookup does not copy it:
+	// With on a hot path allocates nothing once its series exists.
+	var buf [128]byte
+	key := buf[:0]
+	for i, v := range values {
+		if i > 0 {
+			key = append(key, '\xff')
+		}
+		key = append(key, v...)
+	}
 	f.mu.RLock()
-	s, ok := f.series[key]
+	s, ok := f.series[string(key)]
 	f.mu.RUnlock()
 	if ok {
 		return s
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if s, ok = f.series[key]; !ok {
+	if s, ok = f.series[string(key)]; !ok {
 		s = mk()
-		f.series[key] = s
+		f.series[string(key)] = s
 	}
 	return s
 }

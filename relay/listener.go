@@ -280,31 +280,37 @@ const (
 	maxIdleWorkers = 64          // more idle ones than this end at once
 )
 
-// worker serves a, then what the accept loops hand it, until it has
-// waited workerIdle for nothing.
+// worker serves a, then what the accept loops hand it, until a period
+// of workerIdle has passed in which it served nothing (so it ends after
+// one to two periods idle). The timer runs on between connections: a
+// busy worker does not reset it for each.
 func (s *Server) worker(a accepted) {
-	var t *time.Timer
+	t := time.NewTimer(workerIdle)
+	defer t.Stop()
+	served := false
 	for {
 		a.serve(s)
+		served = true
 		if s.idleWorkers.Add(1) > maxIdleWorkers {
 			s.idleWorkers.Add(-1)
 			return
 		}
-		if t == nil {
-			t = time.NewTimer(workerIdle)
-		} else {
-			t.Reset(workerIdle)
-		}
-		select {
-		case a = <-s.work:
-			s.idleWorkers.Add(-1)
-		case <-t.C:
-			s.idleWorkers.Add(-1)
-			return
-		case <-s.flowCtx.Done():
-			s.idleWorkers.Add(-1)
-			t.Stop()
-			return
+		for waiting := true; waiting; {
+			select {
+			case a = <-s.work:
+				s.idleWorkers.Add(-1)
+				waiting = false
+			case <-t.C:
+				if !served {
+					s.idleWorkers.Add(-1)
+					return
+				}
+				served = false
+				t.Reset(workerIdle)
+			case <-s.flowCtx.Done():
+				s.idleWorkers.Add(-1)
+				return
+			}
 		}
 	}
 }
