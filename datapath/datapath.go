@@ -62,6 +62,9 @@ type Path string
 const (
 	PathSplice Path = "splice" // socket → pipe → socket in the kernel
 	PathCopy   Path = "copy"   // read and write through a user-space buffer
+	// PathBuffer: on the splice path, a direction that never became a
+	// stream (see streamAt): its messages went through a buffer.
+	PathBuffer Path = "buffer"
 	// PathSockmap: an eBPF sk_skb program redirects each segment to the
 	// other socket, without waking the relay (see EnableSockmap).
 	PathSockmap Path = "sockmap"

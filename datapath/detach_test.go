@@ -224,10 +224,11 @@ func TestNewFDs(t *testing.T) {
 	}
 }
 
-// TestSmallMessagesFullDestination: messages read through a buffer (a
-// direction not yet carrying bulk) into a destination that stops taking
-// bytes wait there, on a goroutine, and arrive in order once it reads
-// again; on a flow made by New and one made by NewFDs.
+// TestSmallMessagesFullDestination: messages into a destination that
+// stops taking bytes wait there, on a goroutine (the wait loop, or the
+// goroutine that ran a NewFDs flow, hands the direction off), and arrive
+// in order once it reads again; on a flow made by New and one made by
+// NewFDs.
 func TestSmallMessagesFullDestination(t *testing.T) {
 	for _, raw := range []bool{false, true} {
 		t.Run(fmt.Sprintf("raw=%v", raw), func(t *testing.T) {

@@ -51,7 +51,8 @@ type dir struct {
 	held       bool  // taken over from the sockmap while held: may resume
 	inline     bool  // running as on its shard's wait loop (there, or where Run started a NewFDs flow): never waits
 	finIn      bool  // inline: the wake's events say the source has its FIN (or failed)
-	bulk       bool  // it carries bulk (a read filled its buffer, a splice in moved growAt): it splices, through big pipes
+	bulk       bool  // a splice in moved growAt or more: it takes big pipes
+	stream     bool  // a read filled its buffer, or it has moved streamAt: it splices from now on
 	spliced    bool  // a splice in has moved bytes
 	primed     bool  // dst's send buffer is primed, or is not to be (see primeSend)
 	clean      uint8 // splices out in a row that emptied the pipe (at most cleanOuts)
@@ -89,11 +90,13 @@ func (d *dir) call(fd uintptr) bool {
 }
 
 func (d *dir) path() Path {
-	if d.kernel || d.usedKernel {
+	switch {
+	case d.kernel || d.usedKernel:
 		return PathSockmap
-	}
-	if d.copy {
+	case d.copy:
 		return PathCopy
+	case d.n > 0 && !d.spliced:
+		return PathBuffer // messages only
 	}
 	return PathSplice
 }

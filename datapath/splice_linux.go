@@ -40,6 +40,11 @@ const (
 	cleanOuts = 4
 )
 
+// streamAt: a direction that has moved this much is a stream, however
+// small its reads: from then on it splices (zero-copy) rather than reading
+// through a buffer.
+const streamAt = 64 << 10
+
 // shortSplice: a splice in that moved fewer bytes took all the source had
 // (a request, an answer) rather than stopping at the pipe's 16 slots,
 // unless the bytes came in segments of under 512 bytes each, which costs
@@ -54,9 +59,10 @@ var errHandoff = errors.New("destination full: hand off")
 // spliceStep moves src → dst through a pipe until src is empty, has sent
 // its FIN or fails. The pipe is taken only when bytes are waiting and given
 // back when src is found empty, so an idle direction holds no pipe. Until
-// the direction carries bulk, it reads and sends through a buffer instead
-// (writeBuf), taken the same way: a splice of a message copies its bytes
-// into a page anyway, and costs the pipe's work on top.
+// the direction is a stream (a read fills the buffer, or it has moved
+// streamAt), it reads and sends through a buffer instead (writeBuf), taken
+// the same way: a splice of a message copies its bytes into a page anyway,
+// and costs the pipe's work on top.
 //
 // A read that took less than a pipe's worth (a message) parks the
 // direction at once, rather than reading again to learn that the socket
@@ -92,8 +98,8 @@ func (d *dir) spliceStep() (step, error) {
 			}
 			continue
 		}
-		if d.pn == 0 && !d.bulk {
-			// Until a direction carries bulk, it reads and sends
+		if d.pn == 0 && !d.stream {
+			// Until a direction is a stream, it reads and sends
 			// through a buffer: for a message, two copies cost less
 			// than splice's pages and pipe.
 			d.cn, d.err, d.block, d.op = 0, nil, false, opReadIn
@@ -103,8 +109,10 @@ func (d *dir) spliceStep() (step, error) {
 			if d.cn == 0 {
 				return stepEOF, nil
 			}
-			d.bulk = int(d.cn) == len(*d.buf) // more was likely waiting: splice from now on
-			short, d.m = !d.bulk, 0
+			// A full buffer (more was likely waiting), or a long stream
+			// that arrives a few segments at a time: splice from now on.
+			d.stream = int(d.cn) == len(*d.buf) || d.n+int64(d.cn) >= streamAt
+			short, d.m = !d.stream, 0
 			if s, err := d.writeBuf(fds, held); s != stepAgain {
 				return s, err
 			}
