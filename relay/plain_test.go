@@ -49,8 +49,8 @@ func TestPlainFlows(t *testing.T) {
 				t.Errorf("halfway_flows_plain_total %d; plain %v", n, tc.plain)
 			}
 			// (The counters move just after the bytes.)
-			waitFor(t, func() bool { fs := s.Flows(); return len(fs) == 1 && fs[0].Down == 1 })
-			if fs := s.Flows(); len(fs) != 1 || fs[0].Up != 1 || fs[0].Client != c.LocalAddr().String() || fs[0].Route != "direct" {
+			waitFor(t, func() bool { fs := s.Flows(); return len(fs) == 1 && fs[0].Up == 1 && fs[0].Down == 1 })
+			if fs := s.Flows(); len(fs) != 1 || fs[0].Client != c.LocalAddr().String() || fs[0].Route != "direct" {
 				t.Errorf("admin flows: %+v", fs)
 			}
 			// The server leg's keepalive comes once the flow has lasted
