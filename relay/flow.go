@@ -274,7 +274,7 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	if reason := refuseTransparent(l, st, addrPortOf(c.LocalAddr()), dst); reason != "" {
 		s.metrics.refused.With(f.listener, reason).Inc()
 		resetConn(c)
-		return nil, &connectError{kind: "not_allowed", err: errors.New(strings.ReplaceAll(reason, "_", " "))}
+		return nil, refusedError(reason)
 	}
 	r := rt.match(f.listener, dst)
 	f.route.Store(&r.name)
@@ -301,6 +301,11 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 		return nil, err
 	}
 	return server, nil
+}
+
+// refusedError is the flow's error for a refuseTransparent reason.
+func refusedError(reason string) error {
+	return &connectError{kind: "not_allowed", err: errors.New(strings.ReplaceAll(reason, "_", " "))}
 }
 
 // refuseTransparent says why a captured flow from self (the socket's
@@ -372,12 +377,18 @@ func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, d
 		leg.mptcp, leg.lateKeepalive = r.mptcp, true
 		c, err = s.dial(ctx, rt, dst, append(hdr, early...), leg, src)
 	}
-	s.metrics.connect.With(leg).Observe(time.Since(start).Seconds())
-	if err != nil {
-		s.metrics.errors.With("connect_" + errKind(err)).Inc()
+	if s.connected(leg, start, err); err != nil {
 		return nil, nil, err
 	}
 	return c, pc, nil
+}
+
+// connected counts a connect of leg begun at start, and its error if any.
+func (s *Server) connected(leg string, start time.Time, err error) {
+	s.metrics.connect.With(leg).Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.metrics.errors.With("connect_" + errKind(err)).Inc()
+	}
 }
 
 // dial connects to addr. With early bytes it uses TCP Fast Open, so they
@@ -393,10 +404,11 @@ func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, ear
 	} else {
 		d.KeepAliveConfig = leg.keepaliveConfig()
 	}
+	o := leg.socketOptions()
 	// Fast Open and MPTCP together need the newest kernels: one or the other.
-	if o := (sockopt.Options{FastOpenConnect: len(early) > 0 && leg.fastOpen() && !leg.mptcp, UserTimeout: leg.UserTimeout.D(),
-		Transparent: src.IsValid(), Congestion: leg.Congestion,
-		SendBuffer: int(leg.SendBuffer), ReceiveBuffer: int(leg.ReceiveBuffer), Pacing: leg.Pacing}); o != (sockopt.Options{}) {
+	o.FastOpenConnect = len(early) > 0 && leg.fastOpen() && !leg.mptcp
+	o.Transparent = src.IsValid()
+	if o != (sockopt.Options{}) {
 		d.Control = o.Control // none at all saves a closure per dial
 	}
 	if src.IsValid() {
@@ -423,6 +435,13 @@ func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, ear
 		}
 	}
 	return c, nil
+}
+
+// socketOptions are the options a dial of the leg sets before its
+// connect, but for Fast Open and the transparent source.
+func (leg LegConfig) socketOptions() sockopt.Options {
+	return sockopt.Options{UserTimeout: leg.UserTimeout.D(), Congestion: leg.Congestion,
+		SendBuffer: int(leg.SendBuffer), ReceiveBuffer: int(leg.ReceiveBuffer), Pacing: leg.Pacing}
 }
 
 // keepaliveProbes is the keepalive probe count of every leg.

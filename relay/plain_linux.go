@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strings"
 	"syscall"
 	"time"
 
@@ -201,7 +200,7 @@ func (s *Server) servePlain(l *listener, fd int, client netip.AddrPort) {
 	if reason := refuseTransparent(l, st, self, dst); reason != "" {
 		s.metrics.refused.With(f.listener, reason).Inc()
 		resetFD(fd)
-		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: &connectError{kind: "not_allowed", err: errors.New(strings.ReplaceAll(reason, "_", " "))}})
+		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: refusedError(reason)})
 		s.flowDone(f)
 		return
 	}
@@ -230,12 +229,8 @@ func (s *Server) connectFD(rt *runtime, dst netip.AddrPort) (int, error) {
 	defer s.endConnect()
 	start := time.Now()
 	fd, err := s.dialFD(rt, dst, rt.cfg.Legs.Server)
-	s.metrics.connect.With("server").Observe(time.Since(start).Seconds())
-	if err != nil {
-		s.metrics.errors.With("connect_" + errKind(err)).Inc()
-		return -1, err
-	}
-	return fd, nil
+	s.connected("server", start, err)
+	return fd, err
 }
 
 // dialFD connects a non-blocking socket to addr with leg's options, as
@@ -256,8 +251,7 @@ func (s *Server) dialFD(rt *runtime, addr netip.AddrPort, leg LegConfig) (int, e
 	if err != nil {
 		return -1, classify(os.NewSyscallError("socket", err))
 	}
-	if o := (sockopt.Options{UserTimeout: leg.UserTimeout.D(), Congestion: leg.Congestion,
-		SendBuffer: int(leg.SendBuffer), ReceiveBuffer: int(leg.ReceiveBuffer), Pacing: leg.Pacing}); o != (sockopt.Options{}) {
+	if o := leg.socketOptions(); o != (sockopt.Options{}) {
 		if err := o.ApplyFD(fd, network); err != nil {
 			unix.Close(fd)
 			return -1, classify(err)
