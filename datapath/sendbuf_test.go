@@ -6,9 +6,12 @@ import (
 	"crypto/sha256"
 	"net"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"halfway/sockopt"
@@ -29,6 +32,49 @@ func sendOpts(t *testing.T, c *net.TCPConn) (sndbuf, lowat int) {
 		t.Fatal(e1, e2)
 	}
 	return sndbuf, lowat
+}
+
+// freshPairs makes the relay's two legs, each a TCP pair on loopback, in
+// a network namespace of their own. A new socket's first send buffer is
+// sized from its path's congestion window and reordering, which the
+// kernel caches per destination (ip tcp_metrics): after a bulk run on the
+// host's loopback (a benchmark, an experiment) it starts at tcp_wmem's
+// maximum already, so priming would have nothing to do and these tests
+// would fail for a reason that is not the relay's. The namespace (which
+// takes the host's tcp_wmem and congestion control) goes away with the
+// last of its sockets.
+func freshPairs(t *testing.T) (client, relayIn, relayOut, server *net.TCPConn) {
+	t.Helper()
+	runtime.LockOSThread()
+	host, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer host.Close()
+	restored := false
+	defer func() {
+		if restored {
+			runtime.UnlockOSThread()
+		} // else the thread, in the wrong namespace, ends with this goroutine
+	}()
+	ns, err := netns.New() // this thread moves into it
+	if err != nil {
+		restored = netns.Set(host) == nil
+		t.Fatalf("new network namespace: %v", err)
+	}
+	defer ns.Close()
+	defer func() { restored = netns.Set(host) == nil }()
+	lo, err := netlink.LinkByName("lo")
+	if err == nil {
+		err = netlink.LinkSetUp(lo)
+	}
+	if err != nil {
+		t.Fatalf("loopback up: %v", err)
+	}
+	client, relayIn = tcpPair(t)
+	relayOut, server = tcpPair(t)
+	return client, relayIn, relayOut, server
 }
 
 // TestPrimeSend: once a direction has moved 32 KiB, its destination's
@@ -58,8 +104,7 @@ func TestPrimeSend(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			primeMinRTT.Store(tc.minRTT)
-			client, relayIn := tcpPair(t)
-			relayOut, server := tcpPair(t)
+			client, relayIn, relayOut, server := freshPairs(t)
 			res := make(chan Result, 1)
 			go func() { res <- Join(context.Background(), relayIn, relayOut, tc.opt) }()
 			deadline := time.Now().Add(10 * time.Second)
@@ -98,8 +143,7 @@ func TestPrimedSlowReader(t *testing.T) {
 	}
 	defer primeMinRTT.Store(primeMinRTT.Load())
 	primeMinRTT.Store(0) // loopback
-	client, relayIn := tcpPair(t)
-	relayOut, server := tcpPair(t)
+	client, relayIn, relayOut, server := freshPairs(t)
 	if err := client.SetReadBuffer(64 << 10); err != nil {
 		t.Fatal(err)
 	}
