@@ -105,6 +105,7 @@ type InteractiveRow struct {
 	P99ms    float64 `json:"p99_ms"`
 	MaxMs    float64 `json:"max_ms"`
 	BaseMs   float64 `json:"path_one_way_ms"` // the emulated links' one-way delay on the first path
+	Share3G  float64 `json:"share_3g"`        // median fraction of the downstream IP bytes on the 3G path
 }
 
 // PathLossRow is a download that loses a path half-way.
@@ -497,14 +498,21 @@ func (b *mptcpBench) download(ctx context.Context, l *mimboxLab, fc flowConfig) 
 		return 0, 0, fmt.Errorf("%s: the download stopped early (%d bytes)", fc.name, total)
 	}
 	mbps = float64(total-marked) * 8 / endAt.Sub(markAt).Seconds() / 1e6
-	if len(before) >= 2 && len(after) >= 2 {
-		adsl := after[0].BA.TxIPBytes - before[0].BA.TxIPBytes
-		g3 := after[1].BA.TxIPBytes - before[1].BA.TxIPBytes
-		if adsl+g3 > 0 {
-			share3G = float64(g3) / float64(adsl+g3)
-		}
+	return mbps, downShare3G(before, after), nil
+}
+
+// downShare3G is the 3G path's share of the IP bytes sent down the
+// client's two links between two readings of the lab's counters.
+func downShare3G(before, after []netlab.LinkStats) float64 {
+	if len(before) < 2 || len(after) < 2 {
+		return 0
 	}
-	return mbps, share3G, nil
+	adsl := after[0].BA.TxIPBytes - before[0].BA.TxIPBytes
+	g3 := after[1].BA.TxIPBytes - before[1].BA.TxIPBytes
+	if adsl+g3 == 0 {
+		return 0
+	}
+	return float64(g3) / float64(adsl+g3)
 }
 
 func (b *mptcpBench) goodput(ctx context.Context, l *mimboxLab) error {
@@ -631,20 +639,23 @@ func (b *mptcpBench) interactive(ctx context.Context, l *mimboxLab) error {
 	}
 	n := int(b.o.Interactive / (10 * time.Millisecond))
 	for _, fc := range []flowConfig{goodputConfigs[2], goodputConfigs[3], goodputConfigs[0]} {
-		var delays []float64
+		var delays, shares []float64
 		for rep := 0; rep < b.o.Repeats; rep++ {
+			before, _ := l.lab.LinkStats()
 			d, err := b.messages(ctx, l, fc, n)
 			if err != nil {
 				return err
 			}
+			after, _ := l.lab.LinkStats()
 			delays = append(delays, d...)
-			b.logf("interactive %d/%d %s: %d messages, max %.1f ms", rep+1, b.o.Repeats, fc.name, len(d), slices.Max(d))
+			shares = append(shares, downShare3G(before, after))
+			b.logf("interactive %d/%d %s: %d messages, max %.1f ms, %.0f%% of the bytes down on 3G", rep+1, b.o.Repeats, fc.name, len(d), slices.Max(d), 100*shares[rep])
 		}
 		slices.Sort(delays)
 		b.r.Interactive = append(b.r.Interactive, InteractiveRow{
 			Config: fc.name, Messages: len(delays),
 			P50ms: quantile(delays, 0.5), P99ms: quantile(delays, 0.99), MaxMs: delays[len(delays)-1],
-			BaseMs: 10 + 2.5,
+			BaseMs: 10 + 2.5, Share3G: median(shares),
 		})
 	}
 	return nil
