@@ -53,14 +53,19 @@ func TestMemoryReleaseWithPool(t *testing.T) {
 	rc := startLoopback(t, pp.rcYAML)
 	dst := echoServer(t)
 	waitFor(t, func() bool { return poolOf(t, rc).Idle == 2 })
+	// A release the pool's arrival earns comes within two ticks of the
+	// memory loop; after that, only the flow can earn one. Counting from
+	// before the flow, a test goroutine slow to return from it (-race on a
+	// busy machine) cannot miss the release the flow's end leads to.
+	time.Sleep(2500 * time.Millisecond)
+	start := rs.mem.releases.Load()
 	if err := echoThrough(rc.Addr("socks"), dst, 50_000); err != nil {
 		t.Fatal(err)
 	}
-	start := rs.mem.releases.Load()
 	deadline := time.Now().Add(20 * time.Second)
 	for rs.mem.releases.Load() == start {
 		if time.Now().After(deadline) {
-			t.Fatalf("no release in 20 s with only pooled connections parked (active %d, parked %d)", rs.active.Load(), rs.parkedCount())
+			t.Fatalf("no release in 20 s with only pooled connections parked (active %d, parked %d, handshakes %d, pending %d, ended %d)", rs.active.Load(), rs.parkedCount(), rs.handshakes.Load(), rs.pending.Load(), rs.ended.Load())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
