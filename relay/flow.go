@@ -377,14 +377,14 @@ func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, d
 		leg.mptcp, leg.lateKeepalive = r.mptcp, true
 		c, err = s.dial(ctx, rt, dst, append(hdr, early...), leg, src)
 	}
-	if s.connected(leg, start, err); err != nil {
+	if s.countConnect(leg, start, err); err != nil {
 		return nil, nil, err
 	}
 	return c, pc, nil
 }
 
-// connected counts a connect of leg begun at start, and its error if any.
-func (s *Server) connected(leg string, start time.Time, err error) {
+// countConnect counts a connect of leg begun at start, and its error if any.
+func (s *Server) countConnect(leg string, start time.Time, err error) {
 	s.metrics.connect.With(leg).Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.metrics.errors.With("connect_" + errKind(err)).Inc()

@@ -287,30 +287,38 @@ const (
 func (s *Server) worker(a accepted) {
 	t := time.NewTimer(workerIdle)
 	defer t.Stop()
-	served := false
 	for {
 		a.serve(s)
-		served = true
 		if s.idleWorkers.Add(1) > maxIdleWorkers {
 			s.idleWorkers.Add(-1)
 			return
 		}
-		for waiting := true; waiting; {
-			select {
-			case a = <-s.work:
-				s.idleWorkers.Add(-1)
-				waiting = false
-			case <-t.C:
-				if !served {
-					s.idleWorkers.Add(-1)
-					return
-				}
-				served = false
-				t.Reset(workerIdle)
-			case <-s.flowCtx.Done():
-				s.idleWorkers.Add(-1)
-				return
+		var ok bool
+		a, ok = s.nextWork(t)
+		s.idleWorkers.Add(-1)
+		if !ok {
+			return
+		}
+	}
+}
+
+// nextWork waits for the next connection an idle worker is handed; false
+// once a whole period of t has passed without one (the period running
+// when it starts counts as busy), or the relay stops.
+func (s *Server) nextWork(t *time.Timer) (accepted, bool) {
+	served := true // the worker has just served a connection
+	for {
+		select {
+		case a := <-s.work:
+			return a, true
+		case <-t.C:
+			if !served {
+				return accepted{}, false
 			}
+			served = false
+			t.Reset(workerIdle)
+		case <-s.flowCtx.Done():
+			return accepted{}, false
 		}
 	}
 }

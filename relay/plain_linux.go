@@ -229,7 +229,7 @@ func (s *Server) connectFD(rt *runtime, dst netip.AddrPort) (int, error) {
 	defer s.endConnect()
 	start := time.Now()
 	fd, err := s.dialFD(rt, dst, rt.cfg.Legs.Server)
-	s.connected("server", start, err)
+	s.countConnect("server", start, err)
 	return fd, err
 }
 
