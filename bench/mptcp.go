@@ -106,6 +106,9 @@ type InteractiveRow struct {
 	MaxMs    float64 `json:"max_ms"`
 	BaseMs   float64 `json:"path_one_way_ms"` // the emulated links' one-way delay on the first path
 	Share3G  float64 `json:"share_3g"`        // median fraction of the downstream IP bytes on the 3G path
+	// RelayRTOMinMs is the minimum RTO of the relay's client leg where the
+	// row sets one (0: the kernel's 200 ms).
+	RelayRTOMinMs float64 `json:"relay_rto_min_ms,omitempty"`
 }
 
 // PathLossRow is a download that loses a path half-way.
@@ -230,6 +233,7 @@ type mimboxLab struct {
 	client, rc, server *netlab.Host
 	dir                string
 	relay              *relayProc
+	hostRTOMin         string // rc's net.ipv4.tcp_rto_min_us before the interactive part
 }
 
 func (b *mptcpBench) withLab(ctx context.Context, name, loss string, f func(*mimboxLab) error) error {
@@ -263,16 +267,16 @@ func (b *mptcpBench) withLab(ctx context.Context, name, loss string, f func(*mim
 			l.relay.stop()
 		}
 	}()
-	if err := b.relayWith(ctx, l, 0, ""); err != nil {
+	if err := b.relayWith(ctx, l, 0, "", 0); err != nil {
 		return err
 	}
 	return f(l)
 }
 
 // relayWith (re)starts the relay on rc with buf bytes of fixed buffers on
-// both legs (0: the kernel's autotuning) and the client leg's congestion
-// control cc ("": the host's).
-func (b *mptcpBench) relayWith(ctx context.Context, l *mimboxLab, buf int, cc string) error {
+// both legs (0: the kernel's autotuning), the client leg's congestion
+// control cc ("": the host's) and its legs.client.rto_min (0: none).
+func (b *mptcpBench) relayWith(ctx context.Context, l *mimboxLab, buf int, cc string, rtoMin time.Duration) error {
 	if l.relay != nil {
 		l.relay.stop()
 		l.relay = nil
@@ -285,6 +289,9 @@ func (b *mptcpBench) relayWith(ctx context.Context, l *mimboxLab, buf int, cc st
 	}
 	if cc != "" {
 		client = append(client, "congestion: "+cc)
+	}
+	if rtoMin > 0 {
+		client = append(client, "rto_min: "+rtoMin.String())
 	}
 	legs := ""
 	if len(client) > 0 { // a server setting comes only with a client one
@@ -554,7 +561,7 @@ func (b *mptcpBench) buffers(ctx context.Context, l *mimboxLab) error {
 			b.r.BuffersBBR, b.r.FullBufferBBR = rows, full
 		}
 	}
-	return b.relayWith(ctx, l, 0, "")
+	return b.relayWith(ctx, l, 0, "", 0)
 }
 
 // sweep measures the converted download with the relay's buffers limited
@@ -586,7 +593,7 @@ func (b *mptcpBench) sweep(ctx context.Context, l *mimboxLab, mode string) ([]Bu
 			if mode == "bbr" {
 				cc = "bbr"
 			}
-			if err := b.relayWith(ctx, l, relayBuf, cc); err != nil {
+			if err := b.relayWith(ctx, l, relayBuf, cc, 0); err != nil {
 				return nil, 0, err
 			}
 			mbps, _, err := b.download(ctx, l, fc)
@@ -633,32 +640,81 @@ func setTCPMem(ctx context.Context, h *netlab.Host, rmem, wmem string) error {
 	return nil
 }
 
+// interactiveRTOMin is the minimum retransmission timeout the relay's
+// client leg gets in the interactive part's tuned rows.
+const interactiveRTOMin = 20 * time.Millisecond
+
+// interactiveConfig is a configuration of the interactive part: a flow,
+// and how the relay's client leg recovers from loss.
+type interactiveConfig struct {
+	flowConfig
+	// hostRTOMin sets the relay host's net.ipv4.tcp_rto_min_us, which MPTCP
+	// sockets take (they refuse legs.client.rto_min's TCP_RTO_MIN_US).
+	hostRTOMin time.Duration
+	legRTOMin  time.Duration // legs.client.rto_min
+}
+
+var interactiveConfigs = []interactiveConfig{
+	{flowConfig: goodputConfigs[2]},
+	{flowConfig: flowConfig{name: "MPTCP through halfway, relay host net.ipv4.tcp_rto_min_us 20 ms", mptcp: true, viaRelay: true}, hostRTOMin: interactiveRTOMin},
+	{flowConfig: goodputConfigs[3]},
+	{flowConfig: flowConfig{name: "TCP through halfway, legs.client.rto_min 20ms", viaRelay: true}, legRTOMin: interactiveRTOMin},
+	{flowConfig: goodputConfigs[0]},
+}
+
 func (b *mptcpBench) interactive(ctx context.Context, l *mimboxLab) error {
-	if err := b.relayWith(ctx, l, 200_000, ""); err != nil {
-		return err
-	}
 	n := int(b.o.Interactive / (10 * time.Millisecond))
-	for _, fc := range []flowConfig{goodputConfigs[2], goodputConfigs[3], goodputConfigs[0]} {
+	for _, ic := range interactiveConfigs {
+		if ic.viaRelay {
+			if err := b.relayFor(ctx, l, ic); err != nil {
+				return err
+			}
+		}
 		var delays, shares []float64
 		for rep := 0; rep < b.o.Repeats; rep++ {
 			before, _ := l.lab.LinkStats()
-			d, err := b.messages(ctx, l, fc, n)
+			d, err := b.messages(ctx, l, ic.flowConfig, n)
 			if err != nil {
 				return err
 			}
 			after, _ := l.lab.LinkStats()
 			delays = append(delays, d...)
 			shares = append(shares, downShare3G(before, after))
-			b.logf("interactive %d/%d %s: %d messages, max %.1f ms, %.0f%% of the bytes down on 3G", rep+1, b.o.Repeats, fc.name, len(d), slices.Max(d), 100*shares[rep])
+			b.logf("interactive %d/%d %s: %d messages, max %.1f ms, %.0f%% of the bytes down on 3G", rep+1, b.o.Repeats, ic.name, len(d), slices.Max(d), 100*shares[rep])
 		}
 		slices.Sort(delays)
 		b.r.Interactive = append(b.r.Interactive, InteractiveRow{
-			Config: fc.name, Messages: len(delays),
+			Config: ic.name, Messages: len(delays),
 			P50ms: quantile(delays, 0.5), P99ms: quantile(delays, 0.99), MaxMs: delays[len(delays)-1],
-			BaseMs: 10 + 2.5, Share3G: median(shares),
+			BaseMs: 10 + 2.5, Share3G: median(shares), RelayRTOMinMs: max(ic.hostRTOMin, ic.legRTOMin).Seconds() * 1000,
 		})
 	}
 	return nil
+}
+
+// relayFor restarts the relay for an interactive configuration: 200 KB
+// buffers, and the client leg's minimum RTO set as ic says. The host's
+// net.ipv4.tcp_rto_min_us is back at its value when the relay runs with
+// neither.
+func (b *mptcpBench) relayFor(ctx context.Context, l *mimboxLab, ic interactiveConfig) error {
+	const key = "net.ipv4.tcp_rto_min_us"
+	if l.hostRTOMin == "" {
+		out, err := l.rc.Command(ctx, "sysctl", "-n", key).Output()
+		if err != nil {
+			return fmt.Errorf("read %s on rc: %w", key, err)
+		}
+		l.hostRTOMin = strings.TrimSpace(string(out))
+	}
+	v := l.hostRTOMin
+	if ic.hostRTOMin > 0 {
+		v = strconv.FormatInt(ic.hostRTOMin.Microseconds(), 10)
+	}
+	// A listening socket takes the value when it is made, and its
+	// connections take the listener's: the relay restarts after.
+	if out, err := l.rc.Command(ctx, "sysctl", "-q", "-w", key+"="+v).CombinedOutput(); err != nil {
+		return fmt.Errorf("set %s=%s on rc: %v: %s", key, v, err, out)
+	}
+	return b.relayWith(ctx, l, 200_000, "", ic.legRTOMin)
 }
 
 // messages runs one interactive flow of n messages and returns each
@@ -925,6 +981,8 @@ func (r *MPTCPReport) plots() {
 // shortConfig is a configuration's label under a bar.
 func shortConfig(s string) string {
 	for _, m := range []struct{ prefix, short string }{
+		{"MPTCP through halfway, relay host", "MPTCP halfway, min RTO 20 ms"},
+		{"TCP through halfway, legs.client.rto_min", "TCP halfway, min RTO 20 ms"},
 		{"TCP, best path", "TCP e2e"}, {"TCP through", "TCP halfway"},
 		{"MPTCP through", "MPTCP halfway"}, {"MPTCP end to end", "MPTCP e2e"},
 	} {

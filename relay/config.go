@@ -116,6 +116,16 @@ type LegConfig struct {
 	IdleTimeout Duration `yaml:"idle_timeout"` // no byte either way (0: never)
 	Keepalive   Duration `yaml:"keepalive"`    // TCP keepalive idle time (0: off)
 	UserTimeout Duration `yaml:"user_timeout"` // TCP_USER_TIMEOUT (0: kernel default)
+	// RTOMin is the leg's minimum retransmission timeout (TCP_RTO_MIN_US,
+	// Linux 6.15; 1 to 200 ms, rounded up to the kernel's clock tick, of
+	// which it takes at least 2), 0 keeps the namespace's
+	// net.ipv4.tcp_rto_min_us (200 ms by default). A lost segment with
+	// nothing sent after it waits for a timer, its tail-loss probe or its
+	// retransmission, of about a round trip plus this minimum; so on a
+	// lossy access link (cellular, Wi-Fi) a small value cuts the delay a
+	// lost message costs an interactive flow. Multipath TCP
+	// sockets refuse it: for them, set the host's sysctl.
+	RTOMin Duration `yaml:"rto_min"`
 	// Congestion is the leg's congestion control (TCP_CONGESTION), e.g. bbr
 	// or cubic; empty keeps the route's or the namespace's default.
 	Congestion string `yaml:"congestion"`
@@ -417,6 +427,63 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// mptcpDials names what opens legs to relays (relay) or to servers with
+// Multipath TCP, "" if nothing does.
+func (c *Config) mptcpDials(relay bool) string {
+	for i, r := range c.Routes {
+		if r.MPTCP && (len(r.Via) > 0) == relay {
+			return fmt.Sprintf("routes[%d] dials", i)
+		}
+	}
+	if relay {
+		for i, pc := range c.Peers {
+			if pc.MPTCP && pc.Pool != nil {
+				return fmt.Sprintf("peers[%d] pools over", i)
+			}
+		}
+	}
+	return ""
+}
+
+// mptcpRefuses lists the leg's options that this kernel's Multipath TCP
+// sockets refuse, with why.
+func mptcpRefuses(leg LegConfig) []string {
+	o := leg.socketOptions()
+	o.Congestion, o.SendBuffer, o.ReceiveBuffer = "", 0, 0 // MPTCP takes these
+	if o == (sockopt.Options{}) {
+		return nil
+	}
+	refused, err := sockopt.Refused(o, true)
+	if err != nil {
+		return nil // no MPTCP here: Go dials plain TCP, which takes them
+	}
+	return refused
+}
+
+// Warnings are settings that do not apply everywhere the configuration
+// would suggest, for the log: a client leg's options that the Multipath
+// TCP sockets of MPTCP listeners refuse.
+func (c *Config) Warnings() []string {
+	var ws []string
+	for _, ln := range c.Listeners {
+		if !ln.MPTCP {
+			continue
+		}
+		if refused := mptcpRefuses(c.Legs.Client); len(refused) > 0 {
+			ws = append(ws, fmt.Sprintf("legs.client: listener %q accepts Multipath TCP, whose sockets refuse %s here: its clients go without them%s",
+				ln.Name, strings.Join(refused, ", "), rtoMinHint(c.Legs.Client)))
+		}
+	}
+	return ws
+}
+
+func rtoMinHint(leg LegConfig) string {
+	if leg.RTOMin == 0 {
+		return ""
+	}
+	return " (for rto_min, set the host's net.ipv4.tcp_rto_min_us, which every new socket takes)"
+}
+
 // Validate reports every problem with its field path.
 func (c *Config) Validate() error {
 	var errs strictyaml.Errors
@@ -593,6 +660,27 @@ func (c *Config) Validate() error {
 	}{{"client", c.Legs.Client}, {"server", c.Legs.Server}, {"relay", c.Legs.Relay}} {
 		if lg.leg.Congestion != "" && !sockopt.CongestionAvailable(lg.leg.Congestion) {
 			add("legs."+lg.name+".congestion", "%q: not available here (see net.ipv4.tcp_available_congestion_control)", lg.leg.Congestion)
+		}
+		if d := lg.leg.RTOMin.D(); d != 0 {
+			if d < time.Millisecond || d > 200*time.Millisecond {
+				add("legs."+lg.name+".rto_min", "%v: want 1ms to 200ms", d)
+			} else if refused, err := sockopt.Refused(sockopt.Options{RTOMin: d}, false); err == nil && len(refused) > 0 {
+				add("legs."+lg.name+".rto_min", "%v: this kernel refuses it (%s): TCP_RTO_MIN_US needs Linux 6.15 and at least 2 clock ticks", d, refused[0])
+			}
+		}
+	}
+	// An option a Multipath TCP socket refuses fails its dial, which Go
+	// then retries as plain TCP: every connect of the leg would lose MPTCP.
+	for _, lg := range []struct {
+		name string
+		leg  LegConfig
+		why  string
+	}{{"server", c.Legs.Server, c.mptcpDials(false)}, {"relay", c.Legs.Relay, c.mptcpDials(true)}} {
+		if lg.why == "" {
+			continue
+		}
+		if refused := mptcpRefuses(lg.leg); len(refused) > 0 {
+			add("legs."+lg.name, "%s Multipath TCP, whose sockets refuse %s here: every such dial would fall back to plain TCP", lg.why, strings.Join(refused, ", "))
 		}
 	}
 	peers := map[netip.Addr]bool{}

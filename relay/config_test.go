@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -50,7 +51,7 @@ limits:
   connect_timeout: 3s
   handshake_timeout: 7s
 legs:
-  client: {idle_timeout: 1m, keepalive: 10s, user_timeout: 20s}
+  client: {idle_timeout: 1m, keepalive: 10s, user_timeout: 20s, rto_min: 20ms}
   server: {idle_timeout: 2m, keepalive: 11s, user_timeout: 21s}
   relay:  {idle_timeout: 3m, keepalive: 12s, user_timeout: 22s}
 listeners:
@@ -98,7 +99,7 @@ routes:
 		Limits: Limits{MaxFlows: 100, MaxFlowsPerClient: 10, MaxPending: 20, MaxHandshakes: defaultMaxHandshakes,
 			ConnectTimeout: d("3s"), HandshakeTimeout: d("7s"), PooledWait: Duration(defaultPooledWait), MaxEarly: defaultMaxEarly, MaxEarlyPerClient: defaultMaxEarlyClient},
 		Legs: LegsConfig{
-			Client: LegConfig{IdleTimeout: d("1m"), Keepalive: d("10s"), UserTimeout: d("20s")},
+			Client: LegConfig{IdleTimeout: d("1m"), Keepalive: d("10s"), UserTimeout: d("20s"), RTOMin: d("20ms")},
 			Server: LegConfig{IdleTimeout: d("2m"), Keepalive: d("11s"), UserTimeout: d("21s")},
 			Relay:  LegConfig{IdleTimeout: d("3m"), Keepalive: d("12s"), UserTimeout: d("22s")},
 		},
@@ -332,6 +333,13 @@ func TestConfigErrors(t *testing.T) {
 		{"forward with protocols and destinations", "listeners:\n  - {name: f, listen: \"0.0.0.0:7300\", mode: forward, forward_to: \"10.0.0.1:80\", protocols: [socks5], allow_destinations: [\"10.0.0.0/8\"]}\n",
 			[]string{"listeners[0].protocols: not for a forward listener", "listeners[0].allow_destinations: not for a forward listener"}},
 		{"bad data path", "data_path: ebpf\nlisteners: [" + ln + "]\n", []string{`data_path: "ebpf": want splice, sockmap or copy`}},
+		{"rto_min out of range", "legs: {client: {rto_min: 500us}, server: {rto_min: 1s}}\nlisteners: [" + ln + "]\n",
+			[]string{"legs.client.rto_min: 500µs: want 1ms to 200ms", "legs.server.rto_min: 1s: want 1ms to 200ms"}},
+		// MPTCP sockets refuse these options (Linux 6.18): Go would dial plain TCP instead.
+		{"MPTCP route with user_timeout", "legs: {server: {user_timeout: 30s, rto_min: 20ms}}\nroutes: [{mptcp: true}]\nlisteners: [" + ln + "]\n",
+			[]string{"legs.server: routes[0] dials Multipath TCP, whose sockets refuse TCP_USER_TIMEOUT: protocol not available, TCP_RTO_MIN_US: protocol not available here"}},
+		{"MPTCP pool with pacing", withAuth(psk) + "legs: {relay: {pacing: true}}\npeers: [{address: \"10.0.0.2:7100\", pool: {low: 1}, mptcp: true}]\nlisteners: [" + ln + "]\n",
+			[]string{"legs.relay: peers[0] pools over Multipath TCP, whose sockets refuse SO_MAX_PACING_RATE: operation not supported here"}},
 		{"park_after too long", "park_after: 2m\nlisteners: [" + ln + "]\n", []string{"park_after: 2m0s: want 0 to 1m"}},
 		{"detach_after negative", "detach_after: -1s\nlisteners: [" + ln + "]\n", []string{`detach_after: "-1s": want a duration like 30s`}},
 		{"detach_after too long", "detach_after: 2h\nlisteners: [" + ln + "]\n", []string{"detach_after: 2h0m0s: want 0 (off) to 1h"}},
@@ -725,4 +733,35 @@ func FuzzParseDestRule(f *testing.F) {
 			t.Fatalf("parseDestRule(%q): prefix %v does not contain its own address", s, r.prefix)
 		}
 	})
+}
+
+// TestConfigWarnings: a client leg's options that MPTCP sockets refuse
+// (Linux 6.18) are a warning for each MPTCP listener, not an error: its
+// TCP clients, and other listeners', still get them.
+func TestConfigWarnings(t *testing.T) {
+	const lns = `listeners:
+  - {name: m, listen: "127.0.0.1:1080", protocols: [socks5], mptcp: true, allow_clients: ["10.0.0.0/8"], allow_destinations: ["10.0.0.0/8"]}
+  - {name: t, listen: "127.0.0.1:1081", protocols: [socks5], allow_clients: ["10.0.0.0/8"], allow_destinations: ["10.0.0.0/8"]}
+`
+	for _, tc := range []struct {
+		name, legs string
+		want       []string
+	}{
+		{"none", "", nil},
+		{"what MPTCP takes", "legs: {client: {congestion: cubic, send_buffer: 1MiB, keepalive: 30s}}\n", nil},
+		{"rto_min", "legs: {client: {rto_min: 20ms}}\n",
+			[]string{`legs.client: listener "m" accepts Multipath TCP, whose sockets refuse TCP_RTO_MIN_US: protocol not available here: its clients go without them (for rto_min, set the host's net.ipv4.tcp_rto_min_us, which every new socket takes)`}},
+		{"user_timeout and pacing", "legs: {client: {user_timeout: 10s, pacing: true}}\n",
+			[]string{`legs.client: listener "m" accepts Multipath TCP, whose sockets refuse TCP_USER_TIMEOUT: protocol not available, SO_MAX_PACING_RATE: operation not supported here: its clients go without them`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseConfig([]byte(tc.legs + lns))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Warnings(); !slices.Equal(got, tc.want) {
+				t.Errorf("warnings:\n%q\nwant\n%q", got, tc.want)
+			}
+		})
+	}
 }

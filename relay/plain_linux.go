@@ -347,6 +347,9 @@ func setLegFD(l *listener, fd int, leg LegConfig) {
 	if leg.UserTimeout > 0 {
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(leg.UserTimeout.D()/time.Millisecond))
 	}
+	if leg.RTOMin > 0 {
+		_ = sockopt.SetRTOMinFD(fd, leg.RTOMin.D()) // an MPTCP socket refuses it (Config.Warnings)
+	}
 }
 
 // resetFD aborts a connection with RST.

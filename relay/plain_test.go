@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"halfway/datapath"
+	"halfway/sockopt"
 )
 
 // TestPlainFlows: a forward listener's flows are plain (accepted and
@@ -235,6 +237,52 @@ listeners:
 				t.Errorf("client got %v, want a reset", err)
 			}
 			waitFor(t, func() bool { return s.metrics.flows.With("fwd", "direct", tc.result).Value() == 1 })
+		})
+	}
+}
+
+// TestLegRTOMin: legs.*.rto_min sets TCP_RTO_MIN_US on the client leg
+// (accepted) and the server leg (before its connect), for plain flows and
+// the general path alike; legs without it keep the namespace's minimum.
+func TestLegRTOMin(t *testing.T) {
+	def, err := os.ReadFile("/proc/sys/net/ipv4/tcp_rto_min_us")
+	if err != nil {
+		t.Skipf("no net.ipv4.tcp_rto_min_us here: %v", err)
+	}
+	nsMin := strings.TrimSpace(string(def)) + "µs"
+	for _, tc := range []struct {
+		name, legs     string
+		plain          bool
+		client, server string // the legs' minimums
+	}{
+		{"plain", "legs: {client: {rto_min: 20ms}, server: {rto_min: 30ms}}", true, "20ms", "30ms"},
+		{"general path", "legs: {client: {rto_min: 20ms}, server: {rto_min: 30ms}}\ndetach_after: 0s", false, "20ms", "30ms"},
+		{"client leg only", "legs: {client: {rto_min: 5ms}}", true, "5ms", nsMin},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := forwardRelay(t, tc.legs)
+			before := s.metrics.plain.With("fwd").Value()
+			c, roundTrip := dialEcho(t, s)
+			roundTrip(100)
+			if n := s.metrics.plain.With("fwd").Value() - before; (n == 1) != tc.plain {
+				t.Errorf("plain flows %d, want plain %v", n, tc.plain)
+			}
+			for _, leg := range []struct{ name, peer, want string }{
+				{"client", c.LocalAddr().String(), tc.client},
+				{"server", s.state.Load().cfg.Listeners[0].ForwardTo, tc.server},
+			} {
+				fd := socketTo(t, leg.peer)
+				if fd < 0 {
+					t.Fatalf("no %s leg socket to %s", leg.name, leg.peer)
+				}
+				// The kernel keeps it in clock ticks (4 ms at HZ=250), rounded up.
+				want, _ := time.ParseDuration(leg.want)
+				got, err := sockopt.RTOMinFD(fd)
+				if err != nil || got < want || got >= want+10*time.Millisecond {
+					t.Errorf("%s leg: rto_min %v, %v; want %v", leg.name, got, err, want)
+				}
+			}
+			roundTrip(1 << 20)
 		})
 	}
 }

@@ -338,6 +338,9 @@ func (s *Server) apply(cfg *Config) error {
 	if s.draining.Load() {
 		return errors.New("draining: configuration not applied")
 	}
+	for _, w := range cfg.Warnings() {
+		s.log.Warn(w)
+	}
 	want := map[string]bool{}
 	var errs []error
 	for i := range cfg.Listeners {

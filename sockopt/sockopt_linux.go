@@ -38,6 +38,11 @@ type Options struct {
 	Transparent bool
 	// UserTimeout bounds how long sent data may stay unacknowledged.
 	UserTimeout time.Duration
+	// RTOMin lowers the minimum retransmission timeout (TCP_RTO_MIN_US,
+	// Linux 6.15), 0 keeps the namespace's net.ipv4.tcp_rto_min_us. It
+	// also shortens the tail-loss probe of a lone unacknowledged segment:
+	// a lost one waits about a round trip plus this minimum.
+	RTOMin time.Duration
 	// Mark sets SO_MARK (0: unset), for policy routing of the relay's own legs.
 	Mark int
 	// Congestion sets the congestion control (TCP_CONGESTION) before the
@@ -98,6 +103,11 @@ func (o Options) ApplyFD(fd int, network string) error {
 	}
 	if o.UserTimeout > 0 {
 		if err := set(unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(o.UserTimeout/time.Millisecond), "TCP_USER_TIMEOUT"); err != nil {
+			return err
+		}
+	}
+	if o.RTOMin > 0 {
+		if err := SetRTOMinFD(fd, o.RTOMin); err != nil {
 			return err
 		}
 	}
@@ -177,6 +187,62 @@ func CongestionAvailable(name string) bool {
 		return true
 	}
 	return slices.Contains(strings.Fields(string(b)), name)
+}
+
+// SetRTOMinFD sets a socket's minimum retransmission timeout
+// (TCP_RTO_MIN_US). The kernel takes 2 clock ticks to 200 ms; an accepted
+// socket inherits its listener's.
+func SetRTOMinFD(fd int, d time.Duration) error {
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_RTO_MIN_US, int(d/time.Microsecond)); err != nil {
+		return fmt.Errorf("setsockopt TCP_RTO_MIN_US %v: %w", d, err)
+	}
+	return nil
+}
+
+// RTOMinFD reads a socket's minimum retransmission timeout.
+func RTOMinFD(fd int) (time.Duration, error) {
+	us, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_RTO_MIN_US)
+	if err != nil {
+		return 0, fmt.Errorf("getsockopt TCP_RTO_MIN_US: %w", err)
+	}
+	return time.Duration(us) * time.Microsecond, nil
+}
+
+// Refused lists which of the options o a new socket of this kernel
+// refuses, a Multipath TCP socket if mptcp, as "OPTION: error". MPTCP
+// sockets take fewer options than TCP ones: in Linux 6.18 they refuse
+// TCP_USER_TIMEOUT, SO_MAX_PACING_RATE and TCP_RTO_MIN_US. Options that
+// need privileges or other sockets (transparency, Fast Open) are not
+// tried; an error making the socket is returned as such.
+func Refused(o Options, mptcp bool) ([]string, error) {
+	proto := unix.IPPROTO_TCP
+	if mptcp {
+		proto = unix.IPPROTO_MPTCP
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, proto)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	defer unix.Close(fd)
+	var refused []string
+	try := func(name string, err error) {
+		if u := errors.Unwrap(err); u != nil {
+			err = u
+		}
+		if err != nil {
+			refused = append(refused, name+": "+err.Error())
+		}
+	}
+	if o.UserTimeout > 0 {
+		try("TCP_USER_TIMEOUT", unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(o.UserTimeout/time.Millisecond)))
+	}
+	if o.RTOMin > 0 {
+		try("TCP_RTO_MIN_US", SetRTOMinFD(fd, o.RTOMin))
+	}
+	if o.Pacing {
+		try("SO_MAX_PACING_RATE", unix.SetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, pacingCap))
+	}
+	return refused, nil
 }
 
 // SetUserTimeout sets TCP_USER_TIMEOUT on a connected socket.

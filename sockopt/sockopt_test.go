@@ -5,9 +5,12 @@ import (
 	"errors"
 	"net"
 	"os"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestFastOpenConnect dials a loopback listener with TCP_FASTOPEN_CONNECT,
@@ -153,5 +156,33 @@ func TestListenerKeepaliveInherited(t *testing.T) {
 			t.Errorf("accepted socket: keepalive %v idle %d intvl %d count %d; want %v %d/%d/%d",
 				on, idle, intvl, count, tc.on, tc.idle, tc.idle, tc.count)
 		}
+	}
+}
+
+// TestRefused: a TCP socket takes the options Refused tries; an MPTCP one
+// (Linux 6.18) refuses the user timeout, pacing and the minimum RTO, and
+// takes what else it is asked.
+func TestRefused(t *testing.T) {
+	all := Options{UserTimeout: time.Second, RTOMin: 20 * time.Millisecond, Pacing: true, Congestion: "cubic"}
+	for _, tc := range []struct {
+		name  string
+		o     Options
+		mptcp bool
+		want  []string
+	}{
+		{"tcp", all, false, nil},
+		{"mptcp", all, true, []string{"TCP_USER_TIMEOUT: protocol not available", "TCP_RTO_MIN_US: protocol not available", "SO_MAX_PACING_RATE: operation not supported"}},
+		{"mptcp, nothing it refuses", Options{Congestion: "cubic", SendBuffer: 1 << 20}, true, nil},
+		{"rto_min below two ticks", Options{RTOMin: time.Microsecond}, false, []string{"TCP_RTO_MIN_US: invalid argument"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Refused(tc.o, tc.mptcp)
+			if errors.Is(err, unix.EPROTONOSUPPORT) {
+				t.Skipf("no MPTCP here: %v", err)
+			}
+			if err != nil || !slices.Equal(got, tc.want) {
+				t.Errorf("Refused: %q, %v; want %q", got, err, tc.want)
+			}
+		})
 	}
 }
