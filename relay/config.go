@@ -123,8 +123,9 @@ type LegConfig struct {
 	// nothing sent after it waits for a timer, its tail-loss probe or its
 	// retransmission, of about a round trip plus this minimum; so on a
 	// lossy access link (cellular, Wi-Fi) a small value cuts the delay a
-	// lost message costs an interactive flow. Multipath TCP
-	// sockets refuse it: for them, set the host's sysctl.
+	// lost message costs an interactive flow. Multipath TCP sockets
+	// refuse it: for them, an rto_min metric on the routes toward the
+	// clients, or the host's sysctl.
 	RTOMin Duration `yaml:"rto_min"`
 	// Congestion is the leg's congestion control (TCP_CONGESTION), e.g. bbr
 	// or cubic; empty keeps the route's or the namespace's default.
@@ -481,7 +482,7 @@ func rtoMinHint(leg LegConfig) string {
 	if leg.RTOMin == 0 {
 		return ""
 	}
-	return " (for rto_min, set the host's net.ipv4.tcp_rto_min_us, which every new socket takes)"
+	return " (for rto_min, give the routes toward those clients an rto_min metric, ip route change PREFIX … rto_min 20ms, which MPTCP subflows take, or set the host's net.ipv4.tcp_rto_min_us)"
 }
 
 // Validate reports every problem with its field path.

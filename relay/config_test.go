@@ -750,7 +750,7 @@ func TestConfigWarnings(t *testing.T) {
 		{"none", "", nil},
 		{"what MPTCP takes", "legs: {client: {congestion: cubic, send_buffer: 1MiB, keepalive: 30s}}\n", nil},
 		{"rto_min", "legs: {client: {rto_min: 20ms}}\n",
-			[]string{`legs.client: listener "m" accepts Multipath TCP, whose sockets refuse TCP_RTO_MIN_US: protocol not available here: its clients go without them (for rto_min, set the host's net.ipv4.tcp_rto_min_us, which every new socket takes)`}},
+			[]string{`legs.client: listener "m" accepts Multipath TCP, whose sockets refuse TCP_RTO_MIN_US: protocol not available here: its clients go without them (for rto_min, give the routes toward those clients an rto_min metric, ip route change PREFIX … rto_min 20ms, which MPTCP subflows take, or set the host's net.ipv4.tcp_rto_min_us)`}},
 		{"user_timeout and pacing", "legs: {client: {user_timeout: 10s, pacing: true}}\n",
 			[]string{`legs.client: listener "m" accepts Multipath TCP, whose sockets refuse TCP_USER_TIMEOUT: protocol not available, SO_MAX_PACING_RATE: operation not supported here: its clients go without them`}},
 	} {
