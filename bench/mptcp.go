@@ -621,21 +621,34 @@ func (b *mptcpBench) sweep(ctx context.Context, l *mimboxLab, mode string) ([]Bu
 // hostTCPMem reads a host's tcp_rmem and tcp_wmem and returns what puts
 // them back.
 func hostTCPMem(ctx context.Context, h *netlab.Host) (restore func(), err error) {
-	out, err := h.Command(ctx, "sysctl", "-n", "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem").Output()
+	vs, err := getSysctl(ctx, h, "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem")
 	if err != nil {
-		return nil, fmt.Errorf("read tcp_rmem, tcp_wmem on %s: %w", h.Name, err)
+		return nil, err
 	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if len(lines) != 2 {
-		return nil, fmt.Errorf("read tcp_rmem, tcp_wmem on %s: %q", h.Name, out)
-	}
-	return func() { _ = setTCPMem(context.Background(), h, lines[0], lines[1]) }, nil
+	return func() { _ = setTCPMem(context.Background(), h, vs[0], vs[1]) }, nil
 }
 
 func setTCPMem(ctx context.Context, h *netlab.Host, rmem, wmem string) error {
-	out, err := h.Command(ctx, "sysctl", "-q", "-w", "net.ipv4.tcp_rmem="+rmem, "net.ipv4.tcp_wmem="+wmem).CombinedOutput()
+	return setSysctl(ctx, h, "net.ipv4.tcp_rmem="+rmem, "net.ipv4.tcp_wmem="+wmem)
+}
+
+// getSysctl reads sysctls of a host, one value per key.
+func getSysctl(ctx context.Context, h *netlab.Host, keys ...string) ([]string, error) {
+	out, err := h.Command(ctx, "sysctl", append([]string{"-n"}, keys...)...).Output()
 	if err != nil {
-		return fmt.Errorf("set tcp_rmem %q, tcp_wmem %q on %s: %v: %s", rmem, wmem, h.Name, err, out)
+		return nil, fmt.Errorf("read %s on %s: %w", strings.Join(keys, ", "), h.Name, err)
+	}
+	vs := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(vs) != len(keys) {
+		return nil, fmt.Errorf("read %s on %s: %q", strings.Join(keys, ", "), h.Name, out)
+	}
+	return vs, nil
+}
+
+// setSysctl sets key=value pairs on a host.
+func setSysctl(ctx context.Context, h *netlab.Host, kvs ...string) error {
+	if out, err := h.Command(ctx, "sysctl", append([]string{"-q", "-w"}, kvs...)...).CombinedOutput(); err != nil {
+		return fmt.Errorf("set %s on %s: %v: %s", strings.Join(kvs, " "), h.Name, err, out)
 	}
 	return nil
 }
@@ -699,11 +712,11 @@ func (b *mptcpBench) interactive(ctx context.Context, l *mimboxLab) error {
 func (b *mptcpBench) relayFor(ctx context.Context, l *mimboxLab, ic interactiveConfig) error {
 	const key = "net.ipv4.tcp_rto_min_us"
 	if l.hostRTOMin == "" {
-		out, err := l.rc.Command(ctx, "sysctl", "-n", key).Output()
+		vs, err := getSysctl(ctx, l.rc, key)
 		if err != nil {
-			return fmt.Errorf("read %s on rc: %w", key, err)
+			return err
 		}
-		l.hostRTOMin = strings.TrimSpace(string(out))
+		l.hostRTOMin = vs[0]
 	}
 	v := l.hostRTOMin
 	if ic.hostRTOMin > 0 {
@@ -711,8 +724,8 @@ func (b *mptcpBench) relayFor(ctx context.Context, l *mimboxLab, ic interactiveC
 	}
 	// A listening socket takes the value when it is made, and its
 	// connections take the listener's: the relay restarts after.
-	if out, err := l.rc.Command(ctx, "sysctl", "-q", "-w", key+"="+v).CombinedOutput(); err != nil {
-		return fmt.Errorf("set %s=%s on rc: %v: %s", key, v, err, out)
+	if err := setSysctl(ctx, l.rc, key+"="+v); err != nil {
+		return err
 	}
 	return b.relayWith(ctx, l, 200_000, "", ic.legRTOMin)
 }

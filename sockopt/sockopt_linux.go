@@ -226,9 +226,6 @@ func Refused(o Options, mptcp bool) ([]string, error) {
 	defer unix.Close(fd)
 	var refused []string
 	try := func(name string, err error) {
-		if u := errors.Unwrap(err); u != nil {
-			err = u
-		}
 		if err != nil {
 			refused = append(refused, name+": "+err.Error())
 		}
@@ -237,7 +234,7 @@ func Refused(o Options, mptcp bool) ([]string, error) {
 		try("TCP_USER_TIMEOUT", unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(o.UserTimeout/time.Millisecond)))
 	}
 	if o.RTOMin > 0 {
-		try("TCP_RTO_MIN_US", SetRTOMinFD(fd, o.RTOMin))
+		try("TCP_RTO_MIN_US", unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_RTO_MIN_US, int(o.RTOMin/time.Microsecond)))
 	}
 	if o.Pacing {
 		try("SO_MAX_PACING_RATE", unix.SetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, pacingCap))
