@@ -465,14 +465,31 @@ func mptcpRefuses(leg LegConfig) []string {
 // would suggest, for the log: a client leg's options that the Multipath
 // TCP sockets of MPTCP listeners refuse.
 func (c *Config) Warnings() []string {
+	var ns time.Duration
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_rto_min_us"); err == nil {
+		if us, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			ns = time.Duration(us) * time.Microsecond
+		}
+	}
+	return c.warnings(ns)
+}
+
+// warnings are Warnings in a namespace whose net.ipv4.tcp_rto_min_us is
+// ns (0: unknown). When that is no more than legs.client.rto_min, every
+// socket the relay makes has it already, MPTCP ones too.
+func (c *Config) warnings(ns time.Duration) []string {
+	leg := c.Legs.Client
+	if ns > 0 && ns <= leg.RTOMin.D() {
+		leg.RTOMin = 0
+	}
 	var ws []string
 	for _, ln := range c.Listeners {
 		if !ln.MPTCP {
 			continue
 		}
-		if refused := mptcpRefuses(c.Legs.Client); len(refused) > 0 {
+		if refused := mptcpRefuses(leg); len(refused) > 0 {
 			ws = append(ws, fmt.Sprintf("legs.client: listener %q accepts Multipath TCP, whose sockets refuse %s here: its clients go without them%s",
-				ln.Name, strings.Join(refused, ", "), rtoMinHint(c.Legs.Client)))
+				ln.Name, strings.Join(refused, ", "), rtoMinHint(leg)))
 		}
 	}
 	return ws

@@ -737,7 +737,8 @@ func FuzzParseDestRule(f *testing.F) {
 
 // TestConfigWarnings: a client leg's options that MPTCP sockets refuse
 // (Linux 6.18) are a warning for each MPTCP listener, not an error: its
-// TCP clients, and other listeners', still get them.
+// TCP clients, and other listeners', still get them. No warning for
+// rto_min when the namespace's own minimum is already as low.
 func TestConfigWarnings(t *testing.T) {
 	const lns = `listeners:
   - {name: m, listen: "127.0.0.1:1080", protocols: [socks5], mptcp: true, allow_clients: ["10.0.0.0/8"], allow_destinations: ["10.0.0.0/8"]}
@@ -745,13 +746,15 @@ func TestConfigWarnings(t *testing.T) {
 `
 	for _, tc := range []struct {
 		name, legs string
+		ns         time.Duration // the namespace's net.ipv4.tcp_rto_min_us
 		want       []string
 	}{
-		{"none", "", nil},
-		{"what MPTCP takes", "legs: {client: {congestion: cubic, send_buffer: 1MiB, keepalive: 30s}}\n", nil},
-		{"rto_min", "legs: {client: {rto_min: 20ms}}\n",
+		{"none", "", 0, nil},
+		{"what MPTCP takes", "legs: {client: {congestion: cubic, send_buffer: 1MiB, keepalive: 30s}}\n", 0, nil},
+		{"rto_min, the namespace's already lower", "legs: {client: {rto_min: 20ms}}\n", 10 * time.Millisecond, nil},
+		{"rto_min", "legs: {client: {rto_min: 20ms}}\n", 200 * time.Millisecond,
 			[]string{`legs.client: listener "m" accepts Multipath TCP, whose sockets refuse TCP_RTO_MIN_US: protocol not available here: its clients go without them (for rto_min, give the routes toward those clients an rto_min metric, ip route change PREFIX … rto_min 20ms, which MPTCP subflows take, or set the host's net.ipv4.tcp_rto_min_us)`}},
-		{"user_timeout and pacing", "legs: {client: {user_timeout: 10s, pacing: true}}\n",
+		{"user_timeout and pacing", "legs: {client: {user_timeout: 10s, pacing: true}}\n", 0,
 			[]string{`legs.client: listener "m" accepts Multipath TCP, whose sockets refuse TCP_USER_TIMEOUT: protocol not available, SO_MAX_PACING_RATE: operation not supported here: its clients go without them`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -759,7 +762,7 @@ func TestConfigWarnings(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := c.Warnings(); !slices.Equal(got, tc.want) {
+			if got := c.warnings(tc.ns); !slices.Equal(got, tc.want) {
 				t.Errorf("warnings:\n%q\nwant\n%q", got, tc.want)
 			}
 		})
