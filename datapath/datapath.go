@@ -380,6 +380,15 @@ type sideErr struct {
 func (e sideErr) Error() string { return e.err.Error() }
 func (e sideErr) Unwrap() error { return e.err }
 
+// closeWriteErr is how a failed half-close of a direction's destination
+// ends the flow. Shutdown fails on a connected socket only once its
+// connection is gone (ENOTCONN): the peer reset it, most likely in the
+// same instant as the source's FIN, and the reset must reach the other
+// leg as one, not as the FIN an orderly close would send.
+func closeWriteErr(err error) sideErr {
+	return sideErr{read: false, reset: isReset(err) || errors.Is(err, syscall.ENOTCONN), err: err}
+}
+
 func isReset(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }

@@ -213,7 +213,7 @@ func (d *dir) run() {
 			// going. The other direction may end meanwhile and close the
 			// legs, which sends the FIN as well.
 			if cerr := d.closeWrite(); cerr != nil && !f.aborted() && f.eofs.Load() < 2 {
-				f.abort(ReasonError, cerr, false, false)
+				f.fail(d.up, closeWriteErr(cerr))
 				d.finish()
 				return
 			}
@@ -252,6 +252,11 @@ func (d *dir) finWaits() bool {
 		d.f.rawRelease(fds)
 	} else if rc, rerr := d.src().SyscallConn(); rerr == nil {
 		rc.Control(func(fd uintptr) { n, err = peek(fd) })
+	}
+	if err != nil && err != unix.EAGAIN {
+		// The peek took the socket's pending error (a reset): d's next
+		// read would find only EOF, so it ends the flow here.
+		d.f.fail(d.up, sideErr{read: true, reset: isReset(err), err: os.NewSyscallError("recv", err)})
 	}
 	return n == 0 && err == nil
 }
