@@ -6,14 +6,12 @@ import (
 	"crypto/sha256"
 	"net"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"halfway/netlab/labtest"
 	"halfway/sockopt"
 )
 
@@ -45,35 +43,10 @@ func sendOpts(t *testing.T, c *net.TCPConn) (sndbuf, lowat int) {
 // last of its sockets.
 func freshPairs(t *testing.T) (client, relayIn, relayOut, server *net.TCPConn) {
 	t.Helper()
-	runtime.LockOSThread()
-	host, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	defer host.Close()
-	restored := false
-	defer func() {
-		if restored {
-			runtime.UnlockOSThread()
-		} // else the thread, in the wrong namespace, ends with this goroutine
-	}()
-	ns, err := netns.New() // this thread moves into it
-	if err != nil {
-		restored = netns.Set(host) == nil
-		t.Fatalf("new network namespace: %v", err)
-	}
-	defer ns.Close()
-	defer func() { restored = netns.Set(host) == nil }()
-	lo, err := netlink.LinkByName("lo")
-	if err == nil {
-		err = netlink.LinkSetUp(lo)
-	}
-	if err != nil {
-		t.Fatalf("loopback up: %v", err)
-	}
-	client, relayIn = tcpPair(t)
-	relayOut, server = tcpPair(t)
+	labtest.InNetns(t, func() {
+		client, relayIn = tcpPair(t)
+		relayOut, server = tcpPair(t)
+	})
 	return client, relayIn, relayOut, server
 }
 

@@ -3,9 +3,11 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -245,7 +247,15 @@ func (s *Server) dialFD(rt *runtime, addr netip.AddrPort, leg LegConfig) (int, e
 		sa = &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}
 	} else {
 		family, network = unix.AF_INET6, "tcp6"
-		sa = &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}
+		sa6 := &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}
+		if z := addr.Addr().Zone(); z != "" { // a link-local forward_to, [fe80::1%eth0]:80
+			id, err := zoneID(z)
+			if err != nil {
+				return -1, classify(err)
+			}
+			sa6.ZoneId = id
+		}
+		sa = sa6
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -269,6 +279,18 @@ func (s *Server) dialFD(rt *runtime, addr netip.AddrPort, leg LegConfig) (int, e
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) // as Go's dial
 	return fd, nil
+}
+
+// zoneID is an IPv6 zone's interface index: a name (eth0) or a number.
+func zoneID(zone string) (uint32, error) {
+	if ifi, err := net.InterfaceByName(zone); err == nil {
+		return uint32(ifi.Index), nil
+	}
+	n, err := strconv.ParseUint(zone, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("IPv6 zone %q: no such interface", zone)
+	}
+	return uint32(n), nil
 }
 
 // connected says whether a connect on fd has finished: done, with err

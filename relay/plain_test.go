@@ -7,14 +7,17 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"halfway/datapath"
+	"halfway/netlab/labtest"
 	"halfway/sockopt"
 )
 
@@ -285,4 +288,48 @@ func TestLegRTOMin(t *testing.T) {
 			roundTrip(1 << 20)
 		})
 	}
+}
+
+// TestPlainDialZone: a plain flow's raw connect keeps the IPv6 zone of a
+// link-local destination ([fe80::1%hw0]:port), as Go's dialer does for the
+// general path: by name or by index.
+func TestPlainDialZone(t *testing.T) {
+	s := forwardRelay(t, "")
+	rt := s.state.Load()
+	labtest.InNetns(t, func() {
+		link := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "hw0"}, PeerName: "hw1"}
+		if err := netlink.LinkAdd(link); err != nil {
+			t.Fatal(err)
+		}
+		addr, _ := netlink.ParseAddr("fe80::1/64")
+		addr.Flags = unix.IFA_F_NODAD
+		if err := netlink.AddrAdd(link, addr); err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.LinkSetUp(link); err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp6", "[fe80::1%hw0]:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		port := ln.Addr().(*net.TCPAddr).Port
+		ifi, err := net.InterfaceByName("hw0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, zone := range []string{"hw0", strconv.Itoa(ifi.Index)} {
+			dst := netip.AddrPortFrom(netip.MustParseAddr("fe80::1%"+zone), uint16(port))
+			fd, err := s.dialFD(rt, dst, rt.cfg.Legs.Server)
+			if err != nil {
+				t.Errorf("dial %v: %v", dst, err)
+				continue
+			}
+			unix.Close(fd)
+		}
+		if _, err := s.dialFD(rt, netip.MustParseAddrPort("[fe80::1%nosuch0]:80"), rt.cfg.Legs.Server); err == nil {
+			t.Errorf("dial with an unknown zone: no error")
+		}
+	})
 }

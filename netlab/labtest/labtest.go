@@ -18,7 +18,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	"halfway/netlab"
 )
@@ -66,4 +70,56 @@ func StartTopology(tb testing.TB, t *netlab.Topology) *netlab.Lab {
 		}
 	})
 	return lab
+}
+
+// InNetns runs f on a thread of its own inside a new network namespace
+// whose loopback is up, and returns when f does. Sockets f makes stay in
+// that namespace (and keep it alive while open); anything else the test
+// runs, on other threads, is in the host's. The namespace takes the host's
+// sysctl defaults but none of its state: routes, links, TCP metrics. f
+// runs on a goroutine of its own: a tb.Fatal there stops f, and InNetns
+// then stops the test.
+func InNetns(tb testing.TB, f func()) {
+	tb.Helper()
+	RequireRoot(tb)
+	done := make(chan any, 1)
+	go func() {
+		returned := false
+		defer func() {
+			p := recover()
+			if p == nil && !returned {
+				p = "it stopped early (a FailNow)" // the failure is already reported
+			}
+			done <- p
+		}()
+		// The thread ends with this goroutine unless it is back home.
+		runtime.LockOSThread()
+		host, err := netns.Get()
+		if err != nil {
+			panic(fmt.Sprintf("current network namespace: %v", err))
+		}
+		defer host.Close()
+		ns, err := netns.New() // this thread moves into it
+		if err != nil {
+			panic(fmt.Sprintf("new network namespace: %v", err))
+		}
+		defer ns.Close()
+		defer func() {
+			if netns.Set(host) == nil {
+				runtime.UnlockOSThread()
+			}
+		}()
+		lo, err := netlink.LinkByName("lo")
+		if err == nil {
+			err = netlink.LinkSetUp(lo)
+		}
+		if err != nil {
+			panic(fmt.Sprintf("loopback up: %v", err))
+		}
+		f()
+		returned = true
+	}()
+	if p := <-done; p != nil {
+		tb.Fatalf("in a fresh network namespace: %v", p)
+	}
 }
