@@ -466,9 +466,11 @@ func mptcpRefuses(leg LegConfig) []string {
 // TCP sockets of MPTCP listeners refuse.
 func (c *Config) Warnings() []string {
 	var ns time.Duration
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_rto_min_us"); err == nil {
-		if us, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-			ns = time.Duration(us) * time.Microsecond
+	if c.Legs.Client.RTOMin > 0 {
+		if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_rto_min_us"); err == nil {
+			if us, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				ns = time.Duration(us) * time.Microsecond
+			}
 		}
 	}
 	return c.warnings(ns)
@@ -483,14 +485,18 @@ func (c *Config) warnings(ns time.Duration) []string {
 		leg.RTOMin = 0
 	}
 	var ws []string
+	var refused []string // the same for every MPTCP listener: probed once
 	for _, ln := range c.Listeners {
 		if !ln.MPTCP {
 			continue
 		}
-		if refused := mptcpRefuses(leg); len(refused) > 0 {
-			ws = append(ws, fmt.Sprintf("legs.client: listener %q accepts Multipath TCP, whose sockets refuse %s here: its clients go without them%s",
-				ln.Name, strings.Join(refused, ", "), rtoMinHint(leg)))
+		if refused == nil {
+			if refused = mptcpRefuses(leg); len(refused) == 0 {
+				return nil
+			}
 		}
+		ws = append(ws, fmt.Sprintf("legs.client: listener %q accepts Multipath TCP, whose sockets refuse %s here: its clients go without them%s",
+			ln.Name, strings.Join(refused, ", "), rtoMinHint(leg)))
 	}
 	return ws
 }
