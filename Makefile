@@ -9,14 +9,15 @@ APT_PACKAGES := iproute2 curl iputils-ping procps python3 nftables iptables iper
 APT_COMMANDS := ip curl ping ps python3 nft iptables iperf3 clang-14 llvm-strip-14
 APT_FILES := /usr/include/bpf/bpf_helpers.h /usr/include/x86_64-linux-gnu/asm/types.h
 
-# The sockmap program (datapath/bpf/sockmap.c) is committed compiled, so
-# `go build` needs no clang; `make test` compiles it again and fails if the
-# committed object differs. Paths are mapped so the object does not depend
-# on where the tree is.
+# The BPF programs (datapath/bpf/sockmap.c, sockopt/bpf/subflow.c) are
+# committed compiled, so `go build` needs no clang; `make test` compiles
+# them again and fails if a committed object differs. Paths are mapped so
+# the objects do not depend on where the tree is.
 BPF_CC := clang-14
 BPF_STRIP := llvm-strip-14
 BPF_CFLAGS := -O2 -g -Wall -Werror -target bpfel -I/usr/include/x86_64-linux-gnu
-BPF_OBJ := datapath/sockmap_bpfel.o
+# package-directory:program pairs: DIR/bpf/PROG.c compiles to DIR/PROG_bpfel.o.
+BPF_PROGS := datapath:sockmap sockopt:subflow
 
 .PHONY: all build deps test check bpf check-bpf demo bench-lab bench-accel bench-mptcp bench-peers clean
 
@@ -43,17 +44,20 @@ check:
 	if [ -n "$$bad" ]; then echo "gofmt would change:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 
-# bpf compiles the sockmap program into the object that is committed.
+# bpf compiles the BPF programs into the objects that are committed.
 bpf:
-	cd datapath && $(BPF_CC) $(BPF_CFLAGS) -fdebug-prefix-map=$$PWD=. -c bpf/sockmap.c -o sockmap_bpfel.o && $(BPF_STRIP) -g sockmap_bpfel.o
+	@for p in $(BPF_PROGS); do d=$${p%%:*}; n=$${p#*:}; \
+	(cd $$d && $(BPF_CC) $(BPF_CFLAGS) -fdebug-prefix-map=$$PWD=. -c bpf/$$n.c -o $${n}_bpfel.o && $(BPF_STRIP) -g $${n}_bpfel.o) || exit 1; \
+	echo "$$d/$${n}_bpfel.o"; done
 
-# check-bpf compiles it again and compares with the committed object.
+# check-bpf compiles them again and compares with the committed objects.
 check-bpf:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	(cd datapath && $(BPF_CC) $(BPF_CFLAGS) -fdebug-prefix-map=$$PWD=. -c bpf/sockmap.c -o "$$tmp/sockmap_bpfel.o") && \
-	$(BPF_STRIP) -g "$$tmp/sockmap_bpfel.o" && \
-	if cmp -s "$$tmp/sockmap_bpfel.o" $(BPF_OBJ); then echo "$(BPF_OBJ) is bpf/sockmap.c compiled"; \
-	else echo "$(BPF_OBJ) differs from datapath/bpf/sockmap.c compiled: run make bpf and commit it"; exit 1; fi
+	for p in $(BPF_PROGS); do d=$${p%%:*}; n=$${p#*:}; o=$$d/$${n}_bpfel.o; \
+	(cd $$d && $(BPF_CC) $(BPF_CFLAGS) -fdebug-prefix-map=$$PWD=. -c bpf/$$n.c -o "$$tmp/$$n.o") && \
+	$(BPF_STRIP) -g "$$tmp/$$n.o" || exit 1; \
+	if cmp -s "$$tmp/$$n.o" $$o; then echo "$$o is $$d/bpf/$$n.c compiled"; \
+	else echo "$$o differs from $$d/bpf/$$n.c compiled: run make bpf and commit it"; exit 1; fi; done
 
 # test runs every test; the lab tests need root and skip without it.
 test: deps check check-bpf

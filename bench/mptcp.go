@@ -233,7 +233,6 @@ type mimboxLab struct {
 	client, rc, server *netlab.Host
 	dir                string
 	relay              *relayProc
-	hostRTOMin         string // rc's net.ipv4.tcp_rto_min_us before the interactive part
 }
 
 func (b *mptcpBench) withLab(ctx context.Context, name, loss string, f func(*mimboxLab) error) error {
@@ -267,7 +266,7 @@ func (b *mptcpBench) withLab(ctx context.Context, name, loss string, f func(*mim
 			l.relay.stop()
 		}
 	}()
-	if err := b.relayWith(ctx, l, 0, "", 0); err != nil {
+	if err := b.relayWith(ctx, l, 0, "", false); err != nil {
 		return err
 	}
 	return f(l)
@@ -275,8 +274,9 @@ func (b *mptcpBench) withLab(ctx context.Context, name, loss string, f func(*mim
 
 // relayWith (re)starts the relay on rc with buf bytes of fixed buffers on
 // both legs (0: the kernel's autotuning), the client leg's congestion
-// control cc ("": the host's) and its legs.client.rto_min (0: none).
-func (b *mptcpBench) relayWith(ctx context.Context, l *mimboxLab, buf int, cc string, rtoMin time.Duration) error {
+// control cc ("": the host's) and, if tuned, the client leg's loss
+// recovery of the interactive part's tuned rows.
+func (b *mptcpBench) relayWith(ctx context.Context, l *mimboxLab, buf int, cc string, tuned bool) error {
 	if l.relay != nil {
 		l.relay.stop()
 		l.relay = nil
@@ -290,8 +290,8 @@ func (b *mptcpBench) relayWith(ctx context.Context, l *mimboxLab, buf int, cc st
 	if cc != "" {
 		client = append(client, "congestion: "+cc)
 	}
-	if rtoMin > 0 {
-		client = append(client, "rto_min: "+rtoMin.String())
+	if tuned {
+		client = append(client, "rto_min: "+interactiveRTOMin.String(), "thin_linear_timeouts: true")
 	}
 	legs := ""
 	if len(client) > 0 { // a server setting comes only with a client one
@@ -561,7 +561,7 @@ func (b *mptcpBench) buffers(ctx context.Context, l *mimboxLab) error {
 			b.r.BuffersBBR, b.r.FullBufferBBR = rows, full
 		}
 	}
-	return b.relayWith(ctx, l, 0, "", 0)
+	return b.relayWith(ctx, l, 0, "", false)
 }
 
 // sweep measures the converted download with the relay's buffers limited
@@ -593,7 +593,7 @@ func (b *mptcpBench) sweep(ctx context.Context, l *mimboxLab, mode string) ([]Bu
 			if mode == "bbr" {
 				cc = "bbr"
 			}
-			if err := b.relayWith(ctx, l, relayBuf, cc, 0); err != nil {
+			if err := b.relayWith(ctx, l, relayBuf, cc, false); err != nil {
 				return nil, 0, err
 			}
 			mbps, _, err := b.download(ctx, l, fc)
@@ -658,20 +658,20 @@ func setSysctl(ctx context.Context, h *netlab.Host, kvs ...string) error {
 const interactiveRTOMin = 20 * time.Millisecond
 
 // interactiveConfig is a configuration of the interactive part: a flow,
-// and how the relay's client leg recovers from loss.
+// and whether the relay's client leg recovers from loss faster: its
+// legs.client.rto_min at interactiveRTOMin and thin_linear_timeouts on
+// (which the relay sets on MPTCP subflows, whose MPTCP sockets refuse
+// them).
 type interactiveConfig struct {
 	flowConfig
-	// hostRTOMin sets the relay host's net.ipv4.tcp_rto_min_us, which MPTCP
-	// sockets take (they refuse legs.client.rto_min's TCP_RTO_MIN_US).
-	hostRTOMin time.Duration
-	legRTOMin  time.Duration // legs.client.rto_min
+	tuned bool
 }
 
 var interactiveConfigs = []interactiveConfig{
 	{flowConfig: goodputConfigs[2]},
-	{flowConfig: flowConfig{name: "MPTCP through halfway, relay host net.ipv4.tcp_rto_min_us 20 ms", mptcp: true, viaRelay: true}, hostRTOMin: interactiveRTOMin},
+	{flowConfig: flowConfig{name: "MPTCP through halfway, legs.client rto_min 20ms and thin_linear_timeouts", mptcp: true, viaRelay: true}, tuned: true},
 	{flowConfig: goodputConfigs[3]},
-	{flowConfig: flowConfig{name: "TCP through halfway, legs.client.rto_min 20ms", viaRelay: true}, legRTOMin: interactiveRTOMin},
+	{flowConfig: flowConfig{name: "TCP through halfway, legs.client rto_min 20ms and thin_linear_timeouts", viaRelay: true}, tuned: true},
 	{flowConfig: goodputConfigs[0]},
 }
 
@@ -679,7 +679,7 @@ func (b *mptcpBench) interactive(ctx context.Context, l *mimboxLab) error {
 	n := int(b.o.Interactive / (10 * time.Millisecond))
 	for _, ic := range interactiveConfigs {
 		if ic.viaRelay {
-			if err := b.relayFor(ctx, l, ic); err != nil {
+			if err := b.relayWith(ctx, l, 200_000, "", ic.tuned); err != nil {
 				return err
 			}
 		}
@@ -699,35 +699,19 @@ func (b *mptcpBench) interactive(ctx context.Context, l *mimboxLab) error {
 		b.r.Interactive = append(b.r.Interactive, InteractiveRow{
 			Config: ic.name, Messages: len(delays),
 			P50ms: quantile(delays, 0.5), P99ms: quantile(delays, 0.99), MaxMs: delays[len(delays)-1],
-			BaseMs: 10 + 2.5, Share3G: median(shares), RelayRTOMinMs: max(ic.hostRTOMin, ic.legRTOMin).Seconds() * 1000,
+			BaseMs: 10 + 2.5, Share3G: median(shares), RelayRTOMinMs: rtoMinMs(ic.tuned),
 		})
 	}
 	return nil
 }
 
-// relayFor restarts the relay for an interactive configuration: 200 KB
-// buffers, and the client leg's minimum RTO set as ic says. The host's
-// net.ipv4.tcp_rto_min_us is back at its value when the relay runs with
-// neither.
-func (b *mptcpBench) relayFor(ctx context.Context, l *mimboxLab, ic interactiveConfig) error {
-	const key = "net.ipv4.tcp_rto_min_us"
-	if l.hostRTOMin == "" {
-		vs, err := getSysctl(ctx, l.rc, key)
-		if err != nil {
-			return err
-		}
-		l.hostRTOMin = vs[0]
+// rtoMinMs is the relay's client-leg minimum RTO in a row, 0 for the
+// kernel's.
+func rtoMinMs(tuned bool) float64 {
+	if !tuned {
+		return 0
 	}
-	v := l.hostRTOMin
-	if ic.hostRTOMin > 0 {
-		v = strconv.FormatInt(ic.hostRTOMin.Microseconds(), 10)
-	}
-	// A listening socket takes the value when it is made, and its
-	// connections take the listener's: the relay restarts after.
-	if err := setSysctl(ctx, l.rc, key+"="+v); err != nil {
-		return err
-	}
-	return b.relayWith(ctx, l, 200_000, "", ic.legRTOMin)
+	return interactiveRTOMin.Seconds() * 1000
 }
 
 // messages runs one interactive flow of n messages and returns each
@@ -994,8 +978,8 @@ func (r *MPTCPReport) plots() {
 // shortConfig is a configuration's label under a bar.
 func shortConfig(s string) string {
 	for _, m := range []struct{ prefix, short string }{
-		{"MPTCP through halfway, relay host", "MPTCP halfway, min RTO 20 ms"},
-		{"TCP through halfway, legs.client.rto_min", "TCP halfway, min RTO 20 ms"},
+		{"MPTCP through halfway, legs.client", "MPTCP halfway, tuned"},
+		{"TCP through halfway, legs.client", "TCP halfway, tuned"},
 		{"TCP, best path", "TCP e2e"}, {"TCP through", "TCP halfway"},
 		{"MPTCP through", "MPTCP halfway"}, {"MPTCP end to end", "MPTCP e2e"},
 	} {

@@ -39,7 +39,7 @@ func TestDownShare3G(t *testing.T) {
 func TestMPTCPMarkdownInteractive(t *testing.T) {
 	rows := []InteractiveRow{
 		{Config: "MPTCP through halfway to the TCP server", Messages: 9000, P50ms: 16.1, P99ms: 248.9, MaxMs: 636.5, Share3G: 0.13},
-		{Config: "MPTCP through halfway, relay host net.ipv4.tcp_rto_min_us 20 ms", Messages: 9000, P50ms: 16.3, P99ms: 77.5, MaxMs: 164.9, Share3G: 0.14, RelayRTOMinMs: 20},
+		{Config: "MPTCP through halfway, legs.client rto_min 20ms and thin_linear_timeouts", Messages: 9000, P50ms: 16.3, P99ms: 77.5, MaxMs: 164.9, Share3G: 0.14, RelayRTOMinMs: 20},
 		{Config: "MPTCP end to end (an MPTCP server; reference)", Messages: 9000, P50ms: 16.3, P99ms: 305, MaxMs: 438.7, Share3G: 0.13},
 		{Config: "TCP, best path (ADSL), end to end", Messages: 9000, P50ms: 15.4, P99ms: 46.9, MaxMs: 106.5},
 	}
@@ -51,7 +51,7 @@ func TestMPTCPMarkdownInteractive(t *testing.T) {
 		{"met", rows, []string{
 			"| MPTCP through halfway to the TCP server | 9000 | 16.1 ms | 248.9 ms | 636.5 ms | 13% |",
 			"| TCP, best path (ADSL), end to end | 9000 | 15.4 ms | 46.9 ms | 106.5 ms | 0% |",
-			"Measured max: 636.5 ms MPTCP halfway, 164.9 ms MPTCP halfway, min RTO 20 ms, 438.7 ms MPTCP e2e — met (≤ 165 ms through halfway",
+			"Measured max: 636.5 ms MPTCP halfway, 164.9 ms MPTCP halfway, tuned, 438.7 ms MPTCP e2e — met (≤ 165 ms through halfway",
 		}},
 		{"missed", []InteractiveRow{rows[0], rows[2]}, []string{
 			"Measured max: 636.5 ms MPTCP halfway, 438.7 ms MPTCP e2e — **missed**",

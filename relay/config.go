@@ -124,9 +124,15 @@ type LegConfig struct {
 	// retransmission, of about a round trip plus this minimum; so on a
 	// lossy access link (cellular, Wi-Fi) a small value cuts the delay a
 	// lost message costs an interactive flow. Multipath TCP sockets
-	// refuse it: for them, an rto_min metric on the routes toward the
-	// clients, or the host's sysctl.
+	// refuse it, and the relay sets it on their subflows instead (a BPF
+	// sock_ops program; see docs/relay.md).
 	RTOMin Duration `yaml:"rto_min"`
+	// ThinTimeouts keeps the leg's retransmission timeout from doubling
+	// while few segments are in flight (TCP_THIN_LINEAR_TIMEOUTS): with
+	// 1% loss, an interactive message whose retransmission is lost too
+	// waits one more timeout instead of two. Subflows of Multipath TCP
+	// connections get it as rto_min does.
+	ThinTimeouts bool `yaml:"thin_linear_timeouts"`
 	// Congestion is the leg's congestion control (TCP_CONGESTION), e.g. bbr
 	// or cubic; empty keeps the route's or the namespace's default.
 	Congestion string `yaml:"congestion"`

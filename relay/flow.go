@@ -440,7 +440,7 @@ func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, ear
 // socketOptions are the options a dial of the leg sets before its
 // connect, but for Fast Open and the transparent source.
 func (leg LegConfig) socketOptions() sockopt.Options {
-	return sockopt.Options{UserTimeout: leg.UserTimeout.D(), RTOMin: leg.RTOMin.D(), Congestion: leg.Congestion,
+	return sockopt.Options{UserTimeout: leg.UserTimeout.D(), RTOMin: leg.RTOMin.D(), ThinTimeouts: leg.ThinTimeouts, Congestion: leg.Congestion,
 		SendBuffer: int(leg.SendBuffer), ReceiveBuffer: int(leg.ReceiveBuffer), Pacing: leg.Pacing}
 }
 
@@ -456,7 +456,7 @@ func (leg LegConfig) keepaliveConfig() net.KeepAliveConfig {
 // keepalive it inherited from the listening socket is not set again.
 func setLeg(l *listener, c *net.TCPConn, leg LegConfig) {
 	if leg.Congestion == "" && leg.SendBuffer == 0 && leg.ReceiveBuffer == 0 && !leg.Pacing &&
-		int64(leg.Keepalive.D()) == l.keepalive.Load() && leg.UserTimeout == 0 && leg.RTOMin == 0 {
+		int64(leg.Keepalive.D()) == l.keepalive.Load() && leg.UserTimeout == 0 && leg.RTOMin == 0 && !leg.ThinTimeouts {
 		return // the common case: not even a SyscallConn
 	}
 	if rc, err := c.SyscallConn(); err == nil {

@@ -30,6 +30,9 @@ type listener struct {
 	cur        atomic.Pointer[listenerState]
 	uncapture  func() error // removes installed capture rules, or nil
 	disown     func()       // leaves the nftables table to a successor
+	// subflows registers an MPTCP listener for its subflows' options
+	// (applySubflows), or holds nil.
+	subflows atomic.Pointer[sockopt.SubflowListener]
 
 	// A closed listener's capture rules stay while its flows last: they
 	// carry those flows' packets.
@@ -176,6 +179,7 @@ func (l *listener) update(lc ListenerConfig, own *atomic.Pointer[map[netip.Addr]
 // closeSocket closes the listening socket.
 func (l *listener) closeSocket() {
 	l.closing.Store(true)
+	l.removeSubflows()
 	l.ln.Close()
 	if l.acceptFile != nil {
 		l.acceptFile.Close()

@@ -370,7 +370,10 @@ func setLegFD(l *listener, fd int, leg LegConfig) {
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(leg.UserTimeout.D()/time.Millisecond))
 	}
 	if leg.RTOMin > 0 {
-		_ = sockopt.SetRTOMinFD(fd, leg.RTOMin.D()) // an MPTCP socket refuses it (Config.Warnings)
+		_ = sockopt.SetRTOMinFD(fd, leg.RTOMin.D()) // an MPTCP socket refuses it: subflows get it (Subflows)
+	}
+	if leg.ThinTimeouts {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_THIN_LINEAR_TIMEOUTS, 1) // as RTOMin
 	}
 }
 

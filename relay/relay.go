@@ -29,6 +29,7 @@ import (
 
 	"halfway/datapath"
 	hm "halfway/metrics"
+	"halfway/sockopt"
 )
 
 // Server runs a relay's listeners and flows.
@@ -60,7 +61,8 @@ type Server struct {
 	parked      map[*net.TCPConn]*listener          // peers' pooled connections awaiting a request, and where (under mu)
 	pools       atomic.Pointer[map[netip.AddrPort]*pool]
 	turbo       turboRoutes
-	early       earlyTable // dials started by clients' SYNs
+	subflows    *sockopt.Subflows // options for MPTCP subflows, once needed (under mu)
+	early       earlyTable        // dials started by clients' SYNs
 	mem         memStats
 
 	flowCtx    context.Context // canceled to abort every flow
@@ -245,6 +247,7 @@ func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 		s.mu.Unlock()
 		s.closePools()
 		_ = s.turbo.apply(nil)
+		s.closeSubflows()
 		if s.admin != nil {
 			s.admin.close()
 		}
@@ -338,9 +341,7 @@ func (s *Server) apply(cfg *Config) error {
 	if s.draining.Load() {
 		return errors.New("draining: configuration not applied")
 	}
-	for _, w := range cfg.Warnings() {
-		s.log.Warn(w)
-	}
+	s.loadSubflows(cfg)
 	want := map[string]bool{}
 	var errs []error
 	for i := range cfg.Listeners {
@@ -382,6 +383,7 @@ func (s *Server) apply(cfg *Config) error {
 			}
 		}
 	}
+	s.applySubflows(cfg)
 	if err := s.applyEarly(); err != nil {
 		errs = append(errs, err)
 	}
@@ -467,6 +469,7 @@ func (s *Server) Drain(grace time.Duration) {
 	if err := s.turbo.apply(nil); err != nil {
 		s.log.Error("removing turbo routes", "err", err)
 	}
+	s.closeSubflows()
 	if s.admin != nil {
 		s.admin.close()
 	}

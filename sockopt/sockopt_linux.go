@@ -4,6 +4,8 @@
 // destination of a redirected flow, TCP_INFO, establishment of a Fast Open
 // connect. Options apply through net.Dialer.Control and
 // net.ListenConfig.Control, so connections stay plain *net.TCPConn.
+// Subflows gives the subflows of Multipath TCP connections the options
+// their MPTCP sockets refuse, from a BPF sock_ops program.
 //
 //	d := net.Dialer{Control: sockopt.Options{FastOpenConnect: true}.Control}
 //	c, err := d.DialContext(ctx, "tcp", next)
@@ -43,6 +45,12 @@ type Options struct {
 	// also shortens the tail-loss probe of a lone unacknowledged segment:
 	// a lost one waits about a round trip plus this minimum.
 	RTOMin time.Duration
+	// ThinTimeouts keeps the retransmission timeout from doubling while a
+	// stream is thin, fewer than 4 segments in flight
+	// (TCP_THIN_LINEAR_TIMEOUTS, for its first 6 retransmissions): a lost
+	// retransmission of an interactive message costs one more timeout,
+	// not two.
+	ThinTimeouts bool
 	// Mark sets SO_MARK (0: unset), for policy routing of the relay's own legs.
 	Mark int
 	// Congestion sets the congestion control (TCP_CONGESTION) before the
@@ -108,6 +116,11 @@ func (o Options) ApplyFD(fd int, network string) error {
 	}
 	if o.RTOMin > 0 {
 		if err := SetRTOMinFD(fd, o.RTOMin); err != nil {
+			return err
+		}
+	}
+	if o.ThinTimeouts {
+		if err := set(unix.IPPROTO_TCP, unix.TCP_THIN_LINEAR_TIMEOUTS, 1, "TCP_THIN_LINEAR_TIMEOUTS"); err != nil {
 			return err
 		}
 	}
@@ -211,7 +224,8 @@ func RTOMinFD(fd int) (time.Duration, error) {
 // Refused lists which of the options o a new socket of this kernel
 // refuses, a Multipath TCP socket if mptcp, as "OPTION: error". MPTCP
 // sockets take fewer options than TCP ones: in Linux 6.18 they refuse
-// TCP_USER_TIMEOUT, SO_MAX_PACING_RATE and TCP_RTO_MIN_US. Options that
+// TCP_USER_TIMEOUT, SO_MAX_PACING_RATE, TCP_RTO_MIN_US and
+// TCP_THIN_LINEAR_TIMEOUTS (Subflows sets them on the subflows). Options that
 // need privileges or other sockets (transparency, Fast Open) are not
 // tried; an error making the socket is returned as such.
 func Refused(o Options, mptcp bool) ([]string, error) {
@@ -235,6 +249,9 @@ func Refused(o Options, mptcp bool) ([]string, error) {
 	}
 	if o.RTOMin > 0 {
 		try("TCP_RTO_MIN_US", unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_RTO_MIN_US, int(o.RTOMin/time.Microsecond)))
+	}
+	if o.ThinTimeouts {
+		try("TCP_THIN_LINEAR_TIMEOUTS", unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_THIN_LINEAR_TIMEOUTS, 1))
 	}
 	if o.Pacing {
 		try("SO_MAX_PACING_RATE", unix.SetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, pacingCap))

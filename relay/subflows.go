@@ -1,0 +1,94 @@
+package relay
+
+import (
+	"slices"
+	"strings"
+
+	"halfway/sockopt"
+)
+
+// subflowOptions are the leg's options that Multipath TCP sockets refuse;
+// the subflows of MPTCP listeners' connections get them instead.
+func (leg LegConfig) subflowOptions() sockopt.SubflowOptions {
+	return sockopt.SubflowOptions{RTOMin: leg.RTOMin.D(), UserTimeout: leg.UserTimeout.D(), ThinTimeouts: leg.ThinTimeouts, Pacing: leg.Pacing}
+}
+
+// wantSubflows tells whether cfg's MPTCP listeners need their subflows
+// given options (sockopt.Subflows), and which.
+func wantSubflows(cfg *Config) (sockopt.SubflowOptions, bool) {
+	o := cfg.Legs.Client.subflowOptions()
+	if o.Zero() || !slices.ContainsFunc(cfg.Listeners, func(lc ListenerConfig) bool { return lc.MPTCP }) {
+		return o, false
+	}
+	return o, len(mptcpRefuses(cfg.Legs.Client)) > 0
+}
+
+// loadSubflows loads the program that gives MPTCP subflows the client
+// leg's options, when cfg first needs it. Where it cannot load, the
+// clients go without them, and the log says so. Under s.mu.
+func (s *Server) loadSubflows(cfg *Config) {
+	if _, want := wantSubflows(cfg); !want || s.subflows != nil {
+		return
+	}
+	sf, err := sockopt.OpenSubflows()
+	if err != nil {
+		for _, w := range cfg.Warnings() {
+			s.log.Warn(w + "; the relay could not set them on the subflows: " + err.Error())
+		}
+		return
+	}
+	s.subflows = sf
+	s.log.Info("MPTCP subflows get the client leg's options that MPTCP sockets refuse (BPF sock_ops)")
+}
+
+// applySubflows brings the registrations of the open listeners in line
+// with cfg: MPTCP listeners registered, with its options (the kernel's
+// defaults when it has none any more), others not. Under s.mu, with
+// every listener of cfg open: a new listener's first connections, in the
+// moment before, go without.
+func (s *Server) applySubflows(cfg *Config) {
+	o, want := wantSubflows(cfg)
+	for _, l := range s.listeners {
+		if !l.cfg.MPTCP {
+			l.removeSubflows()
+			continue
+		}
+		var err error
+		if reg := l.subflows.Load(); reg != nil {
+			err = reg.Set(o)
+		} else if !want || s.subflows == nil {
+			continue
+		} else if rc, cerr := l.ln.SyscallConn(); cerr != nil {
+			err = cerr
+		} else if cerr := rc.Control(func(fd uintptr) {
+			var reg *sockopt.SubflowListener
+			if reg, err = s.subflows.Add(int(fd), o); err == nil {
+				l.subflows.Store(reg)
+			}
+		}); cerr != nil {
+			err = cerr
+		}
+		if err != nil {
+			s.log.Warn("legs.client: MPTCP subflows go without "+strings.Join(mptcpRefuses(cfg.Legs.Client), ", "), "listener", l.cfg.Name, "err", err)
+		}
+	}
+}
+
+// removeSubflows unregisters the listener from subflow options.
+func (l *listener) removeSubflows() {
+	if reg := l.subflows.Swap(nil); reg != nil {
+		_ = reg.Remove()
+	}
+}
+
+// closeSubflows detaches the subflow options' program, when loaded.
+func (s *Server) closeSubflows() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.subflows != nil {
+		if err := s.subflows.Close(); err != nil {
+			s.log.Error("subflow options", "err", err)
+		}
+		s.subflows = nil
+	}
+}

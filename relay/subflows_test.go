@@ -1,0 +1,101 @@
+package relay
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"halfway/netlab/labtest"
+	"halfway/sockopt"
+)
+
+// TestMPTCPSubflowOptions: an MPTCP listener's connections take
+// legs.client.rto_min on their subflows, though the MPTCP socket refuses
+// it; after a reload without it, new connections of the same listening
+// socket (whose subflow was given 20 ms) run with the kernel's minimum
+// again. The subflow's RTO, after round trips on loopback, sits just above
+// whichever minimum applies.
+func TestMPTCPSubflowOptions(t *testing.T) {
+	labtest.RequireRoot(t)
+	if _, err := sockopt.Refused(sockopt.Options{}, true); err != nil {
+		t.Skipf("no MPTCP here: %v", err)
+	}
+	cfgYAML := func(legs string) string {
+		return fmt.Sprintf(`
+admin: {listen: off}
+%s
+listeners:
+  - {name: fwd, listen: "127.0.0.1:%%d", mode: forward, forward_to: %q, mptcp: true}
+`, legs, echoServer(t))
+	}
+	tuned := cfgYAML("legs: {client: {rto_min: 20ms, thin_linear_timeouts: true, user_timeout: 30s}}")
+	s := startLoopback(t, fmt.Sprintf(tuned, 0))
+	port := s.Addr("fwd").(*net.TCPAddr).Port
+
+	// rto returns the relay's client-leg subflow RTOs of a new connection.
+	rto := func() []time.Duration {
+		t.Helper()
+		d := net.Dialer{Timeout: 5 * time.Second}
+		d.SetMultipathTCP(true)
+		c, err := d.Dial("tcp", s.Addr("fwd").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if mp, err := c.(*net.TCPConn).MultipathTCP(); err != nil || !mp {
+			t.Fatalf("client: MPTCP %v, %v", mp, err)
+		}
+		b, got := make([]byte, 100), make([]byte, 100)
+		for range 200 {
+			rand.Read(b)
+			if _, err := c.Write(b); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, b) {
+				t.Fatalf("echo: %v", err)
+			}
+		}
+		fd := socketTo(t, c.LocalAddr().String())
+		if fd < 0 {
+			t.Fatal("no client leg socket")
+		}
+		infos, err := sockopt.SubflowTCPInfo(fd)
+		if err != nil || len(infos) == 0 {
+			t.Fatalf("client leg subflows: %d, %v", len(infos), err)
+		}
+		var rtos []time.Duration
+		for _, ti := range infos {
+			rtos = append(rtos, time.Duration(ti.Rto)*time.Microsecond)
+		}
+		return rtos
+	}
+	for _, d := range rto() {
+		if d < 20*time.Millisecond || d >= 100*time.Millisecond {
+			t.Errorf("with rto_min 20ms: subflow RTO %v, want 20 ms and a little", d)
+		}
+	}
+	if s.subflows == nil {
+		t.Fatal("subflow options not loaded")
+	}
+	if c, err := s.subflows.Counts(); err != nil || c.Set == 0 || c.Listeners == 0 || c.Failed+c.ListenersFailed != 0 {
+		t.Errorf("subflow options: %+v, %v; want a listener and connections set, none failed", c, err)
+	}
+
+	cfg, err := ParseConfig([]byte(fmt.Sprintf(cfgYAML(""), port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range rto() {
+		if d < 200*time.Millisecond {
+			t.Errorf("after a reload without rto_min: subflow RTO %v, want the kernel's 200 ms and more", d)
+		}
+	}
+}
