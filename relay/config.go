@@ -469,7 +469,8 @@ func mptcpRefuses(leg LegConfig) []string {
 
 // Warnings are settings that do not apply everywhere the configuration
 // would suggest, for the log: a client leg's options that the Multipath
-// TCP sockets of MPTCP listeners refuse.
+// TCP sockets of MPTCP listeners refuse. The server logs them when it
+// cannot give those options to the subflows instead (sockopt.Subflows).
 func (c *Config) Warnings() []string {
 	var ns time.Duration
 	if c.Legs.Client.RTOMin > 0 {
