@@ -253,7 +253,10 @@ func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 		}
 		return err
 	}
-	s.log.Info("relay started", "listeners", len(s.listeners), "admin", s.state.Load().cfg.Admin.Listen)
+	s.mu.Lock()
+	n := len(s.listeners) // a Reload may already be at work
+	s.mu.Unlock()
+	s.log.Info("relay started", "listeners", n, "admin", s.state.Load().cfg.Admin.Listen)
 	go s.memoryLoop()
 	<-ctx.Done()
 	s.Drain(grace)

@@ -32,9 +32,19 @@ listeners:
   - {name: fwd, listen: "127.0.0.1:%%d", mode: forward, forward_to: %q, mptcp: true}
 `, legs, echoServer(t))
 	}
+	// The reload keeps the listener's address, so the listening socket
+	// stays and its options change in place.
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := free.Addr().(*net.TCPAddr).Port
+	free.Close()
 	tuned := cfgYAML("legs: {client: {rto_min: 20ms, thin_linear_timeouts: true, user_timeout: 30s}}")
-	s := startLoopback(t, fmt.Sprintf(tuned, 0))
-	port := s.Addr("fwd").(*net.TCPAddr).Port
+	s := startLoopback(t, fmt.Sprintf(tuned, port))
+	s.mu.Lock()
+	ln := s.listeners["fwd"]
+	s.mu.Unlock()
 
 	// rto returns the relay's client-leg subflow RTOs of a new connection.
 	rto := func() []time.Duration {
@@ -92,6 +102,12 @@ listeners:
 	}
 	if err := s.Reload(cfg); err != nil {
 		t.Fatal(err)
+	}
+	s.mu.Lock()
+	same := s.listeners["fwd"] == ln
+	s.mu.Unlock()
+	if !same {
+		t.Fatal("the reload replaced the listener")
 	}
 	for _, d := range rto() {
 		if d < 200*time.Millisecond {
