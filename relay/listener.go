@@ -20,7 +20,7 @@ import (
 const fastOpenQueue = 4096
 
 type listener struct {
-	cfg ListenerConfig // the fields that need a new socket: Name, Listen, Mode
+	cfg ListenerConfig // the fields that need a new socket: Name, Listen, Mode, MPTCP, Capture
 	ln  *net.TCPListener
 	// acceptFile is a duplicate of ln's descriptor, for a listener that
 	// is not explicit, from which plain flows are accepted (see

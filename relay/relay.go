@@ -350,7 +350,7 @@ func (s *Server) apply(cfg *Config) error {
 	for i := range cfg.Listeners {
 		lc := cfg.Listeners[i]
 		want[lc.Name] = true
-		if l, ok := s.listeners[lc.Name]; ok && l.cfg.Listen == lc.Listen && l.cfg.Mode == lc.Mode && reflect.DeepEqual(l.cfg.Capture, lc.Capture) {
+		if l, ok := s.listeners[lc.Name]; ok && l.cfg.Listen == lc.Listen && l.cfg.Mode == lc.Mode && l.cfg.MPTCP == lc.MPTCP && reflect.DeepEqual(l.cfg.Capture, lc.Capture) {
 			if err := l.update(lc, &s.own); err != nil {
 				errs = append(errs, err)
 			}

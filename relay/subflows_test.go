@@ -115,3 +115,47 @@ listeners:
 		}
 	}
 }
+
+// TestReloadMPTCP: a reload that turns a listener's mptcp off or on
+// replaces its socket, so MPTCP clients see the change.
+func TestReloadMPTCP(t *testing.T) {
+	labtest.RequireRoot(t)
+	if _, err := sockopt.Refused(sockopt.Options{}, true); err != nil {
+		t.Skipf("no MPTCP here: %v", err)
+	}
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := free.Addr().(*net.TCPAddr).Port
+	free.Close()
+	echo := echoServer(t)
+	cfgYAML := func(mptcp bool) string {
+		return fmt.Sprintf(`
+admin: {listen: off}
+listeners:
+  - {name: fwd, listen: "127.0.0.1:%d", mode: forward, forward_to: %q, mptcp: %v}
+`, port, echo, mptcp)
+	}
+	s := startLoopback(t, cfgYAML(true))
+	for _, mptcp := range []bool{true, false, true} {
+		cfg, err := ParseConfig([]byte(cfgYAML(mptcp)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Reload(cfg); err != nil {
+			t.Fatal(err)
+		}
+		d := net.Dialer{Timeout: 5 * time.Second}
+		d.SetMultipathTCP(true)
+		c, err := d.Dial("tcp", s.Addr("fwd").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := c.(*net.TCPConn).MultipathTCP()
+		c.Close()
+		if err != nil || got != mptcp {
+			t.Errorf("listener with mptcp: %v: the client's connection is MPTCP %v, %v", mptcp, got, err)
+		}
+	}
+}
