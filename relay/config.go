@@ -125,7 +125,7 @@ type LegConfig struct {
 	// lossy access link (cellular, Wi-Fi) a small value cuts the delay a
 	// lost message costs an interactive flow. Multipath TCP sockets
 	// refuse it, and the relay sets it on their subflows instead (a BPF
-	// sock_ops program; see docs/relay.md).
+	// TCP socket iterator; see docs/relay.md).
 	RTOMin Duration `yaml:"rto_min"`
 	// ThinTimeouts keeps the leg's retransmission timeout from doubling
 	// while few segments are in flight (TCP_THIN_LINEAR_TIMEOUTS): with

@@ -30,9 +30,9 @@ type listener struct {
 	cur        atomic.Pointer[listenerState]
 	uncapture  func() error // removes installed capture rules, or nil
 	disown     func()       // leaves the nftables table to a successor
-	// subflows registers an MPTCP listener for its subflows' options
-	// (applySubflows), or holds nil.
-	subflows atomic.Pointer[sockopt.SubflowListener]
+	// subflowOpts are what an MPTCP listener's subflow was given
+	// (applySubflows; nil: nothing). Under the Server's mu.
+	subflowOpts *sockopt.SubflowOptions
 
 	// A closed listener's capture rules stay while its flows last: they
 	// carry those flows' packets.
@@ -179,7 +179,6 @@ func (l *listener) update(lc ListenerConfig, own *atomic.Pointer[map[netip.Addr]
 // closeSocket closes the listening socket.
 func (l *listener) closeSocket() {
 	l.closing.Store(true)
-	l.removeSubflows()
 	l.ln.Close()
 	if l.acceptFile != nil {
 		l.acceptFile.Close()

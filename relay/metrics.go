@@ -42,19 +42,16 @@ func newMetrics(reg *hm.Registry, s *Server) *metrics {
 	reg.Func("halfway_memory_released_binary_bytes_total", "Resident pages of the relay's binary it unmapped (they stay in the page cache).", hm.CounterType, nil, func(emit func(float64, ...string)) {
 		emit(float64(s.mem.binaryBytes.Load()))
 	})
-	reg.Func("halfway_mptcp_subflow_options_total", "Sockets of MPTCP listeners given the client leg's options that MPTCP sockets refuse (rto_min, thin_linear_timeouts, user_timeout, pacing), by kind (connection: subflows, joins included; listener: a listening subflow as it started) and result (set, or failed: the kernel refused one or more).",
-		hm.CounterType, []string{"kind", "result"}, func(emit func(float64, ...string)) {
+	reg.Func("halfway_mptcp_subflow_options_total", "MPTCP listeners' listening subflows given the client leg's options that MPTCP sockets refuse (rto_min, thin_linear_timeouts, user_timeout, pacing), which their connections inherit, at start and on reloads; by result: set, or failed (the kernel refused one or more).",
+		hm.CounterType, []string{"result"}, func(emit func(float64, ...string)) {
 			s.mu.Lock()
-			sf := s.subflows
-			s.mu.Unlock()
-			if sf == nil {
+			defer s.mu.Unlock()
+			if s.subflows == nil {
 				return
 			}
-			if c, err := sf.Counts(); err == nil {
-				emit(float64(c.Set), "connection", "set")
-				emit(float64(c.Failed), "connection", "failed")
-				emit(float64(c.Listeners), "listener", "set")
-				emit(float64(c.ListenersFailed), "listener", "failed")
+			if set, failed, err := s.subflows.Counts(); err == nil {
+				emit(float64(set), "set")
+				emit(float64(failed), "failed")
 			}
 		})
 	reg.Func("halfway_connects_pending", "Next-leg connects in progress.", hm.GaugeType, nil, func(emit func(float64, ...string)) {

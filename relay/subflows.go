@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"errors"
 	"slices"
 	"strings"
 
@@ -23,7 +24,7 @@ func wantSubflows(cfg *Config) (sockopt.SubflowOptions, bool) {
 	return o, len(mptcpRefuses(cfg.Legs.Client)) > 0
 }
 
-// loadSubflows loads the program that gives MPTCP subflows the client
+// loadSubflows loads the iterator that gives MPTCP subflows the client
 // leg's options, when cfg first needs it. Where it cannot load, the
 // clients go without them, and the log says so. Under s.mu.
 func (s *Server) loadSubflows(cfg *Config) {
@@ -38,50 +39,40 @@ func (s *Server) loadSubflows(cfg *Config) {
 		return
 	}
 	s.subflows = sf
-	s.log.Info("MPTCP subflows get the client leg's options that MPTCP sockets refuse (BPF sock_ops)")
+	s.log.Info("MPTCP listeners' subflows get the client leg's options that MPTCP sockets refuse (BPF TCP iterator)")
 }
 
-// applySubflows brings the registrations of the open listeners in line
-// with cfg: MPTCP listeners registered, with its options (the kernel's
-// defaults when it has none any more), others not. Under s.mu, with
+// applySubflows gives the MPTCP listeners' listening subflows cfg's
+// options, which their connections inherit; a listener given some before
+// goes back to the kernel's defaults when cfg has none. Under s.mu, with
 // every listener of cfg open: a new listener's first connections, in the
 // moment before, go without.
 func (s *Server) applySubflows(cfg *Config) {
 	o, want := wantSubflows(cfg)
 	for _, l := range s.listeners {
-		if !l.cfg.MPTCP {
-			l.removeSubflows()
+		if !l.cfg.MPTCP || s.subflows == nil || (l.subflowOpts == nil && !want) ||
+			(l.subflowOpts != nil && *l.subflowOpts == o) {
 			continue
 		}
+		var n int
 		var err error
-		if reg := l.subflows.Load(); reg != nil {
-			err = reg.Set(o)
-		} else if !want || s.subflows == nil {
-			continue
-		} else if rc, cerr := l.ln.SyscallConn(); cerr != nil {
+		if rc, cerr := l.ln.SyscallConn(); cerr != nil {
 			err = cerr
-		} else if cerr := rc.Control(func(fd uintptr) {
-			var reg *sockopt.SubflowListener
-			if reg, err = s.subflows.Add(int(fd), o); err == nil {
-				l.subflows.Store(reg)
-			}
-		}); cerr != nil {
+		} else if cerr := rc.Control(func(fd uintptr) { n, err = s.subflows.Set(int(fd), o) }); cerr != nil {
 			err = cerr
+		}
+		if err == nil && n == 0 {
+			err = errors.New("no listening subflow at its address")
 		}
 		if err != nil {
 			s.log.Warn("legs.client: MPTCP subflows go without "+strings.Join(mptcpRefuses(cfg.Legs.Client), ", "), "listener", l.cfg.Name, "err", err)
+			continue
 		}
+		l.subflowOpts = &o
 	}
 }
 
-// removeSubflows unregisters the listener from subflow options.
-func (l *listener) removeSubflows() {
-	if reg := l.subflows.Swap(nil); reg != nil {
-		_ = reg.Remove()
-	}
-}
-
-// closeSubflows detaches the subflow options' program, when loaded.
+// closeSubflows frees the subflow options' iterator, when loaded.
 func (s *Server) closeSubflows() {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -5,7 +5,8 @@
 // connect. Options apply through net.Dialer.Control and
 // net.ListenConfig.Control, so connections stay plain *net.TCPConn.
 // Subflows gives the subflows of Multipath TCP connections the options
-// their MPTCP sockets refuse, from a BPF sock_ops program.
+// their MPTCP sockets refuse, set on the listening subflow by a BPF TCP
+// socket iterator.
 //
 //	d := net.Dialer{Control: sockopt.Options{FastOpenConnect: true}.Control}
 //	c, err := d.DialContext(ctx, "tcp", next)

@@ -2,25 +2,21 @@
 //
 // Options for the subflows of Multipath TCP connections. An MPTCP socket
 // refuses TCP_RTO_MIN_US, TCP_USER_TIMEOUT, TCP_THIN_LINEAR_TIMEOUTS and
-// SO_MAX_PACING_RATE, but each of its subflows is a TCP socket that takes
-// them. Two programs set them on the TCP sockets of registered listeners:
+// SO_MAX_PACING_RATE, but its listening subflow is a TCP socket that takes
+// them, and every subflow it accepts, the first and the joins, inherits
+// them from it before its handshake's first round-trip sample (from which
+// the RTO estimate takes its floor, and keeps it).
 //
-// - subflow_opts (sock_ops) on every connection as its handshake ends,
-//   before data moves: the first subflow and the joins, which the kernel
-//   makes in the listener's cgroup;
-// - set_listener (a TCP socket iterator, run by user space when it
-//   registers a listener or changes its options) on the listening socket
-//   itself, an MPTCP listener's subflow, whose values each connection
-//   inherits: the RTO estimator takes its floor from the handshake's
-//   round-trip sample, before the sock_ops program runs, and keeps it.
-//
-// listeners maps a network namespace cookie and a local port to the
-// values; user space fills it, with the kernel's defaults for options
-// the configuration leaves unset.
+// set_listener is a TCP socket iterator: user space puts a listening
+// address and the values in target, then reads the iterator, which runs
+// the program over the TCP sockets of its network namespace; the program
+// sets the values on the listening sockets bound to that address.
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#define AF_INET 2
+#define AF_INET6 10
 #define SOL_SOCKET 1
 #define SOL_TCP 6
 #define SO_MAX_PACING_RATE 47
@@ -33,9 +29,18 @@ struct bpf_iter_meta {
 	void *seq;
 } __attribute__((preserve_access_index));
 
+struct in6_addr {
+	union {
+		__u32 u6_addr32[4];
+	} in6_u;
+} __attribute__((preserve_access_index));
+
 struct sock_common {
+	unsigned short skc_family;
 	unsigned char skc_state;
-	__u16 skc_num; // local port, host order
+	__u16 skc_num;         // local port, host order
+	__u32 skc_rcv_saddr;   // local IPv4 address
+	struct in6_addr skc_v6_rcv_saddr;
 } __attribute__((preserve_access_index));
 
 struct bpf_iter__tcp {
@@ -43,31 +48,18 @@ struct bpf_iter__tcp {
 	struct sock_common *sk_common;
 } __attribute__((preserve_access_index));
 
-struct key {
-	__u64 netns; // bpf_get_netns_cookie
-	__u32 port;  // local port, host order
-	__u32 pad;
-};
-
 struct opts {
-	__u32 pacing;          // SO_MAX_PACING_RATE, bytes/s (~0U: no pacing)
+	__u32 pacing;          // SO_MAX_PACING_RATE, bytes/s (~0U: no cap)
 	__u32 rto_min_us;      // TCP_BPF_RTO_MIN (0: leave)
 	__u32 user_timeout_ms; // TCP_USER_TIMEOUT (0: the kernel's)
 	__u32 thin;            // TCP_THIN_LINEAR_TIMEOUTS
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, struct key);
-	__type(value, struct opts);
-} listeners SEC(".maps");
-
-// target is the listening port set_listener looks for, in the network
-// namespace it walks, and the values it sets there.
+// target is the listening address to look for, and the values to set.
 struct target {
+	__u32 family; // AF_INET or AF_INET6
 	__u32 port;
-	__u32 pad;
+	__u32 addr[4]; // network order; an IPv4 address in addr[0]
 	struct opts o;
 };
 
@@ -76,64 +68,20 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct target);
-} iter_target SEC(".maps");
+} target SEC(".maps");
 
 enum {
-	COUNT_SET = 0,       // connections given their options
-	COUNT_FAILED = 1,    // connections that refused one at least
-	COUNT_LISTEN = 2,    // listening sockets given them
-	COUNT_LISTEN_FAILED = 3,
-	COUNT_N = 4,
+	COUNT_SET = 0,    // listening sockets given the values
+	COUNT_FAILED = 1, // those that refused one or more
+	COUNT_N = 2,
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, COUNT_N);
 	__type(key, __u32);
 	__type(value, __u64);
 } counts SEC(".maps");
-
-static void count(__u32 which)
-{
-	__u64 *n = bpf_map_lookup_elem(&counts, &which);
-	if (n)
-		(*n)++;
-}
-
-// set_all sets o's options on sk (a sock_ops context, or a socket) and
-// tells whether one or more failed.
-#define set_all(sk, o)                                                                   \
-	({                                                                               \
-		int failed_ = 0, v_;                                                     \
-		if ((o)->rto_min_us) {                                                   \
-			v_ = (o)->rto_min_us;                                            \
-			failed_ |= bpf_setsockopt(sk, SOL_TCP, TCP_BPF_RTO_MIN, &v_, sizeof(v_)); \
-		}                                                                        \
-		v_ = (o)->user_timeout_ms;                                               \
-		failed_ |= bpf_setsockopt(sk, SOL_TCP, TCP_USER_TIMEOUT, &v_, sizeof(v_));     \
-		v_ = (o)->thin;                                                          \
-		failed_ |= bpf_setsockopt(sk, SOL_TCP, TCP_THIN_LINEAR_TIMEOUTS, &v_, sizeof(v_)); \
-		/* bpf_setsockopt takes an int here; ~0U means no pacing. */             \
-		v_ = (o)->pacing;                                                        \
-		failed_ |= bpf_setsockopt(sk, SOL_SOCKET, SO_MAX_PACING_RATE, &v_, sizeof(v_)); \
-		failed_;                                                                 \
-	})
-
-SEC("sockops")
-int subflow_opts(struct bpf_sock_ops *skops)
-{
-	if (skops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
-		return 1;
-	struct key k = {
-		.netns = bpf_get_netns_cookie(skops),
-		.port = skops->local_port,
-	};
-	struct opts *o = bpf_map_lookup_elem(&listeners, &k);
-	if (!o)
-		return 1;
-	count(set_all(skops, o) ? COUNT_FAILED : COUNT_SET);
-	return 1;
-}
 
 SEC("iter/tcp")
 int set_listener(struct bpf_iter__tcp *ctx)
@@ -142,10 +90,34 @@ int set_listener(struct bpf_iter__tcp *ctx)
 	if (!sk || sk->skc_state != TCP_LISTEN)
 		return 0;
 	__u32 zero = 0;
-	struct target *t = bpf_map_lookup_elem(&iter_target, &zero);
-	if (!t || sk->skc_num != t->port)
+	struct target *t = bpf_map_lookup_elem(&target, &zero);
+	if (!t || sk->skc_num != t->port || sk->skc_family != t->family)
 		return 0;
-	count(set_all(sk, &t->o) ? COUNT_LISTEN_FAILED : COUNT_LISTEN);
+	if (t->family == AF_INET) {
+		if (sk->skc_rcv_saddr != t->addr[0])
+			return 0;
+	} else {
+		for (int i = 0; i < 4; i++)
+			if (sk->skc_v6_rcv_saddr.in6_u.u6_addr32[i] != t->addr[i])
+				return 0;
+	}
+	struct opts *o = &t->o;
+	int failed = 0, v;
+	if (o->rto_min_us) {
+		v = o->rto_min_us;
+		failed |= bpf_setsockopt(sk, SOL_TCP, TCP_BPF_RTO_MIN, &v, sizeof(v));
+	}
+	v = o->user_timeout_ms;
+	failed |= bpf_setsockopt(sk, SOL_TCP, TCP_USER_TIMEOUT, &v, sizeof(v));
+	v = o->thin;
+	failed |= bpf_setsockopt(sk, SOL_TCP, TCP_THIN_LINEAR_TIMEOUTS, &v, sizeof(v));
+	// bpf_setsockopt takes an int here; ~0U means no cap.
+	v = o->pacing;
+	failed |= bpf_setsockopt(sk, SOL_SOCKET, SO_MAX_PACING_RATE, &v, sizeof(v));
+	__u32 which = failed ? COUNT_FAILED : COUNT_SET;
+	__u64 *n = bpf_map_lookup_elem(&counts, &which);
+	if (n)
+		__sync_fetch_and_add(n, 1);
 	return 0;
 }
 
