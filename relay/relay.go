@@ -333,7 +333,10 @@ func (s *Server) Reload(cfg *Config) error {
 	if err := s.apply(cfg); err != nil {
 		return err
 	}
-	s.log.Info("configuration reloaded", "listeners", len(s.listeners))
+	s.mu.Lock()
+	n := len(s.listeners)
+	s.mu.Unlock()
+	s.log.Info("configuration reloaded", "listeners", n)
 	return nil
 }
 
