@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -277,8 +278,56 @@ func (s *Server) dialFD(rt *runtime, addr netip.AddrPort, leg LegConfig) (int, e
 		unix.Close(fd)
 		return -1, classify(os.NewSyscallError("connect", err))
 	}
+	if s.selfConnected(fd, addr) {
+		resetFD(fd) // no TIME_WAIT holding the port
+		return -1, classify(os.NewSyscallError("connect", unix.ECONNREFUSED))
+	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) // as Go's dial
 	return fd, nil
+}
+
+// selfConnected tells whether a connect to addr ended on the socket itself:
+// a simultaneous open with itself, which the kernel completes when addr
+// is one of the host's, nothing listens on its port, and that port, in
+// the ephemeral range, is the one it picked as the source. The flow would
+// then read back what it writes. Go's dialer checks every dial for it;
+// the plain path checks only such destinations, with one getsockname.
+func (s *Server) selfConnected(fd int, addr netip.AddrPort) bool {
+	r, p := s.ephemeral.Load(), uint32(addr.Port())
+	if p < r>>16 || p > r&0xffff {
+		return false
+	}
+	a := addr.Addr().Unmap().WithZone("")
+	if !a.IsLoopback() && !(*s.own.Load())[a] {
+		return false
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return false
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return sa.Port == int(p) && netip.AddrFrom4(sa.Addr) == a
+	case *unix.SockaddrInet6:
+		return sa.Port == int(p) && netip.AddrFrom16(sa.Addr).Unmap() == a
+	}
+	return false
+}
+
+// ephemeralRange reads net.ipv4.ip_local_port_range (IPv6 sockets take
+// it too) as low<<16 | high; the kernel's default when unreadable.
+func ephemeralRange() uint32 {
+	lo, hi := 32768, 60999
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			l, err1 := strconv.Atoi(f[0])
+			h, err2 := strconv.Atoi(f[1])
+			if err1 == nil && err2 == nil && 0 < l && l <= h && h <= 65535 {
+				lo, hi = l, h
+			}
+		}
+	}
+	return uint32(lo)<<16 | uint32(hi)
 }
 
 // zoneID is an IPv6 zone's interface index: a name (eth0) or a number.

@@ -333,3 +333,42 @@ func TestPlainDialZone(t *testing.T) {
 		}
 	})
 }
+
+// TestPlainSelfConnect: a plain flow's dial to a port of this host that
+// nothing listens on, in the ephemeral range, can connect the socket to
+// itself; the dial reports it as refused. In a namespace whose ephemeral
+// range is that one port, such a connect does.
+func TestPlainSelfConnect(t *testing.T) {
+	s := forwardRelay(t, "")
+	rt := s.state.Load()
+	labtest.InNetns(t, func() {
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("40000 40000"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		s.ephemeral.Store(ephemeralRange())
+		if r := s.ephemeral.Load(); r != 40000<<16|40000 {
+			t.Fatalf("ephemeral range %d-%d, want 40000-40000", r>>16, r&0xffff)
+		}
+		// Without the check the connect succeeds, on itself.
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = unix.Connect(fd, &unix.SockaddrInet4{Port: 40000, Addr: [4]byte{127, 0, 0, 1}})
+		sa, _ := unix.Getsockname(fd)
+		resetFD(fd) // a reset leaves no TIME_WAIT on the one port
+		if err != nil || sa.(*unix.SockaddrInet4).Port != 40000 {
+			t.Fatalf("raw connect to 127.0.0.1:40000: %v from %+v; want a self-connect", err, sa)
+		}
+		for i := range 3 {
+			fd, err := s.dialFD(rt, netip.MustParseAddrPort("127.0.0.1:40000"), rt.cfg.Legs.Server)
+			if err == nil {
+				unix.Close(fd)
+				t.Fatalf("dial %d to 127.0.0.1:40000: connected, to itself", i)
+			}
+			if !errors.Is(err, unix.ECONNREFUSED) {
+				t.Errorf("dial %d to 127.0.0.1:40000: %v, want connection refused", i, err)
+			}
+		}
+	})
+}

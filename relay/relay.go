@@ -56,6 +56,7 @@ type Server struct {
 	work        chan accepted // accepted connections for idle workers
 	idleWorkers atomic.Int32
 	own         atomic.Pointer[map[netip.Addr]bool] // this host's addresses, refreshed
+	ephemeral   atomic.Uint32                       // net.ipv4.ip_local_port_range, low<<16 | high, refreshed
 	routes      policyRoutes                        // TPROXY policy routes shared by listeners
 	retired     map[string]*listener                // removed listeners whose capture outlives them (under mu)
 	parked      map[*net.TCPConn]*listener          // peers' pooled connections awaiting a request, and where (under mu)
@@ -161,6 +162,7 @@ const ownRefresh = 10 * time.Second
 func (s *Server) refreshOwn() {
 	m := ownAddrs()
 	s.own.Store(&m)
+	s.ephemeral.Store(ephemeralRange())
 }
 
 func (s *Server) refreshOwnLoop() {
