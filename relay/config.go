@@ -474,11 +474,7 @@ func mptcpRefuses(leg LegConfig) []string {
 func (c *Config) Warnings() []string {
 	var ns time.Duration
 	if c.Legs.Client.RTOMin > 0 {
-		if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_rto_min_us"); err == nil {
-			if us, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				ns = time.Duration(us) * time.Microsecond
-			}
-		}
+		ns = sockopt.NamespaceRTOMin()
 	}
 	return c.warnings(ns)
 }

@@ -255,10 +255,7 @@ func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 		}
 		return err
 	}
-	s.mu.Lock()
-	n := len(s.listeners) // a Reload may already be at work
-	s.mu.Unlock()
-	s.log.Info("relay started", "listeners", n, "admin", s.state.Load().cfg.Admin.Listen)
+	s.log.Info("relay started", "listeners", s.listenerCount(), "admin", s.state.Load().cfg.Admin.Listen)
 	go s.memoryLoop()
 	<-ctx.Done()
 	s.Drain(grace)
@@ -335,10 +332,7 @@ func (s *Server) Reload(cfg *Config) error {
 	if err := s.apply(cfg); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	n := len(s.listeners)
-	s.mu.Unlock()
-	s.log.Info("configuration reloaded", "listeners", n)
+	s.log.Info("configuration reloaded", "listeners", s.listenerCount())
 	return nil
 }
 
@@ -349,7 +343,8 @@ func (s *Server) apply(cfg *Config) error {
 	if s.draining.Load() {
 		return errors.New("draining: configuration not applied")
 	}
-	s.loadSubflows(cfg)
+	sfOpts, sfWant := wantSubflows(cfg)
+	s.loadSubflows(cfg, sfWant)
 	want := map[string]bool{}
 	var errs []error
 	for i := range cfg.Listeners {
@@ -391,7 +386,7 @@ func (s *Server) apply(cfg *Config) error {
 			}
 		}
 	}
-	s.applySubflows(cfg)
+	s.applySubflows(cfg, sfOpts, sfWant)
 	if err := s.applyEarly(); err != nil {
 		errs = append(errs, err)
 	}
@@ -413,6 +408,13 @@ func (s *Server) apply(cfg *Config) error {
 		s.admin = a
 	}
 	return errors.Join(errs...)
+}
+
+// listenerCount is the number of open listeners; a Reload may be at work.
+func (s *Server) listenerCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.listeners)
 }
 
 func (s *Server) closeListeners() {

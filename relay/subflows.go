@@ -25,10 +25,11 @@ func wantSubflows(cfg *Config) (sockopt.SubflowOptions, bool) {
 }
 
 // loadSubflows loads the iterator that gives MPTCP subflows the client
-// leg's options, when cfg first needs it. Where it cannot load, the
-// clients go without them, and the log says so. Under s.mu.
-func (s *Server) loadSubflows(cfg *Config) {
-	if _, want := wantSubflows(cfg); !want || s.subflows != nil {
+// leg's options, when cfg first needs it (want, from wantSubflows). Where
+// it cannot load, the clients go without them, and the log says so.
+// Under s.mu.
+func (s *Server) loadSubflows(cfg *Config, want bool) {
+	if !want || s.subflows != nil {
 		return
 	}
 	sf, err := sockopt.OpenSubflows()
@@ -43,12 +44,11 @@ func (s *Server) loadSubflows(cfg *Config) {
 }
 
 // applySubflows gives the MPTCP listeners' listening subflows cfg's
-// options, which their connections inherit; a listener given some before
-// goes back to the kernel's defaults when cfg has none. Under s.mu, with
-// every listener of cfg open: a new listener's first connections, in the
-// moment before, go without.
-func (s *Server) applySubflows(cfg *Config) {
-	o, want := wantSubflows(cfg)
+// options o (want, from wantSubflows), which their connections inherit; a
+// listener given some before goes back to the kernel's defaults when cfg
+// has none. Under s.mu, with every listener of cfg open: a new listener's
+// first connections, in the moment before, go without.
+func (s *Server) applySubflows(cfg *Config, o sockopt.SubflowOptions, want bool) {
 	for _, l := range s.listeners {
 		if !l.cfg.MPTCP || s.subflows == nil || (l.subflowOpts == nil && !want) ||
 			(l.subflowOpts != nil && *l.subflowOpts == o) {

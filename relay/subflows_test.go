@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -114,10 +111,8 @@ listeners:
 	}
 	// The namespace's minimum, which the options went back to.
 	nsMin := 200 * time.Millisecond
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_rto_min_us"); err == nil {
-		if us, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && us <= 200000 {
-			nsMin = time.Duration(us) * time.Microsecond
-		}
+	if ns := sockopt.NamespaceRTOMin(); ns > 0 && ns <= nsMin {
+		nsMin = ns
 	}
 	if nsMin < 100*time.Millisecond {
 		t.Skipf("the host's net.ipv4.tcp_rto_min_us is %v: too close to 20 ms to tell", nsMin)

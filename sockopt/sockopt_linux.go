@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -211,6 +212,21 @@ func SetRTOMinFD(fd int, d time.Duration) error {
 		return fmt.Errorf("setsockopt TCP_RTO_MIN_US %v: %w", d, err)
 	}
 	return nil
+}
+
+// NamespaceRTOMin reads the calling thread's network namespace's
+// net.ipv4.tcp_rto_min_us, the minimum RTO its new sockets take; 0 when
+// it cannot be read (before Linux 6.11).
+func NamespaceRTOMin() time.Duration {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_rto_min_us")
+	if err != nil {
+		return 0
+	}
+	us, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || us <= 0 {
+		return 0
+	}
+	return time.Duration(us) * time.Microsecond
 }
 
 // RTOMinFD reads a socket's minimum retransmission timeout.

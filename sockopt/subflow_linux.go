@@ -7,9 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -102,12 +99,8 @@ func (o SubflowOptions) Zero() bool { return o == SubflowOptions{} }
 // does not turn a socket's pacing off.
 func (o SubflowOptions) values() subflowOpts {
 	v := subflowOpts{RTOMinUs: uint32(o.RTOMin / time.Microsecond), UserTimeoutMs: uint32(o.UserTimeout / time.Millisecond), Pacing: ^uint32(0)}
-	if o.RTOMin == 0 {
-		if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_rto_min_us"); err == nil {
-			if us, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && us > 0 && us <= 200000 {
-				v.RTOMinUs = uint32(us)
-			}
-		}
+	if ns := NamespaceRTOMin(); o.RTOMin == 0 && ns <= 200*time.Millisecond {
+		v.RTOMinUs = uint32(ns / time.Microsecond)
 	}
 	if o.ThinTimeouts {
 		v.Thin = 1
