@@ -86,7 +86,10 @@ listeners:
 		}
 		held = append(held, c)
 	}
-	waitFor(t, func() bool { return s.handshakes.Load() == 2 })
+	// Wait on the client's share, not the total: beginHandshake counts a
+	// handshake in the total before it takes the share.
+	lo := netip.MustParseAddr("127.0.0.1")
+	waitFor(t, func() bool { return handshakesOf(s, lo) == 2 })
 	// The reset may come before Dial has read the socket's state, which
 	// then fails with it.
 	c, err := net.Dial("tcp", addr)
@@ -128,6 +131,14 @@ listeners:
 	if _, err := io.ReadFull(c, b); err != nil || string(b) != "ok" {
 		t.Errorf("echo through the relay: %q %v", b, err)
 	}
+}
+
+// handshakesOf is how many of the handshake share client holds.
+func handshakesOf(s *Server, client netip.Addr) int {
+	sh := s.table.byClient(client)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.hsClient[client]
 }
 
 func waitFor(t *testing.T, cond func() bool) {
