@@ -264,7 +264,8 @@ func serverAuth(r io.Reader, w io.Writer, users map[string]string, buf []byte) e
 	if _, err := io.ReadFull(r, buf[:ulen]); err != nil {
 		return err
 	}
-	uname := string(buf[:ulen])
+	// Looked up before buf holds the password (no copy of the name).
+	want, known := users[string(buf[:ulen])]
 	if _, err := io.ReadFull(r, buf[:1]); err != nil {
 		return err
 	}
@@ -275,7 +276,6 @@ func serverAuth(r io.Reader, w io.Writer, users map[string]string, buf []byte) e
 	if _, err := io.ReadFull(r, passwd); err != nil {
 		return err
 	}
-	want, known := users[uname]
 	// Compare digests so the comparison takes the same time whatever the
 	// length or content of either password.
 	got, exp := sha256.Sum256(passwd), sha256.Sum256([]byte(want))

@@ -86,10 +86,8 @@ func TestShaperJitterKeepsOrder(t *testing.T) {
 	// Packets 20 ms apart never catch up with each other, so jitter shows
 	// both ways; 0.1 ms apart they queue behind the latest one.
 	for i := range 10000 {
-		at := int64(i) * 100_000
-		if i < 5000 {
-			at = int64(i) * 20 * ms
-		} else {
+		at := int64(i) * 20 * ms
+		if i >= 5000 {
 			at = 5000*20*ms + int64(i)*100_000
 		}
 		due, v := s.Admit(at, 1500)
