@@ -175,6 +175,11 @@ func (s *Server) applyEarly() error {
 	// on another listener resets that dial and dials its own.
 	slices.SortFunc(ls, func(a, b *listener) int { return strings.Compare(a.cfg.Name, b.cfg.Name) })
 	s.early.listeners.Store(&ls)
+	// A listener that stopped early SYN claims nothing any more: its
+	// pending dials go now, not at their expiry.
+	s.early.dropWhere(func(e *earlyDial) bool {
+		return !slices.ContainsFunc(ls, func(l *listener) bool { return l.cfg.Name == e.listener })
+	}, s.metrics.early.With("dropped"))
 	switch {
 	case len(ls) > 0 && s.early.sniffer == nil:
 		f, err := openSYNSniffer()
@@ -276,10 +281,15 @@ func (s *Server) onSYN(client, dst netip.AddrPort) {
 		return // accept refuses it, as without early SYN
 	}
 	rt := s.state.Load()
-	// Leave room for the dials of accepted flows, and for other clients.
-	room := s.pending.Load() < int64(rt.tunables.MaxPending/2)
+	// Leave half the connects to the dials of accepted flows. The connect
+	// is reserved here, not in the goroutine: SYNs read in a burst would
+	// all pass a check of the count before any of their dials began.
+	room := s.reserveConnect(rt.tunables.MaxPending / 2)
 	e, result := s.early.reserve(l.cfg.Name, client, dst, rt.cfg.Limits, room)
 	if e == nil {
+		if room {
+			s.endConnect()
+		}
 		if result != "" {
 			s.metrics.early.With(result).Inc()
 		}
@@ -289,25 +299,43 @@ func (s *Server) onSYN(client, dst netip.AddrPort) {
 	go func() {
 		r := rt.match(l.cfg.Name, dst)
 		f := &flow{listener: l.cfg.Name, client: client} // for spoof_source and PROXY headers
-		e.conn, e.chain, e.err = s.connectLeg(rt, st, r, f, dst, nil, false)
+		e.conn, e.chain, e.err = s.connectReserved(rt, st, r, f, dst, nil, false)
 		close(e.done)
 	}()
+}
+
+// dropEarly resets the dial a flow's SYN started, if any, for a flow
+// refused before it connects (limits, policy): else its server, or a
+// pooled connection and the far relay's onward connect, would wait for
+// the dial's expiry. dst is where the flow would go.
+func (s *Server) dropEarly(l *listener, client, dst netip.AddrPort) {
+	if e := s.early.claim(l.cfg.Name, client, dst); e != nil {
+		s.metrics.early.With("dropped").Inc()
+		go e.abandon()
+	}
 }
 
 // expire drops the dials no accept claimed since before; the zero time
 // drops them all.
 func (t *earlyTable) expire(before time.Time, counter *hm.Counter) {
+	t.dropWhere(func(e *earlyDial) bool { return before.IsZero() || e.created.Before(before) }, counter)
 	t.mu.Lock()
-	var old []*earlyDial
-	for k, e := range t.pending {
-		if before.IsZero() || e.created.Before(before) {
-			old = append(old, e)
-			t.drop(k, e)
-		}
-	}
 	for k, at := range t.accepted {
 		if before.IsZero() || at.Before(before) {
 			delete(t.accepted, k)
+		}
+	}
+	t.mu.Unlock()
+}
+
+// dropWhere resets the pending dials drop picks.
+func (t *earlyTable) dropWhere(drop func(*earlyDial) bool, counter *hm.Counter) {
+	t.mu.Lock()
+	var old []*earlyDial
+	for k, e := range t.pending {
+		if drop(e) {
+			old = append(old, e)
+			t.drop(k, e)
 		}
 	}
 	t.mu.Unlock()

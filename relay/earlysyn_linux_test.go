@@ -2,6 +2,7 @@ package relay
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -114,4 +115,57 @@ func ipv4TCP(src, dst netip.Addr, sport, dport uint16, flags byte) []byte {
 	binary.BigEndian.PutUint16(p[22:], dport)
 	p[32], p[33] = 5<<4, flags
 	return p
+}
+
+// TestEarlySYNBurst: SYNs read in a burst start early dials only while
+// fewer than half of max_pending connects are in progress, so the dials
+// of accepted flows keep the other half, and no early dial fails for want
+// of a connect (its client would be reset when accepted). The SYNs are
+// handed to onSYN directly, as the sniffer's loop does; their connects go
+// to a loopback listener whose accept queue is full, where they wait.
+func TestEarlySYNBurst(t *testing.T) {
+	labtest.RequireRoot(t) // IP_TRANSPARENT and the sniffer
+	dst, _ := fullListener(t)
+	s := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+limits: {max_pending: 100, max_early: 1000, connect_timeout: 30s}
+listeners:
+  - name: tp
+    listen: "127.0.0.1:0"
+    mode: tproxy
+    allow_clients: [10.200.0.0/16]
+    allow_destinations: ["127.0.0.1/32"]
+    capture: {dst: ["127.0.0.1/32"], ports: "%d", install: false}
+    early_syn: true
+`, dst.Port()))
+	const syns = 400
+	for i := range syns {
+		client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 200, byte(i / 200), byte(1 + i%200)}), 40000)
+		s.onSYN(client, dst)
+	}
+	if n := s.pending.Load(); n != 50 {
+		t.Errorf("after %d SYNs, %d connects in progress; want 50 (half of max_pending)", syns, n)
+	}
+	time.Sleep(200 * time.Millisecond) // the dials' goroutines run
+	s.early.mu.Lock()
+	entered, failed := len(s.early.pending), 0
+	var firstErr error
+	for _, e := range s.early.pending {
+		select {
+		case <-e.done:
+			if failed++; firstErr == nil {
+				firstErr = e.err
+			}
+		default:
+		}
+	}
+	s.early.mu.Unlock()
+	if entered != 50 || failed != 0 {
+		t.Errorf("%d early dials entered, %d already failed (%v); want 50 waiting", entered, failed, firstErr)
+	}
+	if !s.beginConnect() {
+		t.Error("an accepted flow's dial found no connect free")
+	} else {
+		s.endConnect()
+	}
 }

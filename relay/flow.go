@@ -60,6 +60,7 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 		// Not a client of ours: no protocol conversation, no hint.
 		s.metrics.refused.With(l.cfg.Name, "client_not_allowed").Inc()
 		s.log.Debug("client not allowed", "listener", l.cfg.Name, "client", client)
+		s.refuseEarly(st, l, c) // a reload may have narrowed the clients since its SYN
 		resetConn(c)
 		return
 	}
@@ -77,6 +78,7 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	if reason := s.admit(client.Addr(), st.perClientExempt()); reason != "" {
 		defer endHandshake()
 		s.metrics.refused.With(l.cfg.Name, reason).Inc()
+		s.refuseEarly(st, l, c)
 		// Answering in the client's protocol takes a goroutine for up to a
 		// second; past a few dozen at once, a flood gets plain resets.
 		select {
@@ -273,6 +275,9 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	f.dst.Store(&dst)
 	if reason := refuseTransparent(l, st, addrPortOf(c.LocalAddr()), dst); reason != "" {
 		s.metrics.refused.With(f.listener, reason).Inc()
+		if st.cfg.EarlySYN {
+			s.dropEarly(l, f.client, dst)
+		}
 		resetConn(c)
 		return nil, refusedError(reason)
 	}
@@ -301,6 +306,22 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 		return nil, err
 	}
 	return server, nil
+}
+
+// refuseEarly resets the dial that the SYN of c, a flow refused before
+// it connects, started on an early-SYN listener.
+func (s *Server) refuseEarly(st *listenerState, l *listener, c *net.TCPConn) {
+	if !st.cfg.EarlySYN {
+		return
+	}
+	dst := addrPortOf(c.LocalAddr())
+	if st.cfg.Mode == "redirect" {
+		var err error
+		if dst, err = sockopt.OriginalDst(c); err != nil {
+			return // the dial, if any, expires
+		}
+	}
+	s.dropEarly(l, addrPortOf(c.RemoteAddr()), dst)
 }
 
 // refusedError is the flow's error for a refuseTransparent reason.
@@ -338,6 +359,12 @@ func (s *Server) connectLeg(rt *runtime, st *listenerState, r *route, f *flow, d
 	if !s.beginConnect() {
 		return nil, nil, &connectError{kind: "resource", err: errors.New("too many connects in progress")}
 	}
+	return s.connectReserved(rt, st, r, f, dst, early, wait)
+}
+
+// connectReserved is connectLeg once the caller has reserved the connect
+// (beginConnect or reserveConnect): it gives the reservation back.
+func (s *Server) connectReserved(rt *runtime, st *listenerState, r *route, f *flow, dst netip.AddrPort, early []byte, wait bool) (*net.TCPConn, *pendingChain, error) {
 	// A chain whose answers are pending keeps its slot until they come.
 	var pc *pendingChain
 	defer func() {

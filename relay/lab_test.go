@@ -1475,17 +1475,7 @@ peers:
 		defer ln.Close()
 		go serveSHA(ln)
 	}
-	metric := func(result string) int {
-		t.Helper()
-		prefix := `halfway_early_syn_total{result="` + result + `"} `
-		for _, line := range strings.Split(scrapeMetrics(t, rc, 9191), "\n") {
-			if v, ok := strings.CutPrefix(line, prefix); ok {
-				n, _ := strconv.Atoi(v)
-				return n
-			}
-		}
-		return 0
-	}
+	metric := func(result string) int { t.Helper(); return earlyMetric(t, rc, 9191, result) }
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dial := func(port uint16) (*net.TCPConn, error) {
@@ -1585,6 +1575,139 @@ peers:
 	}
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("flow to a refusing server: %v, want a reset", err)
+	}
+}
+
+// earlyMetric reads halfway_early_syn_total{result} from the relay in h
+// whose admin API is on port.
+func earlyMetric(t *testing.T, h *netlab.Host, port int, result string) int {
+	t.Helper()
+	prefix := `halfway_early_syn_total{result="` + result + `"} `
+	for _, line := range strings.Split(scrapeMetrics(t, h, port), "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
+}
+
+// TestEarlySYNRefusedFlow: a flow refused at accept (here, past
+// max_flows_per_client) resets the dial its SYN started at once, rather
+// than leave the server, or a pool's connection, waiting for the dial's
+// expiry; and a reload that turns early SYN off drops the dials pending.
+func TestEarlySYNRefusedFlow(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, chainTopo)
+	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+	cfg := fmt.Sprintf(`
+admin: {listen: "127.0.0.1:9191"}
+limits: {max_flows_per_client: 1}
+listeners:
+  - name: web
+    listen: 0.0.0.0:7000
+    mode: tproxy
+    allow_clients: [10.77.1.0/24]
+    capture: {dst: [%[1]s], ports: "8080", install: true}
+    early_syn: true
+  - name: other # keeps the sniffer open when web stops early SYN
+    listen: 0.0.0.0:7001
+    mode: tproxy
+    allow_clients: [10.77.1.0/24]
+    capture: {dst: [%[1]s], ports: "8081", install: true}
+    early_syn: true
+`, server.Ifaces()[0].Addr4.Masked())
+	logPath, _ := runRelay(t, rc, "early", cfg)
+	waitCapture(t, rc, "halfway_web", "7000")
+	ln, err := server.Listen("tcp", ":8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveEchoConns(ln)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	first, err := client.Dial(ctx, "tcp", server.AddrPort(8080))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	first.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := first.Write([]byte("x")); err == nil {
+		_, err = io.ReadFull(first, make([]byte, 1))
+	}
+	if err != nil {
+		t.Fatalf("first flow: %v", err)
+	}
+	dialed := earlyMetric(t, rc, 9191, "dialed")
+	second, err := client.Dial(ctx, "tcp", server.AddrPort(8080))
+	if err == nil {
+		second.SetReadDeadline(time.Now().Add(20 * time.Second))
+		_, err = second.Read(make([]byte, 1))
+		second.Close()
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("second flow, past max_flows_per_client: %v, want a reset", err)
+	}
+	if earlyMetric(t, rc, 9191, "dialed") == dialed {
+		t.Skip("skipped: the sniffer read the second SYN after its accept (a busy machine), so it started no dial")
+	}
+	for i := 0; earlyMetric(t, rc, 9191, "dropped") != 1; i++ {
+		if i > 100 {
+			t.Fatalf("the refused flow's early dial was not dropped (expired: %d)", earlyMetric(t, rc, 9191, "expired"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := earlyMetric(t, rc, 9191, "expired"); n != 0 {
+		t.Errorf("%d early dials expired; want none", n)
+	}
+	first.Close()
+
+	// A client whose handshake never ends (its SYN-ACKs dropped) leaves
+	// its dial pending; a reload that turns early SYN off drops it.
+	nft := client.Command(ctx, "nft", "-f", "-")
+	nft.Stdin = strings.NewReader(`table inet hwtest { chain in { type filter hook input priority 0; tcp sport 8080 tcp flags & (syn|ack) == syn|ack drop; }; }`)
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	t.Cleanup(func() { client.Command(context.Background(), "nft", "delete", "table", "inet", "hwtest").Run() })
+	dialed = earlyMetric(t, rc, 9191, "dialed")
+	stuck := make(chan struct{})
+	go func() {
+		defer close(stuck)
+		dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+		defer dcancel()
+		if c, err := client.Dial(dctx, "tcp", server.AddrPort(8080)); err == nil {
+			c.Close()
+		}
+	}()
+	defer func() { <-stuck }()
+	for i := 0; earlyMetric(t, rc, 9191, "dialed") == dialed; i++ {
+		if i > 100 {
+			t.Fatal("the stuck client's SYN started no dial")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	file := filepath.Join(filepath.Dir(logPath), "early.yaml")
+	os.WriteFile(file, []byte(strings.Replace(cfg, "early_syn: true", "early_syn: false", 1)), 0o644)
+	if out, err := rc.Command(ctx, "pkill", "-HUP", "-f", "halfway relay -c "+file).CombinedOutput(); err != nil {
+		t.Fatalf("pkill -HUP: %v %s", err, out)
+	}
+	for i := 0; ; i++ {
+		if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "configuration reloaded") {
+			break
+		}
+		if i > 200 {
+			t.Fatal("the relay never logged the reload")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := earlyMetric(t, rc, 9191, "expired"); n != 0 {
+		t.Skipf("skipped: the pending dial expired (%d) before the reload took effect (a busy machine)", n)
+	}
+	if n := earlyMetric(t, rc, 9191, "dropped"); n != 2 {
+		t.Errorf("after the reload that turned early SYN off: %d dials dropped, want 2 (the refused flow's and the stuck client's)", n)
 	}
 }
 

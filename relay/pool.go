@@ -89,8 +89,18 @@ func (p *pool) watermarks() (low, high int) {
 
 func (p *pool) setConfig(cfg PoolConfig, mptcp bool) {
 	p.mu.Lock()
+	var drop []pooledConn
+	if mptcp != p.mptcp {
+		// Connections of the other protocol are not what the peer's
+		// configuration asks for now: the refill opens new ones.
+		drop, p.idle = p.idle, nil
+	}
 	p.cfg, p.mptcp = cfg, mptcp
 	p.mu.Unlock()
+	for _, pc := range drop {
+		pc.c.Close()
+	}
+	p.expired.Add(int64(len(drop)))
 	p.poke()
 }
 
@@ -183,7 +193,7 @@ func (p *pool) sweep() {
 
 // open adds one greeted connection to the pool.
 func (p *pool) open(ctx context.Context) {
-	c, err := p.greet(ctx)
+	c, mptcp, err := p.greet(ctx)
 	p.mu.Lock()
 	p.dialing--
 	if err != nil {
@@ -207,7 +217,7 @@ func (p *pool) open(ctx context.Context) {
 	}
 	p.failing = 0
 	p.notUtil = time.Time{}
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || mptcp != p.mptcp { // closing, or opened before a reload changed the protocol
 		p.mu.Unlock()
 		c.Close()
 		return
@@ -219,25 +229,25 @@ func (p *pool) open(ctx context.Context) {
 
 // greet connects to the peer and has it accept the connection into its
 // pool: the greeting rides in the SYN (TCP Fast Open) and the peer answers
-// with an empty Convert message, or an Error TLV.
-func (p *pool) greet(ctx context.Context) (*net.TCPConn, error) {
+// with an empty Convert message, or an Error TLV. It says whether it
+// asked for MPTCP.
+func (p *pool) greet(ctx context.Context) (c *net.TCPConn, mptcp bool, err error) {
 	rt := p.s.state.Load()
 	if rt.auth == nil {
-		return nil, errors.New("pools need auth.psk_file")
+		return nil, false, errors.New("pools need auth.psk_file")
 	}
 	ctx, cancel := context.WithTimeout(ctx, rt.tunables.ConnectTimeout)
 	defer cancel()
 	hello, err := convert.AppendMessage(nil, &convert.Message{Cookie: rt.auth.poolCookie(p.peer)})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	p.mu.Lock()
 	leg := rt.cfg.Legs.Relay
 	leg.mptcp = p.mptcp
 	p.mu.Unlock()
-	c, err := p.s.dial(ctx, rt, p.peer, hello, leg, netip.Addr{})
-	if err != nil {
-		return nil, err
+	if c, err = p.s.dial(ctx, rt, p.peer, hello, leg, netip.Addr{}); err != nil {
+		return nil, leg.mptcp, err
 	}
 	dl, _ := ctx.Deadline()
 	_ = c.SetReadDeadline(dl)
@@ -247,10 +257,10 @@ func (p *pool) greet(ctx context.Context) (*net.TCPConn, error) {
 	}
 	if err != nil {
 		c.Close()
-		return nil, err
+		return nil, leg.mptcp, err
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	return c, nil
+	return c, leg.mptcp, nil
 }
 
 // take hands out an idle connection, or nil when there is none.

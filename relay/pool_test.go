@@ -518,3 +518,53 @@ func TestPoolBackoffPerRound(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolProtocolChange: a reload that turns a peer's mptcp on or off
+// replaces the pool's idle connections with ones of the new protocol,
+// rather than hand out the old kind until max_idle.
+func TestPoolProtocolChange(t *testing.T) {
+	pp := newPoolPair(t, func(rs string) string { return rs }, 3, 3)
+	pp.rsYAML = strings.Replace(pp.rsYAML, "protocols: [convert],", "protocols: [convert], mptcp: true,", 1)
+	startLoopback(t, pp.rsYAML)
+	rc := startLoopback(t, pp.rcYAML)
+	idle := func() (tcp, mptcp int) {
+		p := (*rc.pools.Load())[netip.MustParseAddrPort(pp.rsAddr)]
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, pc := range p.idle {
+			if ok, _ := pc.c.MultipathTCP(); ok {
+				mptcp++
+			} else {
+				tcp++
+			}
+		}
+		return tcp, mptcp
+	}
+	for _, want := range []bool{true, false} {
+		y := pp.rcYAML
+		if want {
+			y = strings.Replace(y, "pool: {", "mptcp: true, pool: {", 1)
+		}
+		cfg, err := ParseConfig([]byte(y))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.Reload(cfg); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; ; i++ {
+			tcp, mp := idle()
+			if want && tcp == 0 && mp == 3 || !want && tcp == 3 && mp == 0 {
+				break
+			}
+			if i > 500 {
+				t.Fatalf("peer mptcp: %v: %d TCP and %d MPTCP connections idle, want 3 of the new kind only", want, tcp, mp)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	echo := echoServer(t)
+	if err := echoThrough(rc.Addr("socks"), echo, 100_000); err != nil {
+		t.Errorf("flow after the changes: %v", err)
+	}
+}

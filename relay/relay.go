@@ -572,7 +572,12 @@ func clientKey(a netip.Addr) netip.Addr {
 
 // beginConnect reserves one of the pending connects; endConnect gives it back.
 func (s *Server) beginConnect() bool {
-	if s.pending.Add(1) > int64(s.state.Load().tunables.MaxPending) {
+	return s.reserveConnect(s.state.Load().tunables.MaxPending)
+}
+
+// reserveConnect reserves a pending connect while fewer than limit are.
+func (s *Server) reserveConnect(limit int) bool {
+	if s.pending.Add(1) > int64(limit) {
 		s.pending.Add(-1)
 		return false
 	}
