@@ -22,7 +22,7 @@ func (d *dir) copyStep() (step, error) {
 	}
 	for {
 		d.cn, d.err, d.block, d.op = 0, nil, false, opReadIn
-		if s, err := d.afterRead(srcRC.Read(d.fn)); s != stepAgain {
+		if read, s, err := d.afterRead(srcRC.Read(d.fn)); !read {
 			return s, err
 		}
 		if d.cn == 0 {

@@ -446,18 +446,20 @@ func b2u(b bool) uint64 {
 }
 
 // afterRead says what a read into the direction's buffer came to, given
-// the error of waiting for it: stepAgain if buf holds d.cn bytes (0:
-// EOF), else the step to return.
-func (d *dir) afterRead(err error) (step, error) {
+// the error of waiting for it: read, if buf holds d.cn bytes (0: EOF);
+// else the step to return, which may be stepAgain (a read deadline fired
+// early: read again, the buffer holds nothing).
+func (d *dir) afterRead(werr error) (read bool, s step, err error) {
 	switch {
-	case err != nil:
-		return d.readErr(err)
+	case werr != nil:
+		s, err = d.readErr(werr)
+		return false, s, err
 	case d.block:
-		return stepPark, nil
+		return false, stepPark, nil
 	case d.err != nil:
-		return stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("read", d.err)}
+		return false, stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("read", d.err)}
 	}
-	return stepAgain, nil
+	return true, stepAgain, nil
 }
 
 // wrote sorts out a write to dst (call names it), given the error of

@@ -310,3 +310,58 @@ func TestServerKeepalive(t *testing.T) {
 		t.Errorf("a flow without ServerKeepalive: keepalive idle %d s, was %d", got, before)
 	}
 }
+
+// TestEarlyDeadlineIsNoFIN: a direction waiting for bytes under
+// park_after can have its read deadline fire before its wait is long
+// enough to park (the sweep chose it, then bytes came, or a kick raced
+// with a park). That read reads again: the source has sent no FIN, so
+// none may reach the destination, and later bytes still cross. The test
+// sets the deadline itself, as the sweep does, with park_after too long
+// for the sweep to.
+func TestEarlyDeadlineIsNoFIN(t *testing.T) {
+	for _, copy := range []bool{false, true} {
+		t.Run(fmt.Sprint("copy-", copy), func(t *testing.T) {
+			client, relayIn := tcpPair(t)
+			relayOut, server := tcpPair(t)
+			res := make(chan Result, 1)
+			f := New(relayIn, relayOut, Options{ParkAfter: time.Hour, ForceCopy: copy, Idle: time.Minute}, func(r Result) { res <- r })
+			go f.Run()
+			up := &f.dirs[1]
+			send := func(msg string) {
+				t.Helper()
+				if _, err := client.Write([]byte(msg)); err != nil {
+					t.Fatal(err)
+				}
+				got := make([]byte, len(msg))
+				server.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.ReadFull(server, got); err != nil || string(got) != msg {
+					t.Fatalf("server read %q, %v; want %q", got, err, msg)
+				}
+			}
+			waiting := func() {
+				t.Helper()
+				for i := 0; up.waitSince.Load() <= 0; i++ {
+					if i > 1000 {
+						t.Fatal("the direction never waited for bytes")
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			send("a")
+			waiting()
+			up.src().SetReadDeadline(time.Unix(1, 0))
+			send("b")
+			waiting()
+			up.src().SetReadDeadline(time.Unix(1, 0))
+			time.Sleep(10 * time.Millisecond) // the early deadline fires
+			send("c")
+			client.Close()
+			server.Close()
+			select {
+			case <-res:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the flow did not end")
+			}
+		})
+	}
+}

@@ -84,10 +84,7 @@ func (d *dir) spliceStep() (step, error) {
 			// splice that would say so. Arming the set reports bytes
 			// (or a FIN) that came meanwhile at once. A wake that said
 			// the FIN is in reads on to it instead.
-			if d.p != nil {
-				pipes.put(d.p)
-				d.p = nil
-			}
+			d.putPipe()
 			return stepPark, nil
 		}
 		// A direction handed off from its wait loop has bytes in its
@@ -103,7 +100,7 @@ func (d *dir) spliceStep() (step, error) {
 			// through a buffer: for a message, two copies cost less
 			// than splice's pages and pipe.
 			d.cn, d.err, d.block, d.op = 0, nil, false, opReadIn
-			if s, err := d.afterRead(d.move(fds, held, true)); s != stepAgain {
+			if read, s, err := d.afterRead(d.move(fds, held, true)); !read {
 				return s, err
 			}
 			if d.cn == 0 {
@@ -127,6 +124,7 @@ func (d *dir) spliceStep() (step, error) {
 				return stepPark, nil
 			}
 			if d.err == nil && d.pn == 0 {
+				d.putPipe() // empty: a half-closed direction holds none
 				return stepEOF, nil
 			}
 			if d.err != nil {
@@ -136,6 +134,7 @@ func (d *dir) spliceStep() (step, error) {
 					return stepFallback, nil
 				}
 				if !d.spliced && (d.err == unix.EINVAL || d.err == unix.ENOSYS) {
+					d.putPipe() // empty, and copying needs none
 					return stepFallback, nil
 				}
 				return stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("splice", d.err)}
@@ -157,6 +156,15 @@ func (d *dir) spliceStep() (step, error) {
 			d.pn -= d.m
 			d.moved(d.m)
 		}
+	}
+}
+
+// putPipe gives the direction's pipe, if it holds one, back to the pool;
+// the pipe must be empty.
+func (d *dir) putPipe() {
+	if d.p != nil {
+		pipes.put(d.p)
+		d.p = nil
 	}
 }
 
@@ -201,8 +209,7 @@ func (d *dir) spliceIn(fd uintptr) bool {
 	}
 	moved, err := rawSplice(int(fd), d.p.w, most)
 	if err == unix.EAGAIN {
-		pipes.put(d.p)
-		d.p = nil
+		d.putPipe()
 		return d.empty()
 	}
 	d.pn, d.err = int32(moved), err

@@ -190,3 +190,43 @@ func pipeFDs() map[int]string {
 	}
 	return fds
 }
+
+// TestPipeBackAtFIN: a direction that splices bulk to its FIN gives its
+// pipe back there, while the flow lives on (the server has yet to
+// answer): a half-closed direction holds no pipe, nor the big pipes'
+// budget.
+func TestPipeBackAtFIN(t *testing.T) {
+	time.Sleep(200 * time.Millisecond) // earlier tests' flows give their pipes back
+	Drain()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client, server, res := relayed(t, ctx, Options{})
+	want := payload(3, 4<<20)
+	go func() {
+		client.Write(want)
+		client.CloseWrite()
+	}()
+	server.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if got, err := io.ReadAll(server); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("server read %d of %d bytes, %v", len(got), len(want), err)
+	}
+	if pipes.bigAlive.Load() == 0 {
+		t.Skip("skipped: the upload grew no pipe (no big pipes allowed here)")
+	}
+	held := func() int32 { return pipes.bigAlive.Load() - int32(len(pipes.bigFree)) }
+	for i := 0; held() != 0; i++ {
+		if i > 200 {
+			t.Fatalf("the direction past its FIN holds %d big pipe(s)", held())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	server.Write([]byte("answer"))
+	server.Close()
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(client); err != nil || string(got) != "answer" {
+		t.Errorf("client read %q, %v", got, err)
+	}
+	if r := <-res; r.Up != int64(len(want)) || r.Down != 6 {
+		t.Errorf("result %+v", r)
+	}
+}
