@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"halfway/sockopt"
@@ -25,8 +26,9 @@ import (
 //	PUT /api/tunables      change them (JSON, validated; a reload resets them)
 //	GET /debug/pprof/...   profiles
 type adminServer struct {
-	ln  net.Listener
-	srv *http.Server
+	listen string // as configured
+	ln     net.Listener
+	srv    *http.Server
 }
 
 func (s *Server) startAdmin(addr string) (*adminServer, error) {
@@ -45,10 +47,54 @@ func (s *Server) startAdmin(addr string) (*adminServer, error) {
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	a := &adminServer{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}
+	a := &adminServer{listen: addr, ln: ln, srv: &http.Server{Handler: loopbackHost(mux), ReadHeaderTimeout: 5 * time.Second}}
 	go a.srv.Serve(ln)
 	s.log.Info("admin API", "addr", ln.Addr().String())
 	return a, nil
+}
+
+// loopbackHost refuses requests whose Host names anything but a loopback
+// address or localhost. The API listens on loopback only, so what else
+// reaches it is a browser on this host that a DNS name rebound to
+// 127.0.0.1 sent there.
+func loopbackHost(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if hp, _, err := net.SplitHostPort(host); err == nil {
+			host = hp
+		}
+		if a, err := netip.ParseAddr(strings.Trim(host, "[]")); (err != nil || !a.IsLoopback()) && !strings.EqualFold(host, "localhost") {
+			http.Error(w, "admin API: the Host must be a loopback address or localhost", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// applyAdmin starts, moves or stops the admin API as listen says (under
+// s.mu). A move opens the new address first: if it cannot, the API stays
+// where it was.
+func (s *Server) applyAdmin(listen string) error {
+	switch {
+	case s.admin != nil && s.admin.listen == listen:
+		return nil
+	case listen == "off":
+		if s.admin != nil {
+			s.admin.close()
+			s.admin = nil
+			s.log.Info("admin API off")
+		}
+		return nil
+	}
+	a, err := s.startAdmin(listen)
+	if err != nil {
+		return err
+	}
+	if s.admin != nil {
+		s.admin.close()
+	}
+	s.admin = a
+	return nil
 }
 
 func (a *adminServer) close() {

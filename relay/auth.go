@@ -40,13 +40,17 @@ type hopAuth struct {
 	// socket address (auth.advertise).
 	identities []netip.AddrPort
 
+	// since (unix seconds) is when seen began: a cookie signed before it
+	// may have been used already, by this relay before it restarted.
+	since int64
+
 	mu   sync.Mutex
 	seen map[[8]byte]int64 // nonce → its cookie's timestamp (unix seconds)
 	max  int               // bound on seen, so a flood cannot grow it
 }
 
 func newHopAuth(key []byte, window time.Duration) *hopAuth {
-	a := &hopAuth{key: key, now: time.Now, seen: map[[8]byte]int64{}, max: 1 << 20}
+	a := &hopAuth{key: key, now: time.Now, since: time.Now().Unix(), seen: map[[8]byte]int64{}, max: 1 << 20}
 	a.window.Store(int64(window))
 	return a
 }
@@ -152,7 +156,7 @@ func (a *hopAuth) verifyLabeled(label string, c []byte, hop, dst netip.AddrPort)
 		return errCookieBad
 	}
 	now, win := a.now().Unix(), a.windowS()
-	if d := now - int64(ts); d > win || -d > win {
+	if d := now - int64(ts); d > win || -d > win || int64(ts) < a.since {
 		return errCookieStale
 	}
 	var nonce [8]byte

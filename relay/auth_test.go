@@ -35,7 +35,7 @@ var t0 = time.Unix(1_700_000_000, 0)
 func testAuth(key []byte) (*hopAuth, *fakeClock) {
 	clk := &fakeClock{t: t0}
 	a := newHopAuth(key, 30*time.Second)
-	a.now = clk.now
+	a.now, a.since = clk.now, t0.Unix()-3600 // started an hour before t0
 	return a, clk
 }
 
@@ -407,5 +407,28 @@ func TestPipelinedCookie(t *testing.T) {
 	}
 	if err := a.verifyPool(a.pipelinedCookie(testHop, netip.AddrPort{}), testHop); !errors.Is(err, errCookieBad) {
 		t.Errorf("pipelined cookie as pool cookie: %v", err)
+	}
+}
+
+// TestCookieReplayAfterRestart: a relay that restarted has forgotten the
+// nonces it saw, so it refuses cookies signed before it started, though
+// inside the window.
+func TestCookieReplayAfterRestart(t *testing.T) {
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	sender, sclk := testAuth(testKey)
+	before := sender.cookie(testHop, dst)
+	first, _ := testAuth(testKey)
+	if err := first.verify(before, testHop, dst); err != nil {
+		t.Fatalf("before the restart: %v", err)
+	}
+	restarted, rclk := testAuth(testKey)
+	restarted.since = t0.Add(5 * time.Second).Unix()
+	rclk.set(t0.Add(10 * time.Second))
+	if err := restarted.verify(before, testHop, dst); !errors.Is(err, errCookieStale) {
+		t.Errorf("a cookie signed before the restart, replayed after: %v, want %v", err, errCookieStale)
+	}
+	sclk.set(t0.Add(6 * time.Second))
+	if err := restarted.verify(sender.cookie(testHop, dst), testHop, dst); err != nil {
+		t.Errorf("a cookie signed after the restart: %v", err)
 	}
 }

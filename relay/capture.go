@@ -147,64 +147,62 @@ func Rules(cfg *Config) (string, error) {
 	return b.String(), nil
 }
 
-// policyRoutes counts the TPROXY listeners using each (mark, table) pair:
-// they share one ip rule and local route, which go only with the last.
+// policyRoutes counts the TPROXY listeners using each policy-routing
+// command: listeners with one mark share its ip rule, and listeners with
+// one table (whatever their marks) share its local route; each goes only
+// with its last user.
 type policyRoutes struct {
 	mu    sync.Mutex
-	users map[[2]int]int
+	users map[string]int // by command
 }
 
 // installed returns the policy-routing commands this namespace runs for
-// ln (the IPv6 ones only where IPv6 is on) and the (mark, table) they share.
-func installed(ln *ListenerConfig) (cmds [][]string, key [2]int) {
+// ln (the IPv6 ones only where IPv6 is on).
+func installed(ln *ListenerConfig) (cmds [][]string) {
 	for _, c := range routeCommands(ln) {
 		if c[1] != "-6" || ipv6On() {
 			cmds = append(cmds, c)
 		}
 	}
-	if ln.Capture != nil {
-		key[0], key[1] = ln.Capture.markTable()
-	}
-	return cmds, key
+	return cmds
 }
 
 func (pr *policyRoutes) acquire(ln *ListenerConfig) error {
-	cmds, key := installed(ln)
-	if len(cmds) == 0 {
-		return nil
-	}
+	cmds := installed(ln)
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	if pr.users == nil {
-		pr.users = map[[2]int]int{}
+		pr.users = map[string]int{}
 	}
-	if pr.users[key] == 0 {
-		for _, c := range cmds {
-			if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
-				if c[2] == "rule" && strings.Contains(string(out), "File exists") {
-					continue // left by a crash: ours to use and remove
-				}
-				return fmt.Errorf("%s: %v: %s", strings.Join(c, " "), err, strings.TrimSpace(string(out)))
+	for i, c := range cmds {
+		k := strings.Join(c, " ")
+		if pr.users[k] == 0 {
+			if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil && !(c[2] == "rule" && strings.Contains(string(out), "File exists")) { // a rule left by a crash is ours to use and remove
+				pr.releaseLocked(cmds[:i])
+				return fmt.Errorf("%s: %v: %s", k, err, strings.TrimSpace(string(out)))
 			}
 		}
+		pr.users[k]++
 	}
-	pr.users[key]++
 	return nil
 }
 
 func (pr *policyRoutes) release(ln *ListenerConfig) error {
-	cmds, key := installed(ln)
-	if len(cmds) == 0 {
-		return nil
-	}
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
-	if pr.users[key]--; pr.users[key] > 0 {
-		return nil
-	}
-	delete(pr.users, key)
+	return pr.releaseLocked(installed(ln))
+}
+
+// releaseLocked gives back cmds, removing what no listener uses any more
+// (under pr.mu).
+func (pr *policyRoutes) releaseLocked(cmds [][]string) error {
 	var errs []string
 	for _, c := range cmds {
+		k := strings.Join(c, " ")
+		if pr.users[k]--; pr.users[k] > 0 {
+			continue
+		}
+		delete(pr.users, k)
 		del := append([]string{}, c...)
 		del[3] = "del" // "add" for rules, "replace" for routes
 		if out, err := exec.Command(del[0], del[1:]...).CombinedOutput(); err != nil {

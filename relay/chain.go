@@ -359,6 +359,9 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 		if l.retired.Load() || !st.protos["convert"] {
 			return fail(convert.NotAuthorized, errors.New("pooled connection: its listener was removed or takes no Convert hops any more"))
 		}
+		if !st.policy.clientAllowed(f.client.Addr()) {
+			return fail(convert.NotAuthorized, errors.New("pooled connection: its peer is no longer in allow_clients"))
+		}
 		conv := "convert"
 		f.proto.Store(&conv)
 		_ = c.SetReadDeadline(time.Time{})

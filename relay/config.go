@@ -113,9 +113,9 @@ type Limits struct {
 
 // LegConfig sets socket options of one kind of leg.
 type LegConfig struct {
-	IdleTimeout Duration `yaml:"idle_timeout"` // no byte either way (0: never)
-	Keepalive   Duration `yaml:"keepalive"`    // TCP keepalive idle time (0: off)
-	UserTimeout Duration `yaml:"user_timeout"` // TCP_USER_TIMEOUT (0: kernel default)
+	IdleTimeout OffDuration `yaml:"idle_timeout"` // no byte either way (default 15m; off: never)
+	Keepalive   OffDuration `yaml:"keepalive"`    // TCP keepalive idle time (default 30s; off)
+	UserTimeout Duration    `yaml:"user_timeout"` // TCP_USER_TIMEOUT (0: kernel default)
 	// RTOMin is the leg's minimum retransmission timeout (TCP_RTO_MIN_US,
 	// Linux 6.15; 1 to 200 ms, rounded up to the kernel's clock tick, of
 	// which it takes at least 2), 0 keeps the namespace's
@@ -286,6 +286,41 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
+// OffDuration is a Duration that may also be off (or 0s): unset, it takes
+// its default; off, it is 0 once defaults are set.
+type OffDuration Duration
+
+// durationOff is an OffDuration written off, until setDefaults.
+const durationOff = OffDuration(-1)
+
+func (d *OffDuration) UnmarshalText(b []byte) error {
+	if string(b) == "off" {
+		*d = durationOff
+		return nil
+	}
+	var v Duration
+	if err := v.UnmarshalText(b); err != nil {
+		return fmt.Errorf("want a duration like 30s, or off")
+	}
+	if *d = OffDuration(v); v == 0 {
+		*d = durationOff
+	}
+	return nil
+}
+
+func (d OffDuration) D() time.Duration { return time.Duration(d) }
+
+// orDefault is d with def for unset, 0 for off.
+func (d OffDuration) orDefault(def time.Duration) OffDuration {
+	switch {
+	case d == 0:
+		return OffDuration(def)
+	case d == durationOff:
+		return 0
+	}
+	return d
+}
+
 // Size is a byte count written like 4194304, 512KiB, 16MiB or 1GiB.
 type Size int64
 
@@ -415,12 +450,8 @@ func (c *Config) setDefaults() {
 		}
 	}
 	for _, leg := range []*LegConfig{&c.Legs.Client, &c.Legs.Server, &c.Legs.Relay} {
-		if leg.IdleTimeout == 0 {
-			leg.IdleTimeout = Duration(defaultIdle)
-		}
-		if leg.Keepalive == 0 {
-			leg.Keepalive = Duration(defaultKeepalive)
-		}
+		leg.IdleTimeout = leg.IdleTimeout.orDefault(defaultIdle)
+		leg.Keepalive = leg.Keepalive.orDefault(defaultKeepalive)
 	}
 	for i := range c.Listeners {
 		ln := &c.Listeners[i]
@@ -550,8 +581,16 @@ func (c *Config) Validate() error {
 			add(f.path, "%d: want a positive number", f.v)
 		}
 	}
+	for _, f := range []struct {
+		path string
+		v    Duration
+	}{{"limits.connect_timeout", c.Limits.ConnectTimeout}, {"limits.handshake_timeout", c.Limits.HandshakeTimeout}, {"limits.pooled_wait", c.Limits.PooledWait}} {
+		if f.v.D() < 10*time.Millisecond {
+			add(f.path, "%s: want at least 10ms", f.v.D())
+		}
+	}
 	needPSK := false
-	names := map[string]bool{}
+	names, tables := map[string]bool{}, map[string]string{}
 	if len(c.Listeners) == 0 {
 		add("listeners", "want at least one listener")
 	}
@@ -563,6 +602,13 @@ func (c *Config) Validate() error {
 			add(p+".name", "%q: duplicate listener", ln.Name)
 		}
 		names[ln.Name] = true
+		if ln.Capture != nil {
+			// Names that differ only in characters nft refuses share a table.
+			if other, ok := tables[captureTable(ln.Name)]; ok {
+				add(p+".name", "%q: its capture table %s would be listener %q's too; rename one", ln.Name, captureTable(ln.Name), other)
+			}
+			tables[captureTable(ln.Name)] = ln.Name
+		}
 		if _, err := netip.ParseAddrPort(ln.Listen); err != nil {
 			add(p+".listen", "%q: want an address like 0.0.0.0:1080 or [::]:1080", ln.Listen)
 		}

@@ -99,9 +99,9 @@ routes:
 		Limits: Limits{MaxFlows: 100, MaxFlowsPerClient: 10, MaxPending: 20, MaxHandshakes: defaultMaxHandshakes,
 			ConnectTimeout: d("3s"), HandshakeTimeout: d("7s"), PooledWait: Duration(defaultPooledWait), MaxEarly: defaultMaxEarly, MaxEarlyPerClient: defaultMaxEarlyClient},
 		Legs: LegsConfig{
-			Client: LegConfig{IdleTimeout: d("1m"), Keepalive: d("10s"), UserTimeout: d("20s"), RTOMin: d("20ms")},
-			Server: LegConfig{IdleTimeout: d("2m"), Keepalive: d("11s"), UserTimeout: d("21s")},
-			Relay:  LegConfig{IdleTimeout: d("3m"), Keepalive: d("12s"), UserTimeout: d("22s")},
+			Client: LegConfig{IdleTimeout: OffDuration(d("1m")), Keepalive: OffDuration(d("10s")), UserTimeout: d("20s"), RTOMin: d("20ms")},
+			Server: LegConfig{IdleTimeout: OffDuration(d("2m")), Keepalive: OffDuration(d("11s")), UserTimeout: d("21s")},
+			Relay:  LegConfig{IdleTimeout: OffDuration(d("3m")), Keepalive: OffDuration(d("12s")), UserTimeout: d("22s")},
 		},
 		Listeners: []ListenerConfig{
 			{Name: "socks", Listen: "0.0.0.0:1080", Mode: "explicit", Protocols: []string{"socks5", "http"},
@@ -141,7 +141,7 @@ listeners:
 	if err != nil {
 		t.Fatalf("ParseConfig: %v", err)
 	}
-	legDefault := LegConfig{IdleTimeout: Duration(15 * time.Minute), Keepalive: Duration(30 * time.Second)}
+	legDefault := LegConfig{IdleTimeout: OffDuration(15 * time.Minute), Keepalive: OffDuration(30 * time.Second)}
 	for _, tc := range []struct {
 		field    string
 		got, def any
@@ -183,6 +183,9 @@ func TestConfigDefaultsDoNotOverride(t *testing.T) {
 admin: {listen: "off"}
 limits: {max_flows: 5}
 detach_after: 0s
+legs:
+  client: {idle_timeout: off, keepalive: 0s}
+  server: {idle_timeout: 0s, keepalive: off}
 listeners:
   - {name: a, listen: "127.0.0.1:1080", protocols: [socks5], allow_clients: ["127.0.0.0/8"], allow_destinations: ["10.0.0.0/8"]}
 `
@@ -192,6 +195,18 @@ listeners:
 	}
 	if c.Admin.Listen != "off" || c.Limits.MaxFlows != 5 || !reflect.DeepEqual(c.Listeners[0].Protocols, []string{"socks5"}) || c.Detach() != 0 {
 		t.Errorf("got admin %q max_flows %d protocols %v detach_after %v", c.Admin.Listen, c.Limits.MaxFlows, c.Listeners[0].Protocols, c.Detach())
+	}
+	// off (or 0s): no idle timeout, no keepalive; the relay leg keeps its defaults.
+	for _, leg := range []LegConfig{c.Legs.Client, c.Legs.Server} {
+		if leg.IdleTimeout != 0 || leg.Keepalive != 0 {
+			t.Errorf("a leg with idle_timeout and keepalive off: %v and %v, want 0 (never, off)", leg.IdleTimeout.D(), leg.Keepalive.D())
+		}
+	}
+	if c.Legs.Relay.IdleTimeout.D() != 15*time.Minute || c.Legs.Relay.Keepalive.D() != 30*time.Second {
+		t.Errorf("legs.relay: %v and %v, want the defaults", c.Legs.Relay.IdleTimeout.D(), c.Legs.Relay.Keepalive.D())
+	}
+	if rt, err := newRuntime(c); err != nil || rt.tunables.ClientIdle != 0 || rt.tunables.ServerIdle != 0 {
+		t.Errorf("tunables: %+v, %v; want the idle timeouts 0 (never)", rt.tunables, err)
 	}
 }
 
@@ -220,6 +235,9 @@ func TestConfigErrors(t *testing.T) {
 		{"bad duration", "limits: {connect_timeout: 5 sec}\nlisteners: [" + ln + "]\n", []string{`limits.connect_timeout: "5 sec"`}},
 		{"negative duration", "limits: {handshake_timeout: -1s}\nlisteners: [" + ln + "]\n", []string{`limits.handshake_timeout: "-1s"`}},
 		{"bad leg duration", "legs: {server: {idle_timeout: forever}}\nlisteners: [" + ln + "]\n", []string{"legs.server.idle_timeout"}},
+		{"timeouts too short", "limits: {connect_timeout: 1ns, handshake_timeout: 1ms, pooled_wait: 5ms}\nlisteners: [" + ln + "]\n", []string{"limits.connect_timeout: 1ns: want at least 10ms", "limits.handshake_timeout: 1ms", "limits.pooled_wait: 5ms"}},
+		{"off where no off", "limits: {connect_timeout: off}\nlisteners: [" + ln + "]\n", []string{`limits.connect_timeout: "off"`}},
+		{"capture tables alike", "listeners:\n  - {name: web-a, listen: \"0.0.0.0:7000\", mode: tproxy, capture: {ports: \"80\"}}\n  - {name: web.a, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {ports: \"81\"}}\n", []string{`listeners[1].name: "web.a": its capture table halfway_web_a would be listener "web-a"'s too`}},
 		{"bad window", "auth: {window: 10}\nlisteners: [" + ln + "]\n", []string{"auth.window"}},
 		{"negative limit", "limits: {max_pending: -1}\nlisteners: [" + ln + "]\n", []string{"limits.max_pending: -1"}},
 		{"non-integer limit", "limits: {max_flows: lots}\nlisteners: [" + ln + "]\n", []string{"limits.max_flows"}},

@@ -25,6 +25,9 @@ import (
 // reset) the client.
 func (s *Server) handshake(l *listener, st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
 	_ = c.SetDeadline(time.Now().Add(rt.cfg.Limits.HandshakeTimeout.D()))
+	if s.flowCtx.Err() != nil {
+		_ = c.SetDeadline(longAgo) // abortFlows ran before this deadline was set
+	}
 	defer c.SetDeadline(time.Time{})
 	proto, err := detect(c)
 	if err != nil {

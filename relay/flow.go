@@ -24,6 +24,9 @@ type flow struct {
 	client   netip.AddrPort
 	dst      atomic.Pointer[netip.AddrPort]
 	l        *listener
+	// conn is the client's connection while the flow has no data path
+	// yet (its protocol head, its connect): abortFlows ends those waits.
+	conn     atomic.Pointer[net.TCPConn]
 	start    int64 // unix nanos
 	up, down atomic.Int64
 	// endHandshake frees the client's handshake slot early: a peer's
@@ -92,9 +95,18 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	}
 	rt := s.state.Load()
 	f := &flow{listener: l.cfg.Name, l: l, client: client, start: time.Now().UnixNano(), endHandshake: endHandshake}
+	f.conn.Store(c)
 	f.proto.Store(&st.cfg.Mode)
 	s.register(f)
 	l.flowStarted()
+	if l.retired.Load() && l.uncapture != nil {
+		// Its listener closed as it accepted: the capture rules may be
+		// gone already (close saw no flow), and they go with the last.
+		resetConn(c)
+		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: errors.New("listener closed")})
+		s.flowDone(f)
+		return
+	}
 	var server *net.TCPConn
 	var err error
 	if explicit {
@@ -189,6 +201,7 @@ func (s *Server) flowOptions(f *flow, rt *runtime) (datapath.Options, func(datap
 
 // runFlow starts f's data path.
 func (s *Server) runFlow(f *flow, dp *datapath.Flow) {
+	f.conn.Store(nil) // the data path owns it now, and may close it early
 	f.dp.Store(dp)
 	if s.flowCtx.Err() != nil {
 		dp.Abort() // abortFlows ran before the flow was in reach

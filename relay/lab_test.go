@@ -1274,30 +1274,10 @@ func TestCaptureReload(t *testing.T) {
 		s := tables()
 		return strings.Contains(s, "halfway_web1") && strings.Contains(s, "halfway_web2")
 	})
-	for _, port := range []string{":9001", ":9002"} {
-		ln, err := server.Listen("tcp", port)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		go serveEchoConns(ln)
-	}
+	serveEchoOn(t, server, 9001, 9002)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	echo := func(c net.Conn, msg string) error {
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, err := c.Write([]byte(msg)); err != nil {
-			return err
-		}
-		b := make([]byte, len(msg))
-		if _, err := io.ReadFull(c, b); err != nil {
-			return err
-		}
-		if string(b) != msg {
-			return fmt.Errorf("echo %q", b)
-		}
-		return nil
-	}
+	echo := echoOnce
 	held, err := client.Dial(ctx, "tcp", server.AddrPort(9001))
 	if err != nil {
 		t.Fatal(err)
@@ -1307,15 +1287,7 @@ func TestCaptureReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Reload without web1.
-	file := filepath.Join(filepath.Dir(logPath), "rc.yaml")
-	os.WriteFile(file, []byte("admin: {listen: off}\nlisteners:\n"+listener("web2", 7002, 9002)), 0o644)
-	if out, err := rc.Command(ctx, "pkill", "-HUP", "-f", "halfway relay -c "+file).CombinedOutput(); err != nil {
-		t.Fatalf("pkill -HUP: %v %s", err, out)
-	}
-	waitFor("the reload", func() bool {
-		b, _ := os.ReadFile(logPath)
-		return strings.Contains(string(b), "configuration reloaded")
-	})
+	reloadRelay(t, ctx, rc, logPath, "rc", "admin: {listen: off}\nlisteners:\n"+listener("web2", 7002, 9002))
 	if err := echo(held, "after the reload"); err != nil {
 		t.Errorf("the flow through the removed listener broke: %v", err)
 	}
@@ -1334,6 +1306,54 @@ func TestCaptureReload(t *testing.T) {
 	waitFor("web1's table to go after its last flow", func() bool { return !strings.Contains(tables(), "halfway_web1") })
 	if b, _ := os.ReadFile(logPath); strings.Count(string(b), "listener=web2 proto=tproxy") == 0 {
 		t.Error("web2's flow was not relayed")
+	}
+}
+
+// TestCaptureSharedReload: listeners with different marks share the
+// default routing table's local route, and a reload that removes one
+// leaves the route to the other; a listener renamed to a name with the
+// same capture table (web-1 to web_1) keeps its table.
+func TestCaptureSharedReload(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, chainTopo)
+	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+	srvNet := server.Ifaces()[0].Addr4.Masked()
+	listener := func(name string, port, capPort, mark int) string {
+		return fmt.Sprintf("  - {name: %s, listen: \"0.0.0.0:%d\", mode: tproxy, capture: {dst: [%s], ports: \"%d\", mark: %d, install: true}}\n", name, port, srvNet, capPort, mark)
+	}
+	logPath, _ := runRelay(t, rc, "rc", "admin: {listen: off}\nlisteners:\n"+listener("a", 7001, 9001, 1)+listener("b", 7002, 9002, 2)+listener("web-1", 7003, 9003, 2))
+	waitCapture(t, rc, "halfway_web_1", "7003")
+	serveEchoOn(t, server, 9002, 9003)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	reloadRelay(t, ctx, rc, logPath, "rc", "admin: {listen: off}\nlisteners:\n"+listener("b", 7002, 9002, 2)+listener("web_1", 7003, 9003, 2))
+	if out, _ := rc.Command(ctx, "ip", "-4", "route", "show", "table", "100").CombinedOutput(); !strings.Contains(string(out), "local default") {
+		t.Errorf("after a's removal, table 100 lost the local route that b (mark 2) uses: %q", out)
+	}
+	if out, _ := rc.Command(ctx, "nft", "list", "table", "inet", "halfway_web_1").CombinedOutput(); !strings.Contains(string(out), "9003") {
+		t.Errorf("after renaming web-1 to web_1, its table: %s", out)
+	}
+	// Both still relay: each flow shows in the relay's log.
+	for _, port := range []uint16{9002, 9003} {
+		c, err := client.Dial(ctx, "tcp", server.AddrPort(port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := echoOnce(c, "hi"); err != nil {
+			t.Errorf("echo on %d after the reload: %v", port, err)
+		}
+		c.Close()
+	}
+	for i := 0; ; i++ {
+		b, _ := os.ReadFile(logPath)
+		if strings.Count(string(b), "msg=flow") >= 2 {
+			break
+		}
+		if i > 200 {
+			t.Fatalf("the relay logged %d flows after the reload, want 2 (b's and web_1's): the capture missed them", strings.Count(string(b), "msg=flow"))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -1578,6 +1598,58 @@ peers:
 	}
 }
 
+// serveEchoOn runs echo servers (serveEchoConns) in h on ports until the
+// test ends.
+func serveEchoOn(t *testing.T, h *netlab.Host, ports ...int) {
+	t.Helper()
+	for _, port := range ports {
+		ln, err := h.Listen("tcp", fmt.Sprintf(":%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go serveEchoConns(ln)
+	}
+}
+
+// echoOnce sends msg on c and reads it back.
+func echoOnce(c net.Conn, msg string) error {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return err
+	}
+	b := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, b); err != nil {
+		return err
+	}
+	if string(b) != msg {
+		return fmt.Errorf("echo %q", b)
+	}
+	return nil
+}
+
+// reloadRelay writes cfg over the configuration of the relay runRelay
+// started in h as name (its log at logPath), sends it SIGHUP and waits
+// until it has logged the reload.
+func reloadRelay(t *testing.T, ctx context.Context, h *netlab.Host, logPath, name, cfg string) {
+	t.Helper()
+	before := func() int { b, _ := os.ReadFile(logPath); return strings.Count(string(b), "configuration reloaded") }
+	n := before()
+	file := filepath.Join(filepath.Dir(logPath), name+".yaml")
+	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.Command(ctx, "pkill", "-HUP", "-f", "halfway relay -c "+file).CombinedOutput(); err != nil {
+		t.Fatalf("pkill -HUP: %v %s", err, out)
+	}
+	for i := 0; before() == n; i++ {
+		if i > 500 {
+			t.Fatal("the relay never logged the reload")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // earlyMetric reads halfway_early_syn_total{result} from the relay in h
 // whose admin API is on port.
 func earlyMetric(t *testing.T, h *netlab.Host, port int, result string) int {
@@ -1689,20 +1761,7 @@ listeners:
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	file := filepath.Join(filepath.Dir(logPath), "early.yaml")
-	os.WriteFile(file, []byte(strings.Replace(cfg, "early_syn: true", "early_syn: false", 1)), 0o644)
-	if out, err := rc.Command(ctx, "pkill", "-HUP", "-f", "halfway relay -c "+file).CombinedOutput(); err != nil {
-		t.Fatalf("pkill -HUP: %v %s", err, out)
-	}
-	for i := 0; ; i++ {
-		if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "configuration reloaded") {
-			break
-		}
-		if i > 200 {
-			t.Fatal("the relay never logged the reload")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	reloadRelay(t, ctx, rc, logPath, "early", strings.Replace(cfg, "early_syn: true", "early_syn: false", 1))
 	if n := earlyMetric(t, rc, 9191, "expired"); n != 0 {
 		t.Skipf("skipped: the pending dial expired (%d) before the reload took effect (a busy machine)", n)
 	}

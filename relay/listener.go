@@ -68,7 +68,7 @@ type listenerState struct {
 	plain    bool           // its flows can be plain (see plain_linux.go)
 }
 
-func newListenerState(lc ListenerConfig, own *atomic.Pointer[map[netip.Addr]bool]) (*listenerState, error) {
+func newListenerState(lc ListenerConfig, own *atomic.Pointer[ownSet]) (*listenerState, error) {
 	st := &listenerState{cfg: lc, protos: map[string]bool{}, plain: plainListener(&lc)}
 	var err error
 	if st.policy, err = newPolicy(&lc, own); err != nil {
@@ -144,12 +144,14 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 	}
 	l.setKeepalive(s.state.Load().cfg.Legs.Client.Keepalive.D())
 	if lc.Capture != nil && lc.Capture.Install {
-		// A removed listener of this name may still hold the table for its
-		// last flows: the table is rebuilt now and becomes ours.
-		if old := s.retired[lc.Name]; old != nil && old.disown != nil {
+		// A removed listener of this name (or one that maps to the same
+		// table) may still hold the table for its last flows: the table is
+		// rebuilt now and becomes ours.
+		table := captureTable(lc.Name)
+		if old := s.retired[table]; old != nil && old.disown != nil {
 			old.disown()
 		}
-		delete(s.retired, lc.Name)
+		delete(s.retired, table)
 		if l.uncapture, l.disown, err = installCapture(&lc, &s.routes); err != nil {
 			l.closeSocket()
 			return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
@@ -165,15 +167,6 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 			"listener", lc.Name, "listen_port", ap.Port(), "captured_ports", lc.Capture.Ports)
 	}
 	return l, nil
-}
-
-func (l *listener) update(lc ListenerConfig, own *atomic.Pointer[map[netip.Addr]bool]) error {
-	st, err := newListenerState(lc, own)
-	if err != nil {
-		return fmt.Errorf("listener %s: %w", lc.Name, err)
-	}
-	l.cur.Store(st)
-	return nil
 }
 
 // closeSocket closes the listening socket.

@@ -298,7 +298,7 @@ func (s *Server) selfConnected(fd int, addr netip.AddrPort) bool {
 		return false
 	}
 	a := addr.Addr().Unmap().WithZone("")
-	if !a.IsLoopback() && !(*s.own.Load())[a] {
+	if !a.IsLoopback() && !s.own.Load().has(a) {
 		return false
 	}
 	sa, err := unix.Getsockname(fd)

@@ -10,13 +10,36 @@ import (
 type policy struct {
 	clients []netip.Prefix
 	dests   []destRule
-	own     map[netip.Addr]bool // the relay's own addresses, when ownRef is nil
+	own     *ownSet // the relay's own addresses, when ownRef is nil
 	// ownRef, when set, holds the server's current view of its addresses,
 	// refreshed while it runs (addresses come and go: DHCP, SLAAC).
-	ownRef *atomic.Pointer[map[netip.Addr]bool]
+	ownRef *atomic.Pointer[ownSet]
 }
 
-func newPolicy(ln *ListenerConfig, ownRef *atomic.Pointer[map[netip.Addr]bool]) (*policy, error) {
+// ownSet is what this host delivers locally: its interfaces' addresses,
+// and the prefixes of its local routes (an address on lo makes its whole
+// prefix local; AnyIP routes do the same).
+type ownSet struct {
+	addrs map[netip.Addr]bool
+	local []netip.Prefix
+}
+
+func (o *ownSet) has(a netip.Addr) bool {
+	if o == nil {
+		return false
+	}
+	if o.addrs[a] {
+		return true
+	}
+	for _, p := range o.local {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func newPolicy(ln *ListenerConfig, ownRef *atomic.Pointer[ownSet]) (*policy, error) {
 	p := &policy{ownRef: ownRef}
 	if ownRef == nil {
 		p.own = ownAddrs()
@@ -40,6 +63,7 @@ func newPolicy(ln *ListenerConfig, ownRef *atomic.Pointer[map[netip.Addr]bool]) 
 
 func (p *policy) clientAllowed(a netip.Addr) bool {
 	a = a.Unmap()
+	a = a.WithZone("") // a link-local client: its zone is the interface it came by
 	for _, pr := range p.clients {
 		if pr.Contains(a) {
 			return true
@@ -87,11 +111,11 @@ func (p *policy) destAllowed(dst netip.AddrPort) bool {
 // isOwn tells whether a is one of the relay's addresses.
 func (p *policy) isOwn(a netip.Addr) bool {
 	if p.ownRef != nil {
-		if m := p.ownRef.Load(); m != nil {
-			return (*m)[a]
+		if o := p.ownRef.Load(); o != nil {
+			return o.has(a)
 		}
 	}
-	return p.own[a]
+	return p.own.has(a)
 }
 
 func (p *policy) special(a netip.Addr) bool {
@@ -121,19 +145,19 @@ func (r destRule) narrowEnough(a netip.Addr, p *policy) bool {
 	return true
 }
 
-// ownAddrs lists the addresses of this host's interfaces.
-func ownAddrs() map[netip.Addr]bool {
-	own := map[netip.Addr]bool{}
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return own
-	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(n.IP); ok {
-				own[ip.Unmap()] = true
+// ownAddrs lists the addresses of this host's interfaces and the
+// prefixes of its local routes (localPrefixes).
+func ownAddrs() *ownSet {
+	own := &ownSet{addrs: map[netip.Addr]bool{}}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok {
+					own.addrs[ip.Unmap()] = true
+				}
 			}
 		}
 	}
+	own.local = localPrefixes()
 	return own
 }

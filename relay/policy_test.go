@@ -2,7 +2,10 @@ package relay
 
 import (
 	"net/netip"
+	"os/exec"
 	"testing"
+
+	"halfway/netlab/labtest"
 )
 
 // testPolicy builds a policy from allow lists with a fixed set of own
@@ -13,9 +16,9 @@ func testPolicy(t *testing.T, clients, dests []string, own ...string) *policy {
 	if err != nil {
 		t.Fatalf("newPolicy(%v, %v, nil): %v", clients, dests, err)
 	}
-	p.own = map[netip.Addr]bool{}
+	p.own = &ownSet{addrs: map[netip.Addr]bool{}}
 	for _, s := range own {
-		p.own[netip.MustParseAddr(s)] = true
+		p.own.addrs[netip.MustParseAddr(s)] = true
 	}
 	return p
 }
@@ -206,12 +209,78 @@ func TestPolicyOwnAddrsFromHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for a := range p.own {
+	for a := range p.own.addrs {
 		if a.Zone() != "" || a.Is4In6() {
 			t.Errorf("own address %v: want unmapped and without zone", a)
 		}
 		if p.destAllowed(netip.AddrPortFrom(a, 80)) {
 			t.Errorf("own address %v allowed under a catch-all rule", a)
 		}
+	}
+}
+
+// TestPolicyOwnLocalRoutes: an address on lo makes its whole prefix local,
+// and an AnyIP route does the same: addresses in them are the relay's own,
+// refused under a catch-all rule; TPROXY's local default route in a table
+// of its own makes nothing own.
+func TestPolicyOwnLocalRoutes(t *testing.T) {
+	labtest.InNetns(t, func() {
+		for _, args := range [][]string{
+			{"addr", "add", "10.99.0.1/24", "dev", "lo"},
+			{"route", "add", "local", "10.98.0.0/16", "dev", "lo"},
+			{"route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %v: %v: %s", args, err, out)
+			}
+		}
+		p, err := newPolicy(&ListenerConfig{AllowDestinations: []string{"0.0.0.0/0"}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			addr string
+			own  bool
+		}{{"10.99.0.1", true}, {"10.99.0.7", true}, {"10.98.3.4", true}, {"10.97.0.1", false}, {"192.0.2.1", false}} {
+			a := netip.MustParseAddr(tc.addr)
+			if got := p.isOwn(a); got != tc.own {
+				t.Errorf("isOwn(%s) = %v, want %v (local prefixes %v)", a, got, tc.own, p.own.local)
+			}
+			if got := p.destAllowed(netip.AddrPortFrom(a, 2222)); got == tc.own {
+				t.Errorf("destAllowed(%s:2222) under 0.0.0.0/0 = %v, want %v", a, got, !tc.own)
+			}
+		}
+	})
+}
+
+// TestPolicyZonedClient: a link-local client, whose address carries the
+// zone it came by, is judged by its address.
+func TestPolicyZonedClient(t *testing.T) {
+	p := testPolicy(t, []string{"fe80::/10"}, nil)
+	if !p.clientAllowed(netip.MustParseAddr("fe80::1%eth0")) {
+		t.Errorf("%s refused under allow_clients fe80::/10", "fe80::1%eth0")
+	}
+	if p.clientAllowed(netip.MustParseAddr("2001:db8::1%eth0")) {
+		t.Errorf("%s allowed under allow_clients fe80::/10", "2001:db8::1%eth0")
+	}
+}
+
+// TestPolicyOwnAdvertised: the addresses peers reach this relay at
+// through NAT (auth.advertise) are its own too, and a reload updates them.
+func TestPolicyOwnAdvertised(t *testing.T) {
+	psk := writeTestFile(t, t.TempDir(), "psk", "0123456789abcdef\n")
+	conf := func(adv string) string {
+		return "admin: {listen: off}\nauth: {psk_file: " + psk + ", advertise: [\"" + adv + "\"]}\nlisteners:\n  - {name: s, listen: \"127.0.0.1:0\", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: [0.0.0.0/0]}\n"
+	}
+	s := startLoopback(t, conf("192.0.2.77:7100"))
+	st := s.listeners["s"].cur.Load()
+	if !st.policy.isOwn(netip.MustParseAddr("192.0.2.77")) || st.policy.destAllowed(netip.MustParseAddrPort("192.0.2.77:22")) {
+		t.Error("the advertised address is not the relay's own: a catch-all rule reaches it")
+	}
+	if err := reloadYAML(t, s, conf("192.0.2.78:7100")); err != nil {
+		t.Fatal(err)
+	}
+	if !st.policy.isOwn(netip.MustParseAddr("192.0.2.78")) || st.policy.isOwn(netip.MustParseAddr("192.0.2.77")) {
+		t.Error("after the reload, the own addresses did not follow auth.advertise")
 	}
 }

@@ -568,3 +568,27 @@ func TestPoolProtocolChange(t *testing.T) {
 		t.Errorf("flow after the changes: %v", err)
 	}
 }
+
+// TestPoolClientsNarrowed: a peer taken out of allow_clients cannot use
+// the connections it pooled before: each request is judged by the
+// configuration in force when it comes.
+func TestPoolClientsNarrowed(t *testing.T) {
+	pp := newPoolPair(t, func(rs string) string { return rs }, 3, 3)
+	rs := startLoopback(t, pp.rsYAML)
+	rc := startLoopback(t, pp.rcYAML)
+	echo := echoServer(t)
+	parked := func() int {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		return len(rs.parked)
+	}
+	waitFor(t, func() bool { return parked() == 3 })
+	if err := reloadYAML(t, rs, strings.Replace(pp.rsYAML, "allow_clients: [127.0.0.1/32]", "allow_clients: [10.9.9.9/32]", 1)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := echoThrough(rc.Addr("socks"), echo, 1000); err == nil {
+			t.Errorf("flow %d went through rs, which no longer allows rc", i)
+		}
+	}
+}

@@ -55,11 +55,11 @@ type Server struct {
 	refusing    chan struct{} // bounds refusals answered in protocol
 	work        chan accepted // accepted connections for idle workers
 	idleWorkers atomic.Int32
-	own         atomic.Pointer[map[netip.Addr]bool] // this host's addresses, refreshed
-	ephemeral   atomic.Uint32                       // net.ipv4.ip_local_port_range, low<<16 | high, refreshed
-	routes      policyRoutes                        // TPROXY policy routes shared by listeners
-	retired     map[string]*listener                // removed listeners whose capture outlives them (under mu)
-	parked      map[*net.TCPConn]*listener          // peers' pooled connections awaiting a request, and where (under mu)
+	own         atomic.Pointer[ownSet]     // what this host delivers locally, refreshed
+	ephemeral   atomic.Uint32              // net.ipv4.ip_local_port_range, low<<16 | high, refreshed
+	routes      policyRoutes               // TPROXY policy routes shared by listeners
+	retired     map[string]*listener       // removed listeners whose capture outlives them, by capture table (under mu)
+	parked      map[*net.TCPConn]*listener // peers' pooled connections awaiting a request, and where (under mu)
 	pools       atomic.Pointer[map[netip.AddrPort]*pool]
 	turbo       turboRoutes
 	subflows    *sockopt.Subflows // options for MPTCP subflows, once needed (under mu)
@@ -160,8 +160,14 @@ func New(cfg *Config, log *slog.Logger, reg *hm.Registry) (*Server, error) {
 const ownRefresh = 10 * time.Second
 
 func (s *Server) refreshOwn() {
-	m := ownAddrs()
-	s.own.Store(&m)
+	own := ownAddrs()
+	// Where peers reach this relay through NAT, that address leads here too.
+	for _, a := range s.state.Load().cfg.Auth.Advertise {
+		if ap, err := netip.ParseAddrPort(a); err == nil {
+			own.addrs[ap.Addr().Unmap()] = true
+		}
+	}
+	s.own.Store(own)
 	s.ephemeral.Store(ephemeralRange())
 }
 
@@ -243,6 +249,7 @@ func newRuntime(cfg *Config) (*runtime, error) {
 func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 	go s.refreshOwnLoop()
 	if err := s.apply(s.state.Load().cfg); err != nil {
+		s.cancelAll() // ends refreshOwnLoop
 		s.closeListeners()
 		s.mu.Lock()
 		s.stopEarly()
@@ -321,6 +328,7 @@ func (s *Server) Reload(cfg *Config) error {
 	}
 	// The file's limits replace any changed at run time through the admin API.
 	old := s.state.Swap(rt)
+	s.refreshOwn() // auth.advertise may have changed
 	if old.auth != nil && (rt.auth == nil || !bytes.Equal(old.auth.key, rt.auth.key)) {
 		// Pooled connections were greeted under the old key: their
 		// requests would be judged by the new one. They go now, while
@@ -330,61 +338,151 @@ func (s *Server) Reload(cfg *Config) error {
 		s.mu.Unlock()
 	}
 	if err := s.apply(cfg); err != nil {
+		if errors.Is(err, ErrNotApplied) {
+			// Nothing changed: the running configuration stays whole
+			// (unless the admin API changed tunables meanwhile).
+			s.state.CompareAndSwap(rt, old)
+		}
 		return err
 	}
 	s.log.Info("configuration reloaded", "listeners", s.listenerCount())
 	return nil
 }
 
-// apply makes the set of open listeners match cfg.
+// ErrNotApplied marks a Reload that changed nothing: a listener could not
+// open, and the running configuration stays whole.
+var ErrNotApplied = errors.New("configuration not applied")
+
+// sameSocket tells whether a listener configured as lc can keep the
+// socket (and capture rules) of one configured as old.
+func sameSocket(old, lc *ListenerConfig) bool {
+	return old.Listen == lc.Listen && old.Mode == lc.Mode && old.MPTCP == lc.MPTCP && reflect.DeepEqual(old.Capture, lc.Capture)
+}
+
+// apply makes the set of open listeners match cfg. It opens the new and
+// replaced listeners it can before it closes any, so that one that cannot
+// open (its port taken, its capture refused) leaves every listener as it
+// was (ErrNotApplied). Those that need what a closing one holds (its port,
+// or its capture table) open after it closes; if one of them then fails,
+// a replaced listener gets its previous configuration back.
 func (s *Server) apply(cfg *Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining.Load() {
 		return errors.New("draining: configuration not applied")
 	}
-	sfOpts, sfWant := wantSubflows(cfg)
-	s.loadSubflows(cfg, sfWant)
+	type opening struct {
+		lc  ListenerConfig
+		old *listener // replaced, or nil
+		l   *listener
+	}
+	type update struct {
+		l  *listener
+		st *listenerState
+	}
+	var updates []update
+	var opens []*opening
+	var closing []*listener // replaced and removed
 	want := map[string]bool{}
 	var errs []error
 	for i := range cfg.Listeners {
 		lc := cfg.Listeners[i]
 		want[lc.Name] = true
-		if l, ok := s.listeners[lc.Name]; ok && l.cfg.Listen == lc.Listen && l.cfg.Mode == lc.Mode && l.cfg.MPTCP == lc.MPTCP && reflect.DeepEqual(l.cfg.Capture, lc.Capture) {
-			if err := l.update(lc, &s.own); err != nil {
-				errs = append(errs, err)
+		l, ok := s.listeners[lc.Name]
+		if ok && sameSocket(&l.cfg, &lc) {
+			st, err := newListenerState(lc, &s.own)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("listener %s: %w", lc.Name, err))
 			}
-			if !l.cur.Load().protos["convert"] {
-				s.closeParked(l) // it takes no Convert hops any more
-			}
-			l.setKeepalive(cfg.Legs.Client.Keepalive.D())
-			continue
-		} else if ok {
-			// Replaced under the same name: its capture table is about to be
-			// rebuilt, so it goes now (flows lose their mark for the
-			// moment in between; TCP retransmits over it).
-			errs = append(errs, l.closeNow())
-			s.closeParked(l)
-			delete(s.listeners, lc.Name)
-		}
-		l, err := s.openListener(lc)
-		if err != nil {
-			errs = append(errs, err)
+			updates = append(updates, update{l, st})
 			continue
 		}
-		s.listeners[lc.Name] = l
-		s.acceptorWG.Add(1)
-		go func() { defer s.acceptorWG.Done(); s.acceptLoop(l) }()
+		if ok {
+			closing = append(closing, l)
+		}
+		opens = append(opens, &opening{lc: lc, old: l})
 	}
 	for name, l := range s.listeners {
 		if !want[name] {
-			errs = append(errs, l.close())
-			s.closeParked(l)
-			delete(s.listeners, name)
-			if l.uncapture != nil {
-				s.retired[name] = l
+			closing = append(closing, l)
+		}
+	}
+	blocked := func(lc *ListenerConfig) bool {
+		ap, _ := netip.ParseAddrPort(lc.Listen)
+		for _, o := range closing {
+			if addrPortOf(o.ln.Addr()).Port() == ap.Port() || lc.Capture != nil && o.cfg.Capture != nil && captureTable(lc.Name) == captureTable(o.cfg.Name) {
+				return true
 			}
 		}
+		return false
+	}
+	if len(errs) == 0 {
+		for _, o := range opens {
+			if blocked(&o.lc) {
+				continue // after the listener in its way has closed
+			}
+			var err error
+			if o.l, err = s.openListener(o.lc); err != nil {
+				errs = append(errs, err)
+				break
+			}
+		}
+	}
+	if len(errs) > 0 {
+		for _, o := range opens {
+			if o.l != nil {
+				_ = o.l.closeNow()
+			}
+		}
+		return fmt.Errorf("%w: %w", ErrNotApplied, errors.Join(errs...))
+	}
+
+	// From here the new configuration applies.
+	sfOpts, sfWant := wantSubflows(cfg)
+	s.loadSubflows(cfg, sfWant)
+	for _, u := range updates {
+		u.l.cur.Store(u.st)
+		if !u.st.protos["convert"] {
+			s.closeParked(u.l) // it takes no Convert hops any more
+		}
+		u.l.setKeepalive(cfg.Legs.Client.Keepalive.D())
+	}
+	for _, l := range closing {
+		name := l.cfg.Name
+		if want[name] {
+			// Replaced under the same name: its capture table is about to
+			// be rebuilt, so it goes now (flows lose their mark for the
+			// moment in between; TCP retransmits over it).
+			errs = append(errs, l.closeNow())
+		} else {
+			errs = append(errs, l.close())
+			if l.uncapture != nil {
+				s.retired[captureTable(name)] = l
+			}
+		}
+		s.closeParked(l)
+		delete(s.listeners, name)
+	}
+	for _, o := range opens {
+		if o.l == nil {
+			var err error
+			if o.l, err = s.openListener(o.lc); err != nil {
+				errs = append(errs, err)
+				if o.old == nil {
+					continue
+				}
+				// Its port or table was taken meanwhile: the previous
+				// configuration, which held them a moment ago.
+				if o.l, err = s.openListener(o.old.cfg); err != nil {
+					errs = append(errs, fmt.Errorf("listener %s: its previous configuration: %w", o.lc.Name, err))
+					continue
+				}
+				errs = append(errs, fmt.Errorf("listener %s: kept its previous configuration", o.lc.Name))
+			}
+		}
+		s.listeners[o.lc.Name] = o.l
+		s.acceptorWG.Add(1)
+		go func() { defer s.acceptorWG.Done(); s.acceptLoop(o.l) }()
 	}
 	s.applySubflows(cfg, sfOpts, sfWant)
 	if err := s.applyEarly(); err != nil {
@@ -400,13 +498,7 @@ func (s *Server) apply(cfg *Config) error {
 	if err := s.turbo.apply(cfg.Peers); err != nil {
 		errs = append(errs, err)
 	}
-	if s.admin == nil && cfg.Admin.Listen != "off" {
-		a, err := s.startAdmin(cfg.Admin.Listen)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		s.admin = a
-	}
+	errs = append(errs, s.applyAdmin(cfg.Admin.Listen))
 	return errors.Join(errs...)
 }
 
@@ -589,15 +681,21 @@ func (s *Server) endConnect() { s.pending.Add(-1) }
 func (s *Server) register(f *flow) { s.table.add(f) }
 
 // abortFlows ends every flow: those still connecting through the flows'
-// context, those forwarding through their data path.
+// context, those in their client's protocol head through a deadline long
+// past, those forwarding through their data path.
 func (s *Server) abortFlows() {
 	s.cancelAll()
 	s.table.each(func(f *flow) {
 		if dp := f.dp.Load(); dp != nil {
 			dp.Abort()
+		} else if c := f.conn.Load(); c != nil {
+			_ = c.SetDeadline(longAgo)
 		}
 	})
 }
+
+// longAgo is a deadline that has passed: it ends a wait at once.
+var longAgo = time.Unix(1, 0)
 
 // finish moves an ended flow's bytes from the active set to the totals in
 // one step under its shard's lock (see metrics.bytes).

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -44,6 +45,10 @@ func runRelay(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop() // a second signal ends the process at once, drain or not
+	}()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -54,7 +59,10 @@ func runRelay(args []string, stdout, stderr io.Writer) error {
 				log.Error("reload refused: configuration invalid; the running one stays", "err", err)
 				continue
 			}
-			if err := srv.Reload(next); err != nil {
+			switch err := srv.Reload(next); {
+			case errors.Is(err, relay.ErrNotApplied):
+				log.Error("reload refused: the running configuration stays", "err", err)
+			case err != nil:
 				log.Error("reload incomplete", "err", err)
 			}
 		}

@@ -1,0 +1,35 @@
+package relay
+
+import (
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// localPrefixes lists the prefixes (not single addresses, which the
+// interfaces' addresses cover) of the namespace's local routes in its
+// local table, where the kernel puts those of addresses on lo and ip
+// route puts AnyIP routes. Only that table: a router's main table may
+// hold a million routes, and other tables serve policy rules.
+func localPrefixes() []netip.Prefix {
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL}, netlink.RT_FILTER_TYPE|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(r.Dst.IP)
+		ones, _ := r.Dst.Mask.Size()
+		if !ok || ones == 0 || ones == ip.Unmap().BitLen() {
+			continue // a default route is a policy's; a host route, an address
+		}
+		if p, err := ip.Unmap().Prefix(ones); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}

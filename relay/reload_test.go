@@ -1,0 +1,172 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// reloadYAML reloads s with a configuration, or fails the test when it
+// does not parse.
+func reloadYAML(t *testing.T, s *Server, y string) error {
+	t.Helper()
+	cfg, err := ParseConfig([]byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Reload(cfg)
+}
+
+// accepts tells whether something accepts connections at addr.
+func accepts(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err == nil {
+		c.Close()
+	}
+	return err == nil
+}
+
+// TestReloadRefusedKeepsRunning: a reload with a listener that cannot open
+// (its port is taken by another socket) changes nothing, its limits
+// included; one that swaps two listeners' ports applies whole.
+func TestReloadRefusedKeepsRunning(t *testing.T) {
+	portA, portB := freeLoopback(t), freeLoopback(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	conf := func(a, b string, maxFlows int) string {
+		return fmt.Sprintf(`
+admin: {listen: off}
+limits: {max_flows: %d}
+listeners:
+  - {name: a, listen: %q, protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+  - {name: b, listen: %q, protocols: [http], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+`, maxFlows, a, b)
+	}
+	s := startLoopback(t, conf(portA, portB, 99))
+	err = reloadYAML(t, s, conf(busy.Addr().String(), portB, 10))
+	if !errors.Is(err, ErrNotApplied) {
+		t.Fatalf("reload onto a busy port: %v, want ErrNotApplied", err)
+	}
+	if got := s.Addr("a"); got == nil || got.String() != portA || !accepts(portA) {
+		t.Errorf("after the refused reload, listener a is at %v (accepting: %v), want %s", got, accepts(portA), portA)
+	}
+	if n := s.state.Load().tunables.MaxFlows; n != 99 {
+		t.Errorf("after the refused reload, max_flows %d, want 99 as before", n)
+	}
+	if err := reloadYAML(t, s, conf(portB, portA, 99)); err != nil {
+		t.Fatalf("reload swapping the ports: %v", err)
+	}
+	if a, b := s.Addr("a"), s.Addr("b"); a == nil || b == nil || a.String() != portB || b.String() != portA || !accepts(portA) || !accepts(portB) {
+		t.Errorf("after the swap: a at %v, b at %v; want %s and %s, accepting", a, b, portB, portA)
+	}
+}
+
+// TestReloadAdminListen: a reload moves the admin API, or turns it off.
+func TestReloadAdminListen(t *testing.T) {
+	first, second := freeLoopback(t), freeLoopback(t)
+	conf := func(admin string) string {
+		return fmt.Sprintf("admin: {listen: %q}\nlisteners:\n  - {name: s, listen: \"127.0.0.1:0\", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: [127.0.0.1/32]}\n", admin)
+	}
+	s := startLoopback(t, conf(first))
+	get := func(addr string) error {
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/api/status")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %s", resp.Status)
+		}
+		return nil
+	}
+	if err := get(first); err != nil {
+		t.Fatalf("admin API at %s: %v", first, err)
+	}
+	if err := reloadYAML(t, s, conf(second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := get(second); err != nil || accepts(first) {
+		t.Errorf("after the move: %s answers %v, %s accepts %v; want the API at %s only", second, err, first, accepts(first), second)
+	}
+	if err := reloadYAML(t, s, conf("off")); err != nil {
+		t.Fatal(err)
+	}
+	if s.AdminAddr() != nil || accepts(second) {
+		t.Errorf("admin off: AdminAddr %v, %s accepts %v", s.AdminAddr(), second, accepts(second))
+	}
+}
+
+// TestDrainEndsHandshakes: past the grace period a drain ends the flows
+// still in their client's protocol head too, rather than wait for
+// handshake_timeout.
+func TestDrainEndsHandshakes(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`
+admin: {listen: off}
+limits: {handshake_timeout: 10m}
+listeners:
+  - {name: socks, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, 100*time.Millisecond) }()
+	for i := 0; s.Addr("socks") == nil; i++ {
+		if i > 200 {
+			t.Fatal("listener never opened")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c, err := net.Dial("tcp", s.Addr("socks").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte{5}) // a SOCKS5 greeting's first byte, and silence
+	waitFor(t, func() bool { return s.handshakes.Load() == 1 })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Error(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Run still draining a minute after a 100ms grace: it waits for the handshake's 10m timeout")
+	}
+}
+
+// TestAdminHost: the admin API answers only requests for a loopback
+// address or localhost (a DNS name rebound to 127.0.0.1 gets 403).
+func TestAdminHost(t *testing.T) {
+	admin := freeLoopback(t)
+	startLoopback(t, fmt.Sprintf("admin: {listen: %q}\nlisteners:\n  - {name: s, listen: \"127.0.0.1:0\", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: [127.0.0.1/32]}\n", admin))
+	for _, tc := range []struct {
+		host string
+		want int
+	}{{admin, 200}, {"localhost:9190", 200}, {"[::1]:9190", 200}, {"127.0.0.2", 200}, {"rebound.example:9190", 403}, {"10.0.0.1:9190", 403}} {
+		req, _ := http.NewRequest("GET", "http://"+admin+"/api/tunables", nil)
+		req.Host = tc.host
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("Host %s: %s, want %d", tc.host, resp.Status, tc.want)
+		}
+	}
+}
