@@ -2,6 +2,7 @@ package relay
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"slices"
@@ -510,6 +511,27 @@ func (c *Config) Warnings() []string {
 	return c.warnings(ns)
 }
 
+// relayHopWarnings name the legs.relay options that relay hops arriving
+// over Multipath TCP go without: their sockets refuse them, and the
+// subflow iterator gives an MPTCP listener's subflows legs.client's.
+func (c *Config) relayHopWarnings() []string {
+	var ws []string
+	var refused []string
+	for _, ln := range c.Listeners {
+		if !ln.MPTCP || !slices.Contains(ln.Protocols, "convert") {
+			continue
+		}
+		if refused == nil {
+			if refused = mptcpRefuses(c.Legs.Relay); len(refused) == 0 {
+				return nil
+			}
+		}
+		ws = append(ws, fmt.Sprintf("legs.relay: listener %q takes relay hops over Multipath TCP, whose sockets refuse %s here: those hops go without them",
+			ln.Name, strings.Join(refused, ", ")))
+	}
+	return ws
+}
+
 // warnings are Warnings in a namespace whose net.ipv4.tcp_rto_min_us is
 // ns (0: unknown). When that is no more than legs.client.rto_min, every
 // socket the relay makes has it already, MPTCP ones too.
@@ -733,6 +755,10 @@ func (c *Config) Validate() error {
 	}{{"client", c.Legs.Client}, {"server", c.Legs.Server}, {"relay", c.Legs.Relay}} {
 		if lg.leg.Congestion != "" && !sockopt.CongestionAvailable(lg.leg.Congestion) {
 			add("legs."+lg.name+".congestion", "%q: not available here (see net.ipv4.tcp_available_congestion_control)", lg.leg.Congestion)
+		}
+		// TCP_USER_TIMEOUT is an int of milliseconds.
+		if d := lg.leg.UserTimeout.D(); d > math.MaxInt32*time.Millisecond {
+			add("legs."+lg.name+".user_timeout", "%v: want at most %v", d, math.MaxInt32*time.Millisecond)
 		}
 		if d := lg.leg.RTOMin.D(); d != 0 {
 			if d < time.Millisecond || d > 200*time.Millisecond {

@@ -236,6 +236,7 @@ func TestConfigErrors(t *testing.T) {
 		{"negative duration", "limits: {handshake_timeout: -1s}\nlisteners: [" + ln + "]\n", []string{`limits.handshake_timeout: "-1s"`}},
 		{"bad leg duration", "legs: {server: {idle_timeout: forever}}\nlisteners: [" + ln + "]\n", []string{"legs.server.idle_timeout"}},
 		{"timeouts too short", "limits: {connect_timeout: 1ns, handshake_timeout: 1ms, pooled_wait: 5ms}\nlisteners: [" + ln + "]\n", []string{"limits.connect_timeout: 1ns: want at least 10ms", "limits.handshake_timeout: 1ms", "limits.pooled_wait: 5ms"}},
+		{"user_timeout past an int of ms", "legs: {server: {user_timeout: 600h}}\nlisteners: [" + ln + "]\n", []string{"legs.server.user_timeout: 600h0m0s: want at most 596h31m23.647s"}},
 		{"off where no off", "limits: {connect_timeout: off}\nlisteners: [" + ln + "]\n", []string{`limits.connect_timeout: "off"`}},
 		{"capture tables alike", "listeners:\n  - {name: web-a, listen: \"0.0.0.0:7000\", mode: tproxy, capture: {ports: \"80\"}}\n  - {name: web.a, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {ports: \"81\"}}\n", []string{`listeners[1].name: "web.a": its capture table halfway_web_a would be listener "web-a"'s too`}},
 		{"bad window", "auth: {window: 10}\nlisteners: [" + ln + "]\n", []string{"auth.window"}},
@@ -784,5 +785,15 @@ func TestConfigWarnings(t *testing.T) {
 				t.Errorf("warnings:\n%q\nwant\n%q", got, tc.want)
 			}
 		})
+	}
+	// Relay hops over MPTCP: legs.relay's refused options are named.
+	psk := writeTestFile(t, t.TempDir(), "psk", "0123456789abcdef\n")
+	c, err := ParseConfig([]byte("auth: {psk_file: " + psk + "}\nlegs: {relay: {user_timeout: 10s}}\nlisteners:\n  - {name: hop, listen: \"127.0.0.1:7100\", protocols: [convert], mptcp: true, allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`legs.relay: listener "hop" takes relay hops over Multipath TCP, whose sockets refuse TCP_USER_TIMEOUT: protocol not available here: those hops go without them`}
+	if got := c.relayHopWarnings(); !slices.Equal(got, want) {
+		t.Errorf("relay hop warnings:\n%q\nwant\n%q", got, want)
 	}
 }

@@ -159,7 +159,10 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 		if !rt.mptcp {
 			break // no leg asked for it: two getsockopts saved per flow
 		}
-		if st, err := sockopt.MPTCP(conn); err == nil && st.Requested {
+		st, err := sockopt.MPTCP(conn)
+		// A client leg on an MPTCP listener that is plain TCP: a TCP
+		// client, or one whose MPTCP options a middlebox stripped.
+		if err == nil && (st.Requested || i == 0 && f.l != nil && f.l.cfg.MPTCP) {
 			f.mptcp[i] = "fallback"
 			if st.Active {
 				f.mptcp[i] = "mptcp"

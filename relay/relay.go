@@ -438,6 +438,9 @@ func (s *Server) apply(cfg *Config) error {
 	}
 
 	// From here the new configuration applies.
+	for _, w := range cfg.relayHopWarnings() {
+		s.log.Warn(w)
+	}
 	sfOpts, sfWant := wantSubflows(cfg)
 	s.loadSubflows(cfg, sfWant)
 	for _, u := range updates {

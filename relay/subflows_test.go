@@ -167,3 +167,39 @@ listeners:
 		}
 	}
 }
+
+// TestMPTCPListenerFallback: a plain TCP client on an MPTCP listener is a
+// fallback, in the flow's status and the metric; an MPTCP client is not.
+func TestMPTCPListenerFallback(t *testing.T) {
+	if _, err := sockopt.Refused(sockopt.Options{}, true); err != nil {
+		t.Skipf("no MPTCP here: %v", err)
+	}
+	echo := echoServer(t)
+	s := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+listeners:
+  - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: %q, mptcp: true}
+`, echo))
+	for _, mptcp := range []bool{false, true} {
+		d := net.Dialer{Timeout: 5 * time.Second}
+		d.SetMultipathTCP(mptcp)
+		c, err := d.Dial("tcp", s.Addr("fwd").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte("x"))
+		if _, err := c.Read(make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		fs := s.Flows()
+		if len(fs) != 1 || fs[0].ClientMPTCP == nil || fs[0].ClientMPTCP.Active != mptcp {
+			t.Errorf("client MPTCP %v: flows %+v, want one with client_mptcp active %v", mptcp, fs, mptcp)
+		}
+		c.Close()
+		waitFor(t, func() bool { return len(s.Flows()) == 0 })
+	}
+	if n := s.metrics.mptcp.With("fwd", "client", "fallback").Value(); n != 1 {
+		t.Errorf("halfway_mptcp_legs_total{leg=client,result=fallback} = %v, want 1", n)
+	}
+}

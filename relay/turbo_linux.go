@@ -121,9 +121,6 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 	bestLen := -1
 	for i := range routes {
 		rt := &routes[i]
-		if rt.Type != unix.RTN_UNICAST {
-			continue
-		}
 		n := 0 // a nil Dst is the default route
 		if rt.Dst != nil {
 			if !rt.Dst.Contains(ip) {
@@ -131,15 +128,15 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 			}
 			n, _ = rt.Dst.Mask.Size()
 		}
-		if n == bits && rt.Protocol == routeProto {
+		if n == bits && rt.Protocol == routeProto && rt.Type == unix.RTN_UNICAST {
 			ours = append(ours, rt)
 			continue
 		}
 		if n == bits {
-			// Ours would only shadow the operator's.
+			// Ours would only shadow the operator's (a blackhole too).
 			defer dropOurs(nil)
-			return fmt.Errorf("a host route to the peer exists already (%s, proto %d): not replaced; add initcwnd %d initrwnd %d to it, or remove it",
-				rt.Dst, rt.Protocol, r.cfg.InitCwnd, r.cfg.InitRwnd)
+			return fmt.Errorf("a host route to the peer exists already (%s, type %d, proto %d): not replaced; add initcwnd %d initrwnd %d to it, or remove it",
+				rt.Dst, rt.Type, rt.Protocol, r.cfg.InitCwnd, r.cfg.InitRwnd)
 		}
 		if n > bestLen || n == bestLen && rt.Priority < best.Priority {
 			best, bestLen = rt, n
@@ -150,6 +147,19 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 		// path the host no longer has.
 		dropOurs(nil)
 		return errors.New("no route to the peer in the main table")
+	}
+	if best.Type != unix.RTN_UNICAST {
+		// A blackhole, unreachable or prohibit route: a copy with a
+		// gateway would open a path the host refuses.
+		dropOurs(nil)
+		return fmt.Errorf("the route covering the peer (%s) is of type %d, not unicast: no turbo route", best.Dst, best.Type)
+	}
+	if err := resolvesVia(ip, best, ours); err != nil {
+		// Policy routing sends the peer elsewhere than the main table's
+		// route (a tunnel's table, say): a host route in main would
+		// take it off that path.
+		dropOurs(nil)
+		return err
 	}
 	nr := *best
 	nr.Dst = &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)}
@@ -176,10 +186,57 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 	return nil
 }
 
-// sameRoute compares what forwarding and the windows depend on.
+// resolvesVia checks that the kernel sends packets to ip the way the main
+// table's route best (or ours, a copy of it) does: through the main table,
+// by one of its nexthops.
+func resolvesVia(ip net.IP, best *netlink.Route, ours []*netlink.Route) error {
+	got, err := netlink.RouteGet(ip)
+	if err != nil || len(got) == 0 {
+		return fmt.Errorf("the kernel has no route to the peer (%v): no turbo route", err)
+	}
+	g := got[0]
+	if g.Table != unix.RT_TABLE_MAIN {
+		return fmt.Errorf("the kernel routes the peer through table %d (policy routing), not the main table: no turbo route", g.Table)
+	}
+	for _, rt := range append([]*netlink.Route{best}, ours...) {
+		for _, nh := range nexthops(rt) {
+			if nh.LinkIndex == g.LinkIndex && nh.Gw.Equal(g.Gw) {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("the kernel routes the peer via %s (link %d), not by the main table's route %s: no turbo route", g.Gw, g.LinkIndex, best.Dst)
+}
+
+// nexthops are a route's: its own, or those of a multipath route.
+func nexthops(r *netlink.Route) []netlink.NexthopInfo {
+	if len(r.MultiPath) == 0 {
+		return []netlink.NexthopInfo{{LinkIndex: r.LinkIndex, Gw: r.Gw}}
+	}
+	out := make([]netlink.NexthopInfo, len(r.MultiPath))
+	for i, nh := range r.MultiPath {
+		out[i] = *nh
+	}
+	return out
+}
+
+// sameRoute compares what forwarding and the connections' start depend
+// on: the nexthops (all of a multipath route's, with their weights) and
+// the metrics.
 func sameRoute(a, b *netlink.Route) bool {
-	return a.LinkIndex == b.LinkIndex && a.Gw.Equal(b.Gw) && a.Src.Equal(b.Src) && a.Priority == b.Priority &&
-		a.InitCwnd == b.InitCwnd && a.InitRwnd == b.InitRwnd && a.MTU == b.MTU && a.Congctl == b.Congctl
+	na, nb := nexthops(a), nexthops(b)
+	if len(na) != len(nb) {
+		return false
+	}
+	for i := range na {
+		if na[i].LinkIndex != nb[i].LinkIndex || !na[i].Gw.Equal(nb[i].Gw) || na[i].Hops != nb[i].Hops {
+			return false
+		}
+	}
+	return a.Src.Equal(b.Src) && a.Priority == b.Priority && a.InitCwnd == b.InitCwnd && a.InitRwnd == b.InitRwnd &&
+		a.MTU == b.MTU && a.Window == b.Window && a.AdvMSS == b.AdvMSS && a.Reordering == b.Reordering &&
+		a.Hoplimit == b.Hoplimit && a.Features == b.Features && a.RtoMin == b.RtoMin && a.QuickACK == b.QuickACK &&
+		a.Congctl == b.Congctl && a.FastOpenNoCookie == b.FastOpenNoCookie && a.Ssthresh == b.Ssthresh
 }
 
 func (r *turboRoute) remove() error {

@@ -115,3 +115,84 @@ links: [{a: a, b: b}, {a: b, b: c}]`)
 		t.Errorf("the operator's route was changed: %s", out)
 	}
 }
+
+// TestTurboRoutesRespect: a turbo route never changes where packets to a
+// peer go. An operator's blackhole host route stays (and stays after the
+// relay leaves); a peer behind an unreachable route or routed through
+// another table by a rule gets no turbo route; a multipath route is
+// copied whole and followed when its nexthops change.
+func TestTurboRoutesRespect(t *testing.T) {
+	lab := labtest.Start(t, `
+name: turbo2
+nodes: [a, b, c]
+links: [{a: a, b: b}, {a: b, b: c}]`)
+	a, b, c := lab.Host("a"), lab.Host("b"), lab.Host("c")
+	peer := b.Ifaces()[0].Addr4.Addr()
+	far := c.Addr()
+	cNet := c.Ifaces()[0].Addr4.Masked().String()
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := a.Command(t.Context(), args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	show := func(args ...string) string {
+		out, _ := a.Command(t.Context(), "ip", append([]string{"route"}, args...)...).CombinedOutput()
+		return strings.TrimSpace(string(out))
+	}
+	var tr turboRoutes
+	off := func() { a.Do(func() error { return tr.apply(nil) }) }
+	turbo := func(want string) {
+		t.Helper()
+		off() // a fresh start, as a relay's
+		var err error
+		a.Do(func() error {
+			err = tr.apply([]PeerConfig{{Address: far.String(), Turbo: &TurboConfig{InitCwnd: 100, InitRwnd: 100}}})
+			return nil
+		})
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
+			t.Fatalf("turbo to %s: %v, want %q", far, err, want)
+		}
+	}
+	defer off()
+
+	run("ip", "route", "add", "blackhole", far.String()+"/32")
+	turbo("exists already")
+	off()
+	if got := show("show", far.String()+"/32"); !strings.Contains(got, "blackhole") {
+		t.Errorf("the operator's blackhole route after the relay left: %q", got)
+	}
+	run("ip", "route", "del", far.String()+"/32")
+
+	run("ip", "route", "replace", "unreachable", cNet)
+	turbo("not unicast")
+	if got := show("show", "proto", "104"); got != "" {
+		t.Errorf("a turbo route past an unreachable one: %q", got)
+	}
+	run("ip", "route", "replace", cNet, "via", peer.String())
+
+	run("ip", "route", "add", cNet, "via", peer.String(), "table", "200")
+	run("ip", "rule", "add", "to", far.String(), "lookup", "200", "priority", "100")
+	turbo("table 200")
+	if got := show("show", "proto", "104"); got != "" {
+		t.Errorf("a turbo route in main for a peer routed through table 200: %q", got)
+	}
+	run("ip", "rule", "del", "priority", "100")
+
+	run("ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1") // a second way out
+	run("ip", "addr", "add", "192.0.2.1/24", "dev", "d0")
+	run("ip", "link", "set", "d1", "up")
+	run("ip", "link", "set", "d0", "up")
+	run("ip", "route", "replace", cNet, "nexthop", "via", peer.String(), "nexthop", "via", "192.0.2.254", "dev", "d0")
+	turbo("")
+	if got := show("show", far.String()+"/32"); strings.Count(got, "nexthop") != 2 || !strings.Contains(got, "initcwnd 100") {
+		t.Errorf("turbo route for a multipath route: %q", got)
+	}
+	run("ip", "route", "replace", cNet, "nexthop", "via", peer.String(), "weight", "3", "nexthop", "via", "192.0.2.254", "dev", "d0")
+	if err := func() (err error) { a.Do(func() error { err = tr.refresh(); return nil }); return }(); err != nil {
+		t.Fatal(err)
+	}
+	if got := show("show", far.String()+"/32"); !strings.Contains(got, "weight 3") {
+		t.Errorf("after the multipath route's weights changed: %q", got)
+	}
+}

@@ -153,16 +153,19 @@ func Tune(c *net.TCPConn, congestion string, sendBuf, recvBuf int, pacing bool) 
 // limiting it: 1 TB/s (the "unlimited" value, ~0, would leave it off).
 const pacingCap = 1 << 40
 
-// TuneFD is Tune for a socket descriptor.
+// TuneFD is Tune for a socket descriptor. It tries every setting and
+// reports all that failed: an MPTCP socket refuses SO_MAX_PACING_RATE but
+// takes the rest.
 func TuneFD(fd int, congestion string, sendBuf, recvBuf int, pacing bool) error {
+	var errs []error
 	if pacing {
 		if err := unix.SetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, pacingCap); err != nil {
-			return fmt.Errorf("setsockopt SO_MAX_PACING_RATE: %w", err)
+			errs = append(errs, fmt.Errorf("setsockopt SO_MAX_PACING_RATE: %w", err))
 		}
 	}
 	if congestion != "" {
 		if err := unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, congestion); err != nil {
-			return fmt.Errorf("setsockopt TCP_CONGESTION %s: %w", congestion, err)
+			errs = append(errs, fmt.Errorf("setsockopt TCP_CONGESTION %s: %w", congestion, err))
 		}
 	}
 	for _, b := range []struct {
@@ -172,11 +175,11 @@ func TuneFD(fd int, congestion string, sendBuf, recvBuf int, pacing bool) error 
 		if b.size > 0 {
 			// The kernel doubles the value for its bookkeeping.
 			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, b.opt, b.size/2); err != nil {
-				return fmt.Errorf("setsockopt %s: %w", b.name, err)
+				errs = append(errs, fmt.Errorf("setsockopt %s: %w", b.name, err))
 			}
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Congestion reads a socket's congestion control.

@@ -3,9 +3,11 @@ package sockopt
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -184,5 +186,48 @@ func TestRefused(t *testing.T) {
 				t.Errorf("Refused: %q, %v; want %q", got, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestTuneMPTCP: on an MPTCP socket, which refuses SO_MAX_PACING_RATE,
+// Tune still sets congestion control and buffers, and reports the pacing
+// it could not set.
+func TestTuneMPTCP(t *testing.T) {
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(true)
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}
+	}()
+	d := net.Dialer{}
+	d.SetMultipathTCP(true)
+	nc, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	c := nc.(*net.TCPConn)
+	if ok, _ := c.MultipathTCP(); !ok {
+		t.Skip("skipped: MPTCP is off here (net.mptcp.enabled)")
+	}
+	err = Tune(c, "reno", 0, 1<<20, true)
+	if err == nil || !strings.Contains(err.Error(), "SO_MAX_PACING_RATE") {
+		t.Errorf("Tune: %v, want the pacing refused", err)
+	}
+	if cc, _ := Congestion(c); cc != "reno" {
+		t.Errorf("congestion %q after Tune, want reno", cc)
+	}
+	rc, _ := c.SyscallConn()
+	var rcvbuf int
+	rc.Control(func(fd uintptr) { rcvbuf, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF) })
+	if rcvbuf != 1<<20 {
+		t.Errorf("SO_RCVBUF %d after Tune, want %d", rcvbuf, 1<<20)
 	}
 }
