@@ -74,6 +74,10 @@ type LabTiming struct {
 	Late1ms   uint64  `json:"late_1ms"`
 	Late4ms   uint64  `json:"late_4ms"`
 	MaxLateMS float64 `json:"max_late_ms"`
+	// Lost counts frames the emulator itself lost, which no link was
+	// configured to: dropped before it read them, past its in-flight
+	// bound, too large to read, or not written.
+	Lost uint64 `json:"emulator_lost"`
 }
 
 // labTiming sums the lateness counters of every link of lab.
@@ -89,6 +93,7 @@ func labTiming(lab *netlab.Lab) (LabTiming, error) {
 			t.Late1ms += d.Late1ms
 			t.Late4ms += d.Late4ms
 			t.MaxLateMS = max(t.MaxLateMS, float64(d.MaxLateNS)/1e6)
+			t.Lost += d.DropSocket + d.DropOverflow + d.Truncated + d.SendErrors
 		}
 	}
 	return t, nil

@@ -223,12 +223,12 @@ func labTimingMarkdown(b *strings.Builder, labs []LabTiming) {
 	if len(labs) == 0 {
 		return
 	}
-	b.WriteString("\n## Link emulation\n\nPackets the user-space link emulator wrote after they were due, over each lab's life (all links, both directions): the machine running the lab fell behind. 4 ms is the RTT rise that makes cubic's HyStart leave slow start on a short path.\n\n| lab | packets | ≥ 1 ms late | ≥ 4 ms late | max late ms |\n|---|---:|---:|---:|---:|\n")
+	b.WriteString("\n## Link emulation\n\nPackets the user-space link emulator wrote after they were due, over each lab's life (all links, both directions): the machine running the lab fell behind. 4 ms is the RTT rise that makes cubic's HyStart leave slow start on a short path. Lost: frames the emulator itself lost, which no link was configured to (its socket full, its in-flight bound, a frame too large, a failed write).\n\n| lab | packets | ≥ 1 ms late | ≥ 4 ms late | max late ms | lost |\n|---|---:|---:|---:|---:|---:|\n")
 	for _, l := range labs {
 		name := l.Lab
 		if l.CC != "" {
 			name += " (" + l.CC + ")"
 		}
-		fmt.Fprintf(b, "| %s | %d | %d | %d | %.1f |\n", name, l.Packets, l.Late1ms, l.Late4ms, l.MaxLateMS)
+		fmt.Fprintf(b, "| %s | %d | %d | %d | %.1f | %d |\n", name, l.Packets, l.Late1ms, l.Late4ms, l.MaxLateMS, l.Lost)
 	}
 }

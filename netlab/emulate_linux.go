@@ -127,7 +127,7 @@ func Attach(name string) (*Lab, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lab %s: stored topology: %w", name, err)
 	}
-	l := &Lab{Topo: t, Plan: t.Plan(), hosts: map[string]*Host{}, id: s.ID, failed: make(chan error, 1)}
+	l := &Lab{Topo: t, Plan: t.Plan(), hosts: map[string]*Host{}, id: s.ID, failed: make(chan error, 1), wire: netns.None()}
 	if s.Daemon {
 		l.daemon = s.Owner
 	}

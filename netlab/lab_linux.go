@@ -103,10 +103,12 @@ func Up(ctx context.Context, t *Topology, opt Options) (lab *Lab, err error) {
 	if err := writeState(st); err != nil {
 		return nil, fmt.Errorf("write lab state: %w", err)
 	}
-	lab = &Lab{Topo: t, Plan: t.Plan(), hosts: map[string]*Host{}, id: st.ID, failed: make(chan error, 1)}
+	// The named result is nil on every error return: clean up through l.
+	l := &Lab{Topo: t, Plan: t.Plan(), hosts: map[string]*Host{}, id: st.ID, failed: make(chan error, 1), wire: netns.None()}
+	lab = l
 	defer func() {
 		if err != nil {
-			lab.closeHandles()
+			l.closeHandles()
 			_ = teardownLocked(t.Name)
 		}
 	}()
@@ -204,7 +206,7 @@ func (l *Lab) build() error {
 			}
 		}
 		if m := t.node(h.Name).MPTCP; m != nil {
-			if err := h.configureMPTCP(m); err != nil {
+			if err := h.configureMPTCP(m, t.Congctl); err != nil {
 				return fmt.Errorf("host %s: mptcp: %w", h.Name, err)
 			}
 		}
@@ -360,7 +362,7 @@ func (h *Host) configure(p *Plan, congctl string) error {
 // configureMPTCP sets the host's path manager: limits, endpoints, and on a
 // host that opens subflows a routing table per address, so each subflow
 // leaves by its own link.
-func (h *Host) configureMPTCP(m *NodeMPTCP) error {
+func (h *Host) configureMPTCP(m *NodeMPTCP, congctl string) error {
 	if err := setSysctl(h.ns, "net.mptcp.enabled", "1"); err != nil {
 		return err
 	}
@@ -379,8 +381,10 @@ func (h *Host) configureMPTCP(m *NodeMPTCP) error {
 		}
 		table := 1000 + i
 		for _, r := range []*netlink.Route{
-			{LinkIndex: link.Attrs().Index, Dst: prefixNet(ifc.Addr4.Masked()), Scope: netlink.SCOPE_LINK, Table: table},
-			{LinkIndex: link.Attrs().Index, Gw: ifc.PeerAddr4.AsSlice(), Table: table},
+			// With the topology's congctl, as the main table's routes:
+			// connects resolve their route through these tables.
+			{LinkIndex: link.Attrs().Index, Dst: prefixNet(ifc.Addr4.Masked()), Scope: netlink.SCOPE_LINK, Table: table, Congctl: congctl},
+			{LinkIndex: link.Attrs().Index, Gw: ifc.PeerAddr4.AsSlice(), Table: table, Congctl: congctl},
 		} {
 			if err := nh.RouteReplace(r); err != nil {
 				return fmt.Errorf("table %d: %w", table, err)

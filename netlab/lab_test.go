@@ -400,3 +400,34 @@ func TestNoLeaks(t *testing.T) {
 		t.Errorf("goroutines %d → %d, fds %d → %d\n%s", g0, g, fd0, fd, buf[:runtime.Stack(buf, true)])
 	}
 }
+
+// TestUpFailsClean: a lab that cannot come up (a sysctl a namespace does
+// not have) returns the error, and leaves nothing behind.
+func TestUpFailsClean(t *testing.T) {
+	labtest.RequireRoot(t)
+	name := fmt.Sprintf("upfail%04x", rand.Uint32()&0xffff)
+	topo, err := netlab.ParseTopology([]byte("name: " + name + "\nnodes: [a, b]\nsysctl: {net.ipv4.no_such_knob: \"1\"}\nlinks: [{a: a, b: b}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var upErr error
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				upErr = fmt.Errorf("panic: %v", p)
+			}
+		}()
+		var lab *netlab.Lab
+		if lab, upErr = netlab.Up(context.Background(), topo, netlab.Options{}); upErr == nil {
+			lab.Close()
+			upErr = errors.New("came up")
+		}
+	}()
+	if upErr == nil || strings.HasPrefix(upErr.Error(), "panic") || upErr.Error() == "came up" {
+		t.Errorf("Up with a sysctl no namespace has: %v, want its error", upErr)
+	}
+	if left := netlab.Remains(name); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+		netlab.Down(name)
+	}
+}

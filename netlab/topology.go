@@ -97,7 +97,9 @@ func (l *Link) Params() (ab, ba linkem.Params) {
 	}
 	seedBA := l.Seed
 	if seedBA != 0 {
-		seedBA ^= 0xba
+		if seedBA ^= 0xba; seedBA == 0 { // seed 0xba: 0 would mean a random seed
+			seedBA = 0xbaba
+		}
 	}
 	return mk(l.Delay.AB, l.Jitter.AB, l.Rate.AB, l.Loss.AB, l.Queue.AB, l.Seed),
 		mk(l.Delay.BA, l.Jitter.BA, l.Rate.BA, l.Loss.BA, l.Queue.BA, seedBA)
@@ -225,6 +227,9 @@ func (t *Topology) Validate() error {
 		}{{"ab", l.Delay.AB, l.Jitter.AB, l.Rate.AB, l.Queue.AB}, {"ba", l.Delay.BA, l.Jitter.BA, l.Rate.BA, l.Queue.BA}} {
 			if d.jitter > d.delay {
 				add(p+".jitter", "%v (%s) exceeds the delay %v", d.jitter, d.dir, d.delay)
+			}
+			if time.Duration(d.delay) > linkem.MaxDelay {
+				add(p+".delay", "%v (%s): want at most %v", d.delay, d.dir, linkem.MaxDelay)
 			}
 			if d.queue != (QueueLimit{}) && d.rate == 0 {
 				add(p+".queue", "%v (%s): a queue needs a rate to fill it", d.queue, d.dir)

@@ -64,6 +64,16 @@ name: x
 nodes: [a, b]
 links: [{a: a, b: b, rate: fast, loss: {ab: 1%, ba: 150%}}]
 `, []string{`links[0].rate: "fast": want a rate like 100mbit`, `links[0].loss.ba: "150%": want a percentage like 0.1%`}},
+		{"NaN rate and loss", `
+name: x
+nodes: [a, b]
+links: [{a: a, b: b, rate: NaNmbit, loss: NaN%}]
+`, []string{`links[0].rate: "NaNmbit": want a rate like 100mbit`, `links[0].loss: "NaN%": want a percentage like 0.1%`}},
+		{"a delay past an hour", `
+name: x
+nodes: [a, b]
+links: [{a: a, b: b, delay: 2562047h}]
+`, []string{`links[0].delay: 2562047h0m0s (ab): want at most 1h0m0s`}},
 		{"unknown node", `
 name: x
 nodes: [a, b]
@@ -296,5 +306,17 @@ links:
 	}
 	if len(a.Routes) != len(want) {
 		t.Errorf("a has %d routes, want %d: %+v", len(a.Routes), len(want), a.Routes)
+	}
+}
+
+// TestSeedBA: every seed gives the b→a direction a fixed seed of its own,
+// 0xba too (whose XOR is 0, the "random" seed).
+func TestSeedBA(t *testing.T) {
+	for _, seed := range []uint64{1, 0xba, 0xbaba} {
+		l := Link{Seed: seed}
+		ab, ba := l.Params()
+		if ab.Seed != seed || ba.Seed == 0 || ba.Seed == ab.Seed {
+			t.Errorf("seed %#x: a→b %#x, b→a %#x; want the seed, and another fixed one", seed, ab.Seed, ba.Seed)
+		}
 	}
 }

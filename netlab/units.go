@@ -48,7 +48,7 @@ func (r *Rate) UnmarshalText(b []byte) error {
 	for _, u := range rateUnits {
 		if num, ok := strings.CutSuffix(s, u.suffix); ok {
 			v, err := strconv.ParseFloat(num, 64)
-			if err != nil || v <= 0 || math.IsInf(v, 0) || v*u.mult < 1000 || v*u.mult > 1e12 {
+			if err != nil || !(v > 0) || math.IsInf(v, 0) || v*u.mult < 1000 || v*u.mult > 1e12 { // !(v > 0): NaN too
 				break
 			}
 			*r = Rate(v * u.mult)
@@ -80,7 +80,7 @@ type Percent float64
 func (p *Percent) UnmarshalText(b []byte) error {
 	num, ok := strings.CutSuffix(strings.TrimSpace(string(b)), "%")
 	v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
-	if !ok || err != nil || v < 0 || v > 100 {
+	if !ok || err != nil || !(v >= 0 && v <= 100) { // NaN fails both
 		return fmt.Errorf("want a percentage like 0.1%%")
 	}
 	*p = Percent(v / 100)

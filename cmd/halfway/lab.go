@@ -189,7 +189,7 @@ func printLab(w io.Writer, t *netlab.Topology, p *netlab.Plan, stats []netlab.Li
 	tw = tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	hdr := "  LINK\tDIR\tDELAY\tJITTER\tRATE\tLOSS\tQUEUE"
 	if stats != nil {
-		hdr += "\tPACKETS\tIP BYTES\tLOST\tQUEUE DROPS\tLATE ≥1ms\tLATE ≥4ms\tMAX LATE"
+		hdr += "\tPACKETS\tIP BYTES\tLOST\tQUEUE DROPS\tEMULATOR LOST\tLATE ≥1ms\tLATE ≥4ms\tMAX LATE"
 	}
 	fmt.Fprintln(tw, "\n"+hdr)
 	for i, l := range t.Links {
@@ -207,8 +207,9 @@ func printLab(w io.Writer, t *netlab.Topology, p *netlab.Plan, stats []netlab.Li
 				if d == 1 {
 					s = stats[i].BA
 				}
-				line += fmt.Sprintf("\t%d\t%d\t%d\t%d\t%d\t%d\t%v", s.TxPackets, s.TxIPBytes, s.DropLoss, s.DropQueue,
-					s.Late1ms, s.Late4ms, time.Duration(s.MaxLateNS).Round(10*time.Microsecond))
+				// EMULATOR LOST: frames no link was configured to lose.
+				line += fmt.Sprintf("\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%v", s.TxPackets, s.TxIPBytes, s.DropLoss, s.DropQueue,
+					s.DropSocket+s.DropOverflow+s.Truncated+s.SendErrors, s.Late1ms, s.Late4ms, time.Duration(s.MaxLateNS).Round(10*time.Microsecond))
 			}
 			fmt.Fprintln(tw, line)
 		}

@@ -63,11 +63,12 @@ const (
 // Validate reports a parameter outside its domain.
 func (p Params) Validate() error {
 	switch {
-	case p.Delay < 0:
-		return fmt.Errorf("delay %v is negative", p.Delay)
-	case p.Jitter < 0:
-		return fmt.Errorf("jitter %v is negative", p.Jitter)
-	case p.Loss < 0 || p.Loss > 1:
+	case p.Delay < 0 || p.Delay > MaxDelay:
+		return fmt.Errorf("delay %v: want 0 to %v", p.Delay, MaxDelay)
+	case p.Jitter < 0 || p.Jitter > MaxDelay:
+		return fmt.Errorf("jitter %v: want 0 to %v", p.Jitter, MaxDelay)
+	case !(p.Loss >= 0 && p.Loss <= 1): // NaN too
+
 		return fmt.Errorf("loss %v is not a probability", p.Loss)
 	case p.QueueBytes < 0:
 		return fmt.Errorf("queue limit %d bytes is negative", p.QueueBytes)
@@ -76,6 +77,10 @@ func (p Params) Validate() error {
 	}
 	return nil
 }
+
+// MaxDelay bounds a link's delay and jitter: far past any path on Earth,
+// and far from the nanosecond clock's overflow.
+const MaxDelay = time.Hour
 
 // needsSegments tells whether packets must be cut to MTU size before
 // scheduling: rate and loss act per packet on a real link.
@@ -91,7 +96,9 @@ func (p Params) queueLimitBytes() int64 {
 		limit = int64(p.QueueBytes)
 	}
 	if p.QueueTime > 0 {
-		t := bytesIn(p.Rate, p.QueueTime)
+		// At least a byte: a queue shorter than one byte's time is
+		// nearly none, not the default.
+		t := max(bytesIn(p.Rate, p.QueueTime), 1)
 		if limit == 0 || t < limit {
 			limit = t
 		}

@@ -12,7 +12,7 @@ import (
 
 // sockBufBytes sizes the kernel buffers of each wire socket: a burst from a
 // fast sender must wait in the shaper's queue, not be dropped by the kernel.
-const sockBufBytes = 64 << 20
+var sockBufBytes = 64 << 20 // a variable for the tests
 
 // packetSock is an AF_PACKET socket bound to one veth end, carrying frames
 // with their virtio_net_hdr so GSO super-frames and partial checksums pass
@@ -168,3 +168,16 @@ func (s *packetSock) send(b []byte) error {
 }
 
 func (s *packetSock) close() error { return s.f.Close() }
+
+// kernelDrops is how many frames the kernel dropped for want of room in
+// the socket's receive buffer since it was last asked (PACKET_STATISTICS
+// resets as it is read).
+func (p *packetSock) kernelDrops() uint64 {
+	var drops uint64
+	_ = p.rc.Control(func(fd uintptr) {
+		if st, err := unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS); err == nil {
+			drops = uint64(st.Drops)
+		}
+	})
+	return drops
+}

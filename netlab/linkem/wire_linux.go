@@ -29,14 +29,17 @@ const ethHdrLen = 14
 
 // DirStats counts what one direction of a wire did.
 type DirStats struct {
-	RxFrames      uint64 `json:"rx_frames"`      // frames read, a GSO super-frame counting once
-	RxBytes       uint64 `json:"rx_bytes"`       // Ethernet bytes read
-	Packets       uint64 `json:"packets"`        // packets offered to the shaper, after segmentation
-	TxPackets     uint64 `json:"tx_packets"`     // packets written to the far end
-	TxIPBytes     uint64 `json:"tx_ip_bytes"`    // IP bytes written (what Rate counts)
-	DropLoss      uint64 `json:"drop_loss"`      // lost by the emulated link
-	DropQueue     uint64 `json:"drop_queue"`     // dropped by the full drop-tail queue
-	DropOverflow  uint64 `json:"drop_overflow"`  // dropped because queueCap packets were in flight
+	RxFrames     uint64 `json:"rx_frames"`     // frames read, a GSO super-frame counting once
+	RxBytes      uint64 `json:"rx_bytes"`      // Ethernet bytes read
+	Packets      uint64 `json:"packets"`       // packets offered to the shaper, after segmentation
+	TxPackets    uint64 `json:"tx_packets"`    // packets written to the far end
+	TxIPBytes    uint64 `json:"tx_ip_bytes"`   // IP bytes written (what Rate counts)
+	DropLoss     uint64 `json:"drop_loss"`     // lost by the emulated link
+	DropQueue    uint64 `json:"drop_queue"`    // dropped by the full drop-tail queue
+	DropOverflow uint64 `json:"drop_overflow"` // dropped because queueCap packets were in flight
+	// DropSocket counts frames the kernel dropped before the emulator read
+	// them (its socket's receive buffer was full: the reader fell behind).
+	DropSocket    uint64 `json:"drop_socket"`
 	Truncated     uint64 `json:"truncated"`      // frames larger than the read buffer
 	SegmentErrors uint64 `json:"segment_errors"` // GSO frames forwarded whole because they could not be cut
 	SendErrors    uint64 `json:"send_errors"`
@@ -52,7 +55,7 @@ type DirStats struct {
 type dirCounters struct {
 	rxFrames, rxBytes, packets, txPackets, txIPBytes     atomic.Uint64
 	dropLoss, dropQueue, dropOverflow, truncated, segErr atomic.Uint64
-	sendErr, late1ms, late4ms, maxLate                   atomic.Uint64
+	sendErr, late1ms, late4ms, maxLate, dropSocket       atomic.Uint64
 }
 
 // lateness counts a packet written late ns after it was due.
@@ -76,7 +79,7 @@ func (c *dirCounters) snapshot() DirStats {
 	return DirStats{
 		RxFrames: c.rxFrames.Load(), RxBytes: c.rxBytes.Load(), Packets: c.packets.Load(),
 		TxPackets: c.txPackets.Load(), TxIPBytes: c.txIPBytes.Load(),
-		DropLoss: c.dropLoss.Load(), DropQueue: c.dropQueue.Load(), DropOverflow: c.dropOverflow.Load(),
+		DropLoss: c.dropLoss.Load(), DropQueue: c.dropQueue.Load(), DropOverflow: c.dropOverflow.Load(), DropSocket: c.dropSocket.Load(),
 		Truncated: c.truncated.Load(), SegmentErrors: c.segErr.Load(), SendErrors: c.sendErr.Load(),
 		Late1ms: c.late1ms.Load(), Late4ms: c.late4ms.Load(), MaxLateNS: c.maxLate.Load(),
 	}
@@ -159,7 +162,16 @@ func (w *Wire) Run(ctx context.Context) error {
 }
 
 // Stats returns the counters of both directions.
-func (w *Wire) Stats() (ab, ba DirStats) { return w.ab.c.snapshot(), w.ba.c.snapshot() }
+func (w *Wire) Stats() (ab, ba DirStats) {
+	// The kernel's count resets as it is read: it accumulates here.
+	w.mu.Lock()
+	if !w.closed {
+		w.ab.c.dropSocket.Add(w.a.kernelDrops())
+		w.ba.c.dropSocket.Add(w.b.kernelDrops())
+	}
+	w.mu.Unlock()
+	return w.ab.c.snapshot(), w.ba.c.snapshot()
+}
 
 // Close stops the wire and closes its sockets; it is safe to call more than once.
 func (w *Wire) Close() error {
