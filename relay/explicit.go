@@ -92,9 +92,15 @@ func (s *Server) serveSOCKS(st *listenerState, rt *runtime, f *flow, c *net.TCPC
 	req, err := socks5.ServerHandshake(c, c, cfg)
 	if err != nil {
 		var pe *socks5.ProtocolError
-		if errors.As(err, &pe) && pe.InRequest {
+		switch {
+		case errors.As(err, &pe) && pe.InRequest:
 			replyAndClose(c, func() error { return socks5.WriteReply(c, pe.Reply, netip.AddrPort{}) })
-		} else {
+		case errors.As(err, &pe):
+			// The handshake answered already (no acceptable method, a
+			// failed login): close without the reset that unread bytes
+			// would bring, which could destroy that answer.
+			replyAndClose(c, func() error { return nil })
+		default:
 			c.Close()
 		}
 		return nil, errorf("socks5 handshake", err)

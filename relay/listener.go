@@ -33,6 +33,10 @@ type listener struct {
 	// subflowOpts are what an MPTCP listener's subflow was given
 	// (applySubflows; nil: nothing). Under the Server's mu.
 	subflowOpts *sockopt.SubflowOptions
+	// tcpOnly: configured mptcp, but the kernel gave a TCP socket (Go
+	// falls back when MPTCP is off, net.mptcp.enabled=0): its state says
+	// no MPTCP, so a converter does not advertise it.
+	tcpOnly bool
 
 	// A closed listener's capture rules stay while its flows last: they
 	// carry those flows' packets.
@@ -136,6 +140,10 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 		return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
 	}
 	l := &listener{cfg: lc, ln: nl.(*net.TCPListener)}
+	if lc.MPTCP && !listensMPTCP(l.ln) {
+		l.tcpOnly, st.cfg.MPTCP = true, false
+		s.log.Warn("mptcp: the kernel gave a TCP socket (is net.mptcp.enabled 0?): this listener takes TCP only", "listener", lc.Name)
+	}
 	l.cur.Store(st)
 	if lc.Mode != "explicit" {
 		if l.acceptFile, err = acceptFileOf(l.ln); err != nil {

@@ -393,6 +393,8 @@ func (s *Server) apply(cfg *Config) error {
 			st, err := newListenerState(lc, &s.own)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("listener %s: %w", lc.Name, err))
+			} else if l.tcpOnly {
+				st.cfg.MPTCP = false
 			}
 			updates = append(updates, update{l, st})
 			continue

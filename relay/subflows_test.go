@@ -5,10 +5,14 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"os"
+	"slices"
 	"testing"
 	"time"
 
+	"halfway/convert"
 	"halfway/netlab/labtest"
 	"halfway/sockopt"
 )
@@ -201,5 +205,38 @@ listeners:
 	}
 	if n := s.metrics.mptcp.With("fwd", "client", "fallback").Value(); n != 1 {
 		t.Errorf("halfway_mptcp_legs_total{leg=client,result=fallback} = %v, want 1", n)
+	}
+}
+
+// TestMPTCPListenerUnavailable: where the kernel gives a TCP socket for an
+// MPTCP listener (net.mptcp.enabled 0), the listener says so and a
+// converter does not advertise MPTCP (kind 30); where MPTCP works, it does.
+func TestMPTCPListenerUnavailable(t *testing.T) {
+	psk := writeTestFile(t, t.TempDir(), "psk", "0123456789abcdef\n")
+	cfg, err := ParseConfig([]byte("admin: {listen: off}\nauth: {psk_file: " + psk + "}\nlisteners:\n  - {name: hop, listen: \"127.0.0.1:0\", protocols: [convert], mptcp: true, allow_clients: [127.0.0.1/32], allow_destinations: [127.0.0.1/32]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	has30 := func(st *listenerState) bool {
+		return slices.ContainsFunc(supportedExts(st), func(e convert.SupportedExt) bool { return e.Kind == 30 })
+	}
+	for _, enabled := range []string{"1", "0"} {
+		labtest.InNetns(t, func() {
+			if err := os.WriteFile("/proc/sys/net/mptcp/enabled", []byte(enabled), 0o644); err != nil {
+				t.Skipf("skipped: no MPTCP sysctl here: %v", err)
+			}
+			l, err := s.openListener(cfg.Listeners[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.closeNow()
+			if want := enabled == "1"; l.tcpOnly == want || has30(l.cur.Load()) != want {
+				t.Errorf("net.mptcp.enabled %s: tcpOnly %v, advertises MPTCP %v", enabled, l.tcpOnly, has30(l.cur.Load()))
+			}
+		})
 	}
 }
