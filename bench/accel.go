@@ -77,7 +77,7 @@ type LabTiming struct {
 	// Lost counts frames the emulator itself lost, which no link was
 	// configured to: dropped before it read them, past its in-flight
 	// bound, too large to read, or not written.
-	Lost uint64 `json:"emulator_lost"`
+	Lost *uint64 `json:"emulator_lost,omitempty"` // nil: not measured (reports before session 17)
 }
 
 // labTiming sums the lateness counters of every link of lab.
@@ -87,15 +87,17 @@ func labTiming(lab *netlab.Lab) (LabTiming, error) {
 		return LabTiming{}, err
 	}
 	t := LabTiming{Lab: lab.Topo.Name, CC: lab.Topo.Congctl}
+	var lost uint64
 	for _, l := range st {
 		for _, d := range []linkem.DirStats{l.AB, l.BA} {
 			t.Packets += d.TxPackets
 			t.Late1ms += d.Late1ms
 			t.Late4ms += d.Late4ms
 			t.MaxLateMS = max(t.MaxLateMS, float64(d.MaxLateNS)/1e6)
-			t.Lost += d.DropSocket + d.DropOverflow + d.Truncated + d.SendErrors
+			lost += d.DropSocket + d.DropOverflow + d.Truncated + d.SendErrors
 		}
 	}
+	t.Lost = &lost
 	return t, nil
 }
 

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 )
 
@@ -229,6 +230,10 @@ func labTimingMarkdown(b *strings.Builder, labs []LabTiming) {
 		if l.CC != "" {
 			name += " (" + l.CC + ")"
 		}
-		fmt.Fprintf(b, "| %s | %d | %d | %d | %.1f | %d |\n", name, l.Packets, l.Late1ms, l.Late4ms, l.MaxLateMS, l.Lost)
+		lost := "–" // not measured then
+		if l.Lost != nil {
+			lost = strconv.FormatUint(*l.Lost, 10)
+		}
+		fmt.Fprintf(b, "| %s | %d | %d | %d | %.1f | %s |\n", name, l.Packets, l.Late1ms, l.Late4ms, l.MaxLateMS, lost)
 	}
 }

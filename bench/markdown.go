@@ -35,7 +35,7 @@ func (r *LabReport) Markdown() string {
 			row.ConfiguredMS, row.ConnectMS, cl, ch, row.ReqRespMS, rl, rh, row.ToleranceMS, verdict(row))
 	}
 
-	fmt.Fprintf(&b, "\n## Bulk TCP throughput (%g ms one way, %gs window after %gs warm-up)\n\n", r.Options.OneWayMS, r.Options.WindowS, r.Options.WarmS)
+	fmt.Fprintf(&b, "\n## Bulk TCP throughput (%g ms one way, %gs window after %gs warm-up; a slow link's window is at least 10 s × 1 Mbit/s ÷ its rate)\n\n", r.Options.OneWayMS, r.Options.WindowS, r.Options.WarmS)
 	b.WriteString("| rate Mbit/s | goodput Mbit/s (min–max) | goodput/rate | IP rate Mbit/s | IP/rate | queue drops | emulator cores | machine busy | within goal |\n|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n")
 	for _, row := range r.Throughput {
 		lo, hi := spread(row.GoodputAll)

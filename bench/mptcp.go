@@ -395,7 +395,7 @@ func (b *mptcpBench) source(c net.Conn) {
 		for i := uint64(0); i < n; i++ {
 			<-t.C
 			binary.BigEndian.PutUint64(msg, i)
-			binary.BigEndian.PutUint64(msg[8:], uint64(time.Now().UnixNano()))
+			binary.BigEndian.PutUint64(msg[8:], uint64(monoNow()))
 			if _, err := c.Write(msg); err != nil {
 				return
 			}
@@ -699,7 +699,7 @@ func (b *mptcpBench) interactive(ctx context.Context, l *mimboxLab) error {
 		b.r.Interactive = append(b.r.Interactive, InteractiveRow{
 			Config: ic.name, Messages: len(delays),
 			P50ms: quantile(delays, 0.5), P99ms: quantile(delays, 0.99), MaxMs: delays[len(delays)-1],
-			BaseMs: 10 + 2.5, Share3G: median(shares), RelayRTOMinMs: rtoMinMs(ic.tuned),
+			BaseMs: 10 + 5, Share3G: median(shares), RelayRTOMinMs: rtoMinMs(ic.tuned), // ADSL path: client–rc 10 ms, rc–server 5 ms, one way
 		})
 	}
 	return nil
@@ -729,7 +729,7 @@ func (b *mptcpBench) messages(ctx context.Context, l *mimboxLab, fc flowConfig, 
 		if _, err := io.ReadFull(c, msg); err != nil {
 			return nil, fmt.Errorf("%s: message %d of %d: %w", fc.name, i, n, err)
 		}
-		now := time.Now().UnixNano()
+		now := monoNow()
 		if seq := binary.BigEndian.Uint64(msg); seq != uint64(i) {
 			return nil, fmt.Errorf("%s: message %d arrived as %d", fc.name, i, seq)
 		}
@@ -799,6 +799,13 @@ func (b *mptcpBench) pathLoss(ctx context.Context, l *mimboxLab) error {
 	return nil
 }
 
+// monoEpoch and monoNow stamp the interactive messages on the monotonic
+// clock (both ends run in this process): a wall clock step in a run
+// would show as delay.
+var monoEpoch = time.Now()
+
+func monoNow() int64 { return int64(time.Since(monoEpoch)) }
+
 // loopback compares, inside rc, a TCP client and an MPTCP client sending
 // through the relay to a TCP sink on 127.0.0.1, with the relay's CPU per
 // GB; and, for the stack's own cost, each client straight to a sink of its
@@ -834,14 +841,16 @@ func (b *mptcpBench) loopback(ctx context.Context, l *mimboxLab) error {
 	for rep := 0; rep < b.o.Repeats; rep++ {
 		for i, c := range cases {
 			rows[i].Config = c.name
-			cpu0 := procCPU(pid)
-			gbps, bytes, err := loopSend(ctx, l.rc, c.s, c.via, c.dst, c.mptcp, time.Second, 3*time.Second)
+			// The relay's CPU over the window the bytes are counted in.
+			var used float64
+			edge := func() { used = procCPU(pid) - used }
+			gbps, bytes, err := loopSend(ctx, l.rc, c.s, c.via, c.dst, c.mptcp, time.Second, 3*time.Second, edge)
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)
 			}
 			rows[i].Mbps = append(rows[i].Mbps, gbps*1000)
 			if c.via.IsValid() && bytes > 0 {
-				cpu[i] = append(cpu[i], (procCPU(pid)-cpu0)/(float64(bytes)/1e9))
+				cpu[i] = append(cpu[i], used/(float64(bytes)/1e9))
 			}
 			b.logf("loopback %d/%d %s: %.2f Gbit/s", rep+1, b.o.Repeats, c.name, gbps)
 		}
@@ -869,8 +878,9 @@ func procCPU(pid int) float64 {
 }
 
 // loopSend writes through the relay's SOCKS5 listener on 127.0.0.1 for
-// warm+window and returns the sink's goodput in the window, Gbit/s.
-func loopSend(ctx context.Context, h *netlab.Host, s *sink, via, dst netip.AddrPort, mptcp bool, warm, window time.Duration) (gbps float64, bytes int64, err error) {
+// warm+window and returns the sink's goodput in the window, Gbit/s; edge
+// runs as the window starts and ends.
+func loopSend(ctx context.Context, h *netlab.Host, s *sink, via, dst netip.AddrPort, mptcp bool, warm, window time.Duration, edge func()) (gbps float64, bytes int64, err error) {
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	d.SetMultipathTCP(mptcp)
 	addr := dst
@@ -916,11 +926,13 @@ func loopSend(ctx context.Context, h *netlab.Host, s *sink, via, dst netip.AddrP
 	if !sleepCtx(ctx, warm) {
 		return 0, 0, ctx.Err()
 	}
+	edge()
 	b0, t0 := s.bytes.Load(), time.Now()
 	if !sleepCtx(ctx, window) {
 		return 0, 0, ctx.Err()
 	}
 	b1, t1 := s.bytes.Load(), time.Now()
+	edge()
 	return float64(b1-b0) * 8 / t1.Sub(t0).Seconds() / 1e9, b1 - b0, nil
 }
 

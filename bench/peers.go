@@ -363,6 +363,12 @@ func (b *peersBench) launch(ctx context.Context, p *peerProc, argv []string) (ti
 		return 0, err
 	}
 	p.cmd = cmd
+	if p.http == "" {
+		// No listener: the time until it exits (the wrappers' baseline).
+		err := cmd.Wait()
+		p.cmd = nil
+		return time.Since(start), err
+	}
 	var d time.Duration
 	err = b.box.Do(func() error {
 		for deadline := start.Add(10 * time.Second); time.Now().Before(deadline); {
@@ -511,20 +517,27 @@ func (b *peersBench) measure(ctx context.Context, p *peerProc, row *PeerRow, wan
 		if err != nil {
 			return err
 		}
-		row.StartMS = append(row.StartMS, ms(d))
+		// Less what the wrappers (ip netns exec, taskset) take to start
+		// a program that does nothing, timed the same way now.
+		w, err := b.launch(ctx, &peerProc{name: p.name, dir: q.dir}, []string{"true"})
+		if err != nil {
+			return fmt.Errorf("start: timing the wrappers: %w", err)
+		}
+		row.StartMS = append(row.StartMS, ms(max(d-w, 0)))
 	}
 	if want["throughput"] {
-		cpu0, busy0 := p.cpu(), machineBusy()
-		gbps, bytes, err := b.stream(ctx, p.sink)
+		// CPU is read at the window's edges, as the bytes are.
+		w := cpuWindow{proc: p.cpu}
+		gbps, bytes, err := b.stream(ctx, p.sink, w.edge)
 		if err != nil {
 			return fmt.Errorf("throughput: %w", err)
 		}
 		row.Gbps = append(row.Gbps, gbps)
 		if bytes > 0 {
-			row.MachineCPUPerGB = append(row.MachineCPUPerGB, (machineBusy()-busy0)/(float64(bytes)/1e9))
+			row.MachineCPUPerGB = append(row.MachineCPUPerGB, w.busy/(float64(bytes)/1e9))
 		}
 		if p.cmd != nil && bytes > 0 {
-			row.CPUPerGB = append(row.CPUPerGB, (p.cpu()-cpu0)/(float64(bytes)/1e9))
+			row.CPUPerGB = append(row.CPUPerGB, w.cpu/(float64(bytes)/1e9))
 		}
 		b.logf("%d/%d %s: %.2f Gbit/s", rep+1, b.o.Repeats, p.name, gbps)
 	}
@@ -536,14 +549,14 @@ func (b *peersBench) measure(ctx context.Context, p *peerProc, row *PeerRow, wan
 		if !want[part.name] {
 			continue
 		}
-		cpu0 := p.cpu()
-		n, d, err := b.requests(ctx, p.http, b.o.Clients, part.keepalive, b.o.Window)
+		w := cpuWindow{proc: p.cpu}
+		n, d, err := b.requests(ctx, p.http, b.o.Clients, part.keepalive, b.o.Window, w.edge)
 		if err != nil {
 			return fmt.Errorf("%s: %w", part.name, err)
 		}
 		*part.rate = append(*part.rate, float64(n)/d.Seconds())
 		if p.cmd != nil && n > 0 {
-			*part.cpu = append(*part.cpu, (p.cpu()-cpu0)/float64(n)*1e6)
+			*part.cpu = append(*part.cpu, w.cpu/float64(n)*1e6)
 		}
 		b.logf("%d/%d %s %s: %.0f requests/s", rep+1, b.o.Repeats, p.name, part.name, float64(n)/d.Seconds())
 	}
@@ -627,7 +640,27 @@ func groupPIDs(pgid int) []int {
 
 // stream sends one stream through addr for a second of warm-up and the
 // window; it returns the goodput in the window and its bytes.
-func (b *peersBench) stream(ctx context.Context, addr string) (gbps float64, n int64, err error) {
+// cpuWindow takes a process's CPU seconds and the machine's busy seconds
+// over a measurement window: edge runs at its start and at its end.
+type cpuWindow struct {
+	proc      func() float64
+	cpu, busy float64 // over the window, once it has ended
+	started   bool
+}
+
+func (w *cpuWindow) edge() {
+	c, b := w.proc(), machineBusy()
+	if !w.started {
+		w.cpu, w.busy, w.started = -c, -b, true
+		return
+	}
+	w.cpu += c
+	w.busy += b
+}
+
+// stream writes one stream through addr for a second of warm-up and the
+// window; edge runs as the window starts and ends.
+func (b *peersBench) stream(ctx context.Context, addr string, edge func()) (gbps float64, n int64, err error) {
 	var moved atomic.Int64
 	stop := make(chan struct{})
 	errc := make(chan error, 1)
@@ -659,11 +692,13 @@ func (b *peersBench) stream(ctx context.Context, addr string) (gbps float64, n i
 	if !sleepCtx(ctx, time.Second) {
 		return 0, 0, ctx.Err()
 	}
+	edge()
 	b0, t0 := moved.Load(), time.Now()
 	if !sleepCtx(ctx, b.o.Window) {
 		return 0, 0, ctx.Err()
 	}
 	b1, t1 := moved.Load(), time.Now()
+	edge()
 	if b1 == b0 {
 		return 0, 0, errors.New("no byte moved")
 	}
@@ -704,8 +739,9 @@ func readResponse(br *bufio.Reader) error {
 
 // requests runs clients that each send 1 KB requests through addr for a
 // warm-up and the window, each on a new connection or on one kept alive,
-// and counts the answers in the window.
-func (b *peersBench) requests(ctx context.Context, addr string, clients int, keepalive bool, window time.Duration) (int64, time.Duration, error) {
+// and counts the answers in the window; edge runs as the window starts and
+// ends.
+func (b *peersBench) requests(ctx context.Context, addr string, clients int, keepalive bool, window time.Duration, edge func()) (int64, time.Duration, error) {
 	var count atomic.Int64
 	var counting atomic.Bool
 	stop := make(chan struct{})
@@ -764,6 +800,7 @@ func (b *peersBench) requests(ctx context.Context, addr string, clients int, kee
 	if !sleepCtx(ctx, 500*time.Millisecond) {
 		return 0, 0, ctx.Err()
 	}
+	edge()
 	counting.Store(true)
 	t0 := time.Now()
 	if !sleepCtx(ctx, window) {
@@ -771,6 +808,7 @@ func (b *peersBench) requests(ctx context.Context, addr string, clients int, kee
 	}
 	counting.Store(false)
 	d := time.Since(t0)
+	edge()
 	if e := firstErr.Load(); e != nil {
 		return 0, 0, *e
 	}
@@ -1073,8 +1111,9 @@ func (b *peersBench) notes() []string {
 	n := []string{
 		"Everything runs over the loopback of one network namespace (a netlab host): clients, the proxy and the backends (a Go HTTP server answering 1 KB, and a sink).",
 		fmt.Sprintf("Proxies: halfway (`mode: forward` listeners; halfway-copy with `data_path: copy`; halfway-sockmap with `data_path: sockmap`; halfway-park with `park_after: 2ms`; halfway-attached with `detach_after: 0s`, its flows kept in Go's poller (none plain, so it takes the general path); halfway-2cpu on both cores, shared with the clients), HAProxy (`mode tcp`, `option splice-auto`, nbthread 1), nginx (stream, 1 worker), socat (`fork`). Repeats are interleaved: each repeat measures every proxy in turn; %d repeats, medians with min–max.", b.o.Repeats),
-		fmt.Sprintf("Throughput: one stream, 256 KB writes, 1 s warm-up then %s; CPU is the proxy's user+system time (its process group, reaped children included) per GB moved. Machine CPU is every core's busy time per GB (/proc/stat), load generator and sink included: it counts the kernel's work outside the proxy's process (softirqs, and the kworkers that send what the sockmap program redirects), which the proxy's own CPU misses; direct's is the floor.", b.o.Window),
+		fmt.Sprintf("Throughput: one stream, 256 KB writes, 1 s warm-up then %s; CPU is the proxy's user+system time (its process group, reaped children included) per GB moved, both read at the window's edges. Machine CPU is every core's busy time per GB (/proc/stat), load generator and sink included: it counts the kernel's work outside the proxy's process (softirqs, and the kworkers that send what the sockmap program redirects), which the proxy's own CPU misses; direct's is the floor.", b.o.Window),
 		fmt.Sprintf("Connection rates: %d clients, 1 KB HTTP; new connection per request (`Connection: close`) or one kept alive per client; 0.5 s warm-up then %s; CPU per request as above.", b.o.Clients, b.o.Window),
+		"Start: from exec to the first accepted connection of a second instance beside the running one, less the time the same wrappers (ip netns exec, taskset) take to run a program that does nothing, timed alike in the same repeat.",
 		fmt.Sprintf("Latency: one client, %d sequential requests on one kept-alive connection after 200 unmeasured; added latency is the proxy's median minus direct's.", b.o.Requests),
 		fmt.Sprintf("Memory: a fresh proxy process; %d idle flows (socat %d: it forks a process per flow) each with one byte sent, measured 2 s later (begun once the kernel has freed the previous proxy's sockets), in %d rounds with the proxies' order rotated by one each round (whichever goes first after direct reads some 50 B per flow more of the kernel's), the median round kept (direct's first measurement, which grows the load generator's own tables, is dropped): RSS of the proxy's processes (memory per flow is the growth of its anonymous part, the flows' own memory: the rest is pages of the program's file, which the first flows' code maps once; the whole RSS growth is in the JSON), their descriptors, and the kernel's memory: the growth of live slab objects (/proc/slabinfo: active objects times their size, per cache, without the caches of TIME_WAIT sockets and pending handshakes, which earlier parts leave to expire meanwhile; meminfo's machine-wide Slab, which also counts free room in slab pages, is in the JSON).", b.o.Flows, b.o.SocatFlows, min(b.o.Repeats, 3)),
 	}

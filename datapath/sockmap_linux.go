@@ -314,13 +314,17 @@ func (d *dir) kernelStep() (step, error) {
 	if err != nil {
 		return stepErr, sideErr{read: true, err: fmt.Errorf("sockmap: read direction: %w", err)}
 	}
+	if d.err != nil {
+		// A reset (or another error), held or not: the peek took the
+		// socket's pending error, so no later read would see it, and the
+		// other side must get a reset, not a FIN.
+		return stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("recv", d.err)}
+	}
 	if st.State != smHeld {
-		// Not held: an end of stream, an error, or nothing.
+		// Not held: an end of stream, or nothing.
 		switch {
 		case d.block:
 			return stepPark, nil
-		case d.err != nil:
-			return stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("recv", d.err)}
 		case d.pn > 0:
 			// Bytes for user space while the program redirects: only a
 			// segment the program is handling right now. Look again.

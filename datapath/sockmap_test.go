@@ -465,3 +465,44 @@ func TestSockmapIneligible(t *testing.T) {
 		t.Errorf("%d flows entered the sockmap", n)
 	}
 }
+
+// TestSockmapResetAfterResume: a client's reset on a direction that went
+// back to the kernel after a hold reaches the server as a reset, and the
+// flow ends as reset-client, where the peek's error went unread and the
+// server got a FIN, with the relay waking in a loop on the closed source.
+func TestSockmapResetAfterResume(t *testing.T) {
+	needSockmap(t)
+	s0 := ReadStats()
+	client, server, res, _ := sockmapped(t, Options{})
+	exchange(t, client, server, []byte{1}, []byte{2})
+	const total = 16 << 20
+	data := payload(8, total)
+	go client.Write(data)
+	time.Sleep(300 * time.Millisecond) // the server reads nothing yet: the direction is held
+	got := make([]byte, total)
+	server.SetReadDeadline(time.Now().Add(60 * time.Second))
+	if _, err := io.ReadFull(server, got); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the server read %v, equal %v", err, bytes.Equal(got, data))
+	}
+	for i := 0; ReadStats().SockmapResumes == s0.SockmapResumes; i++ {
+		if i > 50 {
+			t.Fatal("the held direction never went back to the kernel")
+		}
+		exchange(t, client, server, payload(uint64(i), 100), nil)
+		time.Sleep(20 * time.Millisecond)
+	}
+	client.SetLinger(0)
+	client.Close()
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := server.Read(make([]byte, 1)); !isReset(err) {
+		t.Errorf("the server read %v after the client's reset, want a reset", err)
+	}
+	select {
+	case r := <-res:
+		if r.Reason != ReasonResetClient {
+			t.Errorf("result %+v, want reason %s", r, ReasonResetClient)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the flow did not end")
+	}
+}

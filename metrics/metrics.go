@@ -25,6 +25,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unicode/utf8"
 )
 
 // Type is a metric family's type as written on its TYPE line.
@@ -64,7 +65,7 @@ func (r *Registry) add(f *family) *family {
 		panic(fmt.Sprintf("metrics: invalid metric name %q", f.name))
 	}
 	for _, l := range f.labels {
-		if !validName(l) || strings.HasPrefix(l, "__") || (f.typ == HistogramType && l == "le") {
+		if !validName(l) || strings.Contains(l, ":") || strings.HasPrefix(l, "__") || (f.typ == HistogramType && l == "le") { // label names take no colon
 			panic(fmt.Sprintf("metrics: %s: invalid label name %q", f.name, l))
 		}
 	}
@@ -112,6 +113,11 @@ func (f *family) get(values []string, mk func() any) any {
 	for i, v := range values {
 		if i > 0 {
 			key = append(key, '\xff')
+		}
+		if !utf8.ValidString(v) {
+			// Label values are UTF-8 in the text format, and a 0xff byte
+			// would make the key ambiguous.
+			v = strings.ToValidUTF8(v, "\uFFFD")
 		}
 		key = append(key, v...)
 	}

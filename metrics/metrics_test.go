@@ -4,6 +4,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -98,6 +99,7 @@ func TestRegistrationErrors(t *testing.T) {
 		{"bad name", func(r *Registry) { r.Counter("x-y", "") }},
 		{"bad label", func(r *Registry) { r.Counter("x", "", "a b") }},
 		{"reserved label", func(r *Registry) { r.Counter("x", "", "__x") }},
+		{"colon in a label", func(r *Registry) { r.Counter("x", "", "a:b") }},
 		{"le on histogram", func(r *Registry) { r.Histogram("x", "", []float64{1}, "le") }},
 		{"unsorted buckets", func(r *Registry) { r.Histogram("x", "", []float64{2, 1}) }},
 		{"twice", func(r *Registry) { r.Counter("x", ""); r.Gauge("x", "") }},
@@ -147,5 +149,23 @@ func TestConcurrent(t *testing.T) {
 	}
 	if total != 4000 {
 		t.Fatalf("counted %d, want 4000", total)
+	}
+}
+
+// TestLabelValuesNotUTF8: a label value with bytes that are not UTF-8 (a
+// 0xff among them, which separates values in the series key) is written
+// as valid UTF-8 and keeps a series of its own.
+func TestLabelValuesNotUTF8(t *testing.T) {
+	r := NewRegistry()
+	c := r.Counter("x_total", "", "k", "l")
+	c.With("a\xffb", "c").Inc()
+	c.With("a", "b\xffc").Add(2)
+	var b strings.Builder
+	if _, err := r.WriteTo(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	if !utf8.ValidString(out) || !strings.Contains(out, "x_total{k=\"a\uFFFDb\",l=\"c\"} 1") || !strings.Contains(out, "x_total{k=\"a\",l=\"b\uFFFDc\"} 2") {
+		t.Errorf("output:\n%s", out)
 	}
 }

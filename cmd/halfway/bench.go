@@ -67,7 +67,7 @@ func benchLab(args []string, stdout, stderr io.Writer) error {
 		}
 		return nil
 	})
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 0); err != nil {
 		return err
 	}
 	if o.Repeats < 1 {
@@ -120,7 +120,7 @@ func benchFootprint(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.Repeats, "repeats", o.Repeats, "exec-to-accept repeats")
 	fs.DurationVar(&o.Settle, "settle", o.Settle, "read the idle relay's RSS again this long after its start, past the runtime's forced GC at 2 minutes (0: skip)")
 	quiet := fs.Bool("q", false, "no progress on stderr")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 0); err != nil {
 		return err
 	}
 	if o.Flows < 1 || o.Repeats < 1 {
@@ -152,7 +152,7 @@ func benchAccel(args []string, stdout, stderr io.Writer) error {
 	ccs := fs.String("fig4-cc", strings.Join(o.Fig4CCs, ","), "congestion controls for Fig. 4")
 	quiet := fs.Bool("q", false, "no progress on stderr")
 	from := fs.String("from", "", "render the report and plots of an earlier run's accel.json instead of measuring")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 0); err != nil {
 		return err
 	}
 	if *from != "" {
@@ -200,7 +200,7 @@ func benchMPTCP(args []string, stdout, stderr io.Writer) error {
 	modes := fs.String("buffer-modes", strings.Join(o.BufferModes, ","), "buffer sweeps: sockopt (fixed buffers), sysctl (tcp_rmem/tcp_wmem limits), bbr (fixed buffers, bbr on the client leg)")
 	quiet := fs.Bool("q", false, "no progress on stderr")
 	from := fs.String("from", "", "render the report and plots of an earlier run's mptcp.json instead of measuring")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 0); err != nil {
 		return err
 	}
 	var r *bench.MPTCPReport
@@ -240,7 +240,7 @@ func benchPeers(args []string, stdout, stderr io.Writer) error {
 	noInstall := fs.Bool("no-install", false, "do not apt-get missing peers; skip them")
 	quiet := fs.Bool("q", false, "no progress on stderr")
 	from := fs.String("from", "", "render the report of an earlier run's peers.json instead of measuring")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 0); err != nil {
 		return err
 	}
 	var r *bench.PeersReport

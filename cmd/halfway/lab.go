@@ -42,7 +42,7 @@ func labUp(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("lab up", stderr)
 	fg := fs.Bool("foreground", false, "run the emulators in this process and remove the lab on Ctrl-C or SIGTERM")
 	rt := fs.Bool("realtime", true, "run the emulators' writer threads SCHED_FIFO for precise delays")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 1); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
@@ -77,7 +77,7 @@ func labUp(args []string, stdout, stderr io.Writer) error {
 
 func labDown(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("lab down", stderr)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 1); err != nil {
 		return err
 	}
 	switch fs.NArg() {
@@ -113,7 +113,7 @@ func labDown(args []string, stdout, stderr io.Writer) error {
 func labStatus(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("lab status", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 1); err != nil {
 		return err
 	}
 	labs, err := netlab.List(true)
@@ -220,7 +220,7 @@ func printLab(w io.Writer, t *netlab.Topology, p *netlab.Plan, stats []netlab.Li
 func labExec(args []string, stderr io.Writer) error {
 	fs := newFlags("lab exec", stderr)
 	name := fs.String("lab", "", "lab name (default: the only lab that is up)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 1<<30); err != nil { // NODE -- CMD [ARGS...]
 		return err
 	}
 	rest := fs.Args()
@@ -287,7 +287,7 @@ func pickLab(name string) (string, error) {
 func labEmulate(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("lab emulate", stderr)
 	rt := fs.Bool("realtime", false, "SCHED_FIFO writer threads")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 1); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 const usage = `usage: halfway COMMAND [ARGS]
@@ -84,4 +85,25 @@ func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	return fs
+}
+
+// parseFlags parses a command's flags and takes at most maxArgs
+// arguments after them. Go's flag package stops at the first argument, so
+// a flag after one would be ignored silently: that, and a flag it cannot
+// parse, are usage errors (exit status 2). -h stays ErrHelp.
+func parseFlags(fs *flag.FlagSet, args []string, maxArgs int) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %s: %v", errUsage, fs.Name(), err)
+	}
+	if fs.NArg() > maxArgs {
+		extra := fs.Arg(maxArgs)
+		if strings.HasPrefix(extra, "-") {
+			return fmt.Errorf("%w: %s: flag %s after an argument: flags go first", errUsage, fs.Name(), extra)
+		}
+		return fmt.Errorf("%w: %s: unexpected argument %q", errUsage, fs.Name(), extra)
+	}
+	return nil
 }

@@ -38,6 +38,11 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"lab", "exec", "client"}, true, "lab exec [--lab NAME] NODE -- CMD"},
 		{[]string{"bench"}, true, "bench needs a scenario"},
 		{[]string{"bench", "lab", "--repeats", "0"}, true, "--repeats must be at least 1"},
+		// A flag after an argument would be ignored: refused instead.
+		{[]string{"bench", "lab", "extra", "--repeats", "0"}, true, `bench lab: unexpected argument "extra"`},
+		{[]string{"lab", "status", "nosuch", "--json"}, true, "lab status: flag --json after an argument: flags go first"},
+		{[]string{"relay", "--bogus"}, true, "relay: flag provided but not defined: -bogus"},
+		{[]string{"relay", "-c"}, true, "relay: flag needs an argument: -c"},
 	}
 	for _, tt := range tests {
 		var out, errOut bytes.Buffer

@@ -24,7 +24,7 @@ func runModel(args []string, stdout, stderr io.Writer) error {
 	turbo := fs.Int("turbo-iw", model.DefaultTurboIW, "initial window of relay–relay legs with Turbo-Start")
 	tfo := fs.Bool("tfo", false, "relay–relay legs without a pool open with a 0-RTT Fast Open SYN")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 0); err != nil {
 		return err
 	}
 	if *file == "" {

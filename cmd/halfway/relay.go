@@ -22,7 +22,7 @@ func runRelay(args []string, stdout, stderr io.Writer) error {
 	file := fs.String("c", "", "configuration file (YAML)")
 	check := fs.Bool("check", false, "validate the configuration and exit")
 	grace := fs.Duration("grace", 30*time.Second, "on SIGTERM, how long flows may finish before they are closed")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 0); err != nil {
 		return err
 	}
 	if *file == "" || fs.NArg() != 0 {
@@ -75,7 +75,7 @@ func runRelay(args []string, stdout, stderr io.Writer) error {
 func relayRules(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("relay rules", stderr)
 	file := fs.String("c", "", "configuration file (YAML)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 0); err != nil {
 		return err
 	}
 	if *file == "" {
