@@ -84,29 +84,19 @@ func (r *PeersReport) Markdown() string {
 			return median(a) / median(c)
 		}
 		goal := func(text string, ok bool) { fmt.Fprintf(&b, "- %s — %s\n", text, metOrMissed(ok)) }
-		cr, crCPU := ratio(hw.ConnRate, hp.ConnRate), ratio(hw.ConnCPUus, hp.ConnCPUus)
-		goal(fmt.Sprintf("New connections per second ≥ 1.2× HAProxy's with less CPU per request: %.2f×, CPU %.2f×", cr, crCPU), cr >= 1.2 && crCPU > 0 && crCPU < 1)
-		tp, tpCPU := ratio(hw.Gbps, hp.Gbps), ratio(hw.CPUPerGB, hp.CPUPerGB)
-		goal(fmt.Sprintf("One-stream throughput ≥ 1.1× HAProxy's with ≤ 0.6× its CPU per GB: %.2f×, CPU %.3f×", tp, tpCPU), tp >= 1.1 && tpCPU > 0 && tpCPU <= 0.6)
-		goal(fmt.Sprintf("Memory per idle flow ≤ HAProxy's: %.0f B against %.0f B", hw.memPerFlow(), hp.memPerFlow()), hw.Flows > 0 && hp.Flows > 0 && hw.memPerFlow() <= hp.memPerFlow())
-		goal(fmt.Sprintf("No extra descriptors held by an idle flow: %.2f per flow (2 are its sockets)", hw.FDsPerFlow), hw.Flows > 0 && hw.FDsPerFlow <= 2.05)
-		var base float64
-		if direct != nil {
-			base = direct.kernelPerFlow(objs)
+		if len(hw.ConnRate) > 0 && len(hp.ConnRate) > 0 {
+			cr, crCPU := ratio(hw.ConnRate, hp.ConnRate), ratio(hw.ConnCPUus, hp.ConnCPUus)
+			goal(fmt.Sprintf("New connections per second ≥ 1.2× HAProxy's with less CPU per request: %.2f×, CPU %.2f×", cr, crCPU), cr >= 1.2 && crCPU > 0 && crCPU < 1)
 		}
-		what := "machine-wide Slab beyond direct's"
-		if objs {
-			what = "live slab objects beyond direct's"
+		if len(hw.Gbps) > 0 && len(hp.Gbps) > 0 {
+			tp, tpCPU := ratio(hw.Gbps, hp.Gbps), ratio(hw.CPUPerGB, hp.CPUPerGB)
+			goal(fmt.Sprintf("One-stream throughput ≥ 1.1× HAProxy's with ≤ 0.6× its CPU per GB: %.2f×, CPU %.3f×", tp, tpCPU), tp >= 1.1 && tpCPU > 0 && tpCPU <= 0.6)
 		}
-		hwK, hpK := hw.kernelPerFlow(objs), hp.kernelPerFlow(objs)
-		goal(fmt.Sprintf("Kernel memory per flow ≤ HAProxy's: %.0f B against %.0f B (%s)", hwK-base, hpK-base, what), hw.Flows > 0 && hp.Flows > 0 && hwK <= hpK)
-		lowest := hw.Flows > 0
-		for _, row := range r.Rows {
-			if !strings.HasPrefix(row.Name, "halfway") && row.Name != "direct" && row.Flows > 0 && row.IdleRSSKiB < hw.IdleRSSKiB {
-				lowest = false
-			}
+		if hw.Flows == 0 || hp.Flows == 0 {
+			b.WriteString("- Memory, descriptors, kernel memory and idle RSS: not measured in this run (--parts memory)\n")
+		} else {
+			memoryGoals(r, hw, hp, direct, objs, goal)
 		}
-		goal(fmt.Sprintf("Idle RSS the lowest of all: %.0f KiB", hw.IdleRSSKiB), lowest)
 		if len(hw.LatP99us) > 0 && len(hp.LatP99us) > 0 {
 			goal(fmt.Sprintf("Added p99 latency ≤ HAProxy's: p99 %.1f µs against %.1f µs", median(hw.LatP99us), median(hp.LatP99us)), median(hw.LatP99us) <= median(hp.LatP99us))
 		}
@@ -227,4 +217,27 @@ func (row *PeerRow) memPerFlow() float64 {
 		return row.RSSPerFlow
 	}
 	return row.AnonPerFlow
+}
+
+// memoryGoals judges issue 6's memory goals, for a run that measured them.
+func memoryGoals(r *PeersReport, hw, hp, direct *PeerRow, objs bool, goal func(string, bool)) {
+	goal(fmt.Sprintf("Memory per idle flow ≤ HAProxy's: %.0f B against %.0f B", hw.memPerFlow(), hp.memPerFlow()), hw.Flows > 0 && hp.Flows > 0 && hw.memPerFlow() <= hp.memPerFlow())
+	goal(fmt.Sprintf("No extra descriptors held by an idle flow: %.2f per flow (2 are its sockets)", hw.FDsPerFlow), hw.Flows > 0 && hw.FDsPerFlow <= 2.05)
+	var base float64
+	if direct != nil {
+		base = direct.kernelPerFlow(objs)
+	}
+	what := "machine-wide Slab beyond direct's"
+	if objs {
+		what = "live slab objects beyond direct's"
+	}
+	hwK, hpK := hw.kernelPerFlow(objs), hp.kernelPerFlow(objs)
+	goal(fmt.Sprintf("Kernel memory per flow ≤ HAProxy's: %.0f B against %.0f B (%s)", hwK-base, hpK-base, what), hw.Flows > 0 && hp.Flows > 0 && hwK <= hpK)
+	lowest := hw.Flows > 0
+	for _, row := range r.Rows {
+		if !strings.HasPrefix(row.Name, "halfway") && row.Name != "direct" && row.Flows > 0 && row.IdleRSSKiB < hw.IdleRSSKiB {
+			lowest = false
+		}
+	}
+	goal(fmt.Sprintf("Idle RSS the lowest of all: %.0f KiB", hw.IdleRSSKiB), lowest)
 }
