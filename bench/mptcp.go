@@ -842,15 +842,14 @@ func (b *mptcpBench) loopback(ctx context.Context, l *mimboxLab) error {
 		for i, c := range cases {
 			rows[i].Config = c.name
 			// The relay's CPU over the window the bytes are counted in.
-			var used float64
-			edge := func() { used = procCPU(pid) - used }
-			gbps, bytes, err := loopSend(ctx, l.rc, c.s, c.via, c.dst, c.mptcp, time.Second, 3*time.Second, edge)
+			w := cpuWindow{proc: func() float64 { return procCPU(pid) }}
+			gbps, bytes, err := loopSend(ctx, l.rc, c.s, c.via, c.dst, c.mptcp, time.Second, 3*time.Second, w.edge)
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)
 			}
 			rows[i].Mbps = append(rows[i].Mbps, gbps*1000)
 			if c.via.IsValid() && bytes > 0 {
-				cpu[i] = append(cpu[i], used/(float64(bytes)/1e9))
+				cpu[i] = append(cpu[i], w.cpu/(float64(bytes)/1e9))
 			}
 			b.logf("loopback %d/%d %s: %.2f Gbit/s", rep+1, b.o.Repeats, c.name, gbps)
 		}

@@ -638,8 +638,6 @@ func groupPIDs(pgid int) []int {
 	return out
 }
 
-// stream sends one stream through addr for a second of warm-up and the
-// window; it returns the goodput in the window and its bytes.
 // cpuWindow takes a process's CPU seconds and the machine's busy seconds
 // over a measurement window: edge runs at its start and at its end.
 type cpuWindow struct {
@@ -658,8 +656,9 @@ func (w *cpuWindow) edge() {
 	w.busy += b
 }
 
-// stream writes one stream through addr for a second of warm-up and the
-// window; edge runs as the window starts and ends.
+// stream sends one stream through addr for a second of warm-up and the
+// window; it returns the goodput in the window and its bytes. edge runs as
+// the window starts and ends.
 func (b *peersBench) stream(ctx context.Context, addr string, edge func()) (gbps float64, n int64, err error) {
 	var moved atomic.Int64
 	stop := make(chan struct{})

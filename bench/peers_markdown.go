@@ -221,8 +221,8 @@ func (row *PeerRow) memPerFlow() float64 {
 
 // memoryGoals judges issue 6's memory goals, for a run that measured them.
 func memoryGoals(r *PeersReport, hw, hp, direct *PeerRow, objs bool, goal func(string, bool)) {
-	goal(fmt.Sprintf("Memory per idle flow ≤ HAProxy's: %.0f B against %.0f B", hw.memPerFlow(), hp.memPerFlow()), hw.Flows > 0 && hp.Flows > 0 && hw.memPerFlow() <= hp.memPerFlow())
-	goal(fmt.Sprintf("No extra descriptors held by an idle flow: %.2f per flow (2 are its sockets)", hw.FDsPerFlow), hw.Flows > 0 && hw.FDsPerFlow <= 2.05)
+	goal(fmt.Sprintf("Memory per idle flow ≤ HAProxy's: %.0f B against %.0f B", hw.memPerFlow(), hp.memPerFlow()), hw.memPerFlow() <= hp.memPerFlow())
+	goal(fmt.Sprintf("No extra descriptors held by an idle flow: %.2f per flow (2 are its sockets)", hw.FDsPerFlow), hw.FDsPerFlow <= 2.05)
 	var base float64
 	if direct != nil {
 		base = direct.kernelPerFlow(objs)
@@ -232,8 +232,8 @@ func memoryGoals(r *PeersReport, hw, hp, direct *PeerRow, objs bool, goal func(s
 		what = "live slab objects beyond direct's"
 	}
 	hwK, hpK := hw.kernelPerFlow(objs), hp.kernelPerFlow(objs)
-	goal(fmt.Sprintf("Kernel memory per flow ≤ HAProxy's: %.0f B against %.0f B (%s)", hwK-base, hpK-base, what), hw.Flows > 0 && hp.Flows > 0 && hwK <= hpK)
-	lowest := hw.Flows > 0
+	goal(fmt.Sprintf("Kernel memory per flow ≤ HAProxy's: %.0f B against %.0f B (%s)", hwK-base, hpK-base, what), hwK <= hpK)
+	lowest := true
 	for _, row := range r.Rows {
 		if !strings.HasPrefix(row.Name, "halfway") && row.Name != "direct" && row.Flows > 0 && row.IdleRSSKiB < hw.IdleRSSKiB {
 			lowest = false

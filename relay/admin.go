@@ -80,7 +80,7 @@ func (s *Server) applyAdmin(listen string) error {
 		return nil
 	case listen == "off":
 		if s.admin != nil {
-			s.admin.close()
+			s.admin.closeNow()
 			s.admin = nil
 			s.log.Info("admin API off")
 		}
@@ -91,11 +91,15 @@ func (s *Server) applyAdmin(listen string) error {
 		return err
 	}
 	if s.admin != nil {
-		s.admin.close()
+		s.admin.closeNow()
 	}
 	s.admin = a
 	return nil
 }
+
+// closeNow closes the admin API without waiting for requests in progress:
+// under s.mu, which a status request may be waiting for.
+func (a *adminServer) closeNow() { _ = a.srv.Close() }
 
 func (a *adminServer) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -142,7 +146,7 @@ func (s *Server) Flows() []FlowStatus {
 			client, server := dp.Conns()
 			for i, c := range []*net.TCPConn{client, server} {
 				// A plain TCP client leg on an MPTCP listener shows as fallen back.
-				if st, err := sockopt.MPTCP(c); err == nil && (st.Requested || i == 0 && f.l != nil && f.l.cfg.MPTCP) {
+				if st, err := sockopt.MPTCP(c); err == nil && (st.Requested || i == 0 && f.l != nil && f.l.acceptsMPTCP()) {
 					m := &MPTCPStatus{Active: st.Active, Subflows: st.Subflows}
 					if i == 0 {
 						fs.ClientMPTCP = m

@@ -515,19 +515,27 @@ func (c *Config) Warnings() []string {
 // over Multipath TCP go without: their sockets refuse them, and the
 // subflow iterator gives an MPTCP listener's subflows legs.client's.
 func (c *Config) relayHopWarnings() []string {
+	return c.mptcpLegWarnings(c.Legs.Relay, func(ln ListenerConfig) bool { return slices.Contains(ln.Protocols, "convert") },
+		func(name, refused string) string {
+			return fmt.Sprintf("legs.relay: listener %q takes relay hops over Multipath TCP, whose sockets refuse %s here: those hops go without them", name, refused)
+		})
+}
+
+// mptcpLegWarnings says, for each MPTCP listener that take picks, msg of
+// the options of leg that MPTCP sockets refuse here (probed once), if any.
+func (c *Config) mptcpLegWarnings(leg LegConfig, take func(ListenerConfig) bool, msg func(listener, refused string) string) []string {
 	var ws []string
 	var refused []string
 	for _, ln := range c.Listeners {
-		if !ln.MPTCP || !slices.Contains(ln.Protocols, "convert") {
+		if !ln.MPTCP || !take(ln) {
 			continue
 		}
 		if refused == nil {
-			if refused = mptcpRefuses(c.Legs.Relay); len(refused) == 0 {
+			if refused = mptcpRefuses(leg); len(refused) == 0 {
 				return nil
 			}
 		}
-		ws = append(ws, fmt.Sprintf("legs.relay: listener %q takes relay hops over Multipath TCP, whose sockets refuse %s here: those hops go without them",
-			ln.Name, strings.Join(refused, ", ")))
+		ws = append(ws, msg(ln.Name, strings.Join(refused, ", ")))
 	}
 	return ws
 }
@@ -540,21 +548,9 @@ func (c *Config) warnings(ns time.Duration) []string {
 	if ns > 0 && ns <= leg.RTOMin.D() {
 		leg.RTOMin = 0
 	}
-	var ws []string
-	var refused []string // the same for every MPTCP listener: probed once
-	for _, ln := range c.Listeners {
-		if !ln.MPTCP {
-			continue
-		}
-		if refused == nil {
-			if refused = mptcpRefuses(leg); len(refused) == 0 {
-				return nil
-			}
-		}
-		ws = append(ws, fmt.Sprintf("legs.client: listener %q accepts Multipath TCP, whose sockets refuse %s here: its clients go without them%s",
-			ln.Name, strings.Join(refused, ", "), rtoMinHint(leg)))
-	}
-	return ws
+	return c.mptcpLegWarnings(leg, func(ListenerConfig) bool { return true }, func(name, refused string) string {
+		return fmt.Sprintf("legs.client: listener %q accepts Multipath TCP, whose sockets refuse %s here: its clients go without them%s", name, refused, rtoMinHint(leg))
+	})
 }
 
 func rtoMinHint(leg LegConfig) string {

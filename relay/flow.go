@@ -102,6 +102,7 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	if l.retired.Load() && l.uncapture != nil {
 		// Its listener closed as it accepted: the capture rules may be
 		// gone already (close saw no flow), and they go with the last.
+		s.refuseEarly(st, l, c)
 		resetConn(c)
 		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: errors.New("listener closed")})
 		s.flowDone(f)
@@ -162,7 +163,7 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 		st, err := sockopt.MPTCP(conn)
 		// A client leg on an MPTCP listener that is plain TCP: a TCP
 		// client, or one whose MPTCP options a middlebox stripped.
-		if err == nil && (st.Requested || i == 0 && f.l != nil && f.l.cfg.MPTCP) {
+		if err == nil && (st.Requested || i == 0 && f.l != nil && f.l.acceptsMPTCP()) {
 			f.mptcp[i] = "fallback"
 			if st.Active {
 				f.mptcp[i] = "mptcp"

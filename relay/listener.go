@@ -177,6 +177,10 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 	return l, nil
 }
 
+// acceptsMPTCP tells whether the listener takes MPTCP clients: configured
+// so, and given an MPTCP socket by the kernel.
+func (l *listener) acceptsMPTCP() bool { return l.cfg.MPTCP && !l.tcpOnly }
+
 // closeSocket closes the listening socket.
 func (l *listener) closeSocket() {
 	l.closing.Store(true)

@@ -317,14 +317,22 @@ func (s *Server) Reload(cfg *Config) error {
 		return err
 	}
 	// Nonces seen stay seen: a reload must not reopen the replay window.
+	restoreAuth := func() {}
 	if old := s.state.Load(); old.auth != nil && rt.auth != nil && bytes.Equal(old.auth.key, rt.auth.key) {
 		// Keep the nonces; take the new window and addresses.
-		ids := rt.auth.identities
-		rt.auth = old.auth
-		rt.auth.window.Store(int64(cfg.Auth.Window.D()))
-		rt.auth.mu.Lock()
-		rt.auth.identities = ids
-		rt.auth.mu.Unlock()
+		a, ids := old.auth, rt.auth.identities
+		a.mu.Lock()
+		oldWin, oldIDs := a.window.Load(), a.identities
+		a.identities = ids
+		a.mu.Unlock()
+		a.window.Store(int64(cfg.Auth.Window.D()))
+		rt.auth = a
+		restoreAuth = func() {
+			a.mu.Lock()
+			a.identities = oldIDs
+			a.mu.Unlock()
+			a.window.Store(oldWin)
+		}
 	}
 	// The file's limits replace any changed at run time through the admin API.
 	old := s.state.Swap(rt)
@@ -342,6 +350,8 @@ func (s *Server) Reload(cfg *Config) error {
 			// Nothing changed: the running configuration stays whole
 			// (unless the admin API changed tunables meanwhile).
 			s.state.CompareAndSwap(rt, old)
+			restoreAuth()
+			s.refreshOwn()
 		}
 		return err
 	}
@@ -410,6 +420,9 @@ func (s *Server) apply(cfg *Config) error {
 		}
 	}
 	blocked := func(lc *ListenerConfig) bool {
+		if lc.Capture != nil && s.retired[captureTable(lc.Name)] != nil {
+			return true // its table carries a retired listener's flows: taken over only once committed
+		}
 		ap, _ := netip.ParseAddrPort(lc.Listen)
 		for _, o := range closing {
 			if addrPortOf(o.ln.Addr()).Port() == ap.Port() || lc.Capture != nil && o.cfg.Capture != nil && captureTable(lc.Name) == captureTable(o.cfg.Name) {

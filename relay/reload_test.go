@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -168,5 +169,30 @@ func TestAdminHost(t *testing.T) {
 		if resp.StatusCode != tc.want {
 			t.Errorf("Host %s: %s, want %d", tc.host, resp.Status, tc.want)
 		}
+	}
+}
+
+// TestReloadRefusedKeepsAuth: a refused reload leaves the hop
+// authentication as it was (its window), and the own addresses
+// (auth.advertise).
+func TestReloadRefusedKeepsAuth(t *testing.T) {
+	psk := writeTestFile(t, t.TempDir(), "psk", "0123456789abcdef\n")
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	conf := func(listen, window, adv string) string {
+		return fmt.Sprintf("admin: {listen: off}\nauth: {psk_file: %s, window: %s, advertise: [%q]}\nlisteners:\n  - {name: hop, listen: %q, protocols: [convert], allow_clients: [127.0.0.1/32], allow_destinations: [127.0.0.1/32]}\n", psk, window, adv, listen)
+	}
+	s := startLoopback(t, conf("127.0.0.1:0", "30s", "192.0.2.10:7100"))
+	if err := reloadYAML(t, s, conf(busy.Addr().String(), "5s", "192.0.2.11:7100")); !errors.Is(err, ErrNotApplied) {
+		t.Fatalf("reload onto a busy port: %v", err)
+	}
+	if w := time.Duration(s.state.Load().auth.window.Load()); w != 30*time.Second {
+		t.Errorf("after the refused reload, auth.window %v, want 30s", w)
+	}
+	if own := s.own.Load(); !own.has(netip.MustParseAddr("192.0.2.10")) || own.has(netip.MustParseAddr("192.0.2.11")) {
+		t.Error("after the refused reload, the own addresses follow the refused auth.advertise")
 	}
 }

@@ -25,7 +25,7 @@ func runRelay(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args, 0); err != nil {
 		return err
 	}
-	if *file == "" || fs.NArg() != 0 {
+	if *file == "" {
 		return fmt.Errorf("%w: relay -c FILE [--check] [--grace 30s]", errUsage)
 	}
 	cfg, err := relay.LoadConfig(*file)
