@@ -98,13 +98,10 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 	f.conn.Store(c)
 	f.proto.Store(&st.cfg.Mode)
 	s.register(f)
-	l.flowStarted()
-	if l.retired.Load() && l.uncapture != nil {
-		// Its listener closed as it accepted: the capture rules may be
-		// gone already (close saw no flow), and they go with the last.
+	if !l.flowStarted() {
 		s.refuseEarly(st, l, c)
 		resetConn(c)
-		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: errors.New("listener closed")})
+		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: errListenerClosed})
 		s.flowDone(f)
 		return
 	}
@@ -324,6 +321,9 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	}
 	return server, nil
 }
+
+// errListenerClosed ends a flow accepted as its listener closed.
+var errListenerClosed = errors.New("listener closed")
 
 // refuseEarly resets the dial that the SYN of c, a flow refused before
 // it connects, started on an early-SYN listener.

@@ -212,7 +212,14 @@ func (l *listener) closeNow() error {
 
 // flowStarted and flowEnded count a listener's flows; flowEnded reports
 // the last flow of a closed listener, whose capture rules go then.
-func (l *listener) flowStarted() { l.flows.Add(1) }
+//
+// flowStarted is false for a flow accepted as l closed: its capture rules
+// may be gone already (close saw no flow), and the flow must not run; it
+// is still counted, and its flowEnded takes the rules away if they stay.
+func (l *listener) flowStarted() bool {
+	l.flows.Add(1)
+	return !(l.retired.Load() && l.uncapture != nil)
+}
 
 func (l *listener) flowEnded() bool {
 	return l.flows.Add(-1) == 0 && l.retired.Load() && l.uncapture != nil

@@ -196,7 +196,12 @@ func (s *Server) servePlain(l *listener, fd int, client netip.AddrPort) {
 	f := &flow{listener: l.cfg.Name, l: l, client: client, start: time.Now().UnixNano(), endHandshake: noop}
 	f.proto.Store(&st.cfg.Mode)
 	s.register(f)
-	l.flowStarted()
+	if !l.flowStarted() {
+		resetFD(fd)
+		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: errListenerClosed})
+		s.flowDone(f)
+		return
+	}
 	setLegFD(l, fd, rt.cfg.Legs.Client)
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) // as Go's accept
 	f.dst.Store(&dst)
