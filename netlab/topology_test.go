@@ -1,6 +1,7 @@
 package netlab
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -318,5 +319,56 @@ func TestSeedBA(t *testing.T) {
 		if ab.Seed != seed || ba.Seed == 0 || ba.Seed == ab.Seed {
 			t.Errorf("seed %#x: a→b %#x, b→a %#x; want the seed, and another fixed one", seed, ab.Seed, ba.Seed)
 		}
+	}
+}
+
+func TestPathBetween(t *testing.T) {
+	tests := []struct {
+		name, yaml, from, to string
+		want                 string // the legs, From>To@Forward/Back, or the error's words
+	}{
+		{"chain", ktcpYAML, "client", "server", "client>rc@16.35ms/16.35ms rc>rs@107.5ms/107.5ms rs>server@13ms/12ms"},
+		{"chain backwards", ktcpYAML, "server", "rc", "server>rs@12ms/13ms rs>rc@107.5ms/107.5ms"},
+		{"parallel links: the first", `
+name: two
+nodes: [client, rc, server]
+links:
+  - {a: client, b: rc, delay: 10ms}
+  - {a: client, b: rc, delay: 40ms}
+  - {a: rc, b: server, delay: 5ms}
+`, "client", "server", "client>rc@10ms/10ms rc>server@5ms/5ms"},
+		// The server's address is on its link to b, the client's on its
+		// link to a: the lab sends each way toward the nearer end of the
+		// other's link, so a search from the client, which meets the server
+		// through a, is not the way its packets go.
+		{"asymmetric", `
+name: ring
+nodes: [client, a, b, server]
+links:
+  - {a: server, b: b, delay: 30ms}
+  - {a: client, b: a, delay: 1ms}
+  - {a: client, b: b, delay: 20ms}
+  - {a: a, b: server, delay: 2ms}
+`, "client", "server", "the lab's routes go client→b→server and come back server→a→client"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			topo, err := ParseTopology([]byte(tt.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			legs, err := topo.PathBetween(tt.from, tt.to)
+			var got []string
+			for _, l := range legs {
+				got = append(got, fmt.Sprintf("%s>%s@%v/%v", l.From, l.To, l.Forward, l.Back))
+			}
+			s := strings.Join(got, " ")
+			if err != nil {
+				s = err.Error()
+			}
+			if !strings.Contains(s, tt.want) {
+				t.Errorf("PathBetween(%s, %s) = %q, want %q", tt.from, tt.to, s, tt.want)
+			}
+		})
 	}
 }
