@@ -52,7 +52,8 @@ const earlyExpiry = 3 * time.Second
 
 type earlyDial struct {
 	created  time.Time
-	listener string // whose capture started it
+	listener string  // whose capture started it
+	cfg      *Config // the configuration its dial followed
 	client   netip.Addr
 	done     chan struct{}
 	conn     *net.TCPConn  // to the server, or
@@ -126,8 +127,10 @@ func (t *earlyTable) claim(listener string, client, dst netip.AddrPort) *earlyDi
 // reserve enters a dial for a SYN from client to dst that listener's
 // capture takes, or says why not: retransmission, late, skipped, or ""
 // when the sniffer has stopped. room is false when connects are too many
-// for one more.
-func (t *earlyTable) reserve(listener string, client, dst netip.AddrPort, lim Limits, room bool) (*earlyDial, string) {
+// for one more. cfg is the configuration in force: its limits apply, and
+// the dial follows it.
+func (t *earlyTable) reserve(listener string, client, dst netip.AddrPort, cfg *Config, room bool) (*earlyDial, string) {
+	lim := &cfg.Limits
 	k := [2]netip.AddrPort{client, dst}
 	ck := clientKey(client.Addr())
 	t.mu.Lock()
@@ -142,7 +145,7 @@ func (t *earlyTable) reserve(listener string, client, dst netip.AddrPort, lim Li
 	case !room || len(t.pending) >= lim.MaxEarly || t.perClient[ck] >= lim.MaxEarlyPerClient:
 		return nil, "skipped"
 	}
-	e := &earlyDial{created: time.Now(), listener: listener, client: ck, done: make(chan struct{})}
+	e := &earlyDial{created: time.Now(), listener: listener, cfg: cfg, client: ck, done: make(chan struct{})}
 	t.pending[k] = e
 	t.perClient[ck]++
 	return e, ""
@@ -285,7 +288,7 @@ func (s *Server) onSYN(client, dst netip.AddrPort) {
 	// is reserved here, not in the goroutine: SYNs read in a burst would
 	// all pass a check of the count before any of their dials began.
 	room := s.reserveConnect(rt.tunables.MaxPending / 2)
-	e, result := s.early.reserve(l.cfg.Name, client, dst, rt.cfg.Limits, room)
+	e, result := s.early.reserve(l.cfg.Name, client, dst, rt.cfg, room)
 	if e == nil {
 		if room {
 			s.endConnect()

@@ -303,11 +303,17 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	if !st.cfg.EarlySYN {
 		// No SYN of this listener's starts a dial: no claim, no mark, no lock.
 		server, pc, err = s.connectLeg(rt, st, r, f, dst, nil, false)
-	} else if e := s.early.claim(f.listener, f.client, dst); e != nil {
+	} else if e := s.early.claim(f.listener, f.client, dst); e != nil && e.cfg == rt.cfg {
 		// The client's SYN started this connect already.
 		server, pc, err = e.wait(s.flowCtx)
 		s.metrics.early.With("claimed").Inc()
 	} else {
+		if e != nil {
+			// A reload came between the SYN and the accept: the dial
+			// followed the old route, leg options and PROXY header.
+			s.metrics.early.With("dropped").Inc()
+			go e.abandon()
+		}
 		server, pc, err = s.connectLeg(rt, st, r, f, dst, nil, false)
 	}
 	if err == nil && pc != nil {

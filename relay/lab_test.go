@@ -1770,6 +1770,101 @@ listeners:
 	}
 }
 
+// TestEarlySYNReloadBetween: a dial that a SYN started before a reload
+// is not the accepted flow's when the reload changed the configuration: it
+// followed the old one (here, no PROXY header), so it is dropped and the
+// flow connects as the new one says.
+func TestEarlySYNReloadBetween(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, chainTopo)
+	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+	cfg := fmt.Sprintf(`
+admin: {listen: "127.0.0.1:9191"}
+listeners:
+  - name: web
+    listen: 0.0.0.0:7000
+    mode: tproxy
+    allow_clients: [10.77.1.0/24]
+    capture: {dst: [%s], ports: "8080", install: true}
+    early_syn: true
+`, server.Ifaces()[0].Addr4.Masked())
+	logPath, _ := runRelay(t, rc, "early", cfg)
+	waitCapture(t, rc, "halfway_web", "7000")
+	for i := 0; ; i++ { // the admin API starts after the capture rules
+		resp, err := adminClient(rc).Get("http://127.0.0.1:9191/metrics")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if i > 200 {
+			t.Fatalf("admin API: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ln, err := server.Listen("tcp", ":8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveEchoConns(ln)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// The client's handshake waits (its SYN-ACKs dropped) while its SYN's
+	// dial is made and the relay reloads.
+	nft := client.Command(ctx, "nft", "-f", "-")
+	nft.Stdin = strings.NewReader(`table inet hwtest { chain in { type filter hook input priority 0; tcp sport 8080 tcp flags & (syn|ack) == syn|ack drop; }; }`)
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	t.Cleanup(func() { client.Command(context.Background(), "nft", "delete", "table", "inet", "hwtest").Run() })
+	type result struct {
+		got string
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+		defer dcancel()
+		c, err := client.Dial(dctx, "tcp", server.AddrPort(8080))
+		if err != nil {
+			res <- result{err: err}
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := c.Write([]byte("x\n")); err != nil {
+			res <- result{err: err}
+			return
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		res <- result{line, err}
+	}()
+	for i := 0; earlyMetric(t, rc, 9191, "dialed") == 0; i++ {
+		if i > 200 {
+			t.Fatal("the client's SYN started no dial")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	reloadRelay(t, ctx, rc, logPath, "early", strings.Replace(cfg, "early_syn: true", "early_syn: true\n    proxy_protocol: true", 1))
+	if out, err := client.Command(ctx, "nft", "delete", "table", "inet", "hwtest").CombinedOutput(); err != nil {
+		t.Fatalf("nft delete: %v: %s", err, out)
+	}
+	r := <-res
+	if r.err != nil {
+		t.Fatalf("flow: %v", r.err)
+	}
+	if n := earlyMetric(t, rc, 9191, "expired"); n != 0 {
+		t.Skipf("skipped: the pending dial expired (%d) before the client's handshake ended (a busy machine)", n)
+	}
+	// The echoed header's first line: the PROXY v2 signature begins "\r\n";
+	// a flow without it echoes "x\n".
+	if r.got != "\r\n" {
+		t.Errorf("the server's first line %q, want the PROXY header the reload turned on (claimed %d, dropped %d)",
+			r.got, earlyMetric(t, rc, 9191, "claimed"), earlyMetric(t, rc, 9191, "dropped"))
+	}
+}
+
 // poolStatus reads the pools from a relay's admin API.
 func poolStatus(t *testing.T, h *netlab.Host) []relay.PoolStatus {
 	t.Helper()

@@ -30,7 +30,7 @@ func newMetrics(reg *hm.Registry, s *Server) *metrics {
 		errors:  reg.Counter("halfway_errors_total", "Errors by kind.", "kind"),
 		refused: reg.Counter("halfway_refused_total", "Connections refused before relaying, by listener and reason.", "listener", "reason"),
 		path:    reg.Counter("halfway_datapath_total", "Flow directions by the mechanism that moved their bytes: splice, buffer (the splice path's directions that carried only messages, read and sent through a buffer), sockmap or copy.", "path"),
-		early: reg.Counter("halfway_early_syn_total", "Clients' SYNs seen by early-SYN listeners: dialed (next leg started), claimed (by the accepted flow), retransmission (dial already pending), late (its flow was accepted already), skipped (table, the client's share or connects full), expired (no accept claimed it), dropped (its flow was refused before it connected, or its listener stopped early SYN).",
+		early: reg.Counter("halfway_early_syn_total", "Clients' SYNs seen by early-SYN listeners: dialed (next leg started), claimed (by the accepted flow), retransmission (dial already pending), late (its flow was accepted already), skipped (table, the client's share or connects full), expired (no accept claimed it), dropped (its flow was refused before it connected, its listener stopped early SYN, or a reload came between the SYN and the accept).",
 			"result"),
 		plain: reg.Counter("halfway_flows_plain_total", "Flows admitted as plain: accepted and connected with raw system calls, never in the Go runtime's poller; by listener.", "listener"),
 		mptcp: reg.Counter("halfway_mptcp_legs_total", "Flow legs that asked for Multipath TCP, by listener, leg (client, server) and result (mptcp, fallback to TCP).",
