@@ -145,8 +145,7 @@ func (s *Server) Flows() []FlowStatus {
 		if dp := f.dp.Load(); dp != nil {
 			client, server := dp.Conns()
 			for i, c := range []*net.TCPConn{client, server} {
-				// A plain TCP client leg on an MPTCP listener shows as fallen back.
-				if st, err := sockopt.MPTCP(c); err == nil && (st.Requested || i == 0 && f.l != nil && f.l.acceptsMPTCP()) {
+				if st, err := sockopt.MPTCP(c); err == nil && f.askedMPTCPOn(i, st) {
 					m := &MPTCPStatus{Active: st.Active, Subflows: st.Subflows}
 					if i == 0 {
 						fs.ClientMPTCP = m

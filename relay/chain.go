@@ -29,21 +29,22 @@ import (
 
 // dialChain opens the first relay of via, has the chain reach dst and
 // waits for every hop's answer.
-func (s *Server) dialChain(ctx context.Context, rt *runtime, r *route, dst netip.AddrPort, early []byte) (*net.TCPConn, error) {
+// It says whether the connection was opened asking for Multipath TCP.
+func (s *Server) dialChain(ctx context.Context, rt *runtime, r *route, dst netip.AddrPort, early []byte) (c *net.TCPConn, askedMPTCP bool, err error) {
 	pc, err := s.openChain(ctx, rt, r, dst, early, false)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	for {
 		err := pc.readAnswers(ctx)
 		if err == nil {
-			return pc.c, nil
+			return pc.c, pc.asked, nil
 		}
 		if !errors.Is(err, errPooledGone) {
-			return nil, err
+			return nil, false, err
 		}
 		if err := s.redial(ctx, rt, pc, nil); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
 }
@@ -57,6 +58,7 @@ type pendingChain struct {
 	pool  *pool  // the pool c came from, or nil
 	via0  netip.AddrPort
 	mptcp bool // a fresh connection is Multipath TCP
+	asked bool // c was opened asking for Multipath TCP
 	// acked0 is what the peer had acknowledged on a pooled connection
 	// when it was taken: if it acknowledged nothing since, it cannot have
 	// read the flow's bytes, and they may go again on a fresh connection.
@@ -98,8 +100,8 @@ func (s *Server) openChain(ctx context.Context, rt *runtime, r *route, dst netip
 	msgs = append(msgs, early...)
 	pc := &pendingChain{hops: len(via), msgs: msgs, via0: via[0], mptcp: r.mptcp}
 	if p := (*s.pools.Load())[via[0]]; p != nil {
-		if c := p.take(); c != nil {
-			pc.c, pc.pool = c, p
+		if c, mptcp := p.take(); c != nil {
+			pc.c, pc.pool, pc.asked = c, p, mptcp
 			if info, err := sockopt.Info(c); err == nil {
 				pc.acked0 = info.Bytes_acked
 			}
@@ -129,7 +131,7 @@ func (s *Server) redial(ctx context.Context, rt *runtime, pc *pendingChain, held
 			pc.pool.dead.Add(1)
 		}
 	}
-	pc.c, pc.pool = nil, nil
+	pc.c, pc.pool, pc.asked = nil, nil, pc.mptcp
 	leg := rt.cfg.Legs.Relay
 	leg.mptcp, leg.lateKeepalive = pc.mptcp, true
 	c, err := s.dial(ctx, rt, pc.via0, append(slices.Clip(pc.msgs), held...), leg, netip.Addr{})

@@ -40,11 +40,24 @@ type flow struct {
 	serverFirst bool
 	// mptcp says, per leg that asked for MPTCP, "mptcp" or "fallback".
 	mptcp [2]string
+	// askedMPTCP: the server leg was opened asking for Multipath TCP. Go
+	// dials plain TCP where the kernel refuses MPTCP sockets, or retries
+	// with it when an MPTCP connect fails, and says nothing.
+	askedMPTCP bool
 	// dp is the data path running the flow, once it forwards.
 	dp atomic.Pointer[datapath.Flow]
 }
 
 var legNames = [2]string{"client", "server"}
+
+// askedMPTCPOn says whether leg i (0 client, 1 server) of the flow asked
+// for Multipath TCP, its socket's state st: then it is MPTCP or a fallback.
+// A client leg on an MPTCP listener may be plain TCP (a TCP client, or one
+// whose MPTCP options a middlebox stripped), and a server leg dialed as
+// MPTCP may be too (askedMPTCP).
+func (f *flow) askedMPTCPOn(i int, st sockopt.MPTCPState) bool {
+	return st.Requested || i == 0 && f.l != nil && f.l.acceptsMPTCP() || i == 1 && f.askedMPTCP
+}
 
 func addrPortOf(a net.Addr) netip.AddrPort {
 	if t, ok := a.(*net.TCPAddr); ok {
@@ -157,10 +170,7 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 		if !rt.mptcp {
 			break // no leg asked for it: two getsockopts saved per flow
 		}
-		st, err := sockopt.MPTCP(conn)
-		// A client leg on an MPTCP listener that is plain TCP: a TCP
-		// client, or one whose MPTCP options a middlebox stripped.
-		if err == nil && (st.Requested || i == 0 && f.l != nil && f.l.acceptsMPTCP()) {
+		if st, err := sockopt.MPTCP(conn); err == nil && f.askedMPTCPOn(i, st) {
 			f.mptcp[i] = "fallback"
 			if st.Active {
 				f.mptcp[i] = "mptcp"
@@ -319,6 +329,9 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	if err == nil && pc != nil {
 		server, err = s.settle(rt, pc, c, f)
 		f.serverFirst = true
+		f.askedMPTCP = pc.asked // settle may have opened another
+	} else if err == nil {
+		f.askedMPTCP = r.mptcp // an early dial's too: it followed this configuration
 	}
 	if err != nil {
 		// The client's handshake is done, so the only honest answer is a reset.
@@ -406,7 +419,7 @@ func (s *Server) connectReserved(rt *runtime, st *listenerState, r *route, f *fl
 	switch {
 	case len(r.via) > 0 && wait:
 		leg = "relay"
-		c, err = s.dialChain(ctx, rt, r, dst, early)
+		c, f.askedMPTCP, err = s.dialChain(ctx, rt, r, dst, early)
 	case len(r.via) > 0:
 		leg = "relay"
 		pc, err = s.openChain(ctx, rt, r, dst, early, true)
@@ -425,6 +438,7 @@ func (s *Server) connectReserved(rt *runtime, st *listenerState, r *route, f *fl
 		}
 		leg := rt.cfg.Legs.Server
 		leg.mptcp, leg.lateKeepalive = r.mptcp, true
+		f.askedMPTCP = r.mptcp
 		c, err = s.dial(ctx, rt, dst, append(hdr, early...), leg, src)
 	}
 	if s.countConnect(leg, start, err); err != nil {

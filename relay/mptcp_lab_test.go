@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -34,6 +35,7 @@ type mptcpLab struct {
 	lab                *netlab.Lab
 	client, rc, server *netlab.Host
 	socks              string
+	log, cfg           string // rc's relay's log file and configuration
 }
 
 // startMPTCP runs rc with an MPTCP SOCKS5 listener; flows to the server's
@@ -45,13 +47,14 @@ func startMPTCP(t *testing.T) *mptcpLab {
 	m := &mptcpLab{lab: lab, client: lab.Host("client"), rc: lab.Host("rc"), server: lab.Host("server")}
 	m.socks = m.rc.AddrPort(1080)
 	srvNet := m.server.Ifaces()[0].Addr4.Masked()
-	runRelay(t, m.rc, "rc", fmt.Sprintf(`
+	m.cfg = fmt.Sprintf(`
 admin: {listen: "127.0.0.1:9190"}
 listeners:
   - {name: socks, listen: "0.0.0.0:1080", protocols: [socks5], mptcp: true, allow_clients: [10.77.0.0/16], allow_destinations: ["%s"]}
 routes:
   - {dst: [%s], ports: "9001", mptcp: true}
-`, srvNet, srvNet))
+`, srvNet, srvNet)
+	m.log, _ = runRelay(t, m.rc, "rc", m.cfg)
 	waitAccept(t, m.client, m.socks)
 	for _, p := range []struct {
 		port  string
@@ -179,6 +182,45 @@ func TestTCPClientToMPTCPServer(t *testing.T) {
 	}
 	if seen == nil || !seen.ServerMPTCP.Active || seen.ClientMPTCP != nil && seen.ClientMPTCP.Active {
 		t.Errorf("flow status %+v: want an active MPTCP server leg and no active MPTCP client leg", seen)
+	}
+}
+
+// TestMPTCPDialUnavailable: where rc's kernel refuses MPTCP sockets
+// (net.mptcp.enabled 0), Go dials the route's MPTCP server leg as plain
+// TCP without a word; the flow still works, and its status and the
+// metrics call the leg a fallback.
+func TestMPTCPDialUnavailable(t *testing.T) {
+	m := startMPTCP(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := m.rc.Command(ctx, "sysctl", "-w", "net.mptcp.enabled=0").CombinedOutput(); err != nil {
+		t.Skipf("skipped: no MPTCP sysctl here: %v %s", err, out)
+	}
+	reloadRelay(t, ctx, m.rc, m.log, "rc", m.cfg)
+	if b, _ := os.ReadFile(m.log); !strings.Contains(string(b), "the kernel makes no Multipath TCP socket") {
+		t.Errorf("the reload gave no warning that MPTCP legs are dialed as TCP:\n%s", b)
+	}
+	c := m.dial(t, ctx, 9001, false)
+	done := make(chan error, 1)
+	go func() { done <- roundTripOn(c, 2<<20) }()
+	var seen *relay.FlowStatus
+	for i := 0; i < 100 && seen == nil; i++ {
+		for _, f := range m.flows(t) {
+			if f.ServerMPTCP != nil {
+				seen = &f
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if seen == nil || seen.ServerMPTCP.Active {
+		t.Errorf("flow status %+v: want a server leg that fell back to TCP", seen)
+	}
+	want := `halfway_mptcp_legs_total{leg="server",listener="socks",result="fallback"} 1`
+	if got := scrapeMetrics(t, m.rc, 9190); !strings.Contains(got, want) {
+		t.Errorf("metrics lack %s:\n%s", want, grepLines(got, "halfway_mptcp_legs_total"))
 	}
 }
 

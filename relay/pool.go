@@ -263,23 +263,25 @@ func (p *pool) greet(ctx context.Context) (c *net.TCPConn, mptcp bool, err error
 	return c, leg.mptcp, nil
 }
 
-// take hands out an idle connection, or nil when there is none.
-func (p *pool) take() *net.TCPConn {
+// take hands out an idle connection, or nil when there is none, and says
+// whether it was opened asking for Multipath TCP.
+func (p *pool) take() (c *net.TCPConn, mptcp bool) {
 	defer p.poke() // refill behind the flow
 	for {
 		p.mu.Lock()
 		if len(p.idle) == 0 {
 			p.mu.Unlock()
 			p.missed.Add(1)
-			return nil
+			return nil, false
 		}
 		pc := p.idle[0]
 		p.idle[0] = pooledConn{}
 		p.idle = p.idle[1:]
+		mptcp = p.mptcp // a change of it replaces the idle connections
 		p.mu.Unlock()
 		if alive(pc.c) {
 			p.taken.Add(1)
-			return pc.c
+			return pc.c, mptcp
 		}
 		p.dead.Add(1)
 		pc.c.Close()

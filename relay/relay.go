@@ -456,6 +456,11 @@ func (s *Server) apply(cfg *Config) error {
 	for _, w := range cfg.relayHopWarnings() {
 		s.log.Warn(w)
 	}
+	if where := cfg.mptcpDials(false) + cfg.mptcpDials(true); where != "" {
+		if _, err := sockopt.Refused(sockopt.Options{}, true); err != nil {
+			s.log.Warn("mptcp: the kernel makes no Multipath TCP socket (is net.mptcp.enabled 0?): legs that ask for it are dialed as TCP", "config", where, "err", err)
+		}
+	}
 	sfOpts, sfWant := wantSubflows(cfg)
 	s.loadSubflows(cfg, sfWant)
 	for _, u := range updates {
