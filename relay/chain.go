@@ -445,15 +445,14 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 	return server, nil
 }
 
-// readConvert reads one Convert message; on malformed input it answers
-// with the protocol's error and closes c.
+// readConvert reads one Convert message; on malformed input, a bad fixed
+// header included, it answers with the protocol's error and closes c.
 func readConvert(c *net.TCPConn) (*convert.Message, error) {
 	raw, err := convert.ReadRaw(c)
-	if err != nil {
-		c.Close()
-		return nil, errorf("convert", err)
+	var m *convert.Message
+	if err == nil {
+		m, _, err = convert.Parse(raw)
 	}
-	m, _, err := convert.Parse(raw)
 	if err != nil {
 		var pe *convert.ProtocolError
 		if errors.As(err, &pe) {

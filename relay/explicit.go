@@ -30,6 +30,11 @@ func (s *Server) handshake(l *listener, st *listenerState, rt *runtime, f *flow,
 	}
 	defer c.SetDeadline(time.Time{})
 	proto, err := detect(c)
+	if errors.Is(err, errUnknownProtocol) && st.protos["convert"] {
+		// A Convert version we do not speak: RFC 8803 asks for an
+		// Unsupported Version answer, which readConvert gives.
+		proto, err = "convert", nil
+	}
 	if err != nil {
 		resetConn(c)
 		return nil, errorf("detect protocol", err)
@@ -53,6 +58,9 @@ func (s *Server) handshake(l *listener, st *listenerState, rt *runtime, f *flow,
 	}
 	return s.serveConvert(l, st, rt, f, c)
 }
+
+// errUnknownProtocol is detect's error for a first byte no protocol claims.
+var errUnknownProtocol = errors.New("unknown protocol")
 
 // detect tells the protocol from the first byte without consuming it, so
 // each protocol's reader sees the stream from its start.
@@ -84,7 +92,7 @@ func detect(c *net.TCPConn) (string, error) {
 	case b >= 'A' && b <= 'Z':
 		return "http", nil
 	}
-	return "", fmt.Errorf("unknown protocol (first byte %#02x)", b)
+	return "", fmt.Errorf("%w (first byte %#02x)", errUnknownProtocol, b)
 }
 
 func (s *Server) serveSOCKS(st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {

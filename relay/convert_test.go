@@ -1,0 +1,99 @@
+package relay
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"halfway/convert"
+)
+
+// convertHop runs, in this process on loopback, a relay with one listener
+// that takes Convert hops only, and returns its address and key.
+func convertHop(t *testing.T) (hop netip.AddrPort, key []byte) {
+	t.Helper()
+	key = []byte("convert test key 0123456789")
+	psk := filepath.Join(t.TempDir(), "psk")
+	if err := os.WriteFile(psk, append(key, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %q}
+listeners:
+  - {name: hop, listen: "127.0.0.1:0", protocols: [convert], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+`, psk))
+	return addrPortOf(s.Addr("hop")), key
+}
+
+// convertAnswer sends raw to the hop at hop, after greet when not nil, and
+// returns the Convert message it answers with.
+func convertAnswer(t *testing.T, hop netip.AddrPort, greet, raw []byte) (*convert.Message, error) {
+	t.Helper()
+	c, err := net.Dial("tcp", hop.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if greet != nil {
+		if _, err := c.Write(greet); err != nil {
+			t.Fatal(err)
+		}
+		if m, err := convert.ReadMessage(c); err != nil || m.Error != nil {
+			t.Fatalf("pool greeting answered %+v, %v", m, err)
+		}
+	}
+	if _, err := c.Write(raw); err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(c)
+	if len(b) == 0 {
+		return nil, fmt.Errorf("no answer (%v)", err)
+	}
+	m, _, err := convert.Parse(b)
+	return m, err
+}
+
+// TestConvertHeaderErrorsAnswered: a Convert message whose fixed header is
+// wrong gets the Error TLV RFC 8803 asks for (Section 5.2.5: Unsupported
+// Version lists the versions we speak; a bad length is a Malformed
+// Message echoing what came), on a fresh connection and on a pooled one,
+// not a bare reset or close.
+func TestConvertHeaderErrorsAnswered(t *testing.T) {
+	hop, key := convertHop(t)
+	auth := newHopAuth(key, time.Minute)
+	for _, tc := range []struct {
+		name   string
+		pooled bool
+		raw    []byte
+		code   convert.ErrorCode
+		value  []byte
+	}{
+		{"version 2", false, []byte{2, 1, 0, 0}, convert.UnsupportedVersion, []byte{convert.Version}},
+		{"version 0", false, []byte{0, 1, 0, 0}, convert.UnsupportedVersion, []byte{convert.Version}},
+		{"total length 0", false, []byte{1, 0, 0, 0}, convert.MalformedMessage, []byte{0, 1, 0, 0, 0}},
+		{"pooled version 2", true, []byte{2, 1, 0, 0}, convert.UnsupportedVersion, []byte{convert.Version}},
+		{"pooled total length 0", true, []byte{1, 0, 0, 0}, convert.MalformedMessage, []byte{0, 1, 0, 0, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var g []byte
+			if tc.pooled {
+				var err error
+				if g, err = convert.AppendMessage(nil, &convert.Message{Cookie: auth.poolCookie(hop)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m, err := convertAnswer(t, hop, g, tc.raw)
+			if err != nil || m.Error == nil || m.Error.Code != tc.code || !bytes.HasPrefix(m.Error.Value, tc.value) {
+				t.Fatalf("answer %+v, %v; want an Error TLV %v with value % x", m, err, tc.code, tc.value)
+			}
+		})
+	}
+}
