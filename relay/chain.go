@@ -315,12 +315,19 @@ func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) 
 // serveConvert is the converter side: a relay hop asks, in the first bytes
 // of its SYN, for a connection onward.
 func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *flow, c *net.TCPConn) (*net.TCPConn, error) {
-	m, err := readConvert(c)
+	m, raw, err := readConvert(c)
 	if err != nil {
 		return nil, err
 	}
 	fail := func(code convert.ErrorCode, err error) (*net.TCPConn, error) {
 		replyAndClose(c, func() error { return writeConvertError(c, code) })
+		return nil, err
+	}
+	// unsupported refuses a well-formed message the hop cannot serve: the
+	// answer echoes it, as RFC 8803 (Section 5.2.5) asks.
+	unsupported := func(err error) (*net.TCPConn, error) {
+		reply := (&convert.ProtocolError{Code: convert.UnsupportedMessage}).Reply(raw)
+		replyAndClose(c, func() error { return writeConvert(c, reply) })
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Time{})
@@ -350,7 +357,7 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 			c.Close()
 			return nil, errors.New("pooled connection: draining, or the configuration changed")
 		}
-		m, err = readConvert(c)
+		m, raw, err = readConvert(c)
 		s.unpark(c)
 		if err != nil {
 			return nil, fmt.Errorf("pooled connection: %w", err)
@@ -368,7 +375,7 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 		f.proto.Store(&conv)
 		_ = c.SetReadDeadline(time.Time{})
 		if m.Connect == nil {
-			return fail(convert.UnsupportedMessage, errors.New("convert: pooled connection without a Connect TLV"))
+			return unsupported(errors.New("convert: pooled connection without a Connect TLV"))
 		}
 	}
 	if m.Connect == nil {
@@ -377,7 +384,7 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 			replyAndClose(c, func() error { return writeConvert(c, &convert.Message{Supported: supportedExts(st)}) })
 			return nil, errors.New("convert: Info only, answered")
 		}
-		return fail(convert.UnsupportedMessage, errors.New("convert: no Connect TLV"))
+		return unsupported(errors.New("convert: no Connect TLV"))
 	}
 	dst := m.Connect.Dst
 	f.dst.Store(&dst)
@@ -445,9 +452,10 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 	return server, nil
 }
 
-// readConvert reads one Convert message; on malformed input, a bad fixed
-// header included, it answers with the protocol's error and closes c.
-func readConvert(c *net.TCPConn) (*convert.Message, error) {
+// readConvert reads one Convert message and returns it decoded and as
+// received; on malformed input, a bad fixed header included, it answers
+// with the protocol's error and closes c.
+func readConvert(c *net.TCPConn) (*convert.Message, []byte, error) {
 	raw, err := convert.ReadRaw(c)
 	var m *convert.Message
 	if err == nil {
@@ -460,9 +468,9 @@ func readConvert(c *net.TCPConn) (*convert.Message, error) {
 		} else {
 			c.Close()
 		}
-		return nil, errorf("convert", err)
+		return nil, nil, errorf("convert", err)
 	}
-	return m, nil
+	return m, raw, nil
 }
 
 func writeConvertError(c *net.TCPConn, code convert.ErrorCode) error {

@@ -97,3 +97,42 @@ func TestConvertHeaderErrorsAnswered(t *testing.T) {
 		})
 	}
 }
+
+// TestConvertUnsupportedMessageEchoes: a well-formed message the hop cannot
+// serve (no Connect TLV) is answered with Unsupported Message whose value
+// echoes the message shifted by one byte (RFC 8803, Section 5.2.5), as a
+// message the codec refuses is.
+func TestConvertUnsupportedMessageEchoes(t *testing.T) {
+	hop, key := convertHop(t)
+	auth := newHopAuth(key, time.Minute)
+	for _, tc := range []struct {
+		name   string
+		pooled bool
+		m      *convert.Message
+	}{
+		{"empty", false, &convert.Message{}},
+		{"extended header only", false, &convert.Message{Extended: &convert.ExtendedTCPHeader{Header: []byte{2, 4, 5, 0xb4}}}},
+		{"pooled, cookie only", true, &convert.Message{Cookie: []byte{1, 2, 3, 4}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw, err := convert.AppendMessage(nil, tc.m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var g []byte
+			if tc.pooled {
+				if g, err = convert.AppendMessage(nil, &convert.Message{Cookie: auth.poolCookie(hop)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m, err := convertAnswer(t, hop, g, raw)
+			if err != nil || m.Error == nil {
+				t.Fatalf("answer %+v, %v; want an Error TLV", m, err)
+			}
+			want := append([]byte{0}, raw...)
+			if m.Error.Code != convert.UnsupportedMessage || !bytes.HasPrefix(m.Error.Value, want) {
+				t.Fatalf("answer %v with value % x; want %v with value % x", m.Error.Code, m.Error.Value, convert.UnsupportedMessage, want)
+			}
+		})
+	}
+}
