@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -103,23 +104,39 @@ func runModel(args []string, stdout, stderr io.Writer) error {
 	return tw.Flush()
 }
 
+// maxSize bounds a --sizes entry so that its byte count is exact in a
+// float64 and fits an int; the model refuses far smaller sizes itself.
+const maxSize = 1 << 53
+
+// parseSize parses one --sizes entry, such as 1448, 1448B, 10KB or 1.5MB
+// (KB and MB are powers of 1000), into a positive whole number of bytes.
 func parseSize(s string) (int, error) {
-	s = strings.ToUpper(strings.TrimSpace(s))
-	mult := 1
+	num := strings.ToUpper(strings.TrimSpace(s))
+	mult := 1.0
 	for _, u := range []struct {
 		suffix string
-		m      int
-	}{{"KB", 1000}, {"MB", 1000 * 1000}, {"B", 1}} {
-		if v, ok := strings.CutSuffix(s, u.suffix); ok {
-			s, mult = v, u.m
+		m      float64
+	}{{"KB", 1e3}, {"MB", 1e6}, {"B", 1}} {
+		if v, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = v, u.m
 			break
 		}
 	}
-	n, err := strconv.ParseFloat(s, 64)
-	if err != nil || n < 0 {
+	n, err := strconv.ParseFloat(num, 64)
+	if err != nil || math.IsNaN(n) || math.IsInf(n, 0) {
 		return 0, fmt.Errorf("%q: want a size like 100KB", s)
 	}
-	return int(n * float64(mult)), nil
+	b := n * mult
+	r := math.Round(b)
+	switch {
+	case r < 1:
+		return 0, fmt.Errorf("%q: want a size of at least 1 byte", s)
+	case b > maxSize:
+		return 0, fmt.Errorf("%q: too large", s)
+	case math.Abs(b-r) > 1e-6:
+		return 0, fmt.Errorf("%q: not a whole number of bytes", s)
+	}
+	return int(r), nil
 }
 
 func sizeName(n int) string {
