@@ -538,9 +538,15 @@ listeners:
 	return procs, nil
 }
 
+// tcpOverhead is what an IPv4 TCP segment with timestamps carries besides
+// payload: model.DefaultMSS is an MTU of 1500 less it.
+const tcpOverhead = 1500 - model.DefaultMSS
+
 // ModelPath maps the path from one lab node to another onto the model:
 // each leg's mean one-way delay and its rate toward the client (the
-// direction a download flows); the inner nodes are relays.
+// direction a download flows); the inner nodes are relays. The MSS is that
+// of the smallest MTU on the path (IPv4, timestamps): exact end to end, where
+// the client's SYN sets it, and for split legs of equal MTUs.
 func ModelPath(t *netlab.Topology, from, to string, iw int) (model.Path, error) {
 	legs, err := t.PathBetween(from, to)
 	if err != nil {
@@ -548,12 +554,27 @@ func ModelPath(t *netlab.Topology, from, to string, iw int) (model.Path, error) 
 	}
 	p := model.Path{MSS: model.DefaultMSS}
 	for i, l := range legs {
+		p.MSS = min(p.MSS, linkMTU(t, l.From, l.To)-tcpOverhead)
 		p.Legs = append(p.Legs, model.Leg{
 			Delay: (l.Forward + l.Back) / 2, Rate: float64(l.RateToward), IW: iw,
 			Relay: i > 0 && i < len(legs)-1,
 		})
 	}
 	return p, nil
+}
+
+// linkMTU returns the MTU of the link between nodes a and b that
+// PathBetween takes (the first listed), 1500 if it sets none.
+func linkMTU(t *netlab.Topology, a, b string) int {
+	for _, l := range t.Links {
+		if (l.A == a && l.B == b) || (l.A == b && l.B == a) {
+			if l.MTU != 0 {
+				return l.MTU
+			}
+			break
+		}
+	}
+	return 1500
 }
 
 // ktcpTopology is KTCP's cloud path (ktcp.txt §4), as examples/ktcp.yaml.

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,6 +54,38 @@ func TestModelSizesUsage(t *testing.T) {
 		err := run([]string{"model", "-f", topo, "--sizes", sizes}, &out, &errOut)
 		if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "--sizes") {
 			t.Errorf("--sizes %s: error %v, want a usage error naming --sizes", sizes, err)
+		}
+	}
+}
+
+// The model's segments are those of the topology's links: MTU 1280 leaves
+// 1228 payload bytes (IPv4, TCP, timestamps), so 100 KB is 82 segments and
+// takes a fourth slow-start round (Btot_2 = 70 segments, eq. (6)): end to
+// end TTC = 4D + 3·2D = 10D (eq. (9)), against 8D at MTU 1500.
+func TestModelMTU(t *testing.T) {
+	for _, tc := range []struct {
+		mtu    string
+		rounds float64 // TTC in units of D
+	}{{"", 8}, {", mtu: 1500", 8}, {", mtu: 1280", 10}} {
+		topo := filepath.Join(t.TempDir(), "line.yaml")
+		os.WriteFile(topo, []byte("name: line\nnodes: [client, mid, server]\nlinks:\n"+
+			"  - {a: client, b: mid, delay: 10ms"+tc.mtu+"}\n  - {a: mid, b: server, delay: 15ms"+tc.mtu+"}\n"), 0o644)
+		var out, errOut bytes.Buffer
+		if err := run([]string{"model", "-f", topo, "--sizes", "100KB", "--json"}, &out, &errOut); err != nil {
+			t.Fatalf("mtu %q: %v", tc.mtu, err)
+		}
+		var res struct {
+			Predictions []struct {
+				Config string  `json:"config"`
+				TTCms  float64 `json:"ttc_ms"`
+			} `json:"predictions"`
+		}
+		if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+			t.Fatalf("mtu %q: %v\n%s", tc.mtu, err, out.String())
+		}
+		const d = 25 // ms, one way
+		if got := res.Predictions[0]; got.Config != "e2e" || math.Abs(got.TTCms-tc.rounds*d) > 0.01 {
+			t.Errorf("mtu %q: %s TTC %.3f ms, want %gD = %g ms", tc.mtu, got.Config, got.TTCms, tc.rounds, tc.rounds*d)
 		}
 	}
 }
