@@ -554,27 +554,13 @@ func ModelPath(t *netlab.Topology, from, to string, iw int) (model.Path, error) 
 	}
 	p := model.Path{MSS: model.DefaultMSS}
 	for i, l := range legs {
-		p.MSS = min(p.MSS, linkMTU(t, l.From, l.To)-tcpOverhead)
+		p.MSS = min(p.MSS, l.MTU-tcpOverhead)
 		p.Legs = append(p.Legs, model.Leg{
 			Delay: (l.Forward + l.Back) / 2, Rate: float64(l.RateToward), IW: iw,
 			Relay: i > 0 && i < len(legs)-1,
 		})
 	}
 	return p, nil
-}
-
-// linkMTU returns the MTU of the link between nodes a and b that
-// PathBetween takes (the first listed), 1500 if it sets none.
-func linkMTU(t *netlab.Topology, a, b string) int {
-	for _, l := range t.Links {
-		if (l.A == a && l.B == b) || (l.A == b && l.B == a) {
-			if l.MTU != 0 {
-				return l.MTU
-			}
-			break
-		}
-	}
-	return 1500
 }
 
 // ktcpTopology is KTCP's cloud path (ktcp.txt §4), as examples/ktcp.yaml.

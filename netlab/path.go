@@ -13,6 +13,7 @@ type PathLeg struct {
 	Forward    time.Duration // one-way delay From→To
 	Back       time.Duration // one-way delay To→From
 	RateToward Rate          // rate To→From: the direction a download flows
+	MTU        int           // the link's, 1500 where it sets none
 }
 
 // PathBetween returns the legs that packets from node from to node to's
@@ -53,6 +54,10 @@ func (t *Topology) PathBetween(from, to string) ([]PathLeg, error) {
 		leg := PathLeg{From: l.A, To: l.B, Forward: time.Duration(l.Delay.AB), Back: time.Duration(l.Delay.BA), RateToward: l.Rate.BA}
 		if l.B == n { // the link runs against the path
 			leg = PathLeg{From: l.B, To: l.A, Forward: time.Duration(l.Delay.BA), Back: time.Duration(l.Delay.AB), RateToward: l.Rate.AB}
+		}
+		leg.MTU = l.MTU
+		if leg.MTU == 0 {
+			leg.MTU = 1500
 		}
 		legs = append(legs, leg)
 		n = leg.To
