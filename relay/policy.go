@@ -87,7 +87,8 @@ var specialNets = []netip.Prefix{
 	netip.MustParsePrefix("fd00:ec2::254/128"),
 	netip.MustParsePrefix("100.100.100.200/32"),
 	netip.MustParsePrefix("168.63.129.16/32"),
-	netip.MustParsePrefix("64:ff9b::/96"), // NAT64 reaches 127/8 and 169.254/16 too
+	netip.MustParsePrefix("64:ff9b::/96"),   // NAT64 reaches 127/8 and 169.254/16 too
+	netip.MustParsePrefix("64:ff9b:1::/48"), // and the local-use NAT64 prefix (RFC 8215)
 	netip.MustParsePrefix("224.0.0.0/4"),
 	netip.MustParsePrefix("ff00::/8"),
 	netip.MustParsePrefix("255.255.255.255/32"),

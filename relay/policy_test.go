@@ -148,6 +148,7 @@ func TestPolicyDestAllowed(t *testing.T) {
 		{"link-local /16 rule keeps metadata closed", []string{"169.254.0.0/16"}, "169.254.169.254:80", false},
 		{"azure host service closed under 0/0", []string{"0.0.0.0/0"}, "168.63.129.16:80", false},
 		{"nat64 closed under ::/0", []string{"::/0"}, "[64:ff9b::7f00:1]:80", false},
+		{"local-use nat64 closed under ::/0", []string{"::/0"}, "[64:ff9b:1::a9fe:a9fe]:80", false},
 		{"fe80::/10 rule", []string{"fe80::/10"}, "[fe80::1]:80", true},
 		{"fe80::/64 rule", []string{"fe80::/64"}, "[fe80::1]:80", true},
 		{"multicast /4 rule", []string{"224.0.0.0/4"}, "224.0.0.1:80", true},
