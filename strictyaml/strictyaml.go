@@ -36,6 +36,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -193,14 +194,14 @@ func parseOne(data []byte) (*yaml.Node, *Error) {
 		if errors.Is(err, io.EOF) {
 			return nil, nil
 		}
-		return nil, syntaxError(err)
+		return nil, syntaxError(err, data)
 	}
 	var next yaml.Node
 	switch err := dec.Decode(&next); {
 	case errors.Is(err, io.EOF):
 		return &doc, nil
 	case err != nil:
-		return nil, syntaxError(err)
+		return nil, syntaxError(err, data)
 	default:
 		return nil, &Error{Line: next.Line, Msg: "want one YAML document"}
 	}
@@ -208,17 +209,116 @@ func parseOne(data []byte) (*yaml.Node, *Error) {
 
 // syntaxError lifts the line number out of messages like
 // "yaml: line 3: mapping values are not allowed in this context" so that
-// syntax errors read like every other error.
-func syntaxError(err error) *Error {
+// syntax errors read like every other error, and puts right what yaml.v3
+// gets wrong: it counts its parser's lines (not its scanner's) from 0,
+// leaves out line numbers that come out as 0, and gives none for unknown
+// anchors and for bytes that are not text, which are found in data instead.
+func syntaxError(err error, data []byte) *Error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
 	if rest, ok := strings.CutPrefix(msg, "line "); ok {
 		if num, text, ok := strings.Cut(rest, ": "); ok {
-			if line, err := strconv.Atoi(num); err == nil && line > 0 {
-				return &Error{Line: line, Msg: text}
+			if n, err := strconv.Atoi(num); err == nil && n > 0 {
+				line, msg = n, text
 			}
 		}
 	}
-	return &Error{Msg: msg}
+	switch {
+	case parserProblems[msg]:
+		line++
+	case readerProblems[msg]:
+		line = badCharLine(data)
+	case strings.HasPrefix(msg, "unknown anchor '") && strings.HasSuffix(msg, "' referenced"):
+		line = aliasLine(data, strings.TrimSuffix(strings.TrimPrefix(msg, "unknown anchor '"), "' referenced"))
+	case line == 0:
+		line = 1 // a scanner error on the first line
+	}
+	return &Error{Line: line, Msg: msg}
+}
+
+// parserProblems are the messages of yaml.v3's parser, whose lines it
+// reports counted from 0; its scanner's are counted from 1.
+var parserProblems = map[string]bool{
+	"did not find expected ',' or ']'":       true,
+	"did not find expected ',' or '}'":       true,
+	"did not find expected '-' indicator":    true,
+	"did not find expected <document start>": true,
+	"did not find expected <stream-start>":   true,
+	"did not find expected key":              true,
+	"did not find expected node content":     true,
+	"found duplicate %TAG directive":         true,
+	"found duplicate %YAML directive":        true,
+	"found incompatible YAML document":       true,
+	"found undefined tag handle":             true,
+}
+
+// readerProblems are yaml.v3's messages for bytes that are not YAML text,
+// which it reports without a line.
+var readerProblems = map[string]bool{
+	"control characters are not allowed": true,
+	"incomplete UTF-8 octet sequence":    true,
+	"invalid Unicode character":          true,
+	"invalid leading UTF-8 octet":        true,
+	"invalid length of a UTF-8 sequence": true,
+	"invalid trailing UTF-8 octet":       true,
+}
+
+// badCharLine returns the line of the first character in data that YAML
+// does not allow, 0 if there is none or data is UTF-16.
+func badCharLine(data []byte) int {
+	if bytes.HasPrefix(data, []byte{0xfe, 0xff}) || bytes.HasPrefix(data, []byte{0xff, 0xfe}) {
+		return 0
+	}
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		if r == utf8.RuneError && size <= 1 || !yamlChar(r) {
+			return lineAt(data, i)
+		}
+		i += size
+	}
+	return 0
+}
+
+// yamlChar reports whether YAML allows r in a document (YAML 1.2 §5.1).
+func yamlChar(r rune) bool {
+	switch {
+	case r == '\t', r == '\n', r == '\r', r >= 0x20 && r <= 0x7e, r == 0x85:
+	case r >= 0xa0 && r <= 0xd7ff, r >= 0xe000 && r <= 0xfffd, r >= 0x10000 && r <= 0x10ffff:
+	default:
+		return false
+	}
+	return true
+}
+
+// aliasLine returns the line of the first alias *name in data, 0 if there
+// is none. It does not parse data: text like an alias inside a quoted
+// scalar or a comment earlier in the document would be taken for it.
+func aliasLine(data []byte, name string) int {
+	alias := []byte("*" + name)
+	for i := 0; ; {
+		j := bytes.Index(data[i:], alias)
+		if j < 0 {
+			return 0
+		}
+		start, end := i+j, i+j+len(alias)
+		before := start == 0 || bytes.IndexByte([]byte(" \t\r\n[{,"), data[start-1]) >= 0
+		after := end == len(data) || bytes.IndexByte([]byte(" \t\r\n]},"), data[end]) >= 0
+		if before && after {
+			return lineAt(data, start)
+		}
+		i = start + 1
+	}
+}
+
+// lineAt returns the 1-based line of the byte at offset in data.
+func lineAt(data []byte, offset int) int {
+	line := 1
+	for i, c := range data[:offset] {
+		if c == '\n' || c == '\r' && (i+1 == len(data) || data[i+1] != '\n') {
+			line++
+		}
+	}
+	return line
 }
 
 // countNodes sizes the document without following aliases, as the baseline

@@ -507,7 +507,7 @@ links:
 		{
 			name: "syntax error",
 			doc:  "name: a\nlinks: [\n  - x: y: z\n",
-			want: []string{`did not find expected node content (line 2)`},
+			want: []string{`did not find expected node content (line 3)`},
 		},
 		{
 			name: "syntax error in mapping",
@@ -517,7 +517,7 @@ links:
 		{
 			name: "unknown anchor",
 			doc:  "name: *nope\n",
-			want: []string{`unknown anchor 'nope' referenced`},
+			want: []string{`unknown anchor 'nope' referenced (line 1)`},
 		},
 		{
 			name: "many errors at once, sorted by line then path",
@@ -796,5 +796,40 @@ func checkFuzzError(t *testing.T, err error) {
 			t.Fatalf("bad error %v", e)
 		}
 		_ = e.Error()
+	}
+}
+
+// TestSyntaxErrorLines checks that every error the YAML parser reports names
+// the line it is on: yaml.v3 leaves the line out on the first line and for
+// unknown anchors and bad encodings, and counts the parser's (not the
+// scanner's) lines from 0.
+func TestSyntaxErrorLines(t *testing.T) {
+	tests := []struct {
+		name, doc, want string
+	}{
+		{"scanner error, line 1", "a: b: c\n", "mapping values are not allowed in this context (line 1)"},
+		{"scanner error, line 3", "a: 1\nb: 2\nc: d: e\n", "mapping values are not allowed in this context (line 3)"},
+		{"leading tab", "\ta: 1\n", "found character that cannot start any token (line 1)"},
+		{"tab indentation", "a:\n\tb: 1\n", "found character that cannot start any token (line 2)"},
+		{"parser error, line 1", ": 1\n", "did not find expected key (line 1)"},
+		{"parser error, line 2", "a: 1\n: 1\n", "did not find expected key (line 2)"},
+		{"parser error, line 3", "a: 1\nb: 2\n: 1\n", "did not find expected key (line 3)"},
+		{"sequence after mapping", "a: 1\n- b\n", "did not find expected key (line 2)"},
+		{"unclosed flow sequence", "a: 1\nb: [1\n", "did not find expected ',' or ']' (line 2)"},
+		{"unclosed flow mapping", "a: 1\nb: 2\nc: {1\n", "did not find expected ',' or '}' (line 3)"},
+		{"unknown anchor", "a: 1\nb: [x, *nope]\n", "unknown anchor 'nope' referenced (line 2)"},
+		{"unknown anchor after a longer one", "a: &nope1 1\nb: *nope1\nc: *nope\n", "unknown anchor 'nope' referenced (line 3)"},
+		{"invalid UTF-8", "a: 1\nb: \xff\n", "invalid leading UTF-8 octet (line 2)"},
+		{"truncated UTF-8", "a: 1\nb: 2\nc: \xc3\n", "invalid trailing UTF-8 octet (line 3)"},
+		{"control character", "a: 1\nb: 2\nc: \x01\n", "control characters are not allowed (line 3)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var v any
+			got := errorLines(t, Decode([]byte(tt.doc), &v))
+			if len(got) != 1 || got[0] != tt.want {
+				t.Errorf("Decode(%q) errors %q, want [%q]", tt.doc, got, tt.want)
+			}
+		})
 	}
 }
