@@ -718,6 +718,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	c.validateAddresses(add)
 	for i, r := range c.Routes {
 		p := fmt.Sprintf("routes[%d]", i)
 		if r.Listener != "" && !names[r.Listener] {
@@ -823,6 +824,45 @@ func (c *Config) Validate() error {
 		return errs
 	}
 	return nil
+}
+
+// validateAddresses refuses listeners, and the admin API, that would
+// listen where another already does: the second socket's bind fails at
+// start or reload, which a check of the file should say. A listener on an
+// IPv4 address has an IPv4 socket and one on an IPv6 address an IPv6-only
+// one, so only sockets of one family on one port can clash.
+func (c *Config) validateAddresses(add func(path, format string, args ...any)) {
+	type socket struct {
+		name string
+		ap   netip.AddrPort
+	}
+	clash := func(a, b netip.AddrPort) bool {
+		x, y := a.Addr().Unmap(), b.Addr().Unmap()
+		return a.Port() != 0 && a.Port() == b.Port() && x.Is4() == y.Is4() &&
+			(x == y || x.IsUnspecified() || y.IsUnspecified())
+	}
+	var bound []socket
+	for i, ln := range c.Listeners {
+		ap, err := netip.ParseAddrPort(ln.Listen)
+		if err != nil {
+			continue // reported with the listener
+		}
+		for _, b := range bound {
+			if clash(ap, b.ap) {
+				add(fmt.Sprintf("listeners[%d].listen", i), "%q: listener %q listens there too", ln.Listen, b.name)
+				break
+			}
+		}
+		bound = append(bound, socket{ln.Name, ap})
+	}
+	if ap, err := netip.ParseAddrPort(c.Admin.Listen); err == nil {
+		for _, b := range bound {
+			if clash(ap, b.ap) {
+				add("admin.listen", "%q: listener %q listens there too", c.Admin.Listen, b.name)
+				break
+			}
+		}
+	}
 }
 
 // portSet is a set of port ranges; nil means every port.

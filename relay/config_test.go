@@ -239,6 +239,18 @@ func TestConfigErrors(t *testing.T) {
 		{"user_timeout past an int of ms", "legs: {server: {user_timeout: 600h}}\nlisteners: [" + ln + "]\n", []string{"legs.server.user_timeout: 600h0m0s: want at most 596h31m23.647s"}},
 		{"off where no off", "limits: {connect_timeout: off}\nlisteners: [" + ln + "]\n", []string{`limits.connect_timeout: "off"`}},
 		{"capture tables alike", "listeners:\n  - {name: web-a, listen: \"0.0.0.0:7000\", mode: tproxy, capture: {ports: \"80\"}}\n  - {name: web.a, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {ports: \"81\"}}\n", []string{`listeners[1].name: "web.a": its capture table halfway_web_a would be listener "web-a"'s too`}},
+		{"listeners on one address",
+			"listeners:\n  - " + ln + "\n  - {name: b, listen: \"127.0.0.1:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"]}\n",
+			[]string{`listeners[1].listen: "127.0.0.1:1080": listener "a" listens there too`}},
+		{"listener inside a wildcard one",
+			"listeners:\n  - " + ln + "\n  - {name: b, listen: \"0.0.0.0:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"]}\n",
+			[]string{`listeners[1].listen: "0.0.0.0:1080": listener "a" listens there too`}},
+		{"IPv6 listener inside a wildcard one",
+			"listeners:\n  - {name: b, listen: \"[::]:1080\", mode: forward, forward_to: \"10.0.0.1:80\"}\n  - {name: c, listen: \"[::1]:1080\", mode: forward, forward_to: \"10.0.0.1:80\"}\n",
+			[]string{`listeners[1].listen: "[::1]:1080": listener "b" listens there too`}},
+		{"admin on a listener's address",
+			"admin: {listen: \"127.0.0.1:1080\"}\nlisteners: [" + ln + "]\n",
+			[]string{`admin.listen: "127.0.0.1:1080": listener "a" listens there too`}},
 		{"bad window", "auth: {window: 10}\nlisteners: [" + ln + "]\n", []string{"auth.window"}},
 		{"negative limit", "limits: {max_pending: -1}\nlisteners: [" + ln + "]\n", []string{"limits.max_pending: -1"}},
 		{"non-integer limit", "limits: {max_flows: lots}\nlisteners: [" + ln + "]\n", []string{"limits.max_flows"}},
@@ -394,6 +406,28 @@ func TestConfigErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestConfigListenersApart checks that listeners on the same port but
+// different addresses, or on port 0, are not taken for overlapping.
+func TestConfigListenersApart(t *testing.T) {
+	for _, addrs := range [][]string{
+		{"127.0.0.1:1080", "127.0.0.2:1080", "[::1]:1080"},
+		{"127.0.0.1:1080", "127.0.0.1:1081"},
+		// IPv4 addresses listen on IPv4 sockets, IPv6 ones on IPv6-only ones.
+		{"[::]:1080", "127.0.0.1:1080"},
+		{"0.0.0.0:1080", "[::1]:1080"},
+		{"127.0.0.1:0", "127.0.0.1:0", "0.0.0.0:0"},
+	} {
+		var b strings.Builder
+		b.WriteString("admin: {listen: \"127.0.0.1:0\"}\nlisteners:\n")
+		for i, a := range addrs {
+			fmt.Fprintf(&b, "  - {name: l%d, listen: %q, mode: forward, forward_to: \"10.0.0.1:80\"}\n", i, a)
+		}
+		if _, err := ParseConfig([]byte(b.String())); err != nil {
+			t.Errorf("%v: %v", addrs, err)
+		}
 	}
 }
 
