@@ -56,6 +56,9 @@ var (
 // user space takes the direction over.
 const DefaultSockmapBacklog = 4 << 20
 
+// MaxSockmapFlows is the most flows EnableSockmap sizes its maps for.
+const MaxSockmapFlows = 1 << 20
+
 // EnableSockmap loads the sockmap data path for up to flows flows at a
 // time, so that flows run with Options.Sockmap move their bytes in the
 // kernel without waking the relay. backlog bounds the bytes a direction
@@ -68,8 +71,8 @@ func EnableSockmap(flows, backlog int) error {
 	if smLoaded != nil {
 		return nil
 	}
-	if flows <= 0 || flows > 1<<20 {
-		return fmt.Errorf("sockmap: %d flows: want 1 to %d", flows, 1<<20)
+	if flows <= 0 || flows > MaxSockmapFlows {
+		return fmt.Errorf("sockmap: %d flows: want 1 to %d", flows, MaxSockmapFlows)
 	}
 	if backlog <= 0 {
 		backlog = DefaultSockmapBacklog

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"halfway/datapath"
 	"halfway/sockopt"
 	"halfway/strictyaml"
 )
@@ -577,6 +578,10 @@ func (c *Config) Validate() error {
 	}
 	if c.DataPath != "" && c.DataPath != "splice" && c.DataPath != "copy" && c.DataPath != "sockmap" {
 		add("data_path", "%q: want splice, sockmap or copy", c.DataPath)
+	}
+	if c.DataPath == "sockmap" && c.Limits.MaxFlows > datapath.MaxSockmapFlows {
+		// Its maps are sized for max_flows at start, which fails past this.
+		add("limits.max_flows", "%d: data_path sockmap takes at most %d", c.Limits.MaxFlows, datapath.MaxSockmapFlows)
 	}
 	if c.Admin.Listen != "off" {
 		// The API changes limits and serves profiles, and has no login of

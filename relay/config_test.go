@@ -251,6 +251,8 @@ func TestConfigErrors(t *testing.T) {
 		{"admin on a listener's address",
 			"admin: {listen: \"127.0.0.1:1080\"}\nlisteners: [" + ln + "]\n",
 			[]string{`admin.listen: "127.0.0.1:1080": listener "a" listens there too`}},
+		{"more flows than the sockmap holds", "data_path: sockmap\nlimits: {max_flows: 2000000}\nlisteners: [" + ln + "]\n",
+			[]string{"limits.max_flows: 2000000: data_path sockmap takes at most 1048576"}},
 		{"bad window", "auth: {window: 10}\nlisteners: [" + ln + "]\n", []string{"auth.window"}},
 		{"negative limit", "limits: {max_pending: -1}\nlisteners: [" + ln + "]\n", []string{"limits.max_pending: -1"}},
 		{"non-integer limit", "limits: {max_flows: lots}\nlisteners: [" + ln + "]\n", []string{"limits.max_flows"}},
