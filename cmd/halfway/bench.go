@@ -32,6 +32,10 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	case "peers":
 		return benchPeers(args[1:], stdout, stderr)
 	}
+	if isHelp(args[0]) {
+		subcommandHelp(stdout, "bench")
+		return nil
+	}
 	return fmt.Errorf("%w: unknown bench scenario %q", errUsage, args[0])
 }
 

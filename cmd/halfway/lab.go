@@ -35,6 +35,10 @@ func runLab(args []string, stdout, stderr io.Writer) error {
 	case "emulate":
 		return labEmulate(args[1:], stdout, stderr)
 	}
+	if isHelp(args[0]) {
+		subcommandHelp(stdout, "lab")
+		return nil
+	}
 	return fmt.Errorf("%w: unknown lab subcommand %q", errUsage, args[0])
 }
 

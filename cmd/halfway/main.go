@@ -2,6 +2,7 @@
 // part-way along their path. This binary holds every part of it:
 //
 //	halfway relay -c FILE        run a split-TCP relay
+//	halfway relay rules -c FILE  print a relay's capture rules
 //	halfway lab up FILE          bring up an emulated WAN in network namespaces
 //	halfway lab exec NODE -- CMD run a command on a lab host
 //	halfway lab status           show labs, addresses and link counters
@@ -27,6 +28,7 @@ const usage = `usage: halfway COMMAND [ARGS]
 
 commands:
   relay -c FILE [--check]            run a relay (SIGHUP reloads, SIGTERM drains)
+  relay rules -c FILE                print the capture rules of transparent listeners
   lab up [--foreground] FILE         bring up a lab topology (YAML)
   lab exec [--lab NAME] NODE -- CMD  run CMD inside a lab host
   lab status [--json] [NAME]         show labs, hosts, links and counters
@@ -78,6 +80,22 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprint(stderr, usage)
 	return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+}
+
+// isHelp tells whether arg asks a command with subcommands for help.
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "-help" || arg == "--help" || arg == "help"
+}
+
+// subcommandHelp prints the lines of usage for command's subcommands.
+func subcommandHelp(w io.Writer, command string) {
+	fmt.Fprintf(w, "usage: halfway %s SUBCOMMAND [ARGS]\n\n", command)
+	for _, line := range strings.Split(usage, "\n") {
+		if strings.HasPrefix(line, "  "+command+" ") {
+			fmt.Fprintln(w, line)
+		}
+	}
+	fmt.Fprintf(w, "\nRun 'halfway %s SUBCOMMAND -h' for its flags.\n", command)
 }
 
 // newFlags returns a flag set that reports errors instead of exiting.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
@@ -53,6 +54,35 @@ func TestUsageErrors(t *testing.T) {
 		}
 		if errors.Is(err, errUsage) != tt.usage || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%v: error %q (usage %v), want %q (usage %v)", tt.args, err, errors.Is(err, errUsage), tt.want, tt.usage)
+		}
+	}
+}
+
+// TestHelp checks that -h works for every command, as the usage says: it
+// prints help and is no error (exit status 0).
+func TestHelp(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string // in the output, stdout and stderr together
+	}{
+		{[]string{"-h"}, "relay rules -c FILE"},
+		{[]string{"relay", "-h"}, "-check"},
+		{[]string{"relay", "rules", "-h"}, "-c string"},
+		{[]string{"lab", "-h"}, "lab up"},
+		{[]string{"lab", "--help"}, "lab status"},
+		{[]string{"lab", "up", "-h"}, "-foreground"},
+		{[]string{"bench", "-h"}, "bench footprint"},
+		{[]string{"bench", "lab", "-h"}, "-repeats"},
+		{[]string{"model", "-h"}, "-sizes"},
+	}
+	for _, tt := range tests {
+		var out bytes.Buffer
+		err := run(tt.args, &out, &out)
+		if err != nil && !errors.Is(err, flag.ErrHelp) {
+			t.Errorf("%v: %v (usage %v), want help", tt.args, err, errors.Is(err, errUsage))
+		}
+		if !strings.Contains(out.String(), tt.want) {
+			t.Errorf("%v: output lacks %q:\n%s", tt.args, tt.want, out.String())
 		}
 	}
 }
