@@ -391,6 +391,9 @@ func ParseConfig(b []byte) (*Config, error) {
 	}
 	c.setDefaults()
 	if err := c.Validate(); err != nil {
+		if errs, ok := err.(strictyaml.Errors); ok {
+			strictyaml.Locate(b, errs)
+		}
 		return nil, err
 	}
 	return &c, nil

@@ -433,6 +433,36 @@ func TestConfigListenersApart(t *testing.T) {
 	}
 }
 
+// TestConfigErrorLines checks that the errors of validation, like those of
+// decoding, name the line of what they are about.
+func TestConfigErrorLines(t *testing.T) {
+	yml := `admin: {listen: "127.0.0.1:9190"}
+limits:
+  max_flows: -5
+listeners:
+  - name: a
+    listen: "127.0.0.1:1080"
+    protocols: [socks5, gopher]
+    allow_clients: [10.0.0.0/8]
+  - listen: "127.0.0.1:1081"
+    mode: forward
+    forward_to: "10.0.0.1:80"
+`
+	want := []string{
+		`limits.max_flows: -5: want a positive number (line 3)`,
+		`listeners[0].protocols[1]: "gopher": want socks5, http or convert (line 7)`,
+		`listeners[0].allow_destinations: an explicit listener reaches nothing without an allow list: name the destination CIDRs (line 5)`,
+		`listeners[1].name: want a name (used by routes, metrics and logs) (line 9)`,
+	}
+	_, err := ParseConfig([]byte(yml))
+	if err == nil {
+		t.Fatal("ParseConfig succeeded")
+	}
+	if got := strings.Split(err.Error(), "\n"); !reflect.DeepEqual(got, want) {
+		t.Errorf("errors:\n got  %q\n want %q", got, want)
+	}
+}
+
 func TestConfigLoadUsers(t *testing.T) {
 	for _, tc := range []struct {
 		name    string

@@ -321,6 +321,85 @@ func lineAt(data []byte, offset int) int {
 	return line
 }
 
+// Locate gives each error in errs that has no line the line of what its
+// Path names in data, or of the nearest enclosing part of the document
+// when the path leads to something absent (a missing key). It is for the
+// errors of checks made after [Decode] succeeded on data.
+func Locate(data []byte, errs Errors) {
+	root, perr := parseOne(data)
+	if perr != nil || root == nil {
+		return
+	}
+	for _, e := range errs {
+		if e != nil && e.Line == 0 {
+			e.Line = locate(root, e.Path)
+		}
+	}
+}
+
+// locate returns the line of the node path names under root, or of its
+// nearest ancestor that the document has; 0 for the root itself.
+func locate(root *yaml.Node, path string) int {
+	n, line := root, 0
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	for path != "" && n != nil {
+		var key string
+		index := -1
+		switch {
+		case strings.HasPrefix(path, "[\""):
+			q, err := strconv.QuotedPrefix(path[1:])
+			if err != nil || !strings.HasPrefix(path[1+len(q):], "]") {
+				return line
+			}
+			key, _ = strconv.Unquote(q)
+			path = path[1+len(q)+1:]
+		case strings.HasPrefix(path, "["):
+			end := strings.IndexByte(path, ']')
+			i, err := strconv.Atoi(path[1:max(end, 1)])
+			if end < 0 || err != nil {
+				return line
+			}
+			index, path = i, path[end+1:]
+		default:
+			end := strings.IndexAny(path, ".[")
+			if end < 0 {
+				end = len(path)
+			}
+			key, path = path[:end], path[end:]
+		}
+		path = strings.TrimPrefix(path, ".")
+		n = resolveAlias(n)
+		switch {
+		case n == nil:
+			return line
+		case index >= 0:
+			if n.Kind != yaml.SequenceNode || index >= len(n.Content) {
+				return line
+			}
+			n = n.Content[index]
+			line = n.Line
+		default:
+			if n.Kind != yaml.MappingNode {
+				return line
+			}
+			var next *yaml.Node
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if k := resolveAlias(n.Content[i]); k != nil && k.Kind == yaml.ScalarNode && k.Value == key {
+					next, line = n.Content[i+1], n.Content[i].Line
+					break
+				}
+			}
+			if next == nil {
+				return line
+			}
+			n = next
+		}
+	}
+	return line
+}
+
 // countNodes sizes the document without following aliases, as the baseline
 // for how much alias expansion to allow.
 func countNodes(n *yaml.Node, depth int) int {

@@ -833,3 +833,50 @@ func TestSyntaxErrorLines(t *testing.T) {
 		})
 	}
 }
+
+func TestLocate(t *testing.T) {
+	doc := `name: lab
+links:
+  - name: a
+    delay: 5ms
+  -
+    name: b
+nodes:
+  "x.y": {port: 1}
+  base: &b {port: 2}
+  copy: *b
+`
+	tests := []struct {
+		path string
+		line int
+	}{
+		{"name", 1},
+		{"links", 2},
+		{"links[0]", 3},
+		{"links[0].delay", 4},
+		{"links[1]", 6},
+		{"links[1].name", 6},
+		{"links[1].mtu", 6},  // absent: its mapping's line
+		{"links[7].name", 2}, // absent: the list's line
+		{"nodes[\"x.y\"].port", 8},
+		{"nodes.copy.port", 9}, // through the alias, to the anchor's key
+		{"nodes.base.port.x", 9},
+		{"colour", 0},
+		{"", 0},
+		{"links[x]", 2},
+		{"nodes[\"x.y", 7},
+	}
+	for _, tt := range tests {
+		errs := Errors{{Path: tt.path, Msg: "m"}, {Path: tt.path, Line: 99, Msg: "kept"}}
+		Locate([]byte(doc), errs)
+		if errs[0].Line != tt.line || errs[1].Line != 99 {
+			t.Errorf("%q: line %d (and %d), want %d (and 99)", tt.path, errs[0].Line, errs[1].Line, tt.line)
+		}
+	}
+	// A document that does not parse leaves the errors as they were.
+	errs := Errors{{Path: "name", Msg: "m"}}
+	Locate([]byte("name: [\n"), errs)
+	if errs[0].Line != 0 {
+		t.Errorf("unparsable document: line %d, want 0", errs[0].Line)
+	}
+}
