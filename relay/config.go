@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"halfway/datapath"
 	"halfway/sockopt"
 	"halfway/strictyaml"
@@ -264,6 +266,16 @@ type PoolConfig struct {
 	MaxIdle Duration `yaml:"max_idle"`
 }
 
+// UnmarshalYAMLNode decodes a pool with low's default in place first, so
+// that only a missing low takes it: low 0, as written, is a pool that opens
+// no connection (until the admin API raises it).
+func (p *PoolConfig) UnmarshalYAMLNode(d *strictyaml.Decoder, n *yaml.Node) error {
+	type fields PoolConfig // without this method, so the decoder walks the fields
+	p.Low = defaultPoolLow
+	d.Decode(n, (*fields)(p))
+	return nil
+}
+
 // TurboConfig is Turbo-Start toward a peer: the relay installs a host
 // route to the peer, through the same gateway and device as the route it
 // replaces, with large initial congestion and receive windows, so relay
@@ -435,9 +447,6 @@ func (c *Config) setDefaults() {
 	}
 	for i := range c.Peers {
 		if p := c.Peers[i].Pool; p != nil {
-			if p.Low == 0 {
-				p.Low = defaultPoolLow
-			}
 			if p.High == 0 {
 				p.High = min(2*p.Low, maxPoolSize)
 			}

@@ -570,6 +570,7 @@ peers:
   - {address: "10.0.0.2:7100", pool: {}, turbo: {initcwnd: 400}}
   - {address: "[2001:db8::2]:7100", pool: {low: 2, max_idle: 30s}}
   - {address: 10.0.0.3, turbo: {}}
+  - {address: "10.0.0.4:7100", pool: {low: 0, high: 2}}
 `, psk)))
 	if err != nil {
 		t.Fatal(err)
@@ -578,6 +579,8 @@ peers:
 		{Address: "10.0.0.2:7100", Pool: &PoolConfig{Low: 4, High: 8, MaxIdle: Duration(2 * time.Minute)}, Turbo: &TurboConfig{InitCwnd: 400, InitRwnd: 400}},
 		{Address: "[2001:db8::2]:7100", Pool: &PoolConfig{Low: 2, High: 4, MaxIdle: Duration(30 * time.Second)}},
 		{Address: "10.0.0.3", Turbo: &TurboConfig{InitCwnd: 100, InitRwnd: 100}},
+		// low 0 as written, not the default: a pool that opens nothing.
+		{Address: "10.0.0.4:7100", Pool: &PoolConfig{Low: 0, High: 2, MaxIdle: Duration(2 * time.Minute)}},
 	}
 	if !reflect.DeepEqual(c.Peers, want) {
 		t.Errorf("peers:\n got %+v\nwant %+v", c.Peers, want)
