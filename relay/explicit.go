@@ -103,10 +103,12 @@ func (s *Server) serveSOCKS(st *listenerState, rt *runtime, f *flow, c *net.TCPC
 		switch {
 		case errors.As(err, &pe) && pe.InRequest:
 			replyAndClose(c, func() error { return socks5.WriteReply(c, pe.Reply, netip.AddrPort{}) })
-		case errors.As(err, &pe):
+		case errors.As(err, &pe), errors.Is(err, socks5.ErrNoAcceptableMethods),
+			errors.Is(err, socks5.ErrAuth), errors.Is(err, socks5.ErrCommandNotSupported):
 			// The handshake answered already (no acceptable method, a
-			// failed login): close without the reset that unread bytes
-			// would bring, which could destroy that answer.
+			// failed login, an unsupported command): close without the
+			// reset that bytes the client pipelined behind would bring,
+			// which could destroy that answer.
 			replyAndClose(c, func() error { return nil })
 		default:
 			c.Close()

@@ -1,0 +1,62 @@
+package relay
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestExplicitSOCKSAuthFailurePipelined: a SOCKS5 client that sends its
+// request right behind its credentials (or its method offer, or data
+// behind an unsupported command) reads the refusal and then an orderly end of stream, not a reset that could
+// destroy the refusal.
+func TestExplicitSOCKSAuthFailurePipelined(t *testing.T) {
+	users := t.TempDir() + "/users"
+	if err := os.WriteFile(users, []byte("alice:wonderland\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startLoopback(t, `
+admin: {listen: off}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5], users_file: "`+users+`", allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+`)
+	req := []byte{5, 1, 0, 1, 127, 0, 0, 1, 0, 80, 'd', 'a', 't', 'a'}
+	cases := []struct {
+		name       string
+		head, want []byte
+	}{
+		{"wrong password", append([]byte{5, 1, 2, 1, 5, 'a', 'l', 'i', 'c', 'e', 3, 'b', 'a', 'd'}, req...), []byte{5, 2, 1, 1}},
+		{"unknown user", append([]byte{5, 1, 2, 1, 3, 'b', 'o', 'b', 3, 'b', 'a', 'd'}, req...), []byte{5, 2, 1, 1}},
+		{"no acceptable method", append([]byte{5, 1, 0}, req...), []byte{5, 0xff}},
+		{"bind", append([]byte{5, 1, 2, 1, 5, 'a', 'l', 'i', 'c', 'e', 10, 'w', 'o', 'n', 'd', 'e', 'r', 'l', 'a', 'n', 'd', 5, 2, 0, 1, 127, 0, 0, 1, 0, 80}, "data"...),
+			[]byte{5, 2, 1, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", s.Addr("x").String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(tc.head); err != nil {
+				t.Fatal(err)
+			}
+			// Let the relay answer and close before reading, as a client
+			// on a slow path would.
+			time.Sleep(200 * time.Millisecond)
+			b, err := io.ReadAll(c)
+			if err != nil || !bytes.Equal(b, tc.want) {
+				t.Errorf("answer %v, %v; want %v then EOF", b, err, tc.want)
+			}
+			if errors.Is(err, syscall.ECONNRESET) {
+				t.Log("the relay reset the connection")
+			}
+		})
+	}
+}
