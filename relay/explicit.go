@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"time"
 	"unsafe"
 
@@ -154,8 +155,12 @@ func (s *Server) serveHTTP(st *listenerState, rt *runtime, f *flow, c *net.TCPCo
 	if err != nil {
 		status := http.StatusBadRequest
 		var re *httpconnect.RequestError
-		if errors.As(err, &re) {
+		switch {
+		case errors.As(err, &re):
 			status = re.Status
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// The head did not come in time: it was not malformed.
+			status = http.StatusRequestTimeout
 		}
 		replyAndClose(c, func() error { return httpconnect.WriteResponse(c, status, "") })
 		return nil, errorf("http connect", err)

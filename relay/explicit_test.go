@@ -60,3 +60,28 @@ listeners:
 		})
 	}
 }
+
+// TestExplicitHTTPHeadTimeout: an HTTP client that does not finish its
+// request head within handshake_timeout is told 408 Request Timeout (RFC
+// 9110 §15.5.9), not that its request was malformed.
+func TestExplicitHTTPHeadTimeout(t *testing.T) {
+	s := startLoopback(t, `
+admin: {listen: off}
+limits: {handshake_timeout: 200ms}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [http], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+`)
+	c, err := net.Dial("tcp", s.Addr("x").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: 127.0.0.1:80\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(c)
+	if err != nil || !bytes.HasPrefix(b, []byte("HTTP/1.1 408 ")) {
+		t.Errorf("answer %q, %v; want 408", b, err)
+	}
+}
