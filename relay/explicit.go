@@ -100,20 +100,7 @@ func (s *Server) serveSOCKS(st *listenerState, rt *runtime, f *flow, c *net.TCPC
 	cfg := &socks5.ServerConfig{NoAuth: len(st.users) == 0, Users: st.users}
 	req, err := socks5.ServerHandshake(c, c, cfg)
 	if err != nil {
-		var pe *socks5.ProtocolError
-		switch {
-		case errors.As(err, &pe) && pe.InRequest:
-			replyAndClose(c, func() error { return socks5.WriteReply(c, pe.Reply, netip.AddrPort{}) })
-		case errors.As(err, &pe), errors.Is(err, socks5.ErrNoAcceptableMethods),
-			errors.Is(err, socks5.ErrAuth), errors.Is(err, socks5.ErrCommandNotSupported):
-			// The handshake answered already (no acceptable method, a
-			// failed login, an unsupported command): close without the
-			// reset that bytes the client pipelined behind would bring,
-			// which could destroy that answer.
-			replyAndClose(c, func() error { return nil })
-		default:
-			c.Close()
-		}
+		closeSOCKS(c, err)
 		return nil, errorf("socks5 handshake", err)
 	}
 	_ = c.SetDeadline(time.Time{}) // the head is read: the connect has its own timeout
@@ -132,6 +119,24 @@ func (s *Server) serveSOCKS(st *listenerState, rt *runtime, f *flow, c *net.TCPC
 	}
 	replyAndClose(c, func() error { return socks5.WriteReply(c, socksReply(err), netip.AddrPort{}) })
 	return nil, err
+}
+
+// closeSOCKS ends a connection whose SOCKS5 handshake failed with err:
+// it sends the reply the handshake leaves to its caller, if any, and
+// closes without the reset that bytes the client pipelined behind would
+// bring, which could destroy the answer (no acceptable method, a failed
+// login, an unsupported command) the handshake sent itself.
+func closeSOCKS(c *net.TCPConn, err error) {
+	var pe *socks5.ProtocolError
+	switch {
+	case errors.As(err, &pe) && pe.InRequest:
+		replyAndClose(c, func() error { return socks5.WriteReply(c, pe.Reply, netip.AddrPort{}) })
+	case errors.As(err, &pe), errors.Is(err, socks5.ErrNoAcceptableMethods),
+		errors.Is(err, socks5.ErrAuth), errors.Is(err, socks5.ErrCommandNotSupported):
+		replyAndClose(c, func() error { return nil })
+	default:
+		c.Close()
+	}
 }
 
 // replyTimeout bounds writing a protocol answer to a client.
@@ -271,7 +276,9 @@ func (s *Server) refuse(st *listenerState, c *net.TCPConn, reason string) {
 	}
 	switch proto {
 	case "socks5":
-		if _, err := socks5.ServerHandshake(c, c, &socks5.ServerConfig{NoAuth: len(st.users) == 0, Users: st.users}); err == nil {
+		if _, err := socks5.ServerHandshake(c, c, &socks5.ServerConfig{NoAuth: len(st.users) == 0, Users: st.users}); err != nil {
+			closeSOCKS(c, err)
+		} else {
 			replyAndClose(c, func() error { return socks5.WriteReply(c, socks5.GeneralFailure, netip.AddrPort{}) })
 		}
 	case "http":

@@ -85,3 +85,41 @@ listeners:
 		t.Errorf("answer %q, %v; want 408", b, err)
 	}
 }
+
+// TestExplicitRefusedPipelined: a client the relay has no room for gets
+// its refusal, in its protocol, and then an orderly end of stream, even
+// when it pipelined its request behind credentials the relay rejects.
+func TestExplicitRefusedPipelined(t *testing.T) {
+	users := t.TempDir() + "/users"
+	if err := os.WriteFile(users, []byte("alice:wonderland\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startLoopback(t, `
+admin: {listen: off}
+limits: {max_flows: 1}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5], users_file: "`+users+`", allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+`)
+	// A silent client holds the only flow.
+	hold, err := net.Dial("tcp", s.Addr("x").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close()
+	waitFor(t, func() bool { return s.active.Load() == 1 })
+	req := []byte{5, 1, 0, 1, 127, 0, 0, 1, 0, 80, 'd', 'a', 't', 'a'}
+	c, err := net.Dial("tcp", s.Addr("x").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(append([]byte{5, 1, 2, 1, 5, 'a', 'l', 'i', 'c', 'e', 3, 'b', 'a', 'd'}, req...)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	b, err := io.ReadAll(c)
+	if want := []byte{5, 2, 1, 1}; err != nil || !bytes.Equal(b, want) {
+		t.Errorf("answer %v, %v; want %v then EOF", b, err, want)
+	}
+}
