@@ -274,6 +274,10 @@ func (s *Server) refuse(st *listenerState, c *net.TCPConn, reason string) {
 	if err != nil {
 		return
 	}
+	if !st.protos[proto] {
+		resetConn(c) // as handshake does: the listener speaks no such protocol
+		return
+	}
 	switch proto {
 	case "socks5":
 		if _, err := socks5.ServerHandshake(c, c, &socks5.ServerConfig{NoAuth: len(st.users) == 0, Users: st.users}); err != nil {

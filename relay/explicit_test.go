@@ -123,3 +123,34 @@ listeners:
 		t.Errorf("answer %v, %v; want %v then EOF", b, err, want)
 	}
 }
+
+// TestExplicitRefusedOtherProtocol: a client the relay has no room for,
+// speaking a protocol its listener does not, gets no answer in that
+// protocol, as when there is room: the listener does not reveal that
+// the relay speaks it elsewhere.
+func TestExplicitRefusedOtherProtocol(t *testing.T) {
+	s := startLoopback(t, `
+admin: {listen: off}
+limits: {max_flows: 1}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+`)
+	hold, err := net.Dial("tcp", s.Addr("x").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close()
+	waitFor(t, func() bool { return s.active.Load() == 1 })
+	c, err := net.Dial("tcp", s.Addr("x").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: 127.0.0.1:80\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(c); len(b) > 0 {
+		t.Errorf("a socks5-only listener answered HTTP: %q", b)
+	}
+}
