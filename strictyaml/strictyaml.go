@@ -640,6 +640,10 @@ func (d *Decoder) value(n *yaml.Node, v reflect.Value) {
 			d.Errorf(n, "want a string, got %s", kindName(n))
 			return
 		}
+		if why := mistyped(n, "!!str"); why != "" {
+			d.Errorf(n, "want a string, not a value %s", why)
+			return
+		}
 		v.SetString(n.Value)
 	case reflect.Bool:
 		if null {
@@ -647,6 +651,10 @@ func (d *Decoder) value(n *yaml.Node, v reflect.Value) {
 		}
 		if n.Kind != yaml.ScalarNode {
 			d.Errorf(n, "want true or false, got %s", kindName(n))
+			return
+		}
+		if why := mistyped(n, "!!bool"); why != "" {
+			d.Errorf(n, "want true or false, not a value %s", why)
 			return
 		}
 		b, ok := parseBool(n.Value)
@@ -664,6 +672,10 @@ func (d *Decoder) value(n *yaml.Node, v reflect.Value) {
 			d.Errorf(n, "want an integer, got %s", kindName(n))
 			return
 		}
+		if why := mistyped(n, "!!int"); why != "" {
+			d.Errorf(n, "want an integer, not a value %s", why)
+			return
+		}
 		d.integer(n, v)
 	case reflect.Float32, reflect.Float64:
 		if null {
@@ -671,6 +683,10 @@ func (d *Decoder) value(n *yaml.Node, v reflect.Value) {
 		}
 		if n.Kind != yaml.ScalarNode {
 			d.Errorf(n, "want a number, got %s", kindName(n))
+			return
+		}
+		if why := mistyped(n, "!!float"); why != "" {
+			d.Errorf(n, "want a number, not a value %s", why)
 			return
 		}
 		f, msg := parseFloat(n.Value, v.Type().Bits())
@@ -682,6 +698,20 @@ func (d *Decoder) value(n *yaml.Node, v reflect.Value) {
 	default:
 		d.Errorf(n, "strictyaml: cannot decode into Go type %s", v.Type())
 	}
+}
+
+// mistyped says why the scalar n cannot be read as a value of the YAML
+// type want (!!str, !!bool, !!int or !!float), or "": it is quoted, so a
+// string, or its explicit tag names another type. A number read from a
+// string, or a string from a !!int, is the coercion this package refuses.
+func mistyped(n *yaml.Node, want string) string {
+	if want != "!!str" && n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) != 0 {
+		return "quoted (a string)"
+	}
+	if n.Style&yaml.TaggedStyle != 0 && n.Tag != want && !(want == "!!float" && n.Tag == "!!int") {
+		return "tagged " + n.Tag
+	}
+	return ""
 }
 
 func (d *Decoder) elements(n *yaml.Node, v reflect.Value) {

@@ -319,6 +319,32 @@ ratio: 1e39
 			},
 		},
 		{
+			name: "quoted and tagged scalars keep their type",
+			doc: `debug: "true"
+links:
+  - weight: "10"
+  - mtu: !!bool 1
+  - name: !!int 5
+  - loss: '0.5'
+  - weight: !!int 7
+  - loss: !!int 2
+  - name: !!str 5
+  - up: !!bool true
+`,
+			want: []string{
+				`debug: "true": want true or false, not a value quoted (a string) (line 1)`,
+				`links[0].weight: "10": want an integer, not a value quoted (a string) (line 3)`,
+				`links[1].mtu: "1": want an integer, not a value tagged !!bool (line 4)`,
+				`links[2].name: "5": want a string, not a value tagged !!int (line 5)`,
+				`links[3].loss: "0.5": want a number, not a value quoted (a string) (line 6)`,
+			},
+			check: func(t *testing.T, c *config) {
+				if c.Links[4].Weight != 7 || c.Links[5].Loss != 2 || c.Links[6].Name != "5" || !*c.Links[7].Up {
+					t.Errorf("tags of the right type not taken: %+v", c.Links[4:])
+				}
+			},
+		},
+		{
 			name: "strings keep scalars as written",
 			doc:  "name: 0123\nlog: 1.50\nlinks: [{name: true}, {name: ''}]\n",
 			check: func(t *testing.T, c *config) {
@@ -597,7 +623,7 @@ func TestErrorString(t *testing.T) {
 func TestEmptyScalarValueIsShown(t *testing.T) {
 	var c config
 	err := Decode([]byte("links: [{weight: ''}]\n"), &c)
-	if got, want := errorLines(t, err), []string{`links[0].weight: "": want an integer (line 1)`}; !reflect.DeepEqual(got, want) {
+	if got, want := errorLines(t, err), []string{`links[0].weight: "": want an integer, not a value quoted (a string) (line 1)`}; !reflect.DeepEqual(got, want) {
 		t.Errorf("got %q, want %q", got, want)
 	}
 }
