@@ -395,9 +395,21 @@ func LoadConfig(path string) (*Config, error) {
 	return c, nil
 }
 
-// ParseConfig decodes, defaults and validates a config.
+// ParseConfig decodes, defaults and validates a config. Settings whose 0
+// would mean nothing (a limit, a timeout) hold their defaults before the
+// file is read, so a 0 in the file is refused rather than taken for "the
+// default".
 func ParseConfig(b []byte) (*Config, error) {
-	var c Config
+	c := Config{
+		Auth:   AuthConfig{Window: Duration(defaultWindow)},
+		Memory: MemoryConfig{ReleaseAfter: Duration(defaultReleaseAfter)},
+		Limits: Limits{
+			MaxFlows: defaultMaxFlows, MaxFlowsPerClient: defaultMaxPerClient, MaxPending: defaultMaxPending,
+			MaxHandshakes: defaultMaxHandshakes, MaxEarly: defaultMaxEarly, MaxEarlyPerClient: defaultMaxEarlyClient,
+			ConnectTimeout: Duration(defaultConnectTimeout), HandshakeTimeout: Duration(defaultHandshake),
+			PooledWait: Duration(defaultPooledWait),
+		},
+	}
 	if err := strictyaml.Decode(b, &c); err != nil {
 		return nil, err
 	}
@@ -420,30 +432,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
-	}
-	if c.Auth.Window == 0 {
-		c.Auth.Window = Duration(defaultWindow)
-	}
-	if c.Memory.ReleaseAfter == 0 {
-		c.Memory.ReleaseAfter = Duration(defaultReleaseAfter)
-	}
-	l := &c.Limits
-	for _, f := range []struct {
-		v   *int
-		def int
-	}{{&l.MaxFlows, defaultMaxFlows}, {&l.MaxFlowsPerClient, defaultMaxPerClient}, {&l.MaxPending, defaultMaxPending}, {&l.MaxHandshakes, defaultMaxHandshakes}, {&l.MaxEarly, defaultMaxEarly}, {&l.MaxEarlyPerClient, defaultMaxEarlyClient}} {
-		if *f.v == 0 {
-			*f.v = f.def
-		}
-	}
-	if l.ConnectTimeout == 0 {
-		l.ConnectTimeout = Duration(defaultConnectTimeout)
-	}
-	if l.HandshakeTimeout == 0 {
-		l.HandshakeTimeout = Duration(defaultHandshake)
-	}
-	if l.PooledWait == 0 {
-		l.PooledWait = Duration(defaultPooledWait)
 	}
 	for i := range c.Peers {
 		if p := c.Peers[i].Pool; p != nil {
@@ -612,16 +600,17 @@ func (c *Config) Validate() error {
 		path string
 		v    int
 	}{{"limits.max_flows", c.Limits.MaxFlows}, {"limits.max_flows_per_client", c.Limits.MaxFlowsPerClient}, {"limits.max_pending", c.Limits.MaxPending}, {"limits.max_handshakes", c.Limits.MaxHandshakes}, {"limits.max_early", c.Limits.MaxEarly}, {"limits.max_early_per_client", c.Limits.MaxEarlyPerClient}} {
-		if f.v < 0 {
-			add(f.path, "%d: want a positive number", f.v)
+		if f.v <= 0 {
+			add(f.path, "%d: want a positive number (leave it out for the default)", f.v)
 		}
 	}
 	for _, f := range []struct {
 		path string
 		v    Duration
-	}{{"limits.connect_timeout", c.Limits.ConnectTimeout}, {"limits.handshake_timeout", c.Limits.HandshakeTimeout}, {"limits.pooled_wait", c.Limits.PooledWait}} {
+	}{{"limits.connect_timeout", c.Limits.ConnectTimeout}, {"limits.handshake_timeout", c.Limits.HandshakeTimeout}, {"limits.pooled_wait", c.Limits.PooledWait},
+		{"auth.window", c.Auth.Window}} {
 		if f.v.D() < 10*time.Millisecond {
-			add(f.path, "%s: want at least 10ms", f.v.D())
+			add(f.path, "%s: want at least 10ms (leave it out for the default)", f.v.D())
 		}
 	}
 	needPSK := false

@@ -236,6 +236,8 @@ func TestConfigErrors(t *testing.T) {
 		{"negative duration", "limits: {handshake_timeout: -1s}\nlisteners: [" + ln + "]\n", []string{`limits.handshake_timeout: "-1s"`}},
 		{"bad leg duration", "legs: {server: {idle_timeout: forever}}\nlisteners: [" + ln + "]\n", []string{"legs.server.idle_timeout"}},
 		{"timeouts too short", "limits: {connect_timeout: 1ns, handshake_timeout: 1ms, pooled_wait: 5ms}\nlisteners: [" + ln + "]\n", []string{"limits.connect_timeout: 1ns: want at least 10ms", "limits.handshake_timeout: 1ms", "limits.pooled_wait: 5ms"}},
+		{"zeros are not the defaults", "limits: {max_flows: 0, max_early: 0, connect_timeout: 0s}\nauth: {window: 0s}\nmemory: {release_after: 0s}\nlisteners: [" + ln + "]\n",
+			[]string{"limits.max_flows: 0: want a positive number (leave it out for the default)", "limits.max_early: 0", "limits.connect_timeout: 0s: want at least 10ms", "auth.window: 0s", "memory.release_after: 0s: want 1s to 24h"}},
 		{"user_timeout past an int of ms", "legs: {server: {user_timeout: 600h}}\nlisteners: [" + ln + "]\n", []string{"legs.server.user_timeout: 600h0m0s: want at most 596h31m23.647s"}},
 		{"off where no off", "limits: {connect_timeout: off}\nlisteners: [" + ln + "]\n", []string{`limits.connect_timeout: "off"`}},
 		{"capture tables alike", "listeners:\n  - {name: web-a, listen: \"0.0.0.0:7000\", mode: tproxy, capture: {ports: \"80\"}}\n  - {name: web.a, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {ports: \"81\"}}\n", []string{`listeners[1].name: "web.a": its capture table halfway_web_a would be listener "web-a"'s too`}},
@@ -449,7 +451,7 @@ listeners:
     forward_to: "10.0.0.1:80"
 `
 	want := []string{
-		`limits.max_flows: -5: want a positive number (line 3)`,
+		`limits.max_flows: -5: want a positive number (leave it out for the default) (line 3)`,
 		`listeners[0].protocols[1]: "gopher": want socks5, http or convert (line 7)`,
 		`listeners[0].allow_destinations: an explicit listener reaches nothing without an allow list: name the destination CIDRs (line 5)`,
 		`listeners[1].name: want a name (used by routes, metrics and logs) (line 9)`,
