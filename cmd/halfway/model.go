@@ -31,6 +31,9 @@ func runModel(args []string, stdout, stderr io.Writer) error {
 	if *file == "" {
 		return fmt.Errorf("%w: model -f TOPOLOGY [--sizes 10KB,100KB,1MB]", errUsage)
 	}
+	if *iw < 1 || *turbo < 1 {
+		return fmt.Errorf("%w: --iw %d, --turbo-iw %d: want 1 segment or more", errUsage, *iw, *turbo)
+	}
 	t, err := netlab.LoadTopology(*file)
 	if err != nil {
 		return err
@@ -40,6 +43,9 @@ func runModel(args []string, stdout, stderr io.Writer) error {
 	}
 	if *to == "" {
 		*to = t.Nodes[len(t.Nodes)-1].Name
+	}
+	if *from == *to {
+		return fmt.Errorf("%w: --from and --to are both %s: want two nodes", errUsage, *from)
 	}
 	legs, err := t.PathBetween(*from, *to)
 	if err != nil {

@@ -58,6 +58,18 @@ func TestModelSizesUsage(t *testing.T) {
 	}
 }
 
+func TestModelFlagsUsage(t *testing.T) {
+	topo := filepath.Join(t.TempDir(), "line.yaml")
+	os.WriteFile(topo, []byte("name: line\nnodes: [client, mid, server]\nlinks:\n  - {a: client, b: mid, delay: 10ms}\n  - {a: mid, b: server, delay: 15ms}\n"), 0o644)
+	for _, args := range [][]string{{"--iw", "0"}, {"--turbo-iw", "-1"}, {"--from", "mid", "--to", "mid"}} {
+		var out, errOut bytes.Buffer
+		err := run(append([]string{"model", "-f", topo}, args...), &out, &errOut)
+		if !errors.Is(err, errUsage) {
+			t.Errorf("%v: error %v, want a usage error", args, err)
+		}
+	}
+}
+
 // The model's segments are those of the topology's links: MTU 1280 leaves
 // 1228 payload bytes (IPv4, TCP, timestamps), so 100 KB is 82 segments and
 // takes a fourth slow-start round (Btot_2 = 70 segments, eq. (6)): end to
