@@ -90,7 +90,9 @@ func detect(c *net.TCPConn) (string, error) {
 		return "socks5", nil
 	case b == convert.Version:
 		return "convert", nil
-	case b >= 'A' && b <= 'Z':
+	case b >= 'A' && b <= 'Z', b == '\r':
+		// An HTTP method, or the empty line a client may send before its
+		// request line, which the server ignores (RFC 9112 §2.2).
 		return "http", nil
 	}
 	return "", fmt.Errorf("%w (first byte %#02x)", errUnknownProtocol, b)

@@ -82,6 +82,8 @@ listeners:
 			"socks5 name":   socksNameRequest("127.0.0.1", dst.Port()),
 			"http":          fmt.Appendf(nil, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", dst, dst),
 			"http mapped":   fmt.Appendf(nil, "CONNECT [::ffff:%s]:%d HTTP/1.1\r\nHost: x\r\n\r\n", dst.Addr(), dst.Port()),
+			// RFC 9112 §2.2: a server ignores an empty line before the request line.
+			"http after an empty line": fmt.Appendf(nil, "\r\nCONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", dst, dst),
 		}
 		for name, head := range heads {
 			t.Run(fmt.Sprintf("%s/%s/pp=%v", mode.path, name, pp), func(t *testing.T) {
