@@ -1,9 +1,11 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/http"
@@ -197,10 +199,20 @@ func (s *Server) handleTunables(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) handleSetTunables(w http.ResponseWriter, r *http.Request) {
+	// The body is read before reloadMu is taken: a slow client must not
+	// hold up a reload.
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<16))
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("reading the request: %v", err)})
+		return
+	}
+	// Not in the middle of a Reload: its runtime may yet be taken back.
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
 	cur := s.state.Load()
 	t := cur.tunables
 	t.Pools = nil // the request's pools alone; merged over the current ones below
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&t); err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})

@@ -39,6 +39,10 @@ type Server struct {
 	reg     *hm.Registry
 
 	state atomic.Pointer[runtime] // swapped by Reload
+	// reloadMu serializes Reload and PUT /api/tunables: a PUT never
+	// builds on a runtime that a reload swapped in and may still take
+	// back (refused), which would keep the refused file in force.
+	reloadMu sync.Mutex
 
 	mu         sync.Mutex
 	listeners  map[string]*listener
@@ -309,6 +313,8 @@ func (s *Server) unpark(c *net.TCPConn) {
 // Reload applies a new configuration: listeners are added, removed or
 // updated in place; established flows are not touched.
 func (s *Server) Reload(cfg *Config) error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
 	if s.draining.Load() {
 		return errors.New("draining: configuration not applied")
 	}
@@ -348,7 +354,7 @@ func (s *Server) Reload(cfg *Config) error {
 	if err := s.apply(cfg); err != nil {
 		if errors.Is(err, ErrNotApplied) {
 			// Nothing changed: the running configuration stays whole
-			// (unless the admin API changed tunables meanwhile).
+			// (the admin API waits for reloadMu to change tunables).
 			s.state.CompareAndSwap(rt, old)
 			restoreAuth()
 			s.refreshOwn()

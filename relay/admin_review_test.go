@@ -1,0 +1,103 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// adminRequest sends a request to the admin API at addr and returns the
+// answer's status and body.
+func adminRequest(addr, method, path, body string) (int, string, error) {
+	req, err := http.NewRequest(method, "http://"+addr+path, strings.NewReader(body))
+	if err != nil {
+		return 0, "", fmt.Errorf("admin request: %w", err)
+	}
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return 0, "", fmt.Errorf("admin request: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, "", fmt.Errorf("admin request: reading the answer: %w", err)
+	}
+	return resp.StatusCode, string(b), nil
+}
+
+// adminDo is adminRequest to s's admin API, failing the test on an error.
+func adminDo(t *testing.T, s *Server, method, path, body string) (int, string) {
+	t.Helper()
+	code, b, err := adminRequest(s.AdminAddr().String(), method, path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code, b
+}
+
+// adminConf is a configuration with the admin API at admin and one
+// SOCKS5 listener.
+func adminConf(admin string) string {
+	return fmt.Sprintf("admin: {listen: %q}\nlisteners:\n  - {name: s, listen: \"127.0.0.1:0\", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: [127.0.0.1/32]}\n", admin)
+}
+
+// TestAdminPutDuringRefusedReload: a PUT /api/tunables that comes while a
+// reload is being applied, a reload then refused, leaves the running
+// configuration as it was: the refused file's limits and routes do not
+// stay in force because of it.
+func TestAdminPutDuringRefusedReload(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	admin := freeLoopback(t)
+	conf := func(listen string, maxFlows int) string {
+		return fmt.Sprintf("admin: {listen: %q}\nlimits: {max_flows: %d}\nlisteners:\n  - {name: s, listen: %q, protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: [127.0.0.1/32]}\n", admin, maxFlows, listen)
+	}
+	s := startLoopback(t, conf("127.0.0.1:0", 99))
+	old := s.state.Load()
+	cfg, err := ParseConfig([]byte(conf(busy.Addr().String(), 10)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock() // holds the reload in apply, after it swapped the runtime in
+	reloaded := make(chan error, 1)
+	go func() { reloaded <- s.Reload(cfg) }()
+	waitFor(t, func() bool { return s.state.Load() != old })
+	type answer struct {
+		code int
+		body string
+		err  error
+	}
+	put := make(chan answer, 1)
+	go func() {
+		code, body, err := adminRequest(admin, "PUT", "/api/tunables", `{"max_pending": 50}`)
+		put <- answer{code, body, err}
+	}()
+	time.Sleep(300 * time.Millisecond) // the PUT answers meanwhile, or waits for the reload
+	s.mu.Unlock()
+	if err := <-reloaded; !errors.Is(err, ErrNotApplied) {
+		t.Fatalf("reload onto a busy port: %v, want ErrNotApplied", err)
+	}
+	a := <-put
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	if a.code != http.StatusOK && a.code != http.StatusConflict {
+		t.Fatalf("PUT: %d %s", a.code, a.body)
+	}
+	rt := s.state.Load()
+	if rt.cfg != old.cfg || rt.tunables.MaxFlows != 99 {
+		t.Errorf("after the refused reload and a PUT (%d): running the refused file (%v), max_flows %d; want the previous configuration, max_flows 99",
+			a.code, rt.cfg != old.cfg, rt.tunables.MaxFlows)
+	}
+	if a.code == http.StatusOK && rt.tunables.MaxPending != 50 {
+		t.Errorf("PUT answered 200 but max_pending is %d, want 50", rt.tunables.MaxPending)
+	}
+}
