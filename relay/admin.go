@@ -218,6 +218,12 @@ func (s *Server) handleSetTunables(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		return
 	}
+	// One JSON object and nothing after it: a second value or stray text
+	// is a malformed request, not one to apply in part.
+	if _, err := dec.Token(); err != io.EOF {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "the request holds more than one JSON value"})
+		return
+	}
 	pools := *s.pools.Load()
 	asked := t.Pools
 	t.Pools = maps.Clone(cur.tunables.Pools)

@@ -101,3 +101,33 @@ func TestAdminPutDuringRefusedReload(t *testing.T) {
 		t.Errorf("PUT answered 200 but max_pending is %d, want 50", rt.tunables.MaxPending)
 	}
 }
+
+// TestAdminSetTunablesRefused: PUT /api/tunables refuses what is not one
+// valid JSON object of known fields and valid values, and changes nothing
+// then.
+func TestAdminSetTunablesRefused(t *testing.T) {
+	s := startLoopback(t, adminConf(freeLoopback(t)))
+	before := s.state.Load()
+	for _, tc := range []struct{ name, body string }{
+		{"empty", ""},
+		{"not JSON", "max_flows=5"},
+		{"unknown field", `{"max_flow": 5}`},
+		{"trailing garbage", `{"max_flows": 5} x`},
+		{"two objects", `{"max_flows": 5}{"max_flows": 6}`},
+		{"wrong type", `{"max_flows": "5"}`},
+		{"zero max_flows", `{"max_flows": 0}`},
+		{"short connect timeout", `{"connect_timeout_ns": 1000}`},
+		{"negative idle", `{"client_idle_timeout_ns": -1}`},
+		{"no such pool", `{"pools": {"127.0.0.1:1": {"low": 1, "high": 2}}}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := adminDo(t, s, "PUT", "/api/tunables", tc.body)
+			if code != http.StatusBadRequest {
+				t.Errorf("status %d (%s), want 400", code, strings.TrimSpace(body))
+			}
+			if s.state.Load() != before {
+				t.Errorf("tunables changed to %+v", s.state.Load().tunables)
+			}
+		})
+	}
+}
