@@ -180,7 +180,7 @@ func (s *Server) handleFlows(w http.ResponseWriter, _ *http.Request) {
 
 func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {
 	s.mu.Lock()
-	var ls []map[string]any
+	ls := []map[string]any{} // [] in JSON, not null, when draining left none
 	for name, l := range s.listeners {
 		st := l.cur.Load()
 		ls = append(ls, map[string]any{"name": name, "addr": l.ln.Addr().String(), "mode": st.cfg.Mode, "protocols": st.cfg.Protocols})

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -129,5 +130,27 @@ func TestAdminSetTunablesRefused(t *testing.T) {
 				t.Errorf("tunables changed to %+v", s.state.Load().tunables)
 			}
 		})
+	}
+}
+
+// TestAdminStatusEmptyLists: /api/status writes its lists as JSON arrays
+// when they are empty, as /api/flows does, never null.
+func TestAdminStatusEmptyLists(t *testing.T) {
+	s := startLoopback(t, adminConf(freeLoopback(t)))
+	code, body := adminDo(t, s, "GET", "/api/status", "")
+	if code != http.StatusOK {
+		t.Fatalf("status %d: %s", code, body)
+	}
+	var st map[string]any
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"listeners", "pools", "turbo_routes"} {
+		if _, ok := st[k].([]any); !ok {
+			t.Errorf("%s: %v, want a JSON array", k, st[k])
+		}
+	}
+	if code, body := adminDo(t, s, "GET", "/api/flows", ""); code != http.StatusOK || strings.TrimSpace(body) != "[]" {
+		t.Errorf("/api/flows with no flow: %d %s, want 200 []", code, body)
 	}
 }

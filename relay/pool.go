@@ -331,7 +331,7 @@ func (p *pool) status() PoolStatus {
 
 // Pools reports every pool, by peer.
 func (s *Server) Pools() []PoolStatus {
-	var out []PoolStatus
+	out := []PoolStatus{} // [] in /api/status, not null
 	for _, p := range *s.pools.Load() {
 		out = append(out, p.status())
 	}

@@ -261,7 +261,7 @@ type TurboStatus struct {
 func (t *turboRoutes) status() []TurboStatus {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var out []TurboStatus
+	out := []TurboStatus{} // [] in /api/status, not null
 	for a, r := range t.installed {
 		st := TurboStatus{Peer: a.String(), InitCwnd: r.cfg.InitCwnd, InitRwnd: r.cfg.InitRwnd}
 		if r.err != nil {
