@@ -114,12 +114,8 @@ func (f *family) get(values []string, mk func() any) any {
 		if i > 0 {
 			key = append(key, '\xff')
 		}
-		if !utf8.ValidString(v) {
-			// Label values are UTF-8 in the text format, and a 0xff byte
-			// would make the key ambiguous.
-			v = strings.ToValidUTF8(v, "\uFFFD")
-		}
-		key = append(key, v...)
+		// A 0xff byte would make the key ambiguous.
+		key = append(key, validUTF8(v)...)
 	}
 	f.mu.RLock()
 	s, ok := f.series[string(key)]
@@ -134,6 +130,15 @@ func (f *family) get(values []string, mk func() any) any {
 		f.series[string(key)] = s
 	}
 	return s
+}
+
+// validUTF8 is v with each byte sequence that is not UTF-8 replaced by
+// U+FFFD: label values are UTF-8 in the text format.
+func validUTF8(v string) string {
+	if utf8.ValidString(v) {
+		return v
+	}
+	return strings.ToValidUTF8(v, "\uFFFD")
 }
 
 // Counter is a value that only goes up.
@@ -284,7 +289,11 @@ func (f *family) write(w *bufio.Writer) {
 			if len(values) != len(f.labels) {
 				panic(fmt.Sprintf("metrics: %s takes %d label values, got %d", f.name, len(f.labels), len(values)))
 			}
-			rows = append(rows, sample{slices.Clone(values), v})
+			vs := make([]string, len(values))
+			for i, lv := range values {
+				vs[i] = validUTF8(lv)
+			}
+			rows = append(rows, sample{vs, v})
 		})
 	} else {
 		f.mu.RLock()

@@ -169,3 +169,23 @@ func TestLabelValuesNotUTF8(t *testing.T) {
 		t.Errorf("output:\n%s", out)
 	}
 }
+
+// TestFuncLabelValuesNotUTF8: a scrape-time family's label values are
+// made valid UTF-8 as With's are, so the output still parses.
+func TestFuncLabelValuesNotUTF8(t *testing.T) {
+	r := NewRegistry()
+	r.Func("x_bytes_total", "", CounterType, []string{"listener"}, func(emit func(float64, ...string)) {
+		emit(1, "a\xffb")
+	})
+	var b strings.Builder
+	if _, err := r.WriteTo(&b); err != nil {
+		t.Fatal(err)
+	}
+	if out := b.String(); !utf8.ValidString(out) || !strings.Contains(out, "x_bytes_total{listener=\"a\uFFFDb\"} 1") {
+		t.Errorf("output:\n%q", out)
+	}
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	if _, err := p.TextToMetricFamilies(strings.NewReader(b.String())); err != nil {
+		t.Errorf("the Prometheus parser refuses the output: %v", err)
+	}
+}
