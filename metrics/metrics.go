@@ -202,9 +202,12 @@ type Histogram struct {
 	sum    atomic.Uint64 // float64 bits
 }
 
-// Observe records one value.
+// Observe records one value. NaN is below no bound: it counts in +Inf
+// alone, as the Prometheus client counts it.
 func (h *Histogram) Observe(v float64) {
-	if i, _ := slices.BinarySearch(h.upper, v); i < len(h.counts) {
+	// slices.BinarySearch orders NaN before every number: it would land
+	// in the first bucket.
+	if i, _ := slices.BinarySearch(h.upper, v); i < len(h.counts) && !math.IsNaN(v) {
 		h.counts[i].Add(1)
 	}
 	for {

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -187,5 +188,39 @@ func TestFuncLabelValuesNotUTF8(t *testing.T) {
 	p := expfmt.NewTextParser(model.LegacyValidation)
 	if _, err := p.TextToMetricFamilies(strings.NewReader(b.String())); err != nil {
 		t.Errorf("the Prometheus parser refuses the output: %v", err)
+	}
+}
+
+// TestHistogramBuckets: an observation counts in the first bucket whose
+// bound is at least it, and in +Inf alone past the last bound; NaN is
+// below no bound.
+func TestHistogramBuckets(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		v    float64
+		want string // the finite buckets' counts, then +Inf's
+	}{
+		{"below", -1, "1 1 1"},
+		{"on a bound", 1, "0 1 1"},
+		{"past the last", 5, "0 0 1"},
+		{"+Inf", math.Inf(1), "0 0 1"},
+		{"-Inf", math.Inf(-1), "1 1 1"},
+		{"NaN", math.NaN(), "0 0 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := NewRegistry()
+			r.Histogram("x", "", []float64{0, 1}).With().Observe(tc.v)
+			var b strings.Builder
+			r.WriteTo(&b)
+			var got []string
+			for _, line := range strings.Split(b.String(), "\n") {
+				if strings.HasPrefix(line, "x_bucket") {
+					got = append(got, line[strings.LastIndexByte(line, ' ')+1:])
+				}
+			}
+			if strings.Join(got, " ") != tc.want {
+				t.Errorf("buckets %v, want %s\n%s", got, tc.want, b.String())
+			}
+		})
 	}
 }
