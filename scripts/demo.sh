@@ -22,7 +22,7 @@ $hw lab up "$topo" | sed -n '1,6p'
 echo
 echo "== ping RTTs from client (configured: rc 32.7 ms, rs 247.7 ms, server 273.7 ms)"
 for dst in rc rs server; do
-	$hw lab exec client -- ping -c 4 -i 0.3 -q "$dst" | awk -v d="$dst" '/rtt/ {split($4, a, "/"); printf "  client → %-6s min %s ms  avg %s ms\n", d, a[1], a[2]}'
+	$hw lab exec --lab ktcp client -- ping -c 4 -i 0.3 -q "$dst" | awk -v d="$dst" '/rtt/ {split($4, a, "/"); printf "  client → %-6s min %s ms  avg %s ms\n", d, a[1], a[2]}'
 done
 
 # Relays with every acceleration on (examples/relay/rc-accel.yaml,
@@ -34,28 +34,28 @@ head -c 32 /dev/urandom | base64 >"$work/psk"
 for r in rs rc; do
 	sed "s|/etc/halfway/psk|$work/psk|" "examples/relay/$r-accel.yaml" >"$work/$r.yaml"
 	$hw relay -c "$work/$r.yaml" --check >/dev/null
-	$hw lab exec "$r" -- "$hw" relay -c "$work/$r.yaml" >"$work/$r.log" 2>&1 &
+	$hw lab exec --lab ktcp "$r" -- "$hw" relay -c "$work/$r.yaml" >"$work/$r.log" 2>&1 &
 	disown # lab down ends it
 done
 
 mkdir -p "$work/www"
 for size in 10K 100K 1M 10M; do head -c "$size" /dev/urandom >"$work/www/$size"; done
 for port in 8080 8090; do
-	$hw lab exec server -- python3 -m http.server --bind 0.0.0.0 --directory "$work/www" "$port" >/dev/null 2>&1 &
+	$hw lab exec --lab ktcp server -- python3 -m http.server --bind 0.0.0.0 --directory "$work/www" "$port" >/dev/null 2>&1 &
 	disown
 done
 for _ in $(seq 50); do
-	$hw lab exec client -- curl -s -o /dev/null http://server:8090/ &&
-		$hw lab exec rc -- nft list table inet halfway_web >/dev/null 2>&1 && break
+	$hw lab exec --lab ktcp client -- curl -s -o /dev/null http://server:8090/ &&
+		$hw lab exec --lab ktcp rc -- nft list table inet halfway_web >/dev/null 2>&1 && break
 	sleep 0.2
 done
 # Warm up through the relays: rc learns rs's Fast Open cookie, the pool fills.
-for _ in 1 2; do $hw lab exec client -- curl -s -o /dev/null http://server:8080/10K; done
+for _ in 1 2; do $hw lab exec --lab ktcp client -- curl -s -o /dev/null http://server:8080/10K; done
 sleep 1
 
 fetch() { # fetch PORT SIZE → "ttfb total", median of 5
 	for _ in 1 2 3 4 5; do
-		$hw lab exec client -- curl -s -o /dev/null -w '%{time_starttransfer} %{time_total}\n' "http://server:$1/$2"
+		$hw lab exec --lab ktcp client -- curl -s -o /dev/null -w '%{time_starttransfer} %{time_total}\n' "http://server:$1/$2"
 	done | sort -n -k2 | sed -n 3p
 }
 echo
@@ -74,6 +74,6 @@ echo
 echo "halfway here: TPROXY capture at rc with early SYN, a pooled Convert hop to rs,"
 echo "Turbo-Start on the rc–rs leg (see docs/relay.md#acceleration; bin/halfway bench accel measures it all)."
 echo "rc's pool, from its admin API:"
-$hw lab exec rc -- curl -s http://127.0.0.1:9190/api/status | python3 -c 'import json,sys; [print("  ", p) for p in json.load(sys.stdin)["pools"]]'
+$hw lab exec --lab ktcp rc -- curl -s http://127.0.0.1:9190/api/status | python3 -c 'import json,sys; [print("  ", p) for p in json.load(sys.stdin)["pools"]]'
 echo "Relay logs: one line per flow, e.g.:"
 grep 'msg=flow' "$work/rc.log" | tail -1 | cut -c1-200
