@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"halfway/sockopt"
 )
 
 // The sockmap program, compiled from bpf/sockmap.c by `make bpf` (clang
@@ -94,7 +97,7 @@ func EnableSockmap(flows, backlog int) error {
 		Prog   *ebpf.Program `ebpf:"halfway_redirect"`
 	}
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		return fmt.Errorf("sockmap: load program: %w", err)
+		return fmt.Errorf("sockmap: load program: %w%s", err, capsHint())
 	}
 	if err := link.RawAttachProgram(link.RawAttachProgramOptions{
 		Target: objs.Socks.FD(), Program: objs.Prog, Attach: ebpf.AttachSkSKBVerdict,
@@ -103,13 +106,23 @@ func EnableSockmap(flows, backlog int) error {
 		objs.Dirs.Close()
 		objs.Resume.Close()
 		objs.Prog.Close()
-		return fmt.Errorf("sockmap: attach verdict: %w", err)
+		return fmt.Errorf("sockmap: attach verdict: %w%s", err, capsHint())
 	}
 	smLoaded = &sockmap{socks: objs.Socks, dirs: objs.Dirs, resume: objs.Resume, prog: objs.Prog}
 	// Loading parsed the kernel's BTF (megabytes) to relocate the program;
 	// give that memory back now rather than at some later collection.
 	debug.FreeOSMemory()
 	return nil
+}
+
+// capsHint names the capabilities a failed load lacked, if any: the
+// kernel's own error (EPERM, with the library's guess at MEMLOCK, or a
+// verifier message about a helper) does not.
+func capsHint() string {
+	if m := sockopt.BPFCapsMissing(true); len(m) > 0 {
+		return "; the relay lacks " + strings.Join(m, ", ") + " (data_path: sockmap needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
+	}
+	return ""
 }
 
 func loadedSockmap() *sockmap {

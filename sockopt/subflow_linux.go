@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -70,6 +71,9 @@ func OpenSubflows() (*Subflows, error) {
 		Counts *ebpf.Map     `ebpf:"counts"`
 	}
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		if m := BPFCapsMissing(false); len(m) > 0 {
+			err = fmt.Errorf("%w; the relay lacks %s (the iterator needs CAP_BPF and CAP_PERFMON)", err, strings.Join(m, ", "))
+		}
 		return nil, fmt.Errorf("subflow options: load program: %w", err)
 	}
 	s := &Subflows{target: objs.Target, counts: objs.Counts, prog: objs.Prog}
