@@ -759,6 +759,17 @@ func (c *Config) Validate() error {
 		if lg.leg.Congestion != "" && !sockopt.CongestionAvailable(lg.leg.Congestion) {
 			add("legs."+lg.name+".congestion", "%q: not available here (see net.ipv4.tcp_available_congestion_control)", lg.leg.Congestion)
 		}
+		// A buffer the process may not force would fail every socket of
+		// the leg, each flow reset: refuse the file instead.
+		if lg.leg.SendBuffer > 0 || lg.leg.ReceiveBuffer > 0 {
+			if err := sockopt.ForceBuffers(); err != nil {
+				f := "send_buffer"
+				if lg.leg.SendBuffer == 0 {
+					f = "receive_buffer"
+				}
+				add("legs."+lg.name+"."+f, "fixed buffers need CAP_NET_ADMIN, which this relay lacks (%v)", err)
+			}
+		}
 		// TCP_USER_TIMEOUT is an int of milliseconds.
 		if d := lg.leg.UserTimeout.D(); d > math.MaxInt32*time.Millisecond {
 			add("legs."+lg.name+".user_timeout", "%v: want at most %v", d, math.MaxInt32*time.Millisecond)

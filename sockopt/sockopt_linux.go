@@ -279,6 +279,26 @@ func Refused(o Options, mptcp bool) ([]string, error) {
 	return refused, nil
 }
 
+// ForceBuffers tells whether this process may fix socket buffers beyond
+// net.core.[rw]mem_max (SO_SNDBUFFORCE, SO_RCVBUFFORCE), which takes
+// CAP_NET_ADMIN: without it every socket given a buffer fails.
+func ForceBuffers() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	defer unix.Close(fd)
+	for _, b := range []struct {
+		opt  int
+		name string
+	}{{unix.SO_SNDBUFFORCE, "SO_SNDBUFFORCE"}, {unix.SO_RCVBUFFORCE, "SO_RCVBUFFORCE"}} {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, b.opt, 64<<10); err != nil {
+			return fmt.Errorf("%s: %w", b.name, err)
+		}
+	}
+	return nil
+}
+
 // SetUserTimeout sets TCP_USER_TIMEOUT on a connected socket.
 func SetUserTimeout(c *net.TCPConn, d time.Duration) error {
 	return setInt(c, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d/time.Millisecond), "TCP_USER_TIMEOUT")
