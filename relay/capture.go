@@ -49,11 +49,17 @@ func nftRules(ln *ListenerConfig) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// The listening socket is of one family (tcp4, or a v6-only tcp6):
+	// flows of the other would be steered where nothing takes them.
+	is4 := ap.Addr().Is4()
 	var v4, v6 []string
 	for _, d := range c.Dst {
 		p, err := netip.ParsePrefix(d)
 		if err != nil {
 			return "", err
+		}
+		if p.Addr().Is4() != is4 {
+			return "", fmt.Errorf("listener %s: capture dst %s: the listener at %s takes IPv%d flows only", ln.Name, d, ln.Listen, map[bool]int{true: 4, false: 6}[is4])
 		}
 		if p.Addr().Is4() {
 			v4 = append(v4, p.Masked().String())
@@ -76,10 +82,9 @@ func nftRules(ln *ListenerConfig) (string, error) {
 			}
 			return fmt.Sprintf("%s daddr { %s } ", family, strings.Join(cidrs, ", "))
 		}
-		if len(v4) > 0 || len(v6) == 0 {
+		if is4 {
 			fmt.Fprintf(&b, "\t\t%stcp dport { %s } tproxy ip to :%d meta mark set %d accept\n", match("ip", v4), ports, ap.Port(), mark)
-		}
-		if len(v6) > 0 || len(v4) == 0 {
+		} else {
 			fmt.Fprintf(&b, "\t\t%stcp dport { %s } tproxy ip6 to :%d meta mark set %d accept\n", match("ip6", v6), ports, ap.Port(), mark)
 		}
 		b.WriteString("\t}\n}\n")
@@ -92,7 +97,7 @@ func nftRules(ln *ListenerConfig) (string, error) {
 			fmt.Fprintf(&b, "\t\tip6 daddr { %s } tcp dport { %s } redirect to :%d\n", strings.Join(v6, ", "), ports, ap.Port())
 		}
 		if len(v4) == 0 && len(v6) == 0 {
-			fmt.Fprintf(&b, "\t\ttcp dport { %s } redirect to :%d\n", ports, ap.Port())
+			fmt.Fprintf(&b, "\t\tmeta nfproto %s tcp dport { %s } redirect to :%d\n", map[bool]string{true: "ipv4", false: "ipv6"}[is4], ports, ap.Port())
 		}
 		b.WriteString("\t}\n}\n")
 	default:

@@ -693,9 +693,12 @@ func (c *Config) Validate() error {
 				if _, err := parsePorts(c.Ports); err != nil || c.Ports == "" {
 					add(p+".capture.ports", "%q: want ports like 80,443", c.Ports)
 				}
+				lap, lerr := netip.ParseAddrPort(ln.Listen)
 				for j, d := range c.Dst {
-					if _, err := netip.ParsePrefix(d); err != nil {
+					if pr, err := netip.ParsePrefix(d); err != nil {
 						add(fmt.Sprintf("%s.capture.dst[%d]", p, j), "%q: want a CIDR like 10.0.0.0/8", d)
+					} else if lerr == nil && pr.Addr().Is4() != lap.Addr().Is4() {
+						add(fmt.Sprintf("%s.capture.dst[%d]", p, j), "%q: not of the listener's address family (%s); capture the other family with a listener of its own", d, ln.Listen)
 					}
 				}
 				if c.Mark < 0 || c.Table < 0 || c.Table > 252 && c.Table < 256 {
