@@ -39,6 +39,11 @@ func (c *CaptureConfig) markTable() (int, int) {
 	return mark, table
 }
 
+// ownHostRule leaves alone the flows addressed to the relay's host itself
+// (its admin API, its other services, connections over lo): they are not
+// passing through, and the relay would refuse them as its own.
+const ownHostRule = "\t\tfib daddr type local accept\n"
+
 // nftRules is the ruleset (for `nft -f -`) that captures a listener's flows.
 func nftRules(ln *ListenerConfig) (string, error) {
 	c := ln.Capture
@@ -76,6 +81,7 @@ func nftRules(ln *ListenerConfig) (string, error) {
 		fmt.Fprintf(&b, "table inet %s {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n", table)
 		// Packets of flows the relay already holds go straight to its socket.
 		fmt.Fprintf(&b, "\t\tmeta l4proto tcp socket transparent 1 meta mark set %d accept\n", mark)
+		b.WriteString(ownHostRule)
 		match := func(family string, cidrs []string) string {
 			if len(cidrs) == 0 {
 				return fmt.Sprintf("meta nfproto %s ", map[string]string{"ip": "ipv4", "ip6": "ipv6"}[family])
@@ -90,6 +96,7 @@ func nftRules(ln *ListenerConfig) (string, error) {
 		b.WriteString("\t}\n}\n")
 	case "redirect":
 		fmt.Fprintf(&b, "table inet %s {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n", table)
+		b.WriteString(ownHostRule)
 		if len(v4) > 0 {
 			fmt.Fprintf(&b, "\t\tip daddr { %s } tcp dport { %s } redirect to :%d\n", strings.Join(v4, ", "), ports, ap.Port())
 		}

@@ -62,3 +62,49 @@ func TestCaptureOtherFamily(t *testing.T) {
 		})
 	}
 }
+
+// TestCaptureSparesOwnHost: capture without dst takes flows through the
+// relay's host, not those addressed to the host itself: its own admin API
+// (reached from inside the host, over lo) and a local service reached
+// from outside keep working on captured ports.
+func TestCaptureSparesOwnHost(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	for _, mode := range []string{"tproxy", "redirect"} {
+		t.Run(mode, func(t *testing.T) {
+			lab := labtest.Start(t, chainTopo)
+			rc, client := lab.Host("rc"), lab.Host("client")
+			runRelay(t, rc, "rc", fmt.Sprintf("admin: {listen: \"127.0.0.1:9191\"}\nlisteners:\n  - {name: web, listen: \"0.0.0.0:7000\", mode: %s, capture: {ports: \"9000-9999\", install: true}}\n", mode))
+			waitCapture(t, rc, "halfway_web", "7000")
+			serveEchoOn(t, rc, 9500)
+			for i := 0; ; i++ { // the admin API listens (connecting would be the test)
+				out, _ := rc.Command(context.Background(), "ss", "-ltnH", "sport", "9191").CombinedOutput()
+				if strings.Contains(string(out), "9191") {
+					break
+				}
+				if i > 200 {
+					t.Fatal("the admin API never listened")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			rcAddr := ifaceToward(t, rc, "client")
+			c, err := client.Dial(ctx, "tcp", net.JoinHostPort(rcAddr.String(), "9500"))
+			if err == nil {
+				err = echoOnce(c, "hi")
+				c.Close()
+			}
+			if err != nil {
+				t.Errorf("a service of the relay's host, from the client: %v", err)
+			}
+			resp, err := adminClient(rc).Get("http://127.0.0.1:9191/metrics")
+			if err == nil {
+				resp.Body.Close()
+			}
+			if err != nil {
+				t.Errorf("the relay's admin API, from its own host: %v", err)
+			}
+		})
+	}
+}
