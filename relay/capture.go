@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -215,6 +216,20 @@ func (pr *policyRoutes) releaseLocked(cmds [][]string) error {
 			continue
 		}
 		delete(pr.users, k)
+		if c[2] == "route" {
+			// ip rule add makes a rule of its own for every relay, even
+			// an identical one, but a table has one local route: it goes
+			// only with the last rule that looks it up (another relay on
+			// this host may use it too).
+			table, _ := strconv.Atoi(c[len(c)-1])
+			used, err := tableLookedUp(c[1] == "-6", table)
+			if err != nil {
+				errs = append(errs, err.Error())
+			}
+			if used || err != nil {
+				continue
+			}
+		}
 		del := append([]string{}, c...)
 		del[3] = "del" // "add" for rules, "replace" for routes
 		if out, err := exec.Command(del[0], del[1:]...).CombinedOutput(); err != nil {

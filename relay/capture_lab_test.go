@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -106,5 +107,54 @@ func TestCaptureSparesOwnHost(t *testing.T) {
 				t.Errorf("the relay's admin API, from its own host: %v", err)
 			}
 		})
+	}
+}
+
+// TestCaptureTwoRelays: two relays on one host, each with its own
+// TPROXY listener and the default mark and table, share the policy route;
+// the one that stops first leaves it to the other, whose flows still
+// reach it.
+func TestCaptureTwoRelays(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, chainTopo)
+	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+	srvNet := server.Ifaces()[0].Addr4.Masked()
+	relayCfg := func(name string, port, capPort int) string {
+		return fmt.Sprintf("admin: {listen: off}\nlisteners:\n  - {name: %s, listen: \"0.0.0.0:%d\", mode: tproxy, capture: {dst: [%s], ports: \"%d\", install: true}}\n", name, port, srvNet, capPort)
+	}
+	logA, _ := runRelay(t, rc, "a", relayCfg("a", 7001, 9001))
+	waitCapture(t, rc, "halfway_a", "7001")
+	_, stopB := runRelay(t, rc, "b", relayCfg("b", 7002, 9002))
+	waitCapture(t, rc, "halfway_b", "7002")
+	serveEchoOn(t, server, 9001)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := stopB(); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := rc.Command(ctx, "ip", "-4", "rule", "show").CombinedOutput(); !strings.Contains(string(out), "fwmark 0x1 lookup 100") {
+		t.Errorf("relay b's stop took relay a's ip rule:\n%s", out)
+	}
+	if out, _ := rc.Command(ctx, "ip", "-4", "route", "show", "table", "100").CombinedOutput(); !strings.Contains(string(out), "local default") {
+		t.Errorf("relay b's stop took relay a's local route: %q", out)
+	}
+	c, err := client.Dial(ctx, "tcp", server.AddrPort(9001))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = echoOnce(c, "hi")
+	c.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ { // the relay logs a flow when it ends
+		if b, _ := os.ReadFile(logA); strings.Contains(string(b), "msg=flow listener=a") {
+			break
+		}
+		if i > 100 {
+			t.Fatal("relay a never carried the flow: its capture went with relay b")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"fmt"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -32,4 +33,23 @@ func localPrefixes() []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// tableLookedUp tells whether a policy rule of the family (IPv6 or IPv4)
+// looks up routing table.
+func tableLookedUp(ipv6 bool, table int) (bool, error) {
+	family := unix.AF_INET
+	if ipv6 {
+		family = unix.AF_INET6
+	}
+	rules, err := netlink.RuleList(family)
+	if err != nil {
+		return false, fmt.Errorf("list policy rules: %w", err)
+	}
+	for _, r := range rules {
+		if r.Table == table {
+			return true, nil
+		}
+	}
+	return false, nil
 }
