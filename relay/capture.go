@@ -189,8 +189,12 @@ func (pr *policyRoutes) acquire(ln *ListenerConfig) error {
 	}
 	for i, c := range cmds {
 		k := strings.Join(c, " ")
+		if pr.users[k] == 0 && c[2] == "rule" && adoptLeftoverRule(ln, c[1] == "-6") {
+			pr.users[k]++
+			continue
+		}
 		if pr.users[k] == 0 {
-			if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil && !(c[2] == "rule" && strings.Contains(string(out), "File exists")) { // a rule left by a crash is ours to use and remove
+			if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil && !(c[2] == "rule" && strings.Contains(string(out), "File exists")) { // a kernel that refuses duplicates: the rule is in place
 				pr.releaseLocked(cmds[:i])
 				return fmt.Errorf("%s: %v: %s", k, err, strings.TrimSpace(string(out)))
 			}
@@ -198,6 +202,48 @@ func (pr *policyRoutes) acquire(ln *ListenerConfig) error {
 		pr.users[k]++
 	}
 	return nil
+}
+
+// adoptLeftoverRule tells whether the policy rule ln needs (IPv6 or IPv4)
+// is in place already, left by a relay that was killed: then it is taken
+// over rather than added again. ip rule add refuses no duplicate, so a new
+// one each start would leave one more rule after every kill. A rule is a
+// leftover when no other halfway capture table on this host sets its mark
+// (one that does is another relay's, which keeps its own rule); extra
+// copies of it go.
+func adoptLeftoverRule(ln *ListenerConfig, ipv6 bool) bool {
+	mark, table := ln.Capture.markTable()
+	n, err := countRules(ipv6, mark, table)
+	if err != nil || n == 0 || markedByOthers(mark, captureTable(ln.Name)) {
+		return false
+	}
+	family := map[bool]string{false: "-4", true: "-6"}[ipv6]
+	for ; n > 1; n-- {
+		if exec.Command("ip", family, "rule", "del", "fwmark", strconv.Itoa(mark), "lookup", strconv.Itoa(table)).Run() != nil {
+			break
+		}
+	}
+	return true
+}
+
+// markedByOthers tells whether a halfway capture table other than own
+// sets mark (when nft cannot tell, it assumes so).
+func markedByOthers(mark int, own string) bool {
+	out, err := exec.Command("nft", "list", "tables", "inet").Output()
+	if err != nil {
+		return true
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		name, ok := strings.CutPrefix(strings.TrimSpace(line), "table inet ")
+		if !ok || !strings.HasPrefix(name, "halfway_") || name == own {
+			continue
+		}
+		rules, err := exec.Command("nft", "list", "table", "inet", name).Output()
+		if err != nil || strings.Contains(string(rules), fmt.Sprintf("meta mark set 0x%08x ", mark)) {
+			return true
+		}
+	}
+	return false
 }
 
 func (pr *policyRoutes) release(ln *ListenerConfig) error {

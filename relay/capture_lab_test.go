@@ -158,3 +158,43 @@ func TestCaptureTwoRelays(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestCaptureAfterKill: a relay killed with SIGKILL leaves its capture
+// behind; the next start takes it over, and its stop leaves no policy
+// rule or route.
+func TestCaptureAfterKill(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, chainTopo)
+	rc := lab.Host("rc")
+	cfg := "admin: {listen: off}\nlisteners:\n  - {name: web, listen: \"0.0.0.0:7000\", mode: tproxy, capture: {ports: \"8080\", install: true}}\n"
+	logPath, _ := runRelay(t, rc, "rc", cfg)
+	waitCapture(t, rc, "halfway_web", "7000")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	file := strings.TrimSuffix(logPath, ".log") + ".yaml"
+	if out, err := rc.Command(ctx, "pkill", "-KILL", "-f", "halfway relay -c "+file).CombinedOutput(); err != nil {
+		t.Fatalf("pkill -KILL: %v %s", err, out)
+	}
+	time.Sleep(200 * time.Millisecond)
+	_, stop := runRelay(t, rc, "again", cfg)
+	for i := 0; ; i++ { // the new start listens once its capture is in
+		out, _ := rc.Command(ctx, "ss", "-ltnH", "sport", "7000").CombinedOutput()
+		if strings.Contains(string(out), "7000") {
+			break
+		}
+		if i > 200 {
+			t.Fatal("the relay never listened again")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range [][]string{{"ip", "-4", "rule", "show"}, {"ip", "-4", "route", "show", "table", "100"}, {"nft", "list", "tables"}} {
+		out, _ := rc.Command(ctx, c[0], c[1:]...).CombinedOutput()
+		if s := string(out); strings.Contains(s, "fwmark") || strings.Contains(s, "local") && c[2] == "route" || strings.Contains(s, "halfway_") {
+			t.Errorf("after a kill, a start and a stop, %s:\n%s", strings.Join(c, " "), s)
+		}
+	}
+}

@@ -53,3 +53,23 @@ func tableLookedUp(ipv6 bool, table int) (bool, error) {
 	}
 	return false, nil
 }
+
+// countRules counts the policy rules of the family (IPv6 or IPv4) that
+// send packets with mark to routing table.
+func countRules(ipv6 bool, mark, table int) (int, error) {
+	family := unix.AF_INET
+	if ipv6 {
+		family = unix.AF_INET6
+	}
+	rules, err := netlink.RuleList(family)
+	if err != nil {
+		return 0, fmt.Errorf("list policy rules: %w", err)
+	}
+	n := 0
+	for _, r := range rules {
+		if r.Table == table && r.Mark == uint32(mark) && (r.Mask == nil || *r.Mask == 0xffffffff) {
+			n++
+		}
+	}
+	return n, nil
+}
