@@ -185,6 +185,16 @@ func (d *dir) run() {
 				return
 			}
 		case stepEOF:
+			if d.resetAtEOF() {
+				// The reset's error went to another call on the socket
+				// (the other direction's send, a peek): pass the reset
+				// on, not a FIN.
+				if !f.aborted() {
+					f.fail(d.up, sideErr{read: true, reset: true, err: os.NewSyscallError("read", unix.ECONNRESET)})
+				}
+				d.finish()
+				return
+			}
 			if f.eofs.Add(1) == 2 {
 				// Both sides have finished: closing dst sends its FIN
 				// after the bytes queued (its receive queue is empty: the
@@ -238,6 +248,32 @@ func (d *dir) run() {
 			return
 		}
 	}
+}
+
+// resetAtEOF says whether a source that has just read as ended was reset
+// rather than closed with a FIN. A socket reports a reset's error once,
+// to whichever call comes first (the other direction's send to it, a
+// peek, SO_ERROR), and reads after that find EOF; but a reset leaves the
+// socket hung up (closed both ways: POLLHUP, for TCP and MPTCP sockets
+// alike), a FIN only closed for reading. Only while neither direction has
+// ended: once the other has shut the source's write side down, a FIN
+// hangs it up as well. (The poll comes before eofs is read: the other
+// direction counts its EOF before it shuts down.)
+func (d *dir) resetAtEOF() bool {
+	hup := false
+	get := func(fd uintptr) {
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if n, err := unix.Poll(p, 0); err == nil && n == 1 {
+			hup = p[0].Revents&unix.POLLHUP != 0
+		}
+	}
+	if fds, ok := d.f.rawAcquire(); ok {
+		get(uintptr(fds[b2u(!d.up)]))
+		d.f.rawRelease(fds)
+	} else if rc, err := d.src().SyscallConn(); err == nil {
+		rc.Control(get)
+	}
+	return hup && d.f.eofs.Load() == 0
 }
 
 // finWaits says whether d is parked on a source that has sent its FIN
