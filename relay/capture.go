@@ -75,6 +75,15 @@ func nftRules(ln *ListenerConfig) (string, error) {
 	}
 	ports := strings.ReplaceAll(c.Ports, " ", "")
 	mark, _ := c.markTable()
+	// Where captured flows go: a listener bound to one address must be
+	// named, since without an address tproxy and redirect send them to the
+	// incoming interface's, where it does not listen (tproxy then lets the
+	// flow pass uncaptured; redirect has it refused). Redirect names its
+	// address with dnat.
+	to, nat := fmt.Sprintf(":%d", ap.Port()), "redirect to"
+	if !ap.Addr().IsUnspecified() {
+		to, nat = ap.String(), "dnat "+map[bool]string{true: "ip", false: "ip6"}[is4]+" to"
+	}
 	var b strings.Builder
 	table := captureTable(ln.Name)
 	switch ln.Mode {
@@ -90,22 +99,22 @@ func nftRules(ln *ListenerConfig) (string, error) {
 			return fmt.Sprintf("%s daddr { %s } ", family, strings.Join(cidrs, ", "))
 		}
 		if is4 {
-			fmt.Fprintf(&b, "\t\t%stcp dport { %s } tproxy ip to :%d meta mark set %d accept\n", match("ip", v4), ports, ap.Port(), mark)
+			fmt.Fprintf(&b, "\t\t%stcp dport { %s } tproxy ip to %s meta mark set %d accept\n", match("ip", v4), ports, to, mark)
 		} else {
-			fmt.Fprintf(&b, "\t\t%stcp dport { %s } tproxy ip6 to :%d meta mark set %d accept\n", match("ip6", v6), ports, ap.Port(), mark)
+			fmt.Fprintf(&b, "\t\t%stcp dport { %s } tproxy ip6 to %s meta mark set %d accept\n", match("ip6", v6), ports, to, mark)
 		}
 		b.WriteString("\t}\n}\n")
 	case "redirect":
 		fmt.Fprintf(&b, "table inet %s {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n", table)
 		b.WriteString(ownHostRule)
 		if len(v4) > 0 {
-			fmt.Fprintf(&b, "\t\tip daddr { %s } tcp dport { %s } redirect to :%d\n", strings.Join(v4, ", "), ports, ap.Port())
+			fmt.Fprintf(&b, "\t\tip daddr { %s } tcp dport { %s } %s %s\n", strings.Join(v4, ", "), ports, nat, to)
 		}
 		if len(v6) > 0 {
-			fmt.Fprintf(&b, "\t\tip6 daddr { %s } tcp dport { %s } redirect to :%d\n", strings.Join(v6, ", "), ports, ap.Port())
+			fmt.Fprintf(&b, "\t\tip6 daddr { %s } tcp dport { %s } %s %s\n", strings.Join(v6, ", "), ports, nat, to)
 		}
 		if len(v4) == 0 && len(v6) == 0 {
-			fmt.Fprintf(&b, "\t\tmeta nfproto %s tcp dport { %s } redirect to :%d\n", map[bool]string{true: "ipv4", false: "ipv6"}[is4], ports, ap.Port())
+			fmt.Fprintf(&b, "\t\tmeta nfproto %s tcp dport { %s } %s %s\n", map[bool]string{true: "ipv4", false: "ipv6"}[is4], ports, nat, to)
 		}
 		b.WriteString("\t}\n}\n")
 	default:

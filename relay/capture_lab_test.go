@@ -198,3 +198,35 @@ func TestCaptureAfterKill(t *testing.T) {
 		}
 	}
 }
+
+// TestCaptureListenAddress: a transparent listener bound to one address
+// of the relay's (here its address on the server's link, not that of the
+// interface the client's packets come in on) gets its captured flows: the
+// rules send them to that address, not to the incoming interface's.
+func TestCaptureListenAddress(t *testing.T) {
+	for _, mode := range []string{"tproxy", "redirect"} {
+		t.Run(mode, func(t *testing.T) {
+			requireTools(t, "nft", "curl")
+			labtest.RequireRoot(t)
+			lab := labtest.Start(t, chainTopo)
+			rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+			listen := rc.Ifaces()[1].Addr4.Addr()
+			runRelay(t, rc, "listen-"+mode, fmt.Sprintf(`
+admin: {listen: off}
+listeners:
+  - name: web
+    listen: %s:7000
+    mode: %s
+    allow_clients: [10.77.1.0/24]
+    capture: {dst: [%s], ports: "8080", install: true}
+`, listen, mode, server.Ifaces()[0].Addr4.Masked()))
+			waitCapture(t, rc, "halfway_web", "7000")
+			serveSeenFrom(t, server, ":8080")
+			out, err := client.Command(context.Background(), "curl", "-sS", "--max-time", "10", "http://"+server.AddrPort(8080)+"/").CombinedOutput()
+			// Split at rc: the server sees rc's address on its link.
+			if want := "seen from " + rc.Ifaces()[1].Addr4.Addr().String() + ":"; err != nil || !strings.Contains(string(out), want) {
+				t.Errorf("curl through a relay listening on %s: %v: %s (want %q)", listen, err, out, want)
+			}
+		})
+	}
+}
