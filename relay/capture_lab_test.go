@@ -230,3 +230,90 @@ listeners:
 		})
 	}
 }
+
+// TestSecondSignal: a second SIGTERM during a drain closes the flows at
+// once, and the relay still removes its capture rules and policy routes
+// before it exits.
+func TestSecondSignal(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, chainTopo)
+	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	file := dir + "/sig.yaml"
+	os.WriteFile(file, []byte(fmt.Sprintf(`
+admin: {listen: off}
+listeners:
+  - name: web
+    listen: 0.0.0.0:7000
+    mode: tproxy
+    allow_clients: [10.77.1.0/24]
+    capture: {dst: [%s], ports: "8080", install: true}
+`, server.Ifaces()[0].Addr4.Masked())), 0o644)
+	logf, _ := os.Create(dir + "/sig.log")
+	cmd := rc.Command(context.Background(), bin, "relay", "-c", file, "--grace", "10m")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("relay log:\n%s", b)
+		}
+	})
+	waitCapture(t, rc, "halfway_web", "7000")
+	ln, err := server.Listen("tcp", ":8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveEchoConns(ln)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := client.Dial(ctx, "tcp", server.AddrPort(8080))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write([]byte("x")); err == nil {
+		_, err = c.Read(make([]byte, 1))
+	}
+	if err != nil {
+		t.Fatalf("flow: %v", err)
+	}
+	// The flow stays open: the drain would wait its 10 minutes.
+	cmd.Process.Signal(os.Interrupt)
+	for i := 0; ; i++ {
+		if b, _ := os.ReadFile(logf.Name()); strings.Contains(string(b), "draining") {
+			break
+		}
+		if i > 500 {
+			t.Fatal("the relay never began to drain")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("the relay exited with %v after a second signal, want a clean exit", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the relay was still draining 30 s after a second signal")
+	}
+	if out, err := rc.Command(context.Background(), "nft", "list", "table", "inet", "halfway_web").CombinedOutput(); err == nil {
+		t.Errorf("the capture table outlived the relay:\n%s", out)
+	}
+	if out, _ := rc.Command(context.Background(), "ip", "rule", "show").CombinedOutput(); strings.Contains(string(out), "fwmark") {
+		t.Errorf("the policy rule outlived the relay:\n%s", out)
+	}
+}

@@ -56,6 +56,8 @@ type Server struct {
 	// the read lock, so no flow is admitted after Drain starts waiting.
 	drainMu     sync.RWMutex
 	draining    atomic.Bool
+	hurry       chan struct{} // closed by Hurry: a drain's grace ends now
+	hurryOnce   sync.Once
 	refusing    chan struct{} // bounds refusals answered in protocol
 	work        chan accepted // accepted connections for idle workers
 	idleWorkers atomic.Int32
@@ -143,6 +145,7 @@ func New(cfg *Config, log *slog.Logger, reg *hm.Registry) (*Server, error) {
 		parked:    map[*net.TCPConn]*listener{},
 		refusing:  make(chan struct{}, 64),
 		work:      make(chan accepted),
+		hurry:     make(chan struct{}),
 	}
 	s.table.init()
 	rt, err := newRuntime(cfg)
@@ -589,6 +592,10 @@ func (s *Server) Drain(grace time.Duration) {
 		s.log.Warn("grace period over: closing flows", "flows", s.active.Load())
 		s.abortFlows()
 		<-done
+	case <-s.hurry:
+		s.log.Warn("told to hurry: closing flows", "flows", s.active.Load())
+		s.abortFlows()
+		<-done
 	}
 	s.abortFlows()
 	for _, l := range captured {
@@ -606,6 +613,13 @@ func (s *Server) Drain(grace time.Duration) {
 	}
 	datapath.Drain()
 	s.log.Info("relay stopped")
+}
+
+// Hurry ends a drain's grace period now, or the next drain's at its
+// start: flows are closed at once, and the relay still removes its
+// capture rules, routes and programs before Run returns.
+func (s *Server) Hurry() {
+	s.hurryOnce.Do(func() { close(s.hurry) })
 }
 
 // Addr returns the address a listener is bound to (useful with port 0).

@@ -45,9 +45,17 @@ func runRelay(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal drains (ctx); a second closes the flows at once,
+	// and the relay still removes its capture rules and routes; a third
+	// ends the process there and then.
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
 	go func() {
-		<-ctx.Done()
-		stop() // a second signal ends the process at once, drain or not
+		<-signals
+		<-signals
+		srv.Hurry()
+		signal.Stop(signals)
+		stop()
 	}()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
