@@ -183,7 +183,11 @@ func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {
 	ls := []map[string]any{} // [] in JSON, not null, when draining left none
 	for name, l := range s.listeners {
 		st := l.cur.Load()
-		ls = append(ls, map[string]any{"name": name, "addr": l.ln.Addr().String(), "mode": st.cfg.Mode, "protocols": st.cfg.Protocols})
+		protos := st.cfg.Protocols
+		if protos == nil {
+			protos = []string{} // a transparent or forward listener's: [], not null
+		}
+		ls = append(ls, map[string]any{"name": name, "addr": l.ln.Addr().String(), "mode": st.cfg.Mode, "protocols": protos})
 	}
 	s.mu.Unlock()
 	sort.Slice(ls, func(i, j int) bool { return ls[i]["name"].(string) < ls[j]["name"].(string) })

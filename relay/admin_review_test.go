@@ -153,4 +153,16 @@ func TestAdminStatusEmptyLists(t *testing.T) {
 	if code, body := adminDo(t, s, "GET", "/api/flows", ""); code != http.StatusOK || strings.TrimSpace(body) != "[]" {
 		t.Errorf("/api/flows with no flow: %d %s, want 200 []", code, body)
 	}
+	// A forward listener speaks no protocol: its list is empty, not null.
+	fwd := startLoopback(t, fmt.Sprintf("admin: {listen: %q}\nlisteners:\n  - {name: f, listen: \"127.0.0.1:0\", mode: forward, forward_to: \"127.0.0.1:9\"}\n", freeLoopback(t)))
+	_, body = adminDo(t, fwd, "GET", "/api/status", "")
+	var fst struct {
+		Listeners []map[string]any `json:"listeners"`
+	}
+	if err := json.Unmarshal([]byte(body), &fst); err != nil || len(fst.Listeners) != 1 {
+		t.Fatalf("status %s: %v", body, err)
+	}
+	if _, ok := fst.Listeners[0]["protocols"].([]any); !ok {
+		t.Errorf("a forward listener's protocols: %v, want a JSON array", fst.Listeners[0]["protocols"])
+	}
 }
