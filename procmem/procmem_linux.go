@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"reflect"
 	"strconv"
@@ -82,7 +83,7 @@ type mapping struct {
 // replaced on disk reads "(deleted)".
 func binaryMappings(r io.Reader, pc uintptr) ([]mapping, error) {
 	var all []mapping
-	var cur *mapping
+	var seen []field // which of Rss, Anonymous and Swap each mapping gave
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	for sc.Scan() {
@@ -97,25 +98,36 @@ func binaryMappings(r io.Reader, pc uintptr) ([]mapping, error) {
 				return nil, fmt.Errorf("%q: %w", line, err)
 			}
 			all = append(all, m)
-			cur = &all[len(all)-1]
+			seen = append(seen, 0)
 			continue
 		}
-		if cur == nil {
+		if len(all) == 0 {
 			continue
 		}
+		cur := &all[len(all)-1]
+		var dst *int64
+		var f field
 		switch fields[0] {
 		case "Rss:":
-			cur.rss = kB(fields)
+			dst, f = &cur.rss, fieldRss
 		case "Anonymous:":
-			cur.anonymous = kB(fields)
+			dst, f = &cur.anonymous, fieldAnonymous
 		case "Swap:":
-			cur.swap = kB(fields)
+			dst, f = &cur.swap, fieldSwap
 		case "VmFlags:":
 			for _, fl := range fields[1:] {
 				if fl == "lo" {
 					cur.locked = true
 				}
 			}
+		}
+		if dst != nil {
+			n, err := kB(fields)
+			if err != nil {
+				return nil, fmt.Errorf("%q: %w", line, err)
+			}
+			*dst = n
+			seen[len(seen)-1] |= f
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -131,13 +143,27 @@ func binaryMappings(r io.Reader, pc uintptr) ([]mapping, error) {
 		return nil, fmt.Errorf("no file mapping holds this program's code (%#x)", pc)
 	}
 	var out []mapping
-	for _, m := range all {
+	for i, m := range all {
 		if m.dev == exe.dev && m.inode == exe.inode {
+			// Without its Anonymous and Swap a mapping could hold private
+			// copies that MADV_DONTNEED would discard: fail closed.
+			if seen[i] != fieldRss|fieldAnonymous|fieldSwap {
+				return nil, fmt.Errorf("mapping %#x-%#x: Rss, Anonymous or Swap missing", m.start, m.end)
+			}
 			out = append(out, m)
 		}
 	}
 	return out, nil
 }
+
+// field names the smaps fields a mapping of the executable must give.
+type field uint8
+
+const (
+	fieldRss field = 1 << iota
+	fieldAnonymous
+	fieldSwap
+)
 
 // header says whether an smaps line starts a mapping ("start-end ...")
 // rather than giving one of its fields ("Rss:").
@@ -168,14 +194,15 @@ func parseHeader(fields []string) (mapping, error) {
 	return mapping{start: uintptr(start), end: uintptr(end), dev: fields[3], inode: fields[4], writable: strings.Contains(fields[1], "w")}, nil
 }
 
-// kB reads "Rss:  1234 kB" as bytes.
-func kB(fields []string) int64 {
-	if len(fields) < 2 {
-		return 0
+// kB reads "Rss:  1234 kB" as bytes: a count of kilobytes that fits in
+// an int64 once multiplied by 1024, in kB.
+func kB(fields []string) (int64, error) {
+	if len(fields) != 3 || fields[2] != "kB" {
+		return 0, fmt.Errorf("want a size in kB")
 	}
-	n, err := strconv.ParseInt(fields[1], 10, 64)
-	if err != nil {
-		return 0
+	n, err := strconv.ParseUint(fields[1], 10, 64)
+	if err != nil || n > math.MaxInt64>>10 {
+		return 0, fmt.Errorf("bad size %q", fields[1])
 	}
-	return n << 10
+	return int64(n) << 10, nil
 }

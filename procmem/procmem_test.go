@@ -9,17 +9,22 @@ const smapsSample = `00400000-00935000 r-xp 00000000 fe:00 9978204              
 Size:               5332 kB
 Rss:                4244 kB
 Anonymous:             0 kB
+Swap:                  0 kB
 VmFlags: rd ex mr mw me
 00935000-00e7e000 r--p 00535000 fe:00 9978204                            /tmp/hw (deleted)
 Rss:                4132 kB
 Anonymous:             8 kB
+Swap:                  0 kB
 VmFlags: rd mr mw me
 00e7e000-00ee4000 rw-p 00a7e000 fe:00 9978204                            /tmp/hw
 Rss:                 280 kB
 Anonymous:           120 kB
+Swap:                  0 kB
 VmFlags: rd wr mr mw me ac
 00f00000-00f10000 r--p 00000000 fe:00 9978204                            /tmp/hw
 Rss:                  64 kB
+Anonymous:             0 kB
+Swap:                  0 kB
 VmFlags: rd mr mw me lo
 00f10000-00f20000 r--p 00000000 fe:00 9978204                            /tmp/hw
 Rss:                   0 kB
@@ -67,5 +72,27 @@ func TestBinaryMappingsMalformed(t *testing.T) {
 		if _, err := binaryMappings(strings.NewReader(in), 0x400000); err == nil {
 			t.Errorf("%q: no error", in)
 		}
+	}
+}
+
+// TestBinaryMappingsFailClosed: an smaps field that cannot be read, or
+// is missing, must not read as "no private copies": that would let
+// ReleaseBinary discard them. The parse fails instead.
+func TestBinaryMappingsFailClosed(t *testing.T) {
+	const head = "00400000-00935000 r-xp 00000000 fe:00 1 /x\n"
+	for _, tc := range []struct{ name, in string }{
+		{"anonymous not a number", head + "Rss: 8 kB\nAnonymous: x kB\nSwap: 0 kB\n"},
+		{"anonymous overflows", head + "Rss: 8 kB\nAnonymous: 9007199254740992 kB\nSwap: 0 kB\n"},
+		{"swap negative", head + "Rss: 8 kB\nAnonymous: 0 kB\nSwap: -4 kB\n"},
+		{"swap no value", head + "Rss: 8 kB\nAnonymous: 0 kB\nSwap:\n"},
+		{"anonymous missing", head + "Rss: 8 kB\nSwap: 0 kB\n"},
+		{"swap missing", head + "Rss: 8 kB\nAnonymous: 0 kB\n"},
+		{"rss missing", head + "Anonymous: 0 kB\nSwap: 0 kB\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if ms, err := binaryMappings(strings.NewReader(tc.in), 0x400000); err == nil {
+				t.Errorf("no error; mappings %+v", ms)
+			}
+		})
 	}
 }
