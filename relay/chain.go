@@ -357,8 +357,15 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 			c.Close()
 			return nil, errors.New("pooled connection: draining, or the configuration changed")
 		}
-		m, raw, err = readConvert(c)
+		err = awaitRequest(c)
 		s.unpark(c)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("pooled connection: %w", err)
+		}
+		// The request began: the rest of it is in the same flight.
+		_ = c.SetReadDeadline(time.Now().Add(replyTimeout))
+		m, raw, err = readConvert(c)
 		if err != nil {
 			return nil, fmt.Errorf("pooled connection: %w", err)
 		}
@@ -450,6 +457,31 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 	}
 	_ = c.SetWriteDeadline(time.Time{})
 	return server, nil
+}
+
+// awaitRequest waits, until c's read deadline, for the first byte of a
+// pooled connection's request (or its end). A deadline that passes with
+// bytes received meanwhile, because this process ran late (paused,
+// overloaded), does not drop them: the peer saw them acknowledged, so it
+// may not send them again on another connection, and its flow would fail.
+func awaitRequest(c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	pending := func(fd uintptr) bool {
+		var b [1]byte
+		_, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		return e != unix.EAGAIN
+	}
+	err = rc.Read(pending)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		ready := false
+		if rc.Control(func(fd uintptr) { ready = pending(fd) }) == nil && ready {
+			return nil
+		}
+	}
+	return err
 }
 
 // readConvert reads one Convert message and returns it decoded and as

@@ -1,0 +1,174 @@
+package relay_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"halfway/netlab"
+	"halfway/netlab/labtest"
+	"halfway/relay"
+)
+
+// chaosRelay runs `halfway relay` in a lab host and can kill it (SIGKILL,
+// a crash) or stop it (SIGINT, a drain), and start it again.
+type chaosRelay struct {
+	t    *testing.T
+	h    *netlab.Host
+	file string
+	log  *os.File
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func newChaosRelay(t *testing.T, h *netlab.Host, name, cfg string) *chaosRelay {
+	t.Helper()
+	dir := t.TempDir()
+	r := &chaosRelay{t: t, h: h, file: filepath.Join(dir, name+".yaml")}
+	os.WriteFile(r.file, []byte(cfg), 0o644)
+	r.log, _ = os.Create(filepath.Join(dir, name+".log"))
+	t.Cleanup(func() {
+		r.stop(syscall.SIGKILL)
+		r.log.Close()
+		if d := os.Getenv("CHAOS_LOGDIR"); d != "" {
+			b, _ := os.ReadFile(r.log.Name())
+			os.WriteFile(filepath.Join(d, name+".log"), b, 0o644)
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(r.log.Name())
+			if len(b) > 20000 {
+				b = b[len(b)-20000:]
+			}
+			t.Logf("%s relay log (tail):\n%s", name, b)
+		}
+	})
+	r.start()
+	return r
+}
+
+func (r *chaosRelay) start() {
+	bin, err := buildOnce()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	cmd := r.h.Command(context.Background(), bin, "relay", "-c", r.file, "--grace", "1s")
+	cmd.Stdout, cmd.Stderr = r.log, r.log
+	if err := cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	r.mu.Lock()
+	r.cmd, r.done = cmd, done
+	r.mu.Unlock()
+}
+
+// stop sends sig and waits (bounded) for the relay to exit.
+func (r *chaosRelay) stop(sig os.Signal) {
+	r.mu.Lock()
+	cmd, done := r.cmd, r.done
+	r.cmd = nil
+	r.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+// TestPooledRequestAtExpiry: rc takes a pooled connection and sends its
+// request while rs is paused (SIGSTOP: a stalled or overloaded process);
+// rs's kernel acknowledges it, and rs's pooled_wait passes before rs runs
+// again. The request was there in time: rs serves it rather than close the
+// connection, which would reset the flow (rc may not send acknowledged
+// bytes again, so it cannot retry).
+func TestPooledRequestAtExpiry(t *testing.T) {
+	lab := labtest.Start(t, chainTopo)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "psk"), []byte("a test key that is long enough!!"), 0o600)
+	client, rcH, rsH, server := lab.Host("client"), lab.Host("rc"), lab.Host("rs"), lab.Host("server")
+	rsHop := netip.AddrPortFrom(rsH.Ifaces()[0].Addr4.Addr(), 7100).String()
+	echo := server.AddrPort(9000)
+	ln, err := server.Listen("tcp", echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go serveEchoConns(ln)
+	rs := newChaosRelay(t, rsH, "rs", fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %s/psk}
+limits: {pooled_wait: 1s}
+listeners:
+  - {name: hop, listen: 0.0.0.0:7100, protocols: [convert], allow_clients: [10.77.0.0/16], allow_destinations: [10.77.0.0/16]}
+`, dir))
+	newChaosRelay(t, rcH, "rc", fmt.Sprintf(`
+admin: {listen: "127.0.0.1:9190"}
+auth: {psk_file: %s/psk}
+limits: {connect_timeout: 5s}
+listeners:
+  - {name: fwd, listen: 0.0.0.0:1081, mode: forward, forward_to: %q}
+routes:
+  - {via: [%s]}
+peers:
+  - {address: %s, pool: {low: 1, high: 1}}
+`, dir, echo, rsHop, rsHop))
+	waitAccept(t, client, rcH.AddrPort(1081))
+	waitAccept(t, rcH, "127.0.0.1:9190")
+	for round := range 3 {
+		// A fresh pooled connection, well inside rs's pooled_wait: the
+		// one that replaces the current one when rs expires it.
+		st0 := poolStatus(t, rcH)
+		var st []relay.PoolStatus
+		for i := 0; ; i++ {
+			st = poolStatus(t, rcH)
+			if len(st) == 1 && st[0].Idle == 1 && st[0].Opened > st0[0].Opened {
+				break
+			}
+			if i > 300 {
+				t.Fatalf("pool never refilled: %+v", st)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		rs.mu.Lock()
+		proc := rs.cmd.Process
+		rs.mu.Unlock()
+		proc.Signal(syscall.SIGSTOP)
+		nc, err := client.Dial(context.Background(), "tcp", rcH.AddrPort(1081))
+		if err != nil {
+			proc.Signal(syscall.SIGCONT)
+			t.Fatal(err)
+		}
+		c := nc.(*net.TCPConn)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		data := []byte(fmt.Sprintf("request %d", round))
+		c.Write(data)
+		c.CloseWrite()
+		time.Sleep(1500 * time.Millisecond) // past rs's pooled_wait
+		proc.Signal(syscall.SIGCONT)
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("round %d: a flow whose request reached rs before its pooled_wait passed: got %q, %v; want %q", round, got, err, data)
+		}
+		if st1 := poolStatus(t, rcH); st1[0].Taken != st[0].Taken+1 {
+			t.Fatalf("round %d: the flow did not take the pooled connection: %+v, then %+v", round, st[0], st1[0])
+		}
+	}
+}
