@@ -197,7 +197,9 @@ peers:
 		case rerr != nil:
 			res.err = fmt.Errorf("read after %d of %d bytes: %w", len(got), size, rerr)
 		case len(got) != size:
-			res.err = fmt.Errorf("EOF after %d of %d bytes (write: %v)", len(got), size, werr)
+			// The kernel reports a reset to one call: when the write took
+			// it, the read sees a plain end of stream.
+			res.err = fmt.Errorf("EOF after %d of %d bytes (write: %w)", len(got), size, werr)
 		case werr != nil:
 			res.err = fmt.Errorf("write: %w", werr)
 		}
