@@ -260,6 +260,9 @@ func (d *dir) run() {
 // hangs it up as well. (The poll comes before eofs is read: the other
 // direction counts its EOF before it shuts down.)
 func (d *dir) resetAtEOF() bool {
+	if d.f.eofs.Load() != 0 {
+		return false // the second end of stream of a flow needs no poll
+	}
 	hup := false
 	get := func(fd uintptr) {
 		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}

@@ -313,9 +313,14 @@ func (s *Server) onSYN(client, dst netip.AddrPort) {
 // the dial's expiry. dst is where the flow would go.
 func (s *Server) dropEarly(l *listener, client, dst netip.AddrPort) {
 	if e := s.early.claim(l.cfg.Name, client, dst); e != nil {
-		s.metrics.early.With("dropped").Inc()
-		go e.abandon()
+		s.dropDial(e)
 	}
+}
+
+// dropDial resets a claimed dial its flow will not use.
+func (s *Server) dropDial(e *earlyDial) {
+	s.metrics.early.With("dropped").Inc()
+	go e.abandon()
 }
 
 // expire drops the dials no accept claimed since before; the zero time

@@ -321,8 +321,7 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 		if e != nil {
 			// A reload came between the SYN and the accept: the dial
 			// followed the old route, leg options and PROXY header.
-			s.metrics.early.With("dropped").Inc()
-			go e.abandon()
+			s.dropDial(e)
 		}
 		server, pc, err = s.connectLeg(rt, st, r, f, dst, nil, false)
 	}
