@@ -470,8 +470,7 @@ func awaitRequest(c *net.TCPConn) error {
 		return err
 	}
 	pending := func(fd uintptr) bool {
-		var b [1]byte
-		_, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		_, _, e := peekByte(fd)
 		return e != unix.EAGAIN
 	}
 	err = rc.Read(pending)

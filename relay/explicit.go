@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"os"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -74,7 +73,7 @@ func detect(c *net.TCPConn) (string, error) {
 	var n uintptr
 	var errno unix.Errno
 	err = rc.Read(func(fd uintptr) bool {
-		n, _, errno = unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b)), 1, unix.MSG_PEEK, 0, 0)
+		b, n, errno = peekByte(fd)
 		return errno != unix.EAGAIN
 	})
 	switch {

@@ -297,11 +297,18 @@ func alive(c *net.TCPConn) bool {
 	}
 	ok := false
 	_ = rc.Control(func(fd uintptr) {
-		var b [1]byte
-		_, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		_, _, e := peekByte(fd)
 		ok = e == unix.EAGAIN
 	})
 	return ok
+}
+
+// peekByte looks at the next byte of a socket without taking it or
+// waiting: n is 0 at the end of the stream, errno EAGAIN when there is
+// nothing yet (or the socket's error, which the peek takes).
+func peekByte(fd uintptr) (b byte, n uintptr, errno unix.Errno) {
+	n, _, errno = unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b)), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	return b, n, errno
 }
 
 // PoolStatus is one peer's pool in /api/status.
