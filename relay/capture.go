@@ -277,11 +277,11 @@ func (pr *policyRoutes) releaseLocked(cmds [][]string) error {
 			// only with the last rule that looks it up (another relay on
 			// this host may use it too).
 			table, _ := strconv.Atoi(c[len(c)-1])
-			used, err := tableLookedUp(c[1] == "-6", table)
+			used, err := countRules(c[1] == "-6", -1, table)
 			if err != nil {
 				errs = append(errs, err.Error())
 			}
-			if used || err != nil {
+			if used > 0 || err != nil {
 				continue
 			}
 		}

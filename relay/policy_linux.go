@@ -35,27 +35,9 @@ func localPrefixes() []netip.Prefix {
 	return out
 }
 
-// tableLookedUp tells whether a policy rule of the family (IPv6 or IPv4)
-// looks up routing table.
-func tableLookedUp(ipv6 bool, table int) (bool, error) {
-	family := unix.AF_INET
-	if ipv6 {
-		family = unix.AF_INET6
-	}
-	rules, err := netlink.RuleList(family)
-	if err != nil {
-		return false, fmt.Errorf("list policy rules: %w", err)
-	}
-	for _, r := range rules {
-		if r.Table == table {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
 // countRules counts the policy rules of the family (IPv6 or IPv4) that
-// send packets with mark to routing table.
+// send packets with mark to routing table; with a mark below 0, those that
+// look the table up at all.
 func countRules(ipv6 bool, mark, table int) (int, error) {
 	family := unix.AF_INET
 	if ipv6 {
@@ -67,7 +49,7 @@ func countRules(ipv6 bool, mark, table int) (int, error) {
 	}
 	n := 0
 	for _, r := range rules {
-		if r.Table == table && r.Mark == uint32(mark) && (r.Mask == nil || *r.Mask == 0xffffffff) {
+		if r.Table == table && (mark < 0 || r.Mark == uint32(mark) && (r.Mask == nil || *r.Mask == 0xffffffff)) {
 			n++
 		}
 	}
