@@ -1738,12 +1738,7 @@ listeners:
 
 	// A client whose handshake never ends (its SYN-ACKs dropped) leaves
 	// its dial pending; a reload that turns early SYN off drops it.
-	nft := client.Command(ctx, "nft", "-f", "-")
-	nft.Stdin = strings.NewReader(`table inet hwtest { chain in { type filter hook input priority 0; tcp sport 8080 tcp flags & (syn|ack) == syn|ack drop; }; }`)
-	if out, err := nft.CombinedOutput(); err != nil {
-		t.Fatalf("nft: %v: %s", err, out)
-	}
-	t.Cleanup(func() { client.Command(context.Background(), "nft", "delete", "table", "inet", "hwtest").Run() })
+	dropSYNACKs(t, ctx, client)
 	dialed = earlyMetric(t, rc, 9191, "dialed")
 	stuck := make(chan struct{})
 	go func() {
@@ -1812,12 +1807,7 @@ listeners:
 	defer cancel()
 	// The client's handshake waits (its SYN-ACKs dropped) while its SYN's
 	// dial is made and the relay reloads.
-	nft := client.Command(ctx, "nft", "-f", "-")
-	nft.Stdin = strings.NewReader(`table inet hwtest { chain in { type filter hook input priority 0; tcp sport 8080 tcp flags & (syn|ack) == syn|ack drop; }; }`)
-	if out, err := nft.CombinedOutput(); err != nil {
-		t.Fatalf("nft: %v: %s", err, out)
-	}
-	t.Cleanup(func() { client.Command(context.Background(), "nft", "delete", "table", "inet", "hwtest").Run() })
+	dropSYNACKs(t, ctx, client)
 	type result struct {
 		got string
 		err error
@@ -1863,6 +1853,18 @@ listeners:
 		t.Errorf("the server's first line %q, want the PROXY header the reload turned on (claimed %d, dropped %d)",
 			r.got, earlyMetric(t, rc, 9191, "claimed"), earlyMetric(t, rc, 9191, "dropped"))
 	}
+}
+
+// dropSYNACKs has h drop the SYN-ACKs of port 8080, so its handshakes
+// there wait, until the test deletes nft table inet hwtest or ends.
+func dropSYNACKs(t *testing.T, ctx context.Context, h *netlab.Host) {
+	t.Helper()
+	nft := h.Command(ctx, "nft", "-f", "-")
+	nft.Stdin = strings.NewReader(`table inet hwtest { chain in { type filter hook input priority 0; tcp sport 8080 tcp flags & (syn|ack) == syn|ack drop; }; }`)
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	t.Cleanup(func() { h.Command(context.Background(), "nft", "delete", "table", "inet", "hwtest").Run() })
 }
 
 // poolStatus reads the pools from a relay's admin API.

@@ -158,13 +158,11 @@ func TestMPTCPClientToTCPServer(t *testing.T) {
 	}
 }
 
-// TestTCPClientToMPTCPServer: a plain TCP client reaches an MPTCP server:
-// rc's route opens the server leg with MPTCP; a TCP client on the MPTCP
-// listener falls back without noticing.
-func TestTCPClientToMPTCPServer(t *testing.T) {
-	m := startMPTCP(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+// serverLegFlow makes a TCP client's round trip of 2 MB to the server's
+// MPTCP port (9001) and returns the flow's status as seen during it, once
+// its server leg showed MPTCP state, or nil.
+func (m *mptcpLab) serverLegFlow(t *testing.T, ctx context.Context) *relay.FlowStatus {
+	t.Helper()
 	c := m.dial(t, ctx, 9001, false)
 	done := make(chan error, 1)
 	go func() { done <- roundTripOn(c, 2<<20) }()
@@ -180,6 +178,17 @@ func TestTCPClientToMPTCPServer(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+	return seen
+}
+
+// TestTCPClientToMPTCPServer: a plain TCP client reaches an MPTCP server:
+// rc's route opens the server leg with MPTCP; a TCP client on the MPTCP
+// listener falls back without noticing.
+func TestTCPClientToMPTCPServer(t *testing.T) {
+	m := startMPTCP(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	seen := m.serverLegFlow(t, ctx)
 	if seen == nil || !seen.ServerMPTCP.Active || seen.ClientMPTCP != nil && seen.ClientMPTCP.Active {
 		t.Errorf("flow status %+v: want an active MPTCP server leg and no active MPTCP client leg", seen)
 	}
@@ -200,21 +209,7 @@ func TestMPTCPDialUnavailable(t *testing.T) {
 	if b, _ := os.ReadFile(m.log); !strings.Contains(string(b), "the kernel makes no Multipath TCP socket") {
 		t.Errorf("the reload gave no warning that MPTCP legs are dialed as TCP:\n%s", b)
 	}
-	c := m.dial(t, ctx, 9001, false)
-	done := make(chan error, 1)
-	go func() { done <- roundTripOn(c, 2<<20) }()
-	var seen *relay.FlowStatus
-	for i := 0; i < 100 && seen == nil; i++ {
-		for _, f := range m.flows(t) {
-			if f.ServerMPTCP != nil {
-				seen = &f
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	seen := m.serverLegFlow(t, ctx)
 	if seen == nil || seen.ServerMPTCP.Active {
 		t.Errorf("flow status %+v: want a server leg that fell back to TCP", seen)
 	}
