@@ -92,13 +92,11 @@ func (r *chaosRelay) stop(sig os.Signal) {
 	}
 }
 
-// TestPooledRequestAtExpiry: rc takes a pooled connection and sends its
-// request while rs is paused (SIGSTOP: a stalled or overloaded process);
-// rs's kernel acknowledges it, and rs's pooled_wait passes before rs runs
-// again. The request was there in time: rs serves it rather than close the
-// connection, which would reset the flow (rc may not send acknowledged
-// bytes again, so it cannot retry).
-func TestPooledRequestAtExpiry(t *testing.T) {
+// pooledPair starts rc, forwarding its port 1081 to an echo server
+// through rs, with a pool of one connection to rs, whose pooled_wait is
+// wait. It returns the client host, rc's host and rs.
+func pooledPair(t *testing.T, wait string) (client, rcH *netlab.Host, rs *chaosRelay) {
+	t.Helper()
 	lab := labtest.Start(t, chainTopo)
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "psk"), []byte("a test key that is long enough!!"), 0o600)
@@ -111,13 +109,13 @@ func TestPooledRequestAtExpiry(t *testing.T) {
 	}
 	t.Cleanup(func() { ln.Close() })
 	go serveEchoConns(ln)
-	rs := newChaosRelay(t, rsH, "rs", fmt.Sprintf(`
+	rs = newChaosRelay(t, rsH, "rs", fmt.Sprintf(`
 admin: {listen: off}
 auth: {psk_file: %s/psk}
-limits: {pooled_wait: 1s}
+limits: {pooled_wait: %s}
 listeners:
   - {name: hop, listen: 0.0.0.0:7100, protocols: [convert], allow_clients: [10.77.0.0/16], allow_destinations: [10.77.0.0/16]}
-`, dir))
+`, dir, wait))
 	newChaosRelay(t, rcH, "rc", fmt.Sprintf(`
 admin: {listen: "127.0.0.1:9190"}
 auth: {psk_file: %s/psk}
@@ -131,44 +129,109 @@ peers:
 `, dir, echo, rsHop, rsHop))
 	waitAccept(t, client, rcH.AddrPort(1081))
 	waitAccept(t, rcH, "127.0.0.1:9190")
+	return client, rcH, rs
+}
+
+// waitFreshPooled waits until rc's pool holds one idle connection opened
+// after st0 was read.
+func waitFreshPooled(t *testing.T, rcH *netlab.Host, st0 []relay.PoolStatus) []relay.PoolStatus {
+	t.Helper()
+	for i := 0; ; i++ {
+		st := poolStatus(t, rcH)
+		if len(st) == 1 && st[0].Idle == 1 && st[0].Opened > st0[0].Opened {
+			return st
+		}
+		if i > 300 {
+			t.Fatalf("pool never refilled: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// sendStopped sends a request through rc while rs is stopped (SIGSTOP):
+// rs's kernel acknowledges it, its process has not read it. Then rs gets
+// sig, if any, and goes on (SIGCONT). It returns what the client read back.
+func sendStopped(t *testing.T, client, rcH *netlab.Host, rs *chaosRelay, data []byte, sig os.Signal) ([]byte, error) {
+	t.Helper()
+	rs.mu.Lock()
+	proc := rs.cmd.Process
+	rs.mu.Unlock()
+	proc.Signal(syscall.SIGSTOP)
+	nc, err := client.Dial(context.Background(), "tcp", rcH.AddrPort(1081))
+	if err != nil {
+		proc.Signal(syscall.SIGCONT)
+		t.Fatal(err)
+	}
+	c := nc.(*net.TCPConn)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write(data)
+	c.CloseWrite()
+	time.Sleep(1500 * time.Millisecond) // past a pooled_wait of 1s
+	if sig != nil {
+		proc.Signal(sig)
+	}
+	proc.Signal(syscall.SIGCONT)
+	return io.ReadAll(c)
+}
+
+// TestPooledRequestAtExpiry: rc takes a pooled connection and sends its
+// request while rs is paused (SIGSTOP: a stalled or overloaded process);
+// rs's kernel acknowledges it, and rs's pooled_wait passes before rs runs
+// again. The request was there in time: rs serves it rather than close the
+// connection, which would reset the flow (rc may not send acknowledged
+// bytes again, so it cannot retry).
+func TestPooledRequestAtExpiry(t *testing.T) {
+	client, rcH, rs := pooledPair(t, "1s")
 	for round := range 3 {
 		// A fresh pooled connection, well inside rs's pooled_wait: the
 		// one that replaces the current one when rs expires it.
-		st0 := poolStatus(t, rcH)
-		var st []relay.PoolStatus
-		for i := 0; ; i++ {
-			st = poolStatus(t, rcH)
-			if len(st) == 1 && st[0].Idle == 1 && st[0].Opened > st0[0].Opened {
-				break
-			}
-			if i > 300 {
-				t.Fatalf("pool never refilled: %+v", st)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		rs.mu.Lock()
-		proc := rs.cmd.Process
-		rs.mu.Unlock()
-		proc.Signal(syscall.SIGSTOP)
-		nc, err := client.Dial(context.Background(), "tcp", rcH.AddrPort(1081))
-		if err != nil {
-			proc.Signal(syscall.SIGCONT)
-			t.Fatal(err)
-		}
-		c := nc.(*net.TCPConn)
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		st := waitFreshPooled(t, rcH, poolStatus(t, rcH))
 		data := []byte(fmt.Sprintf("request %d", round))
-		c.Write(data)
-		c.CloseWrite()
-		time.Sleep(1500 * time.Millisecond) // past rs's pooled_wait
-		proc.Signal(syscall.SIGCONT)
-		got, err := io.ReadAll(c)
-		c.Close()
+		got, err := sendStopped(t, client, rcH, rs, data, nil)
 		if err != nil || !bytes.Equal(got, data) {
 			t.Errorf("round %d: a flow whose request reached rs before its pooled_wait passed: got %q, %v; want %q", round, got, err, data)
 		}
 		if st1 := poolStatus(t, rcH); st1[0].Taken != st[0].Taken+1 {
 			t.Fatalf("round %d: the flow did not take the pooled connection: %+v, then %+v", round, st[0], st1[0])
 		}
+	}
+}
+
+// TestPooledRequestAtDrain: rc takes a pooled connection and sends its
+// request while rs is stopped, and rs gets SIGTERM before it goes on.
+// rs's kernel acknowledged the request, so rc may not send it again: rs's
+// drain must serve it (the flow then holds the drain within its grace),
+// not close the connection with the request unread and reset it.
+func TestPooledRequestAtDrain(t *testing.T) {
+	client, rcH, rs := pooledPair(t, "30s")
+	for round := range 4 {
+		pre := []relay.PoolStatus{{}}
+		if round > 0 {
+			// rc's idle connection went with the last rs: a flow finds
+			// it dead, and the pool refills from the new rs.
+			rs.start()
+			waitAccept(t, rs.h, netip.AddrPortFrom(rs.h.Ifaces()[0].Addr4.Addr(), 7100).String())
+			pre = poolStatus(t, rcH)
+			nc, err := client.Dial(context.Background(), "tcp", rcH.AddrPort(1081))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = echoOnce(nc, "warm-up")
+			nc.Close()
+			if err != nil {
+				t.Fatalf("round %d: a flow through the restarted rs: %v", round, err)
+			}
+		}
+		st := waitFreshPooled(t, rcH, pre)
+		data := []byte(fmt.Sprintf("request %d", round))
+		got, err := sendStopped(t, client, rcH, rs, data, syscall.SIGTERM)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("round %d: a flow whose request reached rs before it began to drain: got %q, %v; want %q", round, got, err, data)
+		}
+		if st1 := poolStatus(t, rcH); st1[0].Taken != st[0].Taken+1 {
+			t.Fatalf("round %d: the flow did not take the pooled connection: %+v, then %+v", round, st[0], st1[0])
+		}
+		rs.stop(syscall.SIGTERM) // waits for the drain's end
 	}
 }

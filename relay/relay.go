@@ -307,6 +307,19 @@ func (s *Server) closeParked(l *listener) {
 	}
 }
 
+// expireParked ends the wait of every parked pooled connection at once,
+// as pooled_wait would: a request already received (the peer saw it
+// acknowledged, and may not send it again elsewhere) is served, and a
+// connection with none is closed by its own goroutine. Closing them here
+// instead would reset acknowledged requests, and fail their flows.
+func (s *Server) expireParked() {
+	now := time.Now()
+	for c := range s.parked {
+		_ = c.SetReadDeadline(now)
+		delete(s.parked, c)
+	}
+}
+
 func (s *Server) unpark(c *net.TCPConn) {
 	s.mu.Lock()
 	delete(s.parked, c)
@@ -574,9 +587,10 @@ func (s *Server) Drain(grace time.Duration) {
 		}
 		delete(s.listeners, name)
 	}
-	// Peers' pooled connections carry no flow yet: they close now, and
-	// this relay's own pools stop.
-	s.closeParked(nil)
+	// Peers' pooled connections waiting for a request stop waiting:
+	// those that carry one are served as flows, the rest close. This
+	// relay's own pools stop.
+	s.expireParked()
 	s.stopEarly()
 	s.mu.Unlock()
 	s.closePools()
