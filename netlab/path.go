@@ -18,10 +18,11 @@ type PathLeg struct {
 
 // PathBetween returns the legs that packets from node from to node to's
 // address (its first link's, the one its name resolves to in the lab)
-// cross, hop by hop along the routes the lab installs (Plan). The answers
-// must come back over the same links: where the lab's routes send them
-// another way (a ring, say), one path cannot describe the connection and
-// PathBetween says so.
+// cross, hop by hop along the routes the lab installs (Plan). The answers,
+// sent to from's address on the link it sends by (the source address the
+// kernel picks), must come back over the same links: where the lab's
+// routes send them another way, one path cannot describe the connection
+// and PathBetween says so.
 func (t *Topology) PathBetween(from, to string) ([]PathLeg, error) {
 	p := t.Plan()
 	src, dst := p.Host(from), p.Host(to)
@@ -35,7 +36,10 @@ func (t *Topology) PathBetween(from, to string) ([]PathLeg, error) {
 	if err != nil {
 		return nil, fmt.Errorf("topology %s: path from %s to %s: %w", t.Name, from, to, err)
 	}
-	back, err := p.hops(to, src.Addr4())
+	// The answers go to the address the connection comes from: without a
+	// bind, the kernel's choice, the client's address on the link its
+	// packets leave by, not the one its name resolves to.
+	back, err := p.hops(to, src.toward(dst.Addr4()).Addr4.Addr())
 	if err != nil {
 		return nil, fmt.Errorf("topology %s: path from %s to %s: %w", t.Name, to, from, err)
 	}

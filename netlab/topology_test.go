@@ -337,11 +337,12 @@ links:
   - {a: client, b: rc, delay: 40ms}
   - {a: rc, b: server, delay: 5ms}
 `, "client", "server", "client>rc@10ms/10ms rc>server@5ms/5ms"},
-		// The server's address is on its link to b, the client's on its
-		// link to a: the lab sends each way toward the nearer end of the
-		// other's link, so a search from the client, which meets the server
-		// through a, is not the way its packets go.
-		{"asymmetric", `
+		// The server's name is its address on its link to b. The client
+		// sends by its link to b, so its packets come from its address
+		// there (the kernel's choice), not from its name's, on its link
+		// to a: the answers come back through b as well (a lab pings
+		// 100 ms, not 20+30+2+1).
+		{"ring, answered to the source address", `
 name: ring
 nodes: [client, a, b, server]
 links:
@@ -349,7 +350,19 @@ links:
   - {a: client, b: a, delay: 1ms}
   - {a: client, b: b, delay: 20ms}
   - {a: a, b: server, delay: 2ms}
-`, "client", "server", "the lab's routes go client→b→server and come back server→a→client"},
+`, "client", "server", "client>b@20ms/20ms b>server@30ms/30ms"},
+		// b is as near to the ends of the server's link (to c) as to
+		// each other and sends toward c; the server answers through b
+		// (a lab pings 41 ms: 12+10+6 there, 1+12 back).
+		{"asymmetric", `
+name: asym
+nodes: [client, b, c, server]
+links:
+  - {a: client, b: b, delay: 12ms}
+  - {a: c, b: b, delay: 10ms}
+  - {a: c, b: server, delay: 6ms}
+  - {a: server, b: b, delay: 1ms}
+`, "client", "server", "the lab's routes go client→b→c→server and come back server→b→client"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
