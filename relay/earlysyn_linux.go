@@ -44,8 +44,10 @@ import (
 // and entries expire when no accept claims them (a SYN flood, or a client
 // that gave up): their connections are reset. When the table is full, or
 // connects are near max_pending, a SYN is left to the ordinary dial at
-// accept. The filter takes only packets addressed to this host
-// (PACKET_HOST): a SYN the kernel will not answer starts nothing.
+// accept. The filter takes only IP packets addressed to this host
+// (PACKET_HOST, an IP EtherType, no VLAN tag left), so a frame the
+// kernel's IP will not take starts nothing; a SYN that IP takes and then
+// drops (a firewall rule, a bad checksum) still does, and its dial expires.
 
 // earlyExpiry is how long a dial started by a SYN waits for its accept.
 const earlyExpiry = 3 * time.Second
@@ -398,14 +400,27 @@ func openSYNSniffer() (*os.File, error) {
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// skfAdPktType is the classic BPF ancillary load of skb->pkt_type:
-// SKF_AD_OFF (-0x1000) + SKF_AD_PKTTYPE (4), from linux/filter.h (not in
-// x/sys/unix).
-const skfAdPktType = 0xfffff000 + 4
+// Classic BPF ancillary loads, SKF_AD_OFF (-0x1000) plus SKF_AD_PROTOCOL
+// (0), SKF_AD_PKTTYPE (4) and SKF_AD_VLAN_TAG (44) from linux/filter.h
+// (not in x/sys/unix): skb->protocol (the EtherType, host order),
+// skb->pkt_type, and the VLAN tag the core took off the frame.
+const (
+	skfAdProtocol = 0xfffff000 + 0
+	skfAdPktType  = 0xfffff000 + 4
+	skfAdVLANTag  = 0xfffff000 + 44
+)
 
 // synFilter passes IPv4 and IPv6 TCP segments addressed to this host with
 // SYN and not ACK, cut to their first 128 bytes; the packet starts at the
 // IP header.
+//
+// The tap runs before the kernel's IP has seen the frame, so the filter
+// checks what decides whether IP takes it as this host's: an IP EtherType
+// (the bytes of other frames may read as a SYN), and no VLAN tag but a
+// priority tag (VLAN 0). The core strips a tag before the tap; a frame for
+// a VLAN without a device here is then dropped, and one for a VLAN device
+// comes by the tap again on that device, its tag cleared (vlan_do_receive;
+// this machine's kernel has no 8021q module to show it).
 func synFilter() []unix.SockFilter {
 	const (
 		ldw  = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
@@ -413,7 +428,6 @@ func synFilter() []unix.SockFilter {
 		ldh  = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
 		ldbx = unix.BPF_LD | unix.BPF_B | unix.BPF_IND
 		msh  = unix.BPF_LDX | unix.BPF_B | unix.BPF_MSH
-		rsh  = unix.BPF_ALU | unix.BPF_RSH | unix.BPF_K
 		and  = unix.BPF_ALU | unix.BPF_AND | unix.BPF_K
 		jeq  = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
 		jset = unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K
@@ -421,34 +435,43 @@ func synFilter() []unix.SockFilter {
 		syn  = 0x02
 		ack  = 0x10
 	)
-	const accept, drop = 19, 20
+	const v4, v6, accept, drop = 8, 19, 27, 28
 	// to is a jump offset from instruction i to target.
 	to := func(i, target int) uint8 { return uint8(target - i - 1) }
 	return []unix.SockFilter{
-		// The skb's packet type (an ancillary load): PACKET_HOST only.
+		// The skb's packet type: PACKET_HOST only.
 		/* 0 */ {Code: ldw, K: skfAdPktType},
 		/* 1 */ {Code: jeq, K: unix.PACKET_HOST, Jf: to(1, drop)},
-		/* 2 */ {Code: ldb, K: 0},
-		/* 3 */ {Code: rsh, K: 4},
-		/* 4 */ {Code: jeq, K: 4, Jt: to(4, 6)},
-		/* 5 */ {Code: jeq, K: 6, Jt: to(5, 14), Jf: to(5, drop)},
+		// No VLAN tag left, or a priority tag.
+		/* 2 */ {Code: ldw, K: skfAdVLANTag},
+		/* 3 */ {Code: and, K: 0x0fff},
+		/* 4 */ {Code: jeq, K: 0, Jf: to(4, drop)},
+		/* 5 */ {Code: ldw, K: skfAdProtocol},
+		/* 6 */ {Code: jeq, K: unix.ETH_P_IP, Jt: to(6, v4)},
+		/* 7 */ {Code: jeq, K: unix.ETH_P_IPV6, Jt: to(7, v6), Jf: to(7, drop)},
 		// IPv4
-		/* 6 */ {Code: ldb, K: 9},
-		/* 7 */ {Code: jeq, K: unix.IPPROTO_TCP, Jf: to(7, drop)},
-		/* 8 */ {Code: ldh, K: 6},
-		/* 9 */ {Code: jset, K: 0x1fff, Jt: to(9, drop)}, // not the first fragment
-		/* 10 */ {Code: msh, K: 0}, // X = IP header length
-		/* 11 */ {Code: ldbx, K: 13}, // TCP flags
-		/* 12 */ {Code: and, K: syn | ack},
-		/* 13 */ {Code: jeq, K: syn, Jt: to(13, accept), Jf: to(13, drop)},
-		// IPv6, TCP as the first next header
-		/* 14 */ {Code: ldb, K: 6},
-		/* 15 */ {Code: jeq, K: unix.IPPROTO_TCP, Jf: to(15, drop)},
-		/* 16 */ {Code: ldb, K: 40 + 13},
+		/* 8 */ {Code: ldb, K: 0},
+		/* 9 */ {Code: and, K: 0xf0},
+		/* 10 */ {Code: jeq, K: 0x40, Jf: to(10, drop)},
+		/* 11 */ {Code: ldb, K: 9},
+		/* 12 */ {Code: jeq, K: unix.IPPROTO_TCP, Jf: to(12, drop)},
+		/* 13 */ {Code: ldh, K: 6},
+		/* 14 */ {Code: jset, K: 0x1fff, Jt: to(14, drop)}, // not the first fragment
+		/* 15 */ {Code: msh, K: 0}, // X = IP header length
+		/* 16 */ {Code: ldbx, K: 13}, // TCP flags
 		/* 17 */ {Code: and, K: syn | ack},
 		/* 18 */ {Code: jeq, K: syn, Jt: to(18, accept), Jf: to(18, drop)},
-		/* 19 */ {Code: ret, K: 128},
-		/* 20 */ {Code: ret, K: 0},
+		// IPv6, TCP as the first next header
+		/* 19 */ {Code: ldb, K: 0},
+		/* 20 */ {Code: and, K: 0xf0},
+		/* 21 */ {Code: jeq, K: 0x60, Jf: to(21, drop)},
+		/* 22 */ {Code: ldb, K: 6},
+		/* 23 */ {Code: jeq, K: unix.IPPROTO_TCP, Jf: to(23, drop)},
+		/* 24 */ {Code: ldb, K: 40 + 13},
+		/* 25 */ {Code: and, K: syn | ack},
+		/* 26 */ {Code: jeq, K: syn, Jt: to(26, accept), Jf: to(26, drop)},
+		/* 27 */ {Code: ret, K: 128},
+		/* 28 */ {Code: ret, K: 0},
 	}
 }
 

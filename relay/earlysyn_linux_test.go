@@ -14,60 +14,68 @@ import (
 	"halfway/netlab/labtest"
 )
 
-// TestSYNSnifferHostOnly sends SYN frames to b over its link: the sniffer
-// in b reads the one addressed to b's MAC and not the one for another
-// host (PACKET_OTHERHOST), nor a SYN-ACK.
+// TestSYNSnifferHostOnly sends SYN frames to b over a veth pair of its
+// own (the lab's links pass frames through a wire that drops VLAN tags):
+// the sniffer in b reads the IPv4 ones addressed to b's MAC, untagged or
+// priority-tagged (VLAN 0), and not one for another host
+// (PACKET_OTHERHOST), nor a SYN-ACK, nor frames the kernel's IP never
+// takes though their bytes read as a SYN: another EtherType, and a VLAN b
+// has no device for (the core strips the tag before the tap, then drops
+// the frame as not b's).
 func TestSYNSnifferHostOnly(t *testing.T) {
 	lab := labtest.Start(t, `
 name: sniff
 nodes: [a, b]
 links: [{a: a, b: b}]`)
-	a, b := lab.Host("a"), lab.Host("b")
+	b := lab.Host("b")
+	if out, err := b.Command(t.Context(), "sh", "-c", "ip link add x0 type veth peer name x1 && ip link set x0 up && ip link set x1 up").CombinedOutput(); err != nil {
+		t.Fatalf("veth: %v: %s", err, out)
+	}
 	var sniffer *os.File
-	var bMAC net.HardwareAddr
-	if err := b.Do(func() (err error) {
-		ifc, err := net.InterfaceByName("eth0")
+	var bMAC, srcMAC net.HardwareAddr
+	var fd, ifindex int
+	if err := b.Do(func() error {
+		x0, err := net.InterfaceByName("x0")
 		if err != nil {
 			return err
 		}
-		bMAC = ifc.HardwareAddr
-		sniffer, err = openSYNSniffer()
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer sniffer.Close()
-	var fd int
-	if err := a.Do(func() (err error) {
+		x1, err := net.InterfaceByName("x1")
+		if err != nil {
+			return err
+		}
+		bMAC, srcMAC, ifindex = x0.HardwareAddr, x1.HardwareAddr, x1.Index
+		if sniffer, err = openSYNSniffer(); err != nil {
+			return err
+		}
 		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
+	defer sniffer.Close()
 	defer unix.Close(fd)
-	ifc, err := func() (ifc *net.Interface, err error) {
-		err = a.Do(func() error { ifc, err = net.InterfaceByName("eth0"); return err })
-		return
-	}()
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, dst := a.Ifaces()[0].Addr4.Addr(), b.Ifaces()[0].Addr4.Addr()
-	send := func(mac net.HardwareAddr, srcPort uint16, flags byte) {
+	src, dst := netip.MustParseAddr("10.99.0.1"), netip.MustParseAddr("10.99.0.2")
+	ipv4 := []byte{0x08, 0x00}
+	// send sends an IPv4 TCP segment after the link-layer bytes that
+	// follow the source MAC (an EtherType, or a VLAN tag and one).
+	send := func(mac net.HardwareAddr, l2 []byte, srcPort uint16, flags byte) {
 		t.Helper()
-		frame := append(append(append([]byte{}, mac...), ifc.HardwareAddr...), 0x08, 0x00)
+		frame := append(append(append([]byte{}, mac...), srcMAC...), l2...)
 		frame = append(frame, ipv4TCP(src, dst, srcPort, 80, flags)...)
-		sa := &unix.SockaddrLinklayer{Ifindex: ifc.Index, Protocol: htons(unix.ETH_P_ALL)}
+		sa := &unix.SockaddrLinklayer{Ifindex: ifindex, Protocol: htons(unix.ETH_P_ALL)}
 		if err := unix.Sendto(fd, frame, 0, sa); err != nil {
 			t.Fatal(err)
 		}
 	}
 	other := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99}
-	send(other, 1001, 0x02) // a SYN for another host's MAC
-	send(bMAC, 1002, 0x12)  // a SYN-ACK
-	send(bMAC, 1003, 0x02)  // the one to read
-	send(other, 1004, 0x02) // another for another host
-	seen := map[uint16]bool{}
+	send(other, ipv4, 1001, 0x02)                                     // a SYN for another host's MAC
+	send(bMAC, ipv4, 1002, 0x12)                                      // a SYN-ACK
+	send(bMAC, []byte{0x88, 0xb5}, 1005, 0x02)                        // not IP
+	send(bMAC, []byte{0x81, 0x00, 0x00, 100, 0x08, 0x00}, 1006, 0x02) // VLAN 100
+	send(bMAC, []byte{0x81, 0x00, 0xa0, 0, 0x08, 0x00}, 1007, 0x02)   // VLAN 0, priority 5
+	send(bMAC, ipv4, 1003, 0x02)                                      // the one to read
+	send(other, ipv4, 1004, 0x02)                                     // another for another host
+	seen := map[uint16]int{}
 	buf := make([]byte, 256)
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
@@ -75,7 +83,7 @@ links: [{a: a, b: b}]`)
 		n, err := sniffer.Read(buf)
 		if err != nil {
 			if os.IsTimeout(err) {
-				if seen[1003] {
+				if seen[1003] > 0 && seen[1007] > 0 {
 					break
 				}
 				continue
@@ -83,15 +91,17 @@ links: [{a: a, b: b}]`)
 			t.Fatal(err)
 		}
 		if client, _, ok := parseSYN(buf[:n]); ok && client.Addr() == src {
-			seen[client.Port()] = true
+			seen[client.Port()]++
 		}
 	}
-	if !seen[1003] {
-		t.Error("the SYN addressed to b was not read")
+	for _, p := range []uint16{1003, 1007} {
+		if seen[p] != 1 {
+			t.Errorf("the SYN addressed to b from port %d read %d times, want once", p, seen[p])
+		}
 	}
-	for _, p := range []uint16{1001, 1002, 1004} {
-		if seen[p] {
-			t.Errorf("segment from port %d read: only SYNs addressed to this host should pass", p)
+	for _, p := range []uint16{1001, 1002, 1004, 1005, 1006} {
+		if seen[p] > 0 {
+			t.Errorf("segment from port %d read: only IP SYNs addressed to this host should pass", p)
 		}
 	}
 }
