@@ -54,8 +54,9 @@ const earlyExpiry = 3 * time.Second
 
 type earlyDial struct {
 	created  time.Time
-	listener string  // whose capture started it
-	cfg      *Config // the configuration its dial followed
+	listener string         // whose capture started it
+	cfg      *Config        // the configuration its dial followed,
+	st       *listenerState // and its listener's state (a reload swaps them apart)
 	client   netip.Addr
 	done     chan struct{}
 	conn     *net.TCPConn  // to the server, or
@@ -130,8 +131,8 @@ func (t *earlyTable) claim(listener string, client, dst netip.AddrPort) *earlyDi
 // capture takes, or says why not: retransmission, late, skipped, or ""
 // when the sniffer has stopped. room is false when connects are too many
 // for one more. cfg is the configuration in force: its limits apply, and
-// the dial follows it.
-func (t *earlyTable) reserve(listener string, client, dst netip.AddrPort, cfg *Config, room bool) (*earlyDial, string) {
+// the dial follows it and st, the listener's state.
+func (t *earlyTable) reserve(listener string, st *listenerState, client, dst netip.AddrPort, cfg *Config, room bool) (*earlyDial, string) {
 	lim := &cfg.Limits
 	k := [2]netip.AddrPort{client, dst}
 	ck := clientKey(client.Addr())
@@ -147,7 +148,7 @@ func (t *earlyTable) reserve(listener string, client, dst netip.AddrPort, cfg *C
 	case !room || len(t.pending) >= lim.MaxEarly || t.perClient[ck] >= lim.MaxEarlyPerClient:
 		return nil, "skipped"
 	}
-	e := &earlyDial{created: time.Now(), listener: listener, cfg: cfg, client: ck, done: make(chan struct{})}
+	e := &earlyDial{created: time.Now(), listener: listener, cfg: cfg, st: st, client: ck, done: make(chan struct{})}
 	t.pending[k] = e
 	t.perClient[ck]++
 	return e, ""
@@ -290,7 +291,7 @@ func (s *Server) onSYN(client, dst netip.AddrPort) {
 	// is reserved here, not in the goroutine: SYNs read in a burst would
 	// all pass a check of the count before any of their dials began.
 	room := s.reserveConnect(rt.tunables.MaxPending / 2)
-	e, result := s.early.reserve(l.cfg.Name, client, dst, rt.cfg, room)
+	e, result := s.early.reserve(l.cfg.Name, st, client, dst, rt.cfg, room)
 	if e == nil {
 		if room {
 			s.endConnect()

@@ -3,9 +3,11 @@ package relay
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -177,5 +179,107 @@ listeners:
 		t.Error("an accepted flow's dial found no connect free")
 	} else {
 		s.endConnect()
+	}
+}
+
+// TestEarlySYNReloadWindow: a SYN read while a reload is under way — the
+// relay's runtime already swapped, its listeners' states not yet — starts
+// a dial that follows the old listener state (here, no PROXY header). The
+// flow accepted after the reload must not take it: it connects as the new
+// configuration says. The window is held open by holding s.mu, which the
+// reload takes after swapping the runtime; the SYN is handed to onSYN
+// directly, as the sniffer's loop does, and the accept is a connection
+// from the client's address to the server, served by transparent.
+func TestEarlySYNReloadWindow(t *testing.T) {
+	labtest.RequireRoot(t) // IP_TRANSPARENT and the sniffer
+	srv, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	conns := make(chan net.Conn, 8)
+	go acceptEach(srv, func(c net.Conn) { conns <- c })
+	dst := netip.MustParseAddrPort(srv.Addr().String())
+	// allow_clients leaves out 127.0.0.1: the relay's own dials, looped
+	// back past the sniffer, start nothing.
+	cfg := fmt.Sprintf(`
+admin: {listen: off}
+listeners:
+  - name: tp
+    listen: "127.0.0.1:0"
+    mode: tproxy
+    allow_clients: [127.0.0.2/32]
+    allow_destinations: ["127.0.0.1/32"]
+    capture: {dst: ["127.0.0.1/32"], ports: "%d", install: false}
+    early_syn: true
+`, dst.Port())
+	s := startLoopback(t, cfg)
+	next, err := ParseConfig([]byte(strings.Replace(cfg, "early_syn: true", "early_syn: true\n    proxy_protocol: true", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A free port for the client.
+	free, err := net.Listen("tcp4", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := netip.MustParseAddrPort(free.Addr().String())
+	free.Close()
+
+	old := s.state.Load()
+	s.mu.Lock()
+	reloaded := make(chan error, 1)
+	go func() { reloaded <- s.Reload(next) }()
+	for s.state.Load() == old {
+		time.Sleep(time.Millisecond)
+	}
+	s.onSYN(client, dst)
+	s.mu.Unlock()
+	if err := <-reloaded; err != nil {
+		t.Fatal(err)
+	}
+	nextConn := func(what string) net.Conn {
+		t.Helper()
+		select {
+		case c := <-conns:
+			return c
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the server never saw %s", what)
+			return nil
+		}
+	}
+	early := nextConn("the SYN's dial")
+
+	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(client)}
+	cc, err := d.Dial("tcp4", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := nextConn("the client").(*net.TCPConn) // the "accepted" connection: from the client, to dst
+	defer c.Close()
+	l := s.listeners["tp"]
+	st := l.cur.Load()
+	f := &flow{listener: "tp", l: l, client: client}
+	server, err := s.transparent(l, st, s.state.Load(), f, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	if _, err := server.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	var got net.Conn = early
+	if addrPortOf(server.LocalAddr()) != addrPortOf(early.RemoteAddr()) {
+		got = nextConn("the flow's dial")
+	}
+	defer got.Close()
+	got.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(got, b); err != nil {
+		t.Fatal(err)
+	}
+	if b[0] != '\r' { // the PROXY v2 signature's first byte
+		t.Errorf("the server's first byte %q, want the PROXY header the reload turned on (the flow took the dial its SYN started during the reload)", b)
 	}
 }

@@ -313,14 +313,16 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	if !st.cfg.EarlySYN {
 		// No SYN of this listener's starts a dial: no claim, no mark, no lock.
 		server, pc, err = s.connectLeg(rt, st, r, f, dst, nil, false)
-	} else if e := s.early.claim(f.listener, f.client, dst); e != nil && e.cfg == rt.cfg {
+	} else if e := s.early.claim(f.listener, f.client, dst); e != nil && e.cfg == rt.cfg && e.st == st {
 		// The client's SYN started this connect already.
 		server, pc, err = e.wait(s.flowCtx)
 		s.metrics.early.With("claimed").Inc()
 	} else {
 		if e != nil {
-			// A reload came between the SYN and the accept: the dial
-			// followed the old route, leg options and PROXY header.
+			// A reload came between the SYN and the accept, or the SYN
+			// came during one (the runtime swapped, the listener's
+			// state not yet): the dial followed the old route, leg
+			// options or PROXY header.
 			s.dropDial(e)
 		}
 		server, pc, err = s.connectLeg(rt, st, r, f, dst, nil, false)
