@@ -495,8 +495,13 @@ func parseSYN(b []byte) (client, dst netip.AddrPort, ok bool) {
 			return
 		}
 		src, _ := netip.AddrFromSlice(b[8:24])
+		if src.Is4In6() {
+			// IPv6 drops it (ip6_rcv_core); unmapped, it would pass for
+			// an IPv4 client in allow_clients and spoof_source.
+			return
+		}
 		d, _ := netip.AddrFromSlice(b[24:40])
-		return netip.AddrPortFrom(src.Unmap(), binary.BigEndian.Uint16(b[40:])), netip.AddrPortFrom(d.Unmap(), binary.BigEndian.Uint16(b[42:])), true
+		return netip.AddrPortFrom(src, binary.BigEndian.Uint16(b[40:])), netip.AddrPortFrom(d.Unmap(), binary.BigEndian.Uint16(b[42:])), true
 	}
 	return
 }

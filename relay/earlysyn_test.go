@@ -50,6 +50,9 @@ func TestParseSYN(t *testing.T) {
 		{"IPv4 header length too small", append([]byte{0x44}, make([]byte, 40)...), "", "", false},
 		{"IPv6 cut", synPacket(netip.MustParseAddrPort("[2001:db8::1]:1"), netip.MustParseAddrPort("[2001:db8::2]:2"), 0)[:43], "", "", false},
 		{"not IP", []byte{0x50, 0, 0, 0}, "", "", false},
+		// IPv6 drops a packet from a v4-mapped address (ip6_rcv_core): its
+		// SYN is no IPv4 client's, whatever allow_clients says of one.
+		{"IPv6 from a v4-mapped address", synPacket(netip.MustParseAddrPort("[::ffff:10.0.0.1]:1"), netip.MustParseAddrPort("[2001:db8::2]:80"), 0), "", "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src, dst, ok := parseSYN(tc.pkt)
