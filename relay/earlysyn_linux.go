@@ -178,7 +178,7 @@ func (s *Server) applyEarly() error {
 		}
 	}
 	// Where captures overlap, a SYN goes to the first by name; accept
-	// on another listener resets that dial and dials its own.
+	// on another listener (earlyTakes) resets that dial and dials its own.
 	slices.SortFunc(ls, func(a, b *listener) int { return strings.Compare(a.cfg.Name, b.cfg.Name) })
 	s.early.listeners.Store(&ls)
 	// A listener that stopped early SYN claims nothing any more: its
@@ -311,13 +311,40 @@ func (s *Server) onSYN(client, dst netip.AddrPort) {
 }
 
 // dropEarly resets the dial a flow's SYN started, if any, for a flow
-// refused before it connects (limits, policy): else its server, or a
-// pooled connection and the far relay's onward connect, would wait for
-// the dial's expiry. dst is where the flow would go.
+// refused before it connects (limits, policy) or accepted on a listener
+// without early SYN: else its server, or a pooled connection and the far
+// relay's onward connect, would wait for the dial's expiry. dst is where
+// the flow would go.
 func (s *Server) dropEarly(l *listener, client, dst netip.AddrPort) {
 	if e := s.early.claim(l.cfg.Name, client, dst); e != nil {
 		s.dropDial(e)
 	}
+}
+
+// on tells whether any listener wants early SYN.
+func (t *earlyTable) on() bool {
+	ls := t.listeners.Load()
+	return ls != nil && len(*ls) > 0
+}
+
+// earlyTakes tells whether a flow to dst on a listener in state st may
+// have had a dial started by its SYN: the listener has early SYN, or an
+// early-SYN listener's capture takes dst too. Where captures overlap, the
+// SYN's dial is the first early-SYN listener's by name, and the kernel
+// may hand the flow to any of them.
+func (s *Server) earlyTakes(st *listenerState, dst netip.AddrPort) bool {
+	if st.cfg.EarlySYN {
+		return true
+	}
+	if !s.early.on() {
+		return false
+	}
+	for _, l := range *s.early.listeners.Load() {
+		if l.cur.Load().captures(dst) {
+			return true
+		}
+	}
+	return false
 }
 
 // dropDial resets a claimed dial its flow will not use.

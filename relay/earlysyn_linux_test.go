@@ -2,12 +2,14 @@ package relay
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -182,24 +184,76 @@ listeners:
 	}
 }
 
+// loopServer is a server on loopback for early-SYN tests that serve flows
+// in process: the dials of the relay and the tests' clients reach it, and
+// conns has what it accepted.
+type loopServer struct {
+	dst   netip.AddrPort
+	conns chan net.Conn
+}
+
+func newLoopServer(t *testing.T) *loopServer {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ls := &loopServer{dst: netip.MustParseAddrPort(ln.Addr().String()), conns: make(chan net.Conn, 8)}
+	go acceptEach(ln, func(c net.Conn) { ls.conns <- c })
+	return ls
+}
+
+// next is the next connection the server accepted: what, which the test
+// waits for.
+func (ls *loopServer) next(t *testing.T, what string) net.Conn {
+	t.Helper()
+	select {
+	case c := <-ls.conns:
+		t.Cleanup(func() { c.Close() })
+		return c
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the server never saw %s", what)
+		return nil
+	}
+}
+
+// accepted is a connection as a TPROXY listener accepts it: from client
+// to the server's address. It is the server's side of a connection the
+// test makes from client, as transparent serves it.
+func (ls *loopServer) accepted(t *testing.T, client netip.AddrPort) *net.TCPConn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(client)}
+	cc, err := d.Dial("tcp4", ls.dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return ls.next(t, "the client").(*net.TCPConn)
+}
+
+// freeClient is an address of 127.0.0.2 with a port no socket holds.
+func freeClient(t *testing.T) netip.AddrPort {
+	t.Helper()
+	free, err := net.Listen("tcp4", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer free.Close()
+	return netip.MustParseAddrPort(free.Addr().String())
+}
+
 // TestEarlySYNReloadWindow: a SYN read while a reload is under way — the
 // relay's runtime already swapped, its listeners' states not yet — starts
 // a dial that follows the old listener state (here, no PROXY header). The
 // flow accepted after the reload must not take it: it connects as the new
 // configuration says. The window is held open by holding s.mu, which the
 // reload takes after swapping the runtime; the SYN is handed to onSYN
-// directly, as the sniffer's loop does, and the accept is a connection
-// from the client's address to the server, served by transparent.
+// directly, as the sniffer's loop does, and transparent serves the flow.
 func TestEarlySYNReloadWindow(t *testing.T) {
 	labtest.RequireRoot(t) // IP_TRANSPARENT and the sniffer
-	srv, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	conns := make(chan net.Conn, 8)
-	go acceptEach(srv, func(c net.Conn) { conns <- c })
-	dst := netip.MustParseAddrPort(srv.Addr().String())
+	srv := newLoopServer(t)
+	dst := srv.dst
 	// allow_clients leaves out 127.0.0.1: the relay's own dials, looped
 	// back past the sniffer, start nothing.
 	cfg := fmt.Sprintf(`
@@ -218,13 +272,7 @@ listeners:
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A free port for the client.
-	free, err := net.Listen("tcp4", "127.0.0.2:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := netip.MustParseAddrPort(free.Addr().String())
-	free.Close()
+	client := freeClient(t)
 
 	old := s.state.Load()
 	s.mu.Lock()
@@ -238,30 +286,12 @@ listeners:
 	if err := <-reloaded; err != nil {
 		t.Fatal(err)
 	}
-	nextConn := func(what string) net.Conn {
-		t.Helper()
-		select {
-		case c := <-conns:
-			return c
-		case <-time.After(10 * time.Second):
-			t.Fatalf("the server never saw %s", what)
-			return nil
-		}
-	}
-	early := nextConn("the SYN's dial")
+	early := srv.next(t, "the SYN's dial")
 
-	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(client)}
-	cc, err := d.Dial("tcp4", dst.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	c := nextConn("the client").(*net.TCPConn) // the "accepted" connection: from the client, to dst
-	defer c.Close()
+	c := srv.accepted(t, client)
 	l := s.listeners["tp"]
-	st := l.cur.Load()
 	f := &flow{listener: "tp", l: l, client: client}
-	server, err := s.transparent(l, st, s.state.Load(), f, c)
+	server, err := s.transparent(l, l.cur.Load(), s.state.Load(), f, c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,11 +299,10 @@ listeners:
 	if _, err := server.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	var got net.Conn = early
+	got := early
 	if addrPortOf(server.LocalAddr()) != addrPortOf(early.RemoteAddr()) {
-		got = nextConn("the flow's dial")
+		got = srv.next(t, "the flow's dial")
 	}
-	defer got.Close()
 	got.SetReadDeadline(time.Now().Add(10 * time.Second))
 	b := make([]byte, 1)
 	if _, err := io.ReadFull(got, b); err != nil {
@@ -281,5 +310,54 @@ listeners:
 	}
 	if b[0] != '\r' { // the PROXY v2 signature's first byte
 		t.Errorf("the server's first byte %q, want the PROXY header the reload turned on (the flow took the dial its SYN started during the reload)", b)
+	}
+}
+
+// TestEarlySYNOverlapPlain: where an early-SYN listener's capture and
+// that of a listener without early SYN overlap, the SYN starts a dial for
+// the first; when the kernel hands the flow to the second, its accept
+// resets that dial at once (as an early-SYN listener's would), rather than
+// leave the server a connection until the dial expires, for every flow.
+func TestEarlySYNOverlapPlain(t *testing.T) {
+	labtest.RequireRoot(t) // IP_TRANSPARENT and the sniffer
+	srv := newLoopServer(t)
+	s := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+listeners:
+  - name: early
+    listen: "127.0.0.1:0"
+    mode: tproxy
+    allow_clients: [127.0.0.2/32]
+    allow_destinations: ["127.0.0.1/32"]
+    capture: {dst: ["127.0.0.1/32"], ports: "%[1]d", install: false}
+    early_syn: true
+  - name: plain
+    listen: "127.0.0.1:0"
+    mode: tproxy
+    allow_clients: [127.0.0.2/32]
+    allow_destinations: ["127.0.0.1/32"]
+    capture: {dst: ["127.0.0.1/32"], ports: "%[1]d", install: false}
+`, srv.dst.Port()))
+	client := freeClient(t)
+	s.onSYN(client, srv.dst)
+	early := srv.next(t, "the SYN's dial")
+
+	c := srv.accepted(t, client)
+	l := s.listeners["plain"]
+	f := &flow{listener: "plain", l: l, client: client}
+	server, err := s.transparent(l, l.cur.Load(), s.state.Load(), f, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	s.early.mu.Lock()
+	pending := s.early.pending[[2]netip.AddrPort{client, srv.dst}] != nil
+	s.early.mu.Unlock()
+	if pending {
+		t.Fatal("the flow accepted on plain left the dial its SYN started for early pending (until it expires)")
+	}
+	early.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := early.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the early dial's connection: %v, want a reset", err)
 	}
 }

@@ -299,7 +299,7 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	f.dst.Store(&dst)
 	if reason := refuseTransparent(l, st, addrPortOf(c.LocalAddr()), dst); reason != "" {
 		s.metrics.refused.With(f.listener, reason).Inc()
-		if st.cfg.EarlySYN {
+		if s.earlyTakes(st, dst) {
 			s.dropEarly(l, f.client, dst)
 		}
 		resetConn(c)
@@ -310,8 +310,13 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	var server *net.TCPConn
 	var pc *pendingChain
 	var err error
-	if !st.cfg.EarlySYN {
-		// No SYN of this listener's starts a dial: no claim, no mark, no lock.
+	if !s.earlyTakes(st, dst) {
+		// No SYN of this flow's started a dial: no claim, no mark, no lock.
+		server, pc, err = s.connectLeg(rt, st, r, f, dst, nil, false)
+	} else if !st.cfg.EarlySYN {
+		// An early-SYN listener's capture takes dst too: its dial for
+		// the SYN, if any, goes now (claim resets another's).
+		s.dropEarly(l, f.client, dst)
 		server, pc, err = s.connectLeg(rt, st, r, f, dst, nil, false)
 	} else if e := s.early.claim(f.listener, f.client, dst); e != nil && e.cfg == rt.cfg && e.st == st {
 		// The client's SYN started this connect already.
@@ -346,9 +351,10 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 var errListenerClosed = errors.New("listener closed")
 
 // refuseEarly resets the dial that the SYN of c, a flow refused before
-// it connects, started on an early-SYN listener.
+// it connects, started for an early-SYN listener (its own, or one whose
+// capture overlaps its own).
 func (s *Server) refuseEarly(st *listenerState, l *listener, c *net.TCPConn) {
-	if !st.cfg.EarlySYN {
+	if st.cfg.Mode != "tproxy" && st.cfg.Mode != "redirect" || !st.cfg.EarlySYN && !s.early.on() {
 		return
 	}
 	dst := addrPortOf(c.LocalAddr())
@@ -358,7 +364,9 @@ func (s *Server) refuseEarly(st *listenerState, l *listener, c *net.TCPConn) {
 			return // the dial, if any, expires
 		}
 	}
-	s.dropEarly(l, addrPortOf(c.RemoteAddr()), dst)
+	if s.earlyTakes(st, dst) {
+		s.dropEarly(l, addrPortOf(c.RemoteAddr()), dst)
+	}
 }
 
 // refusedError is the flow's error for a refuseTransparent reason.
