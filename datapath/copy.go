@@ -20,6 +20,7 @@ func (d *dir) copyStep() (step, error) {
 	if err != nil {
 		return stepErr, sideErr{read: false, err: err}
 	}
+	d.midSegment = false // it parks only on an empty source
 	for {
 		d.cn, d.err, d.block, d.op = 0, nil, false, opReadIn
 		if read, s, err := d.afterRead(srcRC.Read(d.fn)); !read {

@@ -49,6 +49,7 @@ type dir struct {
 	kernel     bool  // the sockmap program moves the bytes (see kernelStep)
 	usedKernel bool  // it did, and user space has taken over
 	held       bool  // taken over from the sockmap while held: may resume
+	midSegment bool  // parked after a short splice in, which may have stopped inside a segment (see drained)
 	inline     bool  // running as on its shard's wait loop (there, or where Run started a NewFDs flow): never waits
 	finIn      bool  // inline: the wake's events say the source has its FIN (or failed)
 	bulk       bool  // a splice in moved growAt or more: it takes big pipes

@@ -166,6 +166,10 @@ func (d *dir) smState() (*smFlow, *smDirState) {
 // socket no longer established, a full map); the flow uses splice.
 var errNoSockmap = errors.New("sockmap: sockets not eligible")
 
+// errSockmapBusy means a source may hold the rest of a segment user space
+// has read part of: the flow enters at a later idle moment.
+var errSockmapBusy = errors.New("sockmap: a source holds part of a segment")
+
 // enter puts a flow's two sockets into the sockmap. On an error before
 // the first socket went in, nothing changed (errNoSockmap or the cause);
 // partial reports that the client socket went in and the server socket
@@ -176,11 +180,25 @@ func (sm *sockmap) enter(f *Flow, x *smFlow) (partial bool, err error) {
 	// aborted meanwhile must not put a reused descriptor in the map.
 	var ferr error
 	if err := withFDs(f.client(), f.server(), func(cfd, sfd int) {
+		if f.dirs[1].midSegment && !drained(cfd) || f.dirs[0].midSegment && !drained(sfd) {
+			ferr = errSockmapBusy
+			return
+		}
 		partial, ferr = sm.enterFDs(x, cfd, sfd)
 	}); err != nil {
 		return false, err
 	}
 	return partial, ferr
+}
+
+// drained reports whether a socket has no byte left to read. The program
+// takes whole segments from a socket's receive queue, so one that user
+// space has read part of (a splice in stops when the pipe's slots are
+// full) would have its read part moved again, the bytes duplicated. A
+// socket found empty holds none: bytes that come after are new segments.
+func drained(fd int) bool {
+	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	return err == nil && n == 0
 }
 
 // withFDs runs fn with the descriptors of two connections, held open.
@@ -497,6 +515,9 @@ func (d *dir) tryKernel() {
 		if err != nil {
 			f.abort(ReasonError, err, true, true)
 		}
+	case errors.Is(err, errSockmapBusy):
+		// Not a try: the direction reads the rest and parks again.
+		f.smTries.Add(-1)
 	case errors.Is(err, errNoSockmap):
 		// Nothing went in; a socket may not be established yet (a Fast
 		// Open connection is accepted before the handshake ends): a

@@ -5,14 +5,18 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // needSockmap loads the sockmap program, or skips: it needs root (or
@@ -504,5 +508,120 @@ func TestSockmapResetAfterResume(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the flow did not end")
+	}
+}
+
+// TestSockmapEnterMidSegment: a flow enters the sockmap as its up
+// direction parks after a splice that stopped at the pipe's 16 slots in
+// the middle of a segment (one of many small fragments, as a corked
+// writer's small writes make). The program reads whole segments, so the
+// part of that segment already spliced must not reach the server twice.
+func TestSockmapEnterMidSegment(t *testing.T) {
+	needSockmap(t)
+	client, relayIn := tcpPair(t)
+	relayOut, server := tcpPair(t)
+	other, _ := tcpPair(t)
+	// A buffer's worth first (the direction is a stream from then on: it
+	// splices), then small writes, each a fragment of its own: between
+	// them the same thread writes a byte to another socket, so that no
+	// two are contiguous in the thread's page. Corked, they go out as few
+	// segments of 17 fragments each, more than the pipe's 16 slots.
+	const small, smalls = 100, 40
+	data := payload(11, 32<<10+small*smalls)
+	rc, err := client.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	orc, err := other.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var werr error
+	runtime.LockOSThread()
+	err = rc.Control(func(cfd uintptr) {
+		werr = orc.Control(func(ofd uintptr) {
+			fd := int(cfd)
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 1<<20); err != nil {
+				werr = err
+				return
+			}
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_CORK, 1); err != nil {
+				werr = err
+				return
+			}
+			chunks := [][]byte{data[:32<<10]}
+			for off := 32 << 10; off < len(data); off += small {
+				chunks = append(chunks, data[off:off+small])
+			}
+			for i, c := range chunks {
+				if i == 1 {
+					// The buffer's worth goes out alone; the small writes
+					// after it are corked.
+					unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_CORK, 0)
+					unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_CORK, 1)
+				}
+				if n, err := unix.Write(fd, c); err != nil || n != len(c) {
+					werr = fmt.Errorf("write %d bytes: %d, %v", len(c), n, err)
+					return
+				}
+				if _, err := unix.Write(int(ofd), []byte{0}); err != nil {
+					werr = err
+					return
+				}
+			}
+			werr = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_CORK, 0)
+		})
+	})
+	runtime.UnlockOSThread()
+	if err != nil || werr != nil {
+		t.Fatal(err, werr)
+	}
+	// Every byte waits in the relay's receive queue before the flow starts.
+	waitInq(t, relayIn, len(data))
+	s0 := ReadStats()
+	ch := make(chan Result, 1)
+	go New(relayIn, relayOut, Options{Sockmap: true}, func(r Result) { ch <- r }).Run()
+	got := make([]byte, len(data))
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(server, got); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the server read %v, equal %v", err, bytes.Equal(got, data))
+	}
+	server.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := server.Read(make([]byte, 4096)); n > 0 {
+		t.Fatalf("the server read %d bytes more than the client sent (%v)", n, err)
+	}
+	// The flow enters once the rest is read, and moves bytes there.
+	exchange(t, client, server, []byte("after"), []byte("entering"))
+	if ReadStats().SockmapFlows == s0.SockmapFlows {
+		t.Error("the flow never entered the sockmap")
+	}
+	client.Close()
+	server.Close()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the flow did not end")
+	}
+}
+
+// waitInq waits until c's receive queue holds n bytes.
+func waitInq(t *testing.T, c *net.TCPConn, n int) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		var inq int
+		rc.Control(func(fd uintptr) { inq, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inq >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the relay's receive queue holds %d bytes, want %d", inq, n)
+		}
 	}
 }
