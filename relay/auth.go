@@ -55,8 +55,13 @@ func newHopAuth(key []byte, window time.Duration) *hopAuth {
 	return a
 }
 
-// windowS is the accepted clock difference in seconds.
-func (a *hopAuth) windowS() int64 { return a.window.Load() / int64(time.Second) }
+// windowS is the accepted difference of timestamps in seconds: the window
+// rounded up, since timestamps are whole seconds, so a cookie verified
+// within the window of its signing (0.2 s later, across a second's end)
+// is not refused.
+func (a *hopAuth) windowS() int64 {
+	return (a.window.Load() + int64(time.Second) - 1) / int64(time.Second)
+}
 
 // The labels keep a pool greeting's cookie from being taken for a hop's
 // and the other way round.

@@ -432,3 +432,40 @@ func TestCookieReplayAfterRestart(t *testing.T) {
 		t.Errorf("a cookie signed after the restart: %v", err)
 	}
 }
+
+// A window that is not whole seconds is not cut down to whole seconds:
+// timestamps are, so a cookie 200 ms old may be a second old by them, and
+// is accepted under a 500 ms window; a window of 1.5 s takes one signed
+// 1.8 s earlier by the clocks (1.2 s in fact). What is too old by more than
+// the window rounded up still is.
+func TestCookieSubSecondWindow(t *testing.T) {
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	for _, tc := range []struct {
+		window       time.Duration
+		sign, verify time.Duration // after t0
+		want         error
+	}{
+		{500 * time.Millisecond, 900 * time.Millisecond, 1100 * time.Millisecond, nil},
+		{10 * time.Millisecond, 995 * time.Millisecond, 1000 * time.Millisecond, nil},
+		{1500 * time.Millisecond, 900 * time.Millisecond, 2100 * time.Millisecond, nil},
+		{500 * time.Millisecond, 900 * time.Millisecond, 2100 * time.Millisecond, errCookieStale},
+		{1500 * time.Millisecond, 0, 3 * time.Second, errCookieStale},
+	} {
+		sender, sclk := testAuth(testKey)
+		receiver, rclk := testAuth(testKey)
+		receiver.window.Store(int64(tc.window))
+		sclk.set(t0.Add(tc.sign))
+		rclk.set(t0.Add(tc.verify))
+		c := sender.cookie(testHop, dst)
+		if err := receiver.verify(c, testHop, dst); !errors.Is(err, tc.want) {
+			t.Errorf("window %v, signed at +%v, verified at +%v: %v, want %v", tc.window, tc.sign, tc.verify, err, tc.want)
+			continue
+		}
+		if tc.want == nil {
+			// Still remembered while it could be accepted.
+			if err := receiver.verify(c, testHop, dst); !errors.Is(err, errCookieReplay) {
+				t.Errorf("window %v: replay: %v, want %v", tc.window, err, errCookieReplay)
+			}
+		}
+	}
+}
