@@ -319,9 +319,12 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 	if err != nil {
 		return nil, err
 	}
-	fail := func(code convert.ErrorCode, err error) (*net.TCPConn, error) {
-		replyAndClose(c, func() error { return writeConvertError(c, code) })
+	failWith := func(e *convert.ErrorTLV, err error) (*net.TCPConn, error) {
+		replyAndClose(c, func() error { return writeConvert(c, &convert.Message{Error: e}) })
 		return nil, err
+	}
+	fail := func(code convert.ErrorCode, err error) (*net.TCPConn, error) {
+		return failWith(&convert.ErrorTLV{Code: code}, err)
 	}
 	// unsupported refuses a well-formed message the hop cannot serve: the
 	// answer echoes it, as RFC 8803 (Section 5.2.5) asks.
@@ -418,7 +421,7 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 	f.route.Store(&name)
 	server, err := s.connect(rt, st, directRoute, f, dst, early)
 	if err != nil {
-		return fail(convertCode(err), err)
+		return failWith(convertError(err, dst), err)
 	}
 	f.up.Add(int64(len(early))) // they went out in the SYN, before the data path
 	reply := &convert.Message{}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -134,5 +135,38 @@ func TestConvertUnsupportedMessageEchoes(t *testing.T) {
 				t.Fatalf("answer %v with value % x; want %v with value % x", m.Error.Code, m.Error.Value, convert.UnsupportedMessage, want)
 			}
 		})
+	}
+}
+
+// TestConvertErrorValue: Destination Unreachable carries the ICMP code the
+// errno stands for, ICMPv6's toward an IPv6 destination; other answers
+// carry value zero.
+func TestConvertErrorValue(t *testing.T) {
+	v4, v6 := netip.MustParseAddrPort("192.0.2.1:80"), netip.MustParseAddrPort("[2001:db8::1]:80")
+	dial := func(errno syscall.Errno) error {
+		return classify(&net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", errno)})
+	}
+	for _, tc := range []struct {
+		name  string
+		err   error
+		dst   netip.AddrPort
+		code  convert.ErrorCode
+		value []byte
+	}{
+		{"host v4", dial(syscall.EHOSTUNREACH), v4, convert.DestinationUnreachable, []byte{1}},
+		{"host v6", dial(syscall.EHOSTUNREACH), v6, convert.DestinationUnreachable, []byte{3}},
+		{"net v4", dial(syscall.ENETUNREACH), v4, convert.DestinationUnreachable, []byte{0}},
+		{"net v6", dial(syscall.ENETUNREACH), v6, convert.DestinationUnreachable, []byte{0}},
+		{"refused", dial(syscall.ECONNREFUSED), v4, convert.ConnectionReset, []byte{0}},
+		{"timeout", dial(syscall.ETIMEDOUT), v4, convert.NetworkFailure, []byte{0}},
+	} {
+		b, err := convert.AppendMessage(nil, &convert.Message{Error: convertError(tc.err, tc.dst)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _, err := convert.Parse(b)
+		if err != nil || m.Error.Code != tc.code || !bytes.Equal(m.Error.Value, tc.value) {
+			t.Errorf("%s: %v, %v; want %v with value % x", tc.name, m.Error, err, tc.code, tc.value)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"syscall"
 
@@ -91,6 +92,24 @@ func convertCode(err error) convert.ErrorCode {
 		return convert.ResourceExceeded
 	}
 	return convert.NetworkFailure
+}
+
+// convertError is the Error TLV a hop answers when its connect to dst
+// failed. RFC 8803 gives Destination Unreachable the Code of the ICMP
+// (ICMPv6 toward an IPv6 dst) message as its value; the kernel reports the
+// failure as an errno only, which names the usual code: no route is net
+// unreachable (0, and ICMPv6's no route, 0); a host that did not answer
+// (neighbour discovery failed, or an ICMP host unreachable came) is host
+// unreachable (1), ICMPv6's address unreachable (3).
+func convertError(err error, dst netip.AddrPort) *convert.ErrorTLV {
+	t := &convert.ErrorTLV{Code: convertCode(err)}
+	if t.Code == convert.DestinationUnreachable && errors.Is(err, syscall.EHOSTUNREACH) {
+		t.Value = []byte{1}
+		if dst.Addr().Is6() && !dst.Addr().Is4In6() {
+			t.Value = []byte{3}
+		}
+	}
+	return t
 }
 
 // fromConvert maps a Convert Error TLV from relay hop back to a kind.

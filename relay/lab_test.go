@@ -1938,3 +1938,39 @@ func serveSeenFrom(t *testing.T, h *netlab.Host, addr string) {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 }
+
+// TestConvertDestinationUnreachable: a hop whose connect finds no way to
+// the destination answers Destination Unreachable with, as RFC 8803 asks,
+// the ICMP code as its value: 1 (host unreachable) for a host on the
+// server's link that does not answer ARP, 0 (net unreachable) for a
+// network rs has no route to.
+func TestConvertDestinationUnreachable(t *testing.T) {
+	cl := startChain(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	serverNet := cl.lab.Host("server").Ifaces()[0].Addr4.Masked().Addr().As4()
+	serverNet[3] = 99
+	hop := netip.MustParseAddrPort(cl.rsHop)
+	for _, tc := range []struct {
+		name string
+		dst  netip.AddrPort
+		icmp byte
+	}{
+		{"host", netip.AddrPortFrom(netip.AddrFrom4(serverNet), 9000), 1},
+		{"net", netip.MustParseAddrPort("10.77.250.1:9000"), 0},
+	} {
+		c, err := cl.lab.Host("rc").Dial(ctx, "tcp", cl.rsHop)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := convert.AppendMessage(nil, &convert.Message{
+			Connect: &convert.Connect{Dst: tc.dst}, Cookie: relay.HopCookie(cl.psk, hop, tc.dst)})
+		c.Write(msg)
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		m, err := convert.ReadMessage(bufio.NewReader(c))
+		c.Close()
+		if err != nil || m.Error == nil || m.Error.Code != convert.DestinationUnreachable || len(m.Error.Value) == 0 || m.Error.Value[0] != tc.icmp {
+			t.Errorf("%s unreachable (%s): reply %+v, %v; want %v with value %d", tc.name, tc.dst, m.Error, err, convert.DestinationUnreachable, tc.icmp)
+		}
+	}
+}
