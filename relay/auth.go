@@ -140,8 +140,10 @@ func (a *hopAuth) verifyPool(c []byte, hop netip.AddrPort) error {
 	return a.verifyLabeled(labelPool, c, hop, netip.AddrPort{})
 }
 
+// c is nil when the message had no Cookie TLV: only then is the cookie
+// missing. An empty TLV is a cookie that does not authenticate.
 func (a *hopAuth) verifyLabeled(label string, c []byte, hop, dst netip.AddrPort) error {
-	if len(c) == 0 {
+	if c == nil {
 		return errCookieMissing
 	}
 	if len(c) != cookieLen {

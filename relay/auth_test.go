@@ -130,7 +130,7 @@ func TestCookieMalformed(t *testing.T) {
 		want error
 	}{
 		{"nil", nil, errCookieMissing},
-		{"empty", []byte{}, errCookieMissing},
+		{"empty", []byte{}, errCookieBad}, // a Cookie TLV with no data
 		{"one byte", []byte{0}, errCookieBad},
 		{"truncated", c[:cookieLen-1], errCookieBad},
 		{"extended", append(bytes.Clone(c), 0), errCookieBad},

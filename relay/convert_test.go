@@ -170,3 +170,30 @@ func TestConvertErrorValue(t *testing.T) {
 		}
 	}
 }
+
+// TestConvertMissingCookie: a Connect without a Cookie TLV is answered
+// Missing Cookie; one with a Cookie TLV that does not authenticate, even an
+// empty one, is Not Authorized (RFC 8803: a present cookie is validated,
+// and one that fails is Not Authorized).
+func TestConvertMissingCookie(t *testing.T) {
+	hop, _ := convertHop(t)
+	dst := netip.MustParseAddrPort("127.0.0.1:9")
+	for _, tc := range []struct {
+		name   string
+		cookie []byte
+		want   convert.ErrorCode
+	}{
+		{"absent", nil, convert.MissingCookie},
+		{"empty", []byte{}, convert.NotAuthorized},
+		{"forged", make([]byte, cookieLen), convert.NotAuthorized},
+	} {
+		raw, err := convert.AppendMessage(nil, &convert.Message{Connect: &convert.Connect{Dst: dst}, Cookie: tc.cookie})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := convertAnswer(t, hop, nil, raw)
+		if err != nil || m.Error == nil || m.Error.Code != tc.want {
+			t.Errorf("%s cookie: answer %+v, %v; want %v", tc.name, m.Error, err, tc.want)
+		}
+	}
+}
