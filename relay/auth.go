@@ -44,9 +44,11 @@ type hopAuth struct {
 	// may have been used already, by this relay before it restarted.
 	since int64
 
-	mu   sync.Mutex
-	seen map[[8]byte]int64 // nonce → its cookie's timestamp (unix seconds)
-	max  int               // bound on seen, so a flood cannot grow it
+	mu    sync.Mutex
+	seen  map[[8]byte]int64 // nonce → its cookie's timestamp (unix seconds)
+	max   int               // bound on seen, so a flood cannot grow it
+	swept int64             // when seen last dropped its expired nonces (unix seconds)
+	peak  int               // the most seen held since it was last made anew
 }
 
 func newHopAuth(key []byte, window time.Duration) *hopAuth {
@@ -175,17 +177,39 @@ func (a *hopAuth) verifyLabeled(label string, c []byte, hop, dst netip.AddrPort)
 	if seenTS, ok := a.seen[nonce]; ok && seenTS+win >= now {
 		return errCookieReplay
 	}
+	if now-a.swept > win {
+		a.sweep(now, win)
+	}
 	if len(a.seen) >= a.max {
-		for n, seenTS := range a.seen {
-			if seenTS+win < now {
-				delete(a.seen, n)
-			}
-		}
+		a.sweep(now, win)
 		if len(a.seen) >= a.max {
 			// Every remembered nonce is still live: refusing is safer than forgetting.
 			return errCookieReplay
 		}
 	}
 	a.seen[nonce] = int64(ts)
+	a.peak = max(a.peak, len(a.seen))
 	return nil
+}
+
+// sweep forgets the nonces whose cookies can no longer be accepted, once a
+// window (or when seen is full): else they would stay until seen filled, a
+// relay with little traffic growing it to max (tens of MB) over days. A map
+// does not shrink, so when the live nonces are under half the most it held,
+// they move to a new one: a burst's memory goes when the burst is over.
+// a.mu is held.
+func (a *hopAuth) sweep(now, win int64) {
+	for n, ts := range a.seen {
+		if ts+win < now {
+			delete(a.seen, n)
+		}
+	}
+	a.swept = now
+	if len(a.seen) < a.peak/2 {
+		live := make(map[[8]byte]int64, len(a.seen))
+		for n, ts := range a.seen {
+			live[n] = ts
+		}
+		a.seen, a.peak = live, len(live)
+	}
 }

@@ -469,3 +469,33 @@ func TestCookieSubSecondWindow(t *testing.T) {
 		}
 	}
 }
+
+// Nonces are remembered while their cookies could be accepted, not until
+// the map is full: a relay with little traffic does not grow its map to
+// max over days, and a burst's memory goes when the burst is over.
+func TestCookieSeenForgetsExpired(t *testing.T) {
+	a, clk := testAuth(testKey)
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	for i := range 1000 {
+		if err := a.verify(a.cookie(testHop, dst), testHop, dst); err != nil {
+			t.Fatalf("cookie %d: %v", i, err)
+		}
+	}
+	live := a.cookie(testHop, dst)
+	for _, after := range []time.Duration{31 * time.Second, 45 * time.Second} {
+		clk.set(t0.Add(after))
+		c := a.cookie(testHop, dst)
+		if err := a.verify(c, testHop, dst); err != nil {
+			t.Fatalf("%v later: %v", after, err)
+		}
+		if after == 31*time.Second {
+			live = c
+		}
+	}
+	if len(a.seen) > 2 {
+		t.Errorf("seen holds %d nonces 45 s after a burst of 1000, want the 2 still live", len(a.seen))
+	}
+	if err := a.verify(live, testHop, dst); !errors.Is(err, errCookieReplay) {
+		t.Errorf("a live nonce was forgotten: verify = %v, want %v", err, errCookieReplay)
+	}
+}
