@@ -126,12 +126,13 @@ func (a *hopAuth) verify(c []byte, hop, dst netip.AddrPort) error {
 }
 
 // verifyHop checks a hop cookie of either kind and tells whether its
-// sender pipelines.
+// sender pipelines. A pipelined cookie that authenticates but is refused
+// (stale, replayed) is refused for that reason, as a plain one is.
 func (a *hopAuth) verifyHop(c []byte, hop, dst netip.AddrPort) (pipelined bool, err error) {
 	err = a.verifyLabeled(labelHop, c, hop, dst)
 	if errors.Is(err, errCookieBad) {
-		if a.verifyLabeled(labelPipelined, c, hop, dst) == nil {
-			return true, nil
+		if perr := a.verifyLabeled(labelPipelined, c, hop, dst); !errors.Is(perr, errCookieBad) {
+			return perr == nil, perr
 		}
 	}
 	return false, err

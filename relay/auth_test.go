@@ -499,3 +499,25 @@ func TestCookieSeenForgetsExpired(t *testing.T) {
 		t.Errorf("a live nonce was forgotten: verify = %v, want %v", err, errCookieReplay)
 	}
 }
+
+// A pipelined cookie that authenticates but is stale or replayed is
+// refused as such, as a plain one is, not as one that does not
+// authenticate: a relay's log then tells clock skew or a replay from a
+// wrong key.
+func TestPipelinedCookieRefusalReason(t *testing.T) {
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	sender, sclk := testAuth(testKey)
+	receiver, _ := testAuth(testKey)
+	sclk.set(t0.Add(-time.Hour))
+	if _, err := receiver.verifyHop(sender.pipelinedCookie(testHop, dst), testHop, dst); !errors.Is(err, errCookieStale) {
+		t.Errorf("stale pipelined cookie: %v, want %v", err, errCookieStale)
+	}
+	sclk.set(t0)
+	c := sender.pipelinedCookie(testHop, dst)
+	if _, err := receiver.verifyHop(c, testHop, dst); err != nil {
+		t.Fatalf("pipelined cookie: %v", err)
+	}
+	if _, err := receiver.verifyHop(c, testHop, dst); !errors.Is(err, errCookieReplay) {
+		t.Errorf("replayed pipelined cookie: %v, want %v", err, errCookieReplay)
+	}
+}
