@@ -49,6 +49,10 @@ type hopAuth struct {
 	max   int               // bound on seen, so a flood cannot grow it
 	swept int64             // when seen last dropped its expired nonces (unix seconds)
 	peak  int               // the most seen held since it was last made anew
+	// keep is the widest window (seconds) a cookie was verified under:
+	// nonces are forgotten by it, so that a reload narrowing the window
+	// and another widening it again do not make a taken cookie new.
+	keep int64
 }
 
 func newHopAuth(key []byte, window time.Duration) *hopAuth {
@@ -178,11 +182,12 @@ func (a *hopAuth) verifyLabeled(label string, c []byte, hop, dst netip.AddrPort)
 	if seenTS, ok := a.seen[nonce]; ok && seenTS+win >= now {
 		return errCookieReplay
 	}
-	if now-a.swept > win {
-		a.sweep(now, win)
+	a.keep = max(a.keep, win)
+	if now-a.swept > a.keep {
+		a.sweep(now)
 	}
 	if len(a.seen) >= a.max {
-		a.sweep(now, win)
+		a.sweep(now)
 		if len(a.seen) >= a.max {
 			// Every remembered nonce is still live: refusing is safer than forgetting.
 			return errCookieReplay
@@ -193,15 +198,15 @@ func (a *hopAuth) verifyLabeled(label string, c []byte, hop, dst netip.AddrPort)
 	return nil
 }
 
-// sweep forgets the nonces whose cookies can no longer be accepted, once a
-// window (or when seen is full): else they would stay until seen filled, a
-// relay with little traffic growing it to max (tens of MB) over days. A map
-// does not shrink, so when the live nonces are under half the most it held,
-// they move to a new one: a burst's memory goes when the burst is over.
-// a.mu is held.
-func (a *hopAuth) sweep(now, win int64) {
+// sweep forgets the nonces whose cookies can no longer be accepted under
+// the widest window (keep), once a window or when seen is full: else they
+// would stay until seen filled, a relay with little traffic growing it to
+// max (tens of MB) over days. A map does not shrink, so when the live
+// nonces are under half the most it held, they move to a new one: a
+// burst's memory goes when the burst is over. a.mu is held.
+func (a *hopAuth) sweep(now int64) {
 	for n, ts := range a.seen {
-		if ts+win < now {
+		if ts+a.keep < now {
 			delete(a.seen, n)
 		}
 	}

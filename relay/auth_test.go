@@ -521,3 +521,39 @@ func TestPipelinedCookieRefusalReason(t *testing.T) {
 		t.Errorf("replayed pipelined cookie: %v, want %v", err, errCookieReplay)
 	}
 }
+
+// A reload that narrows the window and a later one that widens it again do
+// not reopen replays: a nonce is kept for the widest window in force, so a
+// cookie taken before is still known when the wider window makes it
+// acceptable again. Both ways of forgetting nonces are checked: the sweep
+// once a window, and the one when seen is full.
+func TestCookieReplayAcrossWindowChange(t *testing.T) {
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	for _, full := range []bool{false, true} {
+		a, clk := testAuth(testKey)
+		c := a.cookie(testHop, dst)
+		if err := a.verify(c, testHop, dst); err != nil {
+			t.Fatal(err)
+		}
+		if full {
+			// A nonce that expires before the next one comes, so there is
+			// room again once seen is full and has forgotten the expired.
+			a.max = 2
+			old, oclk := testAuth(testKey)
+			oclk.set(t0.Add(-29 * time.Second))
+			if err := a.verify(old.cookie(testHop, dst), testHop, dst); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a.window.Store(int64(10 * time.Second)) // reloaded
+		clk.set(t0.Add(15 * time.Second))
+		if err := a.verify(a.cookie(testHop, dst), testHop, dst); err != nil {
+			t.Fatal(err)
+		}
+		a.window.Store(int64(30 * time.Second)) // reloaded back
+		clk.set(t0.Add(16 * time.Second))
+		if err := a.verify(c, testHop, dst); !errors.Is(err, errCookieReplay) {
+			t.Errorf("full %v: replay after the window narrowed and widened again: %v, want %v", full, err, errCookieReplay)
+		}
+	}
+}
