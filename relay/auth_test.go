@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"sync"
@@ -556,4 +557,39 @@ func TestCookieReplayAcrossWindowChange(t *testing.T) {
 			t.Errorf("full %v: replay after the window narrowed and widened again: %v, want %v", full, err, errCookieReplay)
 		}
 	}
+}
+
+// FuzzVerifyCookie: whatever a Cookie TLV holds, verifying it neither
+// panics nor passes unless it is a cookie this key signed (the seeds hold
+// genuine ones, which pass once); seen stays within max.
+func FuzzVerifyCookie(f *testing.F) {
+	dst := netip.MustParseAddrPort("10.0.0.1:443")
+	signer, _ := testAuth(testKey)
+	f.Add(signer.cookie(testHop, dst), false)
+	f.Add(signer.pipelinedCookie(testHop, dst), false)
+	f.Add(signer.poolCookie(testHop), true)
+	f.Add([]byte{}, false)
+	f.Add(make([]byte, cookieLen), true)
+	f.Add(make([]byte, 4*255), false)
+	f.Fuzz(func(t *testing.T, c []byte, pool bool) {
+		a, _ := testAuth(testKey)
+		a.max = 4
+		d := dst
+		var err error
+		if pool {
+			d = netip.AddrPort{}
+			err = a.verifyPool(c, testHop)
+		} else {
+			_, err = a.verifyHop(c, testHop, d)
+		}
+		genuine := func(label string) bool {
+			return len(c) == cookieLen && bytes.Equal(c[12:], a.mac(label, binary.BigEndian.Uint32(c), c[4:12], testHop, d))
+		}
+		if err == nil && !genuine(labelHop) && !genuine(labelPipelined) && !genuine(labelPool) {
+			t.Fatalf("cookie % x verified", c)
+		}
+		if len(a.seen) > a.max {
+			t.Fatalf("seen holds %d, max %d", len(a.seen), a.max)
+		}
+	})
 }
