@@ -169,7 +169,9 @@ listeners:
 				logf("%d flows open", i+1)
 			}
 		}
-		time.Sleep(time.Second) // let the relay's goroutines settle
+		if !sleepCtx(ctx, time.Second) { // let the relay's goroutines settle
+			return nil, ctx.Err()
+		}
 		r.RSSWithFlowsKiB, _ = rssKiB(pid)
 		base := r.IdleRSSKiB
 		if r.SettledRSSKiB > 0 {
@@ -198,13 +200,20 @@ listeners:
 			time.Sleep(50 * time.Millisecond)
 		}
 		// The relay checks once a second, then waits release_after.
-		time.Sleep(2*footprintReleaseAfter + 2*time.Second)
+		if !sleepCtx(ctx, 2*footprintReleaseAfter+2*time.Second) {
+			return nil, ctx.Err()
+		}
 		r.AfterFlowsRSSKiB, r.AfterFlowsAnonKiB = rssKiB(pid)
 		logf("idle again: RSS %.0f KiB (anonymous %.0f KiB)", r.AfterFlowsRSSKiB, r.AfterFlowsAnonKiB)
 	}
 	r.MedianStartMS = median(r.ExecToAcceptMS)
 	r.BinaryFloorMS = execMedian(ctx, 15, o.Exe, "help")
 	r.TrueFloorMS = execMedian(ctx, 15, "/bin/true")
+	// Cancelled, the relay was killed (exec.CommandContext) and the
+	// figures read after are a dead process's zeros: no report.
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 

@@ -187,6 +187,11 @@ func RunPeers(ctx context.Context, o PeersOptions) (*PeersReport, error) {
 	if want["memory"] {
 		b.memoryRounds(ctx, procs, rows)
 	}
+	// The memory rounds take a cancellation as a row's failure: a
+	// cancelled run has no report.
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	for _, row := range rows {
 		r.Rows = append(r.Rows, *row)
 	}
