@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -39,6 +40,28 @@ func DefaultLabOptions() LabOptions {
 		LossPct: 1,
 		LossN:   20000,
 	}
+}
+
+// Validate reports every option that would leave a measure without a
+// sample: its figures would be NaN, which the report's JSON cannot carry.
+func (o LabOptions) Validate() error {
+	var errs []error
+	if o.Repeats < 1 {
+		errs = append(errs, fmt.Errorf("Repeats %d: want at least 1", o.Repeats))
+	}
+	if o.Window <= 0 {
+		errs = append(errs, fmt.Errorf("Window %v: want more than 0", o.Window))
+	}
+	if o.Warm < 0 {
+		errs = append(errs, fmt.Errorf("Warm %v: want 0 or more", o.Warm))
+	}
+	if o.LossN < 1 {
+		errs = append(errs, fmt.Errorf("LossN %d: want at least 1 datagram", o.LossN))
+	}
+	if o.LossPct < 0 || o.LossPct > 100 {
+		errs = append(errs, fmt.Errorf("LossPct %g: want 0 to 100", o.LossPct))
+	}
+	return errors.Join(errs...)
 }
 
 // LabReport is what `halfway bench lab` prints.
@@ -114,6 +137,9 @@ func RunLab(ctx context.Context, o LabOptions) (*LabReport, error) {
 		if o.Log != nil {
 			fmt.Fprintf(o.Log, format+"\n", args...)
 		}
+	}
+	if err := o.Validate(); err != nil {
+		return nil, fmt.Errorf("bench lab: %w", err)
 	}
 	r := &LabReport{Env: CollectEnv(), Options: labOptsJSON{o.Repeats, ms(o.OneWay), o.Warm.Seconds(), o.Window.Seconds()}}
 	if err := netlab.Sweep(); err != nil {

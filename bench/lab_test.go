@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,5 +97,39 @@ func TestBinomialInterval(t *testing.T) {
 		if lo < tt.lo-1 || lo > tt.lo+1 || hi < tt.hi-1 || hi > tt.hi+1 {
 			t.Errorf("Binomial(%d, %g): [%d, %d], want about [%d, %d]", tt.n, tt.p, lo, hi, tt.lo, tt.hi)
 		}
+	}
+}
+
+// TestRunLabRefusesEmptyMeasures: options that leave a measure without a
+// sample are refused before anything runs; they made the report's figures
+// NaN, which JSON cannot carry, so `bench lab` lost the whole run when it
+// printed the report (Markdown too: the JSON is made first).
+func TestRunLabRefusesEmptyMeasures(t *testing.T) {
+	labtest.RequireRoot(t)
+	exe := buildHalfway(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	o := LabOptions{Repeats: 1, OneWay: time.Millisecond, Warm: 100 * time.Millisecond, Window: 300 * time.Millisecond,
+		LossPct: 1, LossN: 0, Exe: exe}
+	r, err := RunLab(ctx, o)
+	if err == nil {
+		_, jerr := json.Marshal(r)
+		t.Fatalf("RunLab ran with LossN 0: loss %+v; the report's JSON: %v", r.Loss, jerr)
+	}
+	if !strings.Contains(err.Error(), "LossN") {
+		t.Errorf("error %q, want one naming LossN", err)
+	}
+	for _, bad := range []LabOptions{
+		{Repeats: 0, Window: time.Second, LossN: 1},
+		{Repeats: 1, Window: 0, LossN: 1},
+		{Repeats: 1, Window: time.Second, Warm: -time.Second, LossN: 1},
+		{Repeats: 1, Window: time.Second, LossN: 1, LossPct: 101},
+	} {
+		if bad.Validate() == nil {
+			t.Errorf("%+v: valid", bad)
+		}
+	}
+	if err := DefaultLabOptions().Validate(); err != nil {
+		t.Errorf("default options: %v", err)
 	}
 }

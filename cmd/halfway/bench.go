@@ -77,6 +77,9 @@ func benchLab(args []string, stdout, stderr io.Writer) error {
 	if o.Repeats < 1 {
 		return fmt.Errorf("%w: --repeats must be at least 1", errUsage)
 	}
+	if err := o.Validate(); err != nil {
+		return fmt.Errorf("%w: --window > 0, --warm ≥ 0, --loss-datagrams ≥ 1: %v", errUsage, err)
+	}
 	if !*quiet {
 		o.Log = stderr
 	}

@@ -39,6 +39,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"lab", "exec", "client"}, true, "lab exec [--lab NAME] NODE -- CMD"},
 		{[]string{"bench"}, true, "bench needs a scenario"},
 		{[]string{"bench", "lab", "--repeats", "0"}, true, "--repeats must be at least 1"},
+		{[]string{"bench", "lab", "--loss-datagrams", "0"}, true, "LossN 0: want at least 1 datagram"},
+		{[]string{"bench", "lab", "--window", "0s"}, true, "Window 0s: want more than 0"},
 		// A flag after an argument would be ignored: refused instead.
 		{[]string{"bench", "lab", "extra", "--repeats", "0"}, true, `bench lab: unexpected argument "extra"`},
 		{[]string{"lab", "status", "nosuch", "--json"}, true, "lab status: flag --json after an argument: flags go first"},
