@@ -84,6 +84,17 @@ func (r *PeersReport) Markdown() string {
 			return median(a) / median(c)
 		}
 		goal := func(text string, ok bool) { fmt.Fprintf(&b, "- %s — %s\n", text, metOrMissed(ok)) }
+		var failed []string
+		for _, row := range []*PeerRow{hw, hp} {
+			if row.Err != "" {
+				failed = append(failed, row.Name)
+			}
+		}
+		if len(failed) > 0 {
+			// Its parts before the failure keep their samples: fewer
+			// repeats than the header's, and none after it.
+			fmt.Fprintf(&b, "- %s failed in this run (above): the goals below use the repeats before the failure, and omit what it did not reach\n", strings.Join(failed, " and "))
+		}
 		if len(hw.ConnRate) > 0 && len(hp.ConnRate) > 0 {
 			cr, crCPU := ratio(hw.ConnRate, hp.ConnRate), ratio(hw.ConnCPUus, hp.ConnCPUus)
 			goal(fmt.Sprintf("New connections per second ≥ 1.2× HAProxy's with less CPU per request: %.2f×, CPU %.2f×", cr, crCPU), cr >= 1.2 && crCPU > 0 && crCPU < 1)
@@ -93,7 +104,11 @@ func (r *PeersReport) Markdown() string {
 			goal(fmt.Sprintf("One-stream throughput ≥ 1.1× HAProxy's with ≤ 0.6× its CPU per GB: %.2f×, CPU %.3f×", tp, tpCPU), tp >= 1.1 && tpCPU > 0 && tpCPU <= 0.6)
 		}
 		if hw.Flows == 0 || hp.Flows == 0 {
-			b.WriteString("- Memory, descriptors, kernel memory and idle RSS: not measured in this run (--parts memory)\n")
+			why := "(--parts memory)"
+			if len(failed) > 0 {
+				why = "(a failure above)"
+			}
+			fmt.Fprintf(&b, "- Memory, descriptors, kernel memory and idle RSS: not measured in this run %s\n", why)
 		} else {
 			memoryGoals(r, hw, hp, direct, objs, goal)
 		}

@@ -99,3 +99,21 @@ func TestPeersMemoryRounds(t *testing.T) {
 		t.Errorf("rounds %v", r.KernelRounds)
 	}
 }
+
+// TestPeersMarkdownFailed: when halfway or HAProxy failed part-way, the
+// goals say they rest on the repeats before the failure, and missing
+// memory figures are put down to it, not to --parts.
+func TestPeersMarkdownFailed(t *testing.T) {
+	r := &PeersReport{Repeats: 5, Rows: []PeerRow{
+		{Name: "halfway", ConnRate: []float64{130}, ConnCPUus: []float64{90}, Err: "memory: relay exited"},
+		{Name: "haproxy", ConnRate: []float64{100}, ConnCPUus: []float64{100}, Flows: 100, AnonPerFlow: 3400, FDsPerFlow: 2},
+	}}
+	md := r.Markdown()
+	wantLines(t, md,
+		"halfway failed in this run (above): the goals below use the repeats before the failure, and omit what it did not reach",
+		"Memory, descriptors, kernel memory and idle RSS: not measured in this run (a failure above)",
+	)
+	if strings.Contains(md, "--parts memory") {
+		t.Errorf("a failed memory part put down to --parts:\n%s", md)
+	}
+}
