@@ -170,6 +170,10 @@ func RunMPTCP(ctx context.Context, o MPTCPOptions) (*MPTCPReport, error) {
 	if err := netlab.Sweep(); err != nil {
 		return nil, err
 	}
+	// The sweep reports the first buffer with full goodput: the smallest
+	// only if they go up.
+	o.Buffers = slices.Clone(o.Buffers)
+	slices.Sort(o.Buffers)
 	b := &mptcpBench{o: o, r: r, body: make([]byte, 4_000_000)}
 	rand.Read(b.body)
 	want := map[string]bool{}
