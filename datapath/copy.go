@@ -28,7 +28,21 @@ func (d *dir) copyStep() (step, error) {
 		}
 		if d.cn == 0 {
 			if d.usedKernel && d.eofPending() {
-				// Passed bytes are still on their way to the socket.
+				// Passed bytes are still on their way to the socket,
+				// unless the source was reset: they queue in the
+				// socket's sockmap backlog with the other direction's
+				// redirected bytes, whose send fails once the socket is
+				// reset, which stops that backlog for good. Reads say
+				// EOF (the FIN came first) and the sweep watches only
+				// a direction waiting for its destination: only the
+				// socket's pending error tells.
+				var rerr error
+				if err := srcRC.Control(func(fd uintptr) { rerr = fdError(fd) }); err != nil {
+					return stepDone, nil // closed: the flow is over
+				}
+				if rerr != nil {
+					return stepErr, sideErr{read: true, reset: isReset(rerr), err: os.NewSyscallError("connection", rerr)}
+				}
 				_, ds := d.smState()
 				if !d.f.flushWait(&ds.waitN) {
 					return stepDone, nil

@@ -645,3 +645,100 @@ func waitInq(t *testing.T, c *net.TCPConn, n int) {
 		}
 	}
 }
+
+// TestSockmapFINThenResetWhileHeld: a client that reads nothing, so that
+// the server's bytes redirected to it wait on the relay's socket, sends
+// bulk to a server that reads nothing yet (its direction is held: the
+// program passes its segments to user space, and they queue behind the
+// server's), then its FIN, then a reset. The reset fails the pending
+// send to the client, which strands the passed bytes, and reads of the
+// source say EOF (its FIN came first). The server must get a reset, and
+// the flow must end as reset-client, rather than user space waiting for
+// the stranded bytes for ever while the server waits for the rest. A
+// few flows at once: the sweep takes the reset's error, and ends the
+// flow, if it happens to look while user space still waits for the
+// server to take the redirected bytes.
+func TestSockmapFINThenResetWhileHeld(t *testing.T) {
+	needSockmap(t)
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if msg := finThenResetWhileHeld(t, uint64(i)); msg != "" {
+				t.Errorf("flow %d: %s", i, msg)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func finThenResetWhileHeld(t *testing.T, seed uint64) string {
+	client, relayIn := tcpPair(t)
+	relayOut, server := tcpPair(t)
+	// Small buffers both ways, so that each direction is held (more than
+	// the 256 KB backlog redirected and not yet taken) with room left for
+	// the client's FIN to arrive.
+	for _, c := range []*net.TCPConn{client, server} {
+		c.SetReadBuffer(64 << 10)
+	}
+	for _, c := range []*net.TCPConn{relayIn, relayOut} {
+		c.SetWriteBuffer(64 << 10)
+	}
+	res := make(chan Result, 1)
+	f := New(relayIn, relayOut, Options{Sockmap: true}, func(r Result) { res <- r })
+	go f.Run()
+	exchange(t, client, server, []byte{1}, []byte{2})
+	for i := 0; f.sm.Load() == nil; i++ {
+		if i > 500 {
+			return "the flow never entered the sockmap"
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	x := f.sm.Load()
+	held := func(i int) bool {
+		st, err := loadedSockmap().state(x.socks[i].cookie)
+		return err == nil && st.Passed > 0
+	}
+	go func() {
+		server.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		server.Write(payload(seed+100, 1<<20))
+	}()
+	for i := 0; !held(0); i++ {
+		if i > 1000 {
+			return "the down direction was not held"
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	data := payload(seed, 600<<10)
+	client.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := client.Write(data); err != nil {
+		return fmt.Sprintf("the client's write: %v", err)
+	}
+	client.CloseWrite()
+	// Every byte is at the relay, the FIN too, and the up direction is held.
+	for i := 0; !held(1) || tcpState(client) != unix.BPF_TCP_FIN_WAIT2; i++ {
+		if i > 1000 {
+			return fmt.Sprintf("the up direction was not held with the FIN in (client state %d)", tcpState(client))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	client.SetLinger(0)
+	client.Close()
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := io.Copy(io.Discard, server)
+	if !isReset(err) {
+		return fmt.Sprintf("the server read %d of %d bytes, then %v; want a reset", n, len(data), err)
+	}
+	select {
+	case r := <-res:
+		if r.Reason != ReasonResetClient {
+			return fmt.Sprintf("result %+v, want %s", r, ReasonResetClient)
+		}
+	case <-time.After(10 * time.Second):
+		f.Abort()
+		return "the flow did not end"
+	}
+	server.Close()
+	return ""
+}
