@@ -345,6 +345,24 @@ func (d *dir) kernelStep() (step, error) {
 		return d.readErr(err)
 	}
 	st, err := sm.state(me.cookie)
+	// The lookup copies the entry while the program may be updating it
+	// in place for segments that arrive meanwhile, so one copy can hold
+	// "held" next to the redirected count from before the redirects
+	// just ahead of the hold: too low a count would let user space
+	// write passed bytes ahead of redirected ones still on their way.
+	// Once held, the count stays until user space resumes the
+	// direction (a resume it asked for earlier may still be pending:
+	// the program redirects again from the next segment), so it copies
+	// the entry again until a copy agrees with the one before it: the
+	// later copy was made after the hold was seen, and the count only
+	// grows.
+	for i := 0; err == nil && st.State == smHeld && i < 8; i++ {
+		again, aerr := sm.state(me.cookie)
+		if aerr == nil && again.State == smHeld && again.Redirected == st.Redirected {
+			break
+		}
+		st, err = again, aerr
+	}
 	if err != nil {
 		return stepErr, sideErr{read: true, err: fmt.Errorf("sockmap: read direction: %w", err)}
 	}
