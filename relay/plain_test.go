@@ -372,3 +372,69 @@ func TestPlainSelfConnect(t *testing.T) {
 		}
 	})
 }
+
+// TestPlainEarlySYNOverlap: TestEarlySYNOverlapPlain for a plain flow.
+// Where an early-SYN listener's capture overlaps a plain listener's, the
+// SYN starts a dial for the first; when the kernel hands the flow to the
+// plain listener, servePlain resets that dial at once, as transparent
+// does, whether it relays the flow or refuses it, rather than leave the
+// server a second connection until the dial expires.
+func TestPlainEarlySYNOverlap(t *testing.T) {
+	labtest.RequireRoot(t) // IP_TRANSPARENT and the sniffer
+	for _, tc := range []struct {
+		name, clients string
+	}{
+		{"relayed", "127.0.0.2/32"},
+		{"client not allowed", "127.0.0.3/32"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newLoopServer(t)
+			s := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+listeners:
+  - name: early
+    listen: "127.0.0.1:0"
+    mode: tproxy
+    allow_clients: [127.0.0.2/32]
+    allow_destinations: ["127.0.0.1/32"]
+    capture: {dst: ["127.0.0.1/32"], ports: "%[1]d", install: false}
+    early_syn: true
+  - name: plain
+    listen: "127.0.0.1:0"
+    mode: tproxy
+    allow_clients: [%[2]s]
+    allow_destinations: ["127.0.0.1/32"]
+    capture: {dst: ["127.0.0.1/32"], ports: "%[1]d", install: false}
+`, srv.dst.Port(), tc.clients))
+			l := s.listeners["plain"]
+			if !s.plain(l) {
+				t.Fatal("the listener's flows are not plain")
+			}
+			client := freeClient(t)
+			s.onSYN(client, srv.dst)
+			early := srv.next(t, "the SYN's dial")
+
+			// The accepted socket as accept4 gives it: a descriptor
+			// no Go poller watches.
+			c := srv.accepted(t, client)
+			fd := -1
+			rc, _ := c.SyscallConn()
+			rc.Control(func(s uintptr) { fd, _ = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+			c.Close()
+			if fd < 0 {
+				t.Fatal("no duplicate of the accepted socket")
+			}
+			s.servePlain(l, fd, client)
+			s.early.mu.Lock()
+			pending := s.early.pending[[2]netip.AddrPort{client, srv.dst}] != nil
+			s.early.mu.Unlock()
+			if pending {
+				t.Fatal("the plain flow left the dial its SYN started for early pending (until it expires)")
+			}
+			early.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := early.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("the early dial's connection: %v, want a reset", err)
+			}
+		})
+	}
+}
