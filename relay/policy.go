@@ -96,7 +96,7 @@ var specialNets = []netip.Prefix{
 
 // destAllowed tells whether a flow may go to dst.
 func (p *policy) destAllowed(dst netip.AddrPort) bool {
-	a := dst.Addr().Unmap()
+	a := dst.Addr().Unmap().WithZone("") // a link-local destination: judged by its address (see special)
 	for _, r := range p.dests {
 		if !r.prefix.Contains(a) || !r.ports.has(dst.Port()) {
 			continue
@@ -120,6 +120,9 @@ func (p *policy) isOwn(a netip.Addr) bool {
 }
 
 func (p *policy) special(a netip.Addr) bool {
+	// A zone makes every prefix miss the address (Prefix.Contains): a
+	// TPROXY flow's link-local destination carries the interface's.
+	a = a.WithZone("")
 	if p.isOwn(a) {
 		return true
 	}

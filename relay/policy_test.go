@@ -266,6 +266,27 @@ func TestPolicyZonedClient(t *testing.T) {
 	}
 }
 
+// TestPolicyZonedDestination: a link-local destination whose address
+// carries its zone (a TPROXY flow's, as the general path reads it from
+// the socket's local address) is judged by its address: special, so
+// refused unless allowed, and allowed by a rule that names its prefix.
+// Before, the zone made every prefix miss it: refuseTransparent relayed
+// such a flow with no allow_destinations, and refused it under one that
+// named fe80::/10.
+func TestPolicyZonedDestination(t *testing.T) {
+	a := netip.MustParseAddr("fe80::1%eth0")
+	if p := testPolicy(t, nil, nil); !p.special(a) {
+		t.Errorf("%s is not special: relayed with no allow_destinations", a)
+	}
+	p := testPolicy(t, nil, []string{"fe80::/10"})
+	if dst := netip.AddrPortFrom(a, 80); !p.destAllowed(dst) {
+		t.Errorf("%s refused under allow_destinations fe80::/10", dst)
+	}
+	if dst := netip.AddrPortFrom(netip.MustParseAddr("2001:db8::1%eth0"), 80); p.destAllowed(dst) {
+		t.Errorf("%s allowed under allow_destinations fe80::/10", dst)
+	}
+}
+
 // TestPolicyOwnAdvertised: the addresses peers reach this relay at
 // through NAT (auth.advertise) are its own too, and a reload updates them.
 func TestPolicyOwnAdvertised(t *testing.T) {
