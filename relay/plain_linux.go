@@ -152,14 +152,29 @@ func acceptFD(rc syscall.RawConn) (int, netip.AddrPort, error) {
 	return nfd, sockaddrAddrPort(sa), nil
 }
 
+// sockaddrAddrPort is sa as an address and port, unmapped; a link-local
+// IPv6 address keeps its zone, the interface's name, as package net's
+// addresses do: a TPROXY flow's destination needs it to be connected to.
 func sockaddrAddrPort(sa syscall.Sockaddr) netip.AddrPort {
 	switch a := sa.(type) {
 	case *syscall.SockaddrInet4:
 		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
 	case *syscall.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+		ip := netip.AddrFrom16(a.Addr).Unmap()
+		if a.ZoneId != 0 && ip.Is6() {
+			ip = ip.WithZone(zoneName(a.ZoneId))
+		}
+		return netip.AddrPortFrom(ip, uint16(a.Port))
 	}
 	return netip.AddrPort{}
+}
+
+// zoneName is an interface index as a zone: its name, or the number.
+func zoneName(id uint32) string {
+	if ifi, err := net.InterfaceByIndex(int(id)); err == nil {
+		return ifi.Name
+	}
+	return strconv.FormatUint(uint64(id), 10)
 }
 
 // servePlain handles one plain flow (see above) from start to end, as

@@ -438,3 +438,66 @@ listeners:
 		})
 	}
 }
+
+// TestPlainDstZone: a plain TPROXY flow to a link-local destination keeps
+// the destination's zone, as the general path (the socket's local
+// address) does: without it, the flow's connect to that destination
+// fails (EINVAL), and its log loses the interface.
+func TestPlainDstZone(t *testing.T) {
+	labtest.InNetns(t, func() {
+		link := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "hw0"}, PeerName: "hw1"}
+		if err := netlink.LinkAdd(link); err != nil {
+			t.Fatal(err)
+		}
+		addr, _ := netlink.ParseAddr("fe80::1/64")
+		addr.Flags = unix.IFA_F_NODAD
+		if err := netlink.AddrAdd(link, addr); err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.LinkSetUp(link); err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp6", "[fe80::1%hw0]:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		want := netip.AddrPortFrom(netip.MustParseAddr("fe80::1%hw0"), uint16(ln.Addr().(*net.TCPAddr).Port))
+		c, err := net.Dial("tcp6", want.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		a, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		st := &listenerState{cfg: ListenerConfig{Mode: "tproxy"}}
+		dst, _, err := plainDst(st, int(sysfdOf(t, a.(*net.TCPConn))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dst.Addr().WithZone("") != want.Addr().WithZone("") || dst.Port() != want.Port() {
+			t.Fatalf("destination %v, want %v", dst, want)
+		}
+		if dst.Addr().Zone() == "" {
+			t.Fatalf("destination %v has no zone", dst)
+		}
+		rt := &runtime{cfg: &Config{}, tunables: Tunables{ConnectTimeout: 5 * time.Second}}
+		s := &Server{flowCtx: t.Context()}
+		fd, err := s.dialFD(rt, dst, LegConfig{})
+		if err != nil {
+			t.Fatalf("dial %v: %v", dst, err)
+		}
+		unix.Close(fd)
+	})
+}
+
+func sysfdOf(t *testing.T, c *net.TCPConn) int {
+	t.Helper()
+	fd := -1
+	rc, _ := c.SyscallConn()
+	rc.Control(func(s uintptr) { fd = int(s) })
+	return fd
+}
