@@ -109,8 +109,11 @@ func (p *policy) destAllowed(dst netip.AddrPort) bool {
 	return false
 }
 
-// isOwn tells whether a is one of the relay's addresses.
+// isOwn tells whether a is one of the relay's addresses. A zone (a
+// TPROXY flow's link-local destination carries its interface's) does not
+// hide one.
 func (p *policy) isOwn(a netip.Addr) bool {
+	a = a.WithZone("")
 	if p.ownRef != nil {
 		if o := p.ownRef.Load(); o != nil {
 			return o.has(a)

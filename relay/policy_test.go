@@ -227,6 +227,9 @@ func TestPolicyOwnAddrsFromHost(t *testing.T) {
 func TestPolicyOwnLocalRoutes(t *testing.T) {
 	labtest.InNetns(t, func() {
 		for _, args := range [][]string{
+			{"link", "add", "hwown0", "type", "veth", "peer", "name", "hwown1"},
+			{"addr", "add", "fe80::77/64", "dev", "hwown0", "nodad"},
+			{"link", "set", "hwown0", "up"},
 			{"addr", "add", "10.99.0.1/24", "dev", "lo"},
 			{"route", "add", "local", "10.98.0.0/16", "dev", "lo"},
 			{"route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100"},
@@ -242,10 +245,15 @@ func TestPolicyOwnLocalRoutes(t *testing.T) {
 		for _, tc := range []struct {
 			addr string
 			own  bool
-		}{{"10.99.0.1", true}, {"10.99.0.7", true}, {"10.98.3.4", true}, {"10.97.0.1", false}, {"192.0.2.1", false}} {
+		}{{"10.99.0.1", true}, {"10.99.0.7", true}, {"10.98.3.4", true}, {"10.97.0.1", false}, {"192.0.2.1", false},
+			// A TPROXY flow's link-local destination carries its zone.
+			{"fe80::77%hwown0", true}, {"fe80::78%hwown0", false}} {
 			a := netip.MustParseAddr(tc.addr)
 			if got := p.isOwn(a); got != tc.own {
 				t.Errorf("isOwn(%s) = %v, want %v (local prefixes %v)", a, got, tc.own, p.own.local)
+			}
+			if !a.Is4() {
+				continue // 0.0.0.0/0 takes none of them
 			}
 			if got := p.destAllowed(netip.AddrPortFrom(a, 2222)); got == tc.own {
 				t.Errorf("destAllowed(%s:2222) under 0.0.0.0/0 = %v, want %v", a, got, !tc.own)
