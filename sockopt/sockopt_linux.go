@@ -434,6 +434,10 @@ type MPTCPState struct {
 const (
 	solMPTCP  = 284 // SOL_MPTCP
 	mptcpInfo = 1   // MPTCP_INFO
+	// struct mptcp_info: its size in Linux 6.10 and later, and the
+	// offset of mptcpi_subflows_total (Linux 6.8).
+	mptcpInfoSize    = 96
+	subflowsTotalOff = 80
 )
 
 // MPTCP reads a connection's MPTCP state (MPTCP_INFO).
@@ -453,12 +457,23 @@ func MPTCP(c *net.TCPConn) (MPTCPState, error) {
 		if st.Requested = proto == unix.IPPROTO_MPTCP; !st.Requested {
 			return
 		}
-		var info [64]byte
+		var info [mptcpInfoSize]byte
 		l := uint32(len(info))
 		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, solMPTCP, mptcpInfo, uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&l)), 0)
 		switch e {
 		case 0:
-			st.Active, st.Subflows = true, int(info[0])+1 // mptcpi_subflows counts the extra ones
+			st.Active = true
+			// mptcpi_subflows counts the extra subflows the path manager
+			// made or accepted, and nothing else: not the first subflow,
+			// which it keeps counting once that has closed (its path
+			// gone) while the others carry the connection.
+			// mptcpi_subflows_total (Linux 6.8) counts the first only
+			// while it is open.
+			if l > subflowsTotalOff {
+				st.Subflows = int(info[subflowsTotalOff])
+			} else {
+				st.Subflows = int(info[0]) + 1
+			}
 		case unix.EOPNOTSUPP, unix.ENOPROTOOPT: // fallen back to TCP
 		default:
 			serr = fmt.Errorf("getsockopt MPTCP_INFO: %w", e)
