@@ -396,13 +396,13 @@ func (h *Host) configureMPTCP(m *NodeMPTCP, congctl string) error {
 			return fmt.Errorf("rule from %s: %w", ifc.Addr4.Addr(), err)
 		}
 	}
-	subflows, accepted := m.Subflows, m.AddAddrAccepted
-	if subflows == 0 {
-		subflows = 8
+	limit := func(v *int) int {
+		if v == nil {
+			return 8
+		}
+		return *v
 	}
-	if accepted == 0 {
-		accepted = 8
-	}
+	subflows, accepted := limit(m.Subflows), limit(m.AddAddrAccepted)
 	ip := func(args ...string) error {
 		if out, err := h.Command(context.Background(), "ip", args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))

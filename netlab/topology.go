@@ -46,10 +46,11 @@ type Node struct {
 // host's addresses also gets a routing table of its own (ip rule from
 // ADDR), so a subflow leaves by the link its address belongs to.
 type NodeMPTCP struct {
-	// Subflows and AddAddrAccepted are the limits (default 8, the most
-	// the kernel allows).
-	Subflows        int `yaml:"subflows"`
-	AddAddrAccepted int `yaml:"add_addr_accepted"`
+	// Subflows and AddAddrAccepted are the limits (nil: 8, the most
+	// the kernel allows; 0 is a limit too: no extra subflows, or no
+	// announced address taken).
+	Subflows        *int `yaml:"subflows"`
+	AddAddrAccepted *int `yaml:"add_addr_accepted"`
 	// Endpoints makes the addresses of the host's links after its first
 	// MPTCP endpoints: "subflow" (this host opens extra subflows from
 	// them: a client), "signal" (announces them to peers: a server), or
@@ -178,8 +179,13 @@ func (t *Topology) Validate() error {
 		seen[n.Name] = true
 		validateSysctl(p+".sysctl", n.Sysctl, add)
 		if m := n.MPTCP; m != nil {
-			if m.Subflows < 0 || m.Subflows > 8 || m.AddAddrAccepted < 0 || m.AddAddrAccepted > 8 {
-				add(p+".mptcp", "subflows %d, add_addr_accepted %d: want 0 to 8", m.Subflows, m.AddAddrAccepted)
+			for _, l := range []struct {
+				name string
+				v    *int
+			}{{"subflows", m.Subflows}, {"add_addr_accepted", m.AddAddrAccepted}} {
+				if l.v != nil && (*l.v < 0 || *l.v > 8) {
+					add(p+".mptcp."+l.name, "%d: want 0 to 8", *l.v)
+				}
 			}
 			switch m.Endpoints {
 			case "", "none", "subflow", "signal":

@@ -100,6 +100,11 @@ name: x
 nodes: [a, {name: b, sysctl: {kernel.panic: "1"}}]
 links: [{a: a, b: b}]
 `, []string{`nodes[1].sysctl.kernel.panic: want a network sysctl`}},
+		{"mptcp limits and endpoints", `
+name: x
+nodes: [{name: a, mptcp: {subflows: 9, add_addr_accepted: -1, endpoints: all}}, b]
+links: [{a: a, b: b}]
+`, []string{`nodes[0].mptcp.subflows: 9: want 0 to 8`, `nodes[0].mptcp.add_addr_accepted: -1: want 0 to 8`, `nodes[0].mptcp.endpoints: "all"`}},
 		{"subnet too small", `
 name: x
 subnet: 10.1.2.0/25
