@@ -380,20 +380,33 @@ func (h *Host) configureMPTCP(m *NodeMPTCP, congctl string) error {
 			return err
 		}
 		table := 1000 + i
-		for _, r := range []*netlink.Route{
-			// With the topology's congctl, as the main table's routes:
-			// connects resolve their route through these tables.
-			{LinkIndex: link.Attrs().Index, Dst: prefixNet(ifc.Addr4.Masked()), Scope: netlink.SCOPE_LINK, Table: table, Congctl: congctl},
-			{LinkIndex: link.Attrs().Index, Gw: ifc.PeerAddr4.AsSlice(), Table: table, Congctl: congctl},
-		} {
-			if err := nh.RouteReplace(r); err != nil {
-				return fmt.Errorf("table %d: %w", table, err)
+		// IPv4 and, in a topology with IPv6, IPv6: the path manager
+		// opens a connection's subflows from addresses of its family.
+		for _, a := range []struct {
+			addr netip.Prefix
+			peer netip.Addr
+		}{{ifc.Addr4, ifc.PeerAddr4}, {ifc.Addr6, ifc.PeerAddr6}} {
+			if !a.addr.IsValid() {
+				continue
 			}
-		}
-		rule := netlink.NewRule()
-		rule.Src, rule.Table, rule.Priority = prefixNet(netip.PrefixFrom(ifc.Addr4.Addr(), 32)), table, 100+i
-		if err := nh.RuleAdd(rule); err != nil {
-			return fmt.Errorf("rule from %s: %w", ifc.Addr4.Addr(), err)
+			for _, r := range []*netlink.Route{
+				// With the topology's congctl, as the main table's routes:
+				// connects resolve their route through these tables.
+				{LinkIndex: link.Attrs().Index, Dst: prefixNet(a.addr.Masked()), Scope: netlink.SCOPE_LINK, Table: table, Congctl: congctl},
+				{LinkIndex: link.Attrs().Index, Gw: a.peer.AsSlice(), Table: table, Congctl: congctl}, // the family's default
+			} {
+				if err := nh.RouteReplace(r); err != nil {
+					return fmt.Errorf("table %d: %w", table, err)
+				}
+			}
+			rule := netlink.NewRule()
+			rule.Src, rule.Table, rule.Priority = prefixNet(netip.PrefixFrom(a.addr.Addr(), a.addr.Addr().BitLen())), table, 100+i
+			if a.addr.Addr().Is6() {
+				rule.Family = netlink.FAMILY_V6
+			}
+			if err := nh.RuleAdd(rule); err != nil {
+				return fmt.Errorf("rule from %s: %w", a.addr.Addr(), err)
+			}
 		}
 	}
 	limit := func(v *int) int {
@@ -417,8 +430,13 @@ func (h *Host) configureMPTCP(m *NodeMPTCP, congctl string) error {
 			if i == 0 {
 				continue // the address connections start from
 			}
-			if err := ip("mptcp", "endpoint", "add", ifc.Addr4.Addr().String(), "dev", ifc.Name, m.Endpoints); err != nil {
-				return err
+			for _, a := range []netip.Prefix{ifc.Addr4, ifc.Addr6} {
+				if !a.IsValid() {
+					continue
+				}
+				if err := ip("mptcp", "endpoint", "add", a.Addr().String(), "dev", ifc.Name, m.Endpoints); err != nil {
+					return err
+				}
 			}
 		}
 	}

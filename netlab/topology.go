@@ -51,10 +51,11 @@ type NodeMPTCP struct {
 	// announced address taken).
 	Subflows        *int `yaml:"subflows"`
 	AddAddrAccepted *int `yaml:"add_addr_accepted"`
-	// Endpoints makes the addresses of the host's links after its first
-	// MPTCP endpoints: "subflow" (this host opens extra subflows from
-	// them: a client), "signal" (announces them to peers: a server), or
-	// "none" (default: the host only accepts subflows).
+	// Endpoints makes the addresses of the host's links after its first,
+	// IPv4 and IPv6 ones, MPTCP endpoints: "subflow" (this host opens
+	// extra subflows from them: a client), "signal" (announces them to
+	// peers: a server), or "none" (default: the host only accepts
+	// subflows).
 	Endpoints string `yaml:"endpoints"`
 }
 
