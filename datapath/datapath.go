@@ -105,6 +105,11 @@ type Options struct {
 	// are idle. Flows it cannot take (MPTCP sockets, a full map, a flow
 	// that never falls idle before a FIN) use splice; ForceCopy wins.
 	Sockmap bool
+	// BeforeClose, if set, is called once, just before the flow closes
+	// its legs, with its connections: nil for legs detached from Go's
+	// poller then (see DetachAfter). It runs on a data path goroutine and
+	// must not block.
+	BeforeClose func(client, server *net.TCPConn)
 	// ServerFirst says the server has likely sent bytes already (a chain
 	// of relays answered with the server's first bytes): Run starts the
 	// server-to-client direction on a goroutine at once rather than
@@ -304,6 +309,13 @@ func (f *Flow) closeLegs(resetClient, resetServer bool) {
 		return
 	}
 	f.closed = true
+	if f.opt.BeforeClose != nil {
+		var legs [2]*net.TCPConn
+		if !f.detached() {
+			legs = [2]*net.TCPConn{f.legs[0].Load(), f.legs[1].Load()}
+		}
+		f.opt.BeforeClose(legs[0], legs[1])
+	}
 	reset := [2]bool{resetClient, resetServer}
 	if f.detached() {
 		f.flags.And(^uint32(flagDetached))

@@ -38,7 +38,9 @@ type flow struct {
 	// serverFirst: the chain answered with the server's first bytes
 	// (pipelined hops), which wait on the server leg when the flow starts.
 	serverFirst bool
-	// mptcp says, per leg that asked for MPTCP, "mptcp" or "fallback".
+	// mptcp says, per leg that asked for MPTCP, "mptcp" or "fallback":
+	// at the start, then as the flow ends (countMPTCP, under the data
+	// path's lock, before its done callback reads it).
 	mptcp [2]string
 	// askedMPTCP: the server leg was opened asking for Multipath TCP. Go
 	// dials plain TCP where the kernel refuses MPTCP sockets, or retries
@@ -175,11 +177,31 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 			if st.Active {
 				f.mptcp[i] = "mptcp"
 			}
-			s.metrics.mptcp.With(f.listener, legNames[i], f.mptcp[i]).Inc()
 		}
 	}
 	opt, done := s.flowOptions(f, rt)
+	if f.mptcp != [2]string{} {
+		opt.BeforeClose = func(client, server *net.TCPConn) { s.countMPTCP(f, client, server) }
+	}
 	s.runFlow(f, datapath.New(c, server, opt, done))
+}
+
+// countMPTCP counts f's legs that asked for Multipath TCP by how they
+// end, just before the data path closes them: a leg MPTCP at the start
+// may have fallen back to TCP since (the kernel does when a middlebox
+// strips the options of data segments, on a connection of one subflow).
+// A nil leg (detached from Go's poller, so plain TCP) keeps its result.
+func (s *Server) countMPTCP(f *flow, client, server *net.TCPConn) {
+	for i, c := range []*net.TCPConn{client, server} {
+		if f.mptcp[i] == "mptcp" && c != nil {
+			if st, err := sockopt.MPTCP(c); err == nil && !st.Active {
+				f.mptcp[i] = "fallback"
+			}
+		}
+		if f.mptcp[i] != "" {
+			s.metrics.mptcp.With(f.listener, legNames[i], f.mptcp[i]).Inc()
+		}
+	}
 }
 
 // flowOptions are the data path's options for f, and what it calls when

@@ -33,7 +33,7 @@ func newMetrics(reg *hm.Registry, s *Server) *metrics {
 		early: reg.Counter("halfway_early_syn_total", "Clients' SYNs seen by early-SYN listeners: dialed (next leg started), claimed (by the accepted flow), retransmission (dial already pending), late (its flow was accepted already), skipped (table, the client's share or connects full), expired (no accept claimed it), dropped (its flow was refused before it connected, its listener stopped early SYN, or a reload came between the SYN and the accept).",
 			"result"),
 		plain: reg.Counter("halfway_flows_plain_total", "Flows admitted as plain: accepted and connected with raw system calls, never in the Go runtime's poller; by listener.", "listener"),
-		mptcp: reg.Counter("halfway_mptcp_legs_total", "Flow legs that asked for Multipath TCP, by listener, leg (client, server) and result (mptcp, fallback to TCP).",
+		mptcp: reg.Counter("halfway_mptcp_legs_total", "Flow legs that asked for Multipath TCP, counted as their flow ends, by listener, leg (client, server) and result (mptcp, or fallback to TCP: at the start, or later, when a middlebox stripped the options of data).",
 			"listener", "leg", "result"),
 	}
 	reg.Func("halfway_memory_releases_total", "Times the relay gave memory back (memory.release): once started, then after idle spells.", hm.CounterType, nil, func(emit func(float64, ...string)) {
