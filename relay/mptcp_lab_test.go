@@ -41,10 +41,17 @@ type mptcpLab struct {
 // startMPTCP runs rc with an MPTCP SOCKS5 listener; flows to the server's
 // port 9001 leave rc over MPTCP, others over TCP. The server answers on
 // 9000 (TCP) and 9001 (MPTCP) with SHA-256 and an echo.
-func startMPTCP(t *testing.T) *mptcpLab {
+func startMPTCP(t *testing.T) *mptcpLab { return startMPTCPAfter(t, nil) }
+
+// startMPTCPAfter is startMPTCP with prep run on the lab before rc's
+// relay starts.
+func startMPTCPAfter(t *testing.T, prep func(m *mptcpLab)) *mptcpLab {
 	labtest.RequireRoot(t)
 	lab := labtest.Start(t, mptcpTopo)
 	m := &mptcpLab{lab: lab, client: lab.Host("client"), rc: lab.Host("rc"), server: lab.Host("server")}
+	if prep != nil {
+		prep(m)
+	}
 	m.socks = m.rc.AddrPort(1080)
 	srvNet := m.server.Ifaces()[0].Addr4.Masked()
 	m.cfg = fmt.Sprintf(`
@@ -285,5 +292,39 @@ listeners:
 	}
 	if !sawTwo {
 		t.Errorf("the captured flow never showed two active subflows on the client leg")
+	}
+}
+
+// TestMPTCPListenerEnabledOnReload: rc's relay starts while its kernel
+// makes no MPTCP sockets (net.mptcp.enabled 0), so its MPTCP listener
+// takes TCP only, and says so, at start and on a reload; once MPTCP is
+// enabled again, a reload of the same configuration gives the listener
+// an MPTCP socket, and an MPTCP client's flow is MPTCP on its client leg.
+func TestMPTCPListenerEnabledOnReload(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sysctl := func(m *mptcpLab, v string) {
+		if out, err := m.rc.Command(ctx, "sysctl", "-w", "net.mptcp.enabled="+v).CombinedOutput(); err != nil {
+			t.Skipf("skipped: no MPTCP sysctl here: %v %s", err, out)
+		}
+	}
+	m := startMPTCPAfter(t, func(m *mptcpLab) { sysctl(m, "0") })
+	if b, _ := os.ReadFile(m.log); !strings.Contains(string(b), "this listener takes TCP only") {
+		t.Fatalf("the relay gave no warning that its MPTCP listener takes TCP only:\n%s", b)
+	}
+	reloadRelay(t, ctx, m.rc, m.log, "rc", m.cfg) // MPTCP still off: the reload says so again
+	if b, _ := os.ReadFile(m.log); !strings.Contains(string(b), "this listener still takes TCP only") {
+		t.Errorf("a reload with MPTCP still off gave no warning that the listener takes TCP only:\n%s", b)
+	}
+	sysctl(m, "1")
+	reloadRelay(t, ctx, m.rc, m.log, "rc", m.cfg)
+	c := m.dial(t, ctx, 9000, true)
+	defer c.Close()
+	if fs := m.flows(t); len(fs) != 1 || fs[0].ClientMPTCP == nil || !fs[0].ClientMPTCP.Active {
+		b, _ := os.ReadFile(m.log)
+		t.Errorf("flows %+v: want one with an active MPTCP client leg; rc's log:\n%s", fs, b)
+	}
+	if err := roundTripOn(c, 64<<10); err != nil {
+		t.Fatal(err)
 	}
 }

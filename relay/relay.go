@@ -417,16 +417,22 @@ func (s *Server) apply(cfg *Config) error {
 	var closing []*listener // replaced and removed
 	want := map[string]bool{}
 	var errs []error
+	// A listener configured mptcp that the kernel gave a TCP socket
+	// (net.mptcp.enabled 0 then) gets a new one once the kernel makes
+	// MPTCP sockets; until then it stays TCP only, and each reload says so.
+	mptcpSockets := sync.OnceValue(func() bool { _, err := sockopt.Refused(sockopt.Options{}, true); return err == nil })
+	var tcpOnly []string
 	for i := range cfg.Listeners {
 		lc := cfg.Listeners[i]
 		want[lc.Name] = true
 		l, ok := s.listeners[lc.Name]
-		if ok && sameSocket(&l.cfg, &lc) {
+		if ok && sameSocket(&l.cfg, &lc) && !(l.tcpOnly && mptcpSockets()) {
 			st, err := newListenerState(lc, &s.own)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("listener %s: %w", lc.Name, err))
 			} else if l.tcpOnly {
 				st.cfg.MPTCP = false
+				tcpOnly = append(tcpOnly, lc.Name)
 			}
 			updates = append(updates, update{l, st})
 			continue
@@ -475,6 +481,9 @@ func (s *Server) apply(cfg *Config) error {
 	}
 
 	// From here the new configuration applies.
+	for _, name := range tcpOnly {
+		s.log.Warn("mptcp: the kernel makes no Multipath TCP socket (is net.mptcp.enabled 0?): this listener still takes TCP only", "listener", name)
+	}
 	for _, w := range cfg.relayHopWarnings() {
 		s.log.Warn(w)
 	}
