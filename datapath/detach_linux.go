@@ -66,6 +66,11 @@ var errDetached = errors.New("detached from the poller: attach to wait")
 // descriptor, whose every method fails (EINVAL).
 var detachedConn = &net.TCPConn{}
 
+// Detached tells whether c, one of Conns' connections, stands for a leg
+// detached from Go's poller. Such a leg is a TCP socket: the data path
+// detaches no MPTCP one.
+func Detached(c *net.TCPConn) bool { return c == detachedConn }
+
 // sysfd is a connection's descriptor.
 func sysfd(c *net.TCPConn) int32 {
 	fd := int32(-1)

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"halfway/datapath"
 	"halfway/sockopt"
 )
 
@@ -147,7 +148,14 @@ func (s *Server) Flows() []FlowStatus {
 		if dp := f.dp.Load(); dp != nil {
 			client, server := dp.Conns()
 			for i, c := range []*net.TCPConn{client, server} {
-				if st, err := sockopt.MPTCP(c); err == nil && f.askedMPTCPOn(i, st) {
+				// A detached leg is a TCP socket, out of Go's poller while
+				// idle: if it asked for MPTCP, it fell back.
+				var st sockopt.MPTCPState
+				var err error
+				if !datapath.Detached(c) {
+					st, err = sockopt.MPTCP(c)
+				}
+				if err == nil && f.askedMPTCPOn(i, st) {
 					m := &MPTCPStatus{Active: st.Active, Subflows: st.Subflows}
 					if i == 0 {
 						fs.ClientMPTCP = m

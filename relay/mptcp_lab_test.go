@@ -328,3 +328,35 @@ func TestMPTCPListenerEnabledOnReload(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestMPTCPDialUnavailableDetached: a flow whose server leg was dialed as
+// MPTCP and is plain TCP (rc's kernel makes no MPTCP sockets), from a TCP
+// client on a listener without mptcp, leaves Go's poller once idle
+// (detach_after); its status still shows the server leg's fallback.
+func TestMPTCPDialUnavailableDetached(t *testing.T) {
+	m := startMPTCP(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := m.rc.Command(ctx, "sysctl", "-w", "net.mptcp.enabled=0").CombinedOutput(); err != nil {
+		t.Skipf("skipped: no MPTCP sysctl here: %v %s", err, out)
+	}
+	srvNet := m.server.Ifaces()[0].Addr4.Masked()
+	cfg := strings.Replace(m.cfg, "routes:", fmt.Sprintf(`  - {name: tcp, listen: "0.0.0.0:1081", protocols: [socks5], allow_clients: [10.77.0.0/16], allow_destinations: ["%s"]}
+routes:`, srvNet), 1)
+	reloadRelay(t, ctx, m.rc, m.log, "rc", cfg)
+	m.socks = m.rc.AddrPort(1081)
+	c := m.dial(t, ctx, 9001, false)
+	defer c.Close()
+	for i := 0; ; i++ { // until the idle flow has left Go's poller
+		if strings.Contains(scrapeMetrics(t, m.rc, 9190), "halfway_datapath_detached 1") {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the flow never detached")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if fs := m.flows(t); len(fs) != 1 || fs[0].ServerMPTCP == nil || fs[0].ServerMPTCP.Active {
+		t.Errorf("flows %+v: want one whose server leg fell back to TCP", fs)
+	}
+}
