@@ -169,8 +169,11 @@ const prefixWait = 100 * time.Millisecond
 // goroutines of its own only while bytes move, and returns.
 func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 	for i, conn := range []*net.TCPConn{c, server} {
-		if !rt.mptcp {
-			break // no leg asked for it: two getsockopts saved per flow
+		if !rt.mptcp && !(f.l != nil && f.l.acceptsMPTCP()) && !f.askedMPTCP {
+			// No leg asked for it: two getsockopts saved per flow. (The
+			// listener and the dial are the flow's own: a reload during
+			// its handshake may have left MPTCP out of rt.)
+			break
 		}
 		if st, err := sockopt.MPTCP(conn); err == nil && f.askedMPTCPOn(i, st) {
 			f.mptcp[i] = "fallback"

@@ -360,3 +360,54 @@ routes:`, srvNet), 1)
 		t.Errorf("flows %+v: want one whose server leg fell back to TCP", fs)
 	}
 }
+
+// TestMPTCPReloadDuringHandshake: an MPTCP client's SOCKS5 handshake
+// spans a reload that leaves no MPTCP anywhere in the configuration (its
+// listener turns mptcp off, and is replaced). The flow goes on over the
+// connection the old listener accepted, MPTCP, and its log line and the
+// metrics say so.
+func TestMPTCPReloadDuringHandshake(t *testing.T) {
+	m := startMPTCP(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d := &net.Dialer{}
+	d.SetMultipathTCP(true)
+	nc, err := m.client.DialWith(ctx, d, "tcp", m.socks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := nc.(*net.TCPConn)
+	defer c.Close()
+	for len(m.flows(t)) == 0 { // accepted
+		if ctx.Err() != nil {
+			t.Fatal("rc never accepted the connection")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cfg := strings.Replace(m.cfg, "mptcp: true, allow_clients", "allow_clients", 1)
+	cfg = cfg[:strings.Index(cfg, "routes:")]
+	reloadRelay(t, ctx, m.rc, m.log, "rc", cfg)
+	dst := netip.MustParseAddrPort(m.server.AddrPort(9000))
+	if _, err := socks5.ClientHandshake(c, c, socks5.Addr{IP: dst.Addr(), Port: dst.Port()}, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTripOn(c, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	for { // until the flow has ended
+		if b, _ := os.ReadFile(m.log); strings.Contains(string(b), "dst="+dst.String()) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the flow never ended")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if b, _ := os.ReadFile(m.log); !strings.Contains(string(b), "client_mptcp=mptcp") {
+		t.Errorf("the flow's log line does not call its client leg MPTCP:\n%s", b)
+	}
+	want := `halfway_mptcp_legs_total{leg="client",listener="socks",result="mptcp"} 1`
+	if body := scrapeMetrics(t, m.rc, 9190); !strings.Contains(body, want) {
+		t.Errorf("metrics lack %s:\n%s", want, grepLines(body, "halfway_mptcp_legs_total"))
+	}
+}
