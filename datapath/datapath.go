@@ -106,9 +106,9 @@ type Options struct {
 	// that never falls idle before a FIN) use splice; ForceCopy wins.
 	Sockmap bool
 	// BeforeClose, if set, is called once, just before the flow closes
-	// its legs, with its connections: nil for legs detached from Go's
-	// poller then (see DetachAfter). It runs on a data path goroutine and
-	// must not block.
+	// its legs, with its connections as Conns gives them (legs detached
+	// from Go's poller then stand as such: see Detached). It runs on a
+	// data path goroutine, under the flow's lock, and must not block.
 	BeforeClose func(client, server *net.TCPConn)
 	// ServerFirst says the server has likely sent bytes already (a chain
 	// of relays answered with the server's first bytes): Run starts the
@@ -310,11 +310,7 @@ func (f *Flow) closeLegs(resetClient, resetServer bool) {
 	}
 	f.closed = true
 	if f.opt.BeforeClose != nil {
-		var legs [2]*net.TCPConn
-		if !f.detached() {
-			legs = [2]*net.TCPConn{f.legs[0].Load(), f.legs[1].Load()}
-		}
-		f.opt.BeforeClose(legs[0], legs[1])
+		f.opt.BeforeClose(f.Conns())
 	}
 	reset := [2]bool{resetClient, resetServer}
 	if f.detached() {

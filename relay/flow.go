@@ -193,10 +193,10 @@ func (s *Server) forward(f *flow, c, server *net.TCPConn, rt *runtime) {
 // end, just before the data path closes them: a leg MPTCP at the start
 // may have fallen back to TCP since (the kernel does when a middlebox
 // strips the options of data segments, on a connection of one subflow).
-// A nil leg (detached from Go's poller, so plain TCP) keeps its result.
+// A detached leg (out of Go's poller, so plain TCP) keeps its result.
 func (s *Server) countMPTCP(f *flow, client, server *net.TCPConn) {
 	for i, c := range []*net.TCPConn{client, server} {
-		if f.mptcp[i] == "mptcp" && c != nil {
+		if f.mptcp[i] == "mptcp" && !datapath.Detached(c) {
 			if st, err := sockopt.MPTCP(c); err == nil && !st.Active {
 				f.mptcp[i] = "fallback"
 			}
