@@ -314,8 +314,12 @@ func (s *Server) onSYN(client, dst netip.AddrPort) {
 // refused before it connects (limits, policy) or accepted on a listener
 // without early SYN: else its server, or a pooled connection and the far
 // relay's onward connect, would wait for the dial's expiry. dst is where
-// the flow would go.
-func (s *Server) dropEarly(l *listener, client, dst netip.AddrPort) {
+// the flow would go; st is l's state. Where no early-SYN capture takes
+// dst (earlyTakes), there is nothing to claim.
+func (s *Server) dropEarly(l *listener, st *listenerState, client, dst netip.AddrPort) {
+	if !s.earlyTakes(st, dst) {
+		return
+	}
 	if e := s.early.claim(l.cfg.Name, client, dst); e != nil {
 		s.dropDial(e)
 	}
@@ -336,12 +340,11 @@ func (s *Server) earlyTakes(st *listenerState, dst netip.AddrPort) bool {
 	if st.cfg.EarlySYN {
 		return true
 	}
-	if !s.early.on() {
-		return false
-	}
-	for _, l := range *s.early.listeners.Load() {
-		if l.cur.Load().captures(dst) {
-			return true
+	if ls := s.early.listeners.Load(); ls != nil {
+		for _, l := range *ls {
+			if l.cur.Load().captures(dst) {
+				return true
+			}
 		}
 	}
 	return false

@@ -324,9 +324,7 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	f.dst.Store(&dst)
 	if reason := refuseTransparent(l, st, addrPortOf(c.LocalAddr()), dst); reason != "" {
 		s.metrics.refused.With(f.listener, reason).Inc()
-		if s.earlyTakes(st, dst) {
-			s.dropEarly(l, f.client, dst)
-		}
+		s.dropEarly(l, st, f.client, dst)
 		resetConn(c)
 		return nil, refusedError(reason)
 	}
@@ -335,26 +333,26 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	var server *net.TCPConn
 	var pc *pendingChain
 	var err error
-	if !s.earlyTakes(st, dst) {
-		// No SYN of this flow's started a dial: no claim, no mark, no lock.
-		server, pc, err = s.connectLeg(rt, st, r, f, dst, nil, false)
-	} else if !st.cfg.EarlySYN {
-		// An early-SYN listener's capture takes dst too: its dial for
-		// the SYN, if any, goes now (claim resets another's).
-		s.dropEarly(l, f.client, dst)
-		server, pc, err = s.connectLeg(rt, st, r, f, dst, nil, false)
-	} else if e := s.early.claim(f.listener, f.client, dst); e != nil && e.cfg == rt.cfg && e.st == st {
-		// The client's SYN started this connect already.
-		server, pc, err = e.wait(s.flowCtx)
-		s.metrics.early.With("claimed").Inc()
-	} else {
-		if e != nil {
+	claimed := false
+	// Where no early-SYN capture takes dst, no SYN of this flow's started
+	// a dial: no claim, no mark, no lock. Else claim resets a dial another
+	// listener's capture started (this one has no early SYN, or is not
+	// the first by name).
+	if s.earlyTakes(st, dst) {
+		if e := s.early.claim(f.listener, f.client, dst); e != nil && e.cfg == rt.cfg && e.st == st {
+			// The client's SYN started this connect already.
+			server, pc, err = e.wait(s.flowCtx)
+			s.metrics.early.With("claimed").Inc()
+			claimed = true
+		} else if e != nil {
 			// A reload came between the SYN and the accept, or the SYN
 			// came during one (the runtime swapped, the listener's
 			// state not yet): the dial followed the old route, leg
 			// options or PROXY header.
 			s.dropDial(e)
 		}
+	}
+	if !claimed {
 		server, pc, err = s.connectLeg(rt, st, r, f, dst, nil, false)
 	}
 	if err == nil && pc != nil {
@@ -389,9 +387,7 @@ func (s *Server) refuseEarly(st *listenerState, l *listener, c *net.TCPConn) {
 			return // the dial, if any, expires
 		}
 	}
-	if s.earlyTakes(st, dst) {
-		s.dropEarly(l, addrPortOf(c.RemoteAddr()), dst)
-	}
+	s.dropEarly(l, st, addrPortOf(c.RemoteAddr()), dst)
 }
 
 // refusedError is the flow's error for a refuseTransparent reason.

@@ -196,12 +196,10 @@ func (s *Server) servePlain(l *listener, fd int, client netip.AddrPort) {
 		s.serve(l, c)
 		return
 	}
-	if s.earlyTakes(st, dst) {
-		// An early-SYN listener's capture takes dst too: the dial its
-		// SYN started, if any, goes now, whatever becomes of the flow
-		// (as transparent and refuseEarly do on the general path).
-		s.dropEarly(l, client, dst)
-	}
+	// An early-SYN listener's capture may take dst too: the dial its SYN
+	// started, if any, goes now, whatever becomes of the flow (as
+	// transparent and refuseEarly do on the general path).
+	s.dropEarly(l, st, client, dst)
 	if len(st.policy.clients) > 0 && !st.policy.clientAllowed(client.Addr()) {
 		s.metrics.refused.With(l.cfg.Name, "client_not_allowed").Inc()
 		s.log.Debug("client not allowed", "listener", l.cfg.Name, "client", client)
