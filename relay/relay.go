@@ -420,13 +420,14 @@ func (s *Server) apply(cfg *Config) error {
 	// A listener configured mptcp that the kernel gave a TCP socket
 	// (net.mptcp.enabled 0 then) gets a new one once the kernel makes
 	// MPTCP sockets; until then it stays TCP only, and each reload says so.
-	mptcpSockets := sync.OnceValue(func() bool { _, err := sockopt.Refused(sockopt.Options{}, true); return err == nil })
+	// One probe socket per reload, for the listeners and the dials.
+	noMPTCP := sync.OnceValue(func() error { _, err := sockopt.Refused(sockopt.Options{}, true); return err })
 	var tcpOnly []string
 	for i := range cfg.Listeners {
 		lc := cfg.Listeners[i]
 		want[lc.Name] = true
 		l, ok := s.listeners[lc.Name]
-		if ok && sameSocket(&l.cfg, &lc) && !(l.tcpOnly && mptcpSockets()) {
+		if ok && sameSocket(&l.cfg, &lc) && !(l.tcpOnly && noMPTCP() == nil) {
 			st, err := newListenerState(lc, &s.own)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("listener %s: %w", lc.Name, err))
@@ -488,7 +489,7 @@ func (s *Server) apply(cfg *Config) error {
 		s.log.Warn(w)
 	}
 	if where := cfg.mptcpDials(false) + cfg.mptcpDials(true); where != "" {
-		if _, err := sockopt.Refused(sockopt.Options{}, true); err != nil {
+		if err := noMPTCP(); err != nil {
 			s.log.Warn("mptcp: the kernel makes no Multipath TCP socket (is net.mptcp.enabled 0?): legs that ask for it are dialed as TCP", "config", where, "err", err)
 		}
 	}
