@@ -183,15 +183,12 @@ func (a *hopAuth) verifyLabeled(label string, c []byte, hop, dst netip.AddrPort)
 		return errCookieReplay
 	}
 	a.keep = max(a.keep, win)
-	if now-a.swept > a.keep {
+	if now-a.swept > a.keep || len(a.seen) >= a.max {
 		a.sweep(now)
 	}
 	if len(a.seen) >= a.max {
-		a.sweep(now)
-		if len(a.seen) >= a.max {
-			// Every remembered nonce is still live: refusing is safer than forgetting.
-			return errCookieReplay
-		}
+		// Every remembered nonce is still live: refusing is safer than forgetting.
+		return errCookieReplay
 	}
 	a.seen[nonce] = int64(ts)
 	a.peak = max(a.peak, len(a.seen))
