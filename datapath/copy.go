@@ -36,12 +36,9 @@ func (d *dir) copyStep() (step, error) {
 				// EOF (the FIN came first) and the sweep watches only
 				// a direction waiting for its destination: only the
 				// socket's pending error tells.
-				var rerr error
-				if err := srcRC.Control(func(fd uintptr) { rerr = fdError(fd) }); err != nil {
-					return stepDone, nil // closed: the flow is over
-				}
-				if rerr != nil {
-					return stepErr, sideErr{read: true, reset: isReset(rerr), err: os.NewSyscallError("connection", rerr)}
+				// (A closed source is an aborted flow: flushWait ends it.)
+				if err := soError(d.src()); err != nil {
+					return stepErr, sideErr{read: true, reset: isReset(err), err: os.NewSyscallError("connection", err)}
 				}
 				_, ds := d.smState()
 				if !d.f.flushWait(&ds.waitN) {
