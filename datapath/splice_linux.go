@@ -74,8 +74,8 @@ func (d *dir) spliceStep() (step, error) {
 	if held {
 		defer d.f.rawRelease(fds)
 	}
-	short := false   // the last splice in took a message, not a pipe's worth
-	spliced := false // and it was a splice, not a read into the buffer
+	short := false // the last splice in took a message, not a pipe's worth
+	piped := false // and it was a splice, not a read into the buffer
 	d.midSegment = false
 	for {
 		if d.inline && d.budget <= 0 {
@@ -89,7 +89,7 @@ func (d *dir) spliceStep() (step, error) {
 			d.putPipe()
 			// A splice in stops once the pipe's 16 slots are full,
 			// which may be inside a segment of small fragments.
-			d.midSegment = spliced
+			d.midSegment = piped
 			return stepPark, nil
 		}
 		// A direction handed off from its wait loop has bytes in its
@@ -114,7 +114,7 @@ func (d *dir) spliceStep() (step, error) {
 			// A full buffer (more was likely waiting), or a long stream
 			// that arrives a few segments at a time: splice from now on.
 			d.stream = int(d.cn) == len(*d.buf) || d.n+int64(d.cn) >= streamAt
-			short, spliced, d.m = !d.stream, false, 0
+			short, piped, d.m = !d.stream, false, 0
 			if s, err := d.writeBuf(fds, held); s != stepAgain {
 				return s, err
 			}
@@ -144,7 +144,7 @@ func (d *dir) spliceStep() (step, error) {
 				}
 				return stepErr, sideErr{read: true, reset: isReset(d.err), err: os.NewSyscallError("splice", d.err)}
 			}
-			short, spliced = d.pn < shortSplice, true
+			short, piped = d.pn < shortSplice, true
 		}
 		d.op = opSpliceOut
 		for d.pn > 0 {
