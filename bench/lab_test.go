@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -36,10 +34,7 @@ func TestMedianSpread(t *testing.T) {
 // renders. It asserts nothing about timing: that is the benchmark's job.
 func TestRunLabSmall(t *testing.T) {
 	labtest.RequireRoot(t)
-	exe := filepath.Join(t.TempDir(), "halfway")
-	if out, err := exec.Command("go", "build", "-o", exe, "../cmd/halfway").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	exe := buildHalfway(t)
 	o := LabOptions{
 		Repeats: 1,
 		RTTs:    []time.Duration{2 * time.Millisecond},
