@@ -102,9 +102,10 @@ type earlyTable struct {
 }
 
 // claim takes the dial a SYN from client to dst started for listener, or
-// nil; a dial another listener's capture started is reset. Either way the
+// nil; a dial another listener's capture started is reset, and counted in
+// dropped (if not nil). Either way the
 // 4-tuple is marked accepted while the sniffer runs.
-func (t *earlyTable) claim(listener string, client, dst netip.AddrPort) *earlyDial {
+func (t *earlyTable) claim(listener string, client, dst netip.AddrPort, dropped *hm.Counter) *earlyDial {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.pending == nil {
@@ -120,6 +121,9 @@ func (t *earlyTable) claim(listener string, client, dst netip.AddrPort) *earlyDi
 	}
 	t.drop(k, e)
 	if e.listener != listener {
+		if dropped != nil {
+			dropped.Inc()
+		}
 		go e.abandon()
 		return nil
 	}
@@ -320,7 +324,7 @@ func (s *Server) dropEarly(l *listener, st *listenerState, client, dst netip.Add
 	if !s.earlyTakes(st, dst) {
 		return
 	}
-	if e := s.early.claim(l.cfg.Name, client, dst); e != nil {
+	if e := s.early.claim(l.cfg.Name, client, dst, s.metrics.early.With("dropped")); e != nil {
 		s.dropDial(e)
 	}
 }

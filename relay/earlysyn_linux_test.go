@@ -356,6 +356,9 @@ listeners:
 	if pending {
 		t.Fatal("the flow accepted on plain left the dial its SYN started for early pending (until it expires)")
 	}
+	if n := s.metrics.early.With("dropped").Value(); n != 1 {
+		t.Errorf("early SYN dials counted dropped: %d, want 1 (every dial ends counted)", n)
+	}
 	early.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := early.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("the early dial's connection: %v, want a reset", err)

@@ -33,7 +33,7 @@ func TestEarlyTable(t *testing.T) {
 	if _, why := tb.reserve("web", nil, c1, dst, &Config{Limits: lim}, true); why != "retransmission" {
 		t.Errorf("second SYN: %q, want retransmission", why)
 	}
-	if got := tb.claim("web", c1, dst); got != e {
+	if got := tb.claim("web", c1, dst, nil); got != e {
 		t.Errorf("claim by its listener: %v, want the dial", got)
 	}
 	if _, why := tb.reserve("web", nil, c1, dst, &Config{Limits: lim}, true); why != "late" {
@@ -41,7 +41,7 @@ func TestEarlyTable(t *testing.T) {
 	}
 	// An accept that found nothing (the sniffer lagging) marks the tuple
 	// too: the SYN read afterwards starts nothing.
-	if got := tb.claim("web", c2, dst); got != nil {
+	if got := tb.claim("web", c2, dst, nil); got != nil {
 		t.Errorf("claim with no SYN seen: %v", got)
 	}
 	if _, why := tb.reserve("web", nil, c2, dst, &Config{Limits: lim}, true); why != "late" {
@@ -52,8 +52,9 @@ func TestEarlyTable(t *testing.T) {
 	c3 := ap("10.0.0.1:40002")
 	e3, _ := tb.reserve("web", nil, c3, dst, &Config{Limits: lim}, true)
 	close(e3.done)
-	if got := tb.claim("other", c3, dst); got != nil {
-		t.Errorf("claim by another listener: %v, want nil", got)
+	var dropped hm.Counter
+	if got := tb.claim("other", c3, dst, &dropped); got != nil || dropped.Value() != 1 {
+		t.Errorf("claim by another listener: %v, %d dropped; want nil, 1 dropped", got, dropped.Value())
 	}
 	if len(tb.pending) != 0 || len(tb.perClient) != 0 {
 		t.Fatalf("table after claims: %d pending, %v per client", len(tb.pending), tb.perClient)
@@ -100,7 +101,7 @@ func TestEarlyTable(t *testing.T) {
 	if e, why := stopped.reserve("web", nil, c1, dst, &Config{Limits: lim}, true); e != nil || why != "" {
 		t.Errorf("stopped table took a SYN: %v %q", e, why)
 	}
-	if stopped.claim("web", c1, dst) != nil {
+	if stopped.claim("web", c1, dst, nil) != nil {
 		t.Error("stopped table claimed")
 	}
 }

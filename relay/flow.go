@@ -339,7 +339,7 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	// listener's capture started (this one has no early SYN, or is not
 	// the first by name).
 	if s.earlyTakes(st, dst) {
-		if e := s.early.claim(f.listener, f.client, dst); e != nil && e.cfg == rt.cfg && e.st == st {
+		if e := s.early.claim(f.listener, f.client, dst, s.metrics.early.With("dropped")); e != nil && e.cfg == rt.cfg && e.st == st {
 			// The client's SYN started this connect already.
 			server, pc, err = e.wait(s.flowCtx)
 			s.metrics.early.With("claimed").Inc()

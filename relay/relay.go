@@ -296,8 +296,11 @@ func (s *Server) park(l *listener, c *net.TCPConn, key []byte) bool {
 }
 
 // closeParked closes the peers' pooled connections parked on l (nil: on
-// every listener). They carry no flow yet: the peer finds them closed
-// before it sends a request, and opens new ones.
+// every listener), for a reload that changes the key or takes l's Convert
+// hops away: a request could not be served under it. Most carry no
+// request yet, and their peer opens new ones; one whose request the
+// kernel has just acknowledged is reset, and its flow fails (its peer may
+// not send acknowledged bytes again), as it would with an error answer.
 func (s *Server) closeParked(l *listener) {
 	for c, on := range s.parked {
 		if l == nil || on == l {
