@@ -297,22 +297,7 @@ func TestPlainDialZone(t *testing.T) {
 	s := forwardRelay(t, "")
 	rt := s.state.Load()
 	labtest.InNetns(t, func() {
-		link := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "hw0"}, PeerName: "hw1"}
-		if err := netlink.LinkAdd(link); err != nil {
-			t.Fatal(err)
-		}
-		addr, _ := netlink.ParseAddr("fe80::1/64")
-		addr.Flags = unix.IFA_F_NODAD
-		if err := netlink.AddrAdd(link, addr); err != nil {
-			t.Fatal(err)
-		}
-		if err := netlink.LinkSetUp(link); err != nil {
-			t.Fatal(err)
-		}
-		ln, err := net.Listen("tcp6", "[fe80::1%hw0]:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := linkLocalListener(t)
 		defer ln.Close()
 		port := ln.Addr().(*net.TCPAddr).Port
 		ifi, err := net.InterfaceByName("hw0")
@@ -445,22 +430,7 @@ listeners:
 // fails (EINVAL), and its log loses the interface.
 func TestPlainDstZone(t *testing.T) {
 	labtest.InNetns(t, func() {
-		link := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "hw0"}, PeerName: "hw1"}
-		if err := netlink.LinkAdd(link); err != nil {
-			t.Fatal(err)
-		}
-		addr, _ := netlink.ParseAddr("fe80::1/64")
-		addr.Flags = unix.IFA_F_NODAD
-		if err := netlink.AddrAdd(link, addr); err != nil {
-			t.Fatal(err)
-		}
-		if err := netlink.LinkSetUp(link); err != nil {
-			t.Fatal(err)
-		}
-		ln, err := net.Listen("tcp6", "[fe80::1%hw0]:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := linkLocalListener(t)
 		defer ln.Close()
 		want := netip.AddrPortFrom(netip.MustParseAddr("fe80::1%hw0"), uint16(ln.Addr().(*net.TCPAddr).Port))
 		c, err := net.Dial("tcp6", want.String())
@@ -500,4 +470,27 @@ func sysfdOf(t *testing.T, c *net.TCPConn) int {
 	rc, _ := c.SyscallConn()
 	rc.Control(func(s uintptr) { fd = int(s) })
 	return fd
+}
+
+// linkLocalListener listens at fe80::1 on hw0, a veth made in the calling
+// thread's namespace (labtest.InNetns), the address usable at once.
+func linkLocalListener(t *testing.T) net.Listener {
+	t.Helper()
+	link := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "hw0"}, PeerName: "hw1"}
+	if err := netlink.LinkAdd(link); err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := netlink.ParseAddr("fe80::1/64")
+	addr.Flags = unix.IFA_F_NODAD
+	if err := netlink.AddrAdd(link, addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp6", "[fe80::1%hw0]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
 }
