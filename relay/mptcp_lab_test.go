@@ -276,13 +276,7 @@ listeners:
 	go serveSHA(ln)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	d := &net.Dialer{}
-	d.SetMultipathTCP(true)
-	nc, err := client.DialWith(ctx, d, "tcp", server.AddrPort(9000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := nc.(*net.TCPConn)
+	c := dialMPTCP(t, ctx, client, server.AddrPort(9000))
 	done := make(chan error, 1)
 	go func() { done <- roundTripOn(c, 6<<20) }()
 	m := &mptcpLab{rc: rc}
@@ -370,13 +364,7 @@ func TestMPTCPReloadDuringHandshake(t *testing.T) {
 	m := startMPTCP(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	d := &net.Dialer{}
-	d.SetMultipathTCP(true)
-	nc, err := m.client.DialWith(ctx, d, "tcp", m.socks)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := nc.(*net.TCPConn)
+	c := dialMPTCP(t, ctx, m.client, m.socks)
 	defer c.Close()
 	for len(m.flows(t)) == 0 { // accepted
 		if ctx.Err() != nil {
@@ -410,4 +398,16 @@ func TestMPTCPReloadDuringHandshake(t *testing.T) {
 	if body := scrapeMetrics(t, m.rc, 9190); !strings.Contains(body, want) {
 		t.Errorf("metrics lack %s:\n%s", want, grepLines(body, "halfway_mptcp_legs_total"))
 	}
+}
+
+// dialMPTCP connects from h to addr asking for Multipath TCP.
+func dialMPTCP(t *testing.T, ctx context.Context, h *netlab.Host, addr string) *net.TCPConn {
+	t.Helper()
+	d := &net.Dialer{}
+	d.SetMultipathTCP(true)
+	nc, err := h.DialWith(ctx, d, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc.(*net.TCPConn)
 }

@@ -81,13 +81,7 @@ listeners:
 	go serveSHA(ln)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	d := &net.Dialer{}
-	d.SetMultipathTCP(true)
-	nc, err := m.client.DialWith(ctx, d, "tcp", m.socks)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := nc.(*net.TCPConn)
+	c := dialMPTCP(t, ctx, m.client, m.socks)
 	dst := netip.AddrPortFrom(m.server.Addr6(), 9000)
 	if _, err := socks5.ClientHandshake(c, c, socks5.Addr{IP: dst.Addr(), Port: dst.Port()}, "", ""); err != nil {
 		t.Fatal(err)
