@@ -270,12 +270,7 @@ listeners:
 		}
 	})
 	waitCapture(t, rc, "halfway_web", "7000")
-	ln, err := server.Listen("tcp", ":8080")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go serveEchoConns(ln)
+	serveEchoOn(t, server, 8080)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	c, err := client.Dial(ctx, "tcp", server.AddrPort(8080))

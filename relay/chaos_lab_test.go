@@ -60,12 +60,7 @@ func TestChainPoolChaos(t *testing.T) {
 	client, rcH, rsH, server := lab.Host("client"), lab.Host("rc"), lab.Host("rs"), lab.Host("server")
 	rsHop := netip.AddrPortFrom(rsH.Ifaces()[0].Addr4.Addr(), 7100).String()
 	echo, refused := server.AddrPort(9000), server.AddrPort(9001)
-	ln, err := server.Listen("tcp", echo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go serveEchoConns(ln)
+	serveEchoOn(t, server, 9000)
 
 	pooledWait := []string{"300ms", "800ms", "2s", "10m"}[rng.IntN(4)]
 	if v := os.Getenv("CHAOS_PW"); v != "" {

@@ -103,12 +103,7 @@ func pooledPair(t *testing.T, wait string) (client, rcH *netlab.Host, rs *chaosR
 	client, rcH, rsH, server := lab.Host("client"), lab.Host("rc"), lab.Host("rs"), lab.Host("server")
 	rsHop := netip.AddrPortFrom(rsH.Ifaces()[0].Addr4.Addr(), 7100).String()
 	echo := server.AddrPort(9000)
-	ln, err := server.Listen("tcp", echo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go serveEchoConns(ln)
+	serveEchoOn(t, server, 9000)
 	rs = newChaosRelay(t, rsH, "rs", fmt.Sprintf(`
 admin: {listen: off}
 auth: {psk_file: %s/psk}
