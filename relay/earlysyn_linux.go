@@ -190,6 +190,15 @@ func (s *Server) applyEarly() error {
 	s.early.dropWhere(func(e *earlyDial) bool {
 		return !slices.ContainsFunc(ls, func(l *listener) bool { return l.cfg.Name == e.listener })
 	}, s.metrics.early.With("dropped"))
+	if s.early.sniffer != nil {
+		select {
+		case <-s.early.stopped:
+			// The sniffer gave up on read errors: a reload opens it
+			// anew.
+			s.stopEarly()
+		default:
+		}
+	}
 	switch {
 	case len(ls) > 0 && s.early.sniffer == nil:
 		f, err := openSYNSniffer()
@@ -261,7 +270,7 @@ func (s *Server) sniffSYNs(f *os.File, stopped chan struct{}) {
 				time.Sleep(100 * time.Millisecond)
 				continue
 			}
-			s.log.Error("early SYN: reading SYNs stopped; flows dial at accept", "err", err)
+			s.log.Error("early SYN: reading SYNs stopped; flows dial at accept until a reload", "err", err)
 			s.early.expire(time.Time{}, expired)
 			return
 		}

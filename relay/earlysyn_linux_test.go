@@ -364,3 +364,62 @@ listeners:
 		t.Errorf("the early dial's connection: %v, want a reset", err)
 	}
 }
+
+// TestEarlySYNSnifferRestart: a sniffer that stopped on read errors is
+// opened anew by the next reload; it used to stay stopped until the relay
+// restarted, every flow dialing at accept.
+func TestEarlySYNSnifferRestart(t *testing.T) {
+	labtest.RequireRoot(t) // IP_TRANSPARENT and the sniffer
+	cfg := `
+admin: {listen: off}
+listeners:
+  - name: tp
+    listen: "127.0.0.1:0"
+    mode: tproxy
+    allow_clients: [127.0.0.2/32]
+    allow_destinations: ["127.0.0.1/32"]
+    capture: {dst: ["127.0.0.1/32"], ports: "80", install: false}
+    early_syn: true
+`
+	s := startLoopback(t, cfg)
+	// Every read of a directory fails (EISDIR): the sniffer retries, then
+	// gives up.
+	bad, err := os.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	s.stopEarly()
+	s.early.mu.Lock()
+	s.early.pending = map[[2]netip.AddrPort]*earlyDial{}
+	s.early.accepted = map[[2]netip.AddrPort]time.Time{}
+	s.early.perClient = map[netip.Addr]int{}
+	s.early.mu.Unlock()
+	stopped := make(chan struct{})
+	s.early.sniffer, s.early.stopped = bad, stopped
+	go s.sniffSYNs(bad, stopped)
+	s.mu.Unlock()
+	select {
+	case <-stopped:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the sniffer did not give up on read errors")
+	}
+
+	next, err := ParseConfig([]byte(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.early.sniffer == bad {
+		t.Fatal("after a reload, early SYN still reads the sniffer that stopped on errors")
+	}
+	select {
+	case <-s.early.stopped:
+		t.Fatal("after a reload, the sniffer is stopped")
+	default:
+	}
+}
