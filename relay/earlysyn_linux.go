@@ -544,6 +544,13 @@ func parseSYN(b []byte) (client, dst netip.AddrPort, ok bool) {
 			return
 		}
 		d, _ := netip.AddrFromSlice(b[24:40])
+		if src.IsLinkLocalUnicast() || d.IsLinkLocalUnicast() {
+			// Its flow's addresses carry the zone of the interface the
+			// SYN came in on, which a read of this socket does not: a
+			// dial would fail without it (EINVAL) and no accept would
+			// claim it. Such flows dial at accept.
+			return
+		}
 		return netip.AddrPortFrom(src, binary.BigEndian.Uint16(b[40:])), netip.AddrPortFrom(d.Unmap(), binary.BigEndian.Uint16(b[42:])), true
 	}
 	return

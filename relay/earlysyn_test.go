@@ -53,6 +53,10 @@ func TestParseSYN(t *testing.T) {
 		// IPv6 drops a packet from a v4-mapped address (ip6_rcv_core): its
 		// SYN is no IPv4 client's, whatever allow_clients says of one.
 		{"IPv6 from a v4-mapped address", synPacket(netip.MustParseAddrPort("[::ffff:10.0.0.1]:1"), netip.MustParseAddrPort("[2001:db8::2]:80"), 0), "", "", false},
+		// A link-local address needs the zone the SYN came in on, which
+		// the sniffer's read does not carry.
+		{"IPv6 to a link-local address", synPacket(netip.MustParseAddrPort("[2001:db8::1]:1"), netip.MustParseAddrPort("[fe80::2]:80"), 0), "", "", false},
+		{"IPv6 from a link-local address", synPacket(netip.MustParseAddrPort("[fe80::1]:1"), netip.MustParseAddrPort("[2001:db8::2]:80"), 0), "", "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src, dst, ok := parseSYN(tc.pkt)
