@@ -978,6 +978,11 @@ func loadUsers(path string) (map[string]string, error) {
 		}
 		users[u] = p
 	}
+	if len(users) == 0 {
+		// An explicit listener with no users asks no login: a file emptied
+		// to revoke its last user must not open the listener to everyone.
+		return nil, fmt.Errorf("%s: no user:password line (leave users_file out to ask no login)", path)
+	}
 	return users, nil
 }
 

@@ -215,6 +215,7 @@ func TestConfigErrors(t *testing.T) {
 	psk := writeTestFile(t, dir, "psk", "0123456789abcdef\n")
 	shortPSK := writeTestFile(t, dir, "short", "0123456789abcde\n") // 15 bytes
 	badUsers := writeTestFile(t, dir, "users", "# comment\nalice:pw\nnocolon\n")
+	noUsers := writeTestFile(t, dir, "nousers", "# bob left\n")
 	missing := filepath.Join(dir, "absent")
 
 	// ln is a valid socks5-only explicit listener (no PSK needed).
@@ -300,6 +301,9 @@ func TestConfigErrors(t *testing.T) {
 		{"users file malformed line",
 			fmt.Sprintf("listeners:\n  - {name: a, listen: \"127.0.0.1:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"], users_file: %q}\n", badUsers),
 			[]string{"listeners[0].users_file: " + badUsers + ":3: want user:password"}},
+		{"users file without users",
+			fmt.Sprintf("listeners:\n  - {name: a, listen: \"127.0.0.1:1080\", protocols: [socks5, http], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"], users_file: %q}\n", noUsers),
+			[]string{"listeners[0].users_file: " + noUsers + ": no user:password line"}},
 		{"users file missing",
 			fmt.Sprintf("listeners:\n  - {name: a, listen: \"127.0.0.1:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"], users_file: %q}\n", missing),
 			[]string{"listeners[0].users_file: ", "~" + missing}},
@@ -471,15 +475,15 @@ func TestConfigLoadUsers(t *testing.T) {
 		name    string
 		content string
 		want    map[string]string
-		badLine int // 0: valid
+		badLine int // 0: valid; -1: no users
 	}{
 		{"simple", "alice:secret\nbob:hunter2\n", map[string]string{"alice": "secret", "bob": "hunter2"}, 0},
 		{"comments and blanks", "# users\n\n  # indented comment\nalice:secret\n\n", map[string]string{"alice": "secret"}, 0},
 		{"crlf and spaces", "  alice:secret  \r\nbob:pw\r\n", map[string]string{"alice": "secret", "bob": "pw"}, 0},
 		{"colon in password", "alice:a:b:c\n", map[string]string{"alice": "a:b:c"}, 0},
 		{"no trailing newline", "alice:pw", map[string]string{"alice": "pw"}, 0},
-		{"empty file", "", map[string]string{}, 0},
-		{"only comments", "# nobody\n", map[string]string{}, 0},
+		{"empty file", "", nil, -1},
+		{"only comments", "# nobody\n", nil, -1},
 		{"no colon", "alice:pw\n# c\nbob\n", nil, 3},
 		{"empty user", ":pw\n", nil, 1},
 		{"empty password", "\nalice:\n", nil, 2},
@@ -493,6 +497,9 @@ func TestConfigLoadUsers(t *testing.T) {
 			got, err := loadUsers(path)
 			if tc.badLine != 0 {
 				want := fmt.Sprintf("%s:%d: want user:password", path, tc.badLine)
+				if tc.badLine < 0 {
+					want = path + ": no user:password line (leave users_file out to ask no login)"
+				}
 				if err == nil || err.Error() != want {
 					t.Fatalf("loadUsers = %v, %v; want error %q", got, err, want)
 				}
