@@ -103,11 +103,14 @@ func labDown(args []string, stdout, stderr io.Writer) error {
 		}
 		name = t.Name
 	}
+	// The named lab first: if it is stale, a sweep would remove it too
+	// and Down would then call it not found.
+	err := netlab.Down(name)
 	// A lab left by a crashed run goes too, whatever its name.
 	if err := netlab.Sweep(); err != nil {
 		fmt.Fprintf(stderr, "halfway: removing stale labs: %v\n", err)
 	}
-	if err := netlab.Down(name); err != nil {
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "lab %s removed\n", name)

@@ -197,6 +197,55 @@ links:
 	}
 }
 
+// TestLabDownStale checks that `lab down NAME` removes a lab whose emulator
+// daemon died, as the status line of a stale lab promises, and says so.
+func TestLabDownStale(t *testing.T) {
+	labtest.RequireRoot(t)
+	bin := buildBinary(t)
+	name := fmt.Sprintf("st%d", os.Getpid()%100000)
+	file := filepath.Join(t.TempDir(), "lab.yaml")
+	os.WriteFile(file, []byte("name: "+name+"\nnodes: [a, b]\nlinks: [{a: a, b: b, delay: 1ms}]\n"), 0o644)
+	t.Cleanup(func() {
+		netlab.Down(name)
+		if left := netlab.Remains(name); len(left) > 0 {
+			t.Errorf("left behind: %v", left)
+		}
+	})
+	if out, err := halfway(t, bin, "lab", "up", file); err != nil {
+		t.Fatalf("lab up: %v\n%s", err, out)
+	}
+	daemon := 0
+	if labs, err := netlab.List(false); err == nil {
+		for _, s := range labs {
+			if s.Name == name && s.Daemon {
+				daemon = s.Owner
+			}
+		}
+	}
+	if daemon == 0 {
+		t.Fatal("no emulator daemon recorded for the lab")
+	}
+	syscall.Kill(daemon, syscall.SIGKILL)
+	stale := false
+	for i := 0; i < 200 && !stale; i++ {
+		labs, _ := netlab.List(false)
+		for _, s := range labs {
+			stale = stale || s.Name == name && !s.Alive
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !stale {
+		t.Fatal("the lab is not stale after its daemon was killed")
+	}
+	out, err := halfway(t, bin, "lab", "down", name)
+	if err != nil || !strings.Contains(out, "lab "+name+" removed") {
+		t.Errorf("lab down of a stale lab: %v\n%s", err, out)
+	}
+	if left := netlab.Remains(name); len(left) > 0 {
+		t.Errorf("after lab down: %v", left)
+	}
+}
+
 // TestLabForegroundSIGTERM checks that `lab up --foreground` removes its lab
 // on SIGTERM.
 func TestLabForegroundSIGTERM(t *testing.T) {
