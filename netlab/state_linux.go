@@ -34,8 +34,12 @@ func stateTmpPath(name string) string { return statePath(name) + ".tmp" }
 func logPath(name string) string      { return filepath.Join(StateDir, name+".log") }
 func socketPath(name string) string   { return filepath.Join(StateDir, name+".sock") }
 
+// alive tells whether the owner runs. procStart is 0 for a process that
+// does not exist, so a record with no start time (a daemon that died before
+// Up read it) must not match that.
 func (s *state) alive() bool {
-	return s.Owner > 0 && procStart(s.Owner) == s.OwnerStart
+	start := procStart(s.Owner)
+	return s.Owner > 0 && start != 0 && start == s.OwnerStart
 }
 
 func writeState(s *state) error {
