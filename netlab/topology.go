@@ -249,6 +249,9 @@ func (t *Topology) Validate() error {
 		}
 	}
 	if len(errs) == 0 {
+		t.checkHostsNames(add)
+	}
+	if len(errs) == 0 {
 		if far := t.unreachable(); far != "" {
 			add("links", "node %q cannot reach node %q: every node needs a path to every other", t.Nodes[0].Name, far)
 		}
@@ -257,6 +260,36 @@ func (t *Topology) Validate() error {
 		return errs
 	}
 	return nil
+}
+
+// checkHostsNames refuses a name the lab's hosts file would give two hosts,
+// which then resolves to whichever comes first: a node named like another
+// node's link end (a-b beside nodes a and b), two link ends of different
+// nodes (x to y-z and x-y to z are both x-y-z), or a loopback name. Link
+// ends of one node may share a name: parallel links to one peer.
+func (t *Topology) checkHostsNames(add func(string, string, ...any)) {
+	type use struct{ host, what string }
+	uses := map[string]use{}
+	for i, n := range t.Nodes {
+		switch n.Name {
+		case "localhost", "ip6-localhost", "ip6-loopback":
+			add(fmt.Sprintf("nodes[%d]", i), "%q: the hosts file names the loopback address so: pick another name", n.Name)
+		}
+		uses[n.Name] = use{n.Name, fmt.Sprintf("node %q", n.Name)}
+	}
+	for i, l := range t.Links {
+		for _, end := range [][2]string{{l.A, l.B}, {l.B, l.A}} {
+			name := end[0] + "-" + end[1]
+			what := fmt.Sprintf("%s's address on links[%d]", end[0], i)
+			u, ok := uses[name]
+			switch {
+			case !ok:
+				uses[name] = use{end[0], what}
+			case u.host != end[0]:
+				add(fmt.Sprintf("links[%d]", i), "%q would name both %s and %s in the hosts file: rename a node", name, u.what, what)
+			}
+		}
+	}
 }
 
 // unreachable returns a node with no path from the first node, or "".

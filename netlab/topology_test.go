@@ -141,6 +141,21 @@ name: x
 nodes: [a, b]
 links: [{a: a, b: b, mtu: 100}]
 `, []string{`links[0].mtu: 100: want 1280 to 9000`}},
+		{"a node named like a link end", `
+name: x
+nodes: [a, b, a-b]
+links: [{a: a, b: b}, {a: b, b: a-b}]
+`, []string{`links[0]: "a-b" would name both node "a-b" and a's address on links[0] in the hosts file`}},
+		{"two link ends of one name", `
+name: x
+nodes: [x, y-z, x-y, z]
+links: [{a: x, b: y-z}, {a: x-y, b: z}, {a: y-z, b: z}]
+`, []string{`links[1]: "x-y-z" would name both x's address on links[0] and x-y's address on links[1] in the hosts file`}},
+		{"a node named localhost", `
+name: x
+nodes: [localhost, b]
+links: [{a: localhost, b: b}]
+`, []string{`nodes[0]: "localhost": the hosts file names the loopback address so`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
