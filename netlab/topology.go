@@ -241,6 +241,11 @@ func (t *Topology) Validate() error {
 			if d.queue != (QueueLimit{}) && d.rate == 0 {
 				add(p+".queue", "%v (%s): a queue needs a rate to fill it", d.queue, d.dir)
 			}
+			// Far past any real queue; in bytes at a fast rate it would
+			// overflow the emulator's int64 (and become a 1-byte queue).
+			if d.queue.Time > linkem.MaxDelay {
+				add(p+".queue", "%v (%s): want at most %v", d.queue, d.dir, linkem.MaxDelay)
+			}
 		}
 	}
 	for name, n := range degree {

@@ -141,6 +141,11 @@ name: x
 nodes: [a, b]
 links: [{a: a, b: b, mtu: 100}]
 `, []string{`links[0].mtu: 100: want 1280 to 9000`}},
+		{"a queue past an hour", `
+name: x
+nodes: [a, b]
+links: [{a: a, b: b, rate: 1000gbit, queue: 30000h}]
+`, []string{`links[0].queue: 30000h0m0s (ab): want at most 1h0m0s`}},
 		{"a node named like a link end", `
 name: x
 nodes: [a, b, a-b]
