@@ -161,6 +161,11 @@ func (l *Lab) build() error {
 		if err := h.baseSysctls(t.IPv6); err != nil {
 			return err
 		}
+		// The kernel copies ".default." settings into an interface when it
+		// is made: after the links they would reach none of the lab's.
+		if err := l.userSysctls(h, true); err != nil {
+			return err
+		}
 	}
 	wh, err := newHandle(l.wire)
 	if err != nil {
@@ -198,12 +203,8 @@ func (l *Lab) build() error {
 		if err := h.configure(l.Plan, t.Congctl); err != nil {
 			return err
 		}
-		for _, m := range []map[string]string{t.Sysctl, t.node(h.Name).Sysctl} {
-			for k, v := range m {
-				if err := setSysctl(h.ns, k, v); err != nil {
-					return fmt.Errorf("host %s: %w", h.Name, err)
-				}
-			}
+		if err := l.userSysctls(h, false); err != nil {
+			return err
 		}
 		if m := t.node(h.Name).MPTCP; m != nil {
 			if err := h.configureMPTCP(m, t.Congctl); err != nil {
@@ -216,6 +217,22 @@ func (l *Lab) build() error {
 		}
 		if err := os.WriteFile(filepath.Join(dir, "hosts"), l.Plan.HostsFile(), 0o644); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// userSysctls sets the topology's and then the host's own sysctls: the
+// ".default." ones (defaults) or the others.
+func (l *Lab) userSysctls(h *Host, defaults bool) error {
+	for _, m := range []map[string]string{l.Topo.Sysctl, l.Topo.node(h.Name).Sysctl} {
+		for k, v := range m {
+			if strings.Contains(k, ".default.") != defaults {
+				continue
+			}
+			if err := setSysctl(h.ns, k, v); err != nil {
+				return fmt.Errorf("host %s: %w", h.Name, err)
+			}
 		}
 	}
 	return nil

@@ -401,6 +401,39 @@ func TestNoLeaks(t *testing.T) {
 	}
 }
 
+// TestSysctlDefaultsReachLinks checks that a topology's ".default." sysctls,
+// which the kernel copies into an interface when it is created, are in
+// force on the hosts' link interfaces, and that the other sysctls are too.
+func TestSysctlDefaultsReachLinks(t *testing.T) {
+	lab := labtest.Start(t, `
+name: sysctl
+nodes: [a, {name: b, sysctl: {net.ipv4.conf.default.arp_announce: "2"}}]
+sysctl: {net.ipv4.conf.default.accept_local: "1", net.ipv4.conf.all.arp_ignore: "1"}
+links: [{a: a, b: b}]
+`)
+	tests := []struct{ host, key, want string }{
+		{"a", "ipv4/conf/eth0/accept_local", "1"},
+		{"b", "ipv4/conf/eth0/accept_local", "1"},
+		{"b", "ipv4/conf/eth0/arp_announce", "2"},
+		{"a", "ipv4/conf/eth0/arp_announce", "0"},
+		{"a", "ipv4/conf/all/arp_ignore", "1"},
+	}
+	for _, tt := range tests {
+		var got []byte
+		err := lab.Host(tt.host).Do(func() (err error) {
+			got, err = os.ReadFile("/proc/sys/net/" + tt.key)
+			return err
+		})
+		if err != nil {
+			t.Errorf("%s: %s: %v", tt.host, tt.key, err)
+			continue
+		}
+		if v := strings.TrimSpace(string(got)); v != tt.want {
+			t.Errorf("%s: %s = %s, want %s", tt.host, tt.key, v, tt.want)
+		}
+	}
+}
+
 // TestUpFailsClean: a lab that cannot come up (a sysctl a namespace does
 // not have) returns the error, and leaves nothing behind.
 func TestUpFailsClean(t *testing.T) {
