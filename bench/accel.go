@@ -237,7 +237,7 @@ func (b *accelBench) labWithServer(ctx context.Context, yaml string, ports ...in
 		if lt, err := labTiming(lab); err == nil {
 			b.r.Labs = append(b.r.Labs, lt)
 		}
-		netlab.Down(t.Name)
+		lab.Close()
 	}}
 	cleanup = func() {
 		for i := len(undo) - 1; i >= 0; i-- {

@@ -253,7 +253,7 @@ func (b *mptcpBench) withLab(ctx context.Context, name, loss string, f func(*mim
 		if lt, err := labTiming(lab); err == nil {
 			b.r.Labs = append(b.r.Labs, lt)
 		}
-		netlab.Down(t.Name)
+		lab.Close()
 	}()
 	l := &mimboxLab{lab: lab, client: lab.Host("client"), rc: lab.Host("rc"), server: lab.Host("server")}
 	if l.dir, err = os.MkdirTemp("", "halfway-mptcp"); err != nil {

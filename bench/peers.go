@@ -138,7 +138,7 @@ func RunPeers(ctx context.Context, o PeersOptions) (*PeersReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer netlab.Down(t.Name)
+	defer lab.Close()
 	box := lab.Host("box")
 	dir, err := os.MkdirTemp("", "halfway-peers")
 	if err != nil {
