@@ -75,7 +75,7 @@ func (p *policy) clientAllowed(a netip.Addr) bool {
 // specialNets are refused unless an allow rule names them exactly or more
 // narrowly: a relay must never become a way into its own host, the cloud
 // metadata service or a link-local segment.
-var specialNets = []netip.Prefix{
+var specialNets = withNAT64([]netip.Prefix{
 	netip.MustParsePrefix("127.0.0.0/8"),
 	netip.MustParsePrefix("::1/128"),
 	netip.MustParsePrefix("0.0.0.0/8"),
@@ -92,6 +92,43 @@ var specialNets = []netip.Prefix{
 	netip.MustParsePrefix("224.0.0.0/4"),
 	netip.MustParsePrefix("ff00::/8"),
 	netip.MustParsePrefix("255.255.255.255/32"),
+})
+
+// nat64 is the well-known NAT64 prefix (RFC 6052): its addresses carry an
+// IPv4 address in their last 32 bits, which a translator reaches. A rule
+// naming the prefix opens the IPv4 internet through it, not the special
+// IPv4 addresses: they stay special in that form too, so 64:ff9b::/96
+// opens 64:ff9b::a9fe:a9fe (169.254.169.254) no more than 0.0.0.0/0 opens
+// the address itself. (The local-use prefix, 64:ff9b:1::/48, places the
+// IPv4 address where the operator's translator does: it stays special
+// whole.)
+var nat64 = netip.MustParsePrefix("64:ff9b::/96")
+
+// withNAT64 adds to nets the NAT64 form of each of its IPv4 prefixes.
+func withNAT64(nets []netip.Prefix) []netip.Prefix {
+	for _, p := range nets {
+		if p.Addr().Is4() {
+			nets = append(nets, netip.PrefixFrom(nat64Of(p.Addr()), nat64.Bits()+p.Bits()))
+		}
+	}
+	return nets
+}
+
+// nat64Of is a's address in the well-known NAT64 prefix.
+func nat64Of(a netip.Addr) netip.Addr {
+	b, v4 := nat64.Addr().As16(), a.As4()
+	copy(b[12:], v4[:])
+	return netip.AddrFrom16(b)
+}
+
+// fromNAT64 is the IPv4 address a, of the well-known NAT64 prefix,
+// reaches through a translator; false for any other address.
+func fromNAT64(a netip.Addr) (netip.Addr, bool) {
+	if !nat64.Contains(a) {
+		return netip.Addr{}, false
+	}
+	b := a.As16()
+	return netip.AddrFrom4([4]byte(b[12:])), true
 }
 
 // destAllowed tells whether a flow may go to dst.
@@ -111,15 +148,19 @@ func (p *policy) destAllowed(dst netip.AddrPort) bool {
 
 // isOwn tells whether a is one of the relay's addresses. A zone (a
 // TPROXY flow's link-local destination carries its interface's) does not
-// hide one.
+// hide one, nor the NAT64 prefix, through which an IPv4 one is reached.
 func (p *policy) isOwn(a netip.Addr) bool {
 	a = a.WithZone("")
+	own := p.own
 	if p.ownRef != nil {
 		if o := p.ownRef.Load(); o != nil {
-			return o.has(a)
+			own = o
 		}
 	}
-	return p.own.has(a)
+	if v4, ok := fromNAT64(a); ok && own.has(v4) {
+		return true
+	}
+	return own.has(a)
 }
 
 func (p *policy) special(a netip.Addr) bool {

@@ -149,6 +149,18 @@ func TestPolicyDestAllowed(t *testing.T) {
 		{"azure host service closed under 0/0", []string{"0.0.0.0/0"}, "168.63.129.16:80", false},
 		{"nat64 closed under ::/0", []string{"::/0"}, "[64:ff9b::7f00:1]:80", false},
 		{"local-use nat64 closed under ::/0", []string{"::/0"}, "[64:ff9b:1::a9fe:a9fe]:80", false},
+		// The NAT64 prefix named, to reach the IPv4 internet through a
+		// translator: the special IPv4 addresses stay closed in that form.
+		{"nat64 rule opens ordinary v4", []string{"64:ff9b::/96"}, "[64:ff9b::5db8:d822]:443", true},
+		{"nat64 rule keeps metadata closed", []string{"64:ff9b::/96"}, "[64:ff9b::a9fe:a9fe]:80", false},
+		{"nat64 rule keeps loopback closed", []string{"64:ff9b::/96"}, "[64:ff9b::7f00:1]:9190", false},
+		{"nat64 rule keeps link-local closed", []string{"64:ff9b::/96"}, "[64:ff9b::a9fe:101]:80", false},
+		{"nat64 rule keeps this network closed", []string{"64:ff9b::/96"}, "[64:ff9b::1]:80", false},
+		{"nat64 rule keeps multicast closed", []string{"64:ff9b::/96"}, "[64:ff9b::e000:1]:80", false},
+		{"nat64 rule keeps azure host service closed", []string{"64:ff9b::/96"}, "[64:ff9b::a83f:8110]:80", false},
+		{"nat64 link-local rule keeps metadata closed", []string{"64:ff9b::a9fe:0/112"}, "[64:ff9b::a9fe:a9fe]:80", false},
+		{"nat64 link-local rule opens link-local", []string{"64:ff9b::a9fe:0/112"}, "[64:ff9b::a9fe:101]:80", true},
+		{"nat64 metadata named exactly", []string{"64:ff9b::a9fe:a9fe/128"}, "[64:ff9b::a9fe:a9fe]:80", true},
 		{"fe80::/10 rule", []string{"fe80::/10"}, "[fe80::1]:80", true},
 		{"fe80::/64 rule", []string{"fe80::/64"}, "[fe80::1]:80", true},
 		{"multicast /4 rule", []string{"224.0.0.0/4"}, "224.0.0.1:80", true},
@@ -192,6 +204,10 @@ func TestPolicyOwnAddrs(t *testing.T) {
 		{"own loopback named /32", []string{"127.0.0.1/32"}, "127.0.0.1:80", true},
 		{"own v4 with broad and exact rules", []string{"0.0.0.0/0", "192.0.2.10/32:22"}, "192.0.2.10:22", true},
 		{"own v4 with broad and exact rules, other port", []string{"0.0.0.0/0", "192.0.2.10/32:22"}, "192.0.2.10:80", false},
+		// Through a NAT64 translator, an own IPv4 address leads here too.
+		{"own v4 through nat64", []string{"64:ff9b::/96"}, "[64:ff9b::c000:20a]:80", false},
+		{"own v4 through nat64, named /128", []string{"64:ff9b::c000:20a/128"}, "[64:ff9b::c000:20a]:80", true},
+		{"neighbour through nat64", []string{"64:ff9b::/96"}, "[64:ff9b::c000:20b]:80", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := testPolicy(t, nil, tc.rules, own...)
