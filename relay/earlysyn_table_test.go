@@ -105,3 +105,36 @@ func TestEarlyTable(t *testing.T) {
 		t.Error("stopped table claimed")
 	}
 }
+
+// TestEarlyCaptures: a listener's capture takes the flows its rules take,
+// which are of the listener's address family only (nftRules): with no dst,
+// a SYN of the other family to a captured port is not the listener's, and
+// starts no dial (before, an IPv4 listener's capture of every destination
+// dialed each IPv6 SYN the host forwarded to its port: a connection to a
+// server no flow would claim, reset after earlyExpiry).
+func TestEarlyCaptures(t *testing.T) {
+	for _, tc := range []struct {
+		listen string
+		dst    []string
+		to     string
+		want   bool
+	}{
+		{"0.0.0.0:7000", nil, "192.0.2.10:80", true},
+		{"0.0.0.0:7000", nil, "192.0.2.10:22", false},
+		{"0.0.0.0:7000", nil, "[2001:db8::10]:80", false},
+		{"[::]:7000", nil, "[2001:db8::10]:80", true},
+		{"[::]:7000", nil, "192.0.2.10:80", false},
+		{"0.0.0.0:7000", []string{"192.0.2.0/24"}, "192.0.2.10:80", true},
+		{"0.0.0.0:7000", []string{"192.0.2.0/24"}, "198.51.100.1:80", false},
+		{"[::]:7000", []string{"2001:db8::/32"}, "[2001:db8::10]:80", true},
+	} {
+		lc := ListenerConfig{Name: "t", Listen: tc.listen, Mode: "tproxy", Capture: &CaptureConfig{Dst: tc.dst, Ports: "80"}}
+		st, err := newListenerState(lc, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := st.captures(netip.MustParseAddrPort(tc.to)); got != tc.want {
+			t.Errorf("listen %s, capture dst %v ports 80: captures(%s) = %v, want %v", tc.listen, tc.dst, tc.to, got, tc.want)
+		}
+	}
+}

@@ -65,7 +65,7 @@ type listenerState struct {
 	users  map[string]string
 	protos map[string]bool
 	// What the capture rules take, for early SYN: ports and prefixes
-	// (none: any destination).
+	// (without capture dst, the listener's whole address family).
 	capPorts portSet
 	capDst   []netip.Prefix
 	forward  netip.AddrPort // a forward listener's destination, unmapped
@@ -103,6 +103,19 @@ func newListenerState(lc ListenerConfig, own *atomic.Pointer[ownSet]) (*listener
 				return nil, err
 			}
 			st.capDst = append(st.capDst, p.Masked())
+		}
+		if len(st.capDst) == 0 {
+			// The rules take the listener's family only (nftRules): a SYN
+			// of the other one to a captured port is not the listener's.
+			ap, err := netip.ParseAddrPort(lc.Listen)
+			if err != nil {
+				return nil, err
+			}
+			all := netip.IPv6Unspecified()
+			if ap.Addr().Is4() {
+				all = netip.IPv4Unspecified()
+			}
+			st.capDst = []netip.Prefix{netip.PrefixFrom(all, 0)}
 		}
 	}
 	return st, nil
