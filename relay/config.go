@@ -668,7 +668,9 @@ func (c *Config) Validate() error {
 		case "forward":
 			if ap, err := netip.ParseAddrPort(ln.ForwardTo); err != nil {
 				add(p+".forward_to", "%q: want the destination as ip:port", ln.ForwardTo)
-			} else if lap, err := netip.ParseAddrPort(ln.Listen); err == nil && ap.Port() == lap.Port() && (ap.Addr().Unmap() == lap.Addr().Unmap() || lap.Addr().IsUnspecified()) {
+			} else if lap, err := netip.ParseAddrPort(ln.Listen); err == nil && forwardsToItself(lap, ap, nil) {
+				// The host's other addresses come and go: a flow to one
+				// of them on this port is refused (refuseTransparent).
 				add(p+".forward_to", "%q: the listener itself", ln.ForwardTo)
 			}
 			for _, bad := range []struct {
@@ -883,6 +885,18 @@ func (c *Config) validateAddresses(add func(path, format string, args ...any)) {
 			}
 		}
 	}
+}
+
+// forwardsToItself tells whether a listener at listen that connects to
+// dst connects to itself: dst is its address, or, for a listener on every
+// address of its family, a loopback, unspecified or (own, when not nil)
+// own address of that family, on its port.
+func forwardsToItself(listen, dst netip.AddrPort, own func(netip.Addr) bool) bool {
+	l, d := listen.Addr().Unmap().WithZone(""), dst.Addr().Unmap().WithZone("")
+	if listen.Port() != dst.Port() || l.Is4() != d.Is4() {
+		return false
+	}
+	return d == l || l.IsUnspecified() && (d.IsLoopback() || d.IsUnspecified() || own != nil && own(d))
 }
 
 // portSet is a set of port ranges; nil means every port.

@@ -876,3 +876,28 @@ func TestConfigWarnings(t *testing.T) {
 		t.Errorf("relay hop warnings:\n%q\nwant\n%q", got, want)
 	}
 }
+
+// TestConfigForwardSamePort: a port forwarder on every address may forward
+// to another host on its own port (0.0.0.0:443 to 10.0.5.20:443, the
+// common case); only its own addresses on that port are the listener itself.
+func TestConfigForwardSamePort(t *testing.T) {
+	for _, tc := range []struct {
+		listen, to string
+		itself     bool
+	}{
+		{"0.0.0.0:7300", "192.0.2.20:7300", false},
+		{"[::]:7300", "[2001:db8::20]:7300", false},
+		{"0.0.0.0:7300", "[::1]:7300", false}, // an IPv4 socket takes no IPv6 flow
+		{"0.0.0.0:7300", "127.0.0.1:7300", true},
+		{"0.0.0.0:7300", "0.0.0.0:7300", true},
+		{"[::]:7300", "[::1]:7300", true},
+		{"192.0.2.1:7300", "192.0.2.1:7300", true},
+		{"192.0.2.1:7300", "192.0.2.2:7300", false},
+	} {
+		conf := fmt.Sprintf("listeners:\n  - {name: f, listen: %q, mode: forward, forward_to: %q}\n", tc.listen, tc.to)
+		_, err := ParseConfig([]byte(conf))
+		if got := err != nil && strings.Contains(err.Error(), "the listener itself"); got != tc.itself || err != nil && !got {
+			t.Errorf("listen %s, forward_to %s: %v; want the listener itself: %v", tc.listen, tc.to, err, tc.itself)
+		}
+	}
+}

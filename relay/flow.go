@@ -399,7 +399,13 @@ func refusedError(reason string) error {
 // local address) to dst must not be relayed, or "".
 func refuseTransparent(l *listener, st *listenerState, self, dst netip.AddrPort) string {
 	if st.cfg.Mode == "forward" {
-		return "" // the operator named the destination; the configuration refuses the listener itself
+		// The operator named the destination, but not the listener itself:
+		// on every address, it is also each of the host's own on its port,
+		// which the configuration's check cannot know.
+		if forwardsToItself(addrPortOf(l.ln.Addr()), dst, st.policy.isOwn) {
+			return "destination_is_relay"
+		}
+		return ""
 	}
 	// A flow to this very listener (a client connecting to it directly, or
 	// REDIRECT of a flow that was not redirected) would dial itself forever.

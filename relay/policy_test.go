@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"net"
 	"net/netip"
 	"os/exec"
 	"testing"
@@ -328,5 +329,42 @@ func TestPolicyOwnAdvertised(t *testing.T) {
 	}
 	if !st.policy.isOwn(netip.MustParseAddr("192.0.2.78")) || st.policy.isOwn(netip.MustParseAddr("192.0.2.77")) {
 		t.Error("after the reload, the own addresses did not follow auth.advertise")
+	}
+}
+
+// TestForwardToItself: a forward listener on every address whose
+// forward_to is one of the host's own addresses on its port would dial
+// itself, each flow another, until the limits ran out. The configuration
+// cannot see every such address (they come and go), so the flow is
+// refused; another address on that port is another host's.
+func TestForwardToItself(t *testing.T) {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4zero})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	l := &listener{ln: ln}
+	for _, tc := range []struct {
+		to   string
+		want string
+	}{
+		{"192.0.2.10", "destination_is_relay"},
+		{"127.0.0.1", "destination_is_relay"},
+		{"192.0.2.11", ""},
+	} {
+		dst := netip.AddrPortFrom(netip.MustParseAddr(tc.to), port)
+		st, err := newListenerState(ListenerConfig{Name: "f", Listen: "0.0.0.0:0", Mode: "forward", ForwardTo: dst.String()}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.policy.own = &ownSet{addrs: map[netip.Addr]bool{netip.MustParseAddr("192.0.2.10"): true}}
+		if got := refuseTransparent(l, st, netip.AddrPort{}, dst); got != tc.want {
+			t.Errorf("forward listener on %s, own 192.0.2.10, forward_to %s: refused %q, want %q", ln.Addr(), dst, got, tc.want)
+		}
+		// Another port of the host is another service.
+		if other := netip.AddrPortFrom(dst.Addr(), port+1); refuseTransparent(l, st, netip.AddrPort{}, other) != "" {
+			t.Errorf("forward_to %s refused: not the listener's port", other)
+		}
 	}
 }
