@@ -194,7 +194,8 @@ func (r destRule) narrowEnough(a netip.Addr, p *policy) bool {
 }
 
 // ownAddrs lists the addresses of this host's interfaces and the
-// prefixes of its local routes (localPrefixes).
+// prefixes of its local routes (localPrefixes), those of one address
+// among the addresses.
 func ownAddrs() *ownSet {
 	own := &ownSet{addrs: map[netip.Addr]bool{}}
 	if addrs, err := net.InterfaceAddrs(); err == nil {
@@ -206,6 +207,12 @@ func ownAddrs() *ownSet {
 			}
 		}
 	}
-	own.local = localPrefixes()
+	for _, p := range localPrefixes() {
+		if p.IsSingleIP() {
+			own.addrs[p.Addr()] = true // a lookup, not a scan of local
+		} else {
+			own.local = append(own.local, p)
+		}
+	}
 	return own
 }

@@ -8,11 +8,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// localPrefixes lists the prefixes (not single addresses, which the
-// interfaces' addresses cover) of the namespace's local routes in its
+// localPrefixes lists the prefixes of the namespace's local routes in its
 // local table, where the kernel puts those of addresses on lo and ip
-// route puts AnyIP routes. Only that table: a router's main table may
-// hold a million routes, and other tables serve policy rules.
+// route puts AnyIP routes, of one address too (ip route add local
+// 192.0.2.9 dev lo: no interface has it). Only that table: a router's main
+// table may hold a million routes, and other tables serve policy rules.
 func localPrefixes() []netip.Prefix {
 	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL}, netlink.RT_FILTER_TYPE|netlink.RT_FILTER_TABLE)
 	if err != nil {
@@ -25,8 +25,8 @@ func localPrefixes() []netip.Prefix {
 		}
 		ip, ok := netip.AddrFromSlice(r.Dst.IP)
 		ones, _ := r.Dst.Mask.Size()
-		if !ok || ones == 0 || ones == ip.Unmap().BitLen() {
-			continue // a default route is a policy's; a host route, an address
+		if !ok || ones == 0 {
+			continue // a default route is a policy's
 		}
 		if p, err := ip.Unmap().Prefix(ones); err == nil {
 			out = append(out, p)

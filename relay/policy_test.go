@@ -249,6 +249,8 @@ func TestPolicyOwnLocalRoutes(t *testing.T) {
 			{"link", "set", "hwown0", "up"},
 			{"addr", "add", "10.99.0.1/24", "dev", "lo"},
 			{"route", "add", "local", "10.98.0.0/16", "dev", "lo"},
+			{"route", "add", "local", "10.96.0.9/32", "dev", "lo"}, // AnyIP of one address
+			{"-6", "route", "add", "local", "2001:db8:96::9/128", "dev", "lo"},
 			{"route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100"},
 		} {
 			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
@@ -263,6 +265,7 @@ func TestPolicyOwnLocalRoutes(t *testing.T) {
 			addr string
 			own  bool
 		}{{"10.99.0.1", true}, {"10.99.0.7", true}, {"10.98.3.4", true}, {"10.97.0.1", false}, {"192.0.2.1", false},
+			{"10.96.0.9", true}, {"10.96.0.10", false}, {"2001:db8:96::9", true},
 			// A TPROXY flow's link-local destination carries its zone.
 			{"fe80::77%hwown0", true}, {"fe80::78%hwown0", false}} {
 			a := netip.MustParseAddr(tc.addr)
