@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -105,7 +106,10 @@ func (s *Server) serveSOCKS(st *listenerState, rt *runtime, f *flow, c *net.TCPC
 		return nil, errorf("socks5 handshake", err)
 	}
 	_ = c.SetDeadline(time.Time{}) // the head is read: the connect has its own timeout
-	dsts, err := s.resolve(st, f, req.IP, req.Name, req.Port)
+	var dsts []netip.AddrPort
+	if st, rt, err = s.judgeNow(f); err == nil {
+		dsts, err = s.resolve(st, f, req.IP, req.Name, req.Port)
+	}
 	if err == nil {
 		var server *net.TCPConn
 		if server, err = s.open(rt, st, f, dsts); err == nil {
@@ -172,6 +176,10 @@ func (s *Server) serveHTTP(st *listenerState, rt *runtime, f *flow, c *net.TCPCo
 		return nil, errorf("http connect", err)
 	}
 	_ = c.SetDeadline(time.Time{})
+	if st, rt, err = s.judgeNow(f); err != nil {
+		replyAndClose(c, func() error { return httpconnect.WriteResponse(c, httpStatus(err), "") })
+		return nil, err
+	}
 	if len(st.users) > 0 && !checkUser(st.users, req.ProxyAuthorization) {
 		replyAndClose(c, func() error { return httpconnect.WriteResponse(c, http.StatusProxyAuthRequired, "") })
 		return nil, errors.New("http connect: proxy authentication failed")
@@ -196,6 +204,35 @@ func (s *Server) serveHTTP(st *listenerState, rt *runtime, f *flow, c *net.TCPCo
 	}
 	replyAndClose(c, func() error { return httpconnect.WriteResponse(c, httpStatus(err), "") })
 	return nil, err
+}
+
+// judgeNow is the listener state and runtime that a client's request, its
+// head read, is judged by: those in force now, not at its accept. The head
+// may take up to handshake_timeout, and a reload meanwhile may have
+// removed the listener, taken its protocol away, or the client or the
+// destination out of its lists (as a peer's pooled connection is judged
+// when its request comes). A listener replaced by one of its name (a new
+// socket) judges by the new one's configuration.
+func (s *Server) judgeNow(f *flow) (*listenerState, *runtime, error) {
+	rt, st := s.state.Load(), f.l.cur.Load()
+	if f.l.retired.Load() {
+		i := slices.IndexFunc(rt.cfg.Listeners, func(lc ListenerConfig) bool { return lc.Name == f.listener })
+		if i < 0 {
+			return nil, nil, &connectError{kind: "not_allowed", err: errors.New("the listener was removed during the client's protocol head")}
+		}
+		var err error
+		if st, err = newListenerState(rt.cfg.Listeners[i], &s.own); err != nil {
+			return nil, nil, err
+		}
+	}
+	if !st.protos[*f.proto.Load()] {
+		return nil, nil, &connectError{kind: "not_allowed", err: fmt.Errorf("the listener stopped taking %s during the client's protocol head", *f.proto.Load())}
+	}
+	if !st.policy.clientAllowed(f.client.Addr()) {
+		s.metrics.refused.With(f.listener, "client_not_allowed").Inc()
+		return nil, nil, &connectError{kind: "not_allowed", err: errors.New("the client left allow_clients during its protocol head")}
+	}
+	return st, rt, nil
 }
 
 // checkUser checks HTTP Basic credentials in time that tells nothing about

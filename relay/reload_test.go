@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -194,5 +196,91 @@ func TestReloadRefusedKeepsAuth(t *testing.T) {
 	}
 	if own := s.own.Load(); !own.has(netip.MustParseAddr("192.0.2.10")) || own.has(netip.MustParseAddr("192.0.2.11")) {
 		t.Error("after the refused reload, the own addresses follow the refused auth.advertise")
+	}
+}
+
+// TestReloadJudgesRequestNow: a client's request is judged by the
+// configuration in force when it arrives, as a pooled connection's is: a
+// reload during its protocol head that takes its destination away, takes
+// the client out of allow_clients, takes its protocol away or removes the
+// listener refuses it; one that replaces the listener by another of its
+// name that allows it still serves it.
+func TestReloadJudgesRequestNow(t *testing.T) {
+	echo := echoServer(t)
+	conf := func(listen, protos, clients, dests string) string {
+		y := "admin: {listen: off}\nlimits: {handshake_timeout: 30s}\nlisteners:\n  - {name: keep, listen: \"127.0.0.1:0\", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: [192.0.2.1/32]}\n"
+		if listen != "" {
+			y += fmt.Sprintf("  - {name: s, listen: %q, protocols: [%s], allow_clients: [%s], allow_destinations: [%q]}\n", listen, protos, clients, dests)
+		}
+		return y
+	}
+	const at, both = "127.0.0.1:0", "socks5, http"
+	for _, tc := range []struct {
+		name   string
+		after  func(proto string) string
+		served bool
+	}{
+		{"destination removed", func(string) string { return conf(at, both, "127.0.0.1/32", "192.0.2.1/32") }, false},
+		{"client removed", func(string) string { return conf(at, both, "192.0.2.1/32", "127.0.0.1/32") }, false},
+		{"protocol removed", func(p string) string {
+			return conf(at, map[string]string{"socks5": "http", "http": "socks5"}[p], "127.0.0.1/32", "127.0.0.1/32")
+		}, false},
+		{"listener removed", func(string) string { return conf("", "", "", "") }, false},
+		{"listener replaced", func(string) string { return conf("127.0.0.2:0", both, "127.0.0.1/32", "127.0.0.1/32") }, true},
+		{"listener replaced, destination removed", func(string) string { return conf("127.0.0.2:0", both, "127.0.0.1/32", "192.0.2.1/32") }, false},
+	} {
+		for _, proto := range []string{"socks5", "http"} {
+			t.Run(tc.name+"/"+proto, func(t *testing.T) {
+				s := startLoopback(t, conf(at, both, "127.0.0.1/32", "127.0.0.1/32"))
+				c, err := net.DialTimeout("tcp", s.Addr("s").String(), 5*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				if proto == "socks5" {
+					// The greeting and its answer: the handshake has begun.
+					if _, err := c.Write([]byte{5, 1, 0}); err != nil {
+						t.Fatal(err)
+					}
+					if b := make([]byte, 2); func() error { _, err := io.ReadFull(c, b); return err }() != nil || b[1] != 0 {
+						t.Fatalf("socks5 greeting: %v", b)
+					}
+				} else if _, err := c.Write([]byte("CONNECT ")); err != nil {
+					t.Fatal(err)
+				}
+				// The first byte is in: wait until the relay reads on.
+				for i := 0; s.handshakes.Load() == 0; i++ {
+					if i > 500 {
+						t.Fatal("the relay never began the handshake")
+					}
+					time.Sleep(2 * time.Millisecond)
+				}
+				if err := reloadYAML(t, s, tc.after(proto)); err != nil {
+					t.Fatal(err)
+				}
+				ok := false
+				if proto == "socks5" {
+					a := echo.Addr().As4()
+					req := append([]byte{5, 1, 0, 1}, a[:]...)
+					req = append(req, byte(echo.Port()>>8), byte(echo.Port()))
+					if _, err := c.Write(req); err != nil {
+						t.Fatal(err)
+					}
+					b := make([]byte, 10)
+					_, err = io.ReadFull(c, b)
+					ok = err == nil && b[1] == 0
+				} else {
+					if _, err := fmt.Fprintf(c, "%s HTTP/1.1\r\nHost: %s\r\n\r\n", echo, echo); err != nil {
+						t.Fatal(err)
+					}
+					line, _ := bufio.NewReader(c).ReadString('\n')
+					ok = strings.HasPrefix(line, "HTTP/1.1 200")
+				}
+				if ok != tc.served {
+					t.Errorf("after the reload (%s), the request to %s served: %v, want %v", tc.name, echo, ok, tc.served)
+				}
+			})
+		}
 	}
 }
