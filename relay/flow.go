@@ -534,6 +534,11 @@ func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, ear
 			return nil, classify(err)
 		}
 	}
+	if leg.Congestion != "" {
+		// The SYN took the route's congctl, if it names one, over the
+		// leg's set before connect. A locked one (EPERM) stays.
+		_ = sockopt.Tune(c, leg.Congestion, 0, 0, false)
+	}
 	return c, nil
 }
 

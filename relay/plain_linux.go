@@ -306,6 +306,9 @@ func (s *Server) dialFD(rt *runtime, addr netip.AddrPort, leg LegConfig) (int, e
 		resetFD(fd) // no TIME_WAIT holding the port
 		return -1, classify(os.NewSyscallError("connect", unix.ECONNREFUSED))
 	}
+	if leg.Congestion != "" {
+		_ = sockopt.TuneFD(fd, leg.Congestion, 0, 0, false) // over the route's congctl, as dial does
+	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) // as Go's dial
 	return fd, nil
 }

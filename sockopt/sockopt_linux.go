@@ -56,7 +56,9 @@ type Options struct {
 	// Mark sets SO_MARK (0: unset), for policy routing of the relay's own legs.
 	Mark int
 	// Congestion sets the congestion control (TCP_CONGESTION) before the
-	// SYN, so the handshake already runs it; empty keeps the default.
+	// SYN, so the handshake already runs it; empty keeps the default. A
+	// route that names one (ip route … congctl) replaces it as the SYN
+	// goes: Tune sets it again once connected.
 	Congestion string
 	// SendBuffer and ReceiveBuffer > 0 fix the socket buffers, beyond
 	// net.core.[rw]mem_max (SO_SNDBUFFORCE, SO_RCVBUFFORCE: CAP_NET_ADMIN).
