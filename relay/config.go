@@ -761,8 +761,12 @@ func (c *Config) Validate() error {
 		name string
 		leg  LegConfig
 	}{{"client", c.Legs.Client}, {"server", c.Legs.Server}, {"relay", c.Legs.Relay}} {
-		if lg.leg.Congestion != "" && !sockopt.CongestionAvailable(lg.leg.Congestion) {
-			add("legs."+lg.name+".congestion", "%q: not available here (see net.ipv4.tcp_available_congestion_control)", lg.leg.Congestion)
+		// One the relay may not choose would fail every dial of the leg,
+		// and leave its accepted connections on the default.
+		if lg.leg.Congestion != "" {
+			if err := sockopt.CongestionUsable(lg.leg.Congestion); err != nil {
+				add("legs."+lg.name+".congestion", "%q: %v", lg.leg.Congestion, err)
+			}
 		}
 		// A buffer the process may not force would fail every socket of
 		// the leg, each flow reset: refuse the file instead.

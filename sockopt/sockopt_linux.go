@@ -19,7 +19,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -198,15 +197,36 @@ func Congestion(c *net.TCPConn) (string, error) {
 	return name, serr
 }
 
-// CongestionAvailable tells whether the kernel has a congestion control
-// (net.ipv4.tcp_available_congestion_control); when the list cannot be
-// read it says yes and leaves the verdict to setsockopt.
-func CongestionAvailable(name string) bool {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_available_congestion_control")
+// CongestionUsable's answers: a congestion control the kernel does not
+// have, nor a module of that name, and one it has but this process may
+// not choose.
+var (
+	ErrCongestionNotAvailable = errors.New("not available here (see net.ipv4.tcp_available_congestion_control)")
+	ErrCongestionNotAllowed   = errors.New("not in net.ipv4.tcp_allowed_congestion_control, and the process lacks CAP_NET_ADMIN")
+)
+
+// CongestionUsable tells whether this process's sockets may run a
+// congestion control, by setting it on a socket of its own: the kernel
+// loads its module when the process has CAP_NET_ADMIN, and without that
+// capability takes only those of net.ipv4.tcp_allowed_congestion_control
+// (ErrCongestionNotAllowed). A name the kernel does not know is
+// ErrCongestionNotAvailable.
+func CongestionUsable(name string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return true
+		return fmt.Errorf("socket: %w", err)
 	}
-	return slices.Contains(strings.Fields(string(b)), name)
+	defer unix.Close(fd)
+	switch err := unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, name); {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.ENOENT):
+		return ErrCongestionNotAvailable
+	case errors.Is(err, unix.EPERM):
+		return ErrCongestionNotAllowed
+	default:
+		return fmt.Errorf("setsockopt TCP_CONGESTION %s: %w", name, err)
+	}
 }
 
 // SetRTOMinFD sets a socket's minimum retransmission timeout

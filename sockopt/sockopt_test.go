@@ -231,3 +231,19 @@ func TestTuneMPTCP(t *testing.T) {
 		t.Errorf("SO_RCVBUF %d after Tune, want %d", rcvbuf, 1<<20)
 	}
 }
+
+// TestCongestionUsable: reno, built into every kernel, is usable; a name
+// no kernel knows is not available.
+func TestCongestionUsable(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		want error
+	}{
+		{"reno", nil},
+		{"warp", ErrCongestionNotAvailable},
+	} {
+		if err := CongestionUsable(tc.name); !errors.Is(err, tc.want) {
+			t.Errorf("CongestionUsable(%q): %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
