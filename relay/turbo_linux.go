@@ -164,6 +164,17 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 	nr := *best
 	nr.Dst = &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)}
 	nr.Protocol = routeProto
+	// The kernel lists the state of a nexthop's link in its flags
+	// (linkdown, dead, offload) and refuses a route that carries them.
+	nr.Flags &= settableFlags
+	if len(best.MultiPath) > 0 {
+		nr.MultiPath = make([]*netlink.NexthopInfo, len(best.MultiPath))
+		for i, nh := range best.MultiPath {
+			cp := *nh
+			cp.Flags &= settableFlags
+			nr.MultiPath[i] = &cp
+		}
+	}
 	nr.InitCwnd, nr.InitRwnd = r.cfg.InitCwnd, r.cfg.InitRwnd
 	for _, o := range ours {
 		if sameRoute(o, &nr) {
@@ -207,6 +218,10 @@ func resolvesVia(ip net.IP, best *netlink.Route, ours []*netlink.Route) error {
 	}
 	return fmt.Errorf("the kernel routes the peer via %s (link %d), not by the main table's route %s: no turbo route", g.Gw, g.LinkIndex, best.Dst)
 }
+
+// settableFlags are the nexthop flags a route may be given (onlink,
+// pervasive); the kernel sets the others itself.
+const settableFlags = unix.RTNH_F_ONLINK | unix.RTNH_F_PERVASIVE
 
 // nexthops are a route's: its own, or those of a multipath route.
 func nexthops(r *netlink.Route) []netlink.NexthopInfo {

@@ -196,3 +196,45 @@ links: [{a: a, b: b}, {a: b, b: c}]`)
 		t.Errorf("after the multipath route's weights changed: %q", got)
 	}
 }
+
+// TestTurboRoutesLinkDown: a covering route whose link has lost its
+// carrier (linkdown), alone or as one nexthop of a multipath route, still
+// gets its copy. The kernel marks those flags on the routes it lists and
+// refuses them on a route it is given.
+func TestTurboRoutesLinkDown(t *testing.T) {
+	lab := labtest.Start(t, `
+name: turbo3
+nodes: [a, b, c]
+links: [{a: a, b: b}, {a: b, b: c}]`)
+	a, b, c := lab.Host("a"), lab.Host("b"), lab.Host("c")
+	peer := b.Ifaces()[0].Addr4.Addr()
+	far := c.Addr()
+	cNet := c.Ifaces()[0].Addr4.Masked().String()
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := a.Command(t.Context(), args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	// d0 is up, its veth peer down: no carrier, its routes linkdown.
+	run("ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+	run("ip", "addr", "add", "192.0.2.1/24", "dev", "d0")
+	run("ip", "link", "set", "d0", "up")
+	run("ip", "route", "replace", cNet, "nexthop", "via", peer.String(), "nexthop", "via", "192.0.2.254", "dev", "d0")
+	var tr turboRoutes
+	defer a.Do(func() error { return tr.apply(nil) })
+	for _, tc := range []struct{ name, peer string }{
+		{"on-link, linkdown", "192.0.2.7"},
+		{"multipath, one nexthop linkdown", far.String()},
+	} {
+		var err error
+		a.Do(func() error {
+			err = tr.apply([]PeerConfig{{Address: tc.peer, Turbo: &TurboConfig{InitCwnd: 100, InitRwnd: 100}}})
+			return nil
+		})
+		out, _ := a.Command(t.Context(), "ip", "route", "show", tc.peer+"/32", "proto", "104").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "initcwnd 100") {
+			t.Errorf("%s: %v, route %q; want the copy in place", tc.name, err, out)
+		}
+	}
+}
