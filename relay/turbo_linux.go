@@ -104,6 +104,14 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 	if peer.Is6() {
 		family, bits = netlink.FAMILY_V6, 128
 	}
+	oif := 0 // a link-local peer's zone: the link it is on
+	if z := peer.Zone(); z != "" {
+		id, err := zoneID(z)
+		if err != nil {
+			return err
+		}
+		oif = int(id)
+	}
 	routes, err := netlink.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return fmt.Errorf("listing routes: %w", err)
@@ -121,6 +129,9 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 	bestLen := -1
 	for i := range routes {
 		rt := &routes[i]
+		if oif != 0 && !onLink(rt, oif) {
+			continue // another link's: every link has its fe80::/64
+		}
 		n := 0 // a nil Dst is the default route
 		if rt.Dst != nil {
 			if !rt.Dst.Contains(ip) {
@@ -154,7 +165,7 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 		dropOurs(nil)
 		return fmt.Errorf("the route covering the peer (%s) is of type %d, not unicast: no turbo route", best.Dst, best.Type)
 	}
-	if err := resolvesVia(ip, best, ours); err != nil {
+	if err := resolvesVia(ip, oif, best, ours); err != nil {
 		// Policy routing sends the peer elsewhere than the main table's
 		// route (a tunnel's table, say): a host route in main would
 		// take it off that path.
@@ -197,11 +208,11 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 	return nil
 }
 
-// resolvesVia checks that the kernel sends packets to ip the way the main
-// table's route best (or ours, a copy of it) does: through the main table,
-// by one of its nexthops.
-func resolvesVia(ip net.IP, best *netlink.Route, ours []*netlink.Route) error {
-	got, err := netlink.RouteGet(ip)
+// resolvesVia checks that the kernel sends packets to ip (out of link
+// oif, if not 0) the way the main table's route best (or ours, a copy of
+// it) does: through the main table, by one of its nexthops.
+func resolvesVia(ip net.IP, oif int, best *netlink.Route, ours []*netlink.Route) error {
+	got, err := netlink.RouteGetWithOptions(ip, &netlink.RouteGetOptions{OifIndex: oif})
 	if err != nil || len(got) == 0 {
 		return fmt.Errorf("the kernel has no route to the peer (%v): no turbo route", err)
 	}
@@ -217,6 +228,16 @@ func resolvesVia(ip net.IP, best *netlink.Route, ours []*netlink.Route) error {
 		}
 	}
 	return fmt.Errorf("the kernel routes the peer via %s (link %d), not by the main table's route %s: no turbo route", g.Gw, g.LinkIndex, best.Dst)
+}
+
+// onLink tells whether all of a route's nexthops are on link index.
+func onLink(r *netlink.Route, index int) bool {
+	for _, nh := range nexthops(r) {
+		if nh.LinkIndex != index {
+			return false
+		}
+	}
+	return true
 }
 
 // settableFlags are the nexthop flags a route may be given (onlink,

@@ -3,8 +3,10 @@ package relay
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -235,6 +237,54 @@ links: [{a: a, b: b}, {a: b, b: c}]`)
 		out, _ := a.Command(t.Context(), "ip", "route", "show", tc.peer+"/32", "proto", "104").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "initcwnd 100") {
 			t.Errorf("%s: %v, route %q; want the copy in place", tc.name, err, out)
+		}
+	}
+}
+
+// TestTurboRoutesLinkLocal: a link-local peer's turbo route goes on the
+// link its zone names. Every link has a route to fe80::/64; the copy of
+// another link's would give the windows to whoever has that address there,
+// and none to the peer.
+func TestTurboRoutesLinkLocal(t *testing.T) {
+	lab := labtest.Start(t, `
+name: turbo4
+ipv6: true
+nodes: [a, b, c]
+links: [{a: a, b: b}, {a: a, b: c}]`)
+	a := lab.Host("a")
+	routes := func(args ...string) string {
+		out, _ := a.Command(t.Context(), "ip", append([]string{"-6", "route", "show"}, args...)...).CombinedOutput()
+		return string(out)
+	}
+	for i := 0; strings.Count(routes("fe80::/64"), "dev") < 2; i++ {
+		if i > 100 {
+			t.Fatalf("a has not both links' fe80::/64: %s", routes("fe80::/64"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var peers []PeerConfig
+	dev := map[string]string{} // peer address: a's link toward it
+	for _, i := range a.Ifaces() {
+		out, err := lab.Host(i.Peer).Command(t.Context(), "ip", "-6", "-o", "addr", "show", "scope", "link").CombinedOutput()
+		f := strings.Fields(string(out))
+		j := slices.Index(f, "inet6")
+		if err != nil || j < 0 {
+			t.Fatalf("%s's link-local address: %v %s", i.Peer, err, out)
+		}
+		ll := strings.Split(f[j+1], "/")[0]
+		peers = append(peers, PeerConfig{Address: "[" + ll + "%" + i.Name + "]:7100", Turbo: &TurboConfig{InitCwnd: 100, InitRwnd: 100}})
+		dev[ll] = i.Name
+	}
+	var tr turboRoutes
+	defer a.Do(func() error { return tr.apply(nil) })
+	var err error
+	a.Do(func() error { err = tr.apply(peers); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ll, name := range dev {
+		if got := routes(ll, "proto", "104"); !strings.Contains(got, "dev "+name+" ") {
+			t.Errorf("turbo route to %s%%%s: %q, want it on %s", ll, name, got, name)
 		}
 	}
 }
