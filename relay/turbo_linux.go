@@ -165,6 +165,15 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 		dropOurs(nil)
 		return fmt.Errorf("the route covering the peer (%s) is of type %d, not unicast: no turbo route", best.Dst, best.Type)
 	}
+	if locks, err := lockedMetrics(family, best); err != nil {
+		return err
+	} else if locks != 0 && locks != 1<<unix.RTAX_MTU && locks != 1<<unix.RTAX_RTO_MIN {
+		// A copy would run without them: a clamp (cwnd, window), a
+		// congctl the connections may not change, a fixed ssthresh.
+		dropOurs(nil)
+		return fmt.Errorf("the route covering the peer (%s) locks %s, which a copy would lose: no turbo route; add initcwnd %d initrwnd %d to it",
+			best.Dst, lockNames(locks), r.cfg.InitCwnd, r.cfg.InitRwnd)
+	}
 	if err := resolvesVia(ip, oif, best, ours); err != nil {
 		// Policy routing sends the peer elsewhere than the main table's
 		// route (a tunnel's table, say): a host route in main would

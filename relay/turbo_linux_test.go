@@ -288,3 +288,50 @@ links: [{a: a, b: b}, {a: a, b: c}]`)
 		}
 	}
 }
+
+// TestTurboRoutesLocks: a covering route that locks metrics is copied only
+// when the copy keeps the lock (mtu, or rto_min, alone); one that locks
+// others (a cwnd clamp, a congctl the connections may not change, an
+// ssthresh, which the kernel uses only when locked) gets no turbo route
+// rather than a copy without them.
+func TestTurboRoutesLocks(t *testing.T) {
+	lab := labtest.Start(t, `
+name: turbo5
+nodes: [a, b, c]
+links: [{a: a, b: b}, {a: b, b: c}]`)
+	a, b, c := lab.Host("a"), lab.Host("b"), lab.Host("c")
+	peer := b.Ifaces()[0].Addr4.Addr()
+	far := c.Addr()
+	cNet := c.Ifaces()[0].Addr4.Masked().String()
+	var tr turboRoutes
+	defer a.Do(func() error { return tr.apply(nil) })
+	for _, tc := range []struct {
+		metrics []string
+		want    string // in the error; "" for a copy, which has copied
+		copied  string
+	}{
+		{[]string{"mtu", "lock", "1400"}, "", "mtu lock 1400"},
+		{[]string{"cwnd", "lock", "50"}, "locks cwnd", ""},
+		{[]string{"mtu", "lock", "1400", "congctl", "lock", "reno"}, "locks mtu, congctl", ""},
+		{[]string{"ssthresh", "lock", "50", "window", "30000"}, "locks ssthresh", ""},
+	} {
+		args := append([]string{"route", "replace", cNet, "via", peer.String()}, tc.metrics...)
+		if out, err := a.Command(t.Context(), "ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+		var err error
+		a.Do(func() error {
+			_ = tr.apply(nil) // a fresh start, as a relay's
+			err = tr.apply([]PeerConfig{{Address: far.String(), Turbo: &TurboConfig{InitCwnd: 100, InitRwnd: 100}}})
+			return nil
+		})
+		out, _ := a.Command(t.Context(), "ip", "route", "show", far.String()+"/32", "proto", "104").CombinedOutput()
+		got := strings.TrimSpace(string(out))
+		switch {
+		case tc.want == "" && (err != nil || !strings.Contains(got, tc.copied) || !strings.Contains(got, "initcwnd 100")):
+			t.Errorf("%v: %v, copy %q; want one with %s", tc.metrics, err, got, tc.copied)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want) || got != ""):
+			t.Errorf("%v: %v, copy %q; want no copy and an error saying %q", tc.metrics, err, got, tc.want)
+		}
+	}
+}
