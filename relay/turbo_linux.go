@@ -266,20 +266,22 @@ func nexthops(r *netlink.Route) []netlink.NexthopInfo {
 }
 
 // sameRoute compares what forwarding and the connections' start depend
-// on: the nexthops (all of a multipath route's, with their weights) and
-// the metrics.
+// on: the nexthops (all of a multipath route's, with their weights and
+// onlink), the scope, and the metrics with the locks a copy keeps.
 func sameRoute(a, b *netlink.Route) bool {
 	na, nb := nexthops(a), nexthops(b)
 	if len(na) != len(nb) {
 		return false
 	}
 	for i := range na {
-		if na[i].LinkIndex != nb[i].LinkIndex || !na[i].Gw.Equal(nb[i].Gw) || na[i].Hops != nb[i].Hops {
+		if na[i].LinkIndex != nb[i].LinkIndex || !na[i].Gw.Equal(nb[i].Gw) || na[i].Hops != nb[i].Hops ||
+			na[i].Flags&settableFlags != nb[i].Flags&settableFlags {
 			return false
 		}
 	}
-	return a.Src.Equal(b.Src) && a.Priority == b.Priority && a.InitCwnd == b.InitCwnd && a.InitRwnd == b.InitRwnd &&
-		a.MTU == b.MTU && a.Window == b.Window && a.AdvMSS == b.AdvMSS && a.Reordering == b.Reordering &&
+	return a.Src.Equal(b.Src) && a.Priority == b.Priority && a.Scope == b.Scope && a.Flags&settableFlags == b.Flags&settableFlags &&
+		a.InitCwnd == b.InitCwnd && a.InitRwnd == b.InitRwnd &&
+		a.MTU == b.MTU && a.MTULock == b.MTULock && a.RtoMinLock == b.RtoMinLock && a.Window == b.Window && a.AdvMSS == b.AdvMSS && a.Reordering == b.Reordering &&
 		a.Hoplimit == b.Hoplimit && a.Features == b.Features && a.RtoMin == b.RtoMin && a.QuickACK == b.QuickACK &&
 		a.Congctl == b.Congctl && a.FastOpenNoCookie == b.FastOpenNoCookie && a.Ssthresh == b.Ssthresh
 }

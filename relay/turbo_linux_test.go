@@ -335,3 +335,40 @@ links: [{a: a, b: b}, {a: b, b: c}]`)
 		}
 	}
 }
+
+// TestTurboRoutesFollowLock: a lock the copy can keep, added to the
+// covering route later (its mtu locked at the same value), is followed on
+// refresh like any other change of the route.
+func TestTurboRoutesFollowLock(t *testing.T) {
+	lab := labtest.Start(t, `
+name: turbo6
+nodes: [a, b, c]
+links: [{a: a, b: b}, {a: b, b: c}]`)
+	a, b, c := lab.Host("a"), lab.Host("b"), lab.Host("c")
+	peer := b.Ifaces()[0].Addr4.Addr()
+	far := c.Addr()
+	cNet := c.Ifaces()[0].Addr4.Masked().String()
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := a.Command(t.Context(), args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	var tr turboRoutes
+	defer a.Do(func() error { return tr.apply(nil) })
+	run("ip", "route", "replace", cNet, "via", peer.String(), "mtu", "1400")
+	var err error
+	a.Do(func() error {
+		err = tr.apply([]PeerConfig{{Address: far.String(), Turbo: &TurboConfig{InitCwnd: 100, InitRwnd: 100}}})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run("ip", "route", "replace", cNet, "via", peer.String(), "mtu", "lock", "1400")
+	a.Do(func() error { err = tr.refresh(); return nil })
+	out, _ := a.Command(t.Context(), "ip", "route", "show", far.String()+"/32", "proto", "104").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "mtu lock 1400") {
+		t.Errorf("after the covering route locked its mtu: %v, copy %q; want mtu lock 1400", err, out)
+	}
+}
