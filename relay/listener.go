@@ -43,10 +43,32 @@ type listener struct {
 	flows   atomic.Int64
 	retired atomic.Bool
 
+	// rcvbuf is the receive buffer set on the listening socket (0: none,
+	// autotuned), which its connections take during their handshake
+	// (acceptedReceiveBuffer).
+	rcvbuf int
+
 	// keepalive is what the listening socket has set, and so every
 	// connection it accepts (Linux copies it): accepts whose leg wants the
 	// same need no setsockopt. -1: unknown.
 	keepalive atomic.Int64
+}
+
+// setReceiveBuffer fixes the listening socket's receive buffer at n (> 0),
+// for the connections it accepts from now on (acceptedReceiveBuffer).
+func (l *listener) setReceiveBuffer(n int) error {
+	rc, err := l.ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = sockopt.TuneFD(int(fd), "", 0, n, false) }); err != nil {
+		return err
+	}
+	if serr == nil {
+		l.rcvbuf = n
+	}
+	return serr
 }
 
 // setKeepalive puts the client leg's keepalive on the listening socket.
@@ -128,6 +150,38 @@ func (st *listenerState) perClientExempt() bool {
 	return len(st.protos) == 1 && st.protos["convert"]
 }
 
+// acceptedReceiveBuffer is the receive buffer to set on the listening
+// socket of a listener configured as lc: the receive_buffer of the leg its
+// connections are. A connection takes its window scale from the listening
+// socket's buffer in its handshake, before the relay can set its own, and
+// keeps it: with a larger buffer set only after accept, its window stops
+// at 64 KiB times that scale (8 MiB with net.ipv4.tcp_rmem's maximum at
+// 6 MiB, a common default). 0 (nothing set) where the leg has no fixed
+// buffer, on MPTCP listeners, and where one listener takes both client and
+// relay legs (SOCKS5 or HTTP and Convert) whose buffers differ: the
+// accepted sockets would inherit the buffer, and a leg without one would
+// lose autotuning.
+func acceptedReceiveBuffer(cfg *Config, lc ListenerConfig) int {
+	if lc.MPTCP {
+		return 0
+	}
+	relay, client := false, lc.Mode != "explicit"
+	for _, p := range lc.Protocols {
+		if p == "convert" {
+			relay = true
+		} else {
+			client = true
+		}
+	}
+	switch {
+	case relay && client && cfg.Legs.Relay.ReceiveBuffer != cfg.Legs.Client.ReceiveBuffer:
+		return 0
+	case relay && !client:
+		return int(cfg.Legs.Relay.ReceiveBuffer)
+	}
+	return int(cfg.Legs.Client.ReceiveBuffer)
+}
+
 func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 	st, err := newListenerState(lc, &s.own)
 	if err != nil {
@@ -140,6 +194,7 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 	case st.protos["convert"]:
 		opts.FastOpenQueue = fastOpenQueue
 	}
+	opts.ReceiveBuffer = acceptedReceiveBuffer(s.state.Load().cfg, lc)
 	lcfg := net.ListenConfig{Control: opts.Control, KeepAlive: -1}
 	// MPTCP only where configured: Go would otherwise pick it by default.
 	lcfg.SetMultipathTCP(lc.MPTCP)
@@ -152,7 +207,7 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
 	}
-	l := &listener{cfg: lc, ln: nl.(*net.TCPListener)}
+	l := &listener{cfg: lc, ln: nl.(*net.TCPListener), rcvbuf: opts.ReceiveBuffer}
 	if lc.MPTCP && !listensMPTCP(l.ln) {
 		l.tcpOnly, st.cfg.MPTCP = true, false
 		s.log.Warn("mptcp: the kernel gave a TCP socket (is net.mptcp.enabled 0?): this listener takes TCP only", "listener", lc.Name)

@@ -412,8 +412,9 @@ func (s *Server) apply(cfg *Config) error {
 		l   *listener
 	}
 	type update struct {
-		l  *listener
-		st *listenerState
+		l      *listener
+		st     *listenerState
+		rcvbuf int
 	}
 	var updates []update
 	var opens []*opening
@@ -430,7 +431,11 @@ func (s *Server) apply(cfg *Config) error {
 		lc := cfg.Listeners[i]
 		want[lc.Name] = true
 		l, ok := s.listeners[lc.Name]
-		if ok && sameSocket(&l.cfg, &lc) && !(l.tcpOnly && noMPTCP() == nil) {
+		// A listening socket's fixed receive buffer cannot be unfixed: a
+		// listener whose connections' leg no longer has one gets a new
+		// socket; a new or changed one is set on the socket it has.
+		rcvbuf := acceptedReceiveBuffer(cfg, lc)
+		if ok && sameSocket(&l.cfg, &lc) && !(l.tcpOnly && noMPTCP() == nil) && !(l.rcvbuf > 0 && rcvbuf == 0) {
 			st, err := newListenerState(lc, &s.own)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("listener %s: %w", lc.Name, err))
@@ -438,7 +443,7 @@ func (s *Server) apply(cfg *Config) error {
 				st.cfg.MPTCP = false
 				tcpOnly = append(tcpOnly, lc.Name)
 			}
-			updates = append(updates, update{l, st})
+			updates = append(updates, update{l, st, rcvbuf})
 			continue
 		}
 		if ok {
@@ -504,6 +509,11 @@ func (s *Server) apply(cfg *Config) error {
 			s.closeParked(u.l) // it takes no Convert hops any more
 		}
 		u.l.setKeepalive(cfg.Legs.Client.Keepalive.D())
+		if u.rcvbuf != u.l.rcvbuf {
+			if err := u.l.setReceiveBuffer(u.rcvbuf); err != nil {
+				s.log.Warn("the listening socket's receive buffer: its connections scale their window for the previous one", "listener", u.l.cfg.Name, "err", err)
+			}
+		}
 	}
 	for _, l := range closing {
 		name := l.cfg.Name
