@@ -238,7 +238,8 @@ func (s *Server) sniffSYNs(f *os.File, stopped chan struct{}) {
 	defer close(stopped)
 	// Unclaimed dials expire on a clock of their own: no further SYN may
 	// come to notice them.
-	expired := s.metrics.early.With("expired")
+	expired, missed := s.metrics.early.With("expired"), s.metrics.early.With("missed")
+	defer func() { missed.Add(packetDrops(f)) }()
 	tick := time.NewTicker(earlyExpiry / 4)
 	defer tick.Stop()
 	quit, ticking := make(chan struct{}), make(chan struct{})
@@ -251,6 +252,7 @@ func (s *Server) sniffSYNs(f *os.File, stopped chan struct{}) {
 				return
 			case now := <-tick.C:
 				s.early.expire(now.Add(-earlyExpiry), expired)
+				missed.Add(packetDrops(f))
 			}
 		}
 	}()
@@ -429,6 +431,14 @@ func openSYNSniffer() (*os.File, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("attaching the SYN filter: %w", err)
 	}
+	// Room for a burst of SYNs while the reader waits for a CPU: each
+	// queued SYN holds its whole buffer (a few KiB), and the default
+	// (net.core.rmem_default, about 200 KiB) overflowed with a few dozen
+	// on a loaded machine. Where the relay may not force it, the
+	// default stays; the SYNs dropped are counted (missed).
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, sniffBuffer/2) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, sniffBuffer/2)
+	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("PACKET_IGNORE_OUTGOING: %w", err)
@@ -443,6 +453,26 @@ func openSYNSniffer() (*os.File, error) {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// sniffBuffer is the sniffer socket's receive buffer.
+const sniffBuffer = 4 << 20
+
+// packetDrops is how many frames the filter passed that the sniffer's
+// socket dropped (its buffer full) since the last call: their SYNs start
+// no dial, and their flows dial at accept.
+func packetDrops(f *os.File) uint64 {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var drops uint64
+	_ = rc.Control(func(fd uintptr) {
+		if st, err := unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS); err == nil {
+			drops = uint64(st.Drops)
+		}
+	})
+	return drops
+}
 
 // Classic BPF ancillary loads, SKF_AD_OFF (-0x1000) plus SKF_AD_PROTOCOL
 // (0), SKF_AD_PKTTYPE (4) and SKF_AD_VLAN_TAG (44) from linux/filter.h
