@@ -158,30 +158,46 @@ func (s *Server) redial(ctx context.Context, rt *runtime, pc *pendingChain, held
 // delayed ACK can lose the race with a crash). On any other error the connection is reset: the next
 // relay may hold some of the client's bytes, and must not take them for a
 // complete stream.
+//
+// The read deadline ends the wait at ctx's deadline; ctx's cancellation
+// (a drain past its grace, or told to hurry) ends it at once, and resets
+// the connection as a failure does.
 func (pc *pendingChain) readAnswers(ctx context.Context) error {
 	c := pc.c
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.SetReadDeadline(dl)
 	}
+	stop := context.AfterFunc(ctx, func() { resetConn(c) })
+	defer stop()
+	failed := func(hop int, err error) error {
+		resetConn(c)
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			err = ctxErr // the reset's error, or the deadline's: ctx's says why
+		}
+		// The relay itself failed or hung up (not allowed, down, not a
+		// relay): that is no verdict on the destination.
+		kind := "failure"
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+			kind = "timeout"
+		}
+		return &connectError{kind: kind, hop: hop, err: fmt.Errorf("relay %d of the chain: %w", hop, err)}
+	}
 	for i := range pc.hops {
 		m, err := convert.ReadMessage(c)
 		if err != nil {
-			if pc.pool != nil && i == 0 && pooledGone(err) && pc.unread() {
+			if pc.pool != nil && i == 0 && pooledGone(err) && ctx.Err() == nil && pc.unread() {
 				return errPooledGone
 			}
-			resetConn(c)
-			// The relay itself failed or hung up (not allowed, down, not a
-			// relay): that is no verdict on the destination.
-			kind := "failure"
-			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
-				kind = "timeout"
-			}
-			return &connectError{kind: kind, hop: i + 1, err: fmt.Errorf("relay %d of the chain: %w", i+1, err)}
+			return failed(i+1, err)
 		}
 		if m.Error != nil {
 			resetConn(c)
 			return fromConvert(m.Error.Code, i+1)
 		}
+	}
+	if !stop() {
+		// ctx ended as the last answer came: c is reset, or about to be.
+		return failed(pc.hops, ctx.Err())
 	}
 	_ = c.SetReadDeadline(time.Time{})
 	return nil

@@ -521,17 +521,29 @@ func (s *Server) dial(ctx context.Context, rt *runtime, addr netip.AddrPort, ear
 	}
 	c := nc.(*net.TCPConn)
 	if len(early) > 0 {
-		// Beyond what fits in the SYN, the write waits for the handshake.
+		// Beyond what fits in the SYN, the write waits for the handshake:
+		// until ctx's deadline, or its cancellation (a drain past its
+		// grace), which resets the connection.
 		if dl, ok := ctx.Deadline(); ok {
 			_ = c.SetWriteDeadline(dl)
 		}
-		if _, err := c.Write(early); err != nil {
+		stop := context.AfterFunc(ctx, func() { resetConn(c) })
+		defer stop()
+		fail := func(err error) (*net.TCPConn, error) {
 			c.Close()
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				err = ctxErr // the reset's error, or the deadline's: ctx's says why
+			}
 			return nil, classify(err)
 		}
+		if _, err := c.Write(early); err != nil {
+			return fail(err)
+		}
 		if err := sockopt.WaitEstablished(ctx, c); err != nil {
-			c.Close()
-			return nil, classify(err)
+			return fail(err)
+		}
+		if !stop() {
+			return fail(ctx.Err()) // ctx ended as the handshake did: c is reset, or about to be
 		}
 	}
 	if leg.Congestion != "" {

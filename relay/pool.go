@@ -251,7 +251,13 @@ func (p *pool) greet(ctx context.Context) (c *net.TCPConn, mptcp bool, err error
 	}
 	dl, _ := ctx.Deadline()
 	_ = c.SetReadDeadline(dl)
+	// The pool's closing (a drain, a reload that removes the peer) ends
+	// the wait for the answer at once, not at the deadline.
+	stop := context.AfterFunc(ctx, func() { resetConn(c) })
 	m, err := convert.ReadMessage(c)
+	if !stop() && err == nil {
+		err = ctx.Err() // ctx ended as the answer came: c is reset, or about to be
+	}
 	if err == nil && m.Error != nil {
 		err = fmt.Errorf("peer refused the pooled connection: %w", fromConvert(m.Error.Code, 1))
 	}
