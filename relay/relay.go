@@ -335,7 +335,7 @@ func (s *Server) Reload(cfg *Config) error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
 	if s.draining.Load() {
-		return errors.New("draining: configuration not applied")
+		return fmt.Errorf("%w: draining", ErrNotApplied)
 	}
 	rt, err := newRuntime(cfg)
 	if err != nil {
@@ -385,7 +385,8 @@ func (s *Server) Reload(cfg *Config) error {
 }
 
 // ErrNotApplied marks a Reload that changed nothing: a listener could not
-// open, and the running configuration stays whole.
+// open, or the relay is draining, and the running configuration stays
+// whole.
 var ErrNotApplied = errors.New("configuration not applied")
 
 // sameSocket tells whether a listener configured as lc can keep the
@@ -404,7 +405,7 @@ func (s *Server) apply(cfg *Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining.Load() {
-		return errors.New("draining: configuration not applied")
+		return fmt.Errorf("%w: draining", ErrNotApplied)
 	}
 	type opening struct {
 		lc  ListenerConfig

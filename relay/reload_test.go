@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"halfway/socks5"
 )
 
 // reloadYAML reloads s with a configuration, or fails the test when it
@@ -282,5 +284,63 @@ func TestReloadJudgesRequestNow(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestReloadWhileDraining: a reload that comes while the relay drains is
+// refused as one that changes nothing (ErrNotApplied, which the daemon
+// logs as "reload refused", not as a reload left incomplete), and the
+// running configuration stays.
+func TestReloadWhileDraining(t *testing.T) {
+	conf := func(maxFlows int) string {
+		return fmt.Sprintf(`
+admin: {listen: off}
+limits: {max_flows: %d}
+listeners:
+  - {name: socks, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+`, maxFlows)
+	}
+	cfg, err := ParseConfig([]byte(conf(99)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, time.Minute) }()
+	defer func() {
+		s.Hurry()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	for i := 0; s.Addr("socks") == nil; i++ {
+		if i > 200 {
+			t.Fatal("listener never opened")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// A flow keeps the drain waiting.
+	dst := echoServer(t)
+	c, err := net.Dial("tcp", s.Addr("socks").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Minute))
+	if _, err := socks5.ClientHandshake(c, c, socks5.Addr{IP: dst.Addr(), Port: dst.Port()}, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	waitFor(t, func() bool { return s.draining.Load() })
+	if err := reloadYAML(t, s, conf(10)); !errors.Is(err, ErrNotApplied) {
+		t.Errorf("reload while draining: %v, want ErrNotApplied", err)
+	}
+	if n := s.state.Load().tunables.MaxFlows; n != 99 {
+		t.Errorf("after the reload while draining, max_flows %d, want 99 as before", n)
 	}
 }
