@@ -218,7 +218,7 @@ func (s *Server) handleSetTunables(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("reading the request: %v", err)})
 		return
 	}
-	// Not in the middle of a Reload: its runtime may yet be taken back.
+	// Not in the middle of a Reload, which would replace what it builds on.
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
 	cur := s.state.Load()

@@ -67,10 +67,10 @@ func TestAdminPutDuringRefusedReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.mu.Lock() // holds the reload in apply, after it swapped the runtime in
+	s.mu.Lock() // holds the reload in apply
 	reloaded := make(chan error, 1)
 	go func() { reloaded <- s.Reload(cfg) }()
-	waitFor(t, func() bool { return s.state.Load() != old })
+	waitFor(t, func() bool { return reloading(s) })
 	type answer struct {
 		code int
 		body string

@@ -243,13 +243,14 @@ func freeClient(t *testing.T) netip.AddrPort {
 	return netip.MustParseAddrPort(free.Addr().String())
 }
 
-// TestEarlySYNReloadWindow: a SYN read while a reload is under way — the
-// relay's runtime already swapped, its listeners' states not yet — starts
-// a dial that follows the old listener state (here, no PROXY header). The
-// flow accepted after the reload must not take it: it connects as the new
-// configuration says. The window is held open by holding s.mu, which the
-// reload takes after swapping the runtime; the SYN is handed to onSYN
-// directly, as the sniffer's loop does, and transparent serves the flow.
+// TestEarlySYNReloadWindow: a SYN read while a reload is under way, not
+// yet in force, starts a dial that follows the old configuration (here, no
+// PROXY header). The flow accepted after the reload must not take it: it
+// connects as the new configuration says. The window is held open by
+// holding s.mu, which the reload takes to apply; the SYN is handed to
+// onSYN directly, as the sniffer's loop does, and transparent serves the
+// flow. (The reload swaps the runtime, then the listeners' states, both
+// under s.mu: a SYN between the two is told apart the same way.)
 func TestEarlySYNReloadWindow(t *testing.T) {
 	labtest.RequireRoot(t) // IP_TRANSPARENT and the sniffer
 	srv := newLoopServer(t)
@@ -274,13 +275,10 @@ listeners:
 	}
 	client := freeClient(t)
 
-	old := s.state.Load()
 	s.mu.Lock()
 	reloaded := make(chan error, 1)
 	go func() { reloaded <- s.Reload(next) }()
-	for s.state.Load() == old {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, func() bool { return reloading(s) })
 	s.onSYN(client, dst)
 	s.mu.Unlock()
 	if err := <-reloaded; err != nil {

@@ -182,7 +182,9 @@ func acceptedReceiveBuffer(cfg *Config, lc ListenerConfig) int {
 	return int(cfg.Legs.Client.ReceiveBuffer)
 }
 
-func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
+// openListener opens a listener configured as lc, by cfg, the
+// configuration about to apply (its client leg's keepalive).
+func (s *Server) openListener(lc ListenerConfig, cfg *Config) (*listener, error) {
 	st, err := newListenerState(lc, &s.own)
 	if err != nil {
 		return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
@@ -194,7 +196,7 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 	case st.protos["convert"]:
 		opts.FastOpenQueue = fastOpenQueue
 	}
-	opts.ReceiveBuffer = acceptedReceiveBuffer(s.state.Load().cfg, lc)
+	opts.ReceiveBuffer = acceptedReceiveBuffer(cfg, lc)
 	lcfg := net.ListenConfig{Control: opts.Control, KeepAlive: -1}
 	// MPTCP only where configured: Go would otherwise pick it by default.
 	lcfg.SetMultipathTCP(lc.MPTCP)
@@ -218,7 +220,7 @@ func (s *Server) openListener(lc ListenerConfig) (*listener, error) {
 			s.log.Warn("plain flows off: their accepts need a duplicate of the listening socket", "listener", lc.Name, "err", err)
 		}
 	}
-	l.setKeepalive(s.state.Load().cfg.Legs.Client.Keepalive.D())
+	l.setKeepalive(cfg.Legs.Client.Keepalive.D())
 	if lc.Capture != nil && lc.Capture.Install {
 		// A removed listener of this name (or one that maps to the same
 		// table) may still hold the table for its last flows: the table is

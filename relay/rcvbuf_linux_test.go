@@ -84,7 +84,7 @@ listeners:
 		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_rmem", []byte("4096 131072 6291456"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		l, err := s.openListener(cfg.Listeners[0])
+		l, err := s.openListener(cfg.Listeners[0], cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -40,8 +40,7 @@ type Server struct {
 
 	state atomic.Pointer[runtime] // swapped by Reload
 	// reloadMu serializes Reload and PUT /api/tunables: a PUT never
-	// builds on a runtime that a reload swapped in and may still take
-	// back (refused), which would keep the refused file in force.
+	// builds on the runtime a reload is about to replace.
 	reloadMu sync.Mutex
 
 	mu         sync.Mutex
@@ -255,7 +254,7 @@ func newRuntime(cfg *Config) (*runtime, error) {
 // before closing the rest.
 func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 	go s.refreshOwnLoop()
-	if err := s.apply(s.state.Load().cfg); err != nil {
+	if err := s.apply(s.state.Load().cfg, nil); err != nil {
 		s.cancelAll() // ends refreshOwnLoop
 		s.closeListeners()
 		s.mu.Lock()
@@ -341,43 +340,32 @@ func (s *Server) Reload(cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	// Nonces seen stay seen: a reload must not reopen the replay window.
-	restoreAuth := func() {}
-	if old := s.state.Load(); old.auth != nil && rt.auth != nil && bytes.Equal(old.auth.key, rt.auth.key) {
-		// Keep the nonces; take the new window and addresses.
-		a, ids := old.auth, rt.auth.identities
-		a.mu.Lock()
-		oldWin, oldIDs := a.window.Load(), a.identities
-		a.identities = ids
-		a.mu.Unlock()
-		a.window.Store(int64(cfg.Auth.Window.D()))
-		rt.auth = a
-		restoreAuth = func() {
+	// The new runtime comes into force only once apply has opened the
+	// listeners it needs (its commit): a reload refused before that
+	// changes nothing, not even for a moment.
+	commit := func() {
+		old := s.state.Load()
+		// Nonces seen stay seen: a reload must not reopen the replay window.
+		if old.auth != nil && rt.auth != nil && bytes.Equal(old.auth.key, rt.auth.key) {
+			// Keep the nonces; take the new window and addresses.
+			a := old.auth
 			a.mu.Lock()
-			a.identities = oldIDs
+			a.identities = rt.auth.identities
 			a.mu.Unlock()
-			a.window.Store(oldWin)
+			a.window.Store(int64(cfg.Auth.Window.D()))
+			rt.auth = a
+		}
+		// The file's limits replace any changed at run time through the admin API.
+		s.state.Store(rt)
+		s.refreshOwn() // auth.advertise may have changed
+		if old.auth != nil && (rt.auth == nil || !bytes.Equal(old.auth.key, rt.auth.key)) {
+			// Pooled connections were greeted under the old key: their
+			// requests would be judged by the new one. They go now, while
+			// they carry nothing (apply holds s.mu).
+			s.closeParked(nil)
 		}
 	}
-	// The file's limits replace any changed at run time through the admin API.
-	old := s.state.Swap(rt)
-	s.refreshOwn() // auth.advertise may have changed
-	if old.auth != nil && (rt.auth == nil || !bytes.Equal(old.auth.key, rt.auth.key)) {
-		// Pooled connections were greeted under the old key: their
-		// requests would be judged by the new one. They go now, while
-		// they carry nothing.
-		s.mu.Lock()
-		s.closeParked(nil)
-		s.mu.Unlock()
-	}
-	if err := s.apply(cfg); err != nil {
-		if errors.Is(err, ErrNotApplied) {
-			// Nothing changed: the running configuration stays whole
-			// (the admin API waits for reloadMu to change tunables).
-			s.state.CompareAndSwap(rt, old)
-			restoreAuth()
-			s.refreshOwn()
-		}
+	if err := s.apply(cfg, commit); err != nil {
 		return err
 	}
 	s.log.Info("configuration reloaded", "listeners", s.listenerCount())
@@ -401,7 +389,10 @@ func sameSocket(old, lc *ListenerConfig) bool {
 // was (ErrNotApplied). Those that need what a closing one holds (its port,
 // or its capture table) open after it closes; if one of them then fails,
 // a replaced listener gets its previous configuration back.
-func (s *Server) apply(cfg *Config) error {
+//
+// commit, if not nil, runs (under s.mu) at the point from which cfg
+// applies: before it, apply has changed nothing.
+func (s *Server) apply(cfg *Config, commit func()) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining.Load() {
@@ -475,7 +466,7 @@ func (s *Server) apply(cfg *Config) error {
 				continue // after the listener in its way has closed
 			}
 			var err error
-			if o.l, err = s.openListener(o.lc); err != nil {
+			if o.l, err = s.openListener(o.lc, cfg); err != nil {
 				errs = append(errs, err)
 				break
 			}
@@ -491,6 +482,9 @@ func (s *Server) apply(cfg *Config) error {
 	}
 
 	// From here the new configuration applies.
+	if commit != nil {
+		commit()
+	}
 	for _, name := range tcpOnly {
 		s.log.Warn("mptcp: the kernel makes no Multipath TCP socket (is net.mptcp.enabled 0?): this listener still takes TCP only", "listener", name)
 	}
@@ -535,14 +529,14 @@ func (s *Server) apply(cfg *Config) error {
 	for _, o := range opens {
 		if o.l == nil {
 			var err error
-			if o.l, err = s.openListener(o.lc); err != nil {
+			if o.l, err = s.openListener(o.lc, cfg); err != nil {
 				errs = append(errs, err)
 				if o.old == nil {
 					continue
 				}
 				// Its port or table was taken meanwhile: the previous
 				// configuration, which held them a moment ago.
-				if o.l, err = s.openListener(o.old.cfg); err != nil {
+				if o.l, err = s.openListener(o.old.cfg, cfg); err != nil {
 					errs = append(errs, fmt.Errorf("listener %s: its previous configuration: %w", o.lc.Name, err))
 					continue
 				}

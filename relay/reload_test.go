@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -342,5 +343,83 @@ listeners:
 	}
 	if n := s.state.Load().tunables.MaxFlows; n != 99 {
 		t.Errorf("after the reload while draining, max_flows %d, want 99 as before", n)
+	}
+}
+
+// reloading tells whether a Reload is at work (it holds reloadMu).
+func reloading(s *Server) bool {
+	if s.reloadMu.TryLock() {
+		s.reloadMu.Unlock()
+		return false
+	}
+	return true
+}
+
+// TestReloadRefusedNeverInForce: a reload that will be refused is not in
+// force while it is being applied either: flows meanwhile keep the running
+// configuration's limits and routes.
+func TestReloadRefusedNeverInForce(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	conf := func(listen string, maxFlows int) string {
+		return fmt.Sprintf("admin: {listen: off}\nlimits: {max_flows: %d}\nlisteners:\n  - {name: s, listen: %q, protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: [127.0.0.1/32]}\n", maxFlows, listen)
+	}
+	s := startLoopback(t, conf("127.0.0.1:0", 99))
+	old := s.state.Load()
+	cfg, err := ParseConfig([]byte(conf(busy.Addr().String(), 10)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock() // holds the reload in apply
+	reloaded := make(chan error, 1)
+	go func() { reloaded <- s.Reload(cfg) }()
+	waitFor(t, func() bool { return reloading(s) })
+	time.Sleep(300 * time.Millisecond) // the reload reaches apply, and waits there
+	during := s.state.Load()
+	s.mu.Unlock()
+	if err := <-reloaded; !errors.Is(err, ErrNotApplied) {
+		t.Fatalf("reload onto a busy port: %v, want ErrNotApplied", err)
+	}
+	if during != old {
+		t.Errorf("while the refused reload was being applied, its file was in force (max_flows %d, want 99)", during.tunables.MaxFlows)
+	}
+}
+
+// TestReloadRefusedKeepsParked: a refused reload that would have changed
+// the key leaves the peers' pooled connections parked; a reload applied
+// with the new key closes them.
+func TestReloadRefusedKeepsParked(t *testing.T) {
+	pp := newPoolPair(t, func(rs string) string { return rs }, 3, 3)
+	rs := startLoopback(t, pp.rsYAML)
+	rc := startLoopback(t, pp.rcYAML)
+	waitFor(t, func() bool { return poolOf(t, rc).Idle == 3 })
+	parked := func() int {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		return len(rs.parked)
+	}
+	waitFor(t, func() bool { return parked() == 3 })
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	psk2 := writeTestFile(t, t.TempDir(), "psk2", "the next key 9876543210\n")
+	next := regexp.MustCompile(`psk_file: "[^"]*"`).ReplaceAllString(pp.rsYAML, fmt.Sprintf("psk_file: %q", psk2))
+	refused := strings.Replace(next, fmt.Sprintf("listen: %q", pp.rsAddr), fmt.Sprintf("listen: %q", busy.Addr().String()), 1)
+	if err := reloadYAML(t, rs, refused); !errors.Is(err, ErrNotApplied) {
+		t.Fatalf("reload onto a busy port: %v, want ErrNotApplied", err)
+	}
+	if n := parked(); n != 3 {
+		t.Errorf("after a refused reload with another key, %d pooled connections parked, want the 3 as before", n)
+	}
+	if err := reloadYAML(t, rs, next); err != nil {
+		t.Fatal(err)
+	}
+	if n := parked(); n != 0 {
+		t.Errorf("after the key changed, %d pooled connections still parked", n)
 	}
 }

@@ -229,7 +229,7 @@ func TestMPTCPListenerUnavailable(t *testing.T) {
 			if err := os.WriteFile("/proc/sys/net/mptcp/enabled", []byte(enabled), 0o644); err != nil {
 				t.Skipf("skipped: no MPTCP sysctl here: %v", err)
 			}
-			l, err := s.openListener(cfg.Listeners[0])
+			l, err := s.openListener(cfg.Listeners[0], cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
