@@ -357,6 +357,9 @@ func (s *Server) Reload(cfg *Config) error {
 		}
 		// The file's limits replace any changed at run time through the admin API.
 		s.state.Store(rt)
+		if h, ok := s.log.Handler().(*logHandler); ok {
+			h.set(cfg.Log) // a logger of NewLogger's: log.level and log.format apply
+		}
 		s.refreshOwn() // auth.advertise may have changed
 		if old.auth != nil && (rt.auth == nil || !bytes.Equal(old.auth.key, rt.auth.key)) {
 			// Pooled connections were greeted under the old key: their
@@ -784,14 +787,39 @@ func (s *Server) finish(f *flow) {
 // logLevels maps config names to slog levels.
 var logLevels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
 
-// NewLogger makes the daemon's logger from the log section.
+// NewLogger makes the daemon's logger from the log section; a Reload
+// of a server logging with it applies a changed log section.
 func NewLogger(c LogConfig) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: logLevels[c.Level]}
-	if c.Format == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	h := &logHandler{}
+	h.set(c)
+	return slog.New(h)
 }
+
+// logHandler writes as the log section in force says: NewLogger's, then
+// each reload's.
+type logHandler struct{ h atomic.Pointer[slog.Handler] }
+
+func (l *logHandler) set(c LogConfig) {
+	opts := &slog.HandlerOptions{Level: logLevels[c.Level]}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	if c.Format == "json" {
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	}
+	l.h.Store(&h)
+}
+
+func (l *logHandler) Enabled(ctx context.Context, lv slog.Level) bool {
+	return (*l.h.Load()).Enabled(ctx, lv)
+}
+
+func (l *logHandler) Handle(ctx context.Context, r slog.Record) error {
+	return (*l.h.Load()).Handle(ctx, r)
+}
+
+// WithAttrs and WithGroup derive from the handler in force: a logger made
+// with them keeps its format and level.
+func (l *logHandler) WithAttrs(as []slog.Attr) slog.Handler { return (*l.h.Load()).WithAttrs(as) }
+func (l *logHandler) WithGroup(name string) slog.Handler    { return (*l.h.Load()).WithGroup(name) }
 
 // errorf wraps an error with the operation, for flow logs.
 func errorf(op string, err error) error { return fmt.Errorf("%s: %w", op, err) }

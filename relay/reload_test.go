@@ -423,3 +423,38 @@ func TestReloadRefusedKeepsParked(t *testing.T) {
 		t.Errorf("after the key changed, %d pooled connections still parked", n)
 	}
 }
+
+// TestReloadLog: a reload applies a changed log section to the daemon's
+// logger (NewLogger's), as it does the rest of the file: here its level.
+func TestReloadLog(t *testing.T) {
+	conf := func(level string) string {
+		return fmt.Sprintf("admin: {listen: off}\nlog: {level: %s}\nlisteners:\n  - {name: s, listen: \"127.0.0.1:0\", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: [127.0.0.1/32]}\n", level)
+	}
+	cfg, err := ParseConfig([]byte(conf("error")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, NewLogger(cfg.Log), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, time.Second) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	waitFor(t, func() bool { return s.Addr("s") != nil })
+	if s.log.Enabled(ctx, slog.LevelWarn) {
+		t.Fatal("log.level error: warnings enabled")
+	}
+	if err := reloadYAML(t, s, conf("warn")); err != nil {
+		t.Fatal(err)
+	}
+	if !s.log.Enabled(ctx, slog.LevelWarn) {
+		t.Error("reloaded with log.level warn: warnings still off")
+	}
+}
