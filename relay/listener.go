@@ -57,18 +57,11 @@ type listener struct {
 // setReceiveBuffer fixes the listening socket's receive buffer at n (> 0),
 // for the connections it accepts from now on (acceptedReceiveBuffer).
 func (l *listener) setReceiveBuffer(n int) error {
-	rc, err := l.ln.SyscallConn()
-	if err != nil {
+	if err := sockopt.Tune(l.ln, "", 0, n, false); err != nil {
 		return err
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = sockopt.TuneFD(int(fd), "", 0, n, false) }); err != nil {
-		return err
-	}
-	if serr == nil {
-		l.rcvbuf = n
-	}
-	return serr
+	l.rcvbuf = n
+	return nil
 }
 
 // setKeepalive puts the client leg's keepalive on the listening socket.

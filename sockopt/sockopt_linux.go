@@ -136,9 +136,9 @@ func (o Options) ApplyFD(fd int, network string) error {
 }
 
 // Tune sets congestion control, buffer sizes and pacing on a connected
-// socket, as Options does before a connect; empty, 0 or false leaves a
-// setting alone.
-func Tune(c *net.TCPConn, congestion string, sendBuf, recvBuf int, pacing bool) error {
+// (or listening) socket, as Options does before a connect; empty, 0 or
+// false leaves a setting alone.
+func Tune(c syscall.Conn, congestion string, sendBuf, recvBuf int, pacing bool) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
