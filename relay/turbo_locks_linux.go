@@ -42,11 +42,11 @@ func lockedMetrics(family int, r *netlink.Route) (uint32, error) {
 		for _, a := range attrs {
 			switch a.Attr.Type {
 			case unix.RTA_TABLE:
-				table = native.Uint32(a.Value)
+				table = binary.NativeEndian.Uint32(a.Value)
 			case unix.RTA_DST:
 				dst = net.IP(a.Value)
 			case unix.RTA_PRIORITY:
-				priority = int(native.Uint32(a.Value))
+				priority = int(binary.NativeEndian.Uint32(a.Value))
 			case unix.RTA_METRICS:
 				ms, err := nl.ParseRouteAttr(a.Value)
 				if err != nil {
@@ -55,7 +55,7 @@ func lockedMetrics(family int, r *netlink.Route) (uint32, error) {
 				}
 				for _, m := range ms {
 					if m.Attr.Type == unix.RTAX_LOCK && len(m.Value) >= 4 {
-						lock = native.Uint32(m.Value)
+						lock = binary.NativeEndian.Uint32(m.Value)
 					}
 				}
 			}
@@ -71,8 +71,6 @@ func lockedMetrics(family int, r *netlink.Route) (uint32, error) {
 	}
 	return locks, perr
 }
-
-var native = binary.NativeEndian
 
 // metricNames are the route metrics by RTAX_ number, as ip route writes them.
 var metricNames = map[int]string{
