@@ -118,83 +118,122 @@ links: [{a: a, b: b}, {a: b, b: c}]`)
 	}
 }
 
+// turboChain is a lab of three hosts in a row, a - b - c, for the turbo
+// routes a makes: peer is b's address toward a, far is c's (reached
+// through b), cNet c's network.
+type turboChain struct {
+	t         *testing.T
+	a         *netlab.Host
+	peer, far netip.Addr
+	cNet      string
+}
+
+func startTurboChain(t *testing.T, name string) *turboChain {
+	lab := labtest.Start(t, `
+name: `+name+`
+nodes: [a, b, c]
+links: [{a: a, b: b}, {a: b, b: c}]`)
+	b, c := lab.Host("b"), lab.Host("c")
+	return &turboChain{t: t, a: lab.Host("a"), peer: b.Ifaces()[0].Addr4.Addr(), far: c.Addr(), cNet: c.Ifaces()[0].Addr4.Masked().String()}
+}
+
+// run runs a command on a; a failure ends the test.
+func (l *turboChain) run(args ...string) {
+	l.t.Helper()
+	if out, err := l.a.Command(l.t.Context(), args[0], args[1:]...).CombinedOutput(); err != nil {
+		l.t.Fatalf("%v: %v %s", args, err, out)
+	}
+}
+
+// show is what ip route args says on a.
+func (l *turboChain) show(args ...string) string {
+	out, _ := l.a.Command(l.t.Context(), "ip", append([]string{"route"}, args...)...).CombinedOutput()
+	return strings.TrimSpace(string(out))
+}
+
+// ours is a's turbo route to dst, or "".
+func (l *turboChain) ours(dst string) string { return l.show("show", dst+"/32", "proto", "104") }
+
+// do runs f in a's namespace.
+func (l *turboChain) do(f func() error) error {
+	var err error
+	l.a.Do(func() error { err = f(); return nil })
+	return err
+}
+
+// turbo applies tr in a's namespace for peers at addrs, each a turboPeer;
+// none takes every turbo route away.
+func (l *turboChain) turbo(tr *turboRoutes, addrs ...string) error {
+	var peers []PeerConfig
+	for _, addr := range addrs {
+		peers = append(peers, turboPeer(addr))
+	}
+	return l.do(func() error { return tr.apply(peers) })
+}
+
+// turboPeer is a peer at addr with a turbo route of initcwnd and initrwnd
+// 100.
+func turboPeer(addr string) PeerConfig {
+	return PeerConfig{Address: addr, Turbo: &TurboConfig{InitCwnd: 100, InitRwnd: 100}}
+}
+
 // TestTurboRoutesRespect: a turbo route never changes where packets to a
 // peer go. An operator's blackhole host route stays (and stays after the
 // relay leaves); a peer behind an unreachable route or routed through
 // another table by a rule gets no turbo route; a multipath route is
 // copied whole and followed when its nexthops change.
 func TestTurboRoutesRespect(t *testing.T) {
-	lab := labtest.Start(t, `
-name: turbo2
-nodes: [a, b, c]
-links: [{a: a, b: b}, {a: b, b: c}]`)
-	a, b, c := lab.Host("a"), lab.Host("b"), lab.Host("c")
-	peer := b.Ifaces()[0].Addr4.Addr()
-	far := c.Addr()
-	cNet := c.Ifaces()[0].Addr4.Masked().String()
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := a.Command(t.Context(), args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v %s", args, err, out)
-		}
-	}
-	show := func(args ...string) string {
-		out, _ := a.Command(t.Context(), "ip", append([]string{"route"}, args...)...).CombinedOutput()
-		return strings.TrimSpace(string(out))
-	}
+	l := startTurboChain(t, "turbo2")
+	peer, far, cNet := l.peer, l.far, l.cNet
 	var tr turboRoutes
-	off := func() { a.Do(func() error { return tr.apply(nil) }) }
+	off := func() { l.turbo(&tr) }
 	turbo := func(want string) {
 		t.Helper()
 		off() // a fresh start, as a relay's
-		var err error
-		a.Do(func() error {
-			err = tr.apply([]PeerConfig{{Address: far.String(), Turbo: &TurboConfig{InitCwnd: 100, InitRwnd: 100}}})
-			return nil
-		})
+		err := l.turbo(&tr, far.String())
 		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
 			t.Fatalf("turbo to %s: %v, want %q", far, err, want)
 		}
 	}
 	defer off()
 
-	run("ip", "route", "add", "blackhole", far.String()+"/32")
+	l.run("ip", "route", "add", "blackhole", far.String()+"/32")
 	turbo("exists already")
 	off()
-	if got := show("show", far.String()+"/32"); !strings.Contains(got, "blackhole") {
+	if got := l.show("show", far.String()+"/32"); !strings.Contains(got, "blackhole") {
 		t.Errorf("the operator's blackhole route after the relay left: %q", got)
 	}
-	run("ip", "route", "del", far.String()+"/32")
+	l.run("ip", "route", "del", far.String()+"/32")
 
-	run("ip", "route", "replace", "unreachable", cNet)
+	l.run("ip", "route", "replace", "unreachable", cNet)
 	turbo("not unicast")
-	if got := show("show", "proto", "104"); got != "" {
+	if got := l.show("show", "proto", "104"); got != "" {
 		t.Errorf("a turbo route past an unreachable one: %q", got)
 	}
-	run("ip", "route", "replace", cNet, "via", peer.String())
+	l.run("ip", "route", "replace", cNet, "via", peer.String())
 
-	run("ip", "route", "add", cNet, "via", peer.String(), "table", "200")
-	run("ip", "rule", "add", "to", far.String(), "lookup", "200", "priority", "100")
+	l.run("ip", "route", "add", cNet, "via", peer.String(), "table", "200")
+	l.run("ip", "rule", "add", "to", far.String(), "lookup", "200", "priority", "100")
 	turbo("table 200")
-	if got := show("show", "proto", "104"); got != "" {
+	if got := l.show("show", "proto", "104"); got != "" {
 		t.Errorf("a turbo route in main for a peer routed through table 200: %q", got)
 	}
-	run("ip", "rule", "del", "priority", "100")
+	l.run("ip", "rule", "del", "priority", "100")
 
-	run("ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1") // a second way out
-	run("ip", "addr", "add", "192.0.2.1/24", "dev", "d0")
-	run("ip", "link", "set", "d1", "up")
-	run("ip", "link", "set", "d0", "up")
-	run("ip", "route", "replace", cNet, "nexthop", "via", peer.String(), "nexthop", "via", "192.0.2.254", "dev", "d0")
+	l.run("ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1") // a second way out
+	l.run("ip", "addr", "add", "192.0.2.1/24", "dev", "d0")
+	l.run("ip", "link", "set", "d1", "up")
+	l.run("ip", "link", "set", "d0", "up")
+	l.run("ip", "route", "replace", cNet, "nexthop", "via", peer.String(), "nexthop", "via", "192.0.2.254", "dev", "d0")
 	turbo("")
-	if got := show("show", far.String()+"/32"); strings.Count(got, "nexthop") != 2 || !strings.Contains(got, "initcwnd 100") {
+	if got := l.show("show", far.String()+"/32"); strings.Count(got, "nexthop") != 2 || !strings.Contains(got, "initcwnd 100") {
 		t.Errorf("turbo route for a multipath route: %q", got)
 	}
-	run("ip", "route", "replace", cNet, "nexthop", "via", peer.String(), "weight", "3", "nexthop", "via", "192.0.2.254", "dev", "d0")
-	if err := func() (err error) { a.Do(func() error { err = tr.refresh(); return nil }); return }(); err != nil {
+	l.run("ip", "route", "replace", cNet, "nexthop", "via", peer.String(), "weight", "3", "nexthop", "via", "192.0.2.254", "dev", "d0")
+	if err := l.do(tr.refresh); err != nil {
 		t.Fatal(err)
 	}
-	if got := show("show", far.String()+"/32"); !strings.Contains(got, "weight 3") {
+	if got := l.show("show", far.String()+"/32"); !strings.Contains(got, "weight 3") {
 		t.Errorf("after the multipath route's weights changed: %q", got)
 	}
 }
@@ -204,39 +243,21 @@ links: [{a: a, b: b}, {a: b, b: c}]`)
 // gets its copy. The kernel marks those flags on the routes it lists and
 // refuses them on a route it is given.
 func TestTurboRoutesLinkDown(t *testing.T) {
-	lab := labtest.Start(t, `
-name: turbo3
-nodes: [a, b, c]
-links: [{a: a, b: b}, {a: b, b: c}]`)
-	a, b, c := lab.Host("a"), lab.Host("b"), lab.Host("c")
-	peer := b.Ifaces()[0].Addr4.Addr()
-	far := c.Addr()
-	cNet := c.Ifaces()[0].Addr4.Masked().String()
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := a.Command(t.Context(), args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v %s", args, err, out)
-		}
-	}
+	l := startTurboChain(t, "turbo3")
 	// d0 is up, its veth peer down: no carrier, its routes linkdown.
-	run("ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1")
-	run("ip", "addr", "add", "192.0.2.1/24", "dev", "d0")
-	run("ip", "link", "set", "d0", "up")
-	run("ip", "route", "replace", cNet, "nexthop", "via", peer.String(), "nexthop", "via", "192.0.2.254", "dev", "d0")
+	l.run("ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+	l.run("ip", "addr", "add", "192.0.2.1/24", "dev", "d0")
+	l.run("ip", "link", "set", "d0", "up")
+	l.run("ip", "route", "replace", l.cNet, "nexthop", "via", l.peer.String(), "nexthop", "via", "192.0.2.254", "dev", "d0")
 	var tr turboRoutes
-	defer a.Do(func() error { return tr.apply(nil) })
+	defer l.turbo(&tr)
 	for _, tc := range []struct{ name, peer string }{
 		{"on-link, linkdown", "192.0.2.7"},
-		{"multipath, one nexthop linkdown", far.String()},
+		{"multipath, one nexthop linkdown", l.far.String()},
 	} {
-		var err error
-		a.Do(func() error {
-			err = tr.apply([]PeerConfig{{Address: tc.peer, Turbo: &TurboConfig{InitCwnd: 100, InitRwnd: 100}}})
-			return nil
-		})
-		out, _ := a.Command(t.Context(), "ip", "route", "show", tc.peer+"/32", "proto", "104").CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "initcwnd 100") {
-			t.Errorf("%s: %v, route %q; want the copy in place", tc.name, err, out)
+		err := l.turbo(&tr, tc.peer)
+		if got := l.ours(tc.peer); err != nil || !strings.Contains(got, "initcwnd 100") {
+			t.Errorf("%s: %v, route %q; want the copy in place", tc.name, err, got)
 		}
 	}
 }
@@ -272,7 +293,7 @@ links: [{a: a, b: b}, {a: a, b: c}]`)
 			t.Fatalf("%s's link-local address: %v %s", i.Peer, err, out)
 		}
 		ll := strings.Split(f[j+1], "/")[0]
-		peers = append(peers, PeerConfig{Address: "[" + ll + "%" + i.Name + "]:7100", Turbo: &TurboConfig{InitCwnd: 100, InitRwnd: 100}})
+		peers = append(peers, turboPeer("["+ll+"%"+i.Name+"]:7100"))
 		dev[ll] = i.Name
 	}
 	var tr turboRoutes
@@ -295,16 +316,9 @@ links: [{a: a, b: b}, {a: a, b: c}]`)
 // ssthresh, which the kernel uses only when locked) gets no turbo route
 // rather than a copy without them.
 func TestTurboRoutesLocks(t *testing.T) {
-	lab := labtest.Start(t, `
-name: turbo5
-nodes: [a, b, c]
-links: [{a: a, b: b}, {a: b, b: c}]`)
-	a, b, c := lab.Host("a"), lab.Host("b"), lab.Host("c")
-	peer := b.Ifaces()[0].Addr4.Addr()
-	far := c.Addr()
-	cNet := c.Ifaces()[0].Addr4.Masked().String()
+	l := startTurboChain(t, "turbo5")
 	var tr turboRoutes
-	defer a.Do(func() error { return tr.apply(nil) })
+	defer l.turbo(&tr)
 	for _, tc := range []struct {
 		metrics []string
 		want    string // in the error; "" for a copy, which has copied
@@ -315,18 +329,10 @@ links: [{a: a, b: b}, {a: b, b: c}]`)
 		{[]string{"mtu", "lock", "1400", "congctl", "lock", "reno"}, "locks mtu, congctl", ""},
 		{[]string{"ssthresh", "lock", "50", "window", "30000"}, "locks ssthresh", ""},
 	} {
-		args := append([]string{"route", "replace", cNet, "via", peer.String()}, tc.metrics...)
-		if out, err := a.Command(t.Context(), "ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v %s", args, err, out)
-		}
-		var err error
-		a.Do(func() error {
-			_ = tr.apply(nil) // a fresh start, as a relay's
-			err = tr.apply([]PeerConfig{{Address: far.String(), Turbo: &TurboConfig{InitCwnd: 100, InitRwnd: 100}}})
-			return nil
-		})
-		out, _ := a.Command(t.Context(), "ip", "route", "show", far.String()+"/32", "proto", "104").CombinedOutput()
-		got := strings.TrimSpace(string(out))
+		l.run(append([]string{"ip", "route", "replace", l.cNet, "via", l.peer.String()}, tc.metrics...)...)
+		l.turbo(&tr) // a fresh start, as a relay's
+		err := l.turbo(&tr, l.far.String())
+		got := l.ours(l.far.String())
 		switch {
 		case tc.want == "" && (err != nil || !strings.Contains(got, tc.copied) || !strings.Contains(got, "initcwnd 100")):
 			t.Errorf("%v: %v, copy %q; want one with %s", tc.metrics, err, got, tc.copied)
@@ -340,35 +346,16 @@ links: [{a: a, b: b}, {a: b, b: c}]`)
 // covering route later (its mtu locked at the same value), is followed on
 // refresh like any other change of the route.
 func TestTurboRoutesFollowLock(t *testing.T) {
-	lab := labtest.Start(t, `
-name: turbo6
-nodes: [a, b, c]
-links: [{a: a, b: b}, {a: b, b: c}]`)
-	a, b, c := lab.Host("a"), lab.Host("b"), lab.Host("c")
-	peer := b.Ifaces()[0].Addr4.Addr()
-	far := c.Addr()
-	cNet := c.Ifaces()[0].Addr4.Masked().String()
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := a.Command(t.Context(), args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v %s", args, err, out)
-		}
-	}
+	l := startTurboChain(t, "turbo6")
 	var tr turboRoutes
-	defer a.Do(func() error { return tr.apply(nil) })
-	run("ip", "route", "replace", cNet, "via", peer.String(), "mtu", "1400")
-	var err error
-	a.Do(func() error {
-		err = tr.apply([]PeerConfig{{Address: far.String(), Turbo: &TurboConfig{InitCwnd: 100, InitRwnd: 100}}})
-		return nil
-	})
-	if err != nil {
+	defer l.turbo(&tr)
+	l.run("ip", "route", "replace", l.cNet, "via", l.peer.String(), "mtu", "1400")
+	if err := l.turbo(&tr, l.far.String()); err != nil {
 		t.Fatal(err)
 	}
-	run("ip", "route", "replace", cNet, "via", peer.String(), "mtu", "lock", "1400")
-	a.Do(func() error { err = tr.refresh(); return nil })
-	out, _ := a.Command(t.Context(), "ip", "route", "show", far.String()+"/32", "proto", "104").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "mtu lock 1400") {
-		t.Errorf("after the covering route locked its mtu: %v, copy %q; want mtu lock 1400", err, out)
+	l.run("ip", "route", "replace", l.cNet, "via", l.peer.String(), "mtu", "lock", "1400")
+	err := l.do(tr.refresh)
+	if got := l.ours(l.far.String()); err != nil || !strings.Contains(got, "mtu lock 1400") {
+		t.Errorf("after the covering route locked its mtu: %v, copy %q; want mtu lock 1400", err, got)
 	}
 }
