@@ -403,11 +403,7 @@ listeners:
 		t.Fatal("the sniffer did not give up on read errors")
 	}
 
-	next, err := ParseConfig([]byte(cfg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Reload(next); err != nil {
+	if err := reloadYAML(t, s, cfg); err != nil {
 		t.Fatal(err)
 	}
 	s.mu.Lock()

@@ -126,11 +126,7 @@ func TestReloadListenerReceiveBuffer(t *testing.T) {
 	}
 	reload := func(legs string) *listener {
 		t.Helper()
-		cfg, err := ParseConfig([]byte(cfgYAML(legs)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Reload(cfg); err != nil {
+		if err := reloadYAML(t, s, cfgYAML(legs)); err != nil {
 			t.Fatal(err)
 		}
 		s.mu.Lock()
