@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
@@ -36,19 +35,12 @@ links: [{a: a, b: b}]`)
 	}
 	defer ln.Close()
 	go acceptEach(ln, func(c net.Conn) { io.Copy(io.Discard, c); c.Close() })
-	cfg, err := ParseConfig([]byte(`
+	s := newServer(t, `
 admin: {listen: off}
 legs: {server: {congestion: cubic}}
 listeners:
-  - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: "` + dst.String() + `"}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+  - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: "`+dst.String()+`"}
+`)
 	defer s.cancelAll()
 	rt := s.state.Load()
 	leg := rt.cfg.Legs.Server

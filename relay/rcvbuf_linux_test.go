@@ -1,8 +1,6 @@
 package relay
 
 import (
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"testing"
@@ -67,19 +65,13 @@ func peerWindowScale(t *testing.T, c *net.TCPConn) int {
 // scale was 7: the relay could offer at most 8 MiB.
 func TestListenerReceiveBuffer(t *testing.T) {
 	labtest.RequireRoot(t) // SO_RCVBUFFORCE, a namespace
-	cfg, err := ParseConfig([]byte(`
+	s := newServer(t, `
 admin: {listen: off}
 legs: {client: {receive_buffer: 32MiB}}
 listeners:
   - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: "127.0.0.1:9"}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
+	cfg := s.state.Load().cfg
 	labtest.InNetns(t, func() {
 		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_rmem", []byte("4096 131072 6291456"), 0o644); err != nil {
 			t.Fatal(err)

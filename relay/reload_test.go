@@ -115,28 +115,16 @@ func TestReloadAdminListen(t *testing.T) {
 // still in their client's protocol head too, rather than wait for
 // handshake_timeout.
 func TestDrainEndsHandshakes(t *testing.T) {
-	cfg, err := ParseConfig([]byte(`
+	s := newServer(t, `
 admin: {listen: off}
 limits: {handshake_timeout: 10m}
 listeners:
   - {name: socks, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx, 100*time.Millisecond) }()
-	for i := 0; s.Addr("socks") == nil; i++ {
-		if i > 200 {
-			t.Fatal("listener never opened")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitListening(t, s)
 	c, err := net.Dial("tcp", s.Addr("socks").String())
 	if err != nil {
 		t.Fatal(err)
@@ -301,14 +289,7 @@ listeners:
   - {name: socks, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
 `, maxFlows)
 	}
-	cfg, err := ParseConfig([]byte(conf(99)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newServer(t, conf(99))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -319,12 +300,7 @@ listeners:
 			t.Error(err)
 		}
 	}()
-	for i := 0; s.Addr("socks") == nil; i++ {
-		if i > 200 {
-			t.Fatal("listener never opened")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitListening(t, s)
 	// A flow keeps the drain waiting.
 	dst := echoServer(t)
 	c, err := net.Dial("tcp", s.Addr("socks").String())

@@ -34,14 +34,7 @@ func startLoopback(t testing.TB, cfgYAML string) *Server {
 // returns once its first listener is open.
 func startStoppable(t testing.TB, cfgYAML string) (s *Server, stop func()) {
 	t.Helper()
-	cfg, err := ParseConfig([]byte(cfgYAML))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err = New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = newServer(t, cfgYAML)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx, time.Second) }()
@@ -52,13 +45,34 @@ func startStoppable(t testing.TB, cfgYAML string) (s *Server, stop func()) {
 		}
 	})
 	t.Cleanup(stop)
-	for i := 0; s.Addr(cfg.Listeners[0].Name) == nil; i++ {
+	waitListening(t, s)
+	return s, stop
+}
+
+// newServer makes a Server of cfgYAML that logs nothing, not yet running.
+func newServer(t testing.TB, cfgYAML string) *Server {
+	t.Helper()
+	cfg, err := ParseConfig([]byte(cfgYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// waitListening waits for a running Server's first listener to open.
+func waitListening(t testing.TB, s *Server) {
+	t.Helper()
+	name := s.state.Load().cfg.Listeners[0].Name
+	for i := 0; s.Addr(name) == nil; i++ {
 		if i > 200 {
 			t.Fatal("listener never opened")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	return s, stop
 }
 
 // TestHandshakePerClientShare: a client may hold an eighth of the

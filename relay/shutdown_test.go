@@ -3,8 +3,6 @@ package relay
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -77,24 +75,12 @@ routes:
 			if tc.pool {
 				y += fmt.Sprintf("peers:\n  - {address: %q, pool: {low: 1, high: 1}}\n", peer)
 			}
-			cfg, err := ParseConfig([]byte(y))
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := newServer(t, y)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			done := make(chan error, 1)
 			go func() { done <- s.Run(ctx, 100*time.Millisecond) }()
-			for i := 0; s.Addr("socks") == nil; i++ {
-				if i > 200 {
-					t.Fatal("listener never opened")
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			waitListening(t, s)
 			if !tc.pool {
 				c, err := net.Dial("tcp", s.Addr("socks").String())
 				if err != nil {
