@@ -63,14 +63,7 @@ func TestAdminPutDuringRefusedReload(t *testing.T) {
 	}
 	s := startLoopback(t, conf("127.0.0.1:0", 99))
 	old := s.state.Load()
-	cfg, err := ParseConfig([]byte(conf(busy.Addr().String(), 10)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.mu.Lock() // holds the reload in apply
-	reloaded := make(chan error, 1)
-	go func() { reloaded <- s.Reload(cfg) }()
-	waitFor(t, func() bool { return reloading(s) })
+	reloaded := reloadHeld(t, s, conf(busy.Addr().String(), 10))
 	type answer struct {
 		code int
 		body string

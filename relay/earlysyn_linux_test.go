@@ -269,16 +269,9 @@ listeners:
     early_syn: true
 `, dst.Port())
 	s := startLoopback(t, cfg)
-	next, err := ParseConfig([]byte(strings.Replace(cfg, "early_syn: true", "early_syn: true\n    proxy_protocol: true", 1)))
-	if err != nil {
-		t.Fatal(err)
-	}
 	client := freeClient(t)
 
-	s.mu.Lock()
-	reloaded := make(chan error, 1)
-	go func() { reloaded <- s.Reload(next) }()
-	waitFor(t, func() bool { return reloading(s) })
+	reloaded := reloadHeld(t, s, strings.Replace(cfg, "early_syn: true", "early_syn: true\n    proxy_protocol: true", 1))
 	s.onSYN(client, dst)
 	s.mu.Unlock()
 	if err := <-reloaded; err != nil {

@@ -331,6 +331,22 @@ func reloading(s *Server) bool {
 	return true
 }
 
+// reloadHeld starts a reload of s with a configuration while holding s.mu,
+// which stops the reload before apply, and returns once it is under way.
+// Its result comes once the caller unlocks s.mu.
+func reloadHeld(t *testing.T, s *Server, y string) <-chan error {
+	t.Helper()
+	cfg, err := ParseConfig([]byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	reloaded := make(chan error, 1)
+	go func() { reloaded <- s.Reload(cfg) }()
+	waitFor(t, func() bool { return reloading(s) })
+	return reloaded
+}
+
 // TestReloadRefusedNeverInForce: a reload that will be refused is not in
 // force while it is being applied either: flows meanwhile keep the running
 // configuration's limits and routes.
@@ -345,14 +361,7 @@ func TestReloadRefusedNeverInForce(t *testing.T) {
 	}
 	s := startLoopback(t, conf("127.0.0.1:0", 99))
 	old := s.state.Load()
-	cfg, err := ParseConfig([]byte(conf(busy.Addr().String(), 10)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.mu.Lock() // holds the reload in apply
-	reloaded := make(chan error, 1)
-	go func() { reloaded <- s.Reload(cfg) }()
-	waitFor(t, func() bool { return reloading(s) })
+	reloaded := reloadHeld(t, s, conf(busy.Addr().String(), 10))
 	time.Sleep(300 * time.Millisecond) // the reload reaches apply, and waits there
 	during := s.state.Load()
 	s.mu.Unlock()
