@@ -126,6 +126,13 @@ func echoThrough(socks net.Addr, dst netip.AddrPort, n int) error {
 	return nil
 }
 
+// parkedOf is how many pooled connections s holds parked.
+func parkedOf(s *Server) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.parked)
+}
+
 func poolOf(t *testing.T, s *Server) PoolStatus {
 	t.Helper()
 	ps := s.Pools()
@@ -437,12 +444,7 @@ func TestPoolKeyChange(t *testing.T) {
 	rc := startLoopback(t, pp.rcYAML)
 	echo := echoServer(t)
 	waitFor(t, func() bool { return poolOf(t, rc).Idle == 3 })
-	parked := func() int {
-		rs.mu.Lock()
-		defer rs.mu.Unlock()
-		return len(rs.parked)
-	}
-	waitFor(t, func() bool { return parked() == 3 })
+	waitFor(t, func() bool { return parkedOf(rs) == 3 })
 
 	psk2 := filepath.Join(t.TempDir(), "psk2")
 	if err := os.WriteFile(psk2, []byte("the next key 9876543210\n"), 0o600); err != nil {
@@ -460,7 +462,7 @@ func TestPoolKeyChange(t *testing.T) {
 		}
 	}
 	reload(rs, pp.rsYAML)
-	if n := parked(); n != 0 {
+	if n := parkedOf(rs); n != 0 {
 		t.Errorf("%d pooled connections greeted under the old key still parked", n)
 	}
 	reload(rc, pp.rcYAML)
@@ -469,7 +471,7 @@ func TestPoolKeyChange(t *testing.T) {
 			t.Fatalf("flow %d after the key change: %v", i, err)
 		}
 	}
-	waitFor(t, func() bool { return parked() == 3 })
+	waitFor(t, func() bool { return parkedOf(rs) == 3 })
 }
 
 // TestPoolParkedOnListenerChange: parked pooled connections close when
@@ -478,12 +480,7 @@ func TestPoolParkedOnListenerChange(t *testing.T) {
 	pp := newPoolPair(t, func(rs string) string { return rs }, 2, 2)
 	rs := startLoopback(t, pp.rsYAML)
 	startLoopback(t, pp.rcYAML)
-	parked := func() int {
-		rs.mu.Lock()
-		defer rs.mu.Unlock()
-		return len(rs.parked)
-	}
-	waitFor(t, func() bool { return parked() == 2 })
+	waitFor(t, func() bool { return parkedOf(rs) == 2 })
 	reload := func(y string) {
 		t.Helper()
 		cfg, err := ParseConfig([]byte(y))
@@ -496,9 +493,9 @@ func TestPoolParkedOnListenerChange(t *testing.T) {
 	}
 	// In place, without convert: parked connections go.
 	reload(strings.Replace(pp.rsYAML, "protocols: [convert]", "protocols: [convert, socks5]", 1))
-	waitFor(t, func() bool { return parked() == 2 }) // still a Convert listener: kept
+	waitFor(t, func() bool { return parkedOf(rs) == 2 }) // still a Convert listener: kept
 	reload(strings.Replace(pp.rsYAML, "protocols: [convert]", "protocols: [socks5]", 1))
-	if n := parked(); n != 0 {
+	if n := parkedOf(rs); n != 0 {
 		t.Errorf("%d parked after the listener stopped taking Convert hops", n)
 	}
 }
@@ -577,12 +574,7 @@ func TestPoolClientsNarrowed(t *testing.T) {
 	rs := startLoopback(t, pp.rsYAML)
 	rc := startLoopback(t, pp.rcYAML)
 	echo := echoServer(t)
-	parked := func() int {
-		rs.mu.Lock()
-		defer rs.mu.Unlock()
-		return len(rs.parked)
-	}
-	waitFor(t, func() bool { return parked() == 3 })
+	waitFor(t, func() bool { return parkedOf(rs) == 3 })
 	if err := reloadYAML(t, rs, strings.Replace(pp.rsYAML, "allow_clients: [127.0.0.1/32]", "allow_clients: [10.9.9.9/32]", 1)); err != nil {
 		t.Fatal(err)
 	}

@@ -381,12 +381,7 @@ func TestReloadRefusedKeepsParked(t *testing.T) {
 	rs := startLoopback(t, pp.rsYAML)
 	rc := startLoopback(t, pp.rcYAML)
 	waitFor(t, func() bool { return poolOf(t, rc).Idle == 3 })
-	parked := func() int {
-		rs.mu.Lock()
-		defer rs.mu.Unlock()
-		return len(rs.parked)
-	}
-	waitFor(t, func() bool { return parked() == 3 })
+	waitFor(t, func() bool { return parkedOf(rs) == 3 })
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -398,13 +393,13 @@ func TestReloadRefusedKeepsParked(t *testing.T) {
 	if err := reloadYAML(t, rs, refused); !errors.Is(err, ErrNotApplied) {
 		t.Fatalf("reload onto a busy port: %v, want ErrNotApplied", err)
 	}
-	if n := parked(); n != 3 {
+	if n := parkedOf(rs); n != 3 {
 		t.Errorf("after a refused reload with another key, %d pooled connections parked, want the 3 as before", n)
 	}
 	if err := reloadYAML(t, rs, next); err != nil {
 		t.Fatal(err)
 	}
-	if n := parked(); n != 0 {
+	if n := parkedOf(rs); n != 0 {
 		t.Errorf("after the key changed, %d pooled connections still parked", n)
 	}
 }
