@@ -36,10 +36,9 @@ func socketPath(name string) string   { return filepath.Join(StateDir, name+".so
 
 // alive tells whether the owner runs. procStart is 0 for a process that
 // does not exist, so a record with no start time (a daemon that died before
-// Up read it) must not match that.
+// Up read it) must not match that: it is never alive.
 func (s *state) alive() bool {
-	start := procStart(s.Owner)
-	return s.Owner > 0 && start != 0 && start == s.OwnerStart
+	return s.Owner > 0 && s.OwnerStart != 0 && procStart(s.Owner) == s.OwnerStart
 }
 
 func writeState(s *state) error {
