@@ -1539,11 +1539,9 @@ peers:
 	}
 	if c0 != d0 || d0+late+missed != 40 || d0 == 0 {
 		t.Errorf("after 40 flows: %d dialed, %d claimed early, %d late, %d missed; want dialed = claimed, 40 in all, some dialed", d0, c0, late, missed)
-		for _, line := range strings.Split(scrapeMetrics(t, rc, 9191), "\n") {
-			if strings.Contains(line, "early_syn_total{") || strings.Contains(line, "halfway_flows_total{") {
-				t.Log(line) // every result, for the next such failure
-			}
-		}
+		// Every result, for the next such failure.
+		m := scrapeMetrics(t, rc, 9191)
+		t.Logf("%s\n%s", grepLines(m, "early_syn_total{"), grepLines(m, "halfway_flows_total{"))
 	}
 
 	// The client's first SYN-ACK is lost, so it sends its SYN again.
