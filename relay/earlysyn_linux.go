@@ -205,19 +205,24 @@ func (s *Server) applyEarly() error {
 		if err != nil {
 			return fmt.Errorf("early SYN: %w", err)
 		}
-		s.early.mu.Lock()
-		s.early.pending = map[[2]netip.AddrPort]*earlyDial{}
-		s.early.accepted = map[[2]netip.AddrPort]time.Time{}
-		s.early.perClient = map[netip.Addr]int{}
-		s.early.mu.Unlock()
-		s.early.sniffer = f
-		s.early.stopped = make(chan struct{})
-		go s.sniffSYNs(f, s.early.stopped)
+		s.startEarly(f)
 		s.log.Info("early SYN on", "listeners", len(ls))
 	case len(ls) == 0 && s.early.sniffer != nil:
 		s.stopEarly()
 	}
 	return nil
+}
+
+// startEarly reads SYNs from f, the sniffer's socket, into a fresh table.
+func (s *Server) startEarly(f *os.File) {
+	s.early.mu.Lock()
+	s.early.pending = map[[2]netip.AddrPort]*earlyDial{}
+	s.early.accepted = map[[2]netip.AddrPort]time.Time{}
+	s.early.perClient = map[netip.Addr]int{}
+	s.early.mu.Unlock()
+	s.early.sniffer = f
+	s.early.stopped = make(chan struct{})
+	go s.sniffSYNs(f, s.early.stopped)
 }
 
 // stopEarly closes the sniffer and resets the connections no accept took.

@@ -381,14 +381,8 @@ listeners:
 	}
 	s.mu.Lock()
 	s.stopEarly()
-	s.early.mu.Lock()
-	s.early.pending = map[[2]netip.AddrPort]*earlyDial{}
-	s.early.accepted = map[[2]netip.AddrPort]time.Time{}
-	s.early.perClient = map[netip.Addr]int{}
-	s.early.mu.Unlock()
-	stopped := make(chan struct{})
-	s.early.sniffer, s.early.stopped = bad, stopped
-	go s.sniffSYNs(bad, stopped)
+	s.startEarly(bad)
+	stopped := s.early.stopped
 	s.mu.Unlock()
 	select {
 	case <-stopped:
