@@ -3,12 +3,14 @@ package relay
 import (
 	"net"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"halfway/netlab"
 	"halfway/netlab/labtest"
@@ -358,4 +360,51 @@ func TestTurboRoutesFollowLock(t *testing.T) {
 	if got := l.ours(l.far.String()); err != nil || !strings.Contains(got, "mtu lock 1400") {
 		t.Errorf("after the covering route locked its mtu: %v, copy %q; want mtu lock 1400", err, got)
 	}
+}
+
+// TestLockedMetricsByLink: where one prefix is routed on several links at
+// one metric (every IPv6 link's fe80::/64, or ip route append), the locks
+// read are those of the route on the link asked for. They were the first
+// listed route's: a peer on an unlocked link was refused its turbo route
+// ("locks cwnd"), and one on a locked link got a copy without its locks.
+func TestLockedMetricsByLink(t *testing.T) {
+	labtest.InNetns(t, func() {
+		idx := map[string]int{}
+		for _, name := range []string{"lk0", "lk1"} {
+			v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}
+			if err := netlink.LinkAdd(v); err != nil {
+				t.Fatal(err)
+			}
+			if err := netlink.LinkSetUp(v); err != nil {
+				t.Fatal(err)
+			}
+			idx[name] = v.Attrs().Index
+		}
+		// The locked route listed first, then second.
+		for _, args := range [][]string{
+			{"append", "192.0.2.0/24", "dev", "lk0", "metric", "10", "cwnd", "lock", "50"},
+			{"append", "192.0.2.0/24", "dev", "lk1", "metric", "10"},
+			{"append", "198.51.100.0/24", "dev", "lk0", "metric", "10"},
+			{"append", "198.51.100.0/24", "dev", "lk1", "metric", "10", "cwnd", "lock", "50"},
+		} {
+			if out, err := exec.Command("ip", append([]string{"route"}, args...)...).CombinedOutput(); err != nil {
+				t.Fatalf("ip route %v: %v: %s", args, err, out)
+			}
+		}
+		for _, tc := range []struct {
+			dst, dev string
+			want     uint32
+		}{
+			{"192.0.2.0/24", "lk0", 1 << unix.RTAX_CWND},
+			{"192.0.2.0/24", "lk1", 0},
+			{"198.51.100.0/24", "lk0", 0},
+			{"198.51.100.0/24", "lk1", 1 << unix.RTAX_CWND},
+		} {
+			_, dst, _ := net.ParseCIDR(tc.dst)
+			r := &netlink.Route{Dst: dst, LinkIndex: idx[tc.dev], Priority: 10, Table: unix.RT_TABLE_MAIN}
+			if got, err := lockedMetrics(unix.AF_INET, r); err != nil || got != tc.want {
+				t.Errorf("%s dev %s: locks %#x, %v; want %#x", tc.dst, tc.dev, got, err, tc.want)
+			}
+		}
+	})
 }

@@ -37,14 +37,18 @@ func lockedMetrics(family int, r *netlink.Route) (uint32, error) {
 			perr = err
 			return false
 		}
-		table, priority, lock := uint32(rm.Table), 0, uint32(0)
-		dst := net.IP(nil)
+		table, priority, lock, oif := uint32(rm.Table), 0, uint32(0), 0
+		dst, gw := net.IP(nil), net.IP(nil)
 		for _, a := range attrs {
 			switch a.Attr.Type {
 			case unix.RTA_TABLE:
 				table = binary.NativeEndian.Uint32(a.Value)
 			case unix.RTA_DST:
 				dst = net.IP(a.Value)
+			case unix.RTA_OIF:
+				oif = int(binary.NativeEndian.Uint32(a.Value))
+			case unix.RTA_GATEWAY:
+				gw = net.IP(a.Value)
 			case unix.RTA_PRIORITY:
 				priority = int(binary.NativeEndian.Uint32(a.Value))
 			case unix.RTA_METRICS:
@@ -60,7 +64,11 @@ func lockedMetrics(family int, r *netlink.Route) (uint32, error) {
 				}
 			}
 		}
-		if table != unix.RT_TABLE_MAIN || priority != r.Priority || wantLen > 0 && !dst.Equal(wantDst) {
+		// A prefix may be routed on several links at one metric (every
+		// IPv6 link's fe80::/64, or ip route append): r's link and gateway
+		// tell its route apart.
+		if table != unix.RT_TABLE_MAIN || priority != r.Priority || wantLen > 0 && !dst.Equal(wantDst) ||
+			oif != r.LinkIndex || !gw.Equal(r.Gw) {
 			return true
 		}
 		locks = lock
