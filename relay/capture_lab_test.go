@@ -312,3 +312,24 @@ listeners:
 		t.Errorf("the policy rule outlived the relay:\n%s", out)
 	}
 }
+
+// TestStopCleanupFails: a stop that cannot remove its capture rules (here,
+// someone deleted its table first) exits with an error that says so, so a
+// supervisor does not take it for a clean stop. It exited 0.
+func TestStopCleanupFails(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, chainTopo)
+	rc := lab.Host("rc")
+	cfg := "admin: {listen: off}\nlisteners:\n  - {name: web, listen: \"0.0.0.0:7000\", mode: tproxy, capture: {ports: \"8080\", install: true}}\n"
+	_, stop := runRelay(t, rc, "rc", cfg)
+	waitCapture(t, rc, "halfway_web", "7000")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if out, err := rc.Command(ctx, "nft", "delete", "table", "inet", "halfway_web").CombinedOutput(); err != nil {
+		t.Fatalf("nft delete table: %v %s", err, out)
+	}
+	if err := stop(); err == nil {
+		t.Error("the relay stopped with exit status 0 though it could not remove its capture rules")
+	}
+}

@@ -271,8 +271,9 @@ func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 	s.log.Info("relay started", "listeners", s.listenerCount(), "admin", s.state.Load().cfg.Admin.Listen)
 	go s.memoryLoop()
 	<-ctx.Done()
-	s.Drain(grace)
-	return nil
+	// A cleanup that failed is the stop's error: a supervisor sees the
+	// rules or routes left behind, not a clean stop.
+	return s.Drain(grace)
 }
 
 // park keeps a peer's pooled connection where Drain finds it; false when
@@ -587,8 +588,9 @@ func (s *Server) closeListeners() {
 }
 
 // Drain stops accepting, waits up to grace for the flows to finish, then
-// aborts what is left.
-func (s *Server) Drain(grace time.Duration) {
+// aborts what is left. Its error says what it could not remove (capture
+// rules, turbo routes), which the host keeps.
+func (s *Server) Drain(grace time.Duration) error {
 	s.mu.Lock()
 	s.drainMu.Lock()
 	s.draining.Store(true)
@@ -633,14 +635,13 @@ func (s *Server) Drain(grace time.Duration) {
 		<-done
 	}
 	s.abortFlows()
+	var errs []error
 	for _, l := range captured {
-		if err := l.close(); err != nil {
-			s.log.Error("removing capture rules", "err", err)
-		}
+		errs = append(errs, l.close())
 	}
 	s.acceptorWG.Wait()
 	if err := s.turbo.apply(nil); err != nil {
-		s.log.Error("removing turbo routes", "err", err)
+		errs = append(errs, fmt.Errorf("removing turbo routes: %w", err))
 	}
 	s.closeSubflows()
 	if s.admin != nil {
@@ -648,6 +649,7 @@ func (s *Server) Drain(grace time.Duration) {
 	}
 	datapath.Drain()
 	s.log.Info("relay stopped")
+	return errors.Join(errs...)
 }
 
 // Hurry ends a drain's grace period now, or the next drain's at its
