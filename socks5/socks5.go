@@ -322,6 +322,10 @@ func serverRequest(r io.Reader, w io.Writer, buf []byte) (Addr, error) {
 		}
 		return Addr{}, fmt.Errorf("%w: %s", ErrCommandNotSupported, cmdName(cmd))
 	}
+	if addr.Port == 0 {
+		// No server listens there; HTTP CONNECT refuses it alike.
+		return Addr{}, &ProtocolError{Reply: GeneralFailure, InRequest: true, Msg: "request for port 0"}
+	}
 	return addr, nil
 }
 

@@ -134,6 +134,8 @@ func TestServerHandshake(t *testing.T) {
 			kind: kProtoReq, reply: GeneralFailure, written: cat(5, 0)},
 		{name: "domain with colon", in: cat(noAuthGreeting, 5, 1, 0, 3, 6, "a.b:80", 0, 80),
 			kind: kProtoReq, reply: GeneralFailure, written: cat(5, 0)},
+		{name: "CONNECT to port 0", in: cat(noAuthGreeting, 5, 1, 0, 1, 127, 0, 0, 1, 0, 0),
+			kind: kProtoReq, reply: GeneralFailure, written: cat(5, 0)},
 		{name: "BIND refused", in: cat(noAuthGreeting, 5, 2, 0, 1, 127, 0, 0, 1, 0, 80),
 			kind: kCmd, written: cat(5, 0, cmdRefused)},
 		{name: "UDP ASSOCIATE refused", in: cat(noAuthGreeting, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0),
