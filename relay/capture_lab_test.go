@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"halfway/netlab"
 	"halfway/netlab/labtest"
 )
 
@@ -163,13 +164,7 @@ func TestCaptureTwoRelays(t *testing.T) {
 // behind; the next start takes it over, and its stop leaves no policy
 // rule or route.
 func TestCaptureAfterKill(t *testing.T) {
-	requireTools(t, "nft")
-	labtest.RequireRoot(t)
-	lab := labtest.Start(t, chainTopo)
-	rc := lab.Host("rc")
-	cfg := "admin: {listen: off}\nlisteners:\n  - {name: web, listen: \"0.0.0.0:7000\", mode: tproxy, capture: {ports: \"8080\", install: true}}\n"
-	logPath, _ := runRelay(t, rc, "rc", cfg)
-	waitCapture(t, rc, "halfway_web", "7000")
+	rc, logPath, _ := startCaptureRelay(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	file := strings.TrimSuffix(logPath, ".log") + ".yaml"
@@ -177,7 +172,7 @@ func TestCaptureAfterKill(t *testing.T) {
 		t.Fatalf("pkill -KILL: %v %s", err, out)
 	}
 	time.Sleep(200 * time.Millisecond)
-	_, stop := runRelay(t, rc, "again", cfg)
+	_, stop := runRelay(t, rc, "again", captureWebConfig)
 	for i := 0; ; i++ { // the new start listens once its capture is in
 		out, _ := rc.Command(ctx, "ss", "-ltnH", "sport", "7000").CombinedOutput()
 		if strings.Contains(string(out), "7000") {
@@ -317,13 +312,7 @@ listeners:
 // someone deleted its table first) exits with an error that says so, so a
 // supervisor does not take it for a clean stop. It exited 0.
 func TestStopCleanupFails(t *testing.T) {
-	requireTools(t, "nft")
-	labtest.RequireRoot(t)
-	lab := labtest.Start(t, chainTopo)
-	rc := lab.Host("rc")
-	cfg := "admin: {listen: off}\nlisteners:\n  - {name: web, listen: \"0.0.0.0:7000\", mode: tproxy, capture: {ports: \"8080\", install: true}}\n"
-	_, stop := runRelay(t, rc, "rc", cfg)
-	waitCapture(t, rc, "halfway_web", "7000")
+	rc, _, stop := startCaptureRelay(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if out, err := rc.Command(ctx, "nft", "delete", "table", "inet", "halfway_web").CombinedOutput(); err != nil {
@@ -332,4 +321,20 @@ func TestStopCleanupFails(t *testing.T) {
 	if err := stop(); err == nil {
 		t.Error("the relay stopped with exit status 0 though it could not remove its capture rules")
 	}
+}
+
+// captureWebConfig is a relay with one tproxy listener, web, that installs
+// its capture of port 8080.
+const captureWebConfig = "admin: {listen: off}\nlisteners:\n  - {name: web, listen: \"0.0.0.0:7000\", mode: tproxy, capture: {ports: \"8080\", install: true}}\n"
+
+// startCaptureRelay runs captureWebConfig on rc of a chain lab and waits
+// for its capture rules; it returns rc and runRelay's log path and stop.
+func startCaptureRelay(t *testing.T) (rc *netlab.Host, logPath string, stop func() error) {
+	t.Helper()
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	rc = labtest.Start(t, chainTopo).Host("rc")
+	logPath, stop = runRelay(t, rc, "rc", captureWebConfig)
+	waitCapture(t, rc, "halfway_web", "7000")
+	return rc, logPath, stop
 }

@@ -255,19 +255,7 @@ func TestEarlySYNReloadWindow(t *testing.T) {
 	labtest.RequireRoot(t) // IP_TRANSPARENT and the sniffer
 	srv := newLoopServer(t)
 	dst := srv.dst
-	// allow_clients leaves out 127.0.0.1: the relay's own dials, looped
-	// back past the sniffer, start nothing.
-	cfg := fmt.Sprintf(`
-admin: {listen: off}
-listeners:
-  - name: tp
-    listen: "127.0.0.1:0"
-    mode: tproxy
-    allow_clients: [127.0.0.2/32]
-    allow_destinations: ["127.0.0.1/32"]
-    capture: {dst: ["127.0.0.1/32"], ports: "%d", install: false}
-    early_syn: true
-`, dst.Port())
+	cfg := loopEarlyConfig(dst.Port())
 	s := startLoopback(t, cfg)
 	client := freeClient(t)
 
@@ -361,17 +349,7 @@ listeners:
 // restarted, every flow dialing at accept.
 func TestEarlySYNSnifferRestart(t *testing.T) {
 	labtest.RequireRoot(t) // IP_TRANSPARENT and the sniffer
-	cfg := `
-admin: {listen: off}
-listeners:
-  - name: tp
-    listen: "127.0.0.1:0"
-    mode: tproxy
-    allow_clients: [127.0.0.2/32]
-    allow_destinations: ["127.0.0.1/32"]
-    capture: {dst: ["127.0.0.1/32"], ports: "80", install: false}
-    early_syn: true
-`
+	cfg := loopEarlyConfig(80)
 	s := startLoopback(t, cfg)
 	// Every read of a directory fails (EISDIR): the sniffer retries, then
 	// gives up.
@@ -403,4 +381,22 @@ listeners:
 		t.Fatal("after a reload, the sniffer is stopped")
 	default:
 	}
+}
+
+// loopEarlyConfig is a relay with one early-SYN tproxy listener, tp, on
+// loopback, capturing flows to 127.0.0.1:port without rules of its own.
+// allow_clients leaves out 127.0.0.1: the relay's own dials, looped back
+// past the sniffer, start nothing.
+func loopEarlyConfig(port uint16) string {
+	return fmt.Sprintf(`
+admin: {listen: off}
+listeners:
+  - name: tp
+    listen: "127.0.0.1:0"
+    mode: tproxy
+    allow_clients: [127.0.0.2/32]
+    allow_destinations: ["127.0.0.1/32"]
+    capture: {dst: ["127.0.0.1/32"], ports: "%d", install: false}
+    early_syn: true
+`, port)
 }
