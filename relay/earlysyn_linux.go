@@ -244,7 +244,7 @@ func (s *Server) sniffSYNs(f *os.File, stopped chan struct{}) {
 	// Unclaimed dials expire on a clock of their own: no further SYN may
 	// come to notice them.
 	expired, missed := s.metrics.early.With("expired"), s.metrics.early.With("missed")
-	defer func() { missed.Add(packetDrops(f)) }()
+	defer func() { missed.Add(packetDrops(f)) }() // stopped on read errors: f is still open
 	tick := time.NewTicker(earlyExpiry / 4)
 	defer tick.Stop()
 	quit, ticking := make(chan struct{}), make(chan struct{})
@@ -437,10 +437,10 @@ func openSYNSniffer() (*os.File, error) {
 		return nil, fmt.Errorf("attaching the SYN filter: %w", err)
 	}
 	// Room for a burst of SYNs while the reader waits for a CPU: each
-	// queued SYN holds its whole buffer (a few KiB), and the default
-	// (net.core.rmem_default, about 200 KiB) overflowed with a few dozen
-	// on a loaded machine. Where the relay may not force it, the
-	// default stays; the SYNs dropped are counted (missed).
+	// queued SYN holds its whole skb, so the default
+	// (net.core.rmem_default, about 200 KiB) holds a burst of some
+	// hundreds. Where the relay may not force it, the default stays; the
+	// SYNs dropped are counted (missed).
 	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, sniffBuffer/2) != nil {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, sniffBuffer/2)
 	}
