@@ -56,6 +56,7 @@ type Server struct {
 	drainMu     sync.RWMutex
 	draining    atomic.Bool
 	hurry       chan struct{} // closed by Hurry: a drain's grace ends now
+	started     chan struct{} // closed by Run once its listeners are open
 	hurryOnce   sync.Once
 	refusing    chan struct{} // bounds refusals answered in protocol
 	work        chan accepted // accepted connections for idle workers
@@ -145,6 +146,7 @@ func New(cfg *Config, log *slog.Logger, reg *hm.Registry) (*Server, error) {
 		refusing:  make(chan struct{}, 64),
 		work:      make(chan accepted),
 		hurry:     make(chan struct{}),
+		started:   make(chan struct{}),
 	}
 	s.table.init()
 	rt, err := newRuntime(cfg)
@@ -269,12 +271,18 @@ func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 		return err
 	}
 	s.log.Info("relay started", "listeners", s.listenerCount(), "admin", s.state.Load().cfg.Admin.Listen)
+	close(s.started)
 	go s.memoryLoop()
 	<-ctx.Done()
 	// A cleanup that failed is the stop's error: a supervisor sees the
 	// rules or routes left behind, not a clean stop.
 	return s.Drain(grace)
 }
+
+// Started is closed once Run has opened the listeners (and installed the
+// capture rules and routes) of the configuration New was given: the relay
+// is ready. It stays open when Run fails to start.
+func (s *Server) Started() <-chan struct{} { return s.started }
 
 // park keeps a peer's pooled connection where Drain finds it; false when
 // draining already.

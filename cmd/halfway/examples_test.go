@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"halfway/netlab"
 )
@@ -49,5 +54,32 @@ func TestFeaturesExampleIsComplete(t *testing.T) {
 		if !regexp.MustCompile(`(?m)^([^#]*[\s{,])?` + regexp.QuoteMeta(leaf) + `:`).Match(b) {
 			t.Errorf("%s does not show %s", file, k)
 		}
+	}
+}
+
+// TestSystemdUnit has systemd-analyze verify the example unit, with the
+// binary it runs at the path the unit names replaced by this build.
+func TestSystemdUnit(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze is not installed")
+	}
+	b, err := os.ReadFile("../../examples/systemd/halfway-relay.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, []byte("Type=notify")) {
+		t.Error("the unit is not Type=notify: systemd would not wait for the relay's READY=1")
+	}
+	bin := buildBinary(t)
+	unit := filepath.Join(t.TempDir(), "halfway-relay.service")
+	if err := os.WriteFile(unit, bytes.ReplaceAll(b, []byte("/usr/local/bin/halfway"), []byte(bin)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, analyze, "verify", unit).CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }

@@ -5,10 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
 
 	"halfway/metrics"
 	"halfway/relay"
@@ -27,6 +32,16 @@ func runRelay(args []string, stdout, stderr io.Writer) error {
 	}
 	if *file == "" {
 		return fmt.Errorf("%w: relay -c FILE [--check] [--grace 30s]", errUsage)
+	}
+	var hup chan os.Signal
+	if !*check {
+		// SIGHUP's default action ends the process. It is caught before
+		// anything slow, so that a reload sent while the relay starts
+		// (an ExecReload racing ExecStart) is applied once the relay is
+		// ready rather than killing it.
+		hup = make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
 	}
 	cfg, err := relay.LoadConfig(*file)
 	if err != nil {
@@ -57,25 +72,70 @@ func runRelay(args []string, stdout, stderr io.Writer) error {
 		signal.Stop(signals)
 		stop()
 	}()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	go func() {
-		for range hup {
-			next, err := relay.LoadConfig(*file)
-			if err != nil {
-				log.Error("reload refused: configuration invalid; the running one stays", "err", err)
-				continue
-			}
-			switch err := srv.Reload(next); {
+	// Run stops on run, which serveSignals cancels once it has told the
+	// service manager that the relay is stopping.
+	run, cancelRun := context.WithCancel(context.Background())
+	defer cancelRun()
+	go serveSignals(ctx, cancelRun, srv, hup, *file, log)
+	return srv.Run(run, *grace)
+}
+
+// serveSignals tells a service manager (sd_notify) when the relay is
+// ready, reloading and stopping, and applies each SIGHUP once the relay
+// is ready. When ctx ends (a stop) it calls stop and returns.
+func serveSignals(ctx context.Context, stop func(), srv *relay.Server, hup <-chan os.Signal, file string, log *slog.Logger) {
+	defer stop()
+	select {
+	case <-srv.Started():
+	case <-ctx.Done():
+		return // a stop before Run started, or Run failed (runRelay returned)
+	}
+	notify(log, daemon.SdNotifyReady)
+	for {
+		select {
+		case <-ctx.Done():
+			notify(log, daemon.SdNotifyStopping)
+			return
+		case <-hup:
+		}
+		notify(log, reloading())
+		next, err := relay.LoadConfig(file)
+		switch {
+		case err != nil:
+			log.Error("reload refused: configuration invalid; the running one stays", "err", err)
+		default:
+			switch err = srv.Reload(next); {
 			case errors.Is(err, relay.ErrNotApplied):
 				log.Error("reload refused: the running configuration stays", "err", err)
 			case err != nil:
 				log.Error("reload incomplete", "err", err)
 			}
 		}
-	}()
-	return srv.Run(ctx, *grace)
+		status := "STATUS=running"
+		if err != nil {
+			status = "STATUS=last reload failed: " + strings.ReplaceAll(err.Error(), "\n", " ")
+		}
+		notify(log, daemon.SdNotifyReady+"\n"+status)
+	}
+}
+
+// reloading is the sd_notify state that starts a reload: systemd (with
+// Type=notify-reload, or any type since 253) waits for the READY=1 that
+// ends it.
+func reloading() string {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return daemon.SdNotifyReloading
+	}
+	return fmt.Sprintf("%s\nMONOTONIC_USEC=%d", daemon.SdNotifyReloading, ts.Nano()/1000)
+}
+
+// notify sends state to the service manager named by $NOTIFY_SOCKET, if
+// any. A relay not started by one sends nothing.
+func notify(log *slog.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Warn("sd_notify failed", "state", state, "err", err)
+	}
 }
 
 // relayRules prints the packet rules that capture the transparent
