@@ -27,6 +27,7 @@ const routeProto = netlink.RouteProtocol(104)
 type turboRoutes struct {
 	mu        sync.Mutex
 	installed map[netip.Addr]*turboRoute
+	dumps     int // route dumps made so far
 }
 
 type turboRoute struct {
@@ -62,16 +63,24 @@ func (t *turboRoutes) apply(peers []PeerConfig) error {
 		}
 		delete(t.installed, a)
 	}
-	for a, cfg := range want {
-		if t.installed[a] != nil {
-			continue
+	var added []netip.Addr
+	for a := range want {
+		if t.installed[a] == nil {
+			added = append(added, a)
 		}
-		r := &turboRoute{cfg: cfg}
-		if err := r.sync(a); err != nil {
+	}
+	if len(added) == 0 {
+		return errors.Join(errs...)
+	}
+	view := readMainRoutes(added)
+	for _, a := range added {
+		r := &turboRoute{cfg: want[a]}
+		if err := r.sync(a, view); err != nil {
 			errs = append(errs, fmt.Errorf("turbo route to %s: %w", a, err))
 		}
 		t.installed[a] = r
 	}
+	t.dumps += view.dumps
 	return errors.Join(errs...)
 }
 
@@ -81,12 +90,21 @@ func (t *turboRoutes) apply(peers []PeerConfig) error {
 func (t *turboRoutes) refresh() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if len(t.installed) == 0 {
+		return nil
+	}
+	peers := make([]netip.Addr, 0, len(t.installed))
+	for a := range t.installed {
+		peers = append(peers, a)
+	}
+	view := readMainRoutes(peers)
 	var errs []error
 	for a, r := range t.installed {
-		if err := r.sync(a); err != nil {
+		if err := r.sync(a, view); err != nil {
 			errs = append(errs, fmt.Errorf("turbo route to %s: %w", a, err))
 		}
 	}
+	t.dumps += view.dumps
 	return errors.Join(errs...)
 }
 
@@ -94,12 +112,14 @@ func (t *turboRoutes) refresh() error {
 // route that covers the peer without it, with cfg's windows. A host route
 // to the peer that is not halfway's is left alone: the relay does not
 // take over an operator's or a routing daemon's route.
-func (r *turboRoute) sync(peer netip.Addr) error {
-	r.err = r.syncRoute(peer)
+//
+// view is the main table as read for this round of syncs.
+func (r *turboRoute) sync(peer netip.Addr, view *mainRoutes) error {
+	r.err = r.syncRoute(peer, view)
 	return r.err
 }
 
-func (r *turboRoute) syncRoute(peer netip.Addr) error {
+func (r *turboRoute) syncRoute(peer netip.Addr, view *mainRoutes) error {
 	family, bits := netlink.FAMILY_V4, 32
 	if peer.Is6() {
 		family, bits = netlink.FAMILY_V6, 128
@@ -112,9 +132,9 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 		}
 		oif = int(id)
 	}
-	routes, err := netlink.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	routes, err := view.covering(peer)
 	if err != nil {
-		return fmt.Errorf("listing routes: %w", err)
+		return err // the route in place, if any, stays until a dump succeeds
 	}
 	ip := net.IP(peer.AsSlice())
 	var best *netlink.Route
@@ -134,9 +154,6 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 		}
 		n := 0 // a nil Dst is the default route
 		if rt.Dst != nil {
-			if !rt.Dst.Contains(ip) {
-				continue
-			}
 			n, _ = rt.Dst.Mask.Size()
 		}
 		if n == bits && rt.Protocol == routeProto && rt.Type == unix.RTN_UNICAST {
@@ -165,7 +182,7 @@ func (r *turboRoute) syncRoute(peer netip.Addr) error {
 		dropOurs(nil)
 		return fmt.Errorf("the route covering the peer (%s) is of type %d, not unicast: no turbo route", best.Dst, best.Type)
 	}
-	if locks, err := lockedMetrics(family, best); err != nil {
+	if locks, err := view.locked(family, best); err != nil {
 		return err
 	} else if locks != 0 && locks != 1<<unix.RTAX_MTU && locks != 1<<unix.RTAX_RTO_MIN {
 		// A copy would run without them: a clamp (cwnd, window), a

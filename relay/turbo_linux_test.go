@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -402,9 +403,59 @@ func TestLockedMetricsByLink(t *testing.T) {
 		} {
 			_, dst, _ := net.ParseCIDR(tc.dst)
 			r := &netlink.Route{Dst: dst, LinkIndex: idx[tc.dev], Priority: 10, Table: unix.RT_TABLE_MAIN}
-			if got, err := lockedMetrics(unix.AF_INET, r); err != nil || got != tc.want {
+			if got, err := readMainRoutes(nil).locked(unix.AF_INET, r); err != nil || got != tc.want {
 				t.Errorf("%s dev %s: locks %#x, %v; want %#x", tc.dst, tc.dev, got, err, tc.want)
 			}
+		}
+	})
+}
+
+// TestTurboRoutesDumps: a round of turbo syncs reads the main table once
+// per address family (and its locks once), whatever the number of peers;
+// it used to dump the table twice per peer, every 10 s.
+func TestTurboRoutesDumps(t *testing.T) {
+	labtest.InNetns(t, func() {
+		d := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "td0"}, PeerName: "td1"}
+		if err := netlink.LinkAdd(d); err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.LinkSetUp(d); err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range []string{"192.0.2.1/24", "2001:db8::1/64"} {
+			addr, _ := netlink.ParseAddr(a)
+			addr.Flags = unix.IFA_F_NODAD
+			if err := netlink.AddrAdd(d, addr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var peers []PeerConfig
+		for i := 10; i < 15; i++ {
+			peers = append(peers, turboPeer(fmt.Sprintf("192.0.2.%d", i)), turboPeer(fmt.Sprintf("2001:db8::%d", i)))
+		}
+		var tr turboRoutes
+		defer tr.apply(nil)
+		if err := tr.apply(peers); err != nil {
+			t.Fatal(err)
+		}
+		sts := tr.status()
+		for _, st := range sts {
+			if st.Error != "" {
+				t.Errorf("%s: %s", st.Peer, st.Error)
+			}
+		}
+		if len(sts) != len(peers) {
+			t.Errorf("%d turbo routes, want %d", len(sts), len(peers))
+		}
+		if tr.dumps != 4 {
+			t.Errorf("installing %d turbo routes took %d route dumps, want 4 (routes and locks, per family)", len(peers), tr.dumps)
+		}
+		before := tr.dumps
+		if err := tr.refresh(); err != nil {
+			t.Fatal(err)
+		}
+		if n := tr.dumps - before; n != 4 {
+			t.Errorf("a refresh of %d turbo routes took %d route dumps, want 4", len(peers), n)
 		}
 	})
 }

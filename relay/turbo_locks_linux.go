@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -11,25 +12,50 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// lockedMetrics reads which metrics the main table's route r locks
-// (RTAX_LOCK, as in "cwnd lock 50"). netlink.Route keeps a lock only when
-// mtu, or rto_min, is the one locked; a copy made from it loses the rest.
-func lockedMetrics(family int, r *netlink.Route) (uint32, error) {
+// routeKey tells the main table's routes apart as the kernel does: a
+// prefix may be routed on several links at one metric (every IPv6 link's
+// fe80::/64, or ip route append), where link and gateway tell them apart.
+type routeKey struct {
+	dst      netip.Prefix
+	tos      int
+	priority int
+	oif      int
+	gw       netip.Addr
+}
+
+func keyOf(r *netlink.Route, family int) routeKey {
+	k := routeKey{tos: r.Tos, priority: r.Priority, oif: r.LinkIndex, gw: ipAddr(r.Gw)}
+	if r.Dst != nil {
+		n, _ := r.Dst.Mask.Size()
+		k.dst = netip.PrefixFrom(ipAddr(r.Dst.IP), n).Masked()
+	} else if family == unix.AF_INET6 {
+		k.dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	} else {
+		k.dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	}
+	return k
+}
+
+// ipAddr is ip as a netip.Addr (IPv4 unmapped); the zero Addr for nil.
+func ipAddr(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip)
+	return a.Unmap()
+}
+
+// lockedRoutes reads which metrics each route of the main table locks
+// (RTAX_LOCK, as in "cwnd lock 50"), for the routes that lock any, in one
+// dump. netlink.Route keeps a lock only when mtu, or rto_min, is the one
+// locked; a copy made from it loses the rest.
+func lockedRoutes(family int) (map[routeKey]uint32, error) {
 	req := nl.NewNetlinkRequest(unix.RTM_GETROUTE, unix.NLM_F_DUMP)
 	msg := &nl.RtMsg{}
 	msg.Family = uint8(family)
 	req.AddData(msg)
-	wantLen := 0
-	var wantDst net.IP
-	if r.Dst != nil {
-		wantLen, _ = r.Dst.Mask.Size()
-		wantDst = r.Dst.IP.Mask(r.Dst.Mask)
-	}
-	var locks uint32
+	locked := map[routeKey]uint32{}
 	var perr error
 	err := req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWROUTE, func(m []byte) bool {
 		rm := nl.DeserializeRtMsg(m)
-		if int(rm.Dst_len) != wantLen || int(rm.Tos) != r.Tos || rm.Flags&unix.RTM_F_CLONED != 0 {
+		if int(rm.Family) != family || rm.Flags&unix.RTM_F_CLONED != 0 {
 			return true
 		}
 		attrs, err := nl.ParseRouteAttr(m[rm.Len():])
@@ -37,8 +63,9 @@ func lockedMetrics(family int, r *netlink.Route) (uint32, error) {
 			perr = err
 			return false
 		}
-		table, priority, lock, oif := uint32(rm.Table), 0, uint32(0), 0
-		dst, gw := net.IP(nil), net.IP(nil)
+		table, lock := uint32(rm.Table), uint32(0)
+		k := routeKey{tos: int(rm.Tos)}
+		var dst net.IP
 		for _, a := range attrs {
 			switch a.Attr.Type {
 			case unix.RTA_TABLE:
@@ -46,11 +73,11 @@ func lockedMetrics(family int, r *netlink.Route) (uint32, error) {
 			case unix.RTA_DST:
 				dst = net.IP(a.Value)
 			case unix.RTA_OIF:
-				oif = int(binary.NativeEndian.Uint32(a.Value))
+				k.oif = int(binary.NativeEndian.Uint32(a.Value))
 			case unix.RTA_GATEWAY:
-				gw = net.IP(a.Value)
+				k.gw = ipAddr(a.Value)
 			case unix.RTA_PRIORITY:
-				priority = int(binary.NativeEndian.Uint32(a.Value))
+				k.priority = int(binary.NativeEndian.Uint32(a.Value))
 			case unix.RTA_METRICS:
 				ms, err := nl.ParseRouteAttr(a.Value)
 				if err != nil {
@@ -64,20 +91,21 @@ func lockedMetrics(family int, r *netlink.Route) (uint32, error) {
 				}
 			}
 		}
-		// A prefix may be routed on several links at one metric (every
-		// IPv6 link's fe80::/64, or ip route append): r's link and gateway
-		// tell its route apart.
-		if table != unix.RT_TABLE_MAIN || priority != r.Priority || wantLen > 0 && !dst.Equal(wantDst) ||
-			oif != r.LinkIndex || !gw.Equal(r.Gw) {
+		if table != unix.RT_TABLE_MAIN || lock == 0 {
 			return true
 		}
-		locks = lock
-		return false
+		if dst == nil {
+			k.dst = keyOf(&netlink.Route{}, family).dst
+		} else {
+			k.dst = netip.PrefixFrom(ipAddr(dst), int(rm.Dst_len)).Masked()
+		}
+		locked[k] = lock
+		return true
 	})
 	if err != nil {
-		return 0, fmt.Errorf("listing routes: %w", err)
+		return nil, err
 	}
-	return locks, perr
+	return locked, perr
 }
 
 // metricNames are the route metrics by RTAX_ number, as ip route writes them.
