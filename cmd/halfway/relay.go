@@ -77,7 +77,33 @@ func runRelay(args []string, stdout, stderr io.Writer) error {
 	run, cancelRun := context.WithCancel(context.Background())
 	defer cancelRun()
 	go serveSignals(ctx, cancelRun, srv, hup, *file, log)
+	exited := make(chan struct{})
+	defer close(exited)
+	go watchdog(exited, log)
 	return srv.Run(run, *grace)
+}
+
+// watchdog pings systemd's watchdog (WatchdogSec=, which restarts a relay
+// that stops pinging) at half its interval, from start to exit, a drain
+// included, until exited is closed.
+func watchdog(exited <-chan struct{}, log *slog.Logger) {
+	every, err := daemon.SdWatchdogEnabled(false)
+	if err != nil {
+		log.Warn("sd_notify: watchdog", "err", err)
+	}
+	if every <= 0 {
+		return
+	}
+	t := time.NewTicker(every / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-exited:
+			return
+		case <-t.C:
+			notify(log, daemon.SdNotifyWatchdog)
+		}
+	}
 }
 
 // serveSignals tells a service manager (sd_notify) when the relay is

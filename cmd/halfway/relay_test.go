@@ -14,8 +14,8 @@ import (
 
 // TestRelayNotify runs the relay as systemd would with Type=notify: it
 // must tell READY=1 once it listens, RELOADING=1 then READY=1 around each
-// SIGHUP (with a STATUS naming a refused reload), and STOPPING=1 on
-// SIGTERM. (A SIGHUP sent before Go's runtime has started ends any Go
+// SIGHUP (with a STATUS naming a refused reload), WATCHDOG=1 while it
+// runs, and STOPPING=1 on SIGTERM. (A SIGHUP sent before Go's runtime has started ends any Go
 // process; systemd sends none before READY=1.)
 func TestRelayNotify(t *testing.T) {
 	bin := buildBinary(t)
@@ -51,7 +51,7 @@ func TestRelayNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "relay", "-c", file, "--grace", "1s")
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=200000")
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -91,6 +91,7 @@ func TestRelayNotify(t *testing.T) {
 	if s := next("READY=1"); strings.Contains(s, "RELOADING=1") {
 		t.Fatalf("first state %q", s)
 	}
+	next("WATCHDOG=1") // every 100 ms, half of WATCHDOG_USEC
 
 	if err := os.WriteFile(file, []byte(cfg+"log: {level: debug}\n"), 0o644); err != nil {
 		t.Fatal(err)
