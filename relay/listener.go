@@ -198,11 +198,19 @@ func (s *Server) openListener(lc ListenerConfig, cfg *Config) (*listener, error)
 	if ap.Addr().Is6() {
 		network = "tcp6"
 	}
-	nl, err := lcfg.Listen(context.Background(), network, lc.Listen)
+	// A socket the service manager passed at this address serves it.
+	tl, err := s.listenInherited(&lc, ap, opts.Transparent, opts.FastOpenQueue, opts.ReceiveBuffer)
 	if err != nil {
 		return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
 	}
-	l := &listener{cfg: lc, ln: nl.(*net.TCPListener), rcvbuf: opts.ReceiveBuffer}
+	if tl == nil {
+		nl, err := lcfg.Listen(context.Background(), network, lc.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
+		}
+		tl = nl.(*net.TCPListener)
+	}
+	l := &listener{cfg: lc, ln: tl, rcvbuf: opts.ReceiveBuffer}
 	if lc.MPTCP && !listensMPTCP(l.ln) {
 		l.tcpOnly, st.cfg.MPTCP = true, false
 		s.log.Warn("mptcp: the kernel gave a TCP socket (is net.mptcp.enabled 0?): this listener takes TCP only", "listener", lc.Name)
@@ -229,7 +237,7 @@ func (s *Server) openListener(lc ListenerConfig, cfg *Config) (*listener, error)
 		}
 		s.log.Info("capture rules installed", "listener", lc.Name, "table", captureTable(lc.Name))
 	}
-	s.log.Info("listening", "listener", lc.Name, "addr", nl.Addr().String(), "mode", lc.Mode, "protocols", lc.Protocols)
+	s.log.Info("listening", "listener", lc.Name, "addr", tl.Addr().String(), "mode", lc.Mode, "protocols", lc.Protocols, "inherited", s.inherited[ap].file != nil)
 	if lc.MPTCP && lc.Mode == "tproxy" && lc.Capture != nil && strings.TrimSpace(lc.Capture.Ports) != strconv.Itoa(int(ap.Port())) {
 		// The kernel takes a subflow join only on a listener with the
 		// connection's port (MPTcpExtMismatchPortSynRx counts the others):

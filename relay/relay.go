@@ -55,8 +55,9 @@ type Server struct {
 	// the read lock, so no flow is admitted after Drain starts waiting.
 	drainMu     sync.RWMutex
 	draining    atomic.Bool
-	hurry       chan struct{} // closed by Hurry: a drain's grace ends now
-	started     chan struct{} // closed by Run once its listeners are open
+	hurry       chan struct{}                // closed by Hurry: a drain's grace ends now
+	started     chan struct{}                // closed by Run once its listeners are open
+	inherited   map[netip.AddrPort]inherited // listening sockets a service manager passed (Inherit; under mu)
 	hurryOnce   sync.Once
 	refusing    chan struct{} // bounds refusals answered in protocol
 	work        chan accepted // accepted connections for idle workers

@@ -57,8 +57,8 @@ func TestFeaturesExampleIsComplete(t *testing.T) {
 	}
 }
 
-// TestSystemdUnit has systemd-analyze verify the example unit, with the
-// binary it runs at the path the unit names replaced by this build.
+// TestSystemdUnit has systemd-analyze verify the example units, with the
+// binary the service runs at the path it names replaced by this build.
 func TestSystemdUnit(t *testing.T) {
 	analyze, err := exec.LookPath("systemd-analyze")
 	if err != nil {
@@ -78,7 +78,15 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, analyze, "verify", unit).CombinedOutput()
+	sock, err := os.ReadFile("../../examples/systemd/halfway-relay.socket")
+	if err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(filepath.Dir(unit), "halfway-relay.socket")
+	if err := os.WriteFile(socket, sock, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(ctx, analyze, "verify", unit, socket).CombinedOutput()
 	if err != nil || len(bytes.TrimSpace(out)) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}

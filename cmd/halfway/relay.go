@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
 
@@ -57,6 +58,13 @@ func runRelay(args []string, stdout, stderr io.Writer) error {
 	srv, err := relay.New(cfg, log, reg)
 	if err != nil {
 		return err
+	}
+	// Listening sockets from systemd socket activation ($LISTEN_FDS): they
+	// stay open while the relay restarts, so clients wait, not refused.
+	if files := activation.Files(true); len(files) > 0 {
+		if err := srv.Inherit(files); err != nil {
+			return err
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
