@@ -48,6 +48,10 @@ type listener struct {
 	// (acceptedReceiveBuffer).
 	rcvbuf int
 
+	// nodelay: the listening socket has TCP_NODELAY, which Linux copies
+	// to every connection it accepts: plain flows need no setsockopt.
+	nodelay bool
+
 	// keepalive is what the listening socket has set, and so every
 	// connection it accepts (Linux copies it): accepts whose leg wants the
 	// same need no setsockopt. -1: unknown.
@@ -216,6 +220,9 @@ func (s *Server) openListener(lc ListenerConfig, cfg *Config) (*listener, error)
 		s.log.Warn("mptcp: the kernel gave a TCP socket (is net.mptcp.enabled 0?): this listener takes TCP only", "listener", lc.Name)
 	}
 	l.cur.Store(st)
+	if !l.acceptsMPTCP() {
+		l.nodelay = setNoDelay(l.ln) == nil
+	}
 	if lc.Mode != "explicit" {
 		if l.acceptFile, err = acceptFileOf(l.ln); err != nil {
 			s.log.Warn("plain flows off: their accepts need a duplicate of the listening socket", "listener", lc.Name, "err", err)

@@ -222,7 +222,9 @@ func (s *Server) servePlain(l *listener, fd int, client netip.AddrPort) {
 		return
 	}
 	setLegFD(l, fd, rt.cfg.Legs.Client)
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) // as Go's accept
+	if !l.nodelay {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) // as Go's accept
+	}
 	f.dst.Store(&dst)
 	if reason := refuseTransparent(l, st, self, dst); reason != "" {
 		s.metrics.refused.With(f.listener, reason).Inc()

@@ -146,3 +146,36 @@ func TestReloadListenerReceiveBuffer(t *testing.T) {
 		t.Errorf("the new socket's rcvbuf %d, want 0", third.rcvbuf)
 	}
 }
+
+// TestListenerNoDelay: a TCP listener's socket has TCP_NODELAY, so the
+// connections plain flows accept from its duplicate have it without a
+// setsockopt of their own.
+func TestListenerNoDelay(t *testing.T) {
+	s := newServer(t, `
+admin: {listen: off}
+listeners:
+  - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: "127.0.0.1:9"}
+`)
+	cfg := s.state.Load().cfg
+	l, err := s.openListener(cfg.Listeners[0], cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.closeNow()
+	if l.acceptFile == nil {
+		t.Fatal("no accept file: plain flows off")
+	}
+	c, err := net.Dial("tcp4", l.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fd, _, err := unix.Accept4(int(l.acceptFile.Fd()), unix.SOCK_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 || !l.nodelay {
+		t.Errorf("an accepted connection's TCP_NODELAY: %d, %v (listener nodelay %v); want it inherited", v, err, l.nodelay)
+	}
+}
