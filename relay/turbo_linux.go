@@ -220,8 +220,22 @@ func (r *turboRoute) syncRoute(peer netip.Addr, view *mainRoutes) error {
 			return nil
 		}
 	}
-	if err := netlink.RouteReplace(&nr); err != nil {
-		return fmt.Errorf("ip route replace %s initcwnd %d initrwnd %d: %w", nr.Dst, r.cfg.InitCwnd, r.cfg.InitRwnd, err)
+	install, verb := netlink.RouteReplace, "replace"
+	if oif != 0 {
+		// A replace takes the first route of the prefix and metric on
+		// any link: another link's route to the same link-local address
+		// (fe80::1 is many links' router), another peer's or an
+		// operator's. Ours on this link goes, and the copy is added
+		// beside the others.
+		for _, o := range ours {
+			if o.Priority == nr.Priority {
+				_ = netlink.RouteDel(o)
+			}
+		}
+		install, verb = netlink.RouteAppend, "append"
+	}
+	if err := install(&nr); err != nil {
+		return fmt.Errorf("ip route %s %s initcwnd %d initrwnd %d: %w", verb, nr.Dst, r.cfg.InitCwnd, r.cfg.InitRwnd, err)
 	}
 	// Replace changed ours of the same metric in place; one of another
 	// metric (the covering route's changed) would stay beside it.

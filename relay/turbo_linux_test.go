@@ -459,3 +459,68 @@ func TestTurboRoutesDumps(t *testing.T) {
 		}
 	})
 }
+
+// TestTurboRoutesLinkLocalSameAddress: link-local peers at one address on
+// two links (fe80::1 is every link's router, often) each get their turbo
+// route on their own link. A replace (ip route replace) of the second
+// took the first's route, of the same prefix and metric, on the other
+// link: only one stayed, and each round of syncs traded it for the other
+// while both peers' status said the route was in place.
+func TestTurboRoutesLinkLocalSameAddress(t *testing.T) {
+	labtest.InNetns(t, func() {
+		var names []string
+		for _, name := range []string{"ll0", "ll1"} {
+			v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}
+			if err := netlink.LinkAdd(v); err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range []string{name, name + "p"} {
+				l, err := netlink.LinkByName(n)
+				if err == nil {
+					err = netlink.LinkSetUp(l)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			names = append(names, name)
+		}
+		fe80 := func() int {
+			out, _ := exec.Command("ip", "-6", "route", "show", "fe80::/64").CombinedOutput()
+			return strings.Count(string(out), "dev ll")
+		}
+		for i := 0; fe80() < 2; i++ {
+			if i > 100 {
+				t.Fatal("no fe80::/64 route on both links")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		ours := func() string {
+			out, _ := exec.Command("ip", "-6", "route", "show", "fe80::1/128", "proto", "104").CombinedOutput()
+			return string(out)
+		}
+		check := func(when string, err error, tr *turboRoutes) {
+			t.Helper()
+			if err != nil {
+				t.Errorf("%s: %v", when, err)
+			}
+			got := ours()
+			for _, name := range names {
+				if !strings.Contains(got, "dev "+name+" ") {
+					t.Errorf("%s: turbo routes to fe80::1 %q, want one on %s", when, got, name)
+				}
+			}
+			for _, st := range tr.status() {
+				if st.Error != "" {
+					t.Errorf("%s: %s: %s", when, st.Peer, st.Error)
+				}
+			}
+		}
+		var tr turboRoutes
+		defer tr.apply(nil)
+		peers := []PeerConfig{turboPeer("[fe80::1%ll0]:7100"), turboPeer("[fe80::1%ll1]:7100")}
+		check("apply", tr.apply(peers), &tr)
+		check("refresh", tr.refresh(), &tr)
+		check("second refresh", tr.refresh(), &tr)
+	})
+}
