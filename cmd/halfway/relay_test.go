@@ -127,7 +127,10 @@ func TestRelayNotify(t *testing.T) {
 	}
 	listen := l.Addr().String()
 	l.Close()
-	cfg := fmt.Sprintf("admin: {listen: off}\nlisteners:\n  - {name: svc, listen: %q, mode: forward, forward_to: \"127.0.0.1:9\"}\n", listen)
+	// Forwarded to an echo server: to a closed port the relay would reset
+	// the client, sometimes before its connect had returned.
+	echo := startEcho(t)
+	cfg := fmt.Sprintf("admin: {listen: off}\nlisteners:\n  - {name: svc, listen: %q, mode: forward, forward_to: %q}\n", listen, echo)
 	file := filepath.Join(dir, "relay.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -159,6 +162,10 @@ func TestRelayNotify(t *testing.T) {
 	if c, err := net.DialTimeout("tcp", listen, 5*time.Second); err != nil {
 		t.Errorf("after a refused reload the listener is gone: %v", err)
 	} else {
+		if _, err := c.Write([]byte("still forwarded\n")); err != nil {
+			t.Error(err)
+		}
+		expectEcho(t, c, "still forwarded\n")
 		c.Close()
 	}
 
