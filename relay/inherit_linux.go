@@ -28,12 +28,13 @@ type inherited struct {
 // socket. Call it before Run. A socket that is not a listening TCP or
 // MPTCP stream, or an IPv6 one that takes IPv4 too (BindIPv6Only=both),
 // is an error; one at an address where no listener is configured stays
-// unused until a reload adds one there.
+// unused (and each start and reload says so) until a reload adds one.
 func (s *Server) Inherit(files []*os.File) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.inherited == nil {
 		s.inherited = map[netip.AddrPort]inherited{}
+		s.inheritedFixed = map[netip.AddrPort]bool{}
 	}
 	for _, f := range files {
 		ap, in, err := inspectListening(f)
@@ -44,17 +45,25 @@ func (s *Server) Inherit(files []*os.File) error {
 			return fmt.Errorf("socket %q passed by the service manager (fd %d): a second socket at %s", f.Name(), f.Fd(), ap)
 		}
 		s.inherited[ap] = in
+	}
+	return nil
+}
+
+// warnUnusedInherited says which inherited sockets no listener of cfg
+// takes: their clients wait in the queue until they give up, as the
+// manager keeps the sockets open. Under s.mu.
+func (s *Server) warnUnusedInherited(cfg *Config) {
+	for ap, in := range s.inherited {
 		used := false
-		for _, lc := range s.state.Load().cfg.Listeners {
+		for _, lc := range cfg.Listeners {
 			if lap, _ := netip.ParseAddrPort(lc.Listen); lap == ap {
 				used = true
 			}
 		}
 		if !used {
-			s.log.Warn("a socket passed by the service manager matches no listener's listen address: unused until one listens there", "addr", ap.String(), "name", f.Name())
+			s.log.Warn("a socket passed by the service manager matches no listener's listen address: its clients wait unserved until a listener listens there", "addr", ap.String(), "name", in.file.Name())
 		}
 	}
-	return nil
 }
 
 // inspectListening checks that f is a listening stream socket of IPv4 or
@@ -120,8 +129,11 @@ func inspectListening(f *os.File) (netip.AddrPort, inherited, error) {
 // listenInherited returns a listener on a duplicate of the inherited
 // socket at ap, set up as opts says (what a socket of the listener's own
 // would have been given before its bind), or nil when none was inherited
-// there. Options the configuration no longer asks for are cleared: the
-// same socket serves every configuration a reload gives the listener.
+// there. The same socket serves every configuration a reload gives the
+// listener: IP_TRANSPARENT and the Fast Open queue are cleared when no
+// longer asked for, but a receive buffer once fixed stays fixed (the
+// kernel has no way back to autotuning), and so do the options an MPTCP
+// socket's listening subflow was given, until the manager's socket closes.
 func (s *Server) listenInherited(lc *ListenerConfig, ap netip.AddrPort, transparent bool, fastOpenQueue, rcvbuf int) (*net.TCPListener, error) {
 	in, ok := s.inherited[ap]
 	if !ok {
@@ -162,9 +174,14 @@ func (s *Server) listenInherited(lc *ListenerConfig, ap netip.AddrPort, transpar
 		} else {
 			set(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, on, "IP_TRANSPARENT")
 		}
-		set(int(fd), unix.IPPROTO_TCP, unix.TCP_FASTOPEN, fastOpenQueue, "TCP_FASTOPEN")
+		// Only a change: kernels before 6.2 refuse TCP_FASTOPEN on MPTCP
+		// sockets, which take no Fast Open queue anyway.
+		if q, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_FASTOPEN); err != nil || q != fastOpenQueue {
+			set(int(fd), unix.IPPROTO_TCP, unix.TCP_FASTOPEN, fastOpenQueue, "TCP_FASTOPEN")
+		}
 		if serr == nil && rcvbuf > 0 {
 			serr = sockopt.TuneFD(int(fd), "", 0, rcvbuf, false)
+			s.inheritedFixed[ap] = true
 		}
 	})
 	if err == nil {
@@ -173,6 +190,9 @@ func (s *Server) listenInherited(lc *ListenerConfig, ap netip.AddrPort, transpar
 	if err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("the socket passed by the service manager at %s: %w", ap, err)
+	}
+	if rcvbuf == 0 && s.inheritedFixed[ap] {
+		s.log.Warn("the socket passed by the service manager keeps the fixed receive buffer set before, and its connections theirs: restart its .socket unit for autotuning", "listener", lc.Name, "addr", ap.String())
 	}
 	return ln, nil
 }

@@ -132,6 +132,11 @@ func serveSignals(ctx context.Context, stop func(), srv *relay.Server, hup <-cha
 			return
 		case <-hup:
 		}
+		if ctx.Err() != nil {
+			// A stop came with the SIGHUP: no reload to hold it up.
+			notify(log, daemon.SdNotifyStopping)
+			return
+		}
 		notify(log, reloading())
 		next, err := relay.LoadConfig(file)
 		switch {

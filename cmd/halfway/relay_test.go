@@ -217,6 +217,9 @@ func TestRelaySocketActivation(t *testing.T) {
 	}
 
 	forward := fmt.Sprintf("admin: {listen: off}\nlisteners:\n  - {name: svc, listen: %q, mode: forward, forward_to: %q}\n", listen, echo)
+	if os.Geteuid() == 0 { // SO_RCVBUFFORCE
+		forward += "legs: {client: {receive_buffer: 1MiB}}\n"
+	}
 	file := filepath.Join(dir, "relay.yaml")
 	if err := os.WriteFile(file, []byte(forward), 0o644); err != nil {
 		t.Fatal(err)
@@ -252,6 +255,19 @@ func TestRelaySocketActivation(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectEcho(t, c, "through SOCKS5\n")
+	if os.Geteuid() == 0 && !strings.Contains(r.out.String(), "keeps the fixed receive buffer") {
+		t.Error("a reload that dropped legs.client.receive_buffer did not say the inherited socket keeps it")
+	}
+
+	// The listener moves elsewhere: the inherited socket is unused, and
+	// the log says so.
+	elsewhere := fmt.Sprintf("admin: {listen: off}\nlisteners:\n  - {name: svc, listen: \"127.0.0.1:0\", mode: forward, forward_to: %q}\n", echo)
+	if s := r.reload(file, elsewhere); !strings.Contains(s, "STATUS=running") {
+		t.Fatalf("reload moving the listener off the inherited socket: %q", s)
+	}
+	if !strings.Contains(r.out.String(), "matches no listener's listen address") {
+		t.Error("the unused inherited socket went unmentioned")
+	}
 
 	// An IPv6 socket that takes IPv4 too.
 	fd, err := syscall.Socket(syscall.AF_INET6, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
