@@ -101,6 +101,19 @@ func (r *notifiedRelay) next(want string) string {
 	}
 }
 
+// logged waits up to 10 s for the relay's output to hold s: its log
+// comes through a pipe, and may come after a state it sent before.
+func (r *notifiedRelay) logged(s string) bool {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if strings.Contains(r.out.String(), s) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
 // reload writes cfg to file, sends SIGHUP and returns the READY=1 state
 // that ends the reload: its STATUS says whether it was applied.
 func (r *notifiedRelay) reload(file, cfg string) string {
@@ -227,7 +240,7 @@ func TestRelaySocketActivation(t *testing.T) {
 	r := startNotified(t, bin, file, nil, f)
 	r.next("READY=1")
 	expectEcho(t, early, "queued before the relay started\n")
-	if !strings.Contains(r.out.String(), "inherited=true") {
+	if !r.logged("inherited=true") {
 		t.Errorf("the relay did not say it listens on the inherited socket")
 	}
 
@@ -255,7 +268,7 @@ func TestRelaySocketActivation(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectEcho(t, c, "through SOCKS5\n")
-	if os.Geteuid() == 0 && !strings.Contains(r.out.String(), "keeps the fixed receive buffer") {
+	if os.Geteuid() == 0 && !r.logged("keeps the fixed receive buffer") {
 		t.Error("a reload that dropped legs.client.receive_buffer did not say the inherited socket keeps it")
 	}
 
@@ -265,7 +278,7 @@ func TestRelaySocketActivation(t *testing.T) {
 	if s := r.reload(file, elsewhere); !strings.Contains(s, "STATUS=running") {
 		t.Fatalf("reload moving the listener off the inherited socket: %q", s)
 	}
-	if !strings.Contains(r.out.String(), "matches no listener's listen address") {
+	if !r.logged("matches no listener's listen address") {
 		t.Error("the unused inherited socket went unmentioned")
 	}
 
