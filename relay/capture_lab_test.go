@@ -338,3 +338,84 @@ func startCaptureRelay(t *testing.T) (rc *netlab.Host, logPath string, stop func
 	waitCapture(t, rc, "halfway_web", "7000")
 	return rc, logPath, stop
 }
+
+// TestCaptureInherited: a tproxy listener on a socket passed as systemd
+// socket activation passes it (opened without IP_TRANSPARENT, and kept
+// open by this test as systemd keeps it) gets its captured flows: the
+// relay sets IP_TRANSPARENT on the socket after its listen. A relay that
+// opened its own socket could not bind the port.
+func TestCaptureInherited(t *testing.T) {
+	requireTools(t, "nft", "curl")
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, chainTopo)
+	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ln net.Listener
+	if err := rc.Do(func() (err error) {
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(false)
+		ln, err = lc.Listen(context.Background(), "tcp4", "0.0.0.0:7000")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	dir := t.TempDir()
+	file := dir + "/inherit.yaml"
+	os.WriteFile(file, []byte(fmt.Sprintf(`
+admin: {listen: off}
+listeners:
+  - name: web
+    listen: 0.0.0.0:7000
+    mode: tproxy
+    allow_clients: [10.77.1.0/24]
+    capture: {dst: [%s], ports: "8080", install: true}
+`, server.Ifaces()[0].Addr4.Masked())), 0o644)
+	logf, _ := os.Create(dir + "/inherit.log")
+	defer logf.Close()
+	// LISTEN_PID is the relay's own: the shell's, which exec keeps.
+	cmd := rc.Command(context.Background(), "/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web exec "$0" relay -c "$1" --grace 2s`, bin, file)
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("relay after SIGINT: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Error("relay ignored SIGINT")
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("relay log:\n%s", b)
+		}
+	}()
+	waitCapture(t, rc, "halfway_web", "7000")
+	serveSeenFrom(t, server, ":8080")
+	out, err := client.Command(context.Background(), "curl", "-sS", "--max-time", "10", "http://"+server.AddrPort(8080)+"/").CombinedOutput()
+	// Split at rc: the server sees rc's address on its link.
+	if want := "seen from " + rc.Ifaces()[1].Addr4.Addr().String() + ":"; err != nil || !strings.Contains(string(out), want) {
+		t.Errorf("curl through a relay on an inherited socket: %v: %s (want %q)", err, out, want)
+	}
+	if b, _ := os.ReadFile(logf.Name()); !strings.Contains(string(b), "inherited=true") {
+		t.Error("the relay did not say it listens on the inherited socket")
+	}
+}
