@@ -140,10 +140,16 @@ func (r *turboRoute) syncRoute(peer netip.Addr, view *mainRoutes) error {
 	var best *netlink.Route
 	var ours []*netlink.Route // ours to the peer: one, or more after a metric change
 	dropOurs := func(keep *netlink.Route) {
+		gone := true
 		for _, o := range ours {
 			if o != keep {
-				_ = netlink.RouteDel(o)
+				if err := netlink.RouteDel(o); err != nil && !errors.Is(err, unix.ESRCH) {
+					gone = false
+				}
 			}
+		}
+		if keep == nil && gone {
+			r.route = netlink.Route{} // none of ours in place
 		}
 	}
 	bestLen := -1
@@ -333,7 +339,7 @@ type TurboStatus struct {
 	Route    string `json:"route,omitempty"`
 	InitCwnd int    `json:"initcwnd"`
 	InitRwnd int    `json:"initrwnd"`
-	Error    string `json:"error,omitempty"` // why the route is not in place
+	Error    string `json:"error,omitempty"` // why the route is not (or may no longer be) what it should
 }
 
 func (t *turboRoutes) status() []TurboStatus {
@@ -344,7 +350,10 @@ func (t *turboRoutes) status() []TurboStatus {
 		st := TurboStatus{Peer: a.String(), InitCwnd: r.cfg.InitCwnd, InitRwnd: r.cfg.InitRwnd}
 		if r.err != nil {
 			st.Error = r.err.Error()
-		} else {
+		}
+		if r.route.Dst != nil {
+			// With an error too: a round that could not read the table
+			// leaves the route in place.
 			st.Route = r.route.String()
 		}
 		out = append(out, st)

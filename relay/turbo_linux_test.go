@@ -524,3 +524,28 @@ func TestTurboRoutesLinkLocalSameAddress(t *testing.T) {
 		check("second refresh", tr.refresh(), &tr)
 	})
 }
+
+// TestTurboStatusAfterDrop: a turbo route the relay takes away (what it
+// copied became unreachable) is no longer shown as in place; the error
+// says why.
+func TestTurboStatusAfterDrop(t *testing.T) {
+	l := startTurboChain(t, "turbo9")
+	var tr turboRoutes
+	defer l.turbo(&tr)
+	if err := l.turbo(&tr, l.far.String()); err != nil {
+		t.Fatal(err)
+	}
+	if st := tr.status(); len(st) != 1 || st[0].Route == "" || st[0].Error != "" {
+		t.Fatalf("installed: %+v", st)
+	}
+	l.run("ip", "route", "replace", "unreachable", l.cNet)
+	if err := l.do(tr.refresh); err == nil || !strings.Contains(err.Error(), "not unicast") {
+		t.Fatalf("refresh past an unreachable route: %v", err)
+	}
+	if st := tr.status(); len(st) != 1 || st[0].Route != "" || st[0].Error == "" {
+		t.Errorf("after the relay took its route away: %+v, want an error and no route", st)
+	}
+	if got := l.ours(l.far.String()); got != "" {
+		t.Errorf("turbo route still in place: %q", got)
+	}
+}
