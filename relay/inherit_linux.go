@@ -35,6 +35,7 @@ func (s *Server) Inherit(files []*os.File) error {
 	if s.inherited == nil {
 		s.inherited = map[netip.AddrPort]inherited{}
 		s.inheritedFixed = map[netip.AddrPort]bool{}
+		s.inheritedSubflows = map[netip.AddrPort]*sockopt.SubflowOptions{}
 	}
 	for _, f := range files {
 		ap, in, err := inspectListening(f)
@@ -132,8 +133,9 @@ func inspectListening(f *os.File) (netip.AddrPort, inherited, error) {
 // there. The same socket serves every configuration a reload gives the
 // listener: IP_TRANSPARENT and the Fast Open queue are cleared when no
 // longer asked for, but a receive buffer once fixed stays fixed (the
-// kernel has no way back to autotuning), and so do the options an MPTCP
-// socket's listening subflow was given, until the manager's socket closes.
+// kernel has no way back to autotuning). The options an MPTCP socket's
+// listening subflow was given pass to the next listener on it (reset when
+// that one wants none); those a relay that ran before gave it stay.
 func (s *Server) listenInherited(lc *ListenerConfig, ap netip.AddrPort, transparent bool, fastOpenQueue, rcvbuf int) (*net.TCPListener, error) {
 	in, ok := s.inherited[ap]
 	if !ok {

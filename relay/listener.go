@@ -33,6 +33,9 @@ type listener struct {
 	// subflowOpts are what an MPTCP listener's subflow was given
 	// (applySubflows; nil: nothing). Under the Server's mu.
 	subflowOpts *sockopt.SubflowOptions
+	// inherited: the socket is one a service manager passed (Inherit),
+	// at this address; it outlives the listener.
+	inherited netip.AddrPort
 	// tcpOnly: configured mptcp, but the kernel gave a TCP socket (Go
 	// falls back when MPTCP is off, net.mptcp.enabled=0): its state says
 	// no MPTCP, so a converter does not advertise it.
@@ -215,6 +218,11 @@ func (s *Server) openListener(lc ListenerConfig, cfg *Config) (*listener, error)
 		tl = nl.(*net.TCPListener)
 	}
 	l := &listener{cfg: lc, ln: tl, rcvbuf: opts.ReceiveBuffer}
+	if _, ok := s.inherited[ap]; ok {
+		// The socket's listening subflow keeps what an earlier listener
+		// of this process gave it: a reload that wants none resets it.
+		l.inherited, l.subflowOpts = ap, s.inheritedSubflows[ap]
+	}
 	if lc.MPTCP && !listensMPTCP(l.ln) {
 		l.tcpOnly, st.cfg.MPTCP = true, false
 		s.log.Warn("mptcp: the kernel gave a TCP socket (is net.mptcp.enabled 0?): this listener takes TCP only", "listener", lc.Name)
@@ -244,7 +252,7 @@ func (s *Server) openListener(lc ListenerConfig, cfg *Config) (*listener, error)
 		}
 		s.log.Info("capture rules installed", "listener", lc.Name, "table", captureTable(lc.Name))
 	}
-	s.log.Info("listening", "listener", lc.Name, "addr", tl.Addr().String(), "mode", lc.Mode, "protocols", lc.Protocols, "inherited", s.inherited[ap].file != nil)
+	s.log.Info("listening", "listener", lc.Name, "addr", tl.Addr().String(), "mode", lc.Mode, "protocols", lc.Protocols, "inherited", l.inherited.IsValid())
 	if lc.MPTCP && lc.Mode == "tproxy" && lc.Capture != nil && strings.TrimSpace(lc.Capture.Ports) != strconv.Itoa(int(ap.Port())) {
 		// The kernel takes a subflow join only on a listener with the
 		// connection's port (MPTcpExtMismatchPortSynRx counts the others):

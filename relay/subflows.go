@@ -69,6 +69,9 @@ func (s *Server) applySubflows(cfg *Config, o sockopt.SubflowOptions, want bool)
 			continue
 		}
 		l.subflowOpts = &o
+		if l.inherited.IsValid() {
+			s.inheritedSubflows[l.inherited] = &o
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -238,5 +239,74 @@ func TestMPTCPListenerUnavailable(t *testing.T) {
 				t.Errorf("net.mptcp.enabled %s: tcpOnly %v, advertises MPTCP %v", enabled, l.tcpOnly, has30(l.cur.Load()))
 			}
 		})
+	}
+}
+
+// TestInheritedSubflowOptions: an MPTCP listener on a socket a service
+// manager passed, replaced by a reload (here renamed) whose legs.client
+// wants no rto_min any more, takes the same socket, whose listening
+// subflow still has the 20 ms its predecessor gave it: the reload resets
+// it. A listener of its own starts from a fresh socket and needs none.
+func TestInheritedSubflowOptions(t *testing.T) {
+	labtest.RequireRoot(t)
+	if _, err := sockopt.Refused(sockopt.Options{}, true); err != nil {
+		t.Skipf("no MPTCP here: %v", err)
+	}
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(true)
+	ln, err := lc.Listen(t.Context(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	echo := echoServer(t)
+	cfgYAML := func(name, legs string) string {
+		return fmt.Sprintf("admin: {listen: off}\n%s\nlisteners:\n  - {name: %s, listen: %q, mode: forward, forward_to: %q, mptcp: true}\n", legs, name, ln.Addr().String(), echo)
+	}
+	s := newServer(t, cfgYAML("fwd", "legs: {client: {rto_min: 20ms}}"))
+	if err := s.Inherit([]*os.File{f}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, time.Second) }()
+	defer func() {
+		cancel()
+		s.Hurry()
+		<-done
+	}()
+	select {
+	case <-s.Started():
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay did not start in 10s")
+	}
+	if s.subflows == nil {
+		t.Skip("subflow options not loaded (no BPF here)")
+	}
+	if set, _, err := s.subflows.Counts(); err != nil || set != 1 {
+		t.Fatalf("subflow options: %d listening sockets set, %v; want 1", set, err)
+	}
+	cfg, err := ParseConfig([]byte(cfgYAML("fwd2", "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	l := s.listeners["fwd2"]
+	s.mu.Unlock()
+	if l == nil || !l.inherited.IsValid() {
+		t.Fatalf("after the reload: listener %+v, want fwd2 on the inherited socket", l)
+	}
+	if set, _, err := s.subflows.Counts(); err != nil || set != 2 {
+		t.Errorf("after a reload without rto_min: %d listening sockets set, %v; want 2 (the inherited socket's subflow reset)", set, err)
 	}
 }
