@@ -177,8 +177,8 @@ func (s *Server) listenInherited(lc *ListenerConfig, ap netip.AddrPort, transpar
 			set(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, on, "IP_TRANSPARENT")
 		}
 		// Only a change: kernels before 6.2 refuse TCP_FASTOPEN on MPTCP
-		// sockets, which take no Fast Open queue anyway.
-		if q, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_FASTOPEN); err != nil || q != fastOpenQueue {
+		// sockets (both ways), which take no Fast Open queue anyway.
+		if q, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_FASTOPEN); err == nil && q != fastOpenQueue || err != nil && fastOpenQueue > 0 {
 			set(int(fd), unix.IPPROTO_TCP, unix.TCP_FASTOPEN, fastOpenQueue, "TCP_FASTOPEN")
 		}
 		if serr == nil && rcvbuf > 0 {

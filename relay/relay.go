@@ -53,30 +53,31 @@ type Server struct {
 	ended      atomic.Uint64 // flows released; the memory loop sees short flows by it
 	// draining is set under drainMu's write lock; admit reads it under
 	// the read lock, so no flow is admitted after Drain starts waiting.
-	drainMu   sync.RWMutex
-	draining  atomic.Bool
-	hurry     chan struct{}                // closed by Hurry: a drain's grace ends now
-	started   chan struct{}                // closed by Run once its listeners are open
-	inherited map[netip.AddrPort]inherited // listening sockets a service manager passed (Inherit; under mu)
-	// inheritedFixed: inherited sockets this process fixed the receive buffer of (under mu)
-	inheritedFixed map[netip.AddrPort]bool
-	// inheritedSubflows: what this process gave the listening subflow of
-	// each inherited MPTCP socket (under mu)
+	drainMu     sync.RWMutex
+	draining    atomic.Bool
+	hurry       chan struct{} // closed by Hurry: a drain's grace ends now
+	started     chan struct{} // closed by Run once its listeners are open
+	hurryOnce   sync.Once
+	refusing    chan struct{} // bounds refusals answered in protocol
+	work        chan accepted // accepted connections for idle workers
+	idleWorkers atomic.Int32
+	own         atomic.Pointer[ownSet]     // what this host delivers locally, refreshed
+	ephemeral   atomic.Uint32              // net.ipv4.ip_local_port_range, low<<16 | high, refreshed
+	routes      policyRoutes               // TPROXY policy routes shared by listeners
+	retired     map[string]*listener       // removed listeners whose capture outlives them, by capture table (under mu)
+	parked      map[*net.TCPConn]*listener // peers' pooled connections awaiting a request, and where (under mu)
+	pools       atomic.Pointer[map[netip.AddrPort]*pool]
+	turbo       turboRoutes
+	subflows    *sockopt.Subflows // options for MPTCP subflows, once needed (under mu)
+	early       earlyTable        // dials started by clients' SYNs
+	mem         memStats
+
+	// Listening sockets a service manager passed (Inherit), by address,
+	// and what this process set on them that outlives a listener: a
+	// fixed receive buffer, its listening subflow's options (under mu).
+	inherited         map[netip.AddrPort]inherited
+	inheritedFixed    map[netip.AddrPort]bool
 	inheritedSubflows map[netip.AddrPort]*sockopt.SubflowOptions
-	hurryOnce         sync.Once
-	refusing          chan struct{} // bounds refusals answered in protocol
-	work              chan accepted // accepted connections for idle workers
-	idleWorkers       atomic.Int32
-	own               atomic.Pointer[ownSet]     // what this host delivers locally, refreshed
-	ephemeral         atomic.Uint32              // net.ipv4.ip_local_port_range, low<<16 | high, refreshed
-	routes            policyRoutes               // TPROXY policy routes shared by listeners
-	retired           map[string]*listener       // removed listeners whose capture outlives them, by capture table (under mu)
-	parked            map[*net.TCPConn]*listener // peers' pooled connections awaiting a request, and where (under mu)
-	pools             atomic.Pointer[map[netip.AddrPort]*pool]
-	turbo             turboRoutes
-	subflows          *sockopt.Subflows // options for MPTCP subflows, once needed (under mu)
-	early             earlyTable        // dials started by clients' SYNs
-	mem               memStats
 
 	flowCtx    context.Context // canceled to abort every flow
 	onPath     func(up bool, p datapath.Path)
