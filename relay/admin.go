@@ -195,7 +195,11 @@ func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {
 		if protos == nil {
 			protos = []string{} // a transparent or forward listener's: [], not null
 		}
-		ls = append(ls, map[string]any{"name": name, "addr": l.ln.Addr().String(), "mode": st.cfg.Mode, "protocols": protos})
+		m := map[string]any{"name": name, "addr": l.ln.Addr().String(), "mode": st.cfg.Mode, "protocols": protos}
+		if l.inherited.IsValid() {
+			m["inherited"] = true // its socket is the service manager's (socket activation)
+		}
+		ls = append(ls, m)
 	}
 	s.mu.Unlock()
 	sort.Slice(ls, func(i, j int) bool { return ls[i]["name"].(string) < ls[j]["name"].(string) })

@@ -159,3 +159,17 @@ func TestAdminStatusEmptyLists(t *testing.T) {
 		t.Errorf("a forward listener's protocols: %v, want a JSON array", fst.Listeners[0]["protocols"])
 	}
 }
+
+// TestAdminStatusInherited: /api/status marks a listener on a socket the
+// service manager passed.
+func TestAdminStatusInherited(t *testing.T) {
+	f, addr := listenFile(t, false)
+	s := startInherited(t, fmt.Sprintf("admin: {listen: %q}\nlisteners:\n  - {name: f, listen: %q, mode: forward, forward_to: \"127.0.0.1:9\"}\n", freeLoopback(t), addr), f)
+	_, body := adminDo(t, s, "GET", "/api/status", "")
+	var st struct {
+		Listeners []map[string]any `json:"listeners"`
+	}
+	if err := json.Unmarshal([]byte(body), &st); err != nil || len(st.Listeners) != 1 || st.Listeners[0]["inherited"] != true {
+		t.Errorf("status %s: %v; want one listener with inherited true", body, err)
+	}
+}

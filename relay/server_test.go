@@ -49,6 +49,55 @@ func startStoppable(t testing.TB, cfgYAML string) (s *Server, stop func()) {
 	return s, stop
 }
 
+// startInherited runs a Server of cfgYAML given files as socket
+// activation gives them (Inherit), until the test ends; it returns once
+// the Server has started.
+func startInherited(t *testing.T, cfgYAML string, files ...*os.File) *Server {
+	t.Helper()
+	s := newServer(t, cfgYAML)
+	if err := s.Inherit(files); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, time.Second) }()
+	t.Cleanup(func() {
+		cancel()
+		s.Hurry()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	select {
+	case <-s.Started():
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay did not start in 10s")
+	}
+	return s
+}
+
+// listenFile is a listening socket on a free loopback port, as a service
+// manager would pass it (MPTCP or TCP), and its address; it stays open
+// until the test ends.
+func listenFile(t *testing.T, mptcp bool) (*os.File, string) {
+	t.Helper()
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(mptcp)
+	ln, err := lc.Listen(t.Context(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f, ln.Addr().String()
+}
+
 // newServer makes a Server of cfgYAML that logs nothing, not yet running.
 func newServer(t testing.TB, cfgYAML string) *Server {
 	t.Helper()

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -252,41 +251,12 @@ func TestInheritedSubflowOptions(t *testing.T) {
 	if _, err := sockopt.Refused(sockopt.Options{}, true); err != nil {
 		t.Skipf("no MPTCP here: %v", err)
 	}
-	var lc net.ListenConfig
-	lc.SetMultipathTCP(true)
-	ln, err := lc.Listen(t.Context(), "tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	f, err := ln.(*net.TCPListener).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f, addr := listenFile(t, true)
 	echo := echoServer(t)
 	cfgYAML := func(name, legs string) string {
-		return fmt.Sprintf("admin: {listen: off}\n%s\nlisteners:\n  - {name: %s, listen: %q, mode: forward, forward_to: %q, mptcp: true}\n", legs, name, ln.Addr().String(), echo)
+		return fmt.Sprintf("admin: {listen: off}\n%s\nlisteners:\n  - {name: %s, listen: %q, mode: forward, forward_to: %q, mptcp: true}\n", legs, name, addr, echo)
 	}
-	s := newServer(t, cfgYAML("fwd", "legs: {client: {rto_min: 20ms}}"))
-	if err := s.Inherit([]*os.File{f}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx, time.Second) }()
-	defer func() {
-		cancel()
-		s.Hurry()
-		<-done
-	}()
-	select {
-	case <-s.Started():
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("the relay did not start in 10s")
-	}
+	s := startInherited(t, cfgYAML("fwd", "legs: {client: {rto_min: 20ms}}"), f)
 	if s.subflows == nil {
 		t.Skip("subflow options not loaded (no BPF here)")
 	}
