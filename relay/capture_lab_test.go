@@ -240,15 +240,7 @@ func TestSecondSignal(t *testing.T) {
 	}
 	dir := t.TempDir()
 	file := dir + "/sig.yaml"
-	os.WriteFile(file, []byte(fmt.Sprintf(`
-admin: {listen: off}
-listeners:
-  - name: web
-    listen: 0.0.0.0:7000
-    mode: tproxy
-    allow_clients: [10.77.1.0/24]
-    capture: {dst: [%s], ports: "8080", install: true}
-`, server.Ifaces()[0].Addr4.Masked())), 0o644)
+	os.WriteFile(file, []byte(captureServerConfig(server)), 0o644)
 	logf, _ := os.Create(dir + "/sig.log")
 	cmd := rc.Command(context.Background(), bin, "relay", "-c", file, "--grace", "10m")
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -323,6 +315,20 @@ func TestStopCleanupFails(t *testing.T) {
 	}
 }
 
+// captureServerConfig is a relay with one tproxy listener, web, on port
+// 7000, that captures the clients' flows to server's network on port 8080.
+func captureServerConfig(server *netlab.Host) string {
+	return fmt.Sprintf(`
+admin: {listen: off}
+listeners:
+  - name: web
+    listen: 0.0.0.0:7000
+    mode: tproxy
+    allow_clients: [10.77.1.0/24]
+    capture: {dst: [%s], ports: "8080", install: true}
+`, server.Ifaces()[0].Addr4.Masked())
+}
+
 // captureWebConfig is a relay with one tproxy listener, web, that installs
 // its capture of port 8080.
 const captureWebConfig = "admin: {listen: off}\nlisteners:\n  - {name: web, listen: \"0.0.0.0:7000\", mode: tproxy, capture: {ports: \"8080\", install: true}}\n"
@@ -371,15 +377,7 @@ func TestCaptureInherited(t *testing.T) {
 
 	dir := t.TempDir()
 	file := dir + "/inherit.yaml"
-	os.WriteFile(file, []byte(fmt.Sprintf(`
-admin: {listen: off}
-listeners:
-  - name: web
-    listen: 0.0.0.0:7000
-    mode: tproxy
-    allow_clients: [10.77.1.0/24]
-    capture: {dst: [%s], ports: "8080", install: true}
-`, server.Ifaces()[0].Addr4.Masked())), 0o644)
+	os.WriteFile(file, []byte(captureServerConfig(server)), 0o644)
 	logf, _ := os.Create(dir + "/inherit.log")
 	defer logf.Close()
 	// LISTEN_PID is the relay's own: the shell's, which exec keeps.
