@@ -355,10 +355,6 @@ func TestCaptureInherited(t *testing.T) {
 	labtest.RequireRoot(t)
 	lab := labtest.Start(t, chainTopo)
 	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
-	bin, err := buildOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var ln net.Listener
 	if err := rc.Do(func() (err error) {
 		var lc net.ListenConfig
@@ -374,36 +370,10 @@ func TestCaptureInherited(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-
-	dir := t.TempDir()
-	file := dir + "/inherit.yaml"
-	os.WriteFile(file, []byte(captureServerConfig(server)), 0o644)
-	logf, _ := os.Create(dir + "/inherit.log")
-	defer logf.Close()
-	// LISTEN_PID is the relay's own: the shell's, which exec keeps.
-	cmd := rc.Command(context.Background(), "/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web exec "$0" relay -c "$1" --grace 2s`, bin, file)
-	cmd.ExtraFiles = []*os.File{f}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	logPath, stop := runRelayWith(t, rc, "inherit", captureServerConfig(server), f)
 	defer func() {
-		cmd.Process.Signal(os.Interrupt)
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("relay after SIGINT: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-done
-			t.Error("relay ignored SIGINT")
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("relay log:\n%s", b)
+		if err := stop(); err != nil {
+			t.Errorf("relay after SIGINT: %v", err)
 		}
 	}()
 	waitCapture(t, rc, "halfway_web", "7000")
@@ -413,7 +383,7 @@ func TestCaptureInherited(t *testing.T) {
 	if want := "seen from " + rc.Ifaces()[1].Addr4.Addr().String() + ":"; err != nil || !strings.Contains(string(out), want) {
 		t.Errorf("curl through a relay on an inherited socket: %v: %s (want %q)", err, out, want)
 	}
-	if b, _ := os.ReadFile(logf.Name()); !strings.Contains(string(b), "inherited=true") {
+	if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), "inherited=true") {
 		t.Error("the relay did not say it listens on the inherited socket")
 	}
 }

@@ -173,6 +173,13 @@ peers:
 // returns its exit error. The log is printed if the test failed.
 func runRelay(t *testing.T, h *netlab.Host, name, cfg string) (logPath string, stop func() error) {
 	t.Helper()
+	return runRelayWith(t, h, name, cfg)
+}
+
+// runRelayWith is runRelay with listening sockets passed as systemd
+// socket activation passes them (descriptors 3, 4, …, $LISTEN_FDS).
+func runRelayWith(t *testing.T, h *netlab.Host, name, cfg string, files ...*os.File) (logPath string, stop func() error) {
+	t.Helper()
 	bin, err := buildOnce()
 	if err != nil {
 		t.Fatal(err)
@@ -182,6 +189,12 @@ func runRelay(t *testing.T, h *netlab.Host, name, cfg string) (logPath string, s
 	os.WriteFile(file, []byte(cfg), 0o644)
 	logf, _ := os.Create(filepath.Join(dir, name+".log"))
 	cmd := h.Command(context.Background(), bin, "relay", "-c", file, "--grace", "2s")
+	if len(files) > 0 {
+		// LISTEN_PID is the relay's own: the shell's, which exec keeps.
+		cmd = h.Command(context.Background(), "/bin/sh", "-c",
+			fmt.Sprintf(`LISTEN_PID=$$ LISTEN_FDS=%d exec "$0" relay -c "$1" --grace 2s`, len(files)), bin, file)
+		cmd.ExtraFiles = files
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
