@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -42,7 +43,10 @@ func (o *ownSet) has(a netip.Addr) bool {
 func newPolicy(ln *ListenerConfig, ownRef *atomic.Pointer[ownSet]) (*policy, error) {
 	p := &policy{ownRef: ownRef}
 	if ownRef == nil {
-		p.own = ownAddrs()
+		var err error
+		if p.own, err = ownAddrs(); err != nil {
+			return nil, err
+		}
 	}
 	for _, s := range ln.AllowClients {
 		pr, err := netip.ParsePrefix(s)
@@ -195,24 +199,31 @@ func (r destRule) narrowEnough(a netip.Addr, p *policy) bool {
 
 // ownAddrs lists the addresses of this host's interfaces and the
 // prefixes of its local routes (localPrefixes), those of one address
-// among the addresses.
-func ownAddrs() *ownSet {
+// among the addresses. It fails rather than list fewer: a set missing an
+// address would let catch-all rules reach it.
+func ownAddrs() (*ownSet, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("list interface addresses: %w", err)
+	}
+	local, err := localPrefixes()
+	if err != nil {
+		return nil, err
+	}
 	own := &ownSet{addrs: map[netip.Addr]bool{}}
-	if addrs, err := net.InterfaceAddrs(); err == nil {
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(n.IP); ok {
-					own.addrs[ip.Unmap()] = true
-				}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				own.addrs[ip.Unmap()] = true
 			}
 		}
 	}
-	for _, p := range localPrefixes() {
+	for _, p := range local {
 		if p.IsSingleIP() {
 			own.addrs[p.Addr()] = true // a lookup, not a scan of local
 		} else {
 			own.local = append(own.local, p)
 		}
 	}
-	return own
+	return own, nil
 }

@@ -13,10 +13,10 @@ import (
 // route puts AnyIP routes, of one address too (ip route add local
 // 192.0.2.9 dev lo: no interface has it). Only that table: a router's main
 // table may hold a million routes, and other tables serve policy rules.
-func localPrefixes() []netip.Prefix {
+func localPrefixes() ([]netip.Prefix, error) {
 	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL}, netlink.RT_FILTER_TYPE|netlink.RT_FILTER_TABLE)
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("list local routes: %w", err)
 	}
 	var out []netip.Prefix
 	for _, r := range routes {
@@ -32,7 +32,7 @@ func localPrefixes() []netip.Prefix {
 			out = append(out, p)
 		}
 	}
-	return out
+	return out, nil
 }
 
 // countRules counts the policy rules of the family (IPv6 or IPv4) that

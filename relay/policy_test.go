@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"halfway/netlab/labtest"
 )
 
@@ -368,6 +370,73 @@ func TestForwardToItself(t *testing.T) {
 		// Another port of the host is another service.
 		if other := netip.AddrPortFrom(dst.Addr(), port+1); refuseTransparent(l, st, netip.AddrPort{}, other) != "" {
 			t.Errorf("forward_to %s refused: not the listener's port", other)
+		}
+	}
+}
+
+// TestPolicyOwnKeptWhenUnreadable: a refresh of the relay's own addresses
+// that cannot read them (here: no descriptor left for the netlink socket,
+// as under a flood of connections) keeps those it knew. An empty set would
+// let a catch-all rule reach the relay's own services until the next
+// refresh.
+func TestPolicyOwnKeptWhenUnreadable(t *testing.T) {
+	labtest.InNetns(t, func() {
+		for _, args := range [][]string{
+			{"link", "add", "hwown0", "type", "veth", "peer", "name", "hwown1"},
+			{"addr", "add", "198.51.100.7/24", "dev", "hwown0"},
+			{"link", "set", "hwown0", "up"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %v: %v: %s", args, err, out)
+			}
+		}
+		s := newServer(t, "admin: {listen: off}\nlisteners:\n  - {name: s, listen: \"127.0.0.1:0\", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: [0.0.0.0/0]}\n")
+		p, err := newPolicy(&s.state.Load().cfg.Listeners[0], &s.own)
+		if err != nil {
+			t.Fatal(err)
+		}
+		own := netip.MustParseAddrPort("198.51.100.7:22")
+		if p.destAllowed(own) {
+			t.Fatal("the relay's own address is allowed under 0.0.0.0/0")
+		}
+		restore := exhaustFDs(t)
+		err = s.refreshOwn()
+		restore()
+		if err == nil {
+			t.Error("a refresh with no descriptor left reported no error")
+		}
+		if p.destAllowed(own) {
+			t.Error("after a refresh that could not read the own addresses, 0.0.0.0/0 reaches the relay's own 198.51.100.7:22")
+		}
+	})
+}
+
+// exhaustFDs leaves the process no free descriptor until restore runs.
+func exhaustFDs(t *testing.T) (restore func()) {
+	t.Helper()
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	low := lim
+	low.Cur = min(lim.Cur, 1024)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	var fds []int
+	for range low.Cur {
+		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			break
+		}
+		fds = append(fds, fd)
+	}
+	return func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+			t.Error(err)
 		}
 	}
 }

@@ -165,7 +165,9 @@ func New(cfg *Config, log *slog.Logger, reg *hm.Registry) (*Server, error) {
 	s.metrics = newMetrics(reg, s)
 	s.flowCtx, s.cancelAll = context.WithCancel(context.Background())
 	s.onPath = s.pathCounted // one func value for every flow
-	s.refreshOwn()
+	if err := s.refreshOwn(); err != nil {
+		return nil, err // a relay that does not know its own addresses would not refuse them
+	}
 	return s, nil
 }
 
@@ -174,8 +176,15 @@ func New(cfg *Config, log *slog.Logger, reg *hm.Registry) (*Server, error) {
 // routes.
 const ownRefresh = 10 * time.Second
 
-func (s *Server) refreshOwn() {
-	own := ownAddrs()
+// refreshOwn re-reads the relay's own addresses. One that cannot read
+// them (no descriptor left for the netlink socket) keeps those known and
+// says why: an empty set would open them to catch-all rules.
+func (s *Server) refreshOwn() error {
+	s.ephemeral.Store(ephemeralRange())
+	own, err := ownAddrs()
+	if err != nil {
+		return fmt.Errorf("read the relay's own addresses: %w", err)
+	}
 	// Where peers reach this relay through NAT, that address leads here too.
 	for _, a := range s.state.Load().cfg.Auth.Advertise {
 		if ap, err := netip.ParseAddrPort(a); err == nil {
@@ -183,7 +192,7 @@ func (s *Server) refreshOwn() {
 		}
 	}
 	s.own.Store(own)
-	s.ephemeral.Store(ephemeralRange())
+	return nil
 }
 
 func (s *Server) refreshOwnLoop() {
@@ -195,7 +204,9 @@ func (s *Server) refreshOwnLoop() {
 		case <-s.flowCtx.Done():
 			return
 		case <-t.C:
-			s.refreshOwn()
+			if err := s.refreshOwn(); err != nil {
+				s.log.Warn("own addresses kept", "err", err)
+			}
 			// Logged when it changes, not every round.
 			msg := ""
 			if err := s.turbo.refresh(); err != nil {
@@ -376,7 +387,9 @@ func (s *Server) Reload(cfg *Config) error {
 		if h, ok := s.log.Handler().(*logHandler); ok {
 			h.set(cfg.Log) // a logger of NewLogger's: log.level and log.format apply
 		}
-		s.refreshOwn() // auth.advertise may have changed
+		if err := s.refreshOwn(); err != nil { // auth.advertise may have changed
+			s.log.Warn("own addresses kept", "err", err)
+		}
 		if old.auth != nil && (rt.auth == nil || !bytes.Equal(old.auth.key, rt.auth.key)) {
 			// Pooled connections were greeted under the old key: their
 			// requests would be judged by the new one. They go now, while
