@@ -279,6 +279,9 @@ func (s *Server) resolve(st *listenerState, f *flow, ip netip.Addr, name string,
 // open routes a flow and connects it, trying a name's addresses in turn
 // (one family may be broken where the other works).
 func (s *Server) open(rt *runtime, st *listenerState, f *flow, dsts []netip.AddrPort) (*net.TCPConn, error) {
+	// The head is in: the client's handshake share is for heads, and its
+	// connects have their own limit (max_pending).
+	f.endHandshake()
 	var err error
 	for _, dst := range dsts {
 		f.dst.Store(&dst)

@@ -3,12 +3,18 @@ package relay
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"halfway/socks5"
 )
 
 // TestExplicitSOCKSAuthFailurePipelined: a SOCKS5 client that sends its
@@ -152,5 +158,69 @@ listeners:
 	}
 	if b, _ := io.ReadAll(c); len(b) > 0 {
 		t.Errorf("a socks5-only listener answered HTTP: %q", b)
+	}
+}
+
+// TestExplicitHandshakeShareEndsWithHead: a client's handshake share
+// counts connections still sending their protocol head. One whose head is
+// in, waiting for a slow connect, holds a pending connect (max_pending)
+// and its flow, not a handshake: the client's next connection is served.
+func TestExplicitHandshakeShareEndsWithHead(t *testing.T) {
+	s := startLoopback(t, `
+admin: {listen: off}
+limits: {max_handshakes: 8, connect_timeout: 1s}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5, http], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+`)
+	// A server whose accept queue is full: its SYNs are dropped, so a
+	// connect to it waits for connect_timeout.
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(fd)
+	slow := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(sa.(*unix.SockaddrInet4).Port))
+	fill, err := net.Dial("tcp", slow.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fill.Close()
+	echo := echoServer(t)
+
+	for _, proto := range []string{"socks5", "http"} {
+		t.Run(proto, func(t *testing.T) {
+			waiting, err := net.Dial("tcp", s.Addr("x").String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer waiting.Close()
+			if proto == "socks5" {
+				_, err = waiting.Write([]byte{5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, byte(slow.Port() >> 8), byte(slow.Port())})
+			} else {
+				_, err = fmt.Fprintf(waiting, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\n\r\n", slow)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, func() bool { return s.pending.Load() == 1 })
+			c, err := net.Dial("tcp", s.Addr("x").String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := socks5.ClientHandshake(c, c, socks5.Addr{IP: echo.Addr(), Port: echo.Port()}, "", ""); err != nil {
+				t.Errorf("a second connection while the first waits for its connect: %v", err)
+			}
+			waiting.Close()
+			waitFor(t, func() bool { return s.pending.Load() == 0 })
+		})
 	}
 }
