@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -107,8 +108,15 @@ func (s *Server) serveSOCKS(st *listenerState, rt *runtime, f *flow, c *net.TCPC
 	}
 	_ = c.SetDeadline(time.Time{}) // the head is read: the connect has its own timeout
 	var dsts []netip.AddrPort
+	head := st
 	if st, rt, err = s.judgeNow(f); err == nil {
-		dsts, err = s.resolve(st, f, req.IP, req.Name, req.Port)
+		if st != head && len(st.users) > 0 && !maps.Equal(st.users, cfg.Users) {
+			// The login, or its absence, was judged by users a reload
+			// has replaced since; which user logged in is not known.
+			err = &connectError{kind: "not_allowed", err: errors.New("the listener's users changed during the client's protocol head")}
+		} else {
+			dsts, err = s.resolve(st, f, req.IP, req.Name, req.Port)
+		}
 	}
 	if err == nil {
 		var server *net.TCPConn

@@ -438,3 +438,66 @@ func TestReloadLog(t *testing.T) {
 		t.Error("reloaded with log.level warn: warnings still off")
 	}
 }
+
+// TestReloadJudgesSOCKSLoginNow: a SOCKS5 client's request is judged by
+// the users in force when it arrives, as an HTTP client's
+// Proxy-Authorization is: a reload during its head that makes the
+// listener require a login, or that takes the client's user out,
+// refuses the request with 2 (not allowed); one that keeps the users
+// serves it.
+func TestReloadJudgesSOCKSLoginNow(t *testing.T) {
+	echo := echoServer(t)
+	dir := t.TempDir()
+	alice := writeTestFile(t, dir, "alice", "alice:wonderland\n")
+	bob := writeTestFile(t, dir, "bob", "bob:builder\n")
+	login := []byte{5, 1, 2, 1, 5, 'a', 'l', 'i', 'c', 'e', 10, 'w', 'o', 'n', 'd', 'e', 'r', 'l', 'a', 'n', 'd'}
+	conf := func(users string) string {
+		y := "admin: {listen: off}\nlimits: {handshake_timeout: 30s}\nlisteners:\n  - {name: s, listen: \"127.0.0.1:0\", protocols: [socks5, http], allow_clients: [127.0.0.1/32], allow_destinations: [127.0.0.1/32]"
+		if users != "" {
+			y += ", users_file: " + users
+		}
+		return y + "}\n"
+	}
+	for _, tc := range []struct {
+		name          string
+		before, after string
+		greeting      []byte
+		answer        int // the method, and the login's status if any
+		reply         socks5.Reply
+	}{
+		{"login required", "", alice, []byte{5, 1, 0}, 2, socks5.NotAllowed},
+		{"user removed", alice, bob, login, 4, socks5.NotAllowed},
+		{"users kept", alice, alice, login, 4, socks5.Succeeded},
+		{"login no longer required", alice, "", login, 4, socks5.Succeeded},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startLoopback(t, conf(tc.before))
+			c, err := net.DialTimeout("tcp", s.Addr("s").String(), 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Write(tc.greeting); err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, tc.answer)
+			if _, err := io.ReadFull(c, b); err != nil || b[len(b)-1] != 0 {
+				t.Fatalf("socks5 greeting: %v %v", b, err)
+			}
+			if err := reloadYAML(t, s, conf(tc.after)); err != nil {
+				t.Fatal(err)
+			}
+			a := echo.Addr().As4()
+			req := append([]byte{5, 1, 0, 1}, a[:]...)
+			req = append(req, byte(echo.Port()>>8), byte(echo.Port()))
+			if _, err := c.Write(req); err != nil {
+				t.Fatal(err)
+			}
+			r := make([]byte, 10)
+			if _, err := io.ReadFull(c, r); err != nil || r[1] != byte(tc.reply) {
+				t.Errorf("after the reload (%s), the reply is %v %v, want %d (%v)", tc.name, r, err, tc.reply, tc.reply)
+			}
+		})
+	}
+}
