@@ -435,6 +435,7 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 	early := readAvailable(c, 16<<10)
 	name := "direct"
 	f.route.Store(&name)
+	f.endHandshake() // as open does: the head is in, the connect has max_pending
 	server, err := s.connect(rt, st, directRoute, f, dst, early)
 	if err != nil {
 		return failWith(convertError(err, dst), err)

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"halfway/convert"
 	"halfway/socks5"
 )
 
@@ -162,15 +163,18 @@ listeners:
 }
 
 // TestExplicitHandshakeShareEndsWithHead: a client's handshake share
-// counts connections still sending their protocol head. One whose head is
+// counts connections still sending their protocol head (SOCKS5, HTTP or
+// Convert). One whose head is
 // in, waiting for a slow connect, holds a pending connect (max_pending)
 // and its flow, not a handshake: the client's next connection is served.
 func TestExplicitHandshakeShareEndsWithHead(t *testing.T) {
+	psk := writeTestFile(t, t.TempDir(), "psk", "0123456789abcdef\n")
 	s := startLoopback(t, `
 admin: {listen: off}
+auth: {psk_file: `+psk+`}
 limits: {max_handshakes: 8, connect_timeout: 1s}
 listeners:
-  - {name: x, listen: "127.0.0.1:0", protocols: [socks5, http], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5, http, convert], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
 `)
 	// A server whose accept queue is full: its SYNs are dropped, so a
 	// connect to it waits for connect_timeout.
@@ -194,17 +198,24 @@ listeners:
 	defer fill.Close()
 	echo := echoServer(t)
 
-	for _, proto := range []string{"socks5", "http"} {
+	for _, proto := range []string{"socks5", "http", "convert"} {
 		t.Run(proto, func(t *testing.T) {
 			waiting, err := net.Dial("tcp", s.Addr("x").String())
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer waiting.Close()
-			if proto == "socks5" {
+			switch proto {
+			case "socks5":
 				_, err = waiting.Write([]byte{5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, byte(slow.Port() >> 8), byte(slow.Port())})
-			} else {
+			case "http":
 				_, err = fmt.Fprintf(waiting, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\n\r\n", slow)
+			case "convert":
+				cookie := s.state.Load().auth.cookie(addrPortOf(s.Addr("x")), slow)
+				var raw []byte
+				if raw, err = convert.AppendMessage(nil, &convert.Message{Connect: &convert.Connect{Dst: slow}, Cookie: cookie}); err == nil {
+					_, err = waiting.Write(raw)
+				}
 			}
 			if err != nil {
 				t.Fatal(err)
