@@ -839,10 +839,12 @@ func (c *Config) Validate() error {
 			add(fmt.Sprintf("auth.advertise[%d]", i), "%q: want an address like 203.0.113.5:7100", a)
 		}
 	}
-	if needPSK {
-		if c.Auth.PSKFile == "" {
-			add("auth.psk_file", "relay hops (convert listeners, routes via relays) need a pre-shared key file")
-		} else if _, err := loadPSK(c.Auth.PSKFile); err != nil {
+	// A key file is read at start and reload whether or not a hop needs
+	// it yet: one the relay could not read is the file's error.
+	if needPSK && c.Auth.PSKFile == "" {
+		add("auth.psk_file", "relay hops (convert listeners, routes via relays) need a pre-shared key file")
+	} else if c.Auth.PSKFile != "" {
+		if _, err := loadPSK(c.Auth.PSKFile); err != nil {
 			add("auth.psk_file", "%v", err)
 		}
 	}

@@ -3,6 +3,8 @@ package relay
 import (
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -899,5 +901,29 @@ func TestConfigForwardSamePort(t *testing.T) {
 		if got := err != nil && strings.Contains(err.Error(), "the listener itself"); got != tc.itself || err != nil && !got {
 			t.Errorf("listen %s, forward_to %s: %v; want the listener itself: %v", tc.listen, tc.to, err, tc.itself)
 		}
+	}
+}
+
+// TestConfigPSKFileUnneeded: a psk_file that no listener or route needs
+// yet is still read by New (and by every reload): one missing or too
+// short is the file's error, so that --check and a reload's check refuse
+// what the relay would then refuse to start with.
+func TestConfigPSKFileUnneeded(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ name, path, want string }{
+		{"missing", filepath.Join(dir, "absent"), "no such file"},
+		{"too short", writeTestFile(t, dir, "short", "0123456789abcde\n"), "want at least 16"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			y := fmt.Sprintf("auth: {psk_file: %q}\nlisteners: [{name: a, listen: \"127.0.0.1:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"]}]\n", tc.path)
+			cfg, err := ParseConfig([]byte(y))
+			if err == nil {
+				_, nerr := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+				t.Fatalf("ParseConfig accepted psk_file %s; New then says %v", tc.path, nerr)
+			}
+			if !strings.Contains(err.Error(), "auth.psk_file: ") || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("ParseConfig: %v; want an auth.psk_file error saying %q", err, tc.want)
+			}
+		})
 	}
 }
