@@ -365,7 +365,7 @@ func (s *Server) Reload(cfg *Config) error {
 	}
 	rt, err := newRuntime(cfg)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrNotApplied, err) // nothing changed yet
 	}
 	// The new runtime comes into force only once apply has opened the
 	// listeners it needs (its commit): a reload refused before that
@@ -404,9 +404,9 @@ func (s *Server) Reload(cfg *Config) error {
 	return nil
 }
 
-// ErrNotApplied marks a Reload that changed nothing: a listener could not
-// open, or the relay is draining, and the running configuration stays
-// whole.
+// ErrNotApplied marks a Reload that changed nothing: its key file could
+// not be read, a listener could not open, or the relay is draining, and
+// the running configuration stays whole.
 var ErrNotApplied = errors.New("configuration not applied")
 
 // sameSocket tells whether a listener configured as lc can keep the

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -499,5 +500,32 @@ func TestReloadJudgesSOCKSLoginNow(t *testing.T) {
 				t.Errorf("after the reload (%s), the reply is %v %v, want %d (%v)", tc.name, r, err, tc.reply, tc.reply)
 			}
 		})
+	}
+}
+
+// TestReloadKeyGoneNotApplied: a reload whose key file cannot be read when
+// it is applied (removed after the file was checked) changes nothing, and
+// says so with ErrNotApplied, as every reload refused whole does: the
+// daemon logs "reload refused: the running configuration stays", not
+// "reload incomplete".
+func TestReloadKeyGoneNotApplied(t *testing.T) {
+	dir := t.TempDir()
+	psk := writeTestFile(t, dir, "psk", "0123456789abcdef\n")
+	conf := func(maxFlows int) string {
+		return fmt.Sprintf("admin: {listen: off}\nauth: {psk_file: %q}\nlimits: {max_flows: %d}\nlisteners:\n  - {name: hop, listen: \"127.0.0.1:0\", protocols: [convert], allow_clients: [127.0.0.1/32], allow_destinations: [127.0.0.1/32]}\n", psk, maxFlows)
+	}
+	s := startLoopback(t, conf(99))
+	next, err := ParseConfig([]byte(conf(10)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(psk); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(next); !errors.Is(err, ErrNotApplied) {
+		t.Errorf("reload with its key file gone: %v, want ErrNotApplied", err)
+	}
+	if n := s.state.Load().tunables.MaxFlows; n != 99 {
+		t.Errorf("after the refused reload, max_flows %d, want 99 as before", n)
 	}
 }
