@@ -74,32 +74,6 @@ func loopbackHost(h http.Handler) http.Handler {
 	})
 }
 
-// applyAdmin starts, moves or stops the admin API as listen says (under
-// s.mu). A move opens the new address first: if it cannot, the API stays
-// where it was.
-func (s *Server) applyAdmin(listen string) error {
-	switch {
-	case s.admin != nil && s.admin.listen == listen:
-		return nil
-	case listen == "off":
-		if s.admin != nil {
-			s.admin.closeNow()
-			s.admin = nil
-			s.log.Info("admin API off")
-		}
-		return nil
-	}
-	a, err := s.startAdmin(listen)
-	if err != nil {
-		return err
-	}
-	if s.admin != nil {
-		s.admin.closeNow()
-	}
-	s.admin = a
-	return nil
-}
-
 // closeNow closes the admin API without waiting for requests in progress:
 // under s.mu, which a status request may be waiting for.
 func (a *adminServer) closeNow() { _ = a.srv.Close() }

@@ -23,6 +23,7 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -480,11 +481,20 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 			closing = append(closing, l)
 		}
 	}
+	// The admin API moves as a listener does: its new address opens with
+	// them, before the commit (after it, if a closing listener holds its
+	// port); its old one closes with the closing listeners.
+	adminTo := cfg.Admin.Listen
+	adminLeaves := s.admin != nil && s.admin.listen != adminTo
+	adminMoves := adminTo != "off" && (s.admin == nil || adminLeaves)
 	blocked := func(lc *ListenerConfig) bool {
 		if lc.Capture != nil && s.retired[captureTable(lc.Name)] != nil {
 			return true // its table carries a retired listener's flows: taken over only once committed
 		}
 		ap, _ := netip.ParseAddrPort(lc.Listen)
+		if adminLeaves && addrPortOf(s.admin.ln.Addr()).Port() == ap.Port() {
+			return true
+		}
 		for _, o := range closing {
 			if addrPortOf(o.ln.Addr()).Port() == ap.Port() || lc.Capture != nil && o.cfg.Capture != nil && captureTable(lc.Name) == captureTable(o.cfg.Name) {
 				return true
@@ -504,11 +514,23 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 			}
 		}
 	}
+	var admin *adminServer
+	if adminAP, _ := netip.ParseAddrPort(adminTo); len(errs) == 0 && adminMoves && !slices.ContainsFunc(closing, func(l *listener) bool {
+		return adminAP.Port() != 0 && addrPortOf(l.ln.Addr()).Port() == adminAP.Port()
+	}) {
+		var err error
+		if admin, err = s.startAdmin(adminTo); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if len(errs) > 0 {
 		for _, o := range opens {
 			if o.l != nil {
 				_ = o.l.closeNow()
 			}
+		}
+		if admin != nil {
+			admin.closeNow()
 		}
 		return fmt.Errorf("%w: %w", ErrNotApplied, errors.Join(errs...))
 	}
@@ -559,6 +581,23 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 		s.closeParked(l)
 		delete(s.listeners, name)
 	}
+	if adminLeaves {
+		s.admin.closeNow()
+		s.admin = nil
+		if adminTo == "off" {
+			s.log.Info("admin API off")
+		}
+	}
+	if adminMoves {
+		if admin == nil {
+			// Its port was a closing listener's.
+			var err error
+			if admin, err = s.startAdmin(adminTo); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		s.admin = admin
+	}
 	for _, o := range opens {
 		if o.l == nil {
 			var err error
@@ -594,7 +633,6 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 	if err := s.turbo.apply(cfg.Peers); err != nil {
 		errs = append(errs, err)
 	}
-	errs = append(errs, s.applyAdmin(cfg.Admin.Listen))
 	return errors.Join(errs...)
 }
 

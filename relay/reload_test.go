@@ -529,3 +529,49 @@ func TestReloadKeyGoneNotApplied(t *testing.T) {
 		t.Errorf("after the refused reload, max_flows %d, want 99 as before", n)
 	}
 }
+
+// TestReloadAdminRefused: a reload whose admin.listen cannot open (another
+// socket has it) is refused whole, as one whose listener cannot open: its
+// limits do not apply while the API stays where it was.
+func TestReloadAdminRefused(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	admin := freeLoopback(t)
+	conf := func(admin string, maxFlows int) string {
+		return fmt.Sprintf("admin: {listen: %q}\nlimits: {max_flows: %d}\nlisteners:\n  - {name: s, listen: \"127.0.0.1:0\", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: [127.0.0.1/32]}\n", admin, maxFlows)
+	}
+	s := startLoopback(t, conf(admin, 99))
+	err = reloadYAML(t, s, conf(busy.Addr().String(), 10))
+	if !errors.Is(err, ErrNotApplied) {
+		t.Errorf("reload onto a busy admin address: %v, want ErrNotApplied", err)
+	}
+	if n := s.state.Load().tunables.MaxFlows; n != 99 {
+		t.Errorf("after the refused reload, max_flows %d, want 99 as before", n)
+	}
+	if a := s.AdminAddr(); a == nil || a.String() != admin {
+		t.Errorf("after the refused reload, the admin API is at %v, want %s", a, admin)
+	}
+}
+
+// TestReloadAdminPortToListener: a reload that moves the admin API and
+// gives its old address to a listener applies, as a swap of two
+// listeners' ports does: the listener opens once the API has left.
+func TestReloadAdminPortToListener(t *testing.T) {
+	first, second := freeLoopback(t), freeLoopback(t)
+	conf := func(admin, listen string) string {
+		return fmt.Sprintf("admin: {listen: %q}\nlisteners:\n  - {name: s, listen: %q, protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: [127.0.0.1/32]}\n", admin, listen)
+	}
+	s := startLoopback(t, conf(first, "127.0.0.1:0"))
+	if err := reloadYAML(t, s, conf(second, first)); err != nil {
+		t.Fatalf("reload moving the admin API off %s and a listener onto it: %v", first, err)
+	}
+	if a, l := s.AdminAddr(), s.Addr("s"); a == nil || l == nil || a.String() != second || l.String() != first {
+		t.Errorf("after the reload: admin at %v, listener at %v; want %s and %s", a, l, second, first)
+	}
+	if code, body, err := adminRequest(second, "GET", "/api/status", ""); err != nil || code != http.StatusOK {
+		t.Errorf("admin API at %s: %d %s %v", second, code, body, err)
+	}
+}
