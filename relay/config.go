@@ -703,8 +703,9 @@ func (c *Config) Validate() error {
 						add(fmt.Sprintf("%s.capture.dst[%d]", p, j), "%q: not of the listener's address family (%s); capture the other family with a listener of its own", d, ln.Listen)
 					}
 				}
-				if c.Mark < 0 || c.Table < 0 || c.Table > 252 && c.Table < 256 {
-					add(p+".capture", "mark and table: want positive numbers (tables 253-255 are the kernel's)")
+				// Both are 32-bit numbers to nft and ip rule.
+				if c.Mark < 0 || c.Table < 0 || c.Mark > math.MaxUint32 || c.Table > math.MaxUint32 || c.Table > 252 && c.Table < 256 {
+					add(p+".capture", "mark and table: want positive 32-bit numbers (tables 253-255 are the kernel's)")
 				}
 			}
 		default:

@@ -927,3 +927,15 @@ func TestConfigPSKFileUnneeded(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigCaptureMarkTable32: a capture mark or table is a 32-bit
+// number to nft and ip; a larger one is the file's error, not a start
+// that fails in nft or ip rule.
+func TestConfigCaptureMarkTable32(t *testing.T) {
+	for _, capture := range []string{"{ports: \"80\", mark: 4294967296}", "{ports: \"80\", table: 4294967396}"} {
+		y := "listeners:\n  - {name: web, listen: \"0.0.0.0:7000\", mode: tproxy, capture: " + capture + "}\n"
+		if _, err := ParseConfig([]byte(y)); err == nil || !strings.Contains(err.Error(), "listeners[0].capture") {
+			t.Errorf("capture %s: ParseConfig says %v, want a listeners[0].capture error", capture, err)
+		}
+	}
+}
