@@ -725,7 +725,11 @@ func (c *Config) Validate() error {
 			}
 		}
 		if ln.UsersFile != "" {
-			if _, err := loadUsers(ln.UsersFile); err != nil {
+			// Only SOCKS5 and HTTP clients log in: elsewhere the file would
+			// be ignored, and the listener open to every allowed client.
+			if !slices.Contains(ln.Protocols, "socks5") && !slices.Contains(ln.Protocols, "http") {
+				add(p+".users_file", "only SOCKS5 and HTTP clients log in, and this listener speaks neither")
+			} else if _, err := loadUsers(ln.UsersFile); err != nil {
 				add(p+".users_file", "%v", err)
 			}
 		}

@@ -939,3 +939,23 @@ func TestConfigCaptureMarkTable32(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigUsersFileWhereNoLogin: users_file on a listener that asks no
+// login (forward, transparent, or one that takes Convert hops alone)
+// would be ignored, the listener open to every allowed client: it is the
+// file's error.
+func TestConfigUsersFileWhereNoLogin(t *testing.T) {
+	dir := t.TempDir()
+	users := writeTestFile(t, dir, "users", "alice:secret\n")
+	psk := writeTestFile(t, dir, "psk", "0123456789abcdef\n")
+	for _, ln := range []string{
+		fmt.Sprintf("{name: f, listen: \"127.0.0.1:7000\", mode: forward, forward_to: \"10.0.0.1:80\", users_file: %q}", users),
+		fmt.Sprintf("{name: t, listen: \"0.0.0.0:7000\", mode: tproxy, users_file: %q}", users),
+		fmt.Sprintf("{name: c, listen: \"127.0.0.1:7000\", protocols: [convert], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"], users_file: %q}", users),
+	} {
+		y := fmt.Sprintf("auth: {psk_file: %q}\nlisteners:\n  - %s\n", psk, ln)
+		if _, err := ParseConfig([]byte(y)); err == nil || !strings.Contains(err.Error(), "listeners[0].users_file") {
+			t.Errorf("%s: ParseConfig says %v, want a listeners[0].users_file error", ln, err)
+		}
+	}
+}
