@@ -633,8 +633,11 @@ func (c *Config) Validate() error {
 			}
 			tables[captureTable(ln.Name)] = ln.Name
 		}
-		if _, err := netip.ParseAddrPort(ln.Listen); err != nil {
+		if ap, err := netip.ParseAddrPort(ln.Listen); err != nil {
 			add(p+".listen", "%q: want an address like 0.0.0.0:1080 or [::]:1080", ln.Listen)
+		} else if ap.Addr().Is4In6() {
+			// An IPv6 socket cannot bind it; the IPv4 socket takes its flows.
+			add(p+".listen", "%q: an IPv4-mapped address: write %s", ln.Listen, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 		}
 		switch ln.Mode {
 		case "explicit":

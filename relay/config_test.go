@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -957,5 +958,25 @@ func TestConfigUsersFileWhereNoLogin(t *testing.T) {
 		if _, err := ParseConfig([]byte(y)); err == nil || !strings.Contains(err.Error(), "listeners[0].users_file") {
 			t.Errorf("%s: ParseConfig says %v, want a listeners[0].users_file error", ln, err)
 		}
+	}
+}
+
+// TestConfigListenMapped: a listener on an IPv4-mapped IPv6 address
+// ([::ffff:127.0.0.1]:1080) would ask for an IPv6 socket, which cannot
+// bind it: the file's error, naming the IPv4 address to write.
+func TestConfigListenMapped(t *testing.T) {
+	y := "admin: {listen: off}\nlisteners:\n  - {name: a, listen: \"[::ffff:127.0.0.1]:0\", mode: forward, forward_to: \"127.0.0.1:9\"}\n"
+	cfg, err := ParseConfig([]byte(y))
+	if err == nil {
+		s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err = s.Run(ctx, time.Second)
+		}
+		t.Fatalf("ParseConfig accepted listen [::ffff:127.0.0.1]:0; the relay then says %v", err)
+	}
+	if !strings.Contains(err.Error(), `listeners[0].listen: "[::ffff:127.0.0.1]:0"`) || !strings.Contains(err.Error(), "127.0.0.1:0") {
+		t.Errorf("ParseConfig: %v; want a listeners[0].listen error naming 127.0.0.1:0", err)
 	}
 }
