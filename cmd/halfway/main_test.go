@@ -46,6 +46,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"lab", "status", "nosuch", "--json"}, true, "lab status: flag --json after an argument: flags go first"},
 		{[]string{"relay", "--bogus"}, true, "relay: flag provided but not defined: -bogus"},
 		{[]string{"relay", "-c"}, true, "relay: flag needs an argument: -c"},
+		{[]string{"relay", "-c", "x.yaml", "--grace", "-1s"}, true, "relay: --grace -1s: want 0 (close flows at once) or more"},
 	}
 	for _, tt := range tests {
 		var out, errOut bytes.Buffer

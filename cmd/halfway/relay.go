@@ -34,6 +34,9 @@ func runRelay(args []string, stdout, stderr io.Writer) error {
 	if *file == "" {
 		return fmt.Errorf("%w: relay -c FILE [--check] [--grace 30s]", errUsage)
 	}
+	if *grace < 0 {
+		return fmt.Errorf("%w: relay: --grace %v: want 0 (close flows at once) or more", errUsage, *grace)
+	}
 	var hup chan os.Signal
 	if !*check {
 		// SIGHUP's default action ends the process. It is caught before
