@@ -115,7 +115,7 @@ func (s *Server) serveSOCKS(st *listenerState, rt *runtime, f *flow, c *net.TCPC
 			// has replaced since; which user logged in is not known.
 			err = &connectError{kind: "not_allowed", err: errors.New("the listener's users changed during the client's protocol head")}
 		} else {
-			dsts, err = s.resolve(st, f, req.IP, req.Name, req.Port)
+			dsts, err = s.resolve(rt, st, f, req.IP, req.Name, req.Port)
 		}
 	}
 	if err == nil {
@@ -197,7 +197,7 @@ func (s *Server) serveHTTP(st *listenerState, rt *runtime, f *flow, c *net.TCPCo
 	if a, perr := netip.ParseAddr(req.Host); perr == nil {
 		ip, name = a, ""
 	}
-	dsts, err := s.resolve(st, f, ip, name, req.Port)
+	dsts, err := s.resolve(rt, st, f, ip, name, req.Port)
 	if err == nil {
 		var server *net.TCPConn
 		if server, err = s.open(rt, st, f, dsts); err == nil {
@@ -255,7 +255,11 @@ func checkUser(users map[string]string, authz string) bool {
 
 // resolve turns the client's destination into the addresses the listener
 // allows: one for an address, for a name each of its allowed addresses.
-func (s *Server) resolve(st *listenerState, f *flow, ip netip.Addr, name string, port uint16) ([]netip.AddrPort, error) {
+// A name's resolution and the connects to its addresses share one
+// limits.connect_timeout (as Go's net.Dialer.Timeout covers a name), so a
+// name with many unanswering addresses cannot hold a client for many
+// timeouts.
+func (s *Server) resolve(rt *runtime, st *listenerState, f *flow, ip netip.Addr, name string, port uint16) ([]netip.AddrPort, error) {
 	if ip.IsValid() {
 		dst := netip.AddrPortFrom(ip.Unmap(), port)
 		f.dst.Store(&dst)
@@ -265,11 +269,14 @@ func (s *Server) resolve(st *listenerState, f *flow, ip netip.Addr, name string,
 		}
 		return []netip.AddrPort{dst}, nil
 	}
-	ctx, cancel := context.WithTimeout(s.flowCtx, 5*time.Second)
+	f.connectBy = time.Now().Add(rt.tunables.ConnectTimeout)
+	ctx, cancel := context.WithDeadline(s.flowCtx, f.connectBy)
 	defer cancel()
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", name)
+	addrs, err := s.resolver.LookupNetIP(ctx, "ip", name)
 	if err != nil {
-		return nil, &connectError{kind: "unreachable", err: err}
+		err = resolveError(name, err)
+		s.metrics.errors.With("resolve_" + errKind(err)).Inc()
+		return nil, err
 	}
 	var out []netip.AddrPort
 	for _, a := range addrs {
@@ -284,14 +291,59 @@ func (s *Server) resolve(st *listenerState, f *flow, ip netip.Addr, name string,
 	return out, nil
 }
 
+// resolveError says why name did not resolve in a connectError's terms: a
+// name that does not exist is unreachable (SOCKS5 reply 4, HTTP 502), a
+// resolver that did not answer in time a timeout (reply 4, HTTP 504), and
+// a resolver's failure a failure (reply 1, HTTP 502).
+func resolveError(name string, err error) error {
+	kind := "failure"
+	var de *net.DNSError
+	switch {
+	case errors.As(err, &de) && de.IsNotFound:
+		kind = "unreachable"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &de) && de.IsTimeout:
+		kind = "timeout"
+	}
+	return &connectError{kind: kind, err: fmt.Errorf("resolve %s: %w", name, err)}
+}
+
+// minConnectShare is the least of a name's connect budget an address gets
+// while that much is left (Go's dialer gives each address the same).
+const minConnectShare = 2 * time.Second
+
+// connectShare is when a connect to one of the left addresses of a name
+// must end, at now, for all of them to share what is left of the name's
+// budget, which ends at by: an equal part, or minConnectShare if that is
+// more, or all that is left if that is less.
+func connectShare(now, by time.Time, left int) time.Time {
+	remaining := by.Sub(now)
+	if remaining <= 0 || left <= 1 {
+		return by
+	}
+	share := remaining / time.Duration(left)
+	if share < minConnectShare {
+		share = min(minConnectShare, remaining)
+	}
+	return now.Add(share)
+}
+
 // open routes a flow and connects it, trying a name's addresses in turn
-// (one family may be broken where the other works).
+// (one family may be broken where the other works), within the name's
+// budget (resolve).
 func (s *Server) open(rt *runtime, st *listenerState, f *flow, dsts []netip.AddrPort) (*net.TCPConn, error) {
 	// The head is in: the client's handshake share is for heads, and its
 	// connects have their own limit (max_pending).
 	f.endHandshake()
+	by := f.connectBy
+	defer func() { f.connectBy = time.Time{} }()
 	var err error
-	for _, dst := range dsts {
+	for i, dst := range dsts {
+		if !by.IsZero() {
+			if i > 0 && !time.Now().Before(by) {
+				break // the name's budget is spent: err is the last address's
+			}
+			f.connectBy = connectShare(time.Now(), by, len(dsts)-i)
+		}
 		f.dst.Store(&dst)
 		r := rt.match(f.listener, dst)
 		f.route.Store(&r.name)

@@ -48,6 +48,10 @@ type flow struct {
 	askedMPTCP bool
 	// dp is the data path running the flow, once it forwards.
 	dp atomic.Pointer[datapath.Flow]
+	// connectBy, when set, ends the flow's next connect sooner than
+	// limits.connect_timeout from its start: a name's addresses share
+	// one connect_timeout, its resolution included (open).
+	connectBy time.Time
 }
 
 var legNames = [2]string{"client", "server"}
@@ -446,9 +450,13 @@ func (s *Server) connectReserved(rt *runtime, st *listenerState, r *route, f *fl
 			s.endConnect()
 		}
 	}()
-	ctx, cancel := context.WithTimeout(s.flowCtx, rt.tunables.ConnectTimeout)
-	defer cancel()
 	start := time.Now()
+	by := start.Add(rt.tunables.ConnectTimeout)
+	if !f.connectBy.IsZero() && f.connectBy.Before(by) {
+		by = f.connectBy
+	}
+	ctx, cancel := context.WithDeadline(s.flowCtx, by)
+	defer cancel()
 	var c *net.TCPConn
 	var err error
 	leg := "server"

@@ -80,7 +80,10 @@ type Server struct {
 	inheritedFixed    map[netip.AddrPort]bool
 	inheritedSubflows map[netip.AddrPort]*sockopt.SubflowOptions
 
-	flowCtx    context.Context // canceled to abort every flow
+	flowCtx context.Context // canceled to abort every flow
+	// resolver looks up the names explicit clients ask for (tests give
+	// one that asks their own DNS server).
+	resolver   *net.Resolver
 	onPath     func(up bool, p datapath.Path)
 	cancelAll  context.CancelFunc
 	flowsWG    sync.WaitGroup
@@ -165,6 +168,7 @@ func New(cfg *Config, log *slog.Logger, reg *hm.Registry) (*Server, error) {
 	s.pools.Store(&map[netip.AddrPort]*pool{})
 	s.metrics = newMetrics(reg, s)
 	s.flowCtx, s.cancelAll = context.WithCancel(context.Background())
+	s.resolver = net.DefaultResolver
 	s.onPath = s.pathCounted // one func value for every flow
 	if err := s.refreshOwn(); err != nil {
 		return nil, err // a relay that does not know its own addresses would not refuse them

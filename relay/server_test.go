@@ -35,6 +35,13 @@ func startLoopback(t testing.TB, cfgYAML string) *Server {
 func startStoppable(t testing.TB, cfgYAML string) (s *Server, stop func()) {
 	t.Helper()
 	s = newServer(t, cfgYAML)
+	return s, runServer(t, s)
+}
+
+// runServer runs s, a Server not yet started, until stop is called or the
+// test ends, and returns once its first listener is open.
+func runServer(t testing.TB, s *Server) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx, time.Second) }()
@@ -46,7 +53,7 @@ func startStoppable(t testing.TB, cfgYAML string) (s *Server, stop func()) {
 	})
 	t.Cleanup(stop)
 	waitListening(t, s)
-	return s, stop
+	return stop
 }
 
 // startInherited runs a Server of cfgYAML given files as socket

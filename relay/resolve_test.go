@@ -1,0 +1,296 @@
+package relay
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"halfway/socks5"
+)
+
+// testDNS is a DNS server on loopback for the names a test gives: A
+// records for those in a, no answer at all for those in silent, SERVFAIL
+// for those in fail, and NXDOMAIN for every other name.
+type testDNS struct {
+	a      map[string][]netip.Addr
+	silent map[string]bool
+	fail   map[string]bool
+}
+
+// start serves until the test ends and returns a resolver that asks it.
+func (d *testDNS) start(t *testing.T) *net.Resolver {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if resp := d.answer(buf[:n]); resp != nil {
+				pc.WriteTo(resp, from)
+			}
+		}
+	}()
+	addr := pc.LocalAddr().String()
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var dl net.Dialer
+		return dl.DialContext(ctx, "udp", addr)
+	}}
+}
+
+// answer is the response to query q, nil for none.
+func (d *testDNS) answer(q []byte) []byte {
+	if len(q) < 12 {
+		return nil
+	}
+	// The question: labels up to the root, then type and class.
+	i, name := 12, ""
+	for i < len(q) && q[i] != 0 {
+		l := int(q[i])
+		if i+1+l > len(q) {
+			return nil
+		}
+		name += strings.ToLower(string(q[i+1:i+1+l])) + "."
+		i += 1 + l
+	}
+	if i+5 > len(q) {
+		return nil
+	}
+	qtype := binary.BigEndian.Uint16(q[i+1:])
+	question := q[12 : i+5]
+	if d.silent[name] {
+		return nil
+	}
+	rcode := uint16(0)
+	var ans []netip.Addr
+	switch addrs, ok := d.a[name]; {
+	case d.fail[name]:
+		rcode = 2
+	case !ok:
+		rcode = 3
+	case qtype == 1: // A; AAAA gets no answer
+		ans = addrs
+	}
+	r := binary.BigEndian.AppendUint16(nil, binary.BigEndian.Uint16(q))
+	r = binary.BigEndian.AppendUint16(r, 0x8180|rcode) // a response, recursion desired and available
+	r = binary.BigEndian.AppendUint16(r, 1)
+	r = binary.BigEndian.AppendUint16(r, uint16(len(ans)))
+	r = append(r, 0, 0, 0, 0)
+	r = append(r, question...)
+	for _, a := range ans {
+		r = append(r, 0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4) // the question's name, A, IN, TTL 60
+		r = append(r, a.AsSlice()...)
+	}
+	return r
+}
+
+// fullListenerAt listens on ap with a full accept queue: SYNs to it are
+// dropped, so a connect to it waits for its timeout.
+func fullListenerAt(t *testing.T, ap netip.AddrPort) error {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}); err != nil {
+		return err
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	fill, err := net.Dial("tcp", ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fill.Close() })
+	return nil
+}
+
+// fullListeners are full listeners on one port of each of addrs.
+func fullListeners(t *testing.T, addrs ...netip.Addr) uint16 {
+	t.Helper()
+	for range 20 {
+		port := uint16(20000 + time.Now().UnixNano()%20000)
+		ok := true
+		for _, a := range addrs {
+			if err := fullListenerAt(t, netip.AddrPortFrom(a, port)); err != nil {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return port
+		}
+	}
+	t.Fatal("no port free on every address")
+	return 0
+}
+
+// TestExplicitNameBudget: the addresses of a name share one
+// connect_timeout. A name with three unanswering addresses and a budget
+// of 1s tries the first for the whole of it, not each for 1s; with 5s,
+// two unanswering addresses get 2s each and the third, which answers,
+// serves the client.
+func TestExplicitNameBudget(t *testing.T) {
+	a2, a3, a4 := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.4")
+	port := fullListeners(t, a2, a3)
+	echo, err := net.Listen("tcp", netip.AddrPortFrom(a4, port).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hello"))
+			c.Close()
+		}
+	}()
+	full := fullListeners(t, a2, a3, a4)
+	dns := &testDNS{a: map[string][]netip.Addr{"three.test.": {a2, a3, a4}}}
+	for _, tc := range []struct {
+		name     string
+		budget   string
+		port     uint16
+		reply    socks5.Reply
+		timeouts uint64
+	}{
+		{"all unanswering", "1s", full, socks5.HostUnreachable, 1},
+		{"third answers", "5s", port, socks5.Succeeded, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer(t, `
+admin: {listen: off}
+limits: {connect_timeout: `+tc.budget+`}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.2/32", "127.0.0.3/32", "127.0.0.4/32"]}
+`)
+			s.resolver = dns.start(t)
+			runServer(t, s)
+			c, err := net.Dial("tcp", s.Addr("x").String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			_, err = socks5.ClientHandshake(c, c, socks5.Addr{Name: "three.test", Port: tc.port}, "", "")
+			var re *socks5.ReplyError
+			switch {
+			case tc.reply == socks5.Succeeded && err != nil:
+				t.Errorf("reply: %v, want success", err)
+			case tc.reply == socks5.Succeeded:
+				b := make([]byte, 5)
+				if _, err := c.Read(b); err != nil || string(b) != "hello" {
+					t.Errorf("read %q, %v through the third address", b, err)
+				}
+			case !errors.As(err, &re) || re.Reply != tc.reply:
+				t.Errorf("reply: %v, want %v", err, tc.reply)
+			}
+			if got := s.metrics.errors.With("connect_timeout").Value(); got != tc.timeouts {
+				t.Errorf("%d connects timed out, want %d", got, tc.timeouts)
+			}
+		})
+	}
+}
+
+// TestExplicitNameResolution: why a name did not resolve reaches the
+// client in its protocol: a name that does not exist is unreachable
+// (SOCKS5 reply 4, HTTP 502), a resolver that does not answer within
+// connect_timeout a timeout (reply 4, HTTP 504), a resolver's failure a
+// general failure (reply 1, HTTP 502); and the relay counts each.
+func TestExplicitNameResolution(t *testing.T) {
+	dns := &testDNS{
+		silent: map[string]bool{"silent.test.": true},
+		fail:   map[string]bool{"fail.test.": true},
+	}
+	s := newServer(t, `
+admin: {listen: off}
+limits: {connect_timeout: 500ms}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5, http], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.2/32", "127.0.0.3/32", "127.0.0.4/32"]}
+`)
+	s.resolver = dns.start(t)
+	runServer(t, s)
+	for _, tc := range []struct {
+		name   string
+		reply  socks5.Reply
+		status int
+		kind   string
+	}{
+		{"missing.test", socks5.HostUnreachable, http.StatusBadGateway, "resolve_unreachable"},
+		{"silent.test", socks5.HostUnreachable, http.StatusGatewayTimeout, "resolve_timeout"},
+		{"fail.test", socks5.GeneralFailure, http.StatusBadGateway, "resolve_failure"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := s.metrics.errors.With(tc.kind).Value()
+			c, err := net.Dial("tcp", s.Addr("x").String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			_, err = socks5.ClientHandshake(c, c, socks5.Addr{Name: tc.name, Port: 80}, "", "")
+			c.Close()
+			if re := (*socks5.ReplyError)(nil); !errors.As(err, &re) || re.Reply != tc.reply {
+				t.Errorf("SOCKS5: %v, want reply %v", err, tc.reply)
+			}
+			c, err = net.Dial("tcp", s.Addr("x").String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			fmt.Fprintf(c, "CONNECT %s:80 HTTP/1.1\r\nHost: %[1]s:80\r\n\r\n", tc.name)
+			b := make([]byte, 64)
+			n, _ := c.Read(b)
+			if want := fmt.Sprintf("HTTP/1.1 %d ", tc.status); !strings.HasPrefix(string(b[:n]), want) {
+				t.Errorf("HTTP: %q, want %q", b[:n], want)
+			}
+			if got := s.metrics.errors.With(tc.kind).Value() - before; got != 2 {
+				t.Errorf("%s counted %d times, want 2", tc.kind, got)
+			}
+		})
+	}
+}
+
+// TestConnectShare: each of a name's addresses gets an equal part of
+// what is left of its budget, at least minConnectShare while that much is
+// left, and never past the budget's end.
+func TestConnectShare(t *testing.T) {
+	now := time.Unix(1000, 0)
+	for _, tc := range []struct {
+		left   time.Duration // of the budget
+		addrs  int
+		should time.Duration // after now
+	}{
+		{9 * time.Second, 3, 3 * time.Second},
+		{5 * time.Second, 3, 2 * time.Second},
+		{3 * time.Second, 2, 2 * time.Second},
+		{1 * time.Second, 3, 1 * time.Second},
+		{1 * time.Second, 1, 1 * time.Second},
+		{0, 2, 0},
+		{-time.Second, 2, -time.Second},
+	} {
+		if got := connectShare(now, now.Add(tc.left), tc.addrs).Sub(now); got != tc.should {
+			t.Errorf("%v left for %d addresses: %v, want %v", tc.left, tc.addrs, got, tc.should)
+		}
+	}
+}
