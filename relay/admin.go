@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +35,29 @@ type adminServer struct {
 	srv    *http.Server
 }
 
+// adminWriteTimeout bounds an admin answer from its request's end: a
+// reader that stops reading loses its connection. pprof extends it by the
+// time a profile or trace runs, which maxProfileSeconds bounds.
+const adminWriteTimeout = 2 * time.Minute
+
+// maxProfileSeconds is the longest CPU profile or trace the admin API
+// takes: one asked for longer is refused rather than run.
+const maxProfileSeconds = 300
+
+// boundedProfile is a pprof handler that refuses a duration (seconds) that
+// is not a number from above 0 to maxProfileSeconds.
+func boundedProfile(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if v := r.FormValue("seconds"); v != "" {
+			if sec, err := strconv.ParseFloat(v, 64); err != nil || !(sec > 0 && sec <= maxProfileSeconds) {
+				http.Error(w, fmt.Sprintf("admin API: seconds=%q: want a number of seconds above 0 and at most %d", v, maxProfileSeconds), http.StatusBadRequest)
+				return
+			}
+		}
+		h(w, r)
+	}
+}
+
 func (s *Server) startAdmin(addr string) (*adminServer, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -47,10 +71,17 @@ func (s *Server) startAdmin(addr string) (*adminServer, error) {
 	mux.HandleFunc("PUT /api/tunables", s.handleSetTunables)
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/profile", boundedProfile(pprof.Profile))
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	a := &adminServer{listen: addr, ln: ln, srv: &http.Server{Handler: loopbackHost(mux), ReadHeaderTimeout: 5 * time.Second}}
+	mux.HandleFunc("GET /debug/pprof/trace", boundedProfile(pprof.Trace))
+	a := &adminServer{listen: addr, ln: ln, srv: &http.Server{
+		Handler:           loopbackHost(mux),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      adminWriteTimeout,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}}
 	go a.srv.Serve(ln)
 	s.log.Info("admin API", "addr", ln.Addr().String())
 	return a, nil

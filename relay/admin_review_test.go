@@ -126,6 +126,26 @@ func TestAdminSetTunablesRefused(t *testing.T) {
 	}
 }
 
+// TestAdminProfileBounded: a profile or a trace that asks to run longer
+// than maxProfileSeconds, or for a duration that is not one, is refused at
+// once, not run for as long as asked (or for pprof's default).
+func TestAdminProfileBounded(t *testing.T) {
+	s := startLoopback(t, adminConf(freeLoopback(t)))
+	for _, path := range []string{
+		"/debug/pprof/profile?seconds=100000", "/debug/pprof/trace?seconds=100000",
+		"/debug/pprof/profile?seconds=-1", "/debug/pprof/trace?seconds=NaN", "/debug/pprof/profile?seconds=x",
+	} {
+		code, body, err := adminRequest(s.AdminAddr().String(), "GET", path, "")
+		if err != nil || code != http.StatusBadRequest || !strings.Contains(body, "at most 300") {
+			t.Errorf("GET %s: %d %q, %v; want 400 naming the longest", path, code, body, err)
+		}
+	}
+	// A duration within the bound runs.
+	if code, body, err := adminRequest(s.AdminAddr().String(), "GET", "/debug/pprof/trace?seconds=0.1", ""); err != nil || code != http.StatusOK || len(body) == 0 {
+		t.Errorf("a 0.1 s trace: %d, %d bytes, %v", code, len(body), err)
+	}
+}
+
 // TestAdminStatusEmptyLists: /api/status writes its lists as JSON arrays
 // when they are empty, as /api/flows does, never null.
 func TestAdminStatusEmptyLists(t *testing.T) {
