@@ -29,13 +29,22 @@ func captureTable(name string) string {
 	}, name)
 }
 
+// The TPROXY fwmark and routing table a capture uses unless it names its
+// own.
+const (
+	defaultCaptureMark  = 1
+	defaultCaptureTable = 100
+)
+
+// markTable is the capture's mark and table; a CaptureConfig built in Go
+// rather than decoded leaves them 0, for the defaults.
 func (c *CaptureConfig) markTable() (int, int) {
 	mark, table := c.Mark, c.Table
 	if mark == 0 {
-		mark = 1
+		mark = defaultCaptureMark
 	}
 	if table == 0 {
-		table = 100
+		table = defaultCaptureTable
 	}
 	return mark, table
 }

@@ -223,6 +223,16 @@ type CaptureConfig struct {
 	Table   int      `yaml:"table"`   // TPROXY routing table (default 100)
 }
 
+// UnmarshalYAMLNode decodes a capture with mark's and table's defaults in
+// place first, so that only a missing one takes its default: 0, as
+// written, is refused (Validate), not taken for the default.
+func (c *CaptureConfig) UnmarshalYAMLNode(d *strictyaml.Decoder, n *yaml.Node) error {
+	type fields CaptureConfig // without this method, so the decoder walks the fields
+	c.Mark, c.Table = defaultCaptureMark, defaultCaptureTable
+	d.Decode(n, (*fields)(c))
+	return nil
+}
+
 // RouteConfig sends matching flows direct or through a chain of relays.
 // Routes are tried in order; the first that matches wins; a flow that
 // matches none goes direct.
@@ -705,6 +715,14 @@ func (c *Config) Validate() error {
 					} else if lerr == nil && pr.Addr().Is4() != lap.Addr().Is4() {
 						add(fmt.Sprintf("%s.capture.dst[%d]", p, j), "%q: not of the listener's address family (%s); capture the other family with a listener of its own", d, ln.Listen)
 					}
+				}
+				// Mark 0 is every unmarked packet's, and table 0 no table:
+				// ip rule would take it for "unspecified".
+				if c.Mark == 0 {
+					add(p+".capture.mark", "0 is the mark of every unmarked packet: want another (default %d)", defaultCaptureMark)
+				}
+				if c.Table == 0 {
+					add(p+".capture.table", "0 is no routing table: want another (default %d)", defaultCaptureTable)
 				}
 				// Both are 32-bit numbers to nft and ip rule.
 				if c.Mark < 0 || c.Table < 0 || c.Mark > math.MaxUint32 || c.Table > math.MaxUint32 || c.Table > 252 && c.Table < 256 {

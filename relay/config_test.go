@@ -245,6 +245,8 @@ func TestConfigErrors(t *testing.T) {
 		{"user_timeout past an int of ms", "legs: {server: {user_timeout: 600h}}\nlisteners: [" + ln + "]\n", []string{"legs.server.user_timeout: 600h0m0s: want at most 596h31m23.647s"}},
 		{"off where no off", "limits: {connect_timeout: off}\nlisteners: [" + ln + "]\n", []string{`limits.connect_timeout: "off"`}},
 		{"capture dst of the other family", "listeners:\n  - {name: web, listen: \"0.0.0.0:7000\", mode: redirect, capture: {dst: [\"2001:db8::/32\"], ports: \"80\"}}\n", []string{`listeners[0].capture.dst[0]: "2001:db8::/32": not of the listener's address family`}},
+		{"capture mark and table 0", "listeners:\n  - {name: web, listen: \"0.0.0.0:7000\", mode: tproxy, capture: {ports: \"80\", mark: 0, table: 0}}\n",
+			[]string{"listeners[0].capture.mark: 0 is the mark of every unmarked packet: want another (default 1)", "listeners[0].capture.table: 0 is no routing table: want another (default 100)"}},
 		{"capture tables alike", "listeners:\n  - {name: web-a, listen: \"0.0.0.0:7000\", mode: tproxy, capture: {ports: \"80\"}}\n  - {name: web.a, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {ports: \"81\"}}\n", []string{`listeners[1].name: "web.a": its capture table halfway_web_a would be listener "web-a"'s too`}},
 		{"listeners on one address",
 			"listeners:\n  - " + ln + "\n  - {name: b, listen: \"127.0.0.1:1080\", protocols: [socks5], allow_clients: [\"10.0.0.0/8\"], allow_destinations: [\"10.0.0.0/8\"]}\n",
