@@ -192,7 +192,13 @@ func (pc *pendingChain) readAnswers(ctx context.Context) error {
 		}
 		if m.Error != nil {
 			resetConn(c)
-			return fromConvert(m.Error.Code, i+1)
+			ce := fromConvert(m.Error.Code, i+1)
+			if i+1 < pc.hops && (ce.kind == "refused" || ce.kind == "unreachable") {
+				// The hop could not reach the next relay of the chain: as
+				// with the first relay down, no verdict on the destination.
+				ce.kind = "failure"
+			}
+			return ce
 		}
 	}
 	if !stop() {
