@@ -356,6 +356,13 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Time{})
+	// The head may have come up to handshake_timeout after the accept: it
+	// is judged by the configuration in force now (its key, lists and
+	// protocols), as a SOCKS5 or HTTP request is.
+	var jerr error
+	if st, rt, jerr = s.judgeNow(f); jerr != nil {
+		return fail(convert.NotAuthorized, jerr)
+	}
 	fresh := true // not a pooled connection
 	if m.Connect == nil && !m.Info && m.Cookie != nil {
 		// A peer opening a pooled connection: it greets with a pool cookie

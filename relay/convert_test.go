@@ -197,3 +197,81 @@ func TestConvertMissingCookie(t *testing.T) {
 		}
 	}
 }
+
+// TestConvertHeadJudgedWhenItComes: a Convert hop's head may come up to
+// handshake_timeout after its connection was accepted. A reload meanwhile
+// that changes the key, takes the peer or the destination out of the
+// listener's lists, takes its Convert hops away or removes it applies to
+// that head, as it does to a SOCKS5 or HTTP request and to a pooled
+// connection's: the hop is refused, not connected.
+func TestConvertHeadJudgedWhenItComes(t *testing.T) {
+	key := []byte("convert test key 0123456789")
+	dir := t.TempDir()
+	psk, psk2 := filepath.Join(dir, "psk"), filepath.Join(dir, "psk2")
+	if err := os.WriteFile(psk, append(key, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(psk2, []byte("the next key 9876543210\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dst := echoServer(t)
+	const hopYAML = `
+admin: {listen: off}
+auth: {psk_file: %q}
+listeners:
+  - {name: hop, listen: %q, protocols: [%s], allow_clients: [%s], allow_destinations: ["%s"]}
+`
+	for _, tc := range []struct {
+		name                    string
+		psk, protos, clients, d string
+		removed                 bool
+	}{
+		{name: "unchanged", psk: psk, protos: "convert", clients: "127.0.0.1/32", d: "127.0.0.1/32"},
+		{name: "key changed", psk: psk2, protos: "convert", clients: "127.0.0.1/32", d: "127.0.0.1/32"},
+		{name: "destination out", psk: psk, protos: "convert", clients: "127.0.0.1/32", d: "127.0.0.2/32"},
+		{name: "client out", psk: psk, protos: "convert", clients: "10.9.9.9/32", d: "127.0.0.1/32"},
+		{name: "convert taken away", psk: psk, protos: "socks5", clients: "127.0.0.1/32", d: "127.0.0.1/32"},
+		{name: "listener removed", psk: psk, removed: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := freeLoopback(t)
+			s := startLoopback(t, fmt.Sprintf(hopYAML, psk, addr, "convert", "127.0.0.1/32", "127.0.0.1/32"))
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			waitFor(t, func() bool { return len(s.Flows()) == 1 }) // accepted, its head awaited
+			y := fmt.Sprintf(hopYAML, tc.psk, addr, tc.protos, tc.clients, tc.d)
+			if tc.removed {
+				y = fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %q}
+listeners:
+  - {name: other, listen: "127.0.0.1:0", protocols: [convert], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+`, psk)
+			}
+			if err := reloadYAML(t, s, y); err != nil {
+				t.Fatal(err)
+			}
+			hop := netip.MustParseAddrPort(addr)
+			raw, err := convert.AppendMessage(nil, &convert.Message{Connect: &convert.Connect{Dst: dst}, Cookie: newHopAuth(key, time.Minute).cookie(hop, dst)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Write(raw); err != nil {
+				t.Fatal(err)
+			}
+			m, err := convert.ReadMessage(c)
+			switch {
+			case tc.name == "unchanged":
+				if err != nil || m.Error != nil {
+					t.Errorf("answer %+v, %v; want success", m, err)
+				}
+			case err != nil || m.Error == nil || m.Error.Code != convert.NotAuthorized:
+				t.Errorf("answer %+v, %v; want %v", m, err, convert.NotAuthorized)
+			}
+		})
+	}
+}
