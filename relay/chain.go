@@ -234,9 +234,10 @@ const heldMax = 64 << 10
 // connects onward: with early SYN and a pool this is what brings TTFB down
 // to the model's bound. They are kept until the first answer: if a pooled
 // connection turns out dead, they go again on a fresh one, so none is lost
-// or sent twice on one stream. Past heldMax the client waits for the
-// answers. It returns the relay connection, ready for the data path; on
-// error both are left for the caller to reset or close.
+// or sent twice on one stream; a write of them that the connect's
+// deadline cut short fails the flow. Past heldMax the client waits for
+// the answers. It returns the relay connection, ready for the data path;
+// on error both are left for the caller to reset or close.
 func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) (*net.TCPConn, error) {
 	defer pc.done()
 	ctx, cancel := context.WithTimeout(s.flowCtx, rt.tunables.ConnectTimeout)
@@ -262,6 +263,11 @@ func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) 
 	answers := make(chan error, 1)
 	go func() { answers <- pc.readAnswers(ctx) }()
 	var held []byte
+	// writeErr is the first write of held that failed: a dead pooled
+	// connection, or the relay's error, shows in the answers too; but a
+	// write cut short by the deadline, the relay reading late, leaves its
+	// stream without some of the client's bytes even when it answers.
+	var writeErr error
 	reading := true
 	want <- struct{}{}
 	send := func(b []byte) {
@@ -270,12 +276,13 @@ func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) 
 		}
 		held = append(held, b...)
 		f.up.Add(int64(len(b)))
+		if writeErr != nil {
+			return // they could only follow a gap
+		}
 		if dl, ok := ctx.Deadline(); ok {
 			_ = pc.c.SetWriteDeadline(dl)
 		}
-		// A failed write shows in the answers (a dead pooled connection,
-		// or the relay's error).
-		_, _ = pc.c.Write(b)
+		_, writeErr = pc.c.Write(b)
 		_ = pc.c.SetWriteDeadline(time.Time{})
 	}
 	var clientErr error
@@ -319,11 +326,19 @@ func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) 
 				if err := s.redial(ctx, rt, pc, held); err != nil {
 					return nil, err
 				}
+				writeErr = nil // held went whole on the fresh connection
 				go func() { answers <- pc.readAnswers(ctx) }()
 				continue
 			}
 			if err == nil {
 				err = clientErr
+			}
+			if err == nil && writeErr != nil {
+				kind := "failure"
+				if errors.Is(writeErr, os.ErrDeadlineExceeded) {
+					kind = "timeout"
+				}
+				err = &connectError{kind: kind, hop: 1, err: fmt.Errorf("relay 1 of the chain: sending the client's first bytes: %w", writeErr)}
 			}
 			if err != nil {
 				resetConn(pc.c)

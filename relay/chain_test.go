@@ -1,14 +1,21 @@
 package relay
 
 import (
+	"bytes"
+	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
+	"halfway/convert"
 	"halfway/socks5"
 )
 
@@ -59,5 +66,133 @@ routes:
 				t.Errorf("SOCKS5 answer: %v, want reply %v", err, socks5.GeneralFailure)
 			}
 		})
+	}
+}
+
+// TestSettleWriteTimeout: a transparent flow sends its client's first
+// bytes to the first relay before the chain answers, with the connect's
+// deadline on the writes. When the relay answers in time but reads the
+// client's bytes only later (its window full meanwhile), a write cut short
+// by the deadline must not leave a hole in the stream: the relay gets the
+// client's bytes whole and in order, or the flow fails.
+func TestSettleWriteTimeout(t *testing.T) {
+	const connectTimeout = 300 * time.Millisecond
+	psk := filepath.Join(t.TempDir(), "psk")
+	if err := os.WriteFile(psk, []byte("chain test key 0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rc := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %q}
+limits: {connect_timeout: %s}
+listeners:
+  - {name: socks, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+`, psk, connectTimeout))
+
+	// The first relay: it answers at once, then reads nothing until the
+	// connect's deadline has passed, with a small window meanwhile.
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	rl, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rl.Close()
+	type result struct {
+		got []byte
+		err error
+	}
+	relayGot := make(chan result, 1)
+	go func() {
+		c, err := rl.Accept()
+		if err != nil {
+			relayGot <- result{err: err}
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := convert.ReadRaw(c); err != nil {
+			relayGot <- result{err: err}
+			return
+		}
+		answer, _ := convert.AppendMessage(nil, &convert.Message{})
+		if _, err := c.Write(answer); err != nil {
+			relayGot <- result{err: err}
+			return
+		}
+		time.Sleep(2 * connectTimeout) // past the deadline of the writes
+		got, err := io.ReadAll(c)
+		relayGot <- result{got, err}
+	}()
+
+	// A client connection, as accept would return it, sending more than
+	// the chain's connection holds before the relay reads.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cli, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	acc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+	data := make([]byte, 200_000)
+	rand.Read(data)
+	go func() {
+		_ = cli.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		if _, err := cli.Write(data); err == nil {
+			cli.(*net.TCPConn).CloseWrite()
+		}
+	}()
+
+	rt := rc.state.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dst := netip.MustParseAddrPort("127.0.0.1:9")
+	pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{addrPortOf(rl.Addr())}}, dst, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.c.SetWriteBuffer(4096); err != nil { // no autotuning past what the relay reads
+		t.Fatal(err)
+	}
+	relayConn, err := rc.settle(rt, pc, acc.(*net.TCPConn), &flow{})
+	if err != nil {
+		// The relay's connection is reset: what it got must be the
+		// client's bytes as sent, up to a point.
+		res := <-relayGot
+		if !bytes.HasPrefix(data, res.got) {
+			t.Errorf("the flow failed (%v), and the relay got %d bytes, not a prefix of those sent", err, len(res.got))
+		}
+		return
+	}
+	go func() {
+		io.Copy(relayConn, acc)
+		relayConn.CloseWrite()
+	}()
+	defer relayConn.Close()
+	res := <-relayGot
+	if res.err != nil {
+		t.Fatalf("relay: %v", res.err)
+	}
+	if !bytes.Equal(res.got, data) {
+		n := 0
+		for n < len(res.got) && n < len(data) && res.got[n] == data[n] {
+			n++
+		}
+		t.Errorf("the relay got %d bytes, the first %d as sent; want the %d sent, whole", len(res.got), n, len(data))
 	}
 }
