@@ -66,6 +66,9 @@ type pendingChain struct {
 	// release gives back the flow's connect slot (max_pending) once the
 	// chain has answered.
 	release func()
+	// by is when the connect that opened the chain must end, its answers
+	// included (limits.connect_timeout from its start); zero: none.
+	by time.Time
 }
 
 // openChain sends the chain's Convert messages, and early bytes after
@@ -99,6 +102,7 @@ func (s *Server) openChain(ctx context.Context, rt *runtime, r *route, dst netip
 	}
 	msgs = append(msgs, early...)
 	pc := &pendingChain{hops: len(via), msgs: msgs, via0: via[0], mptcp: r.mptcp}
+	pc.by, _ = ctx.Deadline()
 	if p := (*s.pools.Load())[via[0]]; p != nil {
 		if c, mptcp := p.take(); c != nil {
 			pc.c, pc.pool, pc.asked = c, p, mptcp
@@ -240,7 +244,13 @@ const heldMax = 64 << 10
 // on error both are left for the caller to reset or close.
 func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) (*net.TCPConn, error) {
 	defer pc.done()
-	ctx, cancel := context.WithTimeout(s.flowCtx, rt.tunables.ConnectTimeout)
+	// The answers come within the connect's timeout, which began when the
+	// chain was opened (connect_timeout covers the whole chain).
+	by := pc.by
+	if by.IsZero() {
+		by = time.Now().Add(rt.tunables.ConnectTimeout)
+	}
+	ctx, cancel := context.WithDeadline(s.flowCtx, by)
 	defer cancel()
 	type chunk struct {
 		b   []byte

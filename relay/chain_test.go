@@ -159,7 +159,9 @@ listeners:
 	}()
 
 	rt := rc.state.Load()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// As connectReserved opens the chain: within connect_timeout, which
+	// settle's writes and answers share.
+	ctx, cancel := context.WithTimeout(context.Background(), rt.tunables.ConnectTimeout)
 	defer cancel()
 	dst := netip.MustParseAddrPort("127.0.0.1:9")
 	pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{addrPortOf(rl.Addr())}}, dst, nil, true)
@@ -194,5 +196,68 @@ listeners:
 			n++
 		}
 		t.Errorf("the relay got %d bytes, the first %d as sent; want the %d sent, whole", len(res.got), n, len(data))
+	}
+}
+
+// TestSettleWithinConnectDeadline: a chain's answers are awaited within
+// the connect's deadline, begun when the chain was opened, not within a
+// fresh connect_timeout: "connect_timeout covers the whole chain". A
+// transparent or early-SYN flow would otherwise wait up to twice it.
+func TestSettleWithinConnectDeadline(t *testing.T) {
+	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
+	rc := newServer(t, fmt.Sprintf("admin: {listen: off}\nauth: {psk_file: %q}\nlimits: {connect_timeout: 30s}\nlisteners:\n  - {name: t, listen: \"127.0.0.1:0\", mode: forward, forward_to: \"127.0.0.1:9\"}\n", psk))
+	// A first relay that takes the chain's messages and never answers.
+	rl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rl.Close()
+	go func() {
+		c, err := rl.Accept()
+		if err == nil {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			io.Copy(io.Discard, c)
+		}
+	}()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cli, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	acc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+
+	rt := rc.state.Load()
+	// The connect began long enough ago that little of its 30 s is left.
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{addrPortOf(rl.Addr())}}, netip.MustParseAddrPort("127.0.0.1:9"), nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := rc.settle(rt, pc, acc.(*net.TCPConn), &flow{})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if errKind(err) != "timeout" {
+			t.Errorf("settle: %v, want a timeout", err)
+		}
+	case <-time.After(15 * time.Second):
+		// Not a timing bound: the deadline was 0.3 s, connect_timeout 30 s.
+		t.Error("settle still waited for the answers 15 s after the connect's deadline: it took a fresh connect_timeout")
+		pc.c.Close()
+		<-done
 	}
 }
