@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"halfway/convert"
+	"halfway/sockopt"
 )
 
 // A pool keeps connections to a peer relay open before any flow needs
@@ -44,6 +45,7 @@ type pool struct {
 	mu      sync.Mutex
 	cfg     PoolConfig
 	mptcp   bool         // connections are Multipath TCP
+	leg     LegConfig    // legs.relay, which connections open with
 	idle    []pooledConn // oldest first
 	dialing int
 	failing int       // consecutive failed opens
@@ -69,9 +71,21 @@ const poolSweep = time.Second
 // poolMaxDialing bounds concurrent opens toward one peer.
 const poolMaxDialing = 16
 
-func (s *Server) newPool(peer netip.AddrPort, cfg PoolConfig, mptcp bool) *pool {
+// legOptions are what legs.relay sets on a pooled connection's socket when
+// it opens: a reload that changes them replaces the idle connections.
+type legOptions struct {
+	sock      sockopt.Options
+	keepalive net.KeepAliveConfig
+	fastOpen  bool
+}
+
+func legOptionsOf(leg LegConfig) legOptions {
+	return legOptions{leg.socketOptions(), leg.keepaliveConfig(), leg.fastOpen()}
+}
+
+func (s *Server) newPool(peer netip.AddrPort, cfg PoolConfig, mptcp bool, leg LegConfig) *pool {
 	ctx, cancel := context.WithCancel(s.flowCtx)
-	p := &pool{s: s, peer: peer, cfg: cfg, mptcp: mptcp, kick: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+	p := &pool{s: s, peer: peer, cfg: cfg, mptcp: mptcp, leg: leg, kick: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
 	go p.run(ctx)
 	return p
 }
@@ -87,15 +101,16 @@ func (p *pool) watermarks() (low, high int) {
 	return low, high
 }
 
-func (p *pool) setConfig(cfg PoolConfig, mptcp bool) {
+func (p *pool) setConfig(cfg PoolConfig, mptcp bool, leg LegConfig) {
 	p.mu.Lock()
 	var drop []pooledConn
-	if mptcp != p.mptcp {
-		// Connections of the other protocol are not what the peer's
-		// configuration asks for now: the refill opens new ones.
+	if mptcp != p.mptcp || legOptionsOf(leg) != legOptionsOf(p.leg) {
+		// Connections of the other protocol, or with other socket options,
+		// are not what the configuration asks for now: the refill opens
+		// new ones.
 		drop, p.idle = p.idle, nil
 	}
-	p.cfg, p.mptcp = cfg, mptcp
+	p.cfg, p.mptcp, p.leg = cfg, mptcp, leg
 	p.mu.Unlock()
 	for _, pc := range drop {
 		pc.c.Close()
@@ -193,7 +208,7 @@ func (p *pool) sweep() {
 
 // open adds one greeted connection to the pool.
 func (p *pool) open(ctx context.Context) {
-	c, mptcp, err := p.greet(ctx)
+	c, mptcp, opts, err := p.greet(ctx)
 	p.mu.Lock()
 	p.dialing--
 	if err != nil {
@@ -217,7 +232,7 @@ func (p *pool) open(ctx context.Context) {
 	}
 	p.failing = 0
 	p.notUtil = time.Time{}
-	if ctx.Err() != nil || mptcp != p.mptcp { // closing, or opened before a reload changed the protocol
+	if ctx.Err() != nil || mptcp != p.mptcp || opts != legOptionsOf(p.leg) { // closing, or opened before a reload changed the protocol or the options
 		p.mu.Unlock()
 		c.Close()
 		return
@@ -230,24 +245,25 @@ func (p *pool) open(ctx context.Context) {
 // greet connects to the peer and has it accept the connection into its
 // pool: the greeting rides in the SYN (TCP Fast Open) and the peer answers
 // with an empty Convert message, or an Error TLV. It says whether it
-// asked for MPTCP.
-func (p *pool) greet(ctx context.Context) (c *net.TCPConn, mptcp bool, err error) {
+// asked for MPTCP, and with which options it opened.
+func (p *pool) greet(ctx context.Context) (c *net.TCPConn, mptcp bool, opts legOptions, err error) {
 	rt := p.s.state.Load()
 	if rt.auth == nil {
-		return nil, false, errors.New("pools need auth.psk_file")
+		return nil, false, opts, errors.New("pools need auth.psk_file")
 	}
 	ctx, cancel := context.WithTimeout(ctx, rt.tunables.ConnectTimeout)
 	defer cancel()
 	hello, err := convert.AppendMessage(nil, &convert.Message{Cookie: rt.auth.poolCookie(p.peer)})
 	if err != nil {
-		return nil, false, err
+		return nil, false, opts, err
 	}
 	p.mu.Lock()
-	leg := rt.cfg.Legs.Relay
+	leg := p.leg
 	leg.mptcp = p.mptcp
 	p.mu.Unlock()
+	opts = legOptionsOf(leg)
 	if c, err = p.s.dial(ctx, rt, p.peer, hello, leg, netip.Addr{}); err != nil {
-		return nil, leg.mptcp, err
+		return nil, leg.mptcp, opts, err
 	}
 	dl, _ := ctx.Deadline()
 	_ = c.SetReadDeadline(dl)
@@ -263,10 +279,10 @@ func (p *pool) greet(ctx context.Context) (c *net.TCPConn, mptcp bool, err error
 	}
 	if err != nil {
 		c.Close()
-		return nil, leg.mptcp, err
+		return nil, leg.mptcp, opts, err
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	return c, leg.mptcp, nil
+	return c, leg.mptcp, opts, nil
 }
 
 // take hands out an idle connection, or nil when there is none, and says
@@ -366,11 +382,11 @@ func (s *Server) applyPools(cfg *Config) {
 		}
 		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		if p, ok := old[ap]; ok {
-			p.setConfig(*pc.Pool, pc.MPTCP)
+			p.setConfig(*pc.Pool, pc.MPTCP, cfg.Legs.Relay)
 			next[ap] = p
 			continue
 		}
-		next[ap] = s.newPool(ap, *pc.Pool, pc.MPTCP)
+		next[ap] = s.newPool(ap, *pc.Pool, pc.MPTCP, cfg.Legs.Relay)
 	}
 	s.pools.Store(&next)
 	for ap, p := range old {

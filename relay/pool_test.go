@@ -13,11 +13,14 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"halfway/datapath"
 	"halfway/socks5"
@@ -563,6 +566,56 @@ func TestPoolProtocolChange(t *testing.T) {
 	echo := echoServer(t)
 	if err := echoThrough(rc.Addr("socks"), echo, 100_000); err != nil {
 		t.Errorf("flow after the changes: %v", err)
+	}
+}
+
+// TestPoolLegChange: a reload that changes legs.relay's socket options
+// replaces the pool's idle connections with ones opened with the new
+// options, rather than hand out the old ones until max_idle.
+func TestPoolLegChange(t *testing.T) {
+	pp := newPoolPair(t, func(rs string) string { return rs }, 3, 3)
+	startLoopback(t, pp.rsYAML)
+	rc := startLoopback(t, pp.rcYAML)
+	userTimeouts := func() (out []int) {
+		p := (*rc.pools.Load())[netip.MustParseAddrPort(pp.rsAddr)]
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, pc := range p.idle {
+			rawc, err := pc.c.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, gerr := -1, error(nil)
+			rawc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT) })
+			if gerr != nil {
+				t.Fatal(gerr)
+			}
+			out = append(out, v)
+		}
+		return out
+	}
+	for _, ms := range []int{7000, 0} {
+		y := pp.rcYAML
+		if ms > 0 {
+			y = strings.Replace(y, "auth:", fmt.Sprintf("legs: {relay: {user_timeout: %dms}}\nauth:", ms), 1)
+		}
+		cfg, err := ParseConfig([]byte(y))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.Reload(cfg); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; ; i++ {
+			got := userTimeouts()
+			if len(got) == 3 && slices.Equal(got, []int{ms, ms, ms}) {
+				break
+			}
+			if i > 500 {
+				t.Fatalf("legs.relay.user_timeout %d ms: idle connections have %v ms, want 3 of %d", ms, got, ms)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 }
 
