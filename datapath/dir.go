@@ -37,8 +37,9 @@ type dir struct {
 	err error // the last read's or write's error
 
 	state      atomic.Int32
-	pn, m, cn  int32 // bytes in the pipe; bytes the last write moved; bytes in buf
-	budget     int32 // inline, the bytes it may still move before handing off
+	peeking    atomic.Bool // the other direction peeks at src (finWaits), which may take a reset's error
+	pn, m, cn  int32       // bytes in the pipe; bytes the last write moved; bytes in buf
+	budget     int32       // inline, the bytes it may still move before handing off
 	up         bool
 	copy       bool  // through a user-space buffer (else splice)
 	started    bool  // the prefix, if any, has been written
@@ -259,9 +260,13 @@ func (d *dir) run() {
 // alike), a FIN only closed for reading. Only while neither direction has
 // ended: once the other has shut the source's write side down, a FIN
 // hangs it up as well. (The poll comes before eofs is read: the other
-// direction counts its EOF before it shuts down.)
+// direction counts its EOF before it shuts down.) And while the other
+// direction, which has ended, peeks at the source (finWaits): it shuts
+// nothing down before its peek is done, and the peek may have taken the
+// reset's error, which it reports only after this direction may have
+// passed the end of stream on as a FIN.
 func (d *dir) resetAtEOF() bool {
-	if d.f.eofs.Load() != 0 {
+	if d.f.eofs.Load() != 0 && !d.peeking.Load() {
 		return false // the second end of stream of a flow needs no poll
 	}
 	hup := false
@@ -277,7 +282,7 @@ func (d *dir) resetAtEOF() bool {
 	} else if rc, err := d.src().SyscallConn(); err == nil {
 		rc.Control(get)
 	}
-	return hup && d.f.eofs.Load() == 0
+	return hup && (d.f.eofs.Load() == 0 || d.peeking.Load())
 }
 
 // finWaits says whether d is parked on a source that has sent its FIN
@@ -287,6 +292,11 @@ func (d *dir) finWaits() bool {
 		return false
 	}
 	n, err := -1, error(nil)
+	// Until the peek's error, if any, has failed the flow, d (woken by
+	// the same reset, it may be running already) checks its end of stream
+	// for a reset (see resetAtEOF).
+	d.peeking.Store(true)
+	defer d.peeking.Store(false)
 	if fds, ok := d.f.rawAcquire(); ok {
 		n, err = peek(uintptr(fds[b2u(!d.up)]))
 		d.f.rawRelease(fds)
