@@ -357,6 +357,34 @@ func TestDownPrefix(t *testing.T) {
 	}
 }
 
+// TestDownPrefixBeforeReset: a server that resets while the prefix waits
+// for its first bytes resets the client. The prefix's peek at the server
+// takes the reset's error (the kernel reports it once), so it must end the
+// flow itself: the read after it finds only an end of stream, which, once
+// the client has half-closed (the server's socket shut down for writing,
+// where a FIN also hangs it up), went on as a FIN after the prefix.
+func TestDownPrefixBeforeReset(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client, server, res := relayed(t, ctx, Options{DownPrefix: []byte("ANSWER"), PrefixWait: 5 * time.Second})
+	client.CloseWrite()
+	// The client's FIN has reached the server: the flow has half-closed.
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := server.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("server read %d, %v; want the client's FIN", n, err)
+	}
+	server.SetLinger(0)
+	server.Close()
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(client)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client read %q, %v; want a reset", got, err)
+	}
+	if r := <-res; r.Reason != ReasonResetServer {
+		t.Errorf("result %+v, want reset-server", r)
+	}
+}
+
 // TestResetWhileWriterBlocked: a direction stuck writing to a server that
 // reads nothing still carries a reset of its source across, at once: the
 // flow ends reset and the server sees the reset.

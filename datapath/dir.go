@@ -149,7 +149,10 @@ func (d *dir) run() {
 		if !d.up && len(f.opt.DownPrefix) > 0 {
 			if err := writePrefix(d.dst(), d.src(), f.opt.DownPrefix, f.opt.PrefixWait); err != nil {
 				if !f.aborted() {
-					f.fail(d.up, sideErr{reset: isReset(err), err: err})
+					if _, ok := err.(sideErr); !ok {
+						err = sideErr{reset: isReset(err), err: err} // dst's
+					}
+					f.fail(d.up, err)
 				}
 				d.finish()
 				return

@@ -406,7 +406,9 @@ func pipePrivileged() bool {
 
 // writePrefix writes prefix to dst before anything of src's: corked
 // (MSG_MORE) when src has bytes within wait, so the next write carries
-// both in one segment; plain once wait has passed.
+// both in one segment; plain once wait has passed. An error of src's that
+// the wait's peek took (a reset) comes back as a sideErr of src's, and
+// the prefix is not written: reads of src after the peek find only EOF.
 func writePrefix(dst, src *net.TCPConn, prefix []byte, wait time.Duration) error {
 	readable := false
 	if wait > 0 {
@@ -417,12 +419,19 @@ func writePrefix(dst, src *net.TCPConn, prefix []byte, wait time.Duration) error
 		_ = src.SetReadDeadline(time.Now().Add(wait))
 		// RawRead clears the readiness it knew before calling the check,
 		// so bytes arriving after the peek still wake the wait.
+		var perr error
 		_ = rc.Read(func(fd uintptr) bool {
 			_, err := peek(fd)
-			readable = err != unix.EAGAIN // bytes, EOF or an error: the copy finds out
+			readable = err != unix.EAGAIN // bytes, EOF or an error
+			if readable && err != nil {
+				perr = err
+			}
 			return readable
 		})
 		_ = src.SetReadDeadline(time.Time{})
+		if perr != nil {
+			return sideErr{read: true, reset: isReset(perr), err: os.NewSyscallError("recv", perr)}
+		}
 	}
 	flags := 0
 	if readable {
