@@ -323,7 +323,11 @@ func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) 
 			switch {
 			case ch.err == io.EOF: // the data path passes the FIN on
 			case ch.err != nil:
-				clientErr = ch.err
+				// The client is gone (a reset): no answer can serve it, and
+				// waiting for one would hold the connect's slot.
+				stopReader()
+				resetConn(pc.c)
+				return nil, ch.err
 			case len(held) < heldMax:
 				reading = true
 				want <- struct{}{}

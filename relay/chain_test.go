@@ -261,3 +261,65 @@ func TestSettleWithinConnectDeadline(t *testing.T) {
 		<-done
 	}
 }
+
+// TestSettleClientReset: a client that resets while its chain's answers
+// are awaited ends the wait at once: no answer could serve it, and the
+// wait holds its connect slot until connect_timeout.
+func TestSettleClientReset(t *testing.T) {
+	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
+	rc := newServer(t, fmt.Sprintf("admin: {listen: off}\nauth: {psk_file: %q}\nlimits: {connect_timeout: 30s}\nlisteners:\n  - {name: t, listen: \"127.0.0.1:0\", mode: forward, forward_to: \"127.0.0.1:9\"}\n", psk))
+	// A first relay that takes the chain's messages and never answers.
+	rl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rl.Close()
+	go func() {
+		c, err := rl.Accept()
+		if err == nil {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			io.Copy(io.Discard, c)
+		}
+	}()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cli, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	acc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+
+	rt := rc.state.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), rt.tunables.ConnectTimeout)
+	defer cancel()
+	pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{addrPortOf(rl.Addr())}}, netip.MustParseAddrPort("127.0.0.1:9"), nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := rc.settle(rt, pc, acc.(*net.TCPConn), &flow{})
+		done <- err
+	}()
+	cli.Write([]byte("hello"))
+	resetConn(cli.(*net.TCPConn))
+	select {
+	case err := <-done:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("settle: %v, want the client's reset", err)
+		}
+	case <-time.After(15 * time.Second):
+		// Not a timing bound: connect_timeout is 30 s.
+		t.Error("settle still waited for the answers 15 s after the client reset")
+		pc.c.Close()
+		<-done
+	}
+}
