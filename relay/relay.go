@@ -311,12 +311,15 @@ func (s *Server) Started() <-chan struct{} { return s.started }
 // draining already.
 //
 // key is the pre-shared key the greeting was checked with: when a reload
-// has changed it since, the connection is not parked (Reload closes those
-// parked before it).
+// has changed it since, or taken l's Convert hops away, the connection is
+// not parked (Reload closes those parked before it).
 func (s *Server) park(l *listener, c *net.TCPConn, key []byte) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.draining.Load() || l.retired.Load() {
+	// A reload that took the listener's Convert hops away has closed those
+	// parked before (under s.mu): one greeted just before it is not parked
+	// after it, to wait for a request it would refuse.
+	if s.draining.Load() || l.retired.Load() || !l.cur.Load().protos["convert"] {
 		return false
 	}
 	if rt := s.state.Load(); rt.auth == nil || !bytes.Equal(rt.auth.key, key) {
