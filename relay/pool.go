@@ -391,17 +391,23 @@ func (s *Server) applyPools(cfg *Config) {
 	s.pools.Store(&next)
 	for ap, p := range old {
 		if next[ap] == nil {
-			go p.close()
+			s.poolsClosing.Add(1)
+			go func() {
+				defer s.poolsClosing.Done()
+				p.close()
+			}()
 		}
 	}
 }
 
-// closePools stops every pool and closes its idle connections.
+// closePools stops every pool and closes its idle connections, and waits
+// for those of pools a reload removed to be closed.
 func (s *Server) closePools() {
 	empty := map[netip.AddrPort]*pool{}
 	for _, p := range *s.pools.Swap(&empty) {
 		p.close()
 	}
+	s.poolsClosing.Wait()
 }
 
 // errPooledGone is a pooled connection that the peer closed before it

@@ -68,10 +68,12 @@ type Server struct {
 	retired     map[string]*listener       // removed listeners whose capture outlives them, by capture table (under mu)
 	parked      map[*net.TCPConn]*listener // peers' pooled connections awaiting a request, and where (under mu)
 	pools       atomic.Pointer[map[netip.AddrPort]*pool]
-	turbo       turboRoutes
-	subflows    *sockopt.Subflows // options for MPTCP subflows, once needed (under mu)
-	early       earlyTable        // dials started by clients' SYNs
-	mem         memStats
+	// poolsClosing counts pools a reload removed that are still closing.
+	poolsClosing sync.WaitGroup
+	turbo        turboRoutes
+	subflows     *sockopt.Subflows // options for MPTCP subflows, once needed (under mu)
+	early        earlyTable        // dials started by clients' SYNs
+	mem          memStats
 
 	// Listening sockets a service manager passed (Inherit), by address,
 	// and what this process set on them that outlives a listener: a
