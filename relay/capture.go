@@ -99,7 +99,10 @@ func nftRules(ln *ListenerConfig) (string, error) {
 	case "tproxy":
 		fmt.Fprintf(&b, "table inet %s {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n", table)
 		// Packets of flows the relay already holds go straight to its socket.
-		fmt.Fprintf(&b, "\t\tmeta l4proto tcp socket transparent 1 meta mark set %d accept\n", mark)
+		// Not a listener's on 0.0.0.0 or [::]: the lookup is by the packet's
+		// destination, which such a socket matches on its port whatever the
+		// address, and flows to any host on that port would be taken.
+		fmt.Fprintf(&b, "\t\tmeta l4proto tcp socket transparent 1 socket wildcard 0 meta mark set %d accept\n", mark)
 		b.WriteString(ownHostRule)
 		match := func(family string, cidrs []string) string {
 			if len(cidrs) == 0 {
