@@ -454,6 +454,7 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 	var opens []*opening
 	var closing []*listener // replaced and removed
 	want := map[string]bool{}
+	installs := map[string]bool{} // listeners of cfg that install a capture
 	var errs []error
 	// A listener configured mptcp that the kernel gave a TCP socket
 	// (net.mptcp.enabled 0 then) gets a new one once the kernel makes
@@ -464,6 +465,7 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 	for i := range cfg.Listeners {
 		lc := cfg.Listeners[i]
 		want[lc.Name] = true
+		installs[lc.Name] = lc.Capture != nil && lc.Capture.Install
 		l, ok := s.listeners[lc.Name]
 		// A listening socket's fixed receive buffer cannot be unfixed: a
 		// listener whose connections' leg no longer has one gets a new
@@ -576,12 +578,14 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 	}
 	for _, l := range closing {
 		name := l.cfg.Name
-		if want[name] {
+		if want[name] && installs[name] {
 			// Replaced under the same name: its capture table is about to
 			// be rebuilt, so it goes now (flows lose their mark for the
 			// moment in between; TCP retransmits over it).
 			errs = append(errs, l.closeNow())
 		} else {
+			// Removed, or replaced by one that installs no capture: its
+			// rules stay while its flows last.
 			errs = append(errs, l.close())
 			if l.uncapture != nil {
 				s.retired[captureTable(name)] = l
