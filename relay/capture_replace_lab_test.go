@@ -52,3 +52,37 @@ func TestCaptureReplacedKeepsFlows(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestStopCleanupFailsRetired: a stop that cannot remove the capture of
+// a listener a reload removed while it still had a flow (here, someone
+// deleted its table first) exits with an error, as it does for a
+// listener still configured (TestStopCleanupFails). The removal ran
+// when the flow ended, and its error was only logged: exit status 0.
+func TestStopCleanupFailsRetired(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, chainTopo)
+	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+	srvNet := server.Ifaces()[0].Addr4.Masked()
+	other := "  - {name: other, listen: \"0.0.0.0:7002\", mode: tproxy}\n"
+	logPath, stop := runRelay(t, rc, "rc", fmt.Sprintf("admin: {listen: off}\nlisteners:\n  - {name: web, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {dst: [%s], ports: \"9001\", install: true}}\n", srvNet)+other)
+	waitCapture(t, rc, "halfway_web", "7001")
+	serveEchoOn(t, server, 9001)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	held, err := client.Dial(ctx, "tcp", server.AddrPort(9001))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := echoOnce(held, "before"); err != nil {
+		t.Fatal(err)
+	}
+	reloadRelay(t, ctx, rc, logPath, "rc", "admin: {listen: off}\nlisteners:\n"+other)
+	if out, err := rc.Command(ctx, "nft", "delete", "table", "inet", "halfway_web").CombinedOutput(); err != nil {
+		t.Fatalf("nft delete table (the removed listener's, kept for its flow): %v %s", err, out)
+	}
+	if err := stop(); err == nil {
+		t.Error("the relay stopped with exit status 0 though it could not remove the capture rules of a removed listener")
+	}
+}

@@ -719,6 +719,13 @@ func (s *Server) Drain(grace time.Duration) error {
 	for _, l := range captured {
 		errs = append(errs, l.close())
 	}
+	// The captures of listeners a reload removed went with their last
+	// flows (flowDone), which only logged a failure: it is the stop's too.
+	s.mu.Lock()
+	for _, l := range s.retired {
+		errs = append(errs, l.uncapture())
+	}
+	s.mu.Unlock()
 	s.acceptorWG.Wait()
 	if err := s.turbo.apply(nil); err != nil {
 		errs = append(errs, fmt.Errorf("removing turbo routes: %w", err))
