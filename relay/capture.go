@@ -188,6 +188,24 @@ func Rules(cfg *Config) (string, error) {
 type policyRoutes struct {
 	mu    sync.Mutex
 	users map[string]int // by command
+	// ours are the capture tables of the listeners this relay has been
+	// configured with: one of them that a killed run left behind sets no
+	// other relay's mark.
+	ours map[string]bool
+}
+
+// claim adds the capture tables cfg's listeners install to ours.
+func (pr *policyRoutes) claim(cfg *Config) {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	if pr.ours == nil {
+		pr.ours = map[string]bool{}
+	}
+	for _, ln := range cfg.Listeners {
+		if ln.Capture != nil && ln.Capture.Install {
+			pr.ours[captureTable(ln.Name)] = true
+		}
+	}
 }
 
 // installed returns the policy-routing commands this namespace runs for
@@ -210,7 +228,7 @@ func (pr *policyRoutes) acquire(ln *ListenerConfig) error {
 	}
 	for i, c := range cmds {
 		k := strings.Join(c, " ")
-		if pr.users[k] == 0 && c[2] == "rule" && adoptLeftoverRule(ln, c[1] == "-6") {
+		if pr.users[k] == 0 && c[2] == "rule" && adoptLeftoverRule(ln, c[1] == "-6", pr.ours) {
 			pr.users[k]++
 			continue
 		}
@@ -230,12 +248,13 @@ func (pr *policyRoutes) acquire(ln *ListenerConfig) error {
 // over rather than added again. ip rule add refuses no duplicate, so a new
 // one each start would leave one more rule after every kill. A rule is a
 // leftover when no other halfway capture table on this host sets its mark
-// (one that does is another relay's, which keeps its own rule); extra
-// copies of it go.
-func adoptLeftoverRule(ln *ListenerConfig, ipv6 bool) bool {
+// (one that does is another relay's, which keeps its own rule; the tables
+// of ours, this relay's listeners, are not another's); extra copies of it
+// go.
+func adoptLeftoverRule(ln *ListenerConfig, ipv6 bool, ours map[string]bool) bool {
 	mark, table := ln.Capture.markTable()
 	n, err := countRules(ipv6, mark, table)
-	if err != nil || n == 0 || markedByOthers(mark, captureTable(ln.Name)) {
+	if err != nil || n == 0 || markedByOthers(mark, captureTable(ln.Name), ours) {
 		return false
 	}
 	family := map[bool]string{false: "-4", true: "-6"}[ipv6]
@@ -248,15 +267,15 @@ func adoptLeftoverRule(ln *ListenerConfig, ipv6 bool) bool {
 }
 
 // markedByOthers tells whether a halfway capture table other than own
-// sets mark (when nft cannot tell, it assumes so).
-func markedByOthers(mark int, own string) bool {
+// and ours sets mark (when nft cannot tell, it assumes so).
+func markedByOthers(mark int, own string, ours map[string]bool) bool {
 	out, err := exec.Command("nft", "list", "tables", "inet").Output()
 	if err != nil {
 		return true
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		name, ok := strings.CutPrefix(strings.TrimSpace(line), "table inet ")
-		if !ok || !strings.HasPrefix(name, "halfway_") || name == own {
+		if !ok || !strings.HasPrefix(name, "halfway_") || name == own || ours[name] {
 			continue
 		}
 		rules, err := exec.Command("nft", "list", "table", "inet", name).Output()

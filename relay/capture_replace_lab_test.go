@@ -86,3 +86,43 @@ func TestStopCleanupFailsRetired(t *testing.T) {
 		t.Error("the relay stopped with exit status 0 though it could not remove the capture rules of a removed listener")
 	}
 }
+
+// TestCaptureAfterKillShared: as TestCaptureAfterKill, with two
+// listeners that share the default mark: the start after the kill takes
+// over the policy rule their capture left, and its stop leaves no policy
+// rule or route. The leftover table of the second listener made the
+// first take the rule for another relay's, and add one more, which
+// stayed after the stop with the local route it looks up.
+func TestCaptureAfterKillShared(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	rc := labtest.Start(t, chainTopo).Host("rc")
+	cfg := "admin: {listen: off}\nlisteners:\n" +
+		"  - {name: a, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {ports: \"9001\", install: true}}\n" +
+		"  - {name: b, listen: \"0.0.0.0:7002\", mode: tproxy, capture: {ports: \"9002\", install: true}}\n"
+	logPath, _ := runRelay(t, rc, "rc", cfg)
+	waitCapture(t, rc, "halfway_b", "7002")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	file := strings.TrimSuffix(logPath, ".log") + ".yaml"
+	if out, err := rc.Command(ctx, "pkill", "-KILL", "-f", "halfway relay -c "+file).CombinedOutput(); err != nil {
+		t.Fatalf("pkill -KILL: %v %s", err, out)
+	}
+	for i := 0; rc.Command(ctx, "pgrep", "-f", "halfway relay -c "+file).Run() == nil; i++ {
+		if i > 200 {
+			t.Fatal("the killed relay never exited")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	logPath, stop := runRelay(t, rc, "again", cfg)
+	waitLogged(t, logPath, "relay started")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range [][]string{{"ip", "-4", "rule", "show"}, {"ip", "-4", "route", "show", "table", "100"}, {"nft", "list", "tables"}} {
+		out, _ := rc.Command(ctx, c[0], c[1:]...).CombinedOutput()
+		if s := string(out); strings.Contains(s, "fwmark") || strings.Contains(s, "local") && c[2] == "route" || strings.Contains(s, "halfway_") {
+			t.Errorf("after a kill, a start and a stop, %s:\n%s", strings.Join(c, " "), s)
+		}
+	}
+}

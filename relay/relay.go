@@ -440,6 +440,7 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 	if s.draining.Load() {
 		return fmt.Errorf("%w: draining", ErrNotApplied)
 	}
+	s.routes.claim(cfg)
 	type opening struct {
 		lc  ListenerConfig
 		old *listener // replaced, or nil
