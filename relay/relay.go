@@ -680,13 +680,16 @@ func (s *Server) Drain(grace time.Duration) error {
 	// Stop accepting. A listener with capture rules stays open, refusing
 	// new flows with a reset, until its flows have ended: without its
 	// socket the TPROXY rule would let new flows pass the relay by, and
-	// established flows need the rules until they end.
+	// established flows need the rules until they end. One on a socket
+	// the service manager passed closes its duplicate only: the socket
+	// stays open, and new flows wait in its queue for the next start.
 	s.mu.Lock()
 	var captured []*listener
 	for name, l := range s.listeners {
 		if l.uncapture != nil {
 			captured = append(captured, l)
-		} else {
+		}
+		if l.uncapture == nil || l.inherited.IsValid() {
 			l.closeSocket()
 		}
 		delete(s.listeners, name)

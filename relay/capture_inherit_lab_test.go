@@ -1,0 +1,72 @@
+package relay_test
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"halfway/netlab/labtest"
+)
+
+// TestCaptureInheritedDrainQueues: during the drain of a relay whose
+// capturing listener is on a socket the service manager passed (and
+// keeps, as this test does), a new client waits in the socket's queue and
+// the next start serves it, as socket activation promises for restarts.
+// The drain kept the listener accepting, to refuse every new flow with a
+// reset: needed for a socket of the relay's own, which would otherwise
+// close and let the TPROXY rule pass flows by, but not for this one.
+func TestCaptureInheritedDrainQueues(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	lab := labtest.Start(t, chainTopo)
+	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+	var ln net.Listener
+	if err := rc.Do(func() (err error) {
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(false)
+		ln, err = lc.Listen(context.Background(), "tcp4", "0.0.0.0:7000")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	logPath, stop := runRelayWith(t, rc, "first", captureServerConfig(server), f)
+	waitCapture(t, rc, "halfway_web", "7000")
+	serveEchoOn(t, server, 8080)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	held, err := client.Dial(ctx, "tcp", server.AddrPort(8080))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := echoOnce(held, "held"); err != nil {
+		t.Fatal(err)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+	waitLogged(t, logPath, "msg=draining")
+	queued, err := client.Dial(ctx, "tcp", server.AddrPort(8080))
+	if err != nil {
+		t.Fatalf("a client during the drain: %v", err)
+	}
+	defer queued.Close()
+	if _, err := queued.Write([]byte("queued")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("the first relay's stop: %v", err)
+	}
+	runRelayWith(t, rc, "second", captureServerConfig(server), f)
+	queued.SetDeadline(time.Now().Add(20 * time.Second))
+	b := make([]byte, len("queued"))
+	if _, err := queued.Read(b); err != nil || string(b) != "queued" {
+		t.Errorf("a client that came during the drain, after the next start: %q, %v; want it served", b, err)
+	}
+}
