@@ -192,6 +192,10 @@ type policyRoutes struct {
 	// configured with: one of them that a killed run left behind sets no
 	// other relay's mark.
 	ours map[string]bool
+	// tables orders a capture's removal of its nftables table with a
+	// newer listener's taking it over (disown), so that a removal under
+	// way when a reload rebuilds the table cannot delete the new one.
+	tables sync.Mutex
 }
 
 // claim adds the capture tables cfg's listeners install to ours.
@@ -351,19 +355,26 @@ func installCapture(ln *ListenerConfig, routes *policyRoutes) (remove func() err
 	var once sync.Once
 	var rerr error
 	var disowned atomic.Bool
+	disown = func() {
+		routes.tables.Lock()
+		disowned.Store(true)
+		routes.tables.Unlock()
+	}
 	return func() error {
 		once.Do(func() {
 			var errs []error
+			routes.tables.Lock()
 			if !disowned.Load() {
 				if out, err := exec.Command("nft", "delete", "table", "inet", table).CombinedOutput(); err != nil {
 					errs = append(errs, fmt.Errorf("nft delete table inet %s: %s", table, strings.TrimSpace(string(out))))
 				}
 			}
+			routes.tables.Unlock()
 			errs = append(errs, routes.release(ln))
 			if err := errors.Join(errs...); err != nil {
 				rerr = fmt.Errorf("remove capture of %s: %w", ln.Name, err)
 			}
 		})
 		return rerr
-	}, func() { disowned.Store(true) }, nil
+	}, disown, nil
 }

@@ -3,6 +3,9 @@ package relay_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -124,5 +127,66 @@ func TestCaptureAfterKillShared(t *testing.T) {
 		if s := string(out); strings.Contains(s, "fwmark") || strings.Contains(s, "local") && c[2] == "route" || strings.Contains(s, "halfway_") {
 			t.Errorf("after a kill, a start and a stop, %s:\n%s", strings.Join(c, " "), s)
 		}
+	}
+}
+
+// TestCaptureRetiredRemovalTakenOver: the capture of a removed listener
+// goes when its last flow ends; a reload that adds the listener back at
+// that moment rebuilds the table, and the removal, which had started
+// before, must not take the new table away. Here nft is slowed down for
+// that removal alone. The removal checked that the table was still its
+// own, then deleted it after the new listener had installed it: the host
+// was left without the capture the running configuration has.
+func TestCaptureRetiredRemovalTakenOver(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	realNft, _ := exec.LookPath("nft")
+	bin := t.TempDir()
+	// The first "nft delete table" once armed sleeps (sleeping exists
+	// meanwhile), then runs.
+	wrapper := fmt.Sprintf("#!/bin/sh\nif [ \"$1 $2\" = \"delete table\" ] && mv %[1]s/armed %[1]s/sleeping 2>/dev/null; then\n\tsleep 2\n\t%[2]s \"$@\"; rc=$?\n\trm -f %[1]s/sleeping\n\texit $rc\nfi\nexec %[2]s \"$@\"\n", bin, realNft)
+	if err := os.WriteFile(filepath.Join(bin, "nft"), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	exists := func(name string) bool { _, err := os.Stat(filepath.Join(bin, name)); return err == nil }
+	lab := labtest.Start(t, chainTopo)
+	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+	srvNet := server.Ifaces()[0].Addr4.Masked()
+	other := "  - {name: other, listen: \"0.0.0.0:7002\", mode: tproxy}\n"
+	web := fmt.Sprintf("  - {name: web, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {dst: [%s], ports: \"9001\", install: true}}\n", srvNet)
+	logPath, _ := runRelay(t, rc, "rc", "admin: {listen: off}\nlisteners:\n"+web+other)
+	waitCapture(t, rc, "halfway_web", "7001")
+	serveEchoOn(t, server, 9001)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	held, err := client.Dial(ctx, "tcp", server.AddrPort(9001))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := echoOnce(held, "before"); err != nil {
+		t.Fatal(err)
+	}
+	reloadRelay(t, ctx, rc, logPath, "rc", "admin: {listen: off}\nlisteners:\n"+other)
+	if err := os.WriteFile(filepath.Join(bin, "armed"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	held.Close() // the removed listener's last flow ends: its removal starts
+	for i := 0; !exists("sleeping"); i++ {
+		if i > 500 {
+			t.Fatal("the removed listener's table removal never started")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	reloadRelay(t, ctx, rc, logPath, "rc", "admin: {listen: off}\nlisteners:\n"+web+other)
+	for i := 0; exists("sleeping"); i++ {
+		if i > 500 {
+			t.Fatal("the slowed nft never finished")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if out, err := rc.Command(ctx, realNft, "list", "table", "inet", "halfway_web").CombinedOutput(); err != nil || !strings.Contains(string(out), "7001") {
+		t.Errorf("after web came back, its capture table: %v %s", err, out)
 	}
 }
