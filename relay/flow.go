@@ -156,6 +156,15 @@ func (s *Server) flowDone(f *flow) {
 		go func() {
 			if err := f.l.uncapture(); err != nil {
 				s.log.Error("removing capture rules", "listener", f.listener, "err", err)
+			} else {
+				// Its table is gone: a listener of its name may install
+				// it again before a reload commits (the stop has no
+				// failure of it to report).
+				s.mu.Lock()
+				if table := captureTable(f.l.cfg.Name); s.retired[table] == f.l {
+					delete(s.retired, table)
+				}
+				s.mu.Unlock()
 			}
 			s.release(f.client.Addr())
 		}()

@@ -588,8 +588,8 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 			// Removed, or replaced by one that installs no capture: its
 			// rules stay while its flows last.
 			errs = append(errs, l.close())
-			if l.uncapture != nil {
-				s.retired[captureTable(name)] = l
+			if l.uncapture != nil && l.flows.Load() > 0 {
+				s.retired[captureTable(name)] = l // until its last flow ends (flowDone)
 			}
 		}
 		s.closeParked(l)
