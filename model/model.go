@@ -426,7 +426,7 @@ func connections(p Path, c Config, opt Options) []conn {
 // connections and returns when the first and the last segment reach the
 // client.
 func respond(cs []conn, start float64, size, mss int) (first, last float64) {
-	n := (size + mss - 1) / mss
+	n := (size-1)/mss + 1 // size+mss−1 would overflow for an MSS near math.MaxInt
 	lastBytes := float64(size - (n-1)*mss)
 	avail := make([]float64, n) // when segment j is at the connection's sender
 	for j := range avail {

@@ -405,6 +405,32 @@ func TestRateBound(t *testing.T) {
 	}
 }
 
+// Validate accepts any positive MSS, so Predict must not overflow counting
+// segments when the MSS is near math.MaxInt: the response is then a single
+// segment, k = 0, and eq. (9)/(2) give the times directly.
+func TestHugeMSS(t *testing.T) {
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		name               string
+		p                  Path
+		c                  Config
+		size               int
+		request, ttfb, ttc time.Duration
+	}{
+		// D = 1 ms: request at 3D, TTFB = TTC = 4D (eq. 9, k = 0).
+		{"e2e", Path{MSS: math.MaxInt, Legs: []Leg{{Delay: ms}}}, E2E, 2, 3 * ms, 4 * ms, 4 * ms},
+		// D = 40 ms, max X_i = 30 ms: request at D + 2·30 = 100 ms,
+		// TTFB = TTC = 2D + 2·30 = 140 ms (eq. 2, eq. 10 with k = 0).
+		{"esf", Path{MSS: math.MaxInt, Legs: []Leg{{Delay: 10 * ms}, {Delay: 30 * ms}}}, ESF, 1000, 100 * ms, 140 * ms, 140 * ms},
+		{"size MaxInt", Path{MSS: math.MaxInt, Legs: []Leg{{Delay: ms}}}, E2E, math.MaxInt, 3 * ms, 4 * ms, 4 * ms},
+	} {
+		pr, err := Predict(tc.p, tc.c, tc.size, Options{})
+		if err != nil || pr.Request != tc.request || pr.TTFB != tc.ttfb || pr.TTC != tc.ttc {
+			t.Errorf("%s: %+v, %v; want request %v, TTFB %v, TTC %v", tc.name, pr, err, tc.request, tc.ttfb, tc.ttc)
+		}
+	}
+}
+
 func TestEvenPath(t *testing.T) {
 	for relays := 0; relays <= 4; relays++ {
 		p := EvenPath(100*time.Millisecond, relays, 1e8)
