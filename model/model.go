@@ -203,10 +203,13 @@ func (p Path) Validate() error {
 	if p.MSS <= 0 {
 		return fmt.Errorf("model: MSS %d must be positive", p.MSS)
 	}
+	var d time.Duration
 	for i, l := range p.Legs {
 		switch {
 		case l.Delay < 0:
 			return fmt.Errorf("model: leg %d: negative delay %v", i, l.Delay)
+		case l.Delay > math.MaxInt64-d:
+			return fmt.Errorf("model: leg %d: the path's one-way delay overflows time.Duration", i)
 		case math.IsNaN(l.Rate) || l.Rate < 0:
 			return fmt.Errorf("model: leg %d: rate %v must be ≥ 0 bit/s (0 = unlimited)", i, l.Rate)
 		case l.IW < 0:
@@ -216,6 +219,7 @@ func (p Path) Validate() error {
 		case l.Relay && i == len(p.Legs)-1:
 			return fmt.Errorf("model: leg %d ends at the server and cannot be a relay–relay leg", i)
 		}
+		d += l.Delay
 	}
 	return nil
 }
@@ -271,6 +275,9 @@ func Predict(p Path, c Config, size int, opt Options) (Prediction, error) {
 
 	req := requestArrival(p, c, opt)
 	first, last := respond(connections(p, c, opt), req, size, p.MSS)
+	if last >= math.MaxInt64 { // also +Inf, from a rate so low that 8e9/rate overflows
+		return Prediction{}, fmt.Errorf("model: TTC of %.3g s overflows time.Duration", last/1e9)
+	}
 	return Prediction{
 		Config:  c,
 		Size:    size,

@@ -480,6 +480,17 @@ func TestValidation(t *testing.T) {
 		{"negative TurboIW", good, ESFPoolTurbo, kB, Options{TurboIW: -1}, "TurboIW"},
 		{"negative request", good, ESF, kB, Options{RequestBytes: -1}, "RequestBytes"},
 		{"too many segments", mod(func(p *Path) { p.MSS = 1 }), ESF, MaxSegments + 1, Options{}, "segments"},
+		// time.Duration holds 2^63 ns ≈ 9.22e9 s (292 years). Two legs of
+		// 2^62 ns sum to D = 2^63 ns, which Path.Delay cannot represent.
+		{"total delay overflows", Path{MSS: DefaultMSS, Legs: []Leg{{Delay: 1 << 62}, {Delay: 1 << 62}}}, E2E, kB, Options{}, "time.Duration"},
+		// One leg of D = 2^61 ns: TTFB = 4D = 2^63 ns (eq. 9), one past
+		// the largest time.Duration.
+		{"TTFB overflows", Path{MSS: DefaultMSS, Legs: []Leg{{Delay: 1 << 61}}}, E2E, kB, Options{}, "time.Duration"},
+		// 2 GB at 1 bit/s: the last byte leaves the server no earlier than
+		// 2e9·8 s = 1.6e10 s after the request, beyond 9.22e9 s.
+		{"TTC overflows", Path{MSS: DefaultMSS, Legs: []Leg{{Delay: time.Millisecond, Rate: 1}}}, E2E, 2000 * mB, Options{}, "time.Duration"},
+		// 1e-300 bit/s: the 100-byte request alone takes 8e302 s (+Inf ns).
+		{"rate underflow", mod(func(p *Path) { p.Legs[1].Rate = 1e-300 }), ESF, kB, Options{}, "time.Duration"},
 	} {
 		_, err := Predict(tc.p, tc.c, tc.size, tc.opt)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
