@@ -40,12 +40,14 @@ type adminServer struct {
 // time a profile or trace runs, which maxProfileSeconds bounds.
 const adminWriteTimeout = 2 * time.Minute
 
-// maxProfileSeconds is the longest CPU profile or trace the admin API
-// takes: one asked for longer is refused rather than run.
+// maxProfileSeconds is the longest CPU profile, trace or profile delta
+// (heap?seconds=N) the admin API takes: one asked for longer is refused
+// rather than run.
 const maxProfileSeconds = 300
 
 // boundedProfile is a pprof handler that refuses a duration (seconds) that
-// is not a number from above 0 to maxProfileSeconds.
+// is not a number from above 0 to maxProfileSeconds: a CPU profile, a
+// trace, or a named profile's delta.
 func boundedProfile(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if v := r.FormValue("seconds"); v != "" {
@@ -69,7 +71,9 @@ func (s *Server) startAdmin(addr string) (*adminServer, error) {
 	mux.HandleFunc("GET /api/status", s.handleStatus)
 	mux.HandleFunc("GET /api/tunables", s.handleTunables)
 	mux.HandleFunc("PUT /api/tunables", s.handleSetTunables)
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	// The index serves the named profiles too, and a delta of one
+	// (heap?seconds=N) runs for N seconds as a CPU profile does.
+	mux.HandleFunc("GET /debug/pprof/", boundedProfile(pprof.Index))
 	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("GET /debug/pprof/profile", boundedProfile(pprof.Profile))
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)

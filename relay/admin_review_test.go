@@ -193,3 +193,21 @@ func TestAdminStatusInherited(t *testing.T) {
 		t.Errorf("status %s: %v; want one listener with inherited true", body, err)
 	}
 }
+
+// TestAdminDeltaProfileBounded: a delta profile (heap, allocs, block,
+// mutex, goroutine, threadcreate with seconds=, served by pprof's index)
+// is bounded as a CPU profile is: one asked for longer than
+// maxProfileSeconds is refused at once, not run for as long as asked.
+func TestAdminDeltaProfileBounded(t *testing.T) {
+	s := startLoopback(t, adminConf(freeLoopback(t)))
+	for _, path := range []string{"/debug/pprof/heap?seconds=100000", "/debug/pprof/goroutine?seconds=100000"} {
+		code, body, err := adminRequest(s.AdminAddr().String(), "GET", path, "")
+		if err != nil || code != http.StatusBadRequest || !strings.Contains(body, "at most 300") {
+			t.Errorf("GET %s: %d %q, %v; want 400 naming the longest", path, code, body, err)
+		}
+	}
+	// One within the bound runs.
+	if code, body, err := adminRequest(s.AdminAddr().String(), "GET", "/debug/pprof/heap?seconds=1", ""); err != nil || code != http.StatusOK || len(body) == 0 {
+		t.Errorf("a 1 s heap delta: %d, %d bytes, %v", code, len(body), err)
+	}
+}
