@@ -257,3 +257,88 @@ func TestCaptureRetiredGoneReloadRefused(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestCaptureRetiredReleasingReloadRefused: as
+// TestCaptureRetiredGoneReloadRefused, with the reload coming while the
+// removed listener's capture is still being taken away: its table is
+// gone, its policy rule is going (ip is slowed down for that alone). It
+// has no flow left to keep its table for, so it holds back no listener
+// that takes the table over: a reload that adds it back but cannot open
+// it (its port taken) is refused whole, not applied without it.
+func TestCaptureRetiredReleasingReloadRefused(t *testing.T) {
+	requireTools(t, "nft", "ip")
+	labtest.RequireRoot(t)
+	realIP, _ := exec.LookPath("ip")
+	bin := t.TempDir()
+	// The first "ip -4 rule del" once armed sleeps (sleeping exists
+	// meanwhile), then runs.
+	wrapper := fmt.Sprintf("#!/bin/sh\nif [ \"$1 $2 $3\" = \"-4 rule del\" ] && mv %[1]s/armed %[1]s/sleeping 2>/dev/null; then\n\tsleep 3\n\t%[2]s \"$@\"; rc=$?\n\trm -f %[1]s/sleeping\n\texit $rc\nfi\nexec %[2]s \"$@\"\n", bin, realIP)
+	if err := os.WriteFile(filepath.Join(bin, "ip"), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	exists := func(name string) bool { _, err := os.Stat(filepath.Join(bin, name)); return err == nil }
+	lab := labtest.Start(t, chainTopo)
+	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+	srvNet := server.Ifaces()[0].Addr4.Masked()
+	other := "  - {name: other, listen: \"0.0.0.0:7002\", mode: tproxy}\n"
+	web := fmt.Sprintf("  - {name: web, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {dst: [%s], ports: \"9001\", install: true}}\n", srvNet)
+	logPath, _ := runRelay(t, rc, "rc", "admin: {listen: off}\nlisteners:\n"+web+other)
+	waitCapture(t, rc, "halfway_web", "7001")
+	serveEchoOn(t, server, 9001)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	held, err := client.Dial(ctx, "tcp", server.AddrPort(9001))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := echoOnce(held, "before"); err != nil {
+		t.Fatal(err)
+	}
+	reloadRelay(t, ctx, rc, logPath, "rc", "admin: {listen: off}\nlisteners:\n"+other)
+	if err := os.WriteFile(filepath.Join(bin, "armed"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	held.Close() // the removed listener's last flow ends: its removal starts
+	defer func() {
+		for i := 0; exists("sleeping") && i < 500; i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	for i := 0; !exists("sleeping"); i++ {
+		if i > 500 {
+			t.Fatal("the removed listener's policy rule removal never started")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if out, _ := rc.Command(ctx, "nft", "list", "tables").CombinedOutput(); strings.Contains(string(out), "halfway_web") {
+		t.Fatalf("web's table stayed after its last flow, its policy rule going:\n%s", out)
+	}
+	taken, err := rc.Listen("tcp4", "0.0.0.0:7001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	file := filepath.Join(filepath.Dir(logPath), "rc.yaml")
+	extra := "  - {name: extra, listen: \"0.0.0.0:7003\", mode: tproxy}\n"
+	if err := os.WriteFile(file, []byte("admin: {listen: off}\nlisteners:\n"+web+other+extra), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := rc.Command(ctx, "pkill", "-HUP", "-f", "halfway relay -c "+file).CombinedOutput(); err != nil {
+		t.Fatalf("pkill -HUP: %v %s", err, out)
+	}
+	for i := 0; ; i++ {
+		b, _ := os.ReadFile(logPath)
+		if strings.Contains(string(b), "reload refused") {
+			break
+		}
+		if strings.Contains(string(b), "reload incomplete") {
+			t.Fatal("a reload that cannot open web (its port taken) was applied without it, not refused")
+		}
+		if i > 500 {
+			t.Fatal("the relay logged neither a refused nor an incomplete reload")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

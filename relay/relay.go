@@ -500,9 +500,13 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 	adminLeaves := s.admin != nil && s.admin.listen != adminTo
 	adminMoves := adminTo != "off" && (s.admin == nil || adminLeaves)
 	blocked := func(lc *ListenerConfig) bool {
-		if lc.Capture != nil && s.retired[captureTable(lc.Name)] != nil {
+		if old := s.retired[captureTable(lc.Name)]; lc.Capture != nil && old != nil && old.flows.Load() > 0 {
 			return true // its table carries a retired listener's flows: taken over only once committed
 		}
+		// A retired listener without flows is taking its capture away
+		// (flowDone), or failed to: its table carries nothing to keep, and
+		// the new listener takes it over (disown), after a removal under
+		// way.
 		ap, _ := netip.ParseAddrPort(lc.Listen)
 		if adminLeaves && addrPortOf(s.admin.ln.Addr()).Port() == ap.Port() {
 			return true
