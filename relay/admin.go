@@ -35,8 +35,9 @@ type adminServer struct {
 	srv    *http.Server
 }
 
-// adminWriteTimeout bounds an admin answer from its request's end: a
-// reader that stops reading loses its connection. pprof extends it by the
+// adminWriteTimeout bounds an admin answer from the end of its request's
+// head (net/http sets the write deadline once the head is read, before
+// any body): a reader that stops reading loses its connection. pprof extends it by the
 // time a profile or trace runs, which maxProfileSeconds bounds.
 const adminWriteTimeout = 2 * time.Minute
 
