@@ -48,12 +48,24 @@ const maxProfileSeconds = 300
 
 // boundedProfile is a pprof handler that refuses a duration (seconds) that
 // is not a number from above 0 to maxProfileSeconds: a CPU profile, a
-// trace, or a named profile's delta.
-func boundedProfile(h http.HandlerFunc) http.HandlerFunc {
+// trace, or a named profile's delta. Only a trace takes a fraction of a
+// second; the others would take one for no duration at all (pprof's
+// default, 30 s, for a CPU profile), so they are refused one.
+func boundedProfile(h http.HandlerFunc, fraction bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if v := r.FormValue("seconds"); v != "" {
-			if sec, err := strconv.ParseFloat(v, 64); err != nil || !(sec > 0 && sec <= maxProfileSeconds) {
-				http.Error(w, fmt.Sprintf("admin API: seconds=%q: want a number of seconds above 0 and at most %d", v, maxProfileSeconds), http.StatusBadRequest)
+			sec, err := strconv.ParseFloat(v, 64)
+			if !fraction && err == nil {
+				var n int64
+				n, err = strconv.ParseInt(v, 10, 64)
+				sec = float64(n)
+			}
+			if err != nil || !(sec > 0 && sec <= maxProfileSeconds) {
+				what := "a whole number of seconds"
+				if fraction {
+					what = "a number of seconds"
+				}
+				http.Error(w, fmt.Sprintf("admin API: seconds=%q: want %s above 0 and at most %d", v, what, maxProfileSeconds), http.StatusBadRequest)
 				return
 			}
 		}
@@ -74,11 +86,11 @@ func (s *Server) startAdmin(addr string) (*adminServer, error) {
 	mux.HandleFunc("PUT /api/tunables", s.handleSetTunables)
 	// The index serves the named profiles too, and a delta of one
 	// (heap?seconds=N) runs for N seconds as a CPU profile does.
-	mux.HandleFunc("GET /debug/pprof/", boundedProfile(pprof.Index))
+	mux.HandleFunc("GET /debug/pprof/", boundedProfile(pprof.Index, false))
 	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", boundedProfile(pprof.Profile))
+	mux.HandleFunc("GET /debug/pprof/profile", boundedProfile(pprof.Profile, false))
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", boundedProfile(pprof.Trace))
+	mux.HandleFunc("GET /debug/pprof/trace", boundedProfile(pprof.Trace, true))
 	a := &adminServer{listen: addr, ln: ln, srv: &http.Server{
 		Handler:           loopbackHost(mux),
 		ReadHeaderTimeout: 5 * time.Second,

@@ -134,6 +134,7 @@ func TestAdminProfileBounded(t *testing.T) {
 	for _, path := range []string{
 		"/debug/pprof/profile?seconds=100000", "/debug/pprof/trace?seconds=100000",
 		"/debug/pprof/profile?seconds=-1", "/debug/pprof/trace?seconds=NaN", "/debug/pprof/profile?seconds=x",
+		"/debug/pprof/profile?seconds=0.5", "/debug/pprof/heap?seconds=1e2", // pprof would take 30 s, or refuse it without the bound
 	} {
 		code, body, err := adminRequest(s.AdminAddr().String(), "GET", path, "")
 		if err != nil || code != http.StatusBadRequest || !strings.Contains(body, "at most 300") {
