@@ -206,20 +206,7 @@ listeners:
 func TestSettleWithinConnectDeadline(t *testing.T) {
 	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
 	rc := newServer(t, fmt.Sprintf("admin: {listen: off}\nauth: {psk_file: %q}\nlimits: {connect_timeout: 30s}\nlisteners:\n  - {name: t, listen: \"127.0.0.1:0\", mode: forward, forward_to: \"127.0.0.1:9\"}\n", psk))
-	// A first relay that takes the chain's messages and never answers.
-	rl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rl.Close()
-	go func() {
-		c, err := rl.Accept()
-		if err == nil {
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(20 * time.Second))
-			io.Copy(io.Discard, c)
-		}
-	}()
+	rl := silentRelay(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -240,7 +227,7 @@ func TestSettleWithinConnectDeadline(t *testing.T) {
 	// The connect began long enough ago that little of its 30 s is left.
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{addrPortOf(rl.Addr())}}, netip.MustParseAddrPort("127.0.0.1:9"), nil, false)
+	pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{rl}}, netip.MustParseAddrPort("127.0.0.1:9"), nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,20 +255,7 @@ func TestSettleWithinConnectDeadline(t *testing.T) {
 func TestSettleClientReset(t *testing.T) {
 	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
 	rc := newServer(t, fmt.Sprintf("admin: {listen: off}\nauth: {psk_file: %q}\nlimits: {connect_timeout: 30s}\nlisteners:\n  - {name: t, listen: \"127.0.0.1:0\", mode: forward, forward_to: \"127.0.0.1:9\"}\n", psk))
-	// A first relay that takes the chain's messages and never answers.
-	rl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rl.Close()
-	go func() {
-		c, err := rl.Accept()
-		if err == nil {
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(20 * time.Second))
-			io.Copy(io.Discard, c)
-		}
-	}()
+	rl := silentRelay(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -300,7 +274,7 @@ func TestSettleClientReset(t *testing.T) {
 	rt := rc.state.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), rt.tunables.ConnectTimeout)
 	defer cancel()
-	pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{addrPortOf(rl.Addr())}}, netip.MustParseAddrPort("127.0.0.1:9"), nil, false)
+	pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{rl}}, netip.MustParseAddrPort("127.0.0.1:9"), nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,4 +296,29 @@ func TestSettleClientReset(t *testing.T) {
 		pc.c.Close()
 		<-done
 	}
+}
+
+// silentRelay is a first relay of a chain that takes the chain's messages
+// and never answers, until the test ends.
+func silentRelay(t *testing.T) netip.AddrPort {
+	t.Helper()
+	rl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { rl.Close(); <-done })
+	go func() {
+		defer close(done)
+		c, err := rl.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		stop := context.AfterFunc(t.Context(), func() { c.Close() })
+		defer stop()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		io.Copy(io.Discard, c)
+	}()
+	return addrPortOf(rl.Addr())
 }

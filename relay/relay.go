@@ -65,7 +65,7 @@ type Server struct {
 	own         atomic.Pointer[ownSet]     // what this host delivers locally, refreshed
 	ephemeral   atomic.Uint32              // net.ipv4.ip_local_port_range, low<<16 | high, refreshed
 	routes      policyRoutes               // TPROXY policy routes shared by listeners
-	retired     map[string]*listener       // removed listeners whose capture outlives them, by capture table (under mu)
+	retired     map[string]*listener       // removed listeners, or replaced by one that installs no capture, whose capture outlives them, by capture table (under mu)
 	parked      map[*net.TCPConn]*listener // peers' pooled connections awaiting a request, and where (under mu)
 	pools       atomic.Pointer[map[netip.AddrPort]*pool]
 	// poolsClosing counts pools a reload removed that are still closing.
@@ -285,6 +285,11 @@ func (s *Server) Run(ctx context.Context, grace time.Duration) error {
 		s.cancelAll() // ends refreshOwnLoop
 		s.closeListeners()
 		s.mu.Lock()
+		// As in Drain: no reload from now on (closePools waits for the
+		// pools a reload removes).
+		s.drainMu.Lock()
+		s.draining.Store(true)
+		s.drainMu.Unlock()
 		s.stopEarly()
 		s.mu.Unlock()
 		s.closePools()
