@@ -382,6 +382,7 @@ const (
 	defaultIdle           = 15 * time.Minute
 	defaultDetachAfter    = time.Second
 	defaultKeepalive      = 30 * time.Second
+	maxKeepalive          = 32767 * time.Second // MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL
 	defaultPooledWait     = 10 * time.Minute
 	defaultMaxEarly       = 1024
 	defaultMaxEarlyClient = 64
@@ -808,6 +809,11 @@ func (c *Config) Validate() error {
 		// TCP_USER_TIMEOUT is an int of milliseconds.
 		if d := lg.leg.UserTimeout.D(); d > math.MaxInt32*time.Millisecond {
 			add("legs."+lg.name+".user_timeout", "%v: want at most %v", d, math.MaxInt32*time.Millisecond)
+		}
+		// TCP_KEEPIDLE and TCP_KEEPINTVL take at most 32767 s: the kernel
+		// refuses more, and the leg's sockets would go without keepalive.
+		if d := lg.leg.Keepalive.D(); d > maxKeepalive {
+			add("legs."+lg.name+".keepalive", "%v: want at most %v", d, maxKeepalive)
 		}
 		if d := lg.leg.RTOMin.D(); d != 0 {
 			if d < time.Millisecond || d > 200*time.Millisecond {

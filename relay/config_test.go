@@ -243,6 +243,8 @@ func TestConfigErrors(t *testing.T) {
 		{"zeros are not the defaults", "limits: {max_flows: 0, max_early: 0, connect_timeout: 0s}\nauth: {window: 0s}\nmemory: {release_after: 0s}\nlisteners: [" + ln + "]\n",
 			[]string{"limits.max_flows: 0: want a positive number (leave it out for the default)", "limits.max_early: 0", "limits.connect_timeout: 0s: want at least 10ms", "auth.window: 0s", "memory.release_after: 0s: want 1s to 24h"}},
 		{"user_timeout past an int of ms", "legs: {server: {user_timeout: 600h}}\nlisteners: [" + ln + "]\n", []string{"legs.server.user_timeout: 600h0m0s: want at most 596h31m23.647s"}},
+		{"keepalive past the kernel's", "legs: {client: {keepalive: 10h}, relay: {keepalive: 32768s}, server: {keepalive: 32767s}}\nlisteners: [" + ln + "]\n",
+			[]string{"legs.client.keepalive: 10h0m0s: want at most 9h6m7s", "legs.relay.keepalive: 9h6m8s: want at most 9h6m7s"}},
 		{"off where no off", "limits: {connect_timeout: off}\nlisteners: [" + ln + "]\n", []string{`limits.connect_timeout: "off"`}},
 		{"capture dst of the other family", "listeners:\n  - {name: web, listen: \"0.0.0.0:7000\", mode: redirect, capture: {dst: [\"2001:db8::/32\"], ports: \"80\"}}\n", []string{`listeners[0].capture.dst[0]: "2001:db8::/32": not of the listener's address family`}},
 		{"capture mark and table 0", "listeners:\n  - {name: web, listen: \"0.0.0.0:7000\", mode: tproxy, capture: {ports: \"80\", mark: 0, table: 0}}\n",
