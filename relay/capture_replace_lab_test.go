@@ -3,6 +3,7 @@ package relay_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"halfway/netlab"
 	"halfway/netlab/labtest"
 )
 
@@ -140,47 +142,20 @@ func TestCaptureAfterKillShared(t *testing.T) {
 func TestCaptureRetiredRemovalTakenOver(t *testing.T) {
 	requireTools(t, "nft")
 	labtest.RequireRoot(t)
-	realNft, _ := exec.LookPath("nft")
-	bin := t.TempDir()
-	// The first "nft delete table" once armed sleeps (sleeping exists
-	// meanwhile), then runs.
-	wrapper := fmt.Sprintf("#!/bin/sh\nif [ \"$1 $2\" = \"delete table\" ] && mv %[1]s/armed %[1]s/sleeping 2>/dev/null; then\n\tsleep 2\n\t%[2]s \"$@\"; rc=$?\n\trm -f %[1]s/sleeping\n\texit $rc\nfi\nexec %[2]s \"$@\"\n", bin, realNft)
-	if err := os.WriteFile(filepath.Join(bin, "nft"), []byte(wrapper), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
-	exists := func(name string) bool { _, err := os.Stat(filepath.Join(bin, name)); return err == nil }
-	lab := labtest.Start(t, chainTopo)
-	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
-	srvNet := server.Ifaces()[0].Addr4.Masked()
-	other := "  - {name: other, listen: \"0.0.0.0:7002\", mode: tproxy}\n"
-	web := fmt.Sprintf("  - {name: web, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {dst: [%s], ports: \"9001\", install: true}}\n", srvNet)
-	logPath, _ := runRelay(t, rc, "rc", "admin: {listen: off}\nlisteners:\n"+web+other)
-	waitCapture(t, rc, "halfway_web", "7001")
-	serveEchoOn(t, server, 9001)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	held, err := client.Dial(ctx, "tcp", server.AddrPort(9001))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if err := echoOnce(held, "before"); err != nil {
-		t.Fatal(err)
-	}
-	reloadRelay(t, ctx, rc, logPath, "rc", "admin: {listen: off}\nlisteners:\n"+other)
-	if err := os.WriteFile(filepath.Join(bin, "armed"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	// The first "nft delete table" once armed sleeps, then runs.
+	realNft, arm, sleeping := slowedCommand(t, "nft", "$1 $2", "delete table", 2)
+	rw := startRetiredWeb(t)
+	rc, ctx, held := rw.rc, rw.ctx, rw.held
+	arm()
 	held.Close() // the removed listener's last flow ends: its removal starts
-	for i := 0; !exists("sleeping"); i++ {
+	for i := 0; !sleeping(); i++ {
 		if i > 500 {
 			t.Fatal("the removed listener's table removal never started")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	reloadRelay(t, ctx, rc, logPath, "rc", "admin: {listen: off}\nlisteners:\n"+web+other)
-	for i := 0; exists("sleeping"); i++ {
+	reloadRelay(t, ctx, rc, rw.logPath, "rc", "admin: {listen: off}\nlisteners:\n"+rw.web+rw.other)
+	for i := 0; sleeping(); i++ {
 		if i > 500 {
 			t.Fatal("the slowed nft never finished")
 		}
@@ -200,25 +175,8 @@ func TestCaptureRetiredRemovalTakenOver(t *testing.T) {
 func TestCaptureRetiredGoneReloadRefused(t *testing.T) {
 	requireTools(t, "nft")
 	labtest.RequireRoot(t)
-	lab := labtest.Start(t, chainTopo)
-	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
-	srvNet := server.Ifaces()[0].Addr4.Masked()
-	other := "  - {name: other, listen: \"0.0.0.0:7002\", mode: tproxy}\n"
-	web := fmt.Sprintf("  - {name: web, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {dst: [%s], ports: \"9001\", install: true}}\n", srvNet)
-	logPath, _ := runRelay(t, rc, "rc", "admin: {listen: off}\nlisteners:\n"+web+other)
-	waitCapture(t, rc, "halfway_web", "7001")
-	serveEchoOn(t, server, 9001)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	held, err := client.Dial(ctx, "tcp", server.AddrPort(9001))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if err := echoOnce(held, "before"); err != nil {
-		t.Fatal(err)
-	}
-	reloadRelay(t, ctx, rc, logPath, "rc", "admin: {listen: off}\nlisteners:\n"+other)
+	rw := startRetiredWeb(t)
+	rc, ctx, held := rw.rc, rw.ctx, rw.held
 	held.Close()
 	for i := 0; ; i++ {
 		out, _ := rc.Command(ctx, "nft", "list", "tables").CombinedOutput()
@@ -230,32 +188,7 @@ func TestCaptureRetiredGoneReloadRefused(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	taken, err := rc.Listen("tcp4", "0.0.0.0:7001")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer taken.Close()
-	file := filepath.Join(filepath.Dir(logPath), "rc.yaml")
-	extra := "  - {name: extra, listen: \"0.0.0.0:7003\", mode: tproxy}\n"
-	if err := os.WriteFile(file, []byte("admin: {listen: off}\nlisteners:\n"+web+other+extra), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := rc.Command(ctx, "pkill", "-HUP", "-f", "halfway relay -c "+file).CombinedOutput(); err != nil {
-		t.Fatalf("pkill -HUP: %v %s", err, out)
-	}
-	for i := 0; ; i++ {
-		b, _ := os.ReadFile(logPath)
-		if strings.Contains(string(b), "reload refused") {
-			break
-		}
-		if strings.Contains(string(b), "reload incomplete") {
-			t.Fatal("a reload that cannot open web (its port taken) was applied without it, not refused")
-		}
-		if i > 500 {
-			t.Fatal("the relay logged neither a refused nor an incomplete reload")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	rw.wantReAddRefused(t)
 }
 
 // TestCaptureRetiredReleasingReloadRefused: as
@@ -268,45 +201,18 @@ func TestCaptureRetiredGoneReloadRefused(t *testing.T) {
 func TestCaptureRetiredReleasingReloadRefused(t *testing.T) {
 	requireTools(t, "nft", "ip")
 	labtest.RequireRoot(t)
-	realIP, _ := exec.LookPath("ip")
-	bin := t.TempDir()
-	// The first "ip -4 rule del" once armed sleeps (sleeping exists
-	// meanwhile), then runs.
-	wrapper := fmt.Sprintf("#!/bin/sh\nif [ \"$1 $2 $3\" = \"-4 rule del\" ] && mv %[1]s/armed %[1]s/sleeping 2>/dev/null; then\n\tsleep 3\n\t%[2]s \"$@\"; rc=$?\n\trm -f %[1]s/sleeping\n\texit $rc\nfi\nexec %[2]s \"$@\"\n", bin, realIP)
-	if err := os.WriteFile(filepath.Join(bin, "ip"), []byte(wrapper), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
-	exists := func(name string) bool { _, err := os.Stat(filepath.Join(bin, name)); return err == nil }
-	lab := labtest.Start(t, chainTopo)
-	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
-	srvNet := server.Ifaces()[0].Addr4.Masked()
-	other := "  - {name: other, listen: \"0.0.0.0:7002\", mode: tproxy}\n"
-	web := fmt.Sprintf("  - {name: web, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {dst: [%s], ports: \"9001\", install: true}}\n", srvNet)
-	logPath, _ := runRelay(t, rc, "rc", "admin: {listen: off}\nlisteners:\n"+web+other)
-	waitCapture(t, rc, "halfway_web", "7001")
-	serveEchoOn(t, server, 9001)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	held, err := client.Dial(ctx, "tcp", server.AddrPort(9001))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if err := echoOnce(held, "before"); err != nil {
-		t.Fatal(err)
-	}
-	reloadRelay(t, ctx, rc, logPath, "rc", "admin: {listen: off}\nlisteners:\n"+other)
-	if err := os.WriteFile(filepath.Join(bin, "armed"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	// The first "ip -4 rule del" once armed sleeps, then runs.
+	_, arm, sleeping := slowedCommand(t, "ip", "$1 $2 $3", "-4 rule del", 3)
+	rw := startRetiredWeb(t)
+	rc, ctx, held := rw.rc, rw.ctx, rw.held
+	arm()
 	held.Close() // the removed listener's last flow ends: its removal starts
 	defer func() {
-		for i := 0; exists("sleeping") && i < 500; i++ {
+		for i := 0; sleeping() && i < 500; i++ {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-	for i := 0; !exists("sleeping"); i++ {
+	for i := 0; !sleeping(); i++ {
 		if i > 500 {
 			t.Fatal("the removed listener's policy rule removal never started")
 		}
@@ -315,21 +221,91 @@ func TestCaptureRetiredReleasingReloadRefused(t *testing.T) {
 	if out, _ := rc.Command(ctx, "nft", "list", "tables").CombinedOutput(); strings.Contains(string(out), "halfway_web") {
 		t.Fatalf("web's table stayed after its last flow, its policy rule going:\n%s", out)
 	}
-	taken, err := rc.Listen("tcp4", "0.0.0.0:7001")
+	rw.wantReAddRefused(t)
+}
+
+// slowedCommand puts a wrapper of the command name first in PATH for the
+// test: once armed, the first call whose words (args, a shell expression
+// such as "$1 $2") read match sleeps secs seconds, then runs; sleeping
+// says whether it is asleep. It returns the real command's path.
+func slowedCommand(t *testing.T, name, args, match string, secs int) (path string, arm func(), sleeping func() bool) {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		t.Skipf("no %s: %v", name, err)
+	}
+	bin := t.TempDir()
+	wrapper := fmt.Sprintf("#!/bin/sh\nif [ \"%[3]s\" = \"%[4]s\" ] && mv %[1]s/armed %[1]s/sleeping 2>/dev/null; then\n\tsleep %[5]d\n\t%[2]s \"$@\"; rc=$?\n\trm -f %[1]s/sleeping\n\texit $rc\nfi\nexec %[2]s \"$@\"\n", bin, path, args, match, secs)
+	if err := os.WriteFile(filepath.Join(bin, name), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	arm = func() {
+		if err := os.WriteFile(filepath.Join(bin, "armed"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sleeping = func() bool { _, err := os.Stat(filepath.Join(bin, "sleeping")); return err == nil }
+	return path, arm, sleeping
+}
+
+// retiredWeb is a relay on rc with a capturing listener web that a reload
+// has removed while a flow it took, held, still runs, beside a listener
+// other.
+type retiredWeb struct {
+	rc                  *netlab.Host
+	ctx                 context.Context
+	held                net.Conn
+	logPath, web, other string
+}
+
+func startRetiredWeb(t *testing.T) *retiredWeb {
+	t.Helper()
+	lab := labtest.Start(t, chainTopo)
+	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+	srvNet := server.Ifaces()[0].Addr4.Masked()
+	rw := &retiredWeb{rc: rc,
+		other: "  - {name: other, listen: \"0.0.0.0:7002\", mode: tproxy}\n",
+		web:   fmt.Sprintf("  - {name: web, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {dst: [%s], ports: \"9001\", install: true}}\n", srvNet),
+	}
+	rw.logPath, _ = runRelay(t, rc, "rc", "admin: {listen: off}\nlisteners:\n"+rw.web+rw.other)
+	waitCapture(t, rc, "halfway_web", "7001")
+	serveEchoOn(t, server, 9001)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	rw.ctx = ctx
+	held, err := client.Dial(ctx, "tcp", server.AddrPort(9001))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { held.Close() })
+	rw.held = held
+	if err := echoOnce(held, "before"); err != nil {
+		t.Fatal(err)
+	}
+	reloadRelay(t, ctx, rc, rw.logPath, "rc", "admin: {listen: off}\nlisteners:\n"+rw.other)
+	return rw
+}
+
+// wantReAddRefused checks that a reload adding web back, whose port is
+// taken, is refused whole, not applied without it.
+func (rw *retiredWeb) wantReAddRefused(t *testing.T) {
+	t.Helper()
+	taken, err := rw.rc.Listen("tcp4", "0.0.0.0:7001")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	file := filepath.Join(filepath.Dir(logPath), "rc.yaml")
+	file := filepath.Join(filepath.Dir(rw.logPath), "rc.yaml")
 	extra := "  - {name: extra, listen: \"0.0.0.0:7003\", mode: tproxy}\n"
-	if err := os.WriteFile(file, []byte("admin: {listen: off}\nlisteners:\n"+web+other+extra), 0o644); err != nil {
+	if err := os.WriteFile(file, []byte("admin: {listen: off}\nlisteners:\n"+rw.web+rw.other+extra), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := rc.Command(ctx, "pkill", "-HUP", "-f", "halfway relay -c "+file).CombinedOutput(); err != nil {
+	if out, err := rw.rc.Command(rw.ctx, "pkill", "-HUP", "-f", "halfway relay -c "+file).CombinedOutput(); err != nil {
 		t.Fatalf("pkill -HUP: %v %s", err, out)
 	}
 	for i := 0; ; i++ {
-		b, _ := os.ReadFile(logPath)
+		b, _ := os.ReadFile(rw.logPath)
 		if strings.Contains(string(b), "reload refused") {
 			break
 		}
