@@ -134,21 +134,7 @@ listeners:
 
 	// A client connection, as accept would return it, sending more than
 	// the chain's connection holds before the relay reads.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	cli, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	acc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer acc.Close()
+	cli, acc := acceptedPair(t)
 	data := make([]byte, 200_000)
 	rand.Read(data)
 	go func() {
@@ -171,7 +157,7 @@ listeners:
 	if err := pc.c.SetWriteBuffer(4096); err != nil { // no autotuning past what the relay reads
 		t.Fatal(err)
 	}
-	relayConn, err := rc.settle(rt, pc, acc.(*net.TCPConn), &flow{})
+	relayConn, err := rc.settle(rt, pc, acc, &flow{})
 	if err != nil {
 		// The relay's connection is reset: what it got must be the
 		// client's bytes as sent, up to a point.
@@ -207,21 +193,7 @@ func TestSettleWithinConnectDeadline(t *testing.T) {
 	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
 	rc := newServer(t, fmt.Sprintf("admin: {listen: off}\nauth: {psk_file: %q}\nlimits: {connect_timeout: 30s}\nlisteners:\n  - {name: t, listen: \"127.0.0.1:0\", mode: forward, forward_to: \"127.0.0.1:9\"}\n", psk))
 	rl := silentRelay(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	cli, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	acc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer acc.Close()
+	_, acc := acceptedPair(t)
 
 	rt := rc.state.Load()
 	// The connect began long enough ago that little of its 30 s is left.
@@ -233,7 +205,7 @@ func TestSettleWithinConnectDeadline(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := rc.settle(rt, pc, acc.(*net.TCPConn), &flow{})
+		_, err := rc.settle(rt, pc, acc, &flow{})
 		done <- err
 	}()
 	select {
@@ -256,20 +228,7 @@ func TestSettleClientReset(t *testing.T) {
 	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
 	rc := newServer(t, fmt.Sprintf("admin: {listen: off}\nauth: {psk_file: %q}\nlimits: {connect_timeout: 30s}\nlisteners:\n  - {name: t, listen: \"127.0.0.1:0\", mode: forward, forward_to: \"127.0.0.1:9\"}\n", psk))
 	rl := silentRelay(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	cli, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	acc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer acc.Close()
+	cli, acc := acceptedPair(t)
 
 	rt := rc.state.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), rt.tunables.ConnectTimeout)
@@ -280,7 +239,7 @@ func TestSettleClientReset(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := rc.settle(rt, pc, acc.(*net.TCPConn), &flow{})
+		_, err := rc.settle(rt, pc, acc, &flow{})
 		done <- err
 	}()
 	cli.Write([]byte("hello"))
@@ -321,4 +280,25 @@ func silentRelay(t *testing.T) netip.AddrPort {
 		io.Copy(io.Discard, c)
 	}()
 	return addrPortOf(rl.Addr())
+}
+
+// acceptedPair is a loopback connection: the client's end, and the end
+// accept returned, as a relay gets it; both close when the test ends.
+func acceptedPair(t *testing.T) (cli net.Conn, acc *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if cli, err = net.Dial("tcp", ln.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return cli, c.(*net.TCPConn)
 }

@@ -337,20 +337,7 @@ func TestSettleDeadPooled(t *testing.T) {
 	proxy.breakAll()
 
 	// A client connection, as accept would return it, with bytes waiting.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	cli, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	acc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	cli, acc := acceptedPair(t)
 	data := make([]byte, 30_000)
 	rand.Read(data)
 	if _, err := cli.Write(data); err != nil {
@@ -368,7 +355,7 @@ func TestSettleDeadPooled(t *testing.T) {
 	if pc.pool == nil {
 		t.Fatal("the flow did not take the pooled connection")
 	}
-	relayConn, err := rc.settle(rt, pc, acc.(*net.TCPConn), &flow{})
+	relayConn, err := rc.settle(rt, pc, acc, &flow{})
 	if err != nil {
 		// The peer's kernel acknowledged the bytes before its reset: they
 		// may have been acted on, so they are not sent again.
@@ -379,7 +366,7 @@ func TestSettleDeadPooled(t *testing.T) {
 		t.Logf("not retried (the peer acknowledged the bytes): %v", err)
 		return
 	}
-	go datapath.Join(ctx, acc.(*net.TCPConn), relayConn, datapath.Options{})
+	go datapath.Join(ctx, acc, relayConn, datapath.Options{})
 	cli.SetReadDeadline(time.Now().Add(10 * time.Second))
 	got, err := io.ReadAll(cli)
 	if err != nil || !bytes.Equal(got, data) {
