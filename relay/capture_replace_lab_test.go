@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,39 +24,14 @@ import (
 func TestCaptureReplacedKeepsFlows(t *testing.T) {
 	requireTools(t, "nft")
 	labtest.RequireRoot(t)
-	lab := labtest.Start(t, chainTopo)
-	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
-	srvNet := server.Ifaces()[0].Addr4.Masked()
-	tproxy := fmt.Sprintf("admin: {listen: off}\nlisteners:\n  - {name: web, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {dst: [%s], ports: \"9001\", install: true}}\n", srvNet)
-	explicit := fmt.Sprintf("admin: {listen: off}\nlisteners:\n  - {name: web, listen: \"0.0.0.0:7001\", allow_clients: [10.77.0.0/16], allow_destinations: [%s]}\n", srvNet)
-	logPath, _ := runRelay(t, rc, "rc", tproxy)
-	waitCapture(t, rc, "halfway_web", "7001")
-	serveEchoOn(t, server, 9001)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	held, err := client.Dial(ctx, "tcp", server.AddrPort(9001))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if err := echoOnce(held, "before"); err != nil {
-		t.Fatal(err)
-	}
-	reloadRelay(t, ctx, rc, logPath, "rc", explicit)
-	if err := echoOnce(held, "after the reload"); err != nil {
+	rw := startHeldWeb(t)
+	explicit := fmt.Sprintf("admin: {listen: off}\nlisteners:\n  - {name: web, listen: \"0.0.0.0:7001\", allow_clients: [10.77.0.0/16], allow_destinations: [%s]}\n", rw.srvNet)
+	reloadRelay(t, rw.ctx, rw.rc, rw.logPath, "rc", explicit)
+	if err := echoOnce(rw.held, "after the reload"); err != nil {
 		t.Errorf("the flow of the replaced tproxy listener broke: %v", err)
 	}
-	held.Close()
-	for i := 0; ; i++ {
-		out, _ := rc.Command(ctx, "nft", "list", "tables").CombinedOutput()
-		if !strings.Contains(string(out), "halfway_web") {
-			break
-		}
-		if i > 200 {
-			t.Fatalf("web's table stayed after its last flow:\n%s", out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	rw.held.Close()
+	rw.waitTableGone(t)
 }
 
 // TestStopCleanupFailsRetired: a stop that cannot remove the capture of
@@ -66,24 +42,8 @@ func TestCaptureReplacedKeepsFlows(t *testing.T) {
 func TestStopCleanupFailsRetired(t *testing.T) {
 	requireTools(t, "nft")
 	labtest.RequireRoot(t)
-	lab := labtest.Start(t, chainTopo)
-	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
-	srvNet := server.Ifaces()[0].Addr4.Masked()
-	other := "  - {name: other, listen: \"0.0.0.0:7002\", mode: tproxy}\n"
-	logPath, stop := runRelay(t, rc, "rc", fmt.Sprintf("admin: {listen: off}\nlisteners:\n  - {name: web, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {dst: [%s], ports: \"9001\", install: true}}\n", srvNet)+other)
-	waitCapture(t, rc, "halfway_web", "7001")
-	serveEchoOn(t, server, 9001)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	held, err := client.Dial(ctx, "tcp", server.AddrPort(9001))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if err := echoOnce(held, "before"); err != nil {
-		t.Fatal(err)
-	}
-	reloadRelay(t, ctx, rc, logPath, "rc", "admin: {listen: off}\nlisteners:\n"+other)
+	rw := startRetiredWeb(t)
+	rc, ctx, stop := rw.rc, rw.ctx, rw.stop
 	if out, err := rc.Command(ctx, "nft", "delete", "table", "inet", "halfway_web").CombinedOutput(); err != nil {
 		t.Fatalf("nft delete table (the removed listener's, kept for its flow): %v %s", err, out)
 	}
@@ -176,18 +136,8 @@ func TestCaptureRetiredGoneReloadRefused(t *testing.T) {
 	requireTools(t, "nft")
 	labtest.RequireRoot(t)
 	rw := startRetiredWeb(t)
-	rc, ctx, held := rw.rc, rw.ctx, rw.held
-	held.Close()
-	for i := 0; ; i++ {
-		out, _ := rc.Command(ctx, "nft", "list", "tables").CombinedOutput()
-		if !strings.Contains(string(out), "halfway_web") {
-			break
-		}
-		if i > 200 {
-			t.Fatalf("web's table stayed after its last flow:\n%s", out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	rw.held.Close()
+	rw.waitTableGone(t)
 	rw.wantReAddRefused(t)
 }
 
@@ -252,23 +202,35 @@ func slowedCommand(t *testing.T, name, args, match string, secs int) (path strin
 // retiredWeb is a relay on rc with a capturing listener web that a reload
 // has removed while a flow it took, held, still runs, beside a listener
 // other.
+//
+// startHeldWeb starts it with both, the flow held; startRetiredWeb
+// reloads it without web then.
 type retiredWeb struct {
 	rc                  *netlab.Host
 	ctx                 context.Context
 	held                net.Conn
+	stop                func() error
 	logPath, web, other string
+	srvNet              netip.Prefix
 }
 
 func startRetiredWeb(t *testing.T) *retiredWeb {
 	t.Helper()
+	rw := startHeldWeb(t)
+	reloadRelay(t, rw.ctx, rw.rc, rw.logPath, "rc", "admin: {listen: off}\nlisteners:\n"+rw.other)
+	return rw
+}
+
+func startHeldWeb(t *testing.T) *retiredWeb {
+	t.Helper()
 	lab := labtest.Start(t, chainTopo)
 	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
 	srvNet := server.Ifaces()[0].Addr4.Masked()
-	rw := &retiredWeb{rc: rc,
+	rw := &retiredWeb{rc: rc, srvNet: srvNet,
 		other: "  - {name: other, listen: \"0.0.0.0:7002\", mode: tproxy}\n",
 		web:   fmt.Sprintf("  - {name: web, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {dst: [%s], ports: \"9001\", install: true}}\n", srvNet),
 	}
-	rw.logPath, _ = runRelay(t, rc, "rc", "admin: {listen: off}\nlisteners:\n"+rw.web+rw.other)
+	rw.logPath, rw.stop = runRelay(t, rc, "rc", "admin: {listen: off}\nlisteners:\n"+rw.web+rw.other)
 	waitCapture(t, rc, "halfway_web", "7001")
 	serveEchoOn(t, server, 9001)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -283,8 +245,22 @@ func startRetiredWeb(t *testing.T) *retiredWeb {
 	if err := echoOnce(held, "before"); err != nil {
 		t.Fatal(err)
 	}
-	reloadRelay(t, ctx, rc, rw.logPath, "rc", "admin: {listen: off}\nlisteners:\n"+rw.other)
 	return rw
+}
+
+// waitTableGone waits for web's capture table to go, its last flow ended.
+func (rw *retiredWeb) waitTableGone(t *testing.T) {
+	t.Helper()
+	for i := 0; ; i++ {
+		out, _ := rw.rc.Command(rw.ctx, "nft", "list", "tables").CombinedOutput()
+		if !strings.Contains(string(out), "halfway_web") {
+			return
+		}
+		if i > 200 {
+			t.Fatalf("web's table stayed after its last flow:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // wantReAddRefused checks that a reload adding web back, whose port is
