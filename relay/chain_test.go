@@ -185,75 +185,57 @@ listeners:
 	}
 }
 
-// TestSettleWithinConnectDeadline: a chain's answers are awaited within
-// the connect's deadline, begun when the chain was opened, not within a
-// fresh connect_timeout: "connect_timeout covers the whole chain". A
-// transparent or early-SYN flow would otherwise wait up to twice it.
-func TestSettleWithinConnectDeadline(t *testing.T) {
+// TestSettleEnds: the wait for a chain's answers (a first relay that
+// never answers; connect_timeout 30 s) ends without them:
+//   - at the connect's deadline, begun when the chain was opened, not a
+//     fresh connect_timeout later ("connect_timeout covers the whole
+//     chain"; a transparent or early-SYN flow waited up to twice it);
+//   - at once when the client resets: no answer could serve it, and the
+//     wait held its connect slot until connect_timeout.
+func TestSettleEnds(t *testing.T) {
 	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
 	rc := newServer(t, fmt.Sprintf("admin: {listen: off}\nauth: {psk_file: %q}\nlimits: {connect_timeout: 30s}\nlisteners:\n  - {name: t, listen: \"127.0.0.1:0\", mode: forward, forward_to: \"127.0.0.1:9\"}\n", psk))
-	rl := silentRelay(t)
-	_, acc := acceptedPair(t)
-
-	rt := rc.state.Load()
-	// The connect began long enough ago that little of its 30 s is left.
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{rl}}, netip.MustParseAddrPort("127.0.0.1:9"), nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := rc.settle(rt, pc, acc, &flow{})
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if errKind(err) != "timeout" {
-			t.Errorf("settle: %v, want a timeout", err)
-		}
-	case <-time.After(15 * time.Second):
-		// Not a timing bound: the deadline was 0.3 s, connect_timeout 30 s.
-		t.Error("settle still waited for the answers 15 s after the connect's deadline: it took a fresh connect_timeout")
-		pc.c.Close()
-		<-done
-	}
-}
-
-// TestSettleClientReset: a client that resets while its chain's answers
-// are awaited ends the wait at once: no answer could serve it, and the
-// wait holds its connect slot until connect_timeout.
-func TestSettleClientReset(t *testing.T) {
-	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
-	rc := newServer(t, fmt.Sprintf("admin: {listen: off}\nauth: {psk_file: %q}\nlimits: {connect_timeout: 30s}\nlisteners:\n  - {name: t, listen: \"127.0.0.1:0\", mode: forward, forward_to: \"127.0.0.1:9\"}\n", psk))
-	rl := silentRelay(t)
-	cli, acc := acceptedPair(t)
-
-	rt := rc.state.Load()
-	ctx, cancel := context.WithTimeout(context.Background(), rt.tunables.ConnectTimeout)
-	defer cancel()
-	pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{rl}}, netip.MustParseAddrPort("127.0.0.1:9"), nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := rc.settle(rt, pc, acc, &flow{})
-		done <- err
-	}()
-	cli.Write([]byte("hello"))
-	resetConn(cli.(*net.TCPConn))
-	select {
-	case err := <-done:
-		if !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("settle: %v, want the client's reset", err)
-		}
-	case <-time.After(15 * time.Second):
-		// Not a timing bound: connect_timeout is 30 s.
-		t.Error("settle still waited for the answers 15 s after the client reset")
-		pc.c.Close()
-		<-done
+	for _, tc := range []struct {
+		name     string
+		deadline time.Duration // left of the connect's
+		client   func(net.Conn)
+		want     func(error) bool
+		stuck    string
+	}{
+		{"connect deadline", 300 * time.Millisecond, func(net.Conn) {},
+			func(err error) bool { return errKind(err) == "timeout" },
+			"settle still waited for the answers 15 s after the connect's deadline (0.3 s): it took a fresh connect_timeout"},
+		{"client reset", 30 * time.Second, func(c net.Conn) { c.Write([]byte("hello")); resetConn(c.(*net.TCPConn)) },
+			func(err error) bool { return errors.Is(err, syscall.ECONNRESET) },
+			"settle still waited for the answers 15 s after the client reset"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rl := silentRelay(t)
+			cli, acc := acceptedPair(t)
+			rt := rc.state.Load()
+			ctx, cancel := context.WithTimeout(context.Background(), tc.deadline)
+			defer cancel()
+			pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{rl}}, netip.MustParseAddrPort("127.0.0.1:9"), nil, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := rc.settle(rt, pc, acc, &flow{})
+				done <- err
+			}()
+			tc.client(cli)
+			select {
+			case err := <-done:
+				if !tc.want(err) {
+					t.Errorf("settle: %v", err)
+				}
+			case <-time.After(15 * time.Second): // not a timing bound: connect_timeout is 30 s
+				t.Error(tc.stuck)
+				pc.c.Close()
+				<-done
+			}
+		})
 	}
 }
 
