@@ -2,7 +2,6 @@ package relay_test
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
@@ -21,21 +20,7 @@ func TestCaptureInheritedDrainQueues(t *testing.T) {
 	labtest.RequireRoot(t)
 	lab := labtest.Start(t, chainTopo)
 	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
-	var ln net.Listener
-	if err := rc.Do(func() (err error) {
-		var lc net.ListenConfig
-		lc.SetMultipathTCP(false)
-		ln, err = lc.Listen(context.Background(), "tcp4", "0.0.0.0:7000")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	f, err := ln.(*net.TCPListener).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := systemdSocket(t, rc, "0.0.0.0:7000")
 	logPath, stop := runRelayWith(t, rc, "first", captureServerConfig(server), f)
 	waitCapture(t, rc, "halfway_web", "7000")
 	serveEchoOn(t, server, 8080)

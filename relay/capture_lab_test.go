@@ -186,12 +186,7 @@ func TestCaptureAfterKill(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range [][]string{{"ip", "-4", "rule", "show"}, {"ip", "-4", "route", "show", "table", "100"}, {"nft", "list", "tables"}} {
-		out, _ := rc.Command(ctx, c[0], c[1:]...).CombinedOutput()
-		if s := string(out); strings.Contains(s, "fwmark") || strings.Contains(s, "local") && c[2] == "route" || strings.Contains(s, "halfway_") {
-			t.Errorf("after a kill, a start and a stop, %s:\n%s", strings.Join(c, " "), s)
-		}
-	}
+	wantNoCaptureLeft(t, ctx, rc, "after a kill, a start and a stop")
 }
 
 // TestCaptureListenAddress: a transparent listener bound to one address
@@ -355,21 +350,7 @@ func TestCaptureInherited(t *testing.T) {
 	labtest.RequireRoot(t)
 	lab := labtest.Start(t, chainTopo)
 	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
-	var ln net.Listener
-	if err := rc.Do(func() (err error) {
-		var lc net.ListenConfig
-		lc.SetMultipathTCP(false)
-		ln, err = lc.Listen(context.Background(), "tcp4", "0.0.0.0:7000")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	f, err := ln.(*net.TCPListener).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := systemdSocket(t, rc, "0.0.0.0:7000")
 	logPath, stop := runRelayWith(t, rc, "inherit", captureServerConfig(server), f)
 	defer func() {
 		if err := stop(); err != nil {
@@ -385,5 +366,40 @@ func TestCaptureInherited(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), "inherited=true") {
 		t.Error("the relay did not say it listens on the inherited socket")
+	}
+}
+
+// systemdSocket is a listening TCP socket on addr in h, opened as systemd
+// opens a .socket unit's (no IP_TRANSPARENT, plain TCP) and kept open
+// until the test ends, as systemd keeps it: the file to pass the relay.
+func systemdSocket(t *testing.T, h *netlab.Host, addr string) *os.File {
+	t.Helper()
+	var ln net.Listener
+	if err := h.Do(func() (err error) {
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(false)
+		ln, err = lc.Listen(context.Background(), "tcp4", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// wantNoCaptureLeft checks that rc's namespace holds no policy rule,
+// table-100 route or nftables table of a capture, after what when says.
+func wantNoCaptureLeft(t *testing.T, ctx context.Context, rc *netlab.Host, when string) {
+	t.Helper()
+	for _, c := range [][]string{{"ip", "-4", "rule", "show"}, {"ip", "-4", "route", "show", "table", "100"}, {"nft", "list", "tables"}} {
+		out, _ := rc.Command(ctx, c[0], c[1:]...).CombinedOutput()
+		if s := string(out); strings.Contains(s, "fwmark") || strings.Contains(s, "local") && c[2] == "route" || strings.Contains(s, "halfway_") {
+			t.Errorf("%s, %s:\n%s", when, strings.Join(c, " "), s)
+		}
 	}
 }

@@ -84,12 +84,7 @@ func TestCaptureAfterKillShared(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range [][]string{{"ip", "-4", "rule", "show"}, {"ip", "-4", "route", "show", "table", "100"}, {"nft", "list", "tables"}} {
-		out, _ := rc.Command(ctx, c[0], c[1:]...).CombinedOutput()
-		if s := string(out); strings.Contains(s, "fwmark") || strings.Contains(s, "local") && c[2] == "route" || strings.Contains(s, "halfway_") {
-			t.Errorf("after a kill, a start and a stop, %s:\n%s", strings.Join(c, " "), s)
-		}
-	}
+	wantNoCaptureLeft(t, ctx, rc, "after a kill, a start and a stop")
 }
 
 // TestCaptureRetiredRemovalTakenOver: the capture of a removed listener
@@ -105,15 +100,8 @@ func TestCaptureRetiredRemovalTakenOver(t *testing.T) {
 	// The first "nft delete table" once armed sleeps, then runs.
 	realNft, arm, sleeping := slowedCommand(t, "nft", "$1 $2", "delete table", 2)
 	rw := startRetiredWeb(t)
-	rc, ctx, held := rw.rc, rw.ctx, rw.held
-	arm()
-	held.Close() // the removed listener's last flow ends: its removal starts
-	for i := 0; !sleeping(); i++ {
-		if i > 500 {
-			t.Fatal("the removed listener's table removal never started")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	rc, ctx := rw.rc, rw.ctx
+	rw.endHeldSlowed(t, arm, sleeping, "table")
 	reloadRelay(t, ctx, rc, rw.logPath, "rc", "admin: {listen: off}\nlisteners:\n"+rw.web+rw.other)
 	for i := 0; sleeping(); i++ {
 		if i > 500 {
@@ -154,20 +142,13 @@ func TestCaptureRetiredReleasingReloadRefused(t *testing.T) {
 	// The first "ip -4 rule del" once armed sleeps, then runs.
 	_, arm, sleeping := slowedCommand(t, "ip", "$1 $2 $3", "-4 rule del", 3)
 	rw := startRetiredWeb(t)
-	rc, ctx, held := rw.rc, rw.ctx, rw.held
-	arm()
-	held.Close() // the removed listener's last flow ends: its removal starts
+	rc, ctx := rw.rc, rw.ctx
 	defer func() {
 		for i := 0; sleeping() && i < 500; i++ {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-	for i := 0; !sleeping(); i++ {
-		if i > 500 {
-			t.Fatal("the removed listener's policy rule removal never started")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	rw.endHeldSlowed(t, arm, sleeping, "policy rule")
 	if out, _ := rc.Command(ctx, "nft", "list", "tables").CombinedOutput(); strings.Contains(string(out), "halfway_web") {
 		t.Fatalf("web's table stayed after its last flow, its policy rule going:\n%s", out)
 	}
@@ -246,6 +227,20 @@ func startHeldWeb(t *testing.T) *retiredWeb {
 		t.Fatal(err)
 	}
 	return rw
+}
+
+// endHeldSlowed arms the slowed command, ends web's last flow, and waits
+// until that flow's capture removal sleeps in it (what it removes).
+func (rw *retiredWeb) endHeldSlowed(t *testing.T, arm func(), sleeping func() bool, what string) {
+	t.Helper()
+	arm()
+	rw.held.Close() // the removed listener's last flow ends: its removal starts
+	for i := 0; !sleeping(); i++ {
+		if i > 500 {
+			t.Fatalf("the removed listener's %s removal never started", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // waitTableGone waits for web's capture table to go, its last flow ended.
