@@ -38,6 +38,7 @@ type dir struct {
 
 	state      atomic.Int32
 	peeking    atomic.Bool // the other direction peeks at src (finWaits), which may take a reset's error
+	peekable   atomic.Bool // parked where the other direction may peek at src (finWaits): set by park
 	pn, m, cn  int32       // bytes in the pipe; bytes the last write moved; bytes in buf
 	budget     int32       // inline, the bytes it may still move before handing off
 	up         bool
@@ -291,7 +292,9 @@ func (d *dir) resetAtEOF() bool {
 // finWaits says whether d is parked on a source that has sent its FIN
 // and no byte before it (it looks without taking the direction).
 func (d *dir) finWaits() bool {
-	if d.state.Load() != dirParked || d.watching || d.copy || d.kernel || d.held {
+	// peekable, not the fields it sums up: once parked, d may be taken
+	// and run by another goroutine while this one looks.
+	if d.state.Load() != dirParked || !d.peekable.Load() {
 		return false
 	}
 	n, err := -1, error(nil)
@@ -437,6 +440,7 @@ func (d *dir) park() bool {
 	}
 	d.registered, d.regGen = true, f.gen
 	sh.parked.Add(1)
+	d.peekable.Store(!d.watching && !d.copy && !d.kernel && !d.held)
 	d.state.Store(dirParked)
 	// From here on another goroutine may own d: only locals.
 	closed := f.closed
