@@ -307,55 +307,149 @@ func resolveError(name string, err error) error {
 	return &connectError{kind: kind, err: fmt.Errorf("resolve %s: %w", name, err)}
 }
 
-// minConnectShare is the least of a name's connect budget an address gets
-// while that much is left (Go's dialer gives each address the same).
-const minConnectShare = 2 * time.Second
+// attemptDelay is how long a connect to one of a name's addresses may go
+// unanswered before the next address is tried beside it: RFC 8305's
+// Connection Attempt Delay, at its recommended value. A family that is
+// broken where the other works (IPv6 routed but lost on the way) then
+// costs a client this much, not a timeout.
+const attemptDelay = 250 * time.Millisecond
 
-// connectShare is when a connect to one of the left addresses of a name
-// must end, at now, for all of them to share what is left of the name's
-// budget, which ends at by: an equal part, or minConnectShare if that is
-// more, or all that is left if that is less.
-func connectShare(now, by time.Time, left int) time.Time {
-	remaining := by.Sub(now)
-	if remaining <= 0 || left <= 1 {
-		return by
-	}
-	share := remaining / time.Duration(left)
-	if share < minConnectShare {
-		share = min(minConnectShare, remaining)
-	}
-	return now.Add(share)
-}
+// maxRacing bounds the attempts of one flow running at once, so that a
+// name with many addresses, which a client may choose, does not take as
+// many connect slots (max_pending) or send as many SYNs at once.
+const maxRacing = 4
 
-// open routes a flow and connects it, trying a name's addresses in turn
-// (one family may be broken where the other works), within the name's
-// budget (resolve).
+// open routes a flow and connects it to one of dsts. A name's addresses
+// are raced as RFC 8305 has it (Happy Eyeballs): the families taken in
+// turn, the next address started when the one before has failed or gone
+// attemptDelay unanswered, the first to connect kept and the others given
+// up; all within the name's budget (resolve).
 func (s *Server) open(rt *runtime, st *listenerState, f *flow, dsts []netip.AddrPort) (*net.TCPConn, error) {
 	// The head is in: the client's handshake share is for heads, and its
 	// connects have their own limit (max_pending).
 	f.endHandshake()
-	by := f.connectBy
 	defer func() { f.connectBy = time.Time{} }()
-	var err error
-	for i, dst := range dsts {
-		if !by.IsZero() {
-			if i > 0 && !time.Now().Before(by) {
-				break // the name's budget is spent: err is the last address's
+	if len(dsts) > 1 {
+		return s.race(rt, st, f, interleave(dsts))
+	}
+	f.dst.Store(&dsts[0])
+	r := rt.match(f.listener, dsts[0])
+	f.route.Store(&r.name)
+	return s.connect(rt, st, r, f, dsts[0], nil)
+}
+
+// interleave orders a name's addresses for racing (RFC 8305 §4): the
+// resolver's order within each family, the families alternating from the
+// first address's.
+func interleave(dsts []netip.AddrPort) []netip.AddrPort {
+	var first, other []netip.AddrPort
+	for _, d := range dsts {
+		if d.Addr().Is4() == dsts[0].Addr().Is4() {
+			first = append(first, d)
+		} else {
+			other = append(other, d)
+		}
+	}
+	out := make([]netip.AddrPort, 0, len(dsts))
+	for i := 0; len(out) < len(dsts); i++ {
+		if i < len(first) {
+			out = append(out, first[i])
+		}
+		if i < len(other) {
+			out = append(out, other[i])
+		}
+	}
+	return out
+}
+
+// race connects to the first of dsts that answers (open). Each attempt
+// holds a connect slot while it runs; one that finds none, or maxRacing
+// running, is put off to the next delay or the next failure. An attempt given up because another won is not counted.
+func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.AddrPort) (*net.TCPConn, error) {
+	by := f.connectBy
+	if by.IsZero() {
+		by = time.Now().Add(rt.tunables.ConnectTimeout)
+	}
+	ctx, cancel := context.WithDeadline(s.flowCtx, by)
+	defer cancel()
+	type result struct {
+		i     int
+		c     *net.TCPConn
+		asked bool
+		err   error
+	}
+	results := make(chan result, len(dsts))
+	routes := make([]*route, len(dsts))
+	next, running := 0, 0
+	launch := func() bool {
+		if running == maxRacing || !s.beginConnect() {
+			return false
+		}
+		i := next
+		next++
+		running++
+		routes[i] = rt.match(f.listener, dsts[i])
+		go func() {
+			defer s.endConnect()
+			start := time.Now()
+			c, _, asked, leg, err := s.connectOnce(ctx, rt, st, routes[i], f.client, dsts[i], nil, true)
+			if err == nil || !errors.Is(ctx.Err(), context.Canceled) {
+				s.countConnect(leg, start, err)
 			}
-			f.connectBy = connectShare(time.Now(), by, len(dsts)-i)
-		}
-		f.dst.Store(&dst)
-		r := rt.match(f.listener, dst)
-		f.route.Store(&r.name)
-		var c *net.TCPConn
-		if c, err = s.connect(rt, st, r, f, dst, nil); err == nil {
-			return c, nil
-		}
-		// Another address can help only when this relay itself could not
-		// reach this one; a verdict from a relay further on stands.
-		var ce *connectError
-		if !errors.As(err, &ce) || ce.hop != 0 || ce.kind == "resource" || ce.kind == "not_allowed" {
-			break
+			results <- result{i, c, asked, err}
+		}()
+		return true
+	}
+	if !launch() {
+		return nil, &connectError{kind: "resource", err: errors.New("too many connects in progress")}
+	}
+	f.dst.Store(&dsts[0])
+	f.route.Store(&routes[0].name)
+	delay := time.NewTimer(attemptDelay)
+	defer delay.Stop()
+	var err error
+	last, final := -1, false
+	// more says whether another address may still be tried: not past the
+	// budget (an attempt's own deadline may come a moment before ctx's).
+	more := func() bool {
+		return next < len(dsts) && !final && ctx.Err() == nil && time.Now().Before(by)
+	}
+	for running > 0 {
+		select {
+		case <-delay.C:
+			if more() {
+				launch()
+				delay.Reset(attemptDelay)
+			}
+		case res := <-results:
+			running--
+			if res.err == nil {
+				cancel()
+				go func(n int) { // the attempts still running, given up
+					for range n {
+						if res := <-results; res.c != nil {
+							res.c.Close()
+						}
+					}
+				}(running)
+				f.dst.Store(&dsts[res.i])
+				f.route.Store(&routes[res.i].name)
+				f.askedMPTCP = res.asked
+				return res.c, nil
+			}
+			// Another address can help only when this relay itself could
+			// not reach this one; a verdict from a relay further on stands.
+			var ce *connectError
+			if !errors.As(res.err, &ce) || ce.hop != 0 || ce.kind == "resource" || ce.kind == "not_allowed" {
+				if !final {
+					err, final = res.err, true
+				}
+			} else if !final && res.i > last {
+				err, last = res.err, res.i // the last address's error says most
+			}
+			if more() && launch() {
+				delay.Reset(attemptDelay)
+			}
 		}
 	}
 	return nil, err

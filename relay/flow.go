@@ -466,13 +466,26 @@ func (s *Server) connectReserved(rt *runtime, st *listenerState, r *route, f *fl
 	}
 	ctx, cancel := context.WithDeadline(s.flowCtx, by)
 	defer cancel()
-	var c *net.TCPConn
-	var err error
-	leg := "server"
+	c, pc, asked, leg, err := s.connectOnce(ctx, rt, st, r, f.client, dst, early, wait)
+	if pc == nil {
+		f.askedMPTCP = asked // a pending chain's is settle's to say
+	}
+	if s.countConnect(leg, start, err); err != nil {
+		return nil, nil, err
+	}
+	return c, pc, nil
+}
+
+// connectOnce opens the next leg for client's flow to dst, directly or
+// through r's relays, within ctx; leg names it (server or relay), asked
+// says whether it asked for Multipath TCP. The caller holds the connect's
+// slot and counts it.
+func (s *Server) connectOnce(ctx context.Context, rt *runtime, st *listenerState, r *route, client, dst netip.AddrPort, early []byte, wait bool) (c *net.TCPConn, pc *pendingChain, asked bool, leg string, err error) {
+	leg = "server"
 	switch {
 	case len(r.via) > 0 && wait:
 		leg = "relay"
-		c, f.askedMPTCP, err = s.dialChain(ctx, rt, r, dst, early)
+		c, asked, err = s.dialChain(ctx, rt, r, dst, early)
 	case len(r.via) > 0:
 		leg = "relay"
 		pc, err = s.openChain(ctx, rt, r, dst, early, true)
@@ -480,24 +493,21 @@ func (s *Server) connectReserved(rt *runtime, st *listenerState, r *route, f *fl
 		var hdr []byte
 		if st.cfg.ProxyProtocol {
 			hdr, err = proxyproto.AppendHeader(nil, &proxyproto.Header{Command: proxyproto.Proxy,
-				Transport: proxyproto.Stream, Src: f.client, Dst: dst})
+				Transport: proxyproto.Stream, Src: client, Dst: dst})
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, false, leg, err
 			}
 		}
 		var src netip.Addr
 		if st.cfg.SpoofSource {
-			src = f.client.Addr()
+			src = client.Addr()
 		}
-		leg := rt.cfg.Legs.Server
-		leg.mptcp, leg.lateKeepalive = r.mptcp, true
-		f.askedMPTCP = r.mptcp
-		c, err = s.dial(ctx, rt, dst, append(hdr, early...), leg, src)
+		l := rt.cfg.Legs.Server
+		l.mptcp, l.lateKeepalive = r.mptcp, true
+		asked = r.mptcp
+		c, err = s.dial(ctx, rt, dst, append(hdr, early...), l, src)
 	}
-	if s.countConnect(leg, start, err); err != nil {
-		return nil, nil, err
-	}
-	return c, pc, nil
+	return c, pc, asked, leg, err
 }
 
 // countConnect counts a connect of leg begun at start, and its error if any.

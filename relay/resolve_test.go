@@ -142,11 +142,13 @@ func fullListeners(t *testing.T, addrs ...netip.Addr) uint16 {
 	return 0
 }
 
-// TestExplicitNameBudget: the addresses of a name share one
+// TestExplicitNameBudget: the addresses of a name are raced within one
 // connect_timeout. A name with three unanswering addresses and a budget
-// of 1s tries the first for the whole of it, not each for 1s; with 5s,
-// two unanswering addresses get 2s each and the third, which answers,
-// serves the client.
+// of 1s tries all three within it, each ending when it ends; with 60s,
+// the third address, which answers, serves the client long before the
+// first two time out (tried in turn with a share each, it would have
+// waited 40s, past the client's 30s), and the two given up are not
+// counted as timeouts.
 func TestExplicitNameBudget(t *testing.T) {
 	a2, a3, a4 := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.4")
 	port := fullListeners(t, a2, a3)
@@ -165,24 +167,30 @@ func TestExplicitNameBudget(t *testing.T) {
 			c.Close()
 		}
 	}()
-	full := fullListeners(t, a2, a3, a4)
-	dns := &testDNS{a: map[string][]netip.Addr{"three.test.": {a2, a3, a4}}}
+	var six []netip.Addr
+	for i := range 6 {
+		six = append(six, netip.AddrFrom4([4]byte{127, 0, 0, byte(2 + i)}))
+	}
+	full := fullListeners(t, six...)
+	dns := &testDNS{a: map[string][]netip.Addr{"three.test.": {a2, a3, a4}, "six.test.": six}}
 	for _, tc := range []struct {
 		name     string
+		host     string
 		budget   string
 		port     uint16
 		reply    socks5.Reply
 		timeouts uint64
 	}{
-		{"all unanswering", "1s", full, socks5.HostUnreachable, 1},
-		{"third answers", "5s", port, socks5.Succeeded, 2},
+		{"all unanswering", "three.test", "1s", full, socks5.HostUnreachable, 3},
+		{"third answers", "three.test", "60s", port, socks5.Succeeded, 0},
+		{"six unanswering, four at once", "six.test", "1s", full, socks5.HostUnreachable, maxRacing},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newServer(t, `
 admin: {listen: off}
 limits: {connect_timeout: `+tc.budget+`}
 listeners:
-  - {name: x, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.2/32", "127.0.0.3/32", "127.0.0.4/32"]}
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.2/32", "127.0.0.3/32", "127.0.0.4/32", "127.0.0.5/32", "127.0.0.6/32", "127.0.0.7/32"]}
 `)
 			s.resolver = dns.start(t)
 			runServer(t, s)
@@ -192,7 +200,7 @@ listeners:
 			}
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(30 * time.Second))
-			_, err = socks5.ClientHandshake(c, c, socks5.Addr{Name: "three.test", Port: tc.port}, "", "")
+			_, err = socks5.ClientHandshake(c, c, socks5.Addr{Name: tc.host, Port: tc.port}, "", "")
 			var re *socks5.ReplyError
 			switch {
 			case tc.reply == socks5.Succeeded && err != nil:
@@ -271,26 +279,26 @@ listeners:
 	}
 }
 
-// TestConnectShare: each of a name's addresses gets an equal part of
-// what is left of its budget, at least minConnectShare while that much is
-// left, and never past the budget's end.
-func TestConnectShare(t *testing.T) {
-	now := time.Unix(1000, 0)
-	for _, tc := range []struct {
-		left   time.Duration // of the budget
-		addrs  int
-		should time.Duration // after now
-	}{
-		{9 * time.Second, 3, 3 * time.Second},
-		{5 * time.Second, 3, 2 * time.Second},
-		{3 * time.Second, 2, 2 * time.Second},
-		{1 * time.Second, 3, 1 * time.Second},
-		{1 * time.Second, 1, 1 * time.Second},
-		{0, 2, 0},
-		{-time.Second, 2, -time.Second},
+// TestInterleave: a name's addresses are raced with the families in
+// turn, from the first address's, each in the resolver's order.
+func TestInterleave(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"1.0.0.1", "1.0.0.1"},
+		{"1.0.0.1 1.0.0.2 1.0.0.3", "1.0.0.1 1.0.0.2 1.0.0.3"},
+		{"::1 ::2 1.0.0.1 1.0.0.2", "::1 1.0.0.1 ::2 1.0.0.2"},
+		{"1.0.0.1 ::1 ::2 ::3", "1.0.0.1 ::1 ::2 ::3"},
+		{"1.0.0.1 1.0.0.2 1.0.0.3 ::1", "1.0.0.1 ::1 1.0.0.2 1.0.0.3"},
 	} {
-		if got := connectShare(now, now.Add(tc.left), tc.addrs).Sub(now); got != tc.should {
-			t.Errorf("%v left for %d addresses: %v, want %v", tc.left, tc.addrs, got, tc.should)
+		var in []netip.AddrPort
+		for _, a := range strings.Fields(tc.in) {
+			in = append(in, netip.AddrPortFrom(netip.MustParseAddr(a), 80))
+		}
+		var got []string
+		for _, d := range interleave(in) {
+			got = append(got, d.Addr().String())
+		}
+		if g := strings.Join(got, " "); g != tc.want {
+			t.Errorf("interleave(%s) = %s, want %s", tc.in, g, tc.want)
 		}
 	}
 }
