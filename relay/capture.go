@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 )
 
 // Transparent capture needs packet rules the relay does not own by
@@ -192,10 +191,14 @@ type policyRoutes struct {
 	// configured with: one of them that a killed run left behind sets no
 	// other relay's mark.
 	ours map[string]bool
-	// tables orders a capture's removal of its nftables table with a
-	// newer listener's taking it over (disown), so that a removal under
-	// way when a reload rebuilds the table cannot delete the new one.
-	tables sync.Mutex
+	// tables orders the installs and removals of nftables tables, so
+	// that a removal under way when a reload rebuilds the table cannot
+	// delete the new one; under it, tableUsers counts by table the
+	// listeners that installed it and have not removed it: a listener a
+	// reload adds back rebuilds the table of its removed namesake, whose
+	// flows still need it, and the table goes with the last of them.
+	tables     sync.Mutex
+	tableUsers map[string]int
 }
 
 // claim adds the capture tables cfg's listeners install to ours.
@@ -332,49 +335,65 @@ func (pr *policyRoutes) releaseLocked(cmds [][]string) error {
 	return nil
 }
 
-// installCapture adds a listener's rules. remove takes them away again;
-// disown hands the nftables table to a newer listener of the same name, so
-// that remove then only gives back the shared policy routes.
-func installCapture(ln *ListenerConfig, routes *policyRoutes) (remove func() error, disown func(), err error) {
+// installCapture adds a listener's rules; remove takes them away again
+// (the nftables table only once no other listener that installed it
+// still holds it).
+func installCapture(ln *ListenerConfig, routes *policyRoutes) (remove func() error, err error) {
 	rules, err := nftRules(ln)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	table := captureTable(ln.Name)
-	// A table left by a crash is replaced, not duplicated.
-	_ = exec.Command("nft", "delete", "table", "inet", table).Run()
-	cmd := exec.Command("nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(rules)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, nil, fmt.Errorf("install nftables table %s: %v: %s", table, err, strings.TrimSpace(string(out)))
+	if err := routes.addTable(table, rules); err != nil {
+		return nil, err
 	}
 	if err := routes.acquire(ln); err != nil {
-		_ = exec.Command("nft", "delete", "table", "inet", table).Run()
-		return nil, nil, err
+		_ = routes.dropTable(table)
+		return nil, err
 	}
 	var once sync.Once
 	var rerr error
-	var disowned atomic.Bool
-	disown = func() {
-		routes.tables.Lock()
-		disowned.Store(true)
-		routes.tables.Unlock()
-	}
 	return func() error {
 		once.Do(func() {
-			var errs []error
-			routes.tables.Lock()
-			if !disowned.Load() {
-				if out, err := exec.Command("nft", "delete", "table", "inet", table).CombinedOutput(); err != nil {
-					errs = append(errs, fmt.Errorf("nft delete table inet %s: %s", table, strings.TrimSpace(string(out))))
-				}
-			}
-			routes.tables.Unlock()
-			errs = append(errs, routes.release(ln))
-			if err := errors.Join(errs...); err != nil {
+			if err := errors.Join(routes.dropTable(table), routes.release(ln)); err != nil {
 				rerr = fmt.Errorf("remove capture of %s: %w", ln.Name, err)
 			}
 		})
 		return rerr
-	}, disown, nil
+	}, nil
+}
+
+// addTable (re)builds the nftables table from rules and counts one more
+// user of it.
+func (pr *policyRoutes) addTable(table, rules string) error {
+	pr.tables.Lock()
+	defer pr.tables.Unlock()
+	// A table left by a crash, or by a removed listener of this name, is
+	// replaced, not duplicated.
+	_ = exec.Command("nft", "delete", "table", "inet", table).Run()
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("install nftables table %s: %v: %s", table, err, strings.TrimSpace(string(out)))
+	}
+	if pr.tableUsers == nil {
+		pr.tableUsers = map[string]int{}
+	}
+	pr.tableUsers[table]++
+	return nil
+}
+
+// dropTable counts one user of the nftables table fewer, and deletes it
+// after the last.
+func (pr *policyRoutes) dropTable(table string) error {
+	pr.tables.Lock()
+	defer pr.tables.Unlock()
+	if pr.tableUsers[table]--; pr.tableUsers[table] > 0 {
+		return nil
+	}
+	delete(pr.tableUsers, table)
+	if out, err := exec.Command("nft", "delete", "table", "inet", table).CombinedOutput(); err != nil {
+		return fmt.Errorf("nft delete table inet %s: %s", table, strings.TrimSpace(string(out)))
+	}
+	return nil
 }

@@ -289,3 +289,33 @@ func (rw *retiredWeb) wantReAddRefused(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestCaptureReAddedRemovedKeepsFlows: web, removed while its flow is
+// held, comes back with a reload (which rebuilds its table) and goes
+// again with the next, before the first web's flow has ended: that flow
+// still needs the table, whichever listener installed it last. The
+// second web, which had no flow, took the table away, and the first
+// web's flow passed the relay by once the routes changed.
+func TestCaptureReAddedRemovedKeepsFlows(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	rw := startRetiredWeb(t)
+	reloadRelay(t, rw.ctx, rw.rc, rw.logPath, "rc", "admin: {listen: off}\nlisteners:\n"+rw.web+rw.other)
+	waitCapture(t, rw.rc, "halfway_web", "7001")
+	reloadRelay(t, rw.ctx, rw.rc, rw.logPath, "rc", "admin: {listen: off}\nlisteners:\n"+rw.other)
+	// The flow's socket keeps the route its packets came by (TCP's early
+	// demux) until a routing change anywhere in the namespace: make one.
+	if out, err := rw.rc.Command(rw.ctx, "ip", "-4", "route", "flush", "cache").CombinedOutput(); err != nil {
+		t.Fatalf("ip route flush cache: %v %s", err, out)
+	}
+	if err := echoOnce(rw.held, "after web came back and went again"); err != nil {
+		out, _ := rw.rc.Command(rw.ctx, "nft", "list", "tables").CombinedOutput()
+		t.Errorf("the first web's flow: %v; tables:\n%s", err, out)
+	}
+	rw.held.Close()
+	rw.waitTableGone(t)
+	if err := rw.stop(); err != nil {
+		t.Errorf("the relay's stop: %v", err)
+	}
+	wantNoCaptureLeft(t, rw.ctx, rw.rc, "after the last flow and a stop")
+}

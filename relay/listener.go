@@ -29,7 +29,6 @@ type listener struct {
 	closing    atomic.Bool // closeSocket has run
 	cur        atomic.Pointer[listenerState]
 	uncapture  func() error // removes installed capture rules, or nil
-	disown     func()       // leaves the nftables table to a successor
 	// subflowOpts are what an MPTCP listener's subflow was given
 	// (applySubflows; nil: nothing). Under the Server's mu.
 	subflowOpts *sockopt.SubflowOptions
@@ -240,13 +239,9 @@ func (s *Server) openListener(lc ListenerConfig, cfg *Config) (*listener, error)
 	if lc.Capture != nil && lc.Capture.Install {
 		// A removed listener of this name (or one that maps to the same
 		// table) may still hold the table for its last flows: the table is
-		// rebuilt now and becomes ours.
-		table := captureTable(lc.Name)
-		if old := s.retired[table]; old != nil && old.disown != nil {
-			old.disown()
-		}
-		delete(s.retired, table)
-		if l.uncapture, l.disown, err = installCapture(&lc, &s.routes); err != nil {
+		// rebuilt now, and shared with it until the last of both goes.
+		delete(s.retired, captureTable(lc.Name))
+		if l.uncapture, err = installCapture(&lc, &s.routes); err != nil {
 			l.closeSocket()
 			return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
 		}

@@ -510,8 +510,8 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 		}
 		// A retired listener without flows is taking its capture away
 		// (flowDone), or failed to: its table carries nothing to keep, and
-		// the new listener takes it over (disown), after a removal under
-		// way.
+		// the new listener rebuilds it, after a removal under way
+		// (policyRoutes.tables).
 		ap, _ := netip.ParseAddrPort(lc.Listen)
 		if adminLeaves && addrPortOf(s.admin.ln.Addr()).Port() == ap.Port() {
 			return true
