@@ -201,17 +201,31 @@ type policyRoutes struct {
 	tableUsers map[string]int
 }
 
-// claim adds the capture tables cfg's listeners install to ours.
-func (pr *policyRoutes) claim(cfg *Config) {
+// claim adds the capture tables cfg's listeners install to ours, and
+// returns those it added, for unclaim if cfg is refused.
+func (pr *policyRoutes) claim(cfg *Config) (added []string) {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	if pr.ours == nil {
 		pr.ours = map[string]bool{}
 	}
 	for _, ln := range cfg.Listeners {
-		if ln.Capture != nil && ln.Capture.Install {
-			pr.ours[captureTable(ln.Name)] = true
+		if table := captureTable(ln.Name); ln.Capture != nil && ln.Capture.Install && !pr.ours[table] {
+			pr.ours[table] = true
+			added = append(added, table)
 		}
+	}
+	return added
+}
+
+// unclaim takes the tables claim added back out of ours: a refused
+// configuration's listeners are not this relay's, and a table of their
+// names may be another relay's.
+func (pr *policyRoutes) unclaim(added []string) {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	for _, table := range added {
+		delete(pr.ours, table)
 	}
 }
 

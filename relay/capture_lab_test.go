@@ -160,6 +160,65 @@ func TestCaptureTwoRelays(t *testing.T) {
 	}
 }
 
+// TestCaptureRefusedReloadClaimsNothing: a listener of a reload that is
+// refused (its port taken by another relay's listener of that name) is
+// not this relay's: the capture table of that name stays another relay's,
+// whose policy rule a later listener of this relay's with the same mark
+// does not take for a leftover of its own, and its stop leaves it. The
+// refused reload's table names stayed among the relay's own: the later
+// listener adopted the other relay's rule, and its stop removed it.
+func TestCaptureRefusedReloadClaimsNothing(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	rc := labtest.Start(t, chainTopo).Host("rc")
+	listener := func(name string, port int) string {
+		return fmt.Sprintf("  - {name: %s, listen: \"0.0.0.0:%d\", mode: tproxy, capture: {ports: \"%d\", install: true}}\n", name, port, port+2000)
+	}
+	const head = "admin: {listen: off}\nlisteners:\n"
+	other := "  - {name: other, listen: \"0.0.0.0:7003\", mode: tproxy}\n"
+	runRelay(t, rc, "b", head+listener("b", 7002))
+	waitCapture(t, rc, "halfway_b", "7002")
+	logA, stopA := runRelay(t, rc, "a", head+other)
+	waitLogged(t, logA, "relay started")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	reloadRefused(t, ctx, rc, logA, "a", head+other+listener("b", 7002))
+	reloadRelay(t, ctx, rc, logA, "a", head+other+listener("a", 7001))
+	waitCapture(t, rc, "halfway_a", "7001")
+	if err := stopA(); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := rc.Command(ctx, "ip", "-4", "rule", "show").CombinedOutput(); !strings.Contains(string(out), "fwmark 0x1 lookup 100") {
+		t.Errorf("relay a's stop took relay b's ip rule:\n%s", out)
+	}
+	if out, _ := rc.Command(ctx, "ip", "-4", "route", "show", "table", "100").CombinedOutput(); !strings.Contains(string(out), "local default") {
+		t.Errorf("relay a's stop took relay b's local route: %q", out)
+	}
+}
+
+// reloadRefused is reloadRelay for a reload the relay must refuse.
+func reloadRefused(t *testing.T, ctx context.Context, h *netlab.Host, logPath, name, cfg string) {
+	t.Helper()
+	before := func() int { b, _ := os.ReadFile(logPath); return strings.Count(string(b), "reload refused") }
+	n := before()
+	file := strings.TrimSuffix(logPath, ".log") + ".yaml"
+	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.Command(ctx, "pkill", "-HUP", "-f", "halfway relay -c "+file).CombinedOutput(); err != nil {
+		t.Fatalf("pkill -HUP: %v %s", err, out)
+	}
+	for i := 0; before() == n; i++ {
+		if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "reload incomplete") {
+			t.Fatal("the reload was applied in part, not refused")
+		}
+		if i > 500 {
+			t.Fatal("the relay never logged the refused reload")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestCaptureAfterKill: a relay killed with SIGKILL leaves its capture
 // behind; the next start takes it over, and its stop leaves no policy
 // rule or route.

@@ -445,7 +445,7 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 	if s.draining.Load() {
 		return fmt.Errorf("%w: draining", ErrNotApplied)
 	}
-	s.routes.claim(cfg)
+	claimed := s.routes.claim(cfg)
 	type opening struct {
 		lc  ListenerConfig
 		old *listener // replaced, or nil
@@ -553,6 +553,7 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 		if admin != nil {
 			admin.closeNow()
 		}
+		s.routes.unclaim(claimed) // the tables of listeners this relay does not run
 		return fmt.Errorf("%w: %w", ErrNotApplied, errors.Join(errs...))
 	}
 
