@@ -240,7 +240,10 @@ func installed(ln *ListenerConfig) (cmds [][]string) {
 	return cmds
 }
 
-func (pr *policyRoutes) acquire(ln *ListenerConfig) error {
+// acquire runs, or counts one more user of, the policy-routing commands
+// ln needs, and returns them: IPv6 may be turned on or off before ln's
+// release, which gives back these.
+func (pr *policyRoutes) acquire(ln *ListenerConfig) ([][]string, error) {
 	cmds := installed(ln)
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
@@ -256,12 +259,12 @@ func (pr *policyRoutes) acquire(ln *ListenerConfig) error {
 		if pr.users[k] == 0 {
 			if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil && !(c[2] == "rule" && strings.Contains(string(out), "File exists")) { // a kernel that refuses duplicates: the rule is in place
 				pr.releaseLocked(cmds[:i])
-				return fmt.Errorf("%s: %v: %s", k, err, strings.TrimSpace(string(out)))
+				return nil, fmt.Errorf("%s: %v: %s", k, err, strings.TrimSpace(string(out)))
 			}
 		}
 		pr.users[k]++
 	}
-	return nil
+	return cmds, nil
 }
 
 // adoptLeftoverRule tells whether the policy rule ln needs (IPv6 or IPv4)
@@ -307,10 +310,11 @@ func markedByOthers(mark int, own string, ours map[string]bool) bool {
 	return false
 }
 
-func (pr *policyRoutes) release(ln *ListenerConfig) error {
+// release gives back the commands acquire returned.
+func (pr *policyRoutes) release(cmds [][]string) error {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
-	return pr.releaseLocked(installed(ln))
+	return pr.releaseLocked(cmds)
 }
 
 // releaseLocked gives back cmds, removing what no listener uses any more
@@ -335,6 +339,9 @@ func (pr *policyRoutes) releaseLocked(cmds [][]string) error {
 			}
 			if used > 0 || err != nil {
 				continue
+			}
+			if c[1] == "-6" && !ipv6On() {
+				continue // turned off since: the kernel took lo's IPv6 routes with it
 			}
 		}
 		del := append([]string{}, c...)
@@ -361,7 +368,8 @@ func installCapture(ln *ListenerConfig, routes *policyRoutes) (remove func() err
 	if err := routes.addTable(table, rules); err != nil {
 		return nil, err
 	}
-	if err := routes.acquire(ln); err != nil {
+	cmds, err := routes.acquire(ln)
+	if err != nil {
 		_ = routes.dropTable(table)
 		return nil, err
 	}
@@ -369,7 +377,7 @@ func installCapture(ln *ListenerConfig, routes *policyRoutes) (remove func() err
 	var rerr error
 	return func() error {
 		once.Do(func() {
-			if err := errors.Join(routes.dropTable(table), routes.release(ln)); err != nil {
+			if err := errors.Join(routes.dropTable(table), routes.release(cmds)); err != nil {
 				rerr = fmt.Errorf("remove capture of %s: %w", ln.Name, err)
 			}
 		})
