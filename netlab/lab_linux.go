@@ -39,7 +39,7 @@ type Options struct {
 	Detach bool
 	// Exe is the halfway binary for the daemon; default: this executable.
 	Exe string
-	// Realtime schedules the emulators' writer threads SCHED_FIFO.
+	// Realtime schedules the emulators' reader and writer threads SCHED_FIFO.
 	Realtime bool
 	// File is the topology file, recorded for status.
 	File string

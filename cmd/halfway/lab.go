@@ -45,7 +45,7 @@ func runLab(args []string, stdout, stderr io.Writer) error {
 func labUp(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("lab up", stderr)
 	fg := fs.Bool("foreground", false, "run the emulators in this process and remove the lab on Ctrl-C or SIGTERM")
-	rt := fs.Bool("realtime", true, "run the emulators' writer threads SCHED_FIFO for precise delays")
+	rt := fs.Bool("realtime", true, "run the emulators' reader and writer threads SCHED_FIFO for precise delays")
 	if err := parseFlags(fs, args, 1); err != nil {
 		return err
 	}
@@ -293,7 +293,7 @@ func pickLab(name string) (string, error) {
 // labEmulate is the daemon that `lab up` starts in the lab's wire namespace.
 func labEmulate(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("lab emulate", stderr)
-	rt := fs.Bool("realtime", false, "SCHED_FIFO writer threads")
+	rt := fs.Bool("realtime", false, "SCHED_FIFO reader and writer threads")
 	if err := parseFlags(fs, args, 1); err != nil {
 		return err
 	}
