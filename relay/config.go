@@ -852,7 +852,7 @@ func (c *Config) Validate() error {
 			add(p, "a peer needs a pool, turbo or both")
 		}
 		if pl := pc.Pool; pl != nil {
-			if _, err := netip.ParseAddrPort(pc.Address); err != nil {
+			if _, perr := netip.ParseAddrPort(pc.Address); err == nil && perr != nil { // a bad address is said once, above
 				add(p+".address", "%q: a pool needs the peer's port, like 10.0.0.2:7100", pc.Address)
 			}
 			if pl.Low < 0 || pl.High < pl.Low || pl.High > maxPoolSize {

@@ -213,6 +213,18 @@ listeners:
 	}
 }
 
+// TestConfigPeerAddressOnce: a peer's address that is not an IP address
+// is said to be wrong once, not also as missing the port its pool needs.
+func TestConfigPeerAddressOnce(t *testing.T) {
+	_, err := ParseConfig([]byte(fmt.Sprintf("auth: {psk_file: %q}\n", testPSK(t)) + "listeners: [{name: s, listen: \"127.0.0.1:0\", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: [10.0.0.0/8]}]\npeers:\n  - {address: \"rs.example:7100\", pool: {}}\n"))
+	if err == nil {
+		t.Fatal("ParseConfig succeeded")
+	}
+	if n := strings.Count(err.Error(), "peers[0].address"); n != 1 {
+		t.Errorf("%d errors name peers[0].address, want 1:\n%v", n, err)
+	}
+}
+
 func TestConfigErrors(t *testing.T) {
 	dir := t.TempDir()
 	psk := writeTestFile(t, dir, "psk", "0123456789abcdef\n")
