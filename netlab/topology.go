@@ -114,6 +114,9 @@ func ParseTopology(data []byte) (*Topology, error) {
 		return nil, err
 	}
 	if err := t.Validate(); err != nil {
+		if errs, ok := err.(strictyaml.Errors); ok {
+			strictyaml.Locate(data, errs) // as the relay's configuration errors
+		}
 		return nil, err
 	}
 	return &t, nil

@@ -94,7 +94,7 @@ links: [{a: a, b: "B!"}]
 name: x
 nodes: [a, b]
 links: [{a: a, b: b, delay: 1ms, jitter: 2ms}]
-`, []string{`links[0].jitter`}},
+`, []string{`links[0].jitter: 2ms (ab) exceeds the delay 1ms (line 4)`}},
 		{"non-network sysctl", `
 name: x
 nodes: [a, {name: b, sysctl: {kernel.panic: "1"}}]
@@ -140,7 +140,7 @@ links: [{a: a, b: b}]
 name: x
 nodes: [a, b]
 links: [{a: a, b: b, mtu: 100}]
-`, []string{`links[0].mtu: 100: want 1280 to 9000`}},
+`, []string{`links[0].mtu: 100: want 1280 to 9000 (line 4)`}},
 		{"a queue past an hour", `
 name: x
 nodes: [a, b]
