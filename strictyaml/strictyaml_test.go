@@ -845,6 +845,8 @@ func TestSyntaxErrorLines(t *testing.T) {
 		{"unclosed flow mapping", "a: 1\nb: 2\nc: {1\n", "did not find expected ',' or '}' (line 3)"},
 		{"unknown anchor", "a: 1\nb: [x, *nope]\n", "unknown anchor 'nope' referenced (line 2)"},
 		{"unknown anchor after a longer one", "a: &nope1 1\nb: *nope1\nc: *nope\n", "unknown anchor 'nope' referenced (line 3)"},
+		{"unknown anchor as a key", "a: 1\nb: {*nope: 1}\n", "unknown anchor 'nope' referenced (line 2)"},
+		{"unknown anchor as a block key", "a: 1\nb:\n  *nope: 1\n", "unknown anchor 'nope' referenced (line 3)"},
 		{"invalid UTF-8", "a: 1\nb: \xff\n", "invalid leading UTF-8 octet (line 2)"},
 		{"truncated UTF-8", "a: 1\nb: 2\nc: \xc3\n", "invalid trailing UTF-8 octet (line 3)"},
 		{"control character", "a: 1\nb: 2\nc: \x01\n", "control characters are not allowed (line 3)"},
