@@ -301,7 +301,7 @@ func aliasLine(data []byte, name string) int {
 			return 0
 		}
 		start, end := i+j, i+j+len(alias)
-		before := start == 0 || bytes.IndexByte([]byte(" \t\r\n[{,"), data[start-1]) >= 0
+		before := start == 0 || bytes.IndexByte([]byte(" \t\r\n[{,?:"), data[start-1]) >= 0
 		// What ends an anchor name in yaml.v3's scanner: a blank, or
 		// one of ?:,]}%@` (so "*a: 1", an alias as a key, too).
 		after := end == len(data) || bytes.IndexByte([]byte(" \t\r\n\x00]},?:%@`"), data[end]) >= 0
