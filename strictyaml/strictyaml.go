@@ -544,6 +544,11 @@ func (d *Decoder) decode(n *yaml.Node, v reflect.Value) {
 
 // value decodes n, which is not an alias or document, into the settable v.
 func (d *Decoder) value(n *yaml.Node, v reflect.Value) {
+	if n.Kind == yaml.ScalarNode && n.Style&yaml.TaggedStyle != 0 && n.ShortTag() == "!!null" && !isNullWord(n.Value) {
+		// Taken for a null, "x" in "!!null x" would be dropped unseen.
+		d.Errorf(n, "want null, ~ or nothing for a value tagged !!null")
+		return
+	}
 	null := isNull(n)
 	for levels := 0; v.Kind() == reflect.Pointer; levels++ {
 		if levels > 100 {
@@ -968,7 +973,8 @@ func kindName(n *yaml.Node) string {
 const quotedStyles = yaml.DoubleQuotedStyle | yaml.SingleQuotedStyle | yaml.LiteralStyle | yaml.FoldedStyle
 
 // isNull reports whether n is a YAML null: an explicit !!null tag, or a
-// plain ~, null or nothing at all.
+// plain ~, null or nothing at all. (value refuses a !!null tag on anything
+// else.)
 func isNull(n *yaml.Node) bool {
 	if n.Kind != yaml.ScalarNode {
 		return false

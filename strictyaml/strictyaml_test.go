@@ -346,6 +346,24 @@ links:
 			},
 		},
 		{
+			name: "a value tagged !!null must be null",
+			doc: `name: !!null x
+links:
+  - mtu: !!null 5
+  - up: !!null false
+  - delay: !!null 5ms
+log: !!null
+extra: {a: !!null b, c: !!null ~, d: !!null ''}
+`,
+			want: []string{
+				`name: "x": want null, ~ or nothing for a value tagged !!null (line 1)`,
+				`links[0].mtu: "5": want null, ~ or nothing for a value tagged !!null (line 3)`,
+				`links[1].up: "false": want null, ~ or nothing for a value tagged !!null (line 4)`,
+				`links[2].delay: "5ms": want null, ~ or nothing for a value tagged !!null (line 5)`,
+				`extra.a: "b": want null, ~ or nothing for a value tagged !!null (line 7)`,
+			},
+		},
+		{
 			name: "strings keep scalars as written",
 			doc:  "name: 0123\nlog: 1.50\nlinks: [{name: true}, {name: ''}]\n",
 			check: func(t *testing.T, c *config) {
