@@ -114,7 +114,10 @@ const (
 // Decoder carries the current path and the error list through one call to
 // [Decode]; an [Unmarshaler] uses it to decode its children.
 type Decoder struct {
-	path string
+	// path is where the node being decoded is, written out only when an
+	// error or Path asks: a string per level, each its parent's and one
+	// more step, would cost memory in the square of the depth.
+	path []step
 	errs Errors
 
 	structs map[reflect.Type]*structInfo
@@ -415,8 +418,33 @@ func countNodes(n *yaml.Node, depth int) int {
 	return c
 }
 
+// step is one level of a path: a mapping key, or a list index.
+type step struct {
+	key   string
+	index int // -1 for a key
+}
+
 // Path returns the path of the node being decoded, "" at the document root.
-func (d *Decoder) Path() string { return d.path }
+func (d *Decoder) Path() string {
+	var b strings.Builder
+	for _, s := range d.path {
+		switch {
+		case s.index >= 0:
+			b.WriteString("[" + strconv.Itoa(s.index) + "]")
+		case !isIdent(s.key):
+			b.WriteString("[" + strconv.Quote(s.key) + "]") // as joinKey does
+		default:
+			if b.Len() > 0 {
+				b.WriteByte('.')
+			}
+			b.WriteString(s.key)
+		}
+	}
+	return b.String()
+}
+
+func (d *Decoder) push(s step) { d.path = append(d.path, s) }
+func (d *Decoder) pop()        { d.path = d.path[:len(d.path)-1] }
 
 // Decode decodes n into v at the current path; v must be a non-nil pointer.
 func (d *Decoder) Decode(n *yaml.Node, v any) {
@@ -430,16 +458,15 @@ func (d *Decoder) Decode(n *yaml.Node, v any) {
 
 // DecodeField decodes n into v at the current path extended by the key name.
 func (d *Decoder) DecodeField(name string, n *yaml.Node, v any) {
-	old := d.path
-	d.path = joinKey(old, name)
+	d.push(step{key: name, index: -1})
 	d.Decode(n, v)
-	d.path = old
+	d.pop()
 }
 
 // Errorf records an error at the current path and at the line and value of n,
 // which may be nil.
 func (d *Decoder) Errorf(n *yaml.Node, format string, args ...any) {
-	d.addError(d.path, n, true, fmt.Sprintf(format, args...))
+	d.addError(d.Path(), n, true, fmt.Sprintf(format, args...))
 }
 
 // addError records msg at path; withValue says whether n's text belongs in
@@ -493,10 +520,6 @@ func isIdent(s string) bool {
 		}
 	}
 	return true
-}
-
-func indexPath(path string, i int) string {
-	return path + "[" + strconv.Itoa(i) + "]"
 }
 
 // decode is the single entry point for every node, so that the limits and
@@ -722,12 +745,11 @@ func mistyped(n *yaml.Node, want string) string {
 }
 
 func (d *Decoder) elements(n *yaml.Node, v reflect.Value) {
-	old := d.path
 	for i, child := range n.Content {
-		d.path = indexPath(old, i)
+		d.push(step{index: i})
 		d.decode(child, v.Index(i))
+		d.pop()
 	}
-	d.path = old
 }
 
 func (d *Decoder) integer(n *yaml.Node, v reflect.Value) {
@@ -801,23 +823,22 @@ func (d *Decoder) mapValue(n *yaml.Node, v reflect.Value) {
 	if v.IsNil() {
 		v.Set(reflect.MakeMapWithSize(t, len(n.Content)/2))
 	}
-	old := d.path
-	defer func() { d.path = old }()
+	depth := len(d.path)
+	defer func() { d.path = d.path[:depth] }()
 	d.eachKey(n, func(key string, k, val *yaml.Node) {
-		keyPath := joinKey(old, key)
 		kv := reflect.New(keyType)
 		if textKey {
 			if err := kv.Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(key)); err != nil {
-				d.addError(keyPath, k, true, err.Error())
+				d.addError(joinKey(d.Path(), key), k, true, err.Error())
 				return
 			}
 		} else {
 			kv.Elem().SetString(key)
 		}
 		ev := reflect.New(elemType).Elem()
-		d.path = keyPath
+		d.push(step{key: key, index: -1})
 		d.decode(val, ev)
-		d.path = old
+		d.pop()
 		v.SetMapIndex(kv.Elem(), ev)
 	})
 }
@@ -831,13 +852,13 @@ func (d *Decoder) eachKey(n *yaml.Node, f func(key string, k, val *yaml.Node)) {
 		kr := resolveAlias(k)
 		switch {
 		case kr == nil || kr.Kind != yaml.ScalarNode:
-			d.addError(d.path, k, false, "want a scalar key, got "+kindName(kr))
+			d.addError(d.Path(), k, false, "want a scalar key, got "+kindName(kr))
 			continue
 		case kr.ShortTag() == "!!merge":
-			d.addError(d.path, k, true, "merge keys are not supported")
+			d.addError(d.Path(), k, true, "merge keys are not supported")
 			continue
 		case seen[kr.Value]:
-			d.addError(joinKey(d.path, kr.Value), k, false, "duplicate key")
+			d.addError(joinKey(d.Path(), kr.Value), k, false, "duplicate key")
 			continue
 		}
 		seen[kr.Value] = true
@@ -847,17 +868,15 @@ func (d *Decoder) eachKey(n *yaml.Node, f func(key string, k, val *yaml.Node)) {
 
 func (d *Decoder) structValue(n *yaml.Node, v reflect.Value) {
 	info := d.structInfo(v.Type())
-	old := d.path
 	d.eachKey(n, func(key string, k, val *yaml.Node) {
-		keyPath := joinKey(old, key)
 		index, ok := info.fields[key]
 		if !ok {
-			d.addError(keyPath, k, false, "unknown field")
+			d.addError(joinKey(d.Path(), key), k, false, "unknown field")
 			return
 		}
-		d.path = keyPath
+		d.push(step{key: key, index: -1})
 		d.decode(val, fieldByIndex(v, index))
-		d.path = old
+		d.pop()
 	})
 }
 
@@ -891,7 +910,7 @@ func (d *Decoder) structInfo(t reflect.Type) *structInfo {
 	var problems []string
 	addFields(t, nil, info.fields, map[reflect.Type]bool{t: true}, &problems)
 	for _, p := range problems {
-		d.addError(d.path, nil, false, fmt.Sprintf("strictyaml: Go type %s: %s", t, p))
+		d.addError(d.Path(), nil, false, fmt.Sprintf("strictyaml: Go type %s: %s", t, p))
 	}
 	return info
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -932,5 +933,37 @@ nodes:
 	Locate([]byte("name: [\n"), errs)
 	if errs[0].Line != 0 {
 		t.Errorf("unparsable document: line %d, want 0", errs[0].Line)
+	}
+}
+
+// TestDeepDocumentMemory: decoding a deeply nested document costs memory
+// in proportion to its size, as parsing it does, not to the square of its
+// depth (a path string per level, each a copy of its parent's).
+func TestDeepDocumentMemory(t *testing.T) {
+	const depth = 5000
+	key := strings.Repeat("k", 32)
+	doc := "extra: " + strings.Repeat("{"+key+": ", depth) + "x" + strings.Repeat("}", depth) + "\n"
+	allocated := func(f func()) uint64 {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		f()
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	parse := allocated(func() {
+		var n yaml.Node
+		if err := yaml.Unmarshal([]byte(doc), &n); err != nil {
+			t.Fatal(err)
+		}
+	})
+	decode := allocated(func() {
+		var c config
+		if err := Decode([]byte(doc), &c); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if decode > 4*parse {
+		t.Errorf("Decode of a %d-byte document %d levels deep allocated %d MiB, parsing it %d MiB: want at most 4 times as much",
+			len(doc), depth, decode>>20, parse>>20)
 	}
 }
