@@ -223,6 +223,37 @@ type CaptureConfig struct {
 	Table   int      `yaml:"table"`   // TPROXY routing table (default 100)
 }
 
+// UnmarshalYAMLNode decodes a listener, refusing an empty capture section.
+func (lc *ListenerConfig) UnmarshalYAMLNode(d *strictyaml.Decoder, n *yaml.Node) error {
+	type fields ListenerConfig // without this method, so the decoder walks the fields
+	d.Decode(n, (*fields)(lc))
+	refuseEmptySections(d, n, "capture")
+	return nil
+}
+
+// emptySection stands where a section of settings was written with
+// nothing after it ("pool:"), which YAML reads as null: taken for an
+// absent section, it would turn the feature off without a word, where an
+// operator may have meant the section with its defaults.
+type emptySection struct{}
+
+func (*emptySection) UnmarshalYAMLNode(*strictyaml.Decoder, *yaml.Node) error {
+	return fmt.Errorf("empty: write {} for the defaults, or leave the key out")
+}
+
+// refuseEmptySections reports each of keys whose value in mapping n is null.
+func refuseEmptySections(d *strictyaml.Decoder, n *yaml.Node, keys ...string) {
+	if n.Kind != yaml.MappingNode {
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if v.Kind == yaml.ScalarNode && v.ShortTag() == "!!null" && slices.Contains(keys, k.Value) {
+			d.DecodeField(k.Value, v, &emptySection{})
+		}
+	}
+}
+
 // UnmarshalYAMLNode decodes a capture with mark's and table's defaults in
 // place first, so that only a missing one takes its default: 0, as
 // written, is refused (Validate), not taken for the default.
@@ -259,6 +290,14 @@ type PeerConfig struct {
 	// MPTCP opens the pool's connections with Multipath TCP, so a relay
 	// with several uplinks spreads every pooled flow over them.
 	MPTCP bool `yaml:"mptcp"`
+}
+
+// UnmarshalYAMLNode decodes a peer, refusing an empty pool or turbo section.
+func (p *PeerConfig) UnmarshalYAMLNode(d *strictyaml.Decoder, n *yaml.Node) error {
+	type fields PeerConfig // without this method, so the decoder walks the fields
+	d.Decode(n, (*fields)(p))
+	refuseEmptySections(d, n, "pool", "turbo")
+	return nil
 }
 
 // PoolConfig keeps pre-established, authenticated connections to a peer.
