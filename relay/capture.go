@@ -390,11 +390,12 @@ func installCapture(ln *ListenerConfig, routes *policyRoutes) (remove func() err
 func (pr *policyRoutes) addTable(table, rules string) error {
 	pr.tables.Lock()
 	defer pr.tables.Unlock()
-	// A table left by a crash, or by a removed listener of this name, is
-	// replaced, not duplicated.
-	_ = exec.Command("nft", "delete", "table", "inet", table).Run()
+	// A table left by a crash, or by a listener of this name (removed,
+	// or replaced by this one), is replaced, not duplicated: in one
+	// transaction (nft applies a file as one), so that no packet meets
+	// the moment without it. "add" makes the table the delete needs.
 	cmd := exec.Command("nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(rules)
+	cmd.Stdin = strings.NewReader(fmt.Sprintf("add table inet %[1]s\ndelete table inet %[1]s\n%s", table, rules))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("install nftables table %s: %v: %s", table, err, strings.TrimSpace(string(out)))
 	}

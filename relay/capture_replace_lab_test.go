@@ -319,3 +319,63 @@ func TestCaptureReAddedRemovedKeepsFlows(t *testing.T) {
 	}
 	wantNoCaptureLeft(t, rw.ctx, rw.rc, "after the last flow and a stop")
 }
+
+// TestCaptureRebuiltNoGap: a reload that rebuilds a listener's capture
+// under the same table name (here its ports change) replaces the table in
+// one nftables transaction: a flow that starts while the new table is
+// being installed (nft is slowed down for that install) is still taken
+// by the relay. The old table was deleted first, and the flow went past
+// the relay, straight to the server.
+func TestCaptureRebuiltNoGap(t *testing.T) {
+	requireTools(t, "nft", "curl")
+	labtest.RequireRoot(t)
+	// The first "nft -f -" once armed sleeps, then runs.
+	_, arm, sleeping := slowedCommand(t, "nft", "$1 $2", "-f -", 2)
+	lab := labtest.Start(t, chainTopo)
+	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+	srvNet := server.Ifaces()[0].Addr4.Masked()
+	web := func(ports string) string {
+		return fmt.Sprintf("admin: {listen: off}\nlisteners:\n  - {name: web, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {dst: [%s], ports: %q, install: true}}\n", srvNet, ports)
+	}
+	logPath, stop := runRelay(t, rc, "rc", web("8080"))
+	waitCapture(t, rc, "halfway_web", "7001")
+	serveSeenFrom(t, server, ":8080")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	defer func() {
+		for i := 0; sleeping() && i < 500; i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	arm()
+	reloaded := func() int { b, _ := os.ReadFile(logPath); return strings.Count(string(b), "configuration reloaded") }
+	n := reloaded()
+	file := filepath.Join(filepath.Dir(logPath), "rc.yaml")
+	if err := os.WriteFile(file, []byte(web("8080, 8081")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := rc.Command(ctx, "pkill", "-HUP", "-f", "halfway relay -c "+file).CombinedOutput(); err != nil {
+		t.Fatalf("pkill -HUP: %v %s", err, out)
+	}
+	for i := 0; !sleeping(); i++ {
+		if i > 500 {
+			t.Fatal("the reload's table install never started")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out, err := client.Command(ctx, "curl", "-sS", "--max-time", "15", "http://"+server.AddrPort(8080)+"/").CombinedOutput()
+	// Split at rc: the server sees rc's address on its link.
+	if want := "seen from " + rc.Ifaces()[1].Addr4.Addr().String() + ":"; err != nil || !strings.Contains(string(out), want) {
+		t.Errorf("a flow started while the reload rebuilt web's capture: %v: %s (want %q)", err, out, want)
+	}
+	for i := 0; reloaded() == n; i++ {
+		if i > 500 {
+			t.Fatal("the relay never logged the reload")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := stop(); err != nil {
+		t.Errorf("the relay's stop: %v", err)
+	}
+	wantNoCaptureLeft(t, ctx, rc, "after the stop")
+}

@@ -587,13 +587,17 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 			}
 		}
 	}
+	var handover []*listener // replaced by one that rebuilds their capture
 	for _, l := range closing {
 		name := l.cfg.Name
 		if want[name] && installs[name] {
-			// Replaced under the same name: its capture table is about to
-			// be rebuilt, so it goes now (flows lose their mark for the
-			// moment in between; TCP retransmits over it).
-			errs = append(errs, l.closeNow())
+			// Replaced under the same name: its successor rebuilds its
+			// capture table in one transaction (addTable). Its socket goes
+			// now, for the successor's; its rules once the successor's are
+			// in place (the table then goes with the last of both, as the
+			// policy routes do), so that no flow meets a moment without.
+			l.closeSocket()
+			handover = append(handover, l)
 		} else {
 			// Removed, or replaced by one that installs no capture: its
 			// rules stay while its flows last.
@@ -642,6 +646,12 @@ func (s *Server) apply(cfg *Config, commit func()) error {
 		s.listeners[o.lc.Name] = o.l
 		s.acceptorWG.Add(1)
 		go func() { defer s.acceptorWG.Done(); s.acceptLoop(o.l) }()
+	}
+	for _, l := range handover {
+		errs = append(errs, l.close()) // its rules go now, or with its last flow
+		if _, ok := s.listeners[l.cfg.Name]; !ok && l.uncapture != nil && l.flows.Load() > 0 {
+			s.retired[captureTable(l.cfg.Name)] = l // no successor opened: as if removed
+		}
 	}
 	s.applySubflows(cfg, sfOpts, sfWant)
 	if err := s.applyEarly(); err != nil {
