@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,8 +54,25 @@ func (c *CaptureConfig) markTable() (int, int) {
 // passing through, and the relay would refuse them as its own.
 const ownHostRule = "\t\tfib daddr type local accept\n"
 
+// kept is what a capture table holds, beside its listener's own rules,
+// for the flows of a listener of its name in the other mode that a reload
+// replaced: the table is rebuilt for the new mode, and they still run.
+type kept struct {
+	// mark is a tproxy predecessor's: its flows' packets reach the
+	// relay's transparent sockets only marked (its policy route delivers
+	// them), and pass no nat rule of the redirect table.
+	mark int
+	// nat keeps a redirect predecessor's flows translated: the kernel
+	// translates a connection only while some nat chain exists, and its
+	// packets, to the address they were sent to, must pass the tproxy rule.
+	nat bool
+}
+
 // nftRules is the ruleset (for `nft -f -`) that captures a listener's flows.
-func nftRules(ln *ListenerConfig) (string, error) {
+func nftRules(ln *ListenerConfig) (string, error) { return tableRules(ln, kept{}) }
+
+// tableRules is nftRules with what the table keeps for its predecessors.
+func tableRules(ln *ListenerConfig, k kept) (string, error) {
 	c := ln.Capture
 	if c == nil {
 		return "", fmt.Errorf("listener %s: no capture section", ln.Name)
@@ -97,6 +115,9 @@ func nftRules(ln *ListenerConfig) (string, error) {
 	switch ln.Mode {
 	case "tproxy":
 		fmt.Fprintf(&b, "table inet %s {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n", table)
+		if k.nat {
+			b.WriteString("\t\tct status dnat accept\n")
+		}
 		// Packets of flows the relay already holds go straight to its socket.
 		// Not a listener's on 0.0.0.0 or [::]: the lookup is by the packet's
 		// destination, which such a socket matches on its port whatever the
@@ -114,7 +135,11 @@ func nftRules(ln *ListenerConfig) (string, error) {
 		} else {
 			fmt.Fprintf(&b, "\t\t%stcp dport { %s } tproxy ip6 to %s meta mark set %d accept\n", match("ip6", v6), ports, to, mark)
 		}
-		b.WriteString("\t}\n}\n")
+		b.WriteString("\t}\n")
+		if k.nat {
+			b.WriteString("\tchain kept {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t}\n")
+		}
+		b.WriteString("}\n")
 	case "redirect":
 		fmt.Fprintf(&b, "table inet %s {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n", table)
 		b.WriteString(ownHostRule)
@@ -127,7 +152,13 @@ func nftRules(ln *ListenerConfig) (string, error) {
 		if len(v4) == 0 && len(v6) == 0 {
 			fmt.Fprintf(&b, "\t\tmeta nfproto %s tcp dport { %s } %s %s\n", map[bool]string{true: "ipv4", false: "ipv6"}[is4], ports, nat, to)
 		}
-		b.WriteString("\t}\n}\n")
+		b.WriteString("\t}\n")
+		if k.mark != 0 {
+			// Untracked, the packets meet no nat rule (conntrack, which
+			// may start only now, would take them for new connections).
+			fmt.Fprintf(&b, "\tchain kept {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tmeta l4proto tcp socket transparent 1 socket wildcard 0 notrack meta mark set %d\n\t}\n", k.mark)
+		}
+		b.WriteString("}\n")
 	default:
 		return "", fmt.Errorf("listener %s: mode %s captures nothing", ln.Name, ln.Mode)
 	}
@@ -193,12 +224,35 @@ type policyRoutes struct {
 	ours map[string]bool
 	// tables orders the installs and removals of nftables tables, so
 	// that a removal under way when a reload rebuilds the table cannot
-	// delete the new one; under it, tableUsers counts by table the
+	// delete the new one; under it, tableUsers holds by table the
 	// listeners that installed it and have not removed it: a listener a
-	// reload adds back rebuilds the table of its removed namesake, whose
-	// flows still need it, and the table goes with the last of them.
+	// reload adds back (or replaces) rebuilds the table of its namesake,
+	// whose flows still need it, and the table goes with the last of them.
 	tables     sync.Mutex
-	tableUsers map[string]int
+	tableUsers map[string]*tableUse
+}
+
+// tableUse is a capture table's listeners: the table is made of the
+// rules of the last one to install it, and keeps for the others' flows
+// what those rules lack (kept) while they hold it.
+type tableUse struct {
+	last  ListenerConfig
+	users []*ListenerConfig
+	kept  kept
+}
+
+// keeps is what the table must keep for its users not in last's mode.
+func (u *tableUse) keeps() (k kept) {
+	for _, ln := range u.users {
+		switch {
+		case ln.Mode == u.last.Mode:
+		case ln.Mode == "tproxy":
+			k.mark, _ = ln.Capture.markTable()
+		case ln.Mode == "redirect":
+			k.nat = true
+		}
+	}
+	return k
 }
 
 // claim adds the capture tables cfg's listeners install to ours, and
@@ -360,24 +414,21 @@ func (pr *policyRoutes) releaseLocked(cmds [][]string) error {
 // (the nftables table only once no other listener that installed it
 // still holds it).
 func installCapture(ln *ListenerConfig, routes *policyRoutes) (remove func() error, err error) {
-	rules, err := nftRules(ln)
-	if err != nil {
-		return nil, err
-	}
-	table := captureTable(ln.Name)
-	if err := routes.addTable(table, rules); err != nil {
+	own := *ln // the table's users are told apart by address
+	ln = &own
+	if err := routes.addTable(ln); err != nil {
 		return nil, err
 	}
 	cmds, err := routes.acquire(ln)
 	if err != nil {
-		_ = routes.dropTable(table)
+		_ = routes.dropTable(ln)
 		return nil, err
 	}
 	var once sync.Once
 	var rerr error
 	return func() error {
 		once.Do(func() {
-			if err := errors.Join(routes.dropTable(table), routes.release(cmds)); err != nil {
+			if err := errors.Join(routes.dropTable(ln), routes.release(cmds)); err != nil {
 				rerr = fmt.Errorf("remove capture of %s: %w", ln.Name, err)
 			}
 		})
@@ -385,11 +436,35 @@ func installCapture(ln *ListenerConfig, routes *policyRoutes) (remove func() err
 	}, nil
 }
 
-// addTable (re)builds the nftables table from rules and counts one more
-// user of it.
-func (pr *policyRoutes) addTable(table, rules string) error {
+// addTable (re)builds ln's nftables table from its rules, keeping what
+// its other users need, and adds ln to them.
+func (pr *policyRoutes) addTable(ln *ListenerConfig) error {
 	pr.tables.Lock()
 	defer pr.tables.Unlock()
+	table := captureTable(ln.Name)
+	u := &tableUse{last: *ln}
+	if old := pr.tableUsers[table]; old != nil {
+		u.users = slices.Clone(old.users)
+	}
+	u.users = append(u.users, ln)
+	if err := replaceTable(table, u); err != nil {
+		return err
+	}
+	if pr.tableUsers == nil {
+		pr.tableUsers = map[string]*tableUse{}
+	}
+	pr.tableUsers[table] = u
+	return nil
+}
+
+// replaceTable builds the table from u's last listener's rules and what
+// it keeps for the others.
+func replaceTable(table string, u *tableUse) error {
+	k := u.keeps()
+	rules, err := tableRules(&u.last, k)
+	if err != nil {
+		return err
+	}
 	// A table left by a crash, or by a listener of this name (removed,
 	// or replaced by this one), is replaced, not duplicated: in one
 	// transaction (nft applies a file as one), so that no packet meets
@@ -399,20 +474,26 @@ func (pr *policyRoutes) addTable(table, rules string) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("install nftables table %s: %v: %s", table, err, strings.TrimSpace(string(out)))
 	}
-	if pr.tableUsers == nil {
-		pr.tableUsers = map[string]int{}
-	}
-	pr.tableUsers[table]++
+	u.kept = k
 	return nil
 }
 
-// dropTable counts one user of the nftables table fewer, and deletes it
-// after the last.
-func (pr *policyRoutes) dropTable(table string) error {
+// dropTable takes ln from its nftables table's users: the table is
+// rebuilt without what it kept for ln alone, and deleted after the last.
+func (pr *policyRoutes) dropTable(ln *ListenerConfig) error {
 	pr.tables.Lock()
 	defer pr.tables.Unlock()
-	if pr.tableUsers[table]--; pr.tableUsers[table] > 0 {
+	table := captureTable(ln.Name)
+	u := pr.tableUsers[table]
+	if u == nil {
 		return nil
+	}
+	u.users = slices.DeleteFunc(u.users, func(o *ListenerConfig) bool { return o == ln })
+	if len(u.users) > 0 {
+		if u.keeps() == u.kept {
+			return nil
+		}
+		return replaceTable(table, u)
 	}
 	delete(pr.tableUsers, table)
 	if out, err := exec.Command("nft", "delete", "table", "inet", table).CombinedOutput(); err != nil {

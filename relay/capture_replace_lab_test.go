@@ -187,6 +187,7 @@ func slowedCommand(t *testing.T, name, args, match string, secs int) (path strin
 // startHeldWeb starts it with both, the flow held; startRetiredWeb
 // reloads it without web then.
 type retiredWeb struct {
+	lab                 *netlab.Lab
 	rc                  *netlab.Host
 	ctx                 context.Context
 	held                net.Conn
@@ -204,12 +205,18 @@ func startRetiredWeb(t *testing.T) *retiredWeb {
 
 func startHeldWeb(t *testing.T) *retiredWeb {
 	t.Helper()
+	return startHeldWebAs(t, "tproxy")
+}
+
+// startHeldWebAs is startHeldWeb with web in mode.
+func startHeldWebAs(t *testing.T, mode string) *retiredWeb {
+	t.Helper()
 	lab := labtest.Start(t, chainTopo)
 	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
 	srvNet := server.Ifaces()[0].Addr4.Masked()
-	rw := &retiredWeb{rc: rc, srvNet: srvNet,
+	rw := &retiredWeb{lab: lab, rc: rc, srvNet: srvNet,
 		other: "  - {name: other, listen: \"0.0.0.0:7002\", mode: tproxy}\n",
-		web:   fmt.Sprintf("  - {name: web, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {dst: [%s], ports: \"9001\", install: true}}\n", srvNet),
+		web:   fmt.Sprintf("  - {name: web, listen: \"0.0.0.0:7001\", mode: %s, capture: {dst: [%s], ports: \"9001\", install: true}}\n", mode, srvNet),
 	}
 	rw.logPath, rw.stop = runRelay(t, rc, "rc", "admin: {listen: off}\nlisteners:\n"+rw.web+rw.other)
 	waitCapture(t, rc, "halfway_web", "7001")
@@ -378,4 +385,61 @@ func TestCaptureRebuiltNoGap(t *testing.T) {
 		t.Errorf("the relay's stop: %v", err)
 	}
 	wantNoCaptureLeft(t, ctx, rc, "after the stop")
+}
+
+// TestCaptureModeChangedKeepsFlows: a reload that changes web from one
+// capture mode to the other under the same name rebuilds its table for
+// the new mode; the flow web took before still passes (after a routing
+// change too: ip route flush cache), new flows are taken in the new
+// mode, what the table kept for the old flow goes with it, and the
+// relay's stop leaves nothing. The table of the new mode was built
+// alone: a redirect table has neither the rule that marks the packets of
+// the relay's transparent sockets nor the policy route that delivers
+// them, and a tproxy table takes a redirected flow's packets to its
+// listener and, with no nat chain left, the kernel translates them no
+// more.
+func TestCaptureModeChangedKeepsFlows(t *testing.T) {
+	requireTools(t, "nft", "curl")
+	labtest.RequireRoot(t)
+	for _, tc := range []struct{ from, to string }{
+		{"tproxy", "redirect"},
+		{"redirect", "tproxy"},
+	} {
+		t.Run(tc.from+"-"+tc.to, func(t *testing.T) {
+			rw := startHeldWebAs(t, tc.from)
+			rc, ctx := rw.rc, rw.ctx
+			web := fmt.Sprintf("  - {name: web, listen: \"0.0.0.0:7001\", mode: %s, capture: {dst: [%s], ports: \"9001, 8080\", install: true}}\n", tc.to, rw.srvNet)
+			reloadRelay(t, ctx, rc, rw.logPath, "rc", "admin: {listen: off}\nlisteners:\n"+web+rw.other)
+			waitCapture(t, rc, "halfway_web", "8080")
+			if out, err := rc.Command(ctx, "ip", "-4", "route", "flush", "cache").CombinedOutput(); err != nil {
+				t.Fatalf("ip route flush cache: %v %s", err, out)
+			}
+			if err := echoOnce(rw.held, "after web changed its mode"); err != nil {
+				out, _ := rc.Command(ctx, "nft", "list", "ruleset").CombinedOutput()
+				t.Errorf("the flow web took as a %s listener: %v; ruleset:\n%s", tc.from, err, out)
+			}
+			server := rw.lab.Host("server")
+			serveSeenFrom(t, server, ":8080")
+			out, err := rw.lab.Host("client").Command(ctx, "curl", "-sS", "--max-time", "10", "http://"+server.AddrPort(8080)+"/").CombinedOutput()
+			// Split at rc: the server sees rc's address on its link.
+			if want := "seen from " + rc.Ifaces()[1].Addr4.Addr().String() + ":"; err != nil || !strings.Contains(string(out), want) {
+				t.Errorf("a new flow through web, now %s: %v: %s (want %q)", tc.to, err, out, want)
+			}
+			rw.held.Close()
+			for i := 0; ; i++ {
+				out, _ := rc.Command(ctx, "nft", "list", "table", "inet", "halfway_web").CombinedOutput()
+				if !strings.Contains(string(out), "chain kept") {
+					break
+				}
+				if i > 200 {
+					t.Fatalf("what web's table kept for its old flow stayed after it:\n%s", out)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if err := rw.stop(); err != nil {
+				t.Errorf("the relay's stop: %v", err)
+			}
+			wantNoCaptureLeft(t, ctx, rc, "after the stop")
+		})
+	}
 }
