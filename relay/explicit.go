@@ -390,9 +390,11 @@ func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.Addr
 		running++
 		routes[i] = rt.match(f.listener, dsts[i])
 		go func() {
-			defer s.endConnect()
 			start := time.Now()
 			c, _, asked, leg, err := s.connectOnce(ctx, rt, st, routes[i], f.client, dsts[i], nil, true)
+			// The slot is given back before the race hears of the end, so
+			// the next address can take it.
+			s.endConnect()
 			if err == nil || !errors.Is(ctx.Err(), context.Canceled) {
 				s.countConnect(leg, start, err)
 			}

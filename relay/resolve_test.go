@@ -302,3 +302,47 @@ func TestInterleave(t *testing.T) {
 		}
 	}
 }
+
+// TestExplicitNameSlotHandedOn: an attempt at a name's address that
+// fails gives its connect slot back before the race hears of it, so the
+// next address can take it: with max_pending 1, a name whose first
+// address refuses and whose second answers serves its client every time.
+func TestExplicitNameSlotHandedOn(t *testing.T) {
+	a2, a3 := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
+	echo, err := net.Listen("tcp", netip.AddrPortFrom(a3, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	port := addrPortOf(echo.Addr()).Port() // nothing listens on a2 there: refused
+	dns := &testDNS{a: map[string][]netip.Addr{"two.test.": {a2, a3}}}
+	s := newServer(t, `
+admin: {listen: off}
+limits: {connect_timeout: 10s, max_pending: 1}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.2/32", "127.0.0.3/32"]}
+`)
+	s.resolver = dns.start(t)
+	runServer(t, s)
+	for i := range 200 {
+		c, err := net.Dial("tcp", s.Addr("x").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		_, err = socks5.ClientHandshake(c, c, socks5.Addr{Name: "two.test", Port: port}, "", "")
+		c.Close()
+		if err != nil {
+			t.Fatalf("connect %d: %v, want success through the second address", i, err)
+		}
+	}
+}
