@@ -364,7 +364,9 @@ func interleave(dsts []netip.AddrPort) []netip.AddrPort {
 
 // race connects to the first of dsts that answers (open). Each attempt
 // holds a connect slot while it runs; one that finds none, or maxRacing
-// running, is put off to the next delay or the next failure. An attempt given up because another won is not counted.
+// running, is put off to the next delay or the next failure. A verdict
+// that another address cannot change ends the race as a connect does: the
+// attempts still running are given up, and not counted.
 func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.AddrPort) (*net.TCPConn, error) {
 	by := f.connectBy
 	if by.IsZero() {
@@ -410,11 +412,23 @@ func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.Addr
 	delay := time.NewTimer(attemptDelay)
 	defer delay.Stop()
 	var err error
-	last, final := -1, false
+	last := -1
 	// more says whether another address may still be tried: not past the
 	// budget (an attempt's own deadline may come a moment before ctx's).
 	more := func() bool {
-		return next < len(dsts) && !final && ctx.Err() == nil && time.Now().Before(by)
+		return next < len(dsts) && ctx.Err() == nil && time.Now().Before(by)
+	}
+	// giveUp ends the attempts still running, closing any that connects
+	// after all.
+	giveUp := func() {
+		cancel()
+		go func(n int) {
+			for range n {
+				if res := <-results; res.c != nil {
+					res.c.Close()
+				}
+			}
+		}(running)
 	}
 	for running > 0 {
 		select {
@@ -426,27 +440,21 @@ func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.Addr
 		case res := <-results:
 			running--
 			if res.err == nil {
-				cancel()
-				go func(n int) { // the attempts still running, given up
-					for range n {
-						if res := <-results; res.c != nil {
-							res.c.Close()
-						}
-					}
-				}(running)
+				giveUp()
 				f.dst.Store(&dsts[res.i])
 				f.route.Store(&routes[res.i].name)
 				f.askedMPTCP = res.asked
 				return res.c, nil
 			}
 			// Another address can help only when this relay itself could
-			// not reach this one; a verdict from a relay further on stands.
+			// not reach this one; a verdict from a relay further on
+			// stands, and the attempts still running cannot change it.
 			var ce *connectError
 			if !errors.As(res.err, &ce) || ce.hop != 0 || ce.kind == "resource" || ce.kind == "not_allowed" {
-				if !final {
-					err, final = res.err, true
-				}
-			} else if !final && res.i > last {
+				giveUp()
+				return nil, res.err
+			}
+			if res.i > last {
 				err, last = res.err, res.i // the last address's error says most
 			}
 			if more() && launch() {

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -344,5 +346,43 @@ listeners:
 		if err != nil {
 			t.Fatalf("connect %d: %v, want success through the second address", i, err)
 		}
+	}
+}
+
+// TestExplicitNameVerdictEndsRace: a verdict that another address cannot
+// change (here the relay a route goes through is down) ends the race at
+// once: the attempts still running are given up, not waited for until
+// connect_timeout, and are not counted as timeouts.
+func TestExplicitNameVerdictEndsRace(t *testing.T) {
+	psk := filepath.Join(t.TempDir(), "psk")
+	if err := os.WriteFile(psk, []byte("chain test key 0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a2, a3 := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
+	port := fullListeners(t, a2) // a2 does not answer
+	dns := &testDNS{a: map[string][]netip.Addr{"two.test.": {a2, a3}}}
+	s := newServer(t, fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %q}
+limits: {connect_timeout: 60s}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.2/32", "127.0.0.3/32"]}
+routes:
+  - {dst: ["127.0.0.3/32"], via: [%q]}
+`, psk, freeLoopback(t)))
+	s.resolver = dns.start(t)
+	runServer(t, s)
+	c, err := net.Dial("tcp", s.Addr("x").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = socks5.ClientHandshake(c, c, socks5.Addr{Name: "two.test", Port: port}, "", "")
+	if re := (*socks5.ReplyError)(nil); !errors.As(err, &re) || re.Reply != socks5.GeneralFailure {
+		t.Errorf("reply: %v, want %v (the relay down, within the client's 10s)", err, socks5.GeneralFailure)
+	}
+	if got := s.metrics.errors.With("connect_timeout").Value(); got != 0 {
+		t.Errorf("%d connects timed out, want 0", got)
 	}
 }
