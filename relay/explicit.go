@@ -446,11 +446,8 @@ func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.Addr
 				f.askedMPTCP = res.asked
 				return res.c, nil
 			}
-			// Another address can help only when this relay itself could
-			// not reach this one; a verdict from a relay further on
-			// stands, and the attempts still running cannot change it.
-			var ce *connectError
-			if !errors.As(res.err, &ce) || ce.hop != 0 || ce.kind == "resource" || ce.kind == "not_allowed" {
+			if !anotherMayHelp(res.err) {
+				// A verdict that the attempts still running cannot change.
 				giveUp()
 				return nil, res.err
 			}
@@ -463,6 +460,29 @@ func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.Addr
 		}
 	}
 	return nil, err
+}
+
+// anotherMayHelp says whether another of a name's addresses may connect
+// where one failed with err: when the relay that connects to the
+// destination, this one or the last of a chain, could not reach this
+// address (refused, unreachable), or the budget ran out; or when this
+// relay's own connect failed otherwise. A relay of the chain down or
+// failing, or a refusal to connect at all (not allowed, out of
+// resources), stands for every address.
+func anotherMayHelp(err error) bool {
+	var ce *connectError
+	if !errors.As(err, &ce) {
+		return false
+	}
+	switch ce.kind {
+	case "refused", "unreachable", "timeout":
+		// A relay of the chain reports these only of the destination:
+		// one that could not reach the next relay says failure.
+		return true
+	case "resource", "not_allowed":
+		return false
+	}
+	return ce.hop == 0
 }
 
 // refuse answers a client the relay has no room for, in its protocol when

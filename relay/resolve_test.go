@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -384,5 +385,65 @@ routes:
 	}
 	if got := s.metrics.errors.With("connect_timeout").Value(); got != 0 {
 		t.Errorf("%d connects timed out, want 0", got)
+	}
+}
+
+// TestExplicitNameChainMovesOn: through a chain, the last relay's
+// refusal or unreachable for one of a name's addresses is about that
+// address, as this relay's own would be: the next address is tried
+// through the chain and serves the client (a far relay with no IPv6
+// route must not fail a name that has IPv4 addresses too).
+func TestExplicitNameChainMovesOn(t *testing.T) {
+	psk := filepath.Join(t.TempDir(), "psk")
+	if err := os.WriteFile(psk, []byte("chain test key 0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a2, a3 := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
+	echo, err := net.Listen("tcp", netip.AddrPortFrom(a3, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hello"))
+			c.Close()
+		}
+	}()
+	port := addrPortOf(echo.Addr()).Port() // nothing listens on a2 there: refused
+	hop := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %q}
+listeners:
+  - {name: hop, listen: "127.0.0.1:0", protocols: [convert], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.2/32", "127.0.0.3/32"]}
+`, psk))
+	dns := &testDNS{a: map[string][]netip.Addr{"two.test.": {a2, a3}}}
+	s := newServer(t, fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %q}
+limits: {connect_timeout: 60s}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.2/32", "127.0.0.3/32"]}
+routes:
+  - {via: [%q]}
+`, psk, hop.Addr("hop").String()))
+	s.resolver = dns.start(t)
+	runServer(t, s)
+	c, err := net.Dial("tcp", s.Addr("x").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := socks5.ClientHandshake(c, c, socks5.Addr{Name: "two.test", Port: port}, "", ""); err != nil {
+		t.Fatalf("reply: %v, want success through the second address", err)
+	}
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "hello" {
+		t.Errorf("read %q, %v through the second address", b, err)
 	}
 }
