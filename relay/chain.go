@@ -238,10 +238,14 @@ const heldMax = 64 << 10
 // connects onward: with early SYN and a pool this is what brings TTFB down
 // to the model's bound. They are kept until the first answer: if a pooled
 // connection turns out dead, they go again on a fresh one, so none is lost
-// or sent twice on one stream; a write of them that the connect's
-// deadline cut short fails the flow. Past heldMax the client waits for
-// the answers. It returns the relay connection, ready for the data path;
-// on error both are left for the caller to reset or close.
+// or sent twice on one stream. Their writes wait for the first relay
+// within the connect's deadline while the answers are pending; once the
+// chain has answered, that deadline bounds no write any more (it may be
+// about to pass): the rest goes, where a cut write left it, as the data
+// path would send it. A write the deadline cut short fails the flow only
+// when no good answer came. Past heldMax the client waits for the
+// answers. It returns the relay connection, ready for the data path; on
+// error both are left for the caller to reset or close.
 func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) (*net.TCPConn, error) {
 	defer pc.done()
 	// The answers come within the connect's timeout, which began when the
@@ -273,26 +277,25 @@ func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) 
 	answers := make(chan error, 1)
 	go func() { answers <- pc.readAnswers(ctx) }()
 	var held []byte
+	sent := 0 // of held, what went on pc.c
 	// writeErr is the first write of held that failed: a dead pooled
 	// connection, or the relay's error, shows in the answers too; but a
 	// write cut short by the deadline, the relay reading late, leaves its
-	// stream without some of the client's bytes even when it answers.
+	// stream without some of the client's bytes unless it goes on once
+	// the chain has answered.
 	var writeErr error
+	writeBy := by // the connect's deadline, until the answers came
 	reading := true
 	want <- struct{}{}
 	send := func(b []byte) {
-		if len(b) == 0 {
-			return
-		}
 		held = append(held, b...)
 		f.up.Add(int64(len(b)))
-		if writeErr != nil {
-			return // they could only follow a gap
+		if writeErr != nil || sent == len(held) {
+			return // after a gap, they wait for the answers
 		}
-		if dl, ok := ctx.Deadline(); ok {
-			_ = pc.c.SetWriteDeadline(dl)
-		}
-		_, writeErr = pc.c.Write(b)
+		_ = pc.c.SetWriteDeadline(writeBy)
+		n, err := pc.c.Write(held[sent:])
+		sent, writeErr = sent+n, err
 		_ = pc.c.SetWriteDeadline(time.Time{})
 	}
 	var clientErr error
@@ -333,6 +336,22 @@ func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) 
 				want <- struct{}{}
 			}
 		case err := <-answers:
+			abort := func() bool { return true }
+			if err == nil {
+				// The chain is up: the connect is over, and its slot goes
+				// back. The client's bytes not sent yet go as the data
+				// path sends them: within the idle timeout, or until a
+				// drain aborts the flows.
+				pc.done()
+				writeBy = time.Time{}
+				if idle := idleOf(rt, false, true); idle > 0 {
+					writeBy = time.Now().Add(idle)
+				}
+				if errors.Is(writeErr, os.ErrDeadlineExceeded) {
+					writeErr = nil // the write goes on where it stopped
+				}
+				abort = context.AfterFunc(s.flowCtx, func() { resetConn(pc.c) })
+			}
 			stopReader()
 			if errors.Is(err, errPooledGone) {
 				// The pooled connection was dead: the same bytes again, on
@@ -340,9 +359,15 @@ func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) 
 				if err := s.redial(ctx, rt, pc, held); err != nil {
 					return nil, err
 				}
-				writeErr = nil // held went whole on the fresh connection
+				writeErr, sent = nil, len(held) // held went whole on the fresh connection
 				go func() { answers <- pc.readAnswers(ctx) }()
 				continue
+			}
+			if err == nil {
+				send(nil) // what a cut write left
+				if !abort() {
+					err = errorf("relay 1 of the chain: sending the client's first bytes", s.flowCtx.Err())
+				}
 			}
 			if err == nil {
 				err = clientErr

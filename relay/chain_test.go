@@ -70,17 +70,15 @@ routes:
 }
 
 // TestSettleWriteTimeout: a transparent flow sends its client's first
-// bytes to the first relay before the chain answers, with the connect's
-// deadline on the writes. When the relay answers in time but reads the
-// client's bytes only later (its window full meanwhile), a write cut short
-// by the deadline must not leave a hole in the stream: the relay gets the
-// client's bytes whole and in order, or the flow fails.
+// bytes to the first relay before the chain answers, within the connect's
+// deadline. When the relay answers within it, at once or late, but reads
+// the client's bytes only after it (its window full meanwhile), the chain
+// is good: a write the deadline cut short goes on where it stopped, the
+// writes after the answer are not bound by that deadline, and the relay
+// gets the client's bytes whole and in order.
 func TestSettleWriteTimeout(t *testing.T) {
-	const connectTimeout = 300 * time.Millisecond
-	psk := filepath.Join(t.TempDir(), "psk")
-	if err := os.WriteFile(psk, []byte("chain test key 0123456789\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	const connectTimeout = 2 * time.Second
+	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
 	rc := startLoopback(t, fmt.Sprintf(`
 admin: {listen: off}
 auth: {psk_file: %q}
@@ -88,9 +86,128 @@ limits: {connect_timeout: %s}
 listeners:
   - {name: socks, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
 `, psk, connectTimeout))
+	for _, tc := range []struct {
+		name   string
+		answer time.Duration // after the connect began
+	}{
+		{"answer at once", 0},
+		{"answer just before the deadline", connectTimeout * 3 / 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// As connectReserved opens the chain: within connect_timeout,
+			// which settle's writes and answers share.
+			rt := rc.state.Load()
+			begun := time.Now()
+			ctx, cancel := context.WithTimeout(context.Background(), rt.tunables.ConnectTimeout)
+			defer cancel()
+			relay, relayGot := lateReader(t, begun.Add(tc.answer), begun.Add(connectTimeout*3/2))
 
-	// The first relay: it answers at once, then reads nothing until the
-	// connect's deadline has passed, with a small window meanwhile.
+			// A client connection, as accept would return it, sending more
+			// than the chain's connection holds before the relay reads.
+			cli, acc := acceptedPair(t)
+			data := make([]byte, 200_000)
+			rand.Read(data)
+			go func() {
+				_ = cli.SetWriteDeadline(time.Now().Add(30 * time.Second))
+				if _, err := cli.Write(data); err == nil {
+					cli.(*net.TCPConn).CloseWrite()
+				}
+			}()
+
+			dst := netip.MustParseAddrPort("127.0.0.1:9")
+			pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{relay}}, dst, nil, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := pc.c.SetWriteBuffer(4096); err != nil { // no autotuning past what the relay reads
+				t.Fatal(err)
+			}
+			relayConn, err := rc.settle(rt, pc, acc, &flow{})
+			if err != nil {
+				t.Fatalf("settle: %v; the relay answered within the connect's deadline", err)
+			}
+			go func() {
+				io.Copy(relayConn, acc)
+				relayConn.CloseWrite()
+			}()
+			defer relayConn.Close()
+			res := <-relayGot
+			if res.err != nil {
+				t.Fatalf("relay: %v", res.err)
+			}
+			if !bytes.Equal(res.got, data) {
+				n := 0
+				for n < len(res.got) && n < len(data) && res.got[n] == data[n] {
+					n++
+				}
+				t.Errorf("the relay got %d bytes, the first %d as sent; want the %d sent, whole", len(res.got), n, len(data))
+			}
+		})
+	}
+}
+
+// TestSettleAnsweredAbort: the relay answers within the connect's
+// deadline (at 1 s of 2 s) but never reads the client's bytes (its window
+// full), so a write of them waits past that deadline. The chain is good:
+// its connect is over, its slot goes back, and the write waits as the
+// data path would, until a drain's abort ends it (it used to fail at the
+// deadline, a timeout).
+func TestSettleAnsweredAbort(t *testing.T) {
+	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
+	rc := newServer(t, fmt.Sprintf("admin: {listen: off}\nauth: {psk_file: %q}\nlimits: {connect_timeout: 2s}\nlisteners:\n  - {name: t, listen: \"127.0.0.1:0\", mode: forward, forward_to: \"127.0.0.1:9\"}\n", psk))
+	t.Cleanup(rc.cancelAll)
+	relay, _ := lateReader(t, time.Now().Add(time.Second), time.Now().Add(time.Hour))
+	cli, acc := acceptedPair(t)
+	go func() {
+		_ = cli.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		cli.Write(make([]byte, 200_000))
+	}()
+	rt := rc.state.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), rt.tunables.ConnectTimeout)
+	defer cancel()
+	pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{relay}}, netip.MustParseAddrPort("127.0.0.1:9"), nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.c.SetWriteBuffer(4096); err != nil {
+		t.Fatal(err)
+	}
+	released := make(chan struct{})
+	pc.release = func() { close(released) } // as connectReserved gives the slot back
+	done := make(chan error, 1)
+	go func() {
+		_, err := rc.settle(rt, pc, acc, &flow{})
+		done <- err
+	}()
+	// Liveness bounds, not timing ones.
+	select {
+	case <-released:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the connect's slot still held 15 s after the chain answered")
+	}
+	rc.cancelAll() // as a drain's abort (abortFlows)
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("settle: %v; want the abort's end", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Error("settle still waited for the relay to read 15 s after the abort")
+		pc.c.Close()
+		<-done
+	}
+}
+
+type relayResult struct {
+	got []byte
+	err error
+}
+
+// lateReader is a first relay of a chain with a small window: it takes
+// the chain's message, answers at answerAt, and reads the client's bytes
+// from readAt on, until their end, or until the test ends.
+func lateReader(t *testing.T, answerAt, readAt time.Time) (netip.AddrPort, <-chan relayResult) {
+	t.Helper()
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		if err := rc.Control(func(fd uintptr) {
@@ -104,85 +221,45 @@ listeners:
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rl.Close()
-	type result struct {
-		got []byte
-		err error
-	}
-	relayGot := make(chan result, 1)
+	t.Cleanup(func() { rl.Close() })
+	got := make(chan relayResult, 1)
 	go func() {
 		c, err := rl.Accept()
 		if err != nil {
-			relayGot <- result{err: err}
+			got <- relayResult{err: err}
 			return
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
 		if _, err := convert.ReadRaw(c); err != nil {
-			relayGot <- result{err: err}
+			got <- relayResult{err: err}
+			return
+		}
+		wait := func(until time.Time) error {
+			select {
+			case <-time.After(time.Until(until)):
+				return nil
+			case <-t.Context().Done():
+				return t.Context().Err()
+			}
+		}
+		if err := wait(answerAt); err != nil {
+			got <- relayResult{err: err}
 			return
 		}
 		answer, _ := convert.AppendMessage(nil, &convert.Message{})
 		if _, err := c.Write(answer); err != nil {
-			relayGot <- result{err: err}
+			got <- relayResult{err: err}
 			return
 		}
-		time.Sleep(2 * connectTimeout) // past the deadline of the writes
-		got, err := io.ReadAll(c)
-		relayGot <- result{got, err}
-	}()
-
-	// A client connection, as accept would return it, sending more than
-	// the chain's connection holds before the relay reads.
-	cli, acc := acceptedPair(t)
-	data := make([]byte, 200_000)
-	rand.Read(data)
-	go func() {
-		_ = cli.SetWriteDeadline(time.Now().Add(30 * time.Second))
-		if _, err := cli.Write(data); err == nil {
-			cli.(*net.TCPConn).CloseWrite()
+		if err := wait(readAt); err != nil {
+			got <- relayResult{err: err}
+			return
 		}
+		b, err := io.ReadAll(c)
+		got <- relayResult{b, err}
 	}()
-
-	rt := rc.state.Load()
-	// As connectReserved opens the chain: within connect_timeout, which
-	// settle's writes and answers share.
-	ctx, cancel := context.WithTimeout(context.Background(), rt.tunables.ConnectTimeout)
-	defer cancel()
-	dst := netip.MustParseAddrPort("127.0.0.1:9")
-	pc, err := rc.openChain(ctx, rt, &route{via: []netip.AddrPort{addrPortOf(rl.Addr())}}, dst, nil, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pc.c.SetWriteBuffer(4096); err != nil { // no autotuning past what the relay reads
-		t.Fatal(err)
-	}
-	relayConn, err := rc.settle(rt, pc, acc, &flow{})
-	if err != nil {
-		// The relay's connection is reset: what it got must be the
-		// client's bytes as sent, up to a point.
-		res := <-relayGot
-		if !bytes.HasPrefix(data, res.got) {
-			t.Errorf("the flow failed (%v), and the relay got %d bytes, not a prefix of those sent", err, len(res.got))
-		}
-		return
-	}
-	go func() {
-		io.Copy(relayConn, acc)
-		relayConn.CloseWrite()
-	}()
-	defer relayConn.Close()
-	res := <-relayGot
-	if res.err != nil {
-		t.Fatalf("relay: %v", res.err)
-	}
-	if !bytes.Equal(res.got, data) {
-		n := 0
-		for n < len(res.got) && n < len(data) && res.got[n] == data[n] {
-			n++
-		}
-		t.Errorf("the relay got %d bytes, the first %d as sent; want the %d sent, whole", len(res.got), n, len(data))
-	}
+	return addrPortOf(rl.Addr()), got
 }
 
 // TestSettleEnds: the wait for a chain's answers (a first relay that
