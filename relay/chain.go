@@ -330,7 +330,10 @@ func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) 
 				// waiting for one would hold the connect's slot.
 				stopReader()
 				resetConn(pc.c)
-				return nil, ch.err
+				if errors.Is(ch.err, os.ErrDeadlineExceeded) {
+					return nil, ch.err // a drain's abort (abortFlows)
+				}
+				return nil, fmt.Errorf("%w: %w", errClientGone, ch.err)
 			case len(held) < heldMax:
 				reading = true
 				want <- struct{}{}
@@ -503,7 +506,10 @@ func (s *Server) serveConvert(l *listener, st *listenerState, rt *runtime, f *fl
 	name := "direct"
 	f.route.Store(&name)
 	f.endHandshake() // as open does: the head is in, the connect has max_pending
+	// The relay before this one may give up, and reset.
+	stop := s.watchClient(f, c)
 	server, err := s.connect(rt, st, directRoute, f, dst, early)
+	stop()
 	if err != nil {
 		return failWith(convertError(err, dst), err)
 	}

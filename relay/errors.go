@@ -30,6 +30,11 @@ func (e *connectError) Error() string {
 
 func (e *connectError) Unwrap() error { return e.err }
 
+// errClientGone ends a flow whose client reset its connection before the
+// next leg was open: no answer could reach it. It is no verdict on the
+// next leg, and the flow counts as the client's reset.
+var errClientGone = errors.New("the client reset its connection")
+
 // classify turns a dial or handshake error into a connectError.
 func classify(err error) error {
 	var ce *connectError

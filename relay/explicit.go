@@ -120,7 +120,7 @@ func (s *Server) serveSOCKS(st *listenerState, rt *runtime, f *flow, c *net.TCPC
 	}
 	if err == nil {
 		var server *net.TCPConn
-		if server, err = s.open(rt, st, f, dsts); err == nil {
+		if server, err = s.open(rt, st, f, c, dsts); err == nil {
 			_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
 			if err = socks5.WriteReply(c, socks5.Succeeded, addrPortOf(server.LocalAddr())); err != nil {
 				resetConn(server)
@@ -200,7 +200,7 @@ func (s *Server) serveHTTP(st *listenerState, rt *runtime, f *flow, c *net.TCPCo
 	dsts, err := s.resolve(rt, st, f, ip, name, req.Port)
 	if err == nil {
 		var server *net.TCPConn
-		if server, err = s.open(rt, st, f, dsts); err == nil {
+		if server, err = s.open(rt, st, f, c, dsts); err == nil {
 			_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
 			if err = httpconnect.WriteResponse(c, http.StatusOK, "Connection established"); err != nil {
 				resetConn(server)
@@ -323,11 +323,14 @@ const maxRacing = 4
 // are raced as RFC 8305 has it (Happy Eyeballs): the families taken in
 // turn, the next address started when the one before has failed or gone
 // attemptDelay unanswered, the first to connect kept and the others given
-// up; all within the name's budget (resolve).
-func (s *Server) open(rt *runtime, st *listenerState, f *flow, dsts []netip.AddrPort) (*net.TCPConn, error) {
+// up; all within the name's budget (resolve). The client's reset, c's,
+// ends it (watchClient).
+func (s *Server) open(rt *runtime, st *listenerState, f *flow, c *net.TCPConn, dsts []netip.AddrPort) (*net.TCPConn, error) {
 	// The head is in: the client's handshake share is for heads, and its
 	// connects have their own limit (max_pending).
 	f.endHandshake()
+	stop := s.watchClient(f, c)
+	defer stop()
 	defer func() { f.connectBy = time.Time{} }()
 	if len(dsts) > 1 {
 		return s.race(rt, st, f, interleave(dsts))
@@ -372,7 +375,11 @@ func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.Addr
 	if by.IsZero() {
 		by = time.Now().Add(rt.tunables.ConnectTimeout)
 	}
-	ctx, cancel := context.WithDeadline(s.flowCtx, by)
+	parent := s.flowCtx
+	if f.connectCtx != nil {
+		parent = f.connectCtx // the client's reset ends the race (watchClient)
+	}
+	ctx, cancel := context.WithDeadline(parent, by)
 	defer cancel()
 	type result struct {
 		i     int
@@ -446,6 +453,10 @@ func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.Addr
 				f.askedMPTCP = res.asked
 				return res.c, nil
 			}
+			if errors.Is(context.Cause(parent), errClientGone) {
+				giveUp()
+				return nil, fmt.Errorf("connect to %s: %w", dsts[res.i], errClientGone)
+			}
 			if !anotherMayHelp(res.err) {
 				// A verdict that the attempts still running cannot change.
 				giveUp()
@@ -483,6 +494,50 @@ func anotherMayHelp(err error) bool {
 		return false
 	}
 	return ce.hop == 0
+}
+
+// watchClient has the reset of c, a flow's client, end f's connects at
+// once, until stop: no answer could reach the client, and a connect to a
+// destination that does not answer would hold its slot (max_pending) and
+// the flow until connect_timeout. A FIN does not end them: a client may
+// half-close right behind its request, which the data path passes on.
+// Bytes the client sends meanwhile stay for the data path.
+func (s *Server) watchClient(f *flow, c *net.TCPConn) (stop func()) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancelCause(s.flowCtx)
+	f.connectCtx = ctx
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// Woken by each change on c (bytes, a FIN, a reset), or by stop's
+		// deadline.
+		if rc.Read(connReset) == nil {
+			cancel(errClientGone)
+		}
+	}()
+	return func() {
+		_ = c.SetReadDeadline(longAgo)
+		<-done
+		_ = c.SetReadDeadline(time.Time{})
+		f.connectCtx = nil
+		cancel(nil)
+	}
+}
+
+// connReset tells, without reading, whether the connection on fd has
+// ended both ways or has an error pending: a reset (or a loss the kernel
+// gave up on), not a FIN alone.
+func connReset(fd uintptr) bool {
+	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(p, 0)
+		if err != unix.EINTR {
+			return err == nil && n > 0 && p[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
+		}
+	}
 }
 
 // refuse answers a client the relay has no room for, in its protocol when

@@ -176,26 +176,7 @@ limits: {max_handshakes: 8, connect_timeout: 1s}
 listeners:
   - {name: x, listen: "127.0.0.1:0", protocols: [socks5, http, convert], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
 `)
-	// A server whose accept queue is full: its SYNs are dropped, so a
-	// connect to it waits for connect_timeout.
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := unix.Getsockname(fd)
-	slow := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(sa.(*unix.SockaddrInet4).Port))
-	fill, err := net.Dial("tcp", slow.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fill.Close()
+	slow := unansweredServer(t)
 	echo := echoServer(t)
 
 	for _, proto := range []string{"socks5", "http", "convert"} {
@@ -205,19 +186,7 @@ listeners:
 				t.Fatal(err)
 			}
 			defer waiting.Close()
-			switch proto {
-			case "socks5":
-				_, err = waiting.Write([]byte{5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, byte(slow.Port() >> 8), byte(slow.Port())})
-			case "http":
-				_, err = fmt.Fprintf(waiting, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\n\r\n", slow)
-			case "convert":
-				cookie := s.state.Load().auth.cookie(addrPortOf(s.Addr("x")), slow)
-				var raw []byte
-				if raw, err = convert.AppendMessage(nil, &convert.Message{Connect: &convert.Connect{Dst: slow}, Cookie: cookie}); err == nil {
-					_, err = waiting.Write(raw)
-				}
-			}
-			if err != nil {
+			if err := sendConnect(waiting, proto, s, "x", slow); err != nil {
 				t.Fatal(err)
 			}
 			waitFor(t, func() bool { return s.pending.Load() == 1 })
@@ -233,5 +202,187 @@ listeners:
 			waiting.Close()
 			waitFor(t, func() bool { return s.pending.Load() == 0 })
 		})
+	}
+}
+
+// unansweredServer is a server whose accept queue is full: its SYNs are
+// dropped, so a connect to it waits for connect_timeout. It lasts until
+// the test ends.
+func unansweredServer(t *testing.T) netip.AddrPort {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(fd)
+	slow := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(sa.(*unix.SockaddrInet4).Port))
+	fill, err := net.Dial("tcp", slow.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fill.Close() })
+	return slow
+}
+
+// sendConnect sends, on c, a client's whole head in proto asking the
+// listener of s to connect to dst (a SOCKS5 client's method offer and
+// request in one write).
+func sendConnect(c net.Conn, proto string, s *Server, listener string, dst netip.AddrPort) error {
+	var err error
+	switch proto {
+	case "socks5":
+		_, err = c.Write([]byte{5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, byte(dst.Port() >> 8), byte(dst.Port())})
+	case "http":
+		_, err = fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\n\r\n", dst)
+	case "convert":
+		cookie := s.state.Load().auth.cookie(addrPortOf(s.Addr(listener)), dst)
+		var raw []byte
+		if raw, err = convert.AppendMessage(nil, &convert.Message{Connect: &convert.Connect{Dst: dst}, Cookie: cookie}); err == nil {
+			_, err = c.Write(raw)
+		}
+	}
+	return err
+}
+
+// TestExplicitClientGoneEndsConnect: a client that resets while its
+// connect is in progress (to a server that does not answer, with
+// connect_timeout 60 s), directly or through a relay, ends the connect
+// at once: its connect slot (max_pending) and its flow are given back on
+// every relay of the way, and it counts as the client's reset, not as a
+// failed connect.
+func TestExplicitClientGoneEndsConnect(t *testing.T) {
+	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
+	slow := unansweredServer(t)
+	const relayYAML = `
+admin: {listen: off}
+auth: {psk_file: %q}
+limits: {connect_timeout: 60s}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5, http, convert], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+%s`
+	for _, tc := range []struct {
+		name  string
+		proto string
+		chain bool
+	}{
+		{"socks5", "socks5", false},
+		{"http", "http", false},
+		{"convert", "convert", false}, // a relay before this one gave up
+		{"socks5 through a relay", "socks5", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			type onRelay struct {
+				s     *Server
+				route string
+			}
+			var hops []onRelay
+			routes, route := "", "direct"
+			if tc.chain {
+				hop := startLoopback(t, fmt.Sprintf(relayYAML, psk, ""))
+				hops = append(hops, onRelay{hop, "direct"})
+				routes = fmt.Sprintf("routes:\n  - {via: [%q]}\n", hop.Addr("x"))
+				route = "via " + hop.Addr("x").String()
+			}
+			entry := startLoopback(t, fmt.Sprintf(relayYAML, psk, routes))
+			relays := append([]onRelay{{entry, route}}, hops...)
+			c, err := net.Dial("tcp", entry.Addr("x").String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := sendConnect(c, tc.proto, entry, "x", slow); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range relays {
+				waitFor(t, func() bool { return r.s.pending.Load() == 1 })
+			}
+			resetConn(c.(*net.TCPConn))
+			// A liveness bound, not a timing one: connect_timeout is 60 s.
+			giveUp := time.Now().Add(20 * time.Second)
+			for i, r := range relays {
+				for r.s.pending.Load() != 0 || r.s.active.Load() != 0 {
+					if time.Now().After(giveUp) {
+						t.Fatalf("relay %d of %d: %d connects pending and %d flows 20 s after the client reset", i+1, len(relays), r.s.pending.Load(), r.s.active.Load())
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				if n := r.s.metrics.flows.With("x", r.route, "reset-client").Value(); n != 1 {
+					t.Errorf("relay %d of %d: %d flows counted as reset-client, want 1", i+1, len(relays), n)
+				}
+				for _, kind := range []string{"connect_failure", "connect_timeout"} {
+					if n := r.s.metrics.errors.With(kind).Value(); n != 0 {
+						t.Errorf("relay %d of %d: %d errors counted as %s, want none", i+1, len(relays), n, kind)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestExplicitClientHalfCloseKeepsConnect: a client's FIN right behind
+// its request and first bytes, while its connect is in progress, is no
+// reset: the connect goes on, and the data path passes the bytes and the
+// FIN to the server.
+func TestExplicitClientHalfCloseKeepsConnect(t *testing.T) {
+	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
+	// A first relay that answers the chain late, then echoes.
+	rl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { rl.Close(); <-done })
+	go func() {
+		defer close(done)
+		c, err := rl.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := convert.ReadRaw(c); err != nil {
+			return
+		}
+		time.Sleep(300 * time.Millisecond) // the client's FIN comes meanwhile
+		answer, _ := convert.AppendMessage(nil, &convert.Message{})
+		if _, err := c.Write(answer); err != nil {
+			return
+		}
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	s := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %q}
+limits: {connect_timeout: 60s}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
+routes:
+  - {via: [%q]}
+`, psk, rl.Addr()))
+	c, err := net.Dial("tcp", s.Addr("x").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	if err := sendConnect(c, "socks5", s, "x", netip.MustParseAddrPort("127.0.0.1:9")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	// The method choice, the request's reply (an IPv4 address), the echo.
+	if want := 2 + 10 + len("hello"); err != nil || len(got) != want || got[3] != byte(socks5.Succeeded) || string(got[want-5:]) != "hello" {
+		t.Errorf("through the relay: %q, %v; want a reply of success, then the echo and the end", got, err)
 	}
 }

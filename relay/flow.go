@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -52,6 +53,9 @@ type flow struct {
 	// limits.connect_timeout from its start: a name's addresses share
 	// one connect_timeout, its resolution included (open).
 	connectBy time.Time
+	// connectCtx, when set, ends the flow's next connect when it ends:
+	// with errClientGone as its cause, when the client reset (watchClient).
+	connectCtx context.Context
 }
 
 var legNames = [2]string{"client", "server"}
@@ -137,7 +141,11 @@ func (s *Server) serve(l *listener, c *net.TCPConn) {
 		server, err = s.transparent(l, st, rt, f, c)
 	}
 	if err != nil {
-		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: err})
+		reason := datapath.ReasonError
+		if errors.Is(err, errClientGone) {
+			reason = datapath.ReasonResetClient
+		}
+		s.endFlow(f, datapath.Result{Reason: reason, Err: err})
 		s.flowDone(f)
 		return
 	}
@@ -464,11 +472,18 @@ func (s *Server) connectReserved(rt *runtime, st *listenerState, r *route, f *fl
 	if !f.connectBy.IsZero() && f.connectBy.Before(by) {
 		by = f.connectBy
 	}
-	ctx, cancel := context.WithDeadline(s.flowCtx, by)
+	parent := s.flowCtx
+	if f.connectCtx != nil {
+		parent = f.connectCtx
+	}
+	ctx, cancel := context.WithDeadline(parent, by)
 	defer cancel()
 	c, pc, asked, leg, err := s.connectOnce(ctx, rt, st, r, f.client, dst, early, wait)
 	if pc == nil {
 		f.askedMPTCP = asked // a pending chain's is settle's to say
+	}
+	if err != nil && errors.Is(context.Cause(parent), errClientGone) {
+		err = fmt.Errorf("connect to %s: %w", dst, errClientGone)
 	}
 	if s.countConnect(leg, start, err); err != nil {
 		return nil, nil, err
@@ -512,6 +527,9 @@ func (s *Server) connectOnce(ctx context.Context, rt *runtime, st *listenerState
 
 // countConnect counts a connect of leg begun at start, and its error if any.
 func (s *Server) countConnect(leg string, start time.Time, err error) {
+	if errors.Is(err, errClientGone) {
+		return // it timed the client's patience, not the leg
+	}
 	s.metrics.connect.With(leg).Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.metrics.errors.With("connect_" + errKind(err)).Inc()

@@ -447,3 +447,48 @@ routes:
 		t.Errorf("read %q, %v through the second address", b, err)
 	}
 }
+
+// TestExplicitNameClientGone: a client that resets while its name's
+// addresses are raced ends every attempt at once, and counts as its own
+// reset, not as failed connects.
+func TestExplicitNameClientGone(t *testing.T) {
+	a2, a3 := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
+	port := fullListeners(t, a2, a3)
+	dns := &testDNS{a: map[string][]netip.Addr{"two.test.": {a2, a3}}}
+	s := newServer(t, `
+admin: {listen: off}
+limits: {connect_timeout: 60s}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.2/32", "127.0.0.3/32"]}
+`)
+	s.resolver = dns.start(t)
+	runServer(t, s)
+	c, err := net.Dial("tcp", s.Addr("x").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req := []byte{5, 1, 0, 5, 1, 0, 3, byte(len("two.test"))}
+	req = append(append(req, "two.test"...), byte(port>>8), byte(port))
+	if _, err := c.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return s.pending.Load() == 2 }) // both addresses tried
+	resetConn(c.(*net.TCPConn))
+	// A liveness bound, not a timing one: connect_timeout is 60 s.
+	giveUp := time.Now().Add(20 * time.Second)
+	for s.pending.Load() != 0 || s.active.Load() != 0 {
+		if time.Now().After(giveUp) {
+			t.Fatalf("%d connects pending and %d flows 20 s after the client reset", s.pending.Load(), s.active.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := s.metrics.flows.With("x", "direct", "reset-client").Value(); n != 1 {
+		t.Errorf("%d flows counted as reset-client, want 1", n)
+	}
+	for _, kind := range []string{"connect_failure", "connect_timeout"} {
+		if n := s.metrics.errors.With(kind).Value(); n != 0 {
+			t.Errorf("%d errors counted as %s, want none", n, kind)
+		}
+	}
+}
