@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -66,12 +67,29 @@ peers:
 // freeLoopback is a loopback address with a port free right now.
 func freeLoopback(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// Below the ephemeral range, which the kernel never gives an outgoing
+	// connection's socket: between this check and the test's listen,
+	// only another test's listener could take the port (at random, hardly
+	// the same). A port from the range, as port 0 gives, could become the
+	// local port of any connection on the machine meanwhile.
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		fmt.Sscan(string(b), &low)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	for range 100 {
+		port := 0
+		if low > 11000 {
+			port = 10000 + mrand.IntN(low-10000)
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return l.Addr().String()
+	}
+	t.Fatal("no free loopback port")
+	return ""
 }
 
 // echoServer answers each connection with what it receives, until EOF.
