@@ -233,7 +233,7 @@ type policyRoutes struct {
 }
 
 // tableUse is a capture table's listeners: the table is made of the
-// rules of the last one to install it, and keeps for the others' flows
+// rules of the newest of them (last), and keeps for the others' flows
 // what those rules lack (kept) while they hold it.
 type tableUse struct {
 	last  ListenerConfig
@@ -488,9 +488,15 @@ func (pr *policyRoutes) dropTable(ln *ListenerConfig) error {
 	if u == nil {
 		return nil
 	}
+	// The table is made of the rules of the last user to install it.
+	wasLast := len(u.users) > 0 && u.users[len(u.users)-1] == ln
 	u.users = slices.DeleteFunc(u.users, func(o *ListenerConfig) bool { return o == ln })
 	if len(u.users) > 0 {
-		if u.keeps() == u.kept {
+		if wasLast {
+			// Its rules (their mark, whose policy route goes with it) are
+			// no other user's: the table is rebuilt from the newest left.
+			u.last = *u.users[len(u.users)-1]
+		} else if u.keeps() == u.kept {
 			return nil
 		}
 		return replaceTable(table, u)

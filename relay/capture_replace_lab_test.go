@@ -443,3 +443,40 @@ func TestCaptureModeChangedKeepsFlows(t *testing.T) {
 		})
 	}
 }
+
+// TestCaptureReplacedRemovedKeepsMark: web (mark 1, table 100) is
+// replaced under its name by one with mark 2 and table 101 while its flow
+// is held; the next reload removes the successor, which had no flow. The
+// first web's flow still needs the table, and a mark its own policy route
+// delivers: the table is rebuilt from its rules. The table kept the
+// successor's rules, which mark with 2, whose route went with it, and
+// the flow's packets passed the relay by.
+func TestCaptureReplacedRemovedKeepsMark(t *testing.T) {
+	requireTools(t, "nft")
+	labtest.RequireRoot(t)
+	rw := startHeldWeb(t)
+	rc, ctx := rw.rc, rw.ctx
+	web2 := fmt.Sprintf("  - {name: web, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {dst: [%s], ports: \"9001\", mark: 2, table: 101, install: true}}\n", rw.srvNet)
+	reloadRelay(t, ctx, rc, rw.logPath, "rc", "admin: {listen: off}\nlisteners:\n"+web2+rw.other)
+	waitCapture(t, rc, "halfway_web", "mark set 0x00000002")
+	if err := echoOnce(rw.held, "after web's mark changed"); err != nil {
+		t.Fatalf("the first web's flow, web replaced: %v", err)
+	}
+	reloadRelay(t, ctx, rc, rw.logPath, "rc", "admin: {listen: off}\nlisteners:\n"+rw.other)
+	// The flow's socket keeps the route its packets came by (TCP's early
+	// demux) until a routing change anywhere in the namespace: make one.
+	if out, err := rc.Command(ctx, "ip", "-4", "route", "flush", "cache").CombinedOutput(); err != nil {
+		t.Fatalf("ip route flush cache: %v %s", err, out)
+	}
+	if err := echoOnce(rw.held, "after web's successor went"); err != nil {
+		out, _ := rc.Command(ctx, "nft", "list", "ruleset").CombinedOutput()
+		rules, _ := rc.Command(ctx, "ip", "-4", "rule", "show").CombinedOutput()
+		t.Errorf("the first web's flow, its successor removed: %v; ruleset:\n%s\nrules:\n%s", err, out, rules)
+	}
+	rw.held.Close()
+	rw.waitTableGone(t)
+	if err := rw.stop(); err != nil {
+		t.Errorf("the relay's stop: %v", err)
+	}
+	wantNoCaptureLeft(t, ctx, rc, "after the last flow and a stop")
+}
