@@ -248,6 +248,9 @@ func refuseEmptySections(d *strictyaml.Decoder, n *yaml.Node, keys ...string) {
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
+		if v.Kind == yaml.AliasNode && v.Alias != nil {
+			v = v.Alias // "capture: *none", an alias of a null, is as empty
+		}
 		if v.Kind == yaml.ScalarNode && v.ShortTag() == "!!null" && slices.Contains(keys, k.Value) {
 			d.DecodeField(k.Value, v, &emptySection{})
 		}

@@ -363,6 +363,8 @@ func TestConfigErrors(t *testing.T) {
 			[]string{`peers[0].pool: "": empty: write {} for the defaults, or leave the key out (line 5)`, `peers[0].turbo: "~": empty`}},
 		{"empty capture", "listeners:\n  - {name: t, listen: \"0.0.0.0:7000\", mode: tproxy, capture: }\n",
 			[]string{`listeners[0].capture: "": empty`}},
+		{"empty capture by an alias", "listeners:\n  - {name: t, listen: \"0.0.0.0:7000\", mode: tproxy, users_file: &none ~, capture: *none}\n",
+			[]string{`listeners[0].capture: "~": empty`}},
 		{"pool without port", withAuth(psk) + "listeners: [" + ln + "]\npeers:\n  - {address: 10.0.0.2, pool: {}}\n",
 			[]string{`peers[0].address: "10.0.0.2": a pool needs the peer's port`}},
 		{"pool needs psk", "listeners: [" + ln + "]\npeers:\n  - {address: \"10.0.0.2:7100\", pool: {}}\n",
