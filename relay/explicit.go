@@ -414,8 +414,13 @@ func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.Addr
 	if !launch() {
 		return nil, &connectError{kind: "resource", err: errors.New("too many connects in progress")}
 	}
-	f.dst.Store(&dsts[0])
-	f.route.Store(&routes[0].name)
+	// at makes the flow's dst and route dsts[i]'s: the address whose
+	// connect serves it, or whose error ends it.
+	at := func(i int) {
+		f.dst.Store(&dsts[i])
+		f.route.Store(&routes[i].name)
+	}
+	at(0)
 	delay := time.NewTimer(attemptDelay)
 	defer delay.Stop()
 	var err error
@@ -448,18 +453,19 @@ func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.Addr
 			running--
 			if res.err == nil {
 				giveUp()
-				f.dst.Store(&dsts[res.i])
-				f.route.Store(&routes[res.i].name)
+				at(res.i)
 				f.askedMPTCP = res.asked
 				return res.c, nil
 			}
 			if errors.Is(context.Cause(parent), errClientGone) {
 				giveUp()
+				at(res.i)
 				return nil, fmt.Errorf("connect to %s: %w", dsts[res.i], errClientGone)
 			}
 			if !anotherMayHelp(res.err) {
 				// A verdict that the attempts still running cannot change.
 				giveUp()
+				at(res.i)
 				return nil, res.err
 			}
 			if res.i > last {
@@ -470,6 +476,7 @@ func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.Addr
 			}
 		}
 	}
+	at(last)
 	return nil, err
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -490,5 +491,66 @@ listeners:
 		if n := s.metrics.errors.With(kind).Value(); n != 0 {
 			t.Errorf("%d errors counted as %s, want none", n, kind)
 		}
+	}
+}
+
+// flowRecords is a slog.Handler that hands on the attributes of each
+// "flow" record (the line of an ended flow).
+type flowRecords chan map[string]string
+
+func (flowRecords) Enabled(context.Context, slog.Level) bool { return true }
+func (h flowRecords) WithAttrs([]slog.Attr) slog.Handler     { return h }
+func (h flowRecords) WithGroup(string) slog.Handler          { return h }
+func (h flowRecords) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != "flow" {
+		return nil
+	}
+	m := map[string]string{}
+	r.Attrs(func(a slog.Attr) bool { m[a.Key] = a.Value.String(); return true })
+	select {
+	case h <- m:
+	default:
+	}
+	return nil
+}
+
+// TestExplicitNameFailureNamesItsAddress: a name whose race fails ends
+// with the error of one of its addresses (the last in the race's order
+// that failed), and the flow's line names that address as its dst, as
+// its error does. Here the first address does not answer and the second
+// refuses: the answer is the refusal. The line named the first address,
+// where the race had begun, beside the second's refusal.
+func TestExplicitNameFailureNamesItsAddress(t *testing.T) {
+	a2, a3 := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
+	port := fullListeners(t, a2) // a2 does not answer; nothing listens on a3 there: refused
+	dns := &testDNS{a: map[string][]netip.Addr{"two.test.": {a2, a3}}}
+	s := newServer(t, `
+admin: {listen: off}
+limits: {connect_timeout: 1s}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.2/32", "127.0.0.3/32"]}
+`)
+	records := make(flowRecords, 1)
+	s.log = slog.New(records)
+	s.resolver = dns.start(t)
+	runServer(t, s)
+	c, err := net.Dial("tcp", s.Addr("x").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	_, err = socks5.ClientHandshake(c, c, socks5.Addr{Name: "two.test", Port: port}, "", "")
+	if re := (*socks5.ReplyError)(nil); !errors.As(err, &re) || re.Reply != socks5.ConnectionRefused {
+		t.Fatalf("reply: %v, want %v (the second address's)", err, socks5.ConnectionRefused)
+	}
+	select {
+	case m := <-records:
+		want := netip.AddrPortFrom(a3, port).String()
+		if m["dst"] != want || !strings.Contains(m["err"], want) {
+			t.Errorf("the flow's line: dst %s, err %q; want dst %s, whose error it is", m["dst"], m["err"], want)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no flow line")
 	}
 }
