@@ -385,6 +385,8 @@ func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.Addr
 		i     int
 		c     *net.TCPConn
 		asked bool
+		leg   string
+		start time.Time
 		err   error
 	}
 	results := make(chan result, len(dsts))
@@ -404,10 +406,10 @@ func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.Addr
 			// The slot is given back before the race hears of the end, so
 			// the next address can take it.
 			s.endConnect()
-			if err == nil || !errors.Is(ctx.Err(), context.Canceled) {
-				s.countConnect(leg, start, err)
+			if err != nil && !errors.Is(ctx.Err(), context.Canceled) {
+				s.countConnect(leg, start, err) // the winner is counted when chosen; the losers not at all
 			}
-			results <- result{i, c, asked, err}
+			results <- result{i, c, asked, leg, start, err}
 		}()
 		return true
 	}
@@ -452,6 +454,7 @@ func (s *Server) race(rt *runtime, st *listenerState, f *flow, dsts []netip.Addr
 		case res := <-results:
 			running--
 			if res.err == nil {
+				s.countConnect(res.leg, res.start, nil)
 				giveUp()
 				at(res.i)
 				f.askedMPTCP = res.asked
