@@ -107,7 +107,7 @@ func (s *Server) serveSOCKS(st *listenerState, rt *runtime, f *flow, c *net.TCPC
 		return nil, errorf("socks5 handshake", err)
 	}
 	_ = c.SetDeadline(time.Time{}) // the head is read: the connect has its own timeout
-	var dsts []netip.AddrPort
+	var server *net.TCPConn
 	head := st
 	if st, rt, err = s.judgeNow(f); err == nil {
 		if st != head && len(st.users) > 0 && !maps.Equal(st.users, cfg.Users) {
@@ -115,20 +115,17 @@ func (s *Server) serveSOCKS(st *listenerState, rt *runtime, f *flow, c *net.TCPC
 			// has replaced since; which user logged in is not known.
 			err = &connectError{kind: "not_allowed", err: errors.New("the listener's users changed during the client's protocol head")}
 		} else {
-			dsts, err = s.resolve(rt, st, f, req.IP, req.Name, req.Port)
+			server, err = s.reach(rt, st, f, c, req.IP, req.Name, req.Port)
 		}
 	}
 	if err == nil {
-		var server *net.TCPConn
-		if server, err = s.open(rt, st, f, c, dsts); err == nil {
-			_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
-			if err = socks5.WriteReply(c, socks5.Succeeded, addrPortOf(server.LocalAddr())); err != nil {
-				resetConn(server)
-				c.Close()
-				return nil, errorf("socks5 reply", err)
-			}
-			return server, nil
+		_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
+		if err = socks5.WriteReply(c, socks5.Succeeded, addrPortOf(server.LocalAddr())); err != nil {
+			resetConn(server)
+			c.Close()
+			return nil, errorf("socks5 reply", err)
 		}
+		return server, nil
 	}
 	replyAndClose(c, func() error { return socks5.WriteReply(c, socksReply(err), netip.AddrPort{}) })
 	return nil, err
@@ -197,18 +194,15 @@ func (s *Server) serveHTTP(st *listenerState, rt *runtime, f *flow, c *net.TCPCo
 	if a, perr := netip.ParseAddr(req.Host); perr == nil {
 		ip, name = a, ""
 	}
-	dsts, err := s.resolve(rt, st, f, ip, name, req.Port)
+	server, err := s.reach(rt, st, f, c, ip, name, req.Port)
 	if err == nil {
-		var server *net.TCPConn
-		if server, err = s.open(rt, st, f, c, dsts); err == nil {
-			_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
-			if err = httpconnect.WriteResponse(c, http.StatusOK, "Connection established"); err != nil {
-				resetConn(server)
-				c.Close()
-				return nil, errorf("http reply", err)
-			}
-			return server, nil
+		_ = c.SetWriteDeadline(time.Now().Add(replyTimeout))
+		if err = httpconnect.WriteResponse(c, http.StatusOK, "Connection established"); err != nil {
+			resetConn(server)
+			c.Close()
+			return nil, errorf("http reply", err)
 		}
+		return server, nil
 	}
 	replyAndClose(c, func() error { return httpconnect.WriteResponse(c, httpStatus(err), "") })
 	return nil, err
@@ -253,6 +247,19 @@ func checkUser(users map[string]string, authz string) bool {
 	return ok && known && match
 }
 
+// reach opens the next leg for a SOCKS5 or HTTP client, c, to its
+// destination (an address, or a name and port): resolve, then open. The
+// client's reset ends the lookup and the connects alike (watchClient).
+func (s *Server) reach(rt *runtime, st *listenerState, f *flow, c *net.TCPConn, ip netip.Addr, name string, port uint16) (*net.TCPConn, error) {
+	stop := s.watchClient(f, c)
+	defer stop()
+	dsts, err := s.resolve(rt, st, f, ip, name, port)
+	if err != nil {
+		return nil, err
+	}
+	return s.open(rt, st, f, dsts)
+}
+
 // resolve turns the client's destination into the addresses the listener
 // allows: one for an address, for a name each of its allowed addresses.
 // A name's resolution and the connects to its addresses share one
@@ -270,9 +277,16 @@ func (s *Server) resolve(rt *runtime, st *listenerState, f *flow, ip netip.Addr,
 		return []netip.AddrPort{dst}, nil
 	}
 	f.connectBy = time.Now().Add(rt.tunables.ConnectTimeout)
-	ctx, cancel := context.WithDeadline(s.flowCtx, f.connectBy)
+	parent := s.flowCtx
+	if f.connectCtx != nil {
+		parent = f.connectCtx // the client's reset ends the lookup (watchClient)
+	}
+	ctx, cancel := context.WithDeadline(parent, f.connectBy)
 	defer cancel()
 	addrs, err := s.resolver.LookupNetIP(ctx, "ip", name)
+	if err != nil && errors.Is(context.Cause(parent), errClientGone) {
+		return nil, fmt.Errorf("resolve %s: %w", name, errClientGone) // no verdict on the resolver
+	}
 	if err != nil {
 		err = resolveError(name, err)
 		s.metrics.errors.With("resolve_" + errKind(err)).Inc()
@@ -323,14 +337,12 @@ const maxRacing = 4
 // are raced as RFC 8305 has it (Happy Eyeballs): the families taken in
 // turn, the next address started when the one before has failed or gone
 // attemptDelay unanswered, the first to connect kept and the others given
-// up; all within the name's budget (resolve). The client's reset, c's,
-// ends it (watchClient).
-func (s *Server) open(rt *runtime, st *listenerState, f *flow, c *net.TCPConn, dsts []netip.AddrPort) (*net.TCPConn, error) {
+// up; all within the name's budget (resolve). The client's reset ends it
+// where the caller watches the client (reach).
+func (s *Server) open(rt *runtime, st *listenerState, f *flow, dsts []netip.AddrPort) (*net.TCPConn, error) {
 	// The head is in: the client's handshake share is for heads, and its
 	// connects have their own limit (max_pending).
 	f.endHandshake()
-	stop := s.watchClient(f, c)
-	defer stop()
 	defer func() { f.connectBy = time.Time{} }()
 	if len(dsts) > 1 {
 		return s.race(rt, st, f, interleave(dsts))

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -552,5 +553,74 @@ listeners:
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("no flow line")
+	}
+}
+
+// hangingResolver is a resolver whose server never answers, nor lets a
+// timeout of its own end the wait (as one with several servers and
+// attempts may outlast connect_timeout): only the lookup's context ends
+// it. asked counts the queries that reached the server.
+func hangingResolver(t *testing.T) (r *net.Resolver, asked *atomic.Int64) {
+	hang := make(chan struct{})
+	t.Cleanup(func() { close(hang) })
+	asked = new(atomic.Int64)
+	return &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+		asked.Add(1)
+		<-hang
+		return nil, errors.New("the test ended")
+	}}, asked
+}
+
+// TestExplicitNameResolveClientGone: a client that resets while its name
+// is looked up, from a resolver that does not answer, ends the lookup at
+// once (with connect_timeout 60 s): its flow is given back and counts as
+// the client's reset, not as a failed resolution.
+func TestExplicitNameResolveClientGone(t *testing.T) {
+	s := newServer(t, `
+admin: {listen: off}
+limits: {connect_timeout: 60s}
+listeners:
+  - {name: x, listen: "127.0.0.1:0", protocols: [socks5, http], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.2/32"]}
+`)
+	var asked *atomic.Int64
+	s.resolver, asked = hangingResolver(t)
+	runServer(t, s)
+	for i, proto := range []string{"socks5", "http"} {
+		t.Run(proto, func(t *testing.T) {
+			c, err := net.Dial("tcp", s.Addr("x").String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			before := asked.Load()
+			name := proto + ".test" // a lookup of its own, not the last one's
+			if proto == "socks5" {
+				req := []byte{5, 1, 0, 5, 1, 0, 3, byte(len(name))}
+				_, err = c.Write(append(append(req, name...), 0, 80))
+			} else {
+				_, err = fmt.Fprintf(c, "CONNECT %s:80 HTTP/1.1\r\nHost: %[1]s:80\r\n\r\n", name)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, func() bool { return asked.Load() > before })
+			resetConn(c.(*net.TCPConn))
+			// A liveness bound, not a timing one: connect_timeout is 60 s.
+			giveUp := time.Now().Add(20 * time.Second)
+			for s.active.Load() != 0 {
+				if time.Now().After(giveUp) {
+					t.Fatalf("%d flows 20 s after the client reset", s.active.Load())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if n := s.metrics.flows.With("x", "none", "reset-client").Value(); n != uint64(i+1) {
+				t.Errorf("%d flows counted as reset-client, want %d", n, i+1)
+			}
+			for _, kind := range []string{"resolve_timeout", "resolve_failure"} {
+				if n := s.metrics.errors.With(kind).Value(); n != 0 {
+					t.Errorf("%d errors counted as %s, want none", n, kind)
+				}
+			}
+		})
 	}
 }
