@@ -355,6 +355,9 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	var pc *pendingChain
 	var err error
 	claimed := false
+	// The client may give up, and reset, while the connect runs: no
+	// answer could reach it then (watchClient). settle watches it itself.
+	stop := s.watchClient(f, c)
 	// Where no early-SYN capture takes dst, no SYN of this flow's started
 	// a dial: no claim, no mark, no lock. Else claim resets a dial another
 	// listener's capture started (this one has no early SYN, or is not
@@ -376,6 +379,7 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	if !claimed {
 		server, pc, err = s.connectLeg(rt, st, r, f, dst, nil, false)
 	}
+	stop()
 	if err == nil && pc != nil {
 		server, err = s.settle(rt, pc, c, f)
 		f.serverFirst = true

@@ -134,6 +134,7 @@ func getsockopt(fd, level, opt int) int {
 // fullListener listens on loopback with an accept queue that one
 // connection, made here and not accepted, fills: the kernel drops the
 // SYNs of the next ones until a connection is taken from the queue.
+// accept fails the test when none comes within 20 s.
 func fullListener(t *testing.T) (addr netip.AddrPort, accept func() net.Conn) {
 	t.Helper()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -160,6 +161,8 @@ func fullListener(t *testing.T) (addr netip.AddrPort, accept func() net.Conn) {
 	}
 	t.Cleanup(func() { filler.Close() })
 	return addr, func() net.Conn {
+		t.Helper()
+		_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(20 * time.Second))
 		c, err := ln.Accept()
 		if err != nil {
 			t.Fatal(err)

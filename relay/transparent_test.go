@@ -1,0 +1,102 @@
+package relay
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// TestTransparentClientGoneEndsConnect: a transparent flow's client (a
+// forward listener's here) that resets while the flow's connect is in
+// progress (to a server, or a first relay, that does not answer, with
+// connect_timeout 60 s) ends the connect at once: its connect slot
+// (max_pending) and its flow are given back, and it counts as the
+// client's reset, not as a failed connect.
+func TestTransparentClientGoneEndsConnect(t *testing.T) {
+	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
+	slow := unansweredServer(t)
+	for _, tc := range []struct {
+		name, extra, route string
+	}{
+		{"direct", "data_path: copy", "direct"},
+		{"via a relay", fmt.Sprintf("routes:\n  - {via: [%q]}", slow), "via " + slow.String()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+auth: {psk_file: %q}
+limits: {connect_timeout: 60s}
+listeners:
+  - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: %q}
+%s
+`, psk, slow, tc.extra))
+			c, err := net.Dial("tcp", s.Addr("fwd").String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Write([]byte("hello")); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, func() bool { return s.pending.Load() == 1 })
+			resetConn(c.(*net.TCPConn))
+			// A liveness bound, not a timing one: connect_timeout is 60 s.
+			giveUp := time.Now().Add(20 * time.Second)
+			for s.pending.Load() != 0 || s.active.Load() != 0 {
+				if time.Now().After(giveUp) {
+					t.Fatalf("%d connects pending and %d flows 20 s after the client reset", s.pending.Load(), s.active.Load())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if n := s.metrics.flows.With("fwd", tc.route, "reset-client").Value(); n != 1 {
+				t.Errorf("%d flows counted as reset-client, want 1", n)
+			}
+			for _, kind := range []string{"connect_failure", "connect_timeout"} {
+				if n := s.metrics.errors.With(kind).Value(); n != 0 {
+					t.Errorf("%d errors counted as %s, want none", n, kind)
+				}
+			}
+		})
+	}
+}
+
+// TestTransparentClientHalfCloseKeepsConnect: a transparent client's FIN
+// right behind its first bytes, while the flow's connect is in progress
+// (to a server whose accept queue is full until the test frees it) is no
+// reset: the connect goes on, and the server gets the bytes and the FIN.
+func TestTransparentClientHalfCloseKeepsConnect(t *testing.T) {
+	for _, tc := range []struct{ name, extra string }{
+		{"general", "data_path: copy"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			late, accept := fullListener(t)
+			s := startLoopback(t, fmt.Sprintf(`
+admin: {listen: off}
+limits: {connect_timeout: 60s}
+listeners:
+  - {name: fwd, listen: "127.0.0.1:0", mode: forward, forward_to: %q}
+%s
+`, late, tc.extra))
+			c, err := net.Dial("tcp", s.Addr("fwd").String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			waitFor(t, func() bool { return s.pending.Load() == 1 })
+			if _, err := c.Write([]byte("hello")); err != nil {
+				t.Fatal(err)
+			}
+			c.(*net.TCPConn).CloseWrite()
+			time.Sleep(100 * time.Millisecond) // for a watch to take the FIN for a reset
+			accept().Close() // the queue's: the relay's SYN, retried, gets in
+			sc := accept()
+			defer sc.Close()
+			_ = sc.SetDeadline(time.Now().Add(20 * time.Second))
+			if got, err := io.ReadAll(sc); err != nil || string(got) != "hello" {
+				t.Errorf("the server read %q, %v; want hello and the FIN", got, err)
+			}
+		})
+	}
+}
