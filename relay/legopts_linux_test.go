@@ -84,7 +84,7 @@ listeners:
 			return sockopt.Congestion(c)
 		}},
 		{"dialFD (plain flows)", func() (string, error) {
-			fd, err := s.dialFD(rt, dst, leg)
+			fd, err := s.dialFD(rt, dst, leg, -1)
 			if err != nil {
 				return "", err
 			}

@@ -235,11 +235,15 @@ func (s *Server) servePlain(l *listener, fd int, client netip.AddrPort) {
 	}
 	r := rt.match(f.listener, dst)
 	f.route.Store(&r.name)
-	server, err := s.connectFD(rt, dst)
+	server, err := s.connectFD(rt, dst, fd)
 	if err != nil {
 		// The client's handshake is done, so the only honest answer is a reset.
 		resetFD(fd)
-		s.endFlow(f, datapath.Result{Reason: datapath.ReasonError, Err: err})
+		reason := datapath.ReasonError
+		if errors.Is(err, errClientGone) {
+			reason = datapath.ReasonResetClient
+		}
+		s.endFlow(f, datapath.Result{Reason: reason, Err: err})
 		s.flowDone(f)
 		return
 	}
@@ -250,14 +254,14 @@ func (s *Server) servePlain(l *listener, fd int, client netip.AddrPort) {
 func noop() {}
 
 // connectFD opens a plain flow's leg to dst, as connectLeg does a direct
-// one's.
-func (s *Server) connectFD(rt *runtime, dst netip.AddrPort) (int, error) {
+// one's; the reset of client, the flow's accepted socket, ends it.
+func (s *Server) connectFD(rt *runtime, dst netip.AddrPort, client int) (int, error) {
 	if !s.beginConnect() {
 		return -1, &connectError{kind: "resource", err: errors.New("too many connects in progress")}
 	}
 	defer s.endConnect()
 	start := time.Now()
-	fd, err := s.dialFD(rt, dst, rt.cfg.Legs.Server)
+	fd, err := s.dialFD(rt, dst, rt.cfg.Legs.Server, client)
 	s.countConnect("server", start, err)
 	return fd, err
 }
@@ -265,9 +269,9 @@ func (s *Server) connectFD(rt *runtime, dst netip.AddrPort) (int, error) {
 // dialFD connects a non-blocking socket to addr with leg's options, as
 // dial does without early bytes. A connect the kernel has not finished
 // when connect(2) returns (anything beyond the local host) waits in Go's
-// poller, up to the connect timeout, on a descriptor that is then
-// duplicated out of it.
-func (s *Server) dialFD(rt *runtime, addr netip.AddrPort, leg LegConfig) (int, error) {
+// poller, up to the connect timeout, or until the reset of client, the
+// flow's accepted socket (-1: none) (waitConnect).
+func (s *Server) dialFD(rt *runtime, addr netip.AddrPort, leg LegConfig, client int) (int, error) {
 	family, network := unix.AF_INET, "tcp4"
 	var sa unix.Sockaddr
 	if addr.Addr().Is4() {
@@ -297,7 +301,11 @@ func (s *Server) dialFD(rt *runtime, addr netip.AddrPort, leg LegConfig) (int, e
 	switch err := unix.Connect(fd, sa); err {
 	case nil:
 	case unix.EINPROGRESS, unix.EINTR:
-		if fd, err = s.waitConnect(rt, fd); err != nil {
+		if err := s.waitConnect(rt, fd, client); err != nil {
+			unix.Close(fd)
+			if errors.Is(err, errClientGone) {
+				return -1, fmt.Errorf("connect to %s: %w", addr, err)
+			}
 			return -1, err
 		}
 	default:
@@ -386,53 +394,84 @@ func connected(fd int) (done bool, err error) {
 	return false, nil
 }
 
-// waitConnect waits for a connect in progress on fd, which it takes over,
-// and returns the connected socket's descriptor. On loopback the kernel
-// has finished the handshake by the time connect returns, so most local
+// waitConnect waits for a connect in progress on fd to finish, and says
+// how it did; the caller closes fd on error. On loopback the kernel has
+// finished the handshake by the time connect returns, so most local
 // connects never wait.
-func (s *Server) waitConnect(rt *runtime, fd int) (int, error) {
+//
+// One wait in Go's poller watches the connect and client, the flow's
+// accepted socket (when not -1), alike: an epoll set of the two, which
+// the poller watches in turn. The client is in it for its errors and
+// hang-ups only, which epoll always reports: its reset (both ways ended,
+// or an error pending, as watchClient has it) ends the connect with
+// errClientGone, while its bytes and a FIN alone wake nothing. Neither
+// socket enters Go's poller, which the data path would have to take it
+// out of again, and no goroutine watches the client.
+func (s *Server) waitConnect(rt *runtime, fd, client int) error {
 	if done, err := connected(fd); done {
 		if err != nil {
-			unix.Close(fd)
-			return -1, classify(err)
+			return classify(err)
 		}
-		return fd, nil
+		return nil
+	}
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return classify(os.NewSyscallError("epoll_create1", err))
+	}
+	// Non-blocking, so that NewFile puts it into the poller; f owns ep.
+	_, err = unix.FcntlInt(uintptr(ep), unix.F_SETFL, unix.O_NONBLOCK)
+	f := os.NewFile(uintptr(ep), "connect")
+	defer f.Close()
+	if err != nil {
+		return classify(os.NewSyscallError("fcntl", err))
+	}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLOUT, Fd: int32(fd)}); err != nil {
+		return classify(os.NewSyscallError("epoll_ctl", err))
+	}
+	if client >= 0 {
+		// No events asked: EPOLLERR and EPOLLHUP come all the same.
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, client, &unix.EpollEvent{Fd: int32(client)}); err != nil {
+			return classify(os.NewSyscallError("epoll_ctl", err))
+		}
 	}
 	ctx, cancel := context.WithTimeout(s.flowCtx, rt.tunables.ConnectTimeout)
 	defer cancel()
-	f := os.NewFile(uintptr(fd), "connect") // non-blocking: into Go's poller; f owns fd
-	defer f.Close()
 	dl, _ := ctx.Deadline()
-	_ = f.SetWriteDeadline(dl)
-	stop := context.AfterFunc(ctx, func() { _ = f.SetWriteDeadline(time.Unix(1, 0)) })
+	_ = f.SetReadDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { _ = f.SetReadDeadline(longAgo) })
 	defer stop()
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return -1, classify(err)
+		return classify(err)
 	}
+	var done, gone bool
 	var cerr error
-	err = rc.Write(func(fd uintptr) bool {
-		var done bool
-		done, cerr = connected(int(fd))
-		return done
+	err = rc.Read(func(uintptr) bool {
+		var evs [2]unix.EpollEvent
+		n, err := unix.EpollWait(ep, evs[:], 0)
+		for err == unix.EINTR {
+			n, err = unix.EpollWait(ep, evs[:], 0)
+		}
+		for _, ev := range evs[:max(n, 0)] {
+			if int(ev.Fd) == client {
+				gone = true
+			} else {
+				done, cerr = connected(fd)
+			}
+		}
+		return done || gone
 	})
 	switch {
-	case err != nil && ctx.Err() != nil:
-		return -1, classify(context.Cause(ctx))
-	case err != nil:
-		return -1, classify(err)
-	case cerr != nil:
-		return -1, classify(cerr)
+	case done && cerr == nil:
+		return nil // a reset that came with it ends the flow in the data path
+	case gone:
+		return errClientGone // no verdict on the destination
+	case done:
+		return classify(cerr)
+	case ctx.Err() != nil:
+		return classify(context.Cause(ctx))
 	}
-	// Out of Go's poller: the duplicate stays, f's descriptor goes.
-	var dup int
-	if err := rc.Control(func(fd uintptr) { dup, cerr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return -1, classify(err)
-	}
-	if cerr != nil {
-		return -1, classify(os.NewSyscallError("fcntl", cerr))
-	}
-	return dup, nil
+	return classify(err)
 }
 
 // setLegFD applies a leg's settings to an accepted socket of l, as

@@ -309,14 +309,14 @@ func TestPlainDialZone(t *testing.T) {
 		}
 		for _, zone := range []string{"hw0", strconv.Itoa(ifi.Index)} {
 			dst := netip.AddrPortFrom(netip.MustParseAddr("fe80::1%"+zone), uint16(port))
-			fd, err := s.dialFD(rt, dst, rt.cfg.Legs.Server)
+			fd, err := s.dialFD(rt, dst, rt.cfg.Legs.Server, -1)
 			if err != nil {
 				t.Errorf("dial %v: %v", dst, err)
 				continue
 			}
 			unix.Close(fd)
 		}
-		if _, err := s.dialFD(rt, netip.MustParseAddrPort("[fe80::1%nosuch0]:80"), rt.cfg.Legs.Server); err == nil {
+		if _, err := s.dialFD(rt, netip.MustParseAddrPort("[fe80::1%nosuch0]:80"), rt.cfg.Legs.Server, -1); err == nil {
 			t.Errorf("dial with an unknown zone: no error")
 		}
 	})
@@ -349,7 +349,7 @@ func TestPlainSelfConnect(t *testing.T) {
 			t.Fatalf("raw connect to 127.0.0.1:40000: %v from %+v; want a self-connect", err, sa)
 		}
 		for i := range 3 {
-			fd, err := s.dialFD(rt, netip.MustParseAddrPort("127.0.0.1:40000"), rt.cfg.Legs.Server)
+			fd, err := s.dialFD(rt, netip.MustParseAddrPort("127.0.0.1:40000"), rt.cfg.Legs.Server, -1)
 			if err == nil {
 				unix.Close(fd)
 				t.Fatalf("dial %d to 127.0.0.1:40000: connected, to itself", i)
@@ -459,7 +459,7 @@ func TestPlainDstZone(t *testing.T) {
 		}
 		rt := &runtime{cfg: &Config{}, tunables: Tunables{ConnectTimeout: 5 * time.Second}}
 		s := &Server{flowCtx: t.Context()}
-		fd, err := s.dialFD(rt, dst, LegConfig{})
+		fd, err := s.dialFD(rt, dst, LegConfig{}, -1)
 		if err != nil {
 			t.Fatalf("dial %v: %v", dst, err)
 		}

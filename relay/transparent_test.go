@@ -19,9 +19,11 @@ func TestTransparentClientGoneEndsConnect(t *testing.T) {
 	slow := unansweredServer(t)
 	for _, tc := range []struct {
 		name, extra, route string
+		plain              bool
 	}{
-		{"direct", "data_path: copy", "direct"},
-		{"via a relay", fmt.Sprintf("routes:\n  - {via: [%q]}", slow), "via " + slow.String()},
+		{"direct", "data_path: copy", "direct", false},
+		{"via a relay", fmt.Sprintf("routes:\n  - {via: [%q]}", slow), "via " + slow.String(), false},
+		{"plain", "", "direct", true}, // raw sockets (plain_linux.go)
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := startLoopback(t, fmt.Sprintf(`
@@ -41,6 +43,9 @@ listeners:
 				t.Fatal(err)
 			}
 			waitFor(t, func() bool { return s.pending.Load() == 1 })
+			if n := s.metrics.plain.With("fwd").Value(); (n == 1) != tc.plain {
+				t.Fatalf("halfway_flows_plain_total %d; plain %v", n, tc.plain)
+			}
 			resetConn(c.(*net.TCPConn))
 			// A liveness bound, not a timing one: connect_timeout is 60 s.
 			giveUp := time.Now().Add(20 * time.Second)
@@ -69,6 +74,7 @@ listeners:
 func TestTransparentClientHalfCloseKeepsConnect(t *testing.T) {
 	for _, tc := range []struct{ name, extra string }{
 		{"general", "data_path: copy"},
+		{"plain", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			late, accept := fullListener(t)
@@ -90,7 +96,8 @@ listeners:
 			}
 			c.(*net.TCPConn).CloseWrite()
 			time.Sleep(100 * time.Millisecond) // for a watch to take the FIN for a reset
-			accept().Close() // the queue's: the relay's SYN, retried, gets in
+			// Free the queue: the relay's SYN, retried, gets in.
+			accept().Close()
 			sc := accept()
 			defer sc.Close()
 			_ = sc.SetDeadline(time.Now().Add(20 * time.Second))
