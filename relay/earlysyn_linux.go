@@ -63,16 +63,22 @@ type earlyDial struct {
 	chain    *pendingChain // to the first relay, the chain's answers pending
 	err      error
 	claimed  atomic.Bool
+	// ctx is the dial's; cancel ends it, with its cause: the flow that
+	// claimed it ended first (its client's reset, errClientGone).
+	ctx    context.Context
+	cancel context.CancelCauseFunc
 }
 
-// wait returns the dial's result once it is known.
+// wait returns the dial's result once it is known. ctx's end ends the
+// dial too, so that its slot (max_pending) is given back at once.
 func (e *earlyDial) wait(ctx context.Context) (*net.TCPConn, *pendingChain, error) {
 	select {
 	case <-e.done:
 		return e.conn, e.chain, e.err
 	case <-ctx.Done():
+		e.cancel(context.Cause(ctx))
 		go e.abandon()
-		return nil, nil, ctx.Err()
+		return nil, nil, context.Cause(ctx)
 	}
 }
 
@@ -135,8 +141,9 @@ func (t *earlyTable) claim(listener string, client, dst netip.AddrPort, dropped 
 // capture takes, or says why not: retransmission, late, skipped, or ""
 // when the sniffer has stopped. room is false when connects are too many
 // for one more. cfg is the configuration in force: its limits apply, and
-// the dial follows it and st, the listener's state.
-func (t *earlyTable) reserve(listener string, st *listenerState, client, dst netip.AddrPort, cfg *Config, room bool) (*earlyDial, string) {
+// the dial follows it and st, the listener's state. The dial's context is
+// parent's, and ends when the dial's claimer's does (wait).
+func (t *earlyTable) reserve(parent context.Context, listener string, st *listenerState, client, dst netip.AddrPort, cfg *Config, room bool) (*earlyDial, string) {
 	lim := &cfg.Limits
 	k := [2]netip.AddrPort{client, dst}
 	ck := clientKey(client.Addr())
@@ -153,6 +160,7 @@ func (t *earlyTable) reserve(listener string, st *listenerState, client, dst net
 		return nil, "skipped"
 	}
 	e := &earlyDial{created: time.Now(), listener: listener, cfg: cfg, st: st, client: ck, done: make(chan struct{})}
+	e.ctx, e.cancel = context.WithCancelCause(parent)
 	t.pending[k] = e
 	t.perClient[ck]++
 	return e, ""
@@ -311,7 +319,7 @@ func (s *Server) onSYN(client, dst netip.AddrPort) {
 	// is reserved here, not in the goroutine: SYNs read in a burst would
 	// all pass a check of the count before any of their dials began.
 	room := s.reserveConnect(rt.tunables.MaxPending / 2)
-	e, result := s.early.reserve(l.cfg.Name, st, client, dst, rt.cfg, room)
+	e, result := s.early.reserve(s.flowCtx, l.cfg.Name, st, client, dst, rt.cfg, room)
 	if e == nil {
 		if room {
 			s.endConnect()
@@ -324,8 +332,11 @@ func (s *Server) onSYN(client, dst netip.AddrPort) {
 	s.metrics.early.With("dialed").Inc()
 	go func() {
 		r := rt.match(l.cfg.Name, dst)
-		f := &flow{listener: l.cfg.Name, client: client} // for spoof_source and PROXY headers
+		// The flow for spoof_source and PROXY headers; the one accept
+		// claims the dial for may end it (wait).
+		f := &flow{listener: l.cfg.Name, client: client, connectCtx: e.ctx}
 		e.conn, e.chain, e.err = s.connectReserved(rt, st, r, f, dst, nil, false)
+		e.cancel(nil)
 		close(e.done)
 	}()
 }

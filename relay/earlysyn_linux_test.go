@@ -400,3 +400,58 @@ listeners:
     early_syn: true
 `, port)
 }
+
+// TestEarlySYNClientGone: a flow whose client resets while the dial its
+// SYN started is in progress (to a server that does not answer, with
+// connect_timeout 60 s) ends that dial at once: its connect slot
+// (max_pending) and the flow are given back, and it counts as the
+// client's reset, not as a failed connect. The SYN is handed to onSYN
+// directly, as the sniffer's loop does, and serve takes the flow as
+// accept does, on a socket whose own address is the server's (as TPROXY
+// gives it).
+func TestEarlySYNClientGone(t *testing.T) {
+	labtest.RequireRoot(t) // IP_TRANSPARENT and the sniffer
+	dst, accept := fullListener(t)
+	accept().Close() // the filler: the client's connection takes its place
+	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(freeClient(t))}
+	cc, err := d.Dial("tcp4", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := accept().(*net.TCPConn)
+	defer c.Close()
+	filler, err := net.Dial("tcp4", dst.String()) // the queue full again: the relay's SYNs are dropped
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer filler.Close()
+	client := addrPortOf(cc.LocalAddr())
+	s := startLoopback(t, strings.Replace(loopEarlyConfig(dst.Port()), "admin: {listen: off}", "admin: {listen: off}\nlimits: {connect_timeout: 60s}", 1))
+	s.onSYN(client, dst)
+	waitFor(t, func() bool { return s.pending.Load() == 1 })
+	served := make(chan struct{})
+	go func() { defer close(served); s.serve(s.listeners["tp"], c) }()
+	waitFor(t, func() bool { return s.active.Load() == 1 })
+	resetConn(cc.(*net.TCPConn))
+	// A liveness bound, not a timing one: connect_timeout is 60 s.
+	giveUp := time.Now().Add(20 * time.Second)
+	for s.pending.Load() != 0 || s.active.Load() != 0 {
+		if time.Now().After(giveUp) {
+			t.Fatalf("%d connects pending and %d flows 20 s after the client reset", s.pending.Load(), s.active.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	<-served
+	if n := s.metrics.early.With("claimed").Value(); n != 1 {
+		t.Errorf("early SYN dials claimed: %d, want 1", n)
+	}
+	if n := s.metrics.flows.With("tp", "direct", "reset-client").Value(); n != 1 {
+		t.Errorf("%d flows counted as reset-client, want 1", n)
+	}
+	for _, kind := range []string{"connect_failure", "connect_timeout"} {
+		if n := s.metrics.errors.With(kind).Value(); n != 0 {
+			t.Errorf("%d errors counted as %s, want none", n, kind)
+		}
+	}
+}

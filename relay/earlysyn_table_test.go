@@ -25,18 +25,18 @@ func TestEarlyTable(t *testing.T) {
 	c1, c2 := ap("10.0.0.1:40000"), ap("10.0.0.1:40001")
 
 	tb := newTestEarlyTable()
-	e, why := tb.reserve("web", nil, c1, dst, &Config{Limits: lim}, true)
+	e, why := tb.reserve(t.Context(), "web", nil, c1, dst, &Config{Limits: lim}, true)
 	if e == nil || why != "" {
 		t.Fatalf("first SYN: %v %q", e, why)
 	}
 	close(e.done) // the dial "finished" with nothing to reset
-	if _, why := tb.reserve("web", nil, c1, dst, &Config{Limits: lim}, true); why != "retransmission" {
+	if _, why := tb.reserve(t.Context(), "web", nil, c1, dst, &Config{Limits: lim}, true); why != "retransmission" {
 		t.Errorf("second SYN: %q, want retransmission", why)
 	}
 	if got := tb.claim("web", c1, dst, nil); got != e {
 		t.Errorf("claim by its listener: %v, want the dial", got)
 	}
-	if _, why := tb.reserve("web", nil, c1, dst, &Config{Limits: lim}, true); why != "late" {
+	if _, why := tb.reserve(t.Context(), "web", nil, c1, dst, &Config{Limits: lim}, true); why != "late" {
 		t.Errorf("SYN after the claim: %q, want late", why)
 	}
 	// An accept that found nothing (the sniffer lagging) marks the tuple
@@ -44,13 +44,13 @@ func TestEarlyTable(t *testing.T) {
 	if got := tb.claim("web", c2, dst, nil); got != nil {
 		t.Errorf("claim with no SYN seen: %v", got)
 	}
-	if _, why := tb.reserve("web", nil, c2, dst, &Config{Limits: lim}, true); why != "late" {
+	if _, why := tb.reserve(t.Context(), "web", nil, c2, dst, &Config{Limits: lim}, true); why != "late" {
 		t.Errorf("SYN read after its accept: %q, want late", why)
 	}
 
 	// Another listener's accept does not take the dial.
 	c3 := ap("10.0.0.1:40002")
-	e3, _ := tb.reserve("web", nil, c3, dst, &Config{Limits: lim}, true)
+	e3, _ := tb.reserve(t.Context(), "web", nil, c3, dst, &Config{Limits: lim}, true)
 	close(e3.done)
 	var dropped hm.Counter
 	if got := tb.claim("other", c3, dst, &dropped); got != nil || dropped.Value() != 1 {
@@ -75,7 +75,7 @@ func TestEarlyTable(t *testing.T) {
 		{ap("10.9.9.8:3"), true, ""},
 		{ap("10.9.9.7:4"), true, "skipped"}, // the table is full
 	} {
-		e, why := tb.reserve("web", nil, tc.client, dst, &Config{Limits: lim}, tc.room)
+		e, why := tb.reserve(t.Context(), "web", nil, tc.client, dst, &Config{Limits: lim}, tc.room)
 		if why != tc.want || (e != nil) != (tc.want == "") {
 			t.Errorf("%d: SYN from %s: %q, want %q", i, tc.client, why, tc.want)
 		}
@@ -90,7 +90,7 @@ func TestEarlyTable(t *testing.T) {
 	if expired.Value() != 4 || len(tb.pending) != 0 || len(tb.accepted) != 0 || len(tb.perClient) != 0 {
 		t.Errorf("after expiry: %d expired, %d pending, %d marks, %v", expired.Value(), len(tb.pending), len(tb.accepted), tb.perClient)
 	}
-	if e, why := tb.reserve("web", nil, c1, dst, &Config{Limits: lim}, true); e == nil {
+	if e, why := tb.reserve(t.Context(), "web", nil, c1, dst, &Config{Limits: lim}, true); e == nil {
 		t.Errorf("SYN after expiry: %q", why)
 	} else {
 		close(e.done)
@@ -98,7 +98,7 @@ func TestEarlyTable(t *testing.T) {
 
 	// Stopped: nothing is entered or claimed.
 	var stopped earlyTable
-	if e, why := stopped.reserve("web", nil, c1, dst, &Config{Limits: lim}, true); e != nil || why != "" {
+	if e, why := stopped.reserve(t.Context(), "web", nil, c1, dst, &Config{Limits: lim}, true); e != nil || why != "" {
 		t.Errorf("stopped table took a SYN: %v %q", e, why)
 	}
 	if stopped.claim("web", c1, dst, nil) != nil {

@@ -364,8 +364,13 @@ func (s *Server) transparent(l *listener, st *listenerState, rt *runtime, f *flo
 	// the first by name).
 	if s.earlyTakes(st, dst) {
 		if e := s.early.claim(f.listener, f.client, dst, s.metrics.early.With("dropped")); e != nil && e.cfg == rt.cfg && e.st == st {
-			// The client's SYN started this connect already.
-			server, pc, err = e.wait(s.flowCtx)
+			// The client's SYN started this connect already; the
+			// client's reset ends it (watchClient).
+			ctx := s.flowCtx
+			if f.connectCtx != nil {
+				ctx = f.connectCtx
+			}
+			server, pc, err = e.wait(ctx)
 			s.metrics.early.With("claimed").Inc()
 			claimed = true
 		} else if e != nil {
