@@ -82,8 +82,11 @@ func (e *earlyDial) wait(ctx context.Context) (*net.TCPConn, *pendingChain, erro
 	}
 }
 
-// abandon resets the dial's connection once it is known.
+// abandon ends the dial, and resets its connection once it is known:
+// a dial still waiting for a server that does not answer would hold its
+// slot (max_pending) until connect_timeout.
 func (e *earlyDial) abandon() {
+	e.cancel(errDialAbandoned) // a flow's reset that came first stays the cause
 	<-e.done
 	if e.conn != nil {
 		resetConn(e.conn)

@@ -455,3 +455,35 @@ func TestEarlySYNClientGone(t *testing.T) {
 		}
 	}
 }
+
+// TestEarlySYNAbandonedEndsDial: an early SYN's dial that no flow takes,
+// dropped (here as expired), ends at once, rather than holding its
+// connect slot until connect_timeout for a server that does not answer,
+// and counts as no failed connect.
+func TestEarlySYNAbandonedEndsDial(t *testing.T) {
+	labtest.RequireRoot(t) // IP_TRANSPARENT and the sniffer
+	dst, accept := fullListener(t)
+	accept().Close()                              // the filler: the next connection takes its place
+	filler, err := net.Dial("tcp4", dst.String()) // the queue full again: the relay's SYNs are dropped
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer filler.Close()
+	s := startLoopback(t, strings.Replace(loopEarlyConfig(dst.Port()), "admin: {listen: off}", "admin: {listen: off}\nlimits: {connect_timeout: 60s}", 1))
+	s.onSYN(freeClient(t), dst)
+	waitFor(t, func() bool { return s.pending.Load() == 1 })
+	s.early.expire(time.Time{}, s.metrics.early.With("expired"))
+	// A liveness bound, not a timing one: connect_timeout is 60 s.
+	giveUp := time.Now().Add(20 * time.Second)
+	for s.pending.Load() != 0 {
+		if time.Now().After(giveUp) {
+			t.Fatalf("%d connects pending 20 s after the dial was dropped", s.pending.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, kind := range []string{"connect_failure", "connect_timeout"} {
+		if n := s.metrics.errors.With(kind).Value(); n != 0 {
+			t.Errorf("%d errors counted as %s, want none", n, kind)
+		}
+	}
+}

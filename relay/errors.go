@@ -35,6 +35,11 @@ func (e *connectError) Unwrap() error { return e.err }
 // next leg, and the flow counts as the client's reset.
 var errClientGone = errors.New("the client reset its connection")
 
+// errDialAbandoned ends an early SYN's dial that no flow will take (its
+// SYN's flow went to another listener, was refused, or never came): no
+// verdict on the server either.
+var errDialAbandoned = errors.New("the early dial was given up: no flow takes it")
+
 // classify turns a dial or handshake error into a connectError.
 func classify(err error) error {
 	var ce *connectError

@@ -491,8 +491,8 @@ func (s *Server) connectReserved(rt *runtime, st *listenerState, r *route, f *fl
 	if pc == nil {
 		f.askedMPTCP = asked // a pending chain's is settle's to say
 	}
-	if err != nil && errors.Is(context.Cause(parent), errClientGone) {
-		err = fmt.Errorf("connect to %s: %w", dst, errClientGone)
+	if cause := context.Cause(parent); err != nil && (errors.Is(cause, errClientGone) || errors.Is(cause, errDialAbandoned)) {
+		err = fmt.Errorf("connect to %s: %w", dst, cause)
 	}
 	if s.countConnect(leg, start, err); err != nil {
 		return nil, nil, err
@@ -536,7 +536,7 @@ func (s *Server) connectOnce(ctx context.Context, rt *runtime, st *listenerState
 
 // countConnect counts a connect of leg begun at start, and its error if any.
 func (s *Server) countConnect(leg string, start time.Time, err error) {
-	if errors.Is(err, errClientGone) {
+	if errors.Is(err, errClientGone) || errors.Is(err, errDialAbandoned) {
 		return // it timed the client's patience, not the leg
 	}
 	s.metrics.connect.With(leg).Observe(time.Since(start).Seconds())
