@@ -321,6 +321,17 @@ func TestSettleEnds(t *testing.T) {
 // and never answers, until the test ends.
 func silentRelay(t *testing.T) netip.AddrPort {
 	t.Helper()
+	return serveOne(t, func(c net.Conn) {
+		stop := context.AfterFunc(t.Context(), func() { c.Close() })
+		defer stop()
+		io.Copy(io.Discard, c)
+	})
+}
+
+// serveOne listens on loopback and runs serve on the first connection,
+// given 20 s at most; the test's end closes the listener and waits for it.
+func serveOne(t *testing.T, serve func(c net.Conn)) netip.AddrPort {
+	t.Helper()
 	rl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -334,10 +345,8 @@ func silentRelay(t *testing.T) netip.AddrPort {
 			return
 		}
 		defer c.Close()
-		stop := context.AfterFunc(t.Context(), func() { c.Close() })
-		defer stop()
-		c.SetDeadline(time.Now().Add(20 * time.Second))
-		io.Copy(io.Discard, c)
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		serve(c)
 	}()
 	return addrPortOf(rl.Addr())
 }

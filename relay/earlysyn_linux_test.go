@@ -434,26 +434,12 @@ func TestEarlySYNClientGone(t *testing.T) {
 	go func() { defer close(served); s.serve(s.listeners["tp"], c) }()
 	waitFor(t, func() bool { return s.active.Load() == 1 })
 	resetConn(cc.(*net.TCPConn))
-	// A liveness bound, not a timing one: connect_timeout is 60 s.
-	giveUp := time.Now().Add(20 * time.Second)
-	for s.pending.Load() != 0 || s.active.Load() != 0 {
-		if time.Now().After(giveUp) {
-			t.Fatalf("%d connects pending and %d flows 20 s after the client reset", s.pending.Load(), s.active.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitReleased(t, s, "", "the client reset")
 	<-served
 	if n := s.metrics.early.With("claimed").Value(); n != 1 {
 		t.Errorf("early SYN dials claimed: %d, want 1", n)
 	}
-	if n := s.metrics.flows.With("tp", "direct", "reset-client").Value(); n != 1 {
-		t.Errorf("%d flows counted as reset-client, want 1", n)
-	}
-	for _, kind := range []string{"connect_failure", "connect_timeout"} {
-		if n := s.metrics.errors.With(kind).Value(); n != 0 {
-			t.Errorf("%d errors counted as %s, want none", n, kind)
-		}
-	}
+	wantResetClient(t, s, "", "tp", "direct", 1)
 }
 
 // TestEarlySYNAbandonedEndsDial: an early SYN's dial that no flow takes,
@@ -473,17 +459,6 @@ func TestEarlySYNAbandonedEndsDial(t *testing.T) {
 	s.onSYN(freeClient(t), dst)
 	waitFor(t, func() bool { return s.pending.Load() == 1 })
 	s.early.expire(time.Time{}, s.metrics.early.With("expired"))
-	// A liveness bound, not a timing one: connect_timeout is 60 s.
-	giveUp := time.Now().Add(20 * time.Second)
-	for s.pending.Load() != 0 {
-		if time.Now().After(giveUp) {
-			t.Fatalf("%d connects pending 20 s after the dial was dropped", s.pending.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	for _, kind := range []string{"connect_failure", "connect_timeout"} {
-		if n := s.metrics.errors.With(kind).Value(); n != 0 {
-			t.Errorf("%d errors counted as %s, want none", n, kind)
-		}
-	}
+	waitReleased(t, s, "", "the dial was dropped") // no flow: its connect slot
+	wantNoErrors(t, s, "", "connect_failure", "connect_timeout")
 }

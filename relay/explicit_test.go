@@ -251,6 +251,40 @@ func sendConnect(c net.Conn, proto string, s *Server, listener string, dst netip
 	return err
 }
 
+// waitReleased waits until s holds no connect slot and no flow, and
+// fails 20 s after what: a liveness bound, not a timing one (the tests
+// that call it give connect_timeout 60 s). name starts the failure.
+func waitReleased(t *testing.T, s *Server, name, what string) {
+	t.Helper()
+	giveUp := time.Now().Add(20 * time.Second)
+	for s.pending.Load() != 0 || s.active.Load() != 0 {
+		if time.Now().After(giveUp) {
+			t.Fatalf("%s%d connects pending and %d flows 20 s after %s", name, s.pending.Load(), s.active.Load(), what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// wantNoErrors checks that s counted none of kinds in halfway_errors_total.
+func wantNoErrors(t *testing.T, s *Server, name string, kinds ...string) {
+	t.Helper()
+	for _, kind := range kinds {
+		if n := s.metrics.errors.With(kind).Value(); n != 0 {
+			t.Errorf("%s%d errors counted as %s, want none", name, n, kind)
+		}
+	}
+}
+
+// wantResetClient checks that n flows of listener and route ended as the
+// client's reset, and that s counted no failed connect.
+func wantResetClient(t *testing.T, s *Server, name, listener, route string, n uint64) {
+	t.Helper()
+	if got := s.metrics.flows.With(listener, route, "reset-client").Value(); got != n {
+		t.Errorf("%s%d flows counted as reset-client, want %d", name, got, n)
+	}
+	wantNoErrors(t, s, name, "connect_failure", "connect_timeout")
+}
+
 // TestExplicitClientGoneEndsConnect: a client that resets while its
 // connect is in progress (to a server that does not answer, with
 // connect_timeout 60 s), directly or through a relay, ends the connect
@@ -304,23 +338,10 @@ listeners:
 				waitFor(t, func() bool { return r.s.pending.Load() == 1 })
 			}
 			resetConn(c.(*net.TCPConn))
-			// A liveness bound, not a timing one: connect_timeout is 60 s.
-			giveUp := time.Now().Add(20 * time.Second)
 			for i, r := range relays {
-				for r.s.pending.Load() != 0 || r.s.active.Load() != 0 {
-					if time.Now().After(giveUp) {
-						t.Fatalf("relay %d of %d: %d connects pending and %d flows 20 s after the client reset", i+1, len(relays), r.s.pending.Load(), r.s.active.Load())
-					}
-					time.Sleep(10 * time.Millisecond)
-				}
-				if n := r.s.metrics.flows.With("x", r.route, "reset-client").Value(); n != 1 {
-					t.Errorf("relay %d of %d: %d flows counted as reset-client, want 1", i+1, len(relays), n)
-				}
-				for _, kind := range []string{"connect_failure", "connect_timeout"} {
-					if n := r.s.metrics.errors.With(kind).Value(); n != 0 {
-						t.Errorf("relay %d of %d: %d errors counted as %s, want none", i+1, len(relays), n, kind)
-					}
-				}
+				name := fmt.Sprintf("relay %d of %d: ", i+1, len(relays))
+				waitReleased(t, r.s, name, "the client reset")
+				wantResetClient(t, r.s, name, "x", r.route, 1)
 			}
 		})
 	}
@@ -333,20 +354,7 @@ listeners:
 func TestExplicitClientHalfCloseKeepsConnect(t *testing.T) {
 	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
 	// A first relay that answers the chain late, then echoes.
-	rl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() { rl.Close(); <-done })
-	go func() {
-		defer close(done)
-		c, err := rl.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	rl := serveOne(t, func(c net.Conn) {
 		if _, err := convert.ReadRaw(c); err != nil {
 			return
 		}
@@ -357,7 +365,7 @@ func TestExplicitClientHalfCloseKeepsConnect(t *testing.T) {
 		}
 		io.Copy(c, c)
 		c.(*net.TCPConn).CloseWrite()
-	}()
+	})
 	s := startLoopback(t, fmt.Sprintf(`
 admin: {listen: off}
 auth: {psk_file: %q}
@@ -366,7 +374,7 @@ listeners:
   - {name: x, listen: "127.0.0.1:0", protocols: [socks5], allow_clients: [127.0.0.1/32], allow_destinations: ["127.0.0.1/32"]}
 routes:
   - {via: [%q]}
-`, psk, rl.Addr()))
+`, psk, rl))
 	c, err := net.Dial("tcp", s.Addr("x").String())
 	if err != nil {
 		t.Fatal(err)

@@ -10,8 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -147,6 +145,41 @@ func fullListeners(t *testing.T, addrs ...netip.Addr) uint16 {
 	return 0
 }
 
+// socksName connects to s's listener x and asks SOCKS5 for name:port,
+// within the given time; the connection is the caller's to close.
+func socksName(t *testing.T, s *Server, name string, port uint16, within time.Duration) (net.Conn, error) {
+	t.Helper()
+	c, err := net.Dial("tcp", s.Addr("x").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(within))
+	_, err = socks5.ClientHandshake(c, c, socks5.Addr{Name: name, Port: port}, "", "")
+	return c, err
+}
+
+// helloServer listens on ap until the test ends and writes "hello" to
+// each connection, then closes it; it returns the address.
+func helloServer(t *testing.T, ap netip.AddrPort) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hello"))
+			c.Close()
+		}
+	}()
+	return addrPortOf(l.Addr())
+}
+
 // TestExplicitNameBudget: the addresses of a name are raced within one
 // connect_timeout. A name with three unanswering addresses and a budget
 // of 1s tries all three within it, each ending when it ends; with 60s,
@@ -157,21 +190,7 @@ func fullListeners(t *testing.T, addrs ...netip.Addr) uint16 {
 func TestExplicitNameBudget(t *testing.T) {
 	a2, a3, a4 := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.4")
 	port := fullListeners(t, a2, a3)
-	echo, err := net.Listen("tcp", netip.AddrPortFrom(a4, port).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("hello"))
-			c.Close()
-		}
-	}()
+	helloServer(t, netip.AddrPortFrom(a4, port))
 	var six []netip.Addr
 	for i := range 6 {
 		six = append(six, netip.AddrFrom4([4]byte{127, 0, 0, byte(2 + i)}))
@@ -199,13 +218,8 @@ listeners:
 `)
 			s.resolver = dns.start(t)
 			runServer(t, s)
-			c, err := net.Dial("tcp", s.Addr("x").String())
-			if err != nil {
-				t.Fatal(err)
-			}
+			c, err := socksName(t, s, tc.host, tc.port, 30*time.Second)
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-			_, err = socks5.ClientHandshake(c, c, socks5.Addr{Name: tc.host, Port: tc.port}, "", "")
 			var re *socks5.ReplyError
 			switch {
 			case tc.reply == socks5.Succeeded && err != nil:
@@ -357,10 +371,7 @@ listeners:
 // once: the attempts still running are given up, not waited for until
 // connect_timeout, and are not counted as timeouts.
 func TestExplicitNameVerdictEndsRace(t *testing.T) {
-	psk := filepath.Join(t.TempDir(), "psk")
-	if err := os.WriteFile(psk, []byte("chain test key 0123456789\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
 	a2, a3 := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
 	port := fullListeners(t, a2) // a2 does not answer
 	dns := &testDNS{a: map[string][]netip.Addr{"two.test.": {a2, a3}}}
@@ -375,13 +386,8 @@ routes:
 `, psk, freeLoopback(t)))
 	s.resolver = dns.start(t)
 	runServer(t, s)
-	c, err := net.Dial("tcp", s.Addr("x").String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, err := socksName(t, s, "two.test", port, 10*time.Second)
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	_, err = socks5.ClientHandshake(c, c, socks5.Addr{Name: "two.test", Port: port}, "", "")
 	if re := (*socks5.ReplyError)(nil); !errors.As(err, &re) || re.Reply != socks5.GeneralFailure {
 		t.Errorf("reply: %v, want %v (the relay down, within the client's 10s)", err, socks5.GeneralFailure)
 	}
@@ -396,27 +402,9 @@ routes:
 // through the chain and serves the client (a far relay with no IPv6
 // route must not fail a name that has IPv4 addresses too).
 func TestExplicitNameChainMovesOn(t *testing.T) {
-	psk := filepath.Join(t.TempDir(), "psk")
-	if err := os.WriteFile(psk, []byte("chain test key 0123456789\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	psk := writeTestFile(t, t.TempDir(), "psk", "chain test key 0123456789\n")
 	a2, a3 := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
-	echo, err := net.Listen("tcp", netip.AddrPortFrom(a3, 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("hello"))
-			c.Close()
-		}
-	}()
-	port := addrPortOf(echo.Addr()).Port() // nothing listens on a2 there: refused
+	port := helloServer(t, netip.AddrPortFrom(a3, 0)).Port() // nothing listens on a2 there: refused
 	hop := startLoopback(t, fmt.Sprintf(`
 admin: {listen: off}
 auth: {psk_file: %q}
@@ -435,13 +423,9 @@ routes:
 `, psk, hop.Addr("hop").String()))
 	s.resolver = dns.start(t)
 	runServer(t, s)
-	c, err := net.Dial("tcp", s.Addr("x").String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, err := socksName(t, s, "two.test", port, 10*time.Second)
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := socks5.ClientHandshake(c, c, socks5.Addr{Name: "two.test", Port: port}, "", ""); err != nil {
+	if err != nil {
 		t.Fatalf("reply: %v, want success through the second address", err)
 	}
 	b := make([]byte, 5)
@@ -477,22 +461,8 @@ listeners:
 	}
 	waitFor(t, func() bool { return s.pending.Load() == 2 }) // both addresses tried
 	resetConn(c.(*net.TCPConn))
-	// A liveness bound, not a timing one: connect_timeout is 60 s.
-	giveUp := time.Now().Add(20 * time.Second)
-	for s.pending.Load() != 0 || s.active.Load() != 0 {
-		if time.Now().After(giveUp) {
-			t.Fatalf("%d connects pending and %d flows 20 s after the client reset", s.pending.Load(), s.active.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := s.metrics.flows.With("x", "direct", "reset-client").Value(); n != 1 {
-		t.Errorf("%d flows counted as reset-client, want 1", n)
-	}
-	for _, kind := range []string{"connect_failure", "connect_timeout"} {
-		if n := s.metrics.errors.With(kind).Value(); n != 0 {
-			t.Errorf("%d errors counted as %s, want none", n, kind)
-		}
-	}
+	waitReleased(t, s, "", "the client reset")
+	wantResetClient(t, s, "", "x", "direct", 1)
 }
 
 // flowRecords is a slog.Handler that hands on the attributes of each
@@ -535,13 +505,8 @@ listeners:
 	s.log = slog.New(records)
 	s.resolver = dns.start(t)
 	runServer(t, s)
-	c, err := net.Dial("tcp", s.Addr("x").String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, err := socksName(t, s, "two.test", port, 20*time.Second)
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	_, err = socks5.ClientHandshake(c, c, socks5.Addr{Name: "two.test", Port: port}, "", "")
 	if re := (*socks5.ReplyError)(nil); !errors.As(err, &re) || re.Reply != socks5.ConnectionRefused {
 		t.Fatalf("reply: %v, want %v (the second address's)", err, socks5.ConnectionRefused)
 	}
@@ -605,22 +570,11 @@ listeners:
 			}
 			waitFor(t, func() bool { return asked.Load() > before })
 			resetConn(c.(*net.TCPConn))
-			// A liveness bound, not a timing one: connect_timeout is 60 s.
-			giveUp := time.Now().Add(20 * time.Second)
-			for s.active.Load() != 0 {
-				if time.Now().After(giveUp) {
-					t.Fatalf("%d flows 20 s after the client reset", s.active.Load())
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			waitReleased(t, s, "", "the client reset") // a lookup holds no connect slot
 			if n := s.metrics.flows.With("x", "none", "reset-client").Value(); n != uint64(i+1) {
 				t.Errorf("%d flows counted as reset-client, want %d", n, i+1)
 			}
-			for _, kind := range []string{"resolve_timeout", "resolve_failure"} {
-				if n := s.metrics.errors.With(kind).Value(); n != 0 {
-					t.Errorf("%d errors counted as %s, want none", n, kind)
-				}
-			}
+			wantNoErrors(t, s, "", "resolve_timeout", "resolve_failure")
 		})
 	}
 }

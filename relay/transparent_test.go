@@ -47,22 +47,8 @@ listeners:
 				t.Fatalf("halfway_flows_plain_total %d; plain %v", n, tc.plain)
 			}
 			resetConn(c.(*net.TCPConn))
-			// A liveness bound, not a timing one: connect_timeout is 60 s.
-			giveUp := time.Now().Add(20 * time.Second)
-			for s.pending.Load() != 0 || s.active.Load() != 0 {
-				if time.Now().After(giveUp) {
-					t.Fatalf("%d connects pending and %d flows 20 s after the client reset", s.pending.Load(), s.active.Load())
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			if n := s.metrics.flows.With("fwd", tc.route, "reset-client").Value(); n != 1 {
-				t.Errorf("%d flows counted as reset-client, want 1", n)
-			}
-			for _, kind := range []string{"connect_failure", "connect_timeout"} {
-				if n := s.metrics.errors.With(kind).Value(); n != 0 {
-					t.Errorf("%d errors counted as %s, want none", n, kind)
-				}
-			}
+			waitReleased(t, s, "", "the client reset")
+			wantResetClient(t, s, "", "fwd", tc.route, 1)
 		})
 	}
 }
