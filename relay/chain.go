@@ -372,8 +372,9 @@ func (s *Server) settle(rt *runtime, pc *pendingChain, c *net.TCPConn, f *flow) 
 					err = errorf("relay 1 of the chain: sending the client's first bytes", s.flowCtx.Err())
 				}
 			}
-			if err == nil {
-				err = clientErr
+			if err == nil && clientErr != nil {
+				// The client reset as the answer came: as above, its own end.
+				err = fmt.Errorf("%w: %w", errClientGone, clientErr)
 			}
 			if err == nil && writeErr != nil {
 				kind := "failure"
