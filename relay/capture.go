@@ -54,6 +54,10 @@ func (c *CaptureConfig) markTable() (int, int) {
 // passing through, and the relay would refuse them as its own.
 const ownHostRule = "\t\tfib daddr type local accept\n"
 
+// transparentRule starts a rule that matches the packets of the relay's
+// transparent sockets (those of the flows a tproxy listener took).
+const transparentRule = "\t\tmeta l4proto tcp socket transparent 1 socket wildcard 0 "
+
 // kept is what a capture table holds, beside its listener's own rules,
 // for the flows of a listener of its name in the other mode that a reload
 // replaced: the table is rebuilt for the new mode, and they still run.
@@ -122,7 +126,7 @@ func tableRules(ln *ListenerConfig, k kept) (string, error) {
 		// Not a listener's on 0.0.0.0 or [::]: the lookup is by the packet's
 		// destination, which such a socket matches on its port whatever the
 		// address, and flows to any host on that port would be taken.
-		fmt.Fprintf(&b, "\t\tmeta l4proto tcp socket transparent 1 socket wildcard 0 meta mark set %d accept\n", mark)
+		fmt.Fprintf(&b, "%smeta mark set %d accept\n", transparentRule, mark)
 		b.WriteString(ownHostRule)
 		match := func(family string, cidrs []string) string {
 			if len(cidrs) == 0 {
@@ -142,6 +146,13 @@ func tableRules(ln *ListenerConfig, k kept) (string, error) {
 		b.WriteString("}\n")
 	case "redirect":
 		fmt.Fprintf(&b, "table inet %s {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n", table)
+		if k.mark != 0 {
+			// Conntrack, which may start only now (with this chain), takes
+			// a tproxy predecessor's flow's next packet for a new
+			// connection: accepted here, it is bound to no translation,
+			// and tracked as established (as an input firewall wants).
+			b.WriteString(transparentRule + "accept\n")
+		}
 		b.WriteString(ownHostRule)
 		if len(v4) > 0 {
 			fmt.Fprintf(&b, "\t\tip daddr { %s } tcp dport { %s } %s %s\n", strings.Join(v4, ", "), ports, nat, to)
@@ -154,9 +165,9 @@ func tableRules(ln *ListenerConfig, k kept) (string, error) {
 		}
 		b.WriteString("\t}\n")
 		if k.mark != 0 {
-			// Untracked, the packets meet no nat rule (conntrack, which
-			// may start only now, would take them for new connections).
-			fmt.Fprintf(&b, "\tchain kept {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tmeta l4proto tcp socket transparent 1 socket wildcard 0 notrack meta mark set %d\n\t}\n", k.mark)
+			// Every packet, where its policy route takes it: the nat
+			// chain sees only a connection's first.
+			fmt.Fprintf(&b, "\tchain kept {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n%smeta mark set %d\n\t}\n", transparentRule, k.mark)
 		}
 		b.WriteString("}\n")
 	default:

@@ -211,8 +211,18 @@ func startHeldWeb(t *testing.T) *retiredWeb {
 // startHeldWebAs is startHeldWeb with web in mode.
 func startHeldWebAs(t *testing.T, mode string) *retiredWeb {
 	t.Helper()
+	return startHeldWebOn(t, mode, nil)
+}
+
+// startHeldWebOn is startHeldWebAs with setup, if not nil, run on rc
+// before the relay starts.
+func startHeldWebOn(t *testing.T, mode string, setup func(t *testing.T, rc *netlab.Host)) *retiredWeb {
+	t.Helper()
 	lab := labtest.Start(t, chainTopo)
 	rc, server, client := lab.Host("rc"), lab.Host("server"), lab.Host("client")
+	if setup != nil {
+		setup(t, rc)
+	}
 	srvNet := server.Ifaces()[0].Addr4.Masked()
 	rw := &retiredWeb{lab: lab, rc: rc, srvNet: srvNet,
 		other: "  - {name: other, listen: \"0.0.0.0:7002\", mode: tproxy}\n",
@@ -397,16 +407,30 @@ func TestCaptureRebuiltNoGap(t *testing.T) {
 // the relay's transparent sockets nor the policy route that delivers
 // them, and a tproxy table takes a redirected flow's packets to its
 // listener and, with no nat chain left, the kernel translates them no
-// more.
+// more. With a firewall on rc that accepts on input only tracked
+// flows (and new ones to the listener and the captured ports), the old
+// tproxy flow's packets, which the redirect table left untracked, were
+// dropped.
 func TestCaptureModeChangedKeepsFlows(t *testing.T) {
 	requireTools(t, "nft", "curl")
 	labtest.RequireRoot(t)
-	for _, tc := range []struct{ from, to string }{
-		{"tproxy", "redirect"},
-		{"redirect", "tproxy"},
+	for _, tc := range []struct {
+		from, to string
+		firewall bool
+	}{
+		{"tproxy", "redirect", false},
+		{"redirect", "tproxy", false},
+		{"tproxy", "redirect", true},
+		{"redirect", "tproxy", true},
 	} {
-		t.Run(tc.from+"-"+tc.to, func(t *testing.T) {
-			rw := startHeldWebAs(t, tc.from)
+		name := tc.from + "-" + tc.to
+		var setup func(t *testing.T, rc *netlab.Host)
+		if tc.firewall {
+			name += "-firewall"
+			setup = func(t *testing.T, rc *netlab.Host) { inputFirewall(t, rc, "7001, 9001, 8080") }
+		}
+		t.Run(name, func(t *testing.T) {
+			rw := startHeldWebOn(t, tc.from, setup)
 			rc, ctx := rw.rc, rw.ctx
 			web := fmt.Sprintf("  - {name: web, listen: \"0.0.0.0:7001\", mode: %s, capture: {dst: [%s], ports: \"9001, 8080\", install: true}}\n", tc.to, rw.srvNet)
 			reloadRelay(t, ctx, rc, rw.logPath, "rc", "admin: {listen: off}\nlisteners:\n"+web+rw.other)
@@ -442,6 +466,23 @@ func TestCaptureModeChangedKeepsFlows(t *testing.T) {
 			wantNoCaptureLeft(t, ctx, rc, "after the stop")
 		})
 	}
+}
+
+// inputFirewall installs on h, until the test ends, the input firewall
+// many hosts have: policy drop, accepting tracked flows, loopback, and new
+// flows to ports.
+func inputFirewall(t *testing.T, h *netlab.Host, ports string) {
+	t.Helper()
+	nft := h.Command(context.Background(), "nft", "-f", "-")
+	nft.Stdin = strings.NewReader(fmt.Sprintf("table inet hwfirewall {\n\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n\t\tct state established,related accept\n\t\tiif lo accept\n\t\tct state new tcp dport { %s } accept\n\t}\n}\n", ports))
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("install the input firewall: %v %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := h.Command(context.Background(), "nft", "delete", "table", "inet", "hwfirewall").CombinedOutput(); err != nil {
+			t.Errorf("remove the input firewall: %v %s", err, out)
+		}
+	})
 }
 
 // TestCaptureReplacedRemovedKeepsMark: web (mark 1, table 100) is
