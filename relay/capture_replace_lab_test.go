@@ -35,20 +35,42 @@ func TestCaptureReplacedKeepsFlows(t *testing.T) {
 }
 
 // TestStopCleanupFailsRetired: a stop that cannot remove the capture of
-// a listener a reload removed while it still had a flow (here, someone
-// deleted its table first) exits with an error, as it does for a
-// listener still configured (TestStopCleanupFails). The removal ran
-// when the flow ended, and its error was only logged: exit status 0.
+// a listener a reload removed, or replaced under its name (with another
+// mark and table), while it still had a flow exits with an error, as it
+// does for a listener still configured (TestStopCleanupFails). Here
+// someone deleted first what that listener alone still held: its table,
+// or its policy rule. The removal ran when the flow ended, and its error
+// was only logged: exit status 0.
 func TestStopCleanupFailsRetired(t *testing.T) {
 	requireTools(t, "nft")
 	labtest.RequireRoot(t)
-	rw := startRetiredWeb(t)
-	rc, ctx, stop := rw.rc, rw.ctx, rw.stop
-	if out, err := rc.Command(ctx, "nft", "delete", "table", "inet", "halfway_web").CombinedOutput(); err != nil {
-		t.Fatalf("nft delete table (the removed listener's, kept for its flow): %v %s", err, out)
-	}
-	if err := stop(); err == nil {
-		t.Error("the relay stopped with exit status 0 though it could not remove the capture rules of a removed listener")
+	for _, tc := range []struct {
+		name  string
+		web   string // web in the reload (%s: the server's net), or ""
+		taken []string
+	}{
+		{"removed", "", []string{"nft", "delete", "table", "inet", "halfway_web"}},
+		{"replaced", "  - {name: web, listen: \"0.0.0.0:7001\", mode: tproxy, capture: {dst: [%s], ports: \"9001, 8080\", mark: 2, table: 101, install: true}}\n",
+			[]string{"ip", "-4", "rule", "del", "fwmark", "1", "lookup", "100"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rw := startHeldWeb(t)
+			rc, ctx, stop := rw.rc, rw.ctx, rw.stop
+			web := ""
+			if tc.web != "" {
+				web = fmt.Sprintf(tc.web, rw.srvNet)
+			}
+			reloadRelay(t, ctx, rc, rw.logPath, "rc", "admin: {listen: off}\nlisteners:\n"+web+rw.other)
+			if web != "" {
+				waitCapture(t, rc, "halfway_web", "8080")
+			}
+			if out, err := rc.Command(ctx, tc.taken[0], tc.taken[1:]...).CombinedOutput(); err != nil {
+				t.Fatalf("%s (what web's flow alone needs): %v %s", strings.Join(tc.taken, " "), err, out)
+			}
+			if err := stop(); err == nil {
+				t.Errorf("the relay stopped with exit status 0 though it could not remove the capture rules of a %s listener", tc.name)
+			}
+		})
 	}
 }
 

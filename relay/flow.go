@@ -164,6 +164,14 @@ func (s *Server) flowDone(f *flow) {
 		go func() {
 			if err := f.l.uncapture(); err != nil {
 				s.log.Error("removing capture rules", "listener", f.listener, "err", err)
+				// A removed listener's the stop asks again (uncapture
+				// keeps its error); one a reload replaced under its name
+				// is in no list the stop reads.
+				s.mu.Lock()
+				if s.retired[captureTable(f.l.cfg.Name)] != f.l {
+					s.uncaptureErrs = append(s.uncaptureErrs, err)
+				}
+				s.mu.Unlock()
 			} else {
 				// Its table is gone: a listener of its name may install
 				// it again before a reload commits (the stop has no

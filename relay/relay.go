@@ -68,6 +68,9 @@ type Server struct {
 	retired     map[string]*listener       // removed listeners, or replaced by one that installs no capture, whose capture outlives them, by capture table (under mu)
 	parked      map[*net.TCPConn]*listener // peers' pooled connections awaiting a request, and where (under mu)
 	pools       atomic.Pointer[map[netip.AddrPort]*pool]
+	// uncaptureErrs are the failed capture removals of listeners a reload
+	// replaced under their name (not in retired), for the stop (under mu).
+	uncaptureErrs []error
 	// poolsClosing counts pools a reload removed that are still closing.
 	poolsClosing sync.WaitGroup
 	turbo        turboRoutes
@@ -743,12 +746,14 @@ func (s *Server) Drain(grace time.Duration) error {
 	for _, l := range captured {
 		errs = append(errs, l.close())
 	}
-	// The captures of listeners a reload removed went with their last
-	// flows (flowDone), which only logged a failure: it is the stop's too.
+	// The captures of listeners a reload removed or replaced went with
+	// their last flows (flowDone), which only logged a failure: it is the
+	// stop's too.
 	s.mu.Lock()
 	for _, l := range s.retired {
 		errs = append(errs, l.uncapture())
 	}
+	errs = append(errs, s.uncaptureErrs...)
 	s.mu.Unlock()
 	s.acceptorWG.Wait()
 	if err := s.turbo.apply(nil); err != nil {
